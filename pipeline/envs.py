@@ -1,0 +1,191 @@
+"""The environment protocol and its implementations.
+
+An agent plays a task as ``env.reset(task, episode)`` and then ``env.step(function_name, arguments)``
+until a step returns ``done``. Every environment answers exactly as StableToolBench's does: the
+function list comes from the task's api docs (plus ``Finish``), an unknown function answers
+``No such function name: X``, Finish checks ``return_type`` and ``final_answer``, and every
+observation is the ``{"error", "response"}`` envelope cut to ``max_observation_length``.
+
+Implementations differ only in where a call goes (`_call`): the embedded ToolWorld, or any
+StableToolBench-style HTTP server (``POST /virtual``, e.g. ``steptool serve-tools``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pipeline.apidoc import function_spec, function_specs, render_observation
+from pipeline.errors import SteptoolError
+from pipeline.task import Task
+from pipeline.toolworld.world import ToolWorld, canonical_json
+
+FINISH = "Finish"
+
+
+@dataclass
+class StepResult:
+    """What one action led to."""
+
+    observation: str  # the text the agent reads next (truncated envelope)
+    status: str  # ok | no_such_function | finish | give_up | finish_error
+    done: bool
+    envelope: dict | None = None  # the untruncated {"error", "response"} of a tool call (None for Finish)
+    finish_type: str = "none"  # give_answer | give_up | none
+    final_answer: str | None = None
+
+
+class Environment(Protocol):
+    def reset(self, task: Task, episode: str = "") -> str: ...
+
+    def functions(self) -> list[dict]: ...
+
+    def step(self, function_name: str, arguments: str) -> StepResult: ...
+
+
+def parse_finish(arguments: str) -> dict:
+    """Finish's arguments as ToolBench reads them: JSON, else the same lenient string search it does."""
+    try:
+        data = json.loads(arguments, strict=False)
+        return data if isinstance(data, dict) else {}
+    except (json.JSONDecodeError, TypeError):
+        pass
+    data: dict[str, Any] = {}
+    marker = '"return_type": "'
+    if marker in arguments:
+        if '"return_type": "give_answer"' in arguments:
+            data["return_type"] = "give_answer"
+        elif '"return_type": "give_up_and_restart"' in arguments:
+            data["return_type"] = "give_up_and_restart"
+        else:
+            start = arguments.find(marker) + len(marker)
+            data["return_type"] = arguments[start:arguments.find('",', start)]
+    marker = '"final_answer": "'
+    if marker in arguments:
+        data["final_answer"] = arguments[arguments.find(marker) + len(marker):]
+    return data
+
+
+class ApiListEnv:
+    """Shared behaviour of every environment; subclasses implement `_call`."""
+
+    def __init__(self, max_observation_length: int = 1024):
+        self.max_observation_length = max_observation_length
+        self.task: Task | None = None
+        self.episode = ""
+        self._docs: dict[str, dict] = {}
+        self._attempts: dict[tuple[str, str], int] = {}
+
+    def reset(self, task: Task, episode: str = "") -> str:
+        """Start `task`; `episode` (e.g. trajectory seed) varies transient failures between samples."""
+        self.task, self.episode = task, episode
+        self._docs = {function_spec(d)["name"]: d for d in task.api_list}
+        self._attempts = {}
+        return task.query
+
+    def functions(self) -> list[dict]:
+        if self.task is None:
+            raise RuntimeError("call reset(task) first")
+        return function_specs(self.task.api_list)
+
+    def step(self, function_name: str, arguments: str) -> StepResult:
+        if self.task is None:
+            raise RuntimeError("call reset(task) first")
+        if function_name == FINISH:
+            return self._finish(arguments)
+        doc = self._docs.get(function_name)
+        if doc is None:
+            envelope = {"error": f"No such function name: {function_name}", "response": ""}
+            return StepResult(render_observation(envelope, self.max_observation_length), "no_such_function",
+                              False, envelope)
+        try:
+            key = canonical_json(json.loads(arguments)) if arguments.strip() else "{}"
+        except (json.JSONDecodeError, TypeError):
+            key = arguments
+        attempt = self._attempts.get((function_name, key), 0)
+        self._attempts[(function_name, key)] = attempt + 1
+        envelope = self._call(doc, arguments, attempt)
+        return StepResult(render_observation(envelope, self.max_observation_length), "ok", False, envelope)
+
+    def _finish(self, arguments: str) -> StepResult:
+        data = parse_finish(arguments)
+        rtype = data.get("return_type")
+        if rtype is None:
+            return StepResult('{error:"must have "return_type""}', "finish_error", False)
+        if rtype == "give_up_and_restart":
+            return StepResult('{"response":"chose to give up and restart"}', "give_up", True, finish_type="give_up")
+        if rtype == "give_answer":
+            if "final_answer" not in data:
+                return StepResult('{error:"must have "final_answer""}', "finish_error", False)
+            return StepResult('{"response":"successfully giving the final answer."}', "finish", True,
+                              finish_type="give_answer", final_answer=str(data["final_answer"]))
+        return StepResult('{error:""return_type" is not a valid choice"}', "finish_error", False)
+
+    def _call(self, doc: dict, arguments: str, attempt: int) -> dict:
+        raise NotImplementedError
+
+
+class ToolWorldEnv(ApiListEnv):
+    """Calls go to an in-process ToolWorld."""
+
+    def __init__(self, world: ToolWorld, max_observation_length: int = 1024):
+        super().__init__(max_observation_length)
+        self.world = world
+
+    def _call(self, doc: dict, arguments: str, attempt: int) -> dict:
+        return self.world.call(doc["category_name"], doc["tool_name"], doc["api_name"], arguments,
+                               episode=self.episode, attempt=attempt)
+
+
+class HttpToolEnv(ApiListEnv):
+    """Calls go to a StableToolBench-style server: POST {category, tool_name, api_name, tool_input, strip,
+    toolbench_key} to `url`, answer {error, response}. `episode` and `attempt` ride along as extra fields
+    (ignored by servers that do not know them)."""
+
+    def __init__(self, url: str, max_observation_length: int = 1024, timeout_s: float = 30.0,
+                 toolbench_key: str = ""):
+        super().__init__(max_observation_length)
+        self.url = url
+        self.timeout_s = timeout_s
+        self._key = toolbench_key  # never logged, never written
+
+    def _call(self, doc: dict, arguments: str, attempt: int) -> dict:
+        body = {
+            "category": doc["category_name"], "tool_name": doc["tool_name"], "api_name": doc["api_name"],
+            "tool_input": arguments, "strip": "truncate", "toolbench_key": self._key,
+            "episode": self.episode, "attempt": attempt,
+        }
+        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "toolbench_key": self._key})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                data = json.loads(resp.read().decode("utf-8"))
+        except urllib.error.HTTPError as e:
+            return {"error": f"Request error...\nHTTP {e.code} from the tool server", "response": ""}
+        except (TimeoutError, socket.timeout):
+            return {"error": "Timeout error...", "response": ""}
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, (TimeoutError, socket.timeout)):
+                return {"error": "Timeout error...", "response": ""}
+            raise SteptoolError(f"cannot reach the tool server at {self.url}: {e.reason} "
+                                "(start it with `steptool serve-tools`, or set env.kind: toolworld)") from None
+        except json.JSONDecodeError:
+            return {"error": "Request error...\nthe tool server answered with invalid JSON", "response": ""}
+        if not isinstance(data, dict) or "error" not in data or "response" not in data:
+            return {"error": "Request error...\nthe tool server's answer lacks error/response", "response": ""}
+        return data
+
+
+def make_env(env_cfg, world_cfg, world: ToolWorld | None = None) -> ApiListEnv:
+    """The environment named by `params.yaml` (sections `env` and `toolworld`)."""
+    if env_cfg.kind == "toolworld":
+        world = world or ToolWorld(world_cfg.seed, world_cfg.entities_per_tool, world_cfg.rate_limit_prob)
+        return ToolWorldEnv(world, world_cfg.max_observation_length)
+    if env_cfg.kind == "http":
+        return HttpToolEnv(env_cfg.url, world_cfg.max_observation_length, env_cfg.timeout_s,
+                           os.environ.get(env_cfg.toolbench_key_env, ""))
+    raise SteptoolError(f"env.kind must be toolworld or http, got {env_cfg.kind!r}")

@@ -1,0 +1,170 @@
+"""Arrow schemas of every artifact, with column descriptions stored in the Parquet file itself.
+
+Writers go through `write_table` (validates, zstd, atomic rename); readers through `read_table`
+(says which file lacks which column). Open any artifact with `polars.read_parquet(path)` or
+`datasets.load_dataset("parquet", data_files=path)`; `describe(path)` prints what each column means.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import SchemaError
+from pipeline.fsutil import atomic_path
+
+
+def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Field:
+    return pa.field(name, type_, nullable=nullable, metadata={"description": doc})
+
+
+def _schema(doc: str, *fields: pa.Field) -> pa.Schema:
+    return pa.schema(list(fields), metadata={"description": doc})
+
+
+GOLD_CALL = pa.struct([
+    ("category", pa.string()), ("tool_name", pa.string()), ("api_name", pa.string()),
+    ("function_name", pa.string()), ("arguments", pa.string()),
+])
+
+TASKS = _schema(
+    "One row per task (data/tasks/<split>.parquet).",
+    _f("task_id", pa.string(), "Unique id of the task.", False),
+    _f("split", pa.string(), "train or test; the two never share an entity.", False),
+    _f("level", pa.string(), "I1 (one tool), I2 (2-3 tools of one category), I3 (tools across categories).", False),
+    _f("query", pa.string(), "The user's request, in natural language.", False),
+    _f("api_list", pa.string(), "JSON list of ToolBench api docs the agent may call (category_name, tool_name, "
+                                "api_name, api_description, required_parameters, optional_parameters, method, "
+                                "template_response).", False),
+    _f("gold", pa.struct([("calls", pa.list_(GOLD_CALL)), ("facts", pa.list_(pa.string()))]),
+       "The calls that solve the task and the facts its answer must state; null for imported benchmarks."),
+    _f("source", pa.string(), "Where the task comes from: toolworld, stabletoolbench, ..."),
+    _f("intent", pa.string(), "What the query asks, '+'-joined (attr, attr2, compare, list, sub, fx_convert, ...)."),
+    _f("tools", pa.list_(pa.string()), "Tools the gold plan uses (the api_list may hold distractors too)."),
+)
+
+TRAJECTORIES = _schema(
+    "One row per trajectory (data/trajectories/trajectories.parquet).",
+    _f("traj_id", pa.string(), "Stable hash of task, policy, strategy, sample index and seed.", False),
+    _f("task_id", pa.string(), "The task this trajectory attempts.", False),
+    _f("policy", pa.string(), "Model that acted."),
+    _f("strategy", pa.string(), "cot or dfsdt."),
+    _f("sample_idx", pa.int32(), "Index of the sample for this task."),
+    _f("seed", pa.int64(), "Sampling seed."),
+    _f("n_steps", pa.int32(), "Number of actions, the Finish included."),
+    _f("finish_type", pa.string(), "give_answer, give_up or none (never finished)."),
+    _f("final_answer", pa.string(), "The answer given with Finish, if any."),
+)
+
+STEPS = _schema(
+    "One row per step, i.e. one action and what the environment answered (data/trajectories/steps.parquet).",
+    _f("traj_id", pa.string(), "Trajectory id.", False),
+    _f("task_id", pa.string(), "Task id.", False),
+    _f("step_idx", pa.int32(), "0-based; the Finish step is the last.", False),
+    _f("prompt_text", pa.string(), "Everything the model saw before this action."),
+    _f("action_text", pa.string(), "The text the model generated for this action."),
+    _f("thought", pa.string(), "The Thought part of the action."),
+    _f("api_name", pa.string(), "Function called (StableToolBench function name) or Finish."),
+    _f("arguments_json", pa.string(), "Arguments as the model wrote them."),
+    _f("parse_ok", pa.bool_(), "Whether the action parsed into a function call."),
+    _f("observation", pa.string(), "The environment's answer, as the model read it (truncated)."),
+    _f("is_finish", pa.bool_(), "This step called Finish."),
+    _f("finish_type", pa.string(), "give_answer, give_up or none."),
+    _f("final_answer", pa.string(), "Answer given with Finish."),
+    _f("prompt_tokens", pa.int32(), "Tokens of prompt_text."),
+    _f("action_tokens", pa.int32(), "Tokens of action_text."),
+    _f("behaviour_logprob", pa.float64(), "Sum of the sampling policy's log-probs over the action's tokens."),
+)
+
+ANNOTATED_STEPS = _schema(
+    "Steps with their step-grained rewards (data/annotated/steps.parquet).",
+    *STEPS,
+    _f("succ_calling", pa.int8(), "SuccCalling: 1 if the call executed correctly, else 0."),
+    _f("contribution", pa.float64(), "Contribution to the final answer, 0..5 (mean over votes)."),
+    _f("is_solved", pa.string(), "Final step only: Solved, Unsure or Unsolved."),
+    _f("annotator", pa.string(), "oracle, heuristic, openai or imported."),
+    _f("judge_model", pa.string(), "Judge model, when an LLM annotated."),
+    _f("prompt_version", pa.string(), "Version of the judge prompt."),
+    _f("votes", pa.int32(), "Number of judge votes averaged."),
+)
+
+ADVANTAGES = _schema(
+    "Per-step reward, return and advantage of one training variant (data/advantages/<variant>.parquet).",
+    _f("traj_id", pa.string(), "Trajectory id.", False),
+    _f("step_idx", pa.int32(), "0-based step index.", False),
+    _f("reward", pa.float64(), "r_t of the variant (see params annotate/advantages)."),
+    _f("return", pa.float64(), "Return-to-go."),
+    _f("advantage", pa.float64(), "Advantage used by the trainer."),
+    _f("variant", pa.string(), "steptool, ppo_outcome, no_step_reward or no_step_opt."),
+)
+
+
+def write_table(data: pa.Table | Iterable[dict[str, Any]], path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
+    """Validate `data` against `schema` and write it as zstd Parquet, atomically. Returns the table."""
+    path = Path(path)
+    if isinstance(data, pa.Table):
+        missing = [n for n in schema.names if n not in data.column_names]
+        if missing:
+            raise SchemaError(f"{path}: cannot write, column(s) {missing} missing")
+        try:
+            table = data.select(schema.names).cast(schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as e:
+            raise SchemaError(f"{path}: cannot write, {e}") from None
+    else:
+        rows = list(data)
+        for i, row in enumerate(rows):
+            missing = [n for n in schema.names if n not in row]
+            if missing:
+                raise SchemaError(f"{path}: record {i} lacks field(s) {missing}")
+            for fld in schema:
+                if not fld.nullable and row[fld.name] is None:
+                    raise SchemaError(f"{path}: record {i} field '{fld.name}' must not be null")
+        try:
+            table = pa.Table.from_pylist(rows, schema=schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as e:
+            raise SchemaError(f"{path}: {_locate(rows, schema)}{e}") from None
+    with atomic_path(path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+    return table
+
+
+def _locate(rows: list[dict], schema: pa.Schema) -> str:
+    """Find the first record and field that Arrow rejects, for an error that names them."""
+    for i, row in enumerate(rows):
+        for fld in schema:
+            try:
+                pa.array([row.get(fld.name)], type=fld.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+                return f"record {i} field '{fld.name}' ({row.get(fld.name)!r:.80}) is not {fld.type}: "
+    return ""
+
+
+def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
+    """Read a Parquet artifact and check it has every column of `schema` with a castable type."""
+    path = Path(path)
+    if not path.exists():
+        raise SchemaError(f"{path}: no such file (run the stage that writes it: dvc repro)")
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SchemaError(f"{path}: not a readable Parquet file ({e})") from None
+    missing = [n for n in schema.names if n not in table.column_names]
+    if missing:
+        raise SchemaError(f"{path}: column(s) {missing} missing (has {table.column_names})")
+    try:
+        return table.select(schema.names).cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as e:
+        raise SchemaError(f"{path}: a column has the wrong type: {e}") from None
+
+
+def describe(path: str | os.PathLike) -> str:
+    """What each column of a Parquet artifact means, read from the file's own metadata."""
+    schema = pq.read_schema(path)
+    lines = [(schema.metadata or {}).get(b"description", b"").decode()]
+    for fld in schema:
+        doc = (fld.metadata or {}).get(b"description", b"").decode()
+        lines.append(f"  {fld.name} ({fld.type}): {doc}")
+    return "\n".join(lines)

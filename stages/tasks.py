@@ -1,0 +1,39 @@
+"""Stage `tasks`: build ToolWorld and write data/tasks/{train,test}.parquet and data/tools/catalog.json."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from pipeline.config import Params, to_dict
+from pipeline.fsutil import write_json
+from pipeline.schema import TASKS, write_table
+from pipeline.toolworld.tasks import generate_tasks
+from pipeline.toolworld.world import ToolWorld
+
+TASKS_DIR = Path("data/tasks")
+CATALOG = Path("data/tools/catalog.json")
+
+
+def run(params: Params, root: Path = Path(".")) -> str:
+    tw, tc = params.toolworld, params.tasks
+    world = ToolWorld(tw.seed, tw.entities_per_tool, tw.rate_limit_prob)
+    splits = generate_tasks(world, tc.seed, to_dict(tc.train), to_dict(tc.test), tc.max_gold_calls, tc.distractor_tools)
+    for split, tasks in splits.items():
+        write_table([t.to_row() for t in tasks], root / TASKS_DIR / f"{split}.parquet", TASKS)
+    catalog = world.catalog()
+    catalog["max_observation_length"] = tw.max_observation_length
+    write_json(root / CATALOG, catalog)
+    sizes = catalog["sizes"]
+    counts = {s: dict(sorted(Counter(t.level for t in ts).items())) for s, ts in splits.items()}
+    return (f"tasks: world {sizes['categories']} categories, {sizes['tools']} tools, {sizes['apis']} APIs, "
+            f"{sizes['entities']} entities; train {counts['train']}, test {counts['test']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.cli import run_stage
+
+    return run_stage("tasks", __doc__, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
