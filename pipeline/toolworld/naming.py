@@ -10,7 +10,6 @@ import re
 _NOT_KEPT = re.compile(r"[^\u4e00-\u9fa5^a-zA-Z0-9_]")
 _RUNS = re.compile(r"_+")
 _RESERVED = frozenset({"from", "class", "return", "false", "true", "id", "and"})
-MAX_FUNCTION_NAME = 64
 
 
 def standardize(name: str) -> str:
@@ -33,8 +32,12 @@ def change_name(api: str) -> str:
 
 
 def function_name(tool_name: str, api_name: str) -> str:
-    """The function name an agent calls: `<api>_for_<tool>`, at most the last 64 characters."""
-    return f"{change_name(standardize(api_name))}_for_{standardize(tool_name)}"[-MAX_FUNCTION_NAME:]
+    """The function name an agent calls: `<api>_for_<tool>`.
+
+    Not cut to 64 characters: the real StableToolBench trajectories (`tool_names` in
+    pass_rate_results) carry names of up to 86 characters, uncut, and we match them.
+    """
+    return f"{change_name(standardize(api_name))}_for_{standardize(tool_name)}"
 
 
 def category_dir(category: str) -> str:

@@ -95,6 +95,9 @@ class _ValueDrawer:
     def __init__(self, rng: random.Random):
         self.rng = rng
         self.used_names: set[str] = set()
+        # Names of person- and city-named entities: attribute values never reuse them, so that an
+        # attribute (a director, a city) can never name an entity of the other split.
+        self.reserved: set[str] = set()
 
     def value(self, f: S.FieldSpec) -> Any:
         r, a = self.rng, f.args
@@ -107,9 +110,9 @@ class _ValueDrawer:
         if f.kind == "choice":
             return r.choice(a)
         if f.kind == "person":
-            return f"{r.choice(S.FIRST_NAMES)} {r.choice(S.LAST_NAMES)}"
+            return self._free(lambda: f"{r.choice(S.FIRST_NAMES)} {r.choice(S.LAST_NAMES)}")
         if f.kind == "city":
-            return self.city()
+            return self._free(self.city)
         if f.kind == "date":
             return f"{r.randint(a[0], a[1])}-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}"
         if f.kind == "time":
@@ -125,6 +128,12 @@ class _ValueDrawer:
         if f.kind == "review":
             return " ".join(r.choice(S.REVIEW_WORDS) for _ in range(r.randint(14, 28))).capitalize() + "."
         raise ValueError(f"unknown field kind {f.kind!r} for field {f.name!r}")
+
+    def _free(self, draw) -> str:
+        value = draw()
+        while value in self.reserved:
+            value = draw()
+        return value
 
     def city(self) -> str:
         return self.rng.choice(S.CITY_PREFIXES) + self.rng.choice(S.CITY_SUFFIXES)
@@ -168,17 +177,22 @@ class ToolWorld:
         self.by_id: dict[str, dict[str, Entity]] = {}
         self.apis: list[Api] = []
         self.fx_usd: dict[str, float] = {}
+        # Names first, for every tool, so that attribute values can steer clear of them.
+        names = {t.tool_name: [drawer.unique_name(t.naming) for _ in range(entities_per_tool)]
+                 for t in S.TOOLS if isinstance(t, S.ToolSpec)}
+        drawer.reserved = {n for t in S.TOOLS if isinstance(t, S.ToolSpec) and t.naming[0] in ("person", "city")
+                           for n in names[t.tool_name]}
         for tool in S.TOOLS:
             self.tools[tool.tool_name] = tool
             if isinstance(tool, S.CalcSpec):
                 self._build_calc(tool, rng)
             else:
-                self._build_entities(tool, drawer, rng)
+                self._build_entities(tool, names[tool.tool_name], drawer, rng)
                 self.apis.extend(self._entity_apis(tool))
         self._index = {(standardize(a.tool_name), standardize(a.api_name)): a for a in self.apis}
 
     # ------------------------------------------------------------------------------ building
-    def _build_entities(self, tool: S.ToolSpec, drawer: _ValueDrawer, rng: random.Random) -> None:
+    def _build_entities(self, tool: S.ToolSpec, names: list[str], drawer: _ValueDrawer, rng: random.Random) -> None:
         filt = next(f for f in tool.fields if f.name == tool.filter_field)
         halves = {"train": filt.args[0::2], "test": filt.args[1::2]}
         ents, ids = [], set()
@@ -190,7 +204,7 @@ class ToolWorld:
             while eid in ids:
                 eid = f"{tool.id_prefix}_{rng.getrandbits(24):06x}"
             ids.add(eid)
-            ent = Entity(eid, drawer.unique_name(tool.naming), split, values)
+            ent = Entity(eid, names[i], split, values)
             if tool.sub is not None:
                 sub = tool.sub
                 items = [{f.name: drawer.value(f) for f in sub.item_fields}

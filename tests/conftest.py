@@ -1,0 +1,49 @@
+"""Shared fixtures: the real external data (skipped when absent), a small world, a tiny model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import pipeline  # noqa: F401  (sets the offline environment variables before transformers loads)
+
+REPO = Path(__file__).resolve().parents[1]
+EXTERNAL = Path(os.environ.get("STEPTOOL_EXTERNAL", REPO.parent / "shared" / "external"))
+
+
+@pytest.fixture(scope="session")
+def external() -> Path:
+    """`../shared/external/` with the real StableToolBench and StepTool files; skips when absent."""
+    if not (EXTERNAL / "README.md").exists():
+        pytest.skip(f"real external data not found at {EXTERNAL} (set STEPTOOL_EXTERNAL to its folder)")
+    return EXTERNAL
+
+
+@pytest.fixture(scope="session")
+def world():
+    from pipeline.toolworld.world import ToolWorld
+
+    return ToolWorld(seed=1234, entities_per_tool=40, rate_limit_prob=0.03)
+
+
+@pytest.fixture(scope="session")
+def splits(world):
+    from pipeline.toolworld.tasks import generate_tasks
+
+    return generate_tasks(world, seed=7, train_sizes={"I1": 120, "I2": 60, "I3": 60},
+                          test_sizes={"I1": 40, "I2": 30, "I3": 30})
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from pipeline.models import SMOLLM2, load_tokenizer
+
+    return load_tokenizer(SMOLLM2)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    from tests.tiny_model import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", tokenizer)

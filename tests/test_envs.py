@@ -1,0 +1,144 @@
+"""The environment protocol, the embedded ToolWorld and the real HTTP tool server give the same answers."""
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+
+import pytest
+
+from pipeline.envs import HttpToolEnv, ToolWorldEnv
+from pipeline.errors import SteptoolError
+from pipeline.toolworld.oracle import run_oracle
+from pipeline.toolworld.server import make_server, serve_in_thread
+
+
+@pytest.fixture()
+def server(world):
+    srv, url = serve_in_thread(world)
+    yield url
+    srv.shutdown()
+    srv.server_close()
+
+
+def _script(task):
+    """Gold calls plus the mistakes agents make, then Finish."""
+    calls = [(c.function_name, c.arguments) for c in task.gold_calls]
+    first = task.gold_calls[0].function_name
+    return calls + [
+        (first, "{broken json"),
+        (first, json.dumps({"nope": 1})),
+        (first, "{}"),
+        ("made_up_function_for_nothing", "{}"),
+        ("Finish", json.dumps({"return_type": "give_answer", "final_answer": "done"})),
+    ]
+
+
+def test_same_task_same_answers_embedded_and_over_http(world, splits, server):
+    local, remote = ToolWorldEnv(world), HttpToolEnv(server)
+    for task in splits["test"][:: 7]:
+        assert local.reset(task, "ep-1") == remote.reset(task, "ep-1") == task.query
+        assert local.functions() == remote.functions()
+        for name, args in _script(task):
+            a, b = local.step(name, args), remote.step(name, args)
+            assert a == b, (task.task_id, name, args)
+
+
+def test_http_oracle_solves_like_embedded(world, splits, server):
+    remote = HttpToolEnv(server)
+    for task in splits["train"][:20]:
+        run = run_oracle(remote, task)
+        assert run.final.finish_type == "give_answer"
+
+
+def test_unknown_function_and_finish_rules(world, splits):
+    env = ToolWorldEnv(world)
+    env.reset(splits["train"][0])
+    r = env.step("nope_for_nothing", "{}")
+    assert r.observation == '{"error": "No such function name: nope_for_nothing", "response": ""}'
+    assert r.status == "no_such_function" and not r.done
+    assert env.step("Finish", "{}").status == "finish_error"
+    assert env.step("Finish", '{"return_type": "give_answer"}').observation == '{error:"must have "final_answer""}'
+    assert env.step("Finish", '{"return_type": "maybe"}').status == "finish_error"
+    gu = env.step("Finish", '{"return_type": "give_up_and_restart"}')
+    assert gu.done and gu.finish_type == "give_up"
+    # ToolBench's lenient reading of a Finish whose JSON is broken
+    ok = env.step("Finish", '{"return_type": "give_answer", "final_answer": "It is 42 }')
+    assert ok.done and ok.finish_type == "give_answer" and ok.final_answer.startswith("It is 42")
+
+
+def test_functions_are_the_task_apis_plus_finish(world, splits):
+    env = ToolWorldEnv(world)
+    task = splits["train"][0]
+    env.reset(task)
+    names = [f["name"] for f in env.functions()]
+    assert names[-1] == "Finish" and len(names) == len(task.api_list) + 1
+    spec = env.functions()[0]
+    assert spec["description"].startswith('This is the subfunction for tool "')
+    assert set(spec["parameters"]) == {"type", "properties", "required", "optional"}
+
+
+def test_retry_after_rate_limit_counts_attempts():
+    from pipeline.task import Task
+    from pipeline.toolworld.world import RATE_LIMIT_ERROR, ToolWorld
+
+    world = ToolWorld(1234, 12, rate_limit_prob=0.5)
+    task = Task("t", "train", "I1", "q", [a.doc() for a in world.tool_apis("CineVault")])
+    env = ToolWorldEnv(world)
+    env.reset(task, "episode-a")
+    errors = [env.step("search_movies_for_cinevault", '{"query": "harbor"}').envelope["error"] for _ in range(12)]
+    assert RATE_LIMIT_ERROR in errors and "" in errors, "attempts vary: some fail, a retry succeeds"
+    env.reset(task, "episode-a")
+    again = [env.step("search_movies_for_cinevault", '{"query": "harbor"}').envelope["error"] for _ in range(12)]
+    assert again == errors, "reset restarts the attempt count: the same episode replays identically"
+
+
+def test_server_rejects_bad_requests(server):
+    def post(body: bytes):
+        req = urllib.request.Request(server, data=body, method="POST", headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    assert post(b"not json")[0] == 422
+    code, body = post(json.dumps({"category": "Movies"}).encode())
+    assert code == 422 and "tool_name" in body["detail"]
+    code, body = post(json.dumps({"category": "Movies", "tool_name": "CineVault", "api_name": "Search Movies",
+                                  "tool_input": {"query": "harbor"}, "strip": "", "toolbench_key": "k"}).encode())
+    assert code == 200 and set(body) == {"error", "response"}
+    with urllib.request.urlopen(server.replace("/virtual", "/health"), timeout=5) as r:
+        assert json.loads(r.read())["status"] == "ok"
+
+
+def test_port_in_use_is_one_clear_error(world):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(SteptoolError, match=f"port {port} on 127.0.0.1 is already in use"):
+            make_server(world, "127.0.0.1", port)
+
+
+def test_unreachable_server_is_one_clear_error(splits):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound but not listening: connections are refused
+        env = HttpToolEnv(f"http://127.0.0.1:{port}/virtual", timeout_s=2)
+        task = splits["train"][0]
+        env.reset(task)
+        with pytest.raises(SteptoolError, match="cannot reach the tool server"):
+            env.step(task.gold_calls[0].function_name, task.gold_calls[0].arguments)
+
+
+def test_toolbench_key_is_sent_but_never_in_observations(world, splits, server, monkeypatch):
+    from pipeline.config import EnvConfig, ToolWorldConfig
+    from pipeline.envs import make_env
+
+    monkeypatch.setenv("MY_TB_KEY", "sk-secret-123")
+    env = make_env(EnvConfig(kind="http", url=server, toolbench_key_env="MY_TB_KEY"), ToolWorldConfig())
+    task = splits["train"][0]
+    env.reset(task)
+    r = env.step(task.gold_calls[0].function_name, task.gold_calls[0].arguments)
+    assert "sk-secret-123" not in r.observation and "sk-secret-123" not in repr(r)
