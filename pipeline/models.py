@@ -60,7 +60,8 @@ def load_tokenizer(source: str):
     try:
         return AutoTokenizer.from_pretrained(name, **kwargs)
     except OSError as e:
-        raise SteptoolError(f"cannot load the tokenizer of {source}: not on disk ({str(e).splitlines()[0]})") from None
+        raise SteptoolError(f"cannot load the tokenizer of {source}: it is not on disk and the pipeline never "
+                            "downloads: pass a local checkpoint directory") from None
 
 
 def build_base_model(source: str, out_dir: str | Path, dtype: str = "float32") -> dict:
@@ -73,8 +74,8 @@ def build_base_model(source: str, out_dir: str | Path, dtype: str = "float32") -
     try:
         model = AutoModelForCausalLM.from_pretrained(name, dtype=getattr(torch, dtype), **kwargs)
     except OSError as e:
-        raise SteptoolError(f"cannot load model {source}: not on disk ({str(e).splitlines()[0]}); "
-                            "the pipeline never downloads: pass a local path") from None
+        raise SteptoolError(f"cannot load model {source}: it is not on disk and the pipeline never downloads: "
+                            f"pass a local checkpoint directory ({str(e).splitlines()[0][:120]})") from None
     # A GGUF load leaves a quantization_config behind; the saved weights are plain (dequantized) tensors.
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config

@@ -1,0 +1,76 @@
+"""The command line: helpful --help, and one clear line with a non-zero exit for every user error."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def steptool(*args, cwd=REPO, timeout=120):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _one_error_line(proc) -> str:
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("steptool: error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("sub", ["tasks", "base-model", "serve-tools", "params", "describe"])
+def test_help(sub):
+    proc = steptool(sub, "--help")
+    assert proc.returncode == 0 and "usage: steptool" in proc.stdout
+
+
+def test_malformed_params_unknown_key_and_wrong_type(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("toolworld:\n  seed: 1\n  sede: 2\n")
+    line = _one_error_line(steptool("tasks", "--params", str(p), "--root", str(tmp_path)))
+    assert "unknown key 'toolworld.sede'" in line
+    p.write_text("tasks:\n  seed: seven\n")
+    line = _one_error_line(steptool("tasks", "--params", str(p), "--root", str(tmp_path)))
+    assert "tasks.seed must be an integer, got str 'seven'" in line
+    assert not (tmp_path / "data").exists()
+
+
+def test_missing_model_path(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("base_model:\n  source: ./no/such/model\n")
+    line = _one_error_line(steptool("base-model", "--params", str(p), "--root", str(tmp_path)))
+    assert "model path ./no/such/model does not exist" in line
+
+
+def test_port_in_use(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        line = _one_error_line(steptool("serve-tools", "--port", str(port), "--params", str(REPO / "params.yaml")))
+    assert f"port {port} on 127.0.0.1 is already in use" in line
+
+
+def test_tasks_stage_writes_its_outputs(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("tasks:\n  train: {I1: 6, I2: 3, I3: 3}\n  test: {I1: 3, I2: 2, I3: 2}\n")
+    proc = steptool("tasks", "--params", str(p), "--root", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "33 tools" in proc.stdout and "train {'I1': 6, 'I2': 3, 'I3': 3}" in proc.stdout
+    for f in ("data/tasks/train.parquet", "data/tasks/test.parquet", "data/tools/catalog.json"):
+        assert (tmp_path / f).exists()
+    described = steptool("describe", str(tmp_path / "data/tasks/train.parquet"))
+    assert "gold" in described.stdout
+
+
+def test_params_lists_every_knob():
+    proc = steptool("params")
+    assert proc.returncode == 0
+    assert "toolworld.rate_limit_prob" in proc.stdout and "params.yaml: valid" in proc.stdout

@@ -1,0 +1,58 @@
+"""params.yaml: typed, with one-line errors that name the key."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from pipeline.config import Params, describe, load_params, parse_params
+from pipeline.errors import ConfigError
+from tests.conftest import REPO
+
+
+def test_the_repository_params_are_valid_and_cover_every_knob():
+    params = load_params(REPO / "params.yaml")
+    assert isinstance(params, Params)
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, help_, _ in describe():
+        section, *rest = key.split(".")
+        node = raw[section]
+        for part in rest:
+            assert part in node, f"params.yaml lacks {key}: every knob is written out with a comment"
+            node = node[part]
+        assert help_, f"{key} has no help text"
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"toolworld": {"sede": 1}}, "unknown key 'toolworld.sede' (allowed: seed, "),
+    ({"bogus": {}}, "unknown key 'bogus'"),
+    ({"toolworld": {"seed": "abc"}}, "toolworld.seed must be an integer, got str 'abc'"),
+    ({"toolworld": {"seed": True}}, "toolworld.seed must be an integer, got bool True"),
+    ({"toolworld": {"rate_limit_prob": 1.5}}, "toolworld.rate_limit_prob must be in [0, 1), got 1.5"),
+    ({"tasks": {"train": {"I4": 3}}}, "unknown key 'tasks.train.I4'"),
+    ({"tasks": {"train": {"I1": -1}}}, "tasks.train.I1 must be >= 0, got -1"),
+    ({"tasks": {"train": 5}}, "tasks.train must be a mapping"),
+    ({"env": {"kind": "docker"}}, "env.kind must be one of 'toolworld', 'http', got 'docker'"),
+    ({"base_model": {"dtype": "int8"}}, "base_model.dtype must be one of"),
+    ([1, 2], "the top level must be a mapping"),
+])
+def test_bad_params_name_the_key(raw, message):
+    with pytest.raises(ConfigError) as e:
+        parse_params(raw, "params.yaml")
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+    assert str(e.value).startswith("params.yaml: ")
+
+
+def test_defaults_fill_missing_keys_and_ints_are_numbers():
+    p = parse_params({"toolworld": {"rate_limit_prob": 0}})
+    assert p.toolworld.rate_limit_prob == 0.0 and isinstance(p.toolworld.rate_limit_prob, float)
+    assert p.toolworld.seed == 1234 and p.tasks.train.I1 == 120
+
+
+def test_invalid_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("toolworld:\n  seed: [1,\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ConfigError, match="no such file"):
+        load_params(tmp_path / "missing.yaml")

