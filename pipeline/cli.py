@@ -65,7 +65,7 @@ def _serve_tools(args: argparse.Namespace) -> int:
     from pipeline.toolworld.world import ToolWorld
 
     tw = load_params(args.params).toolworld
-    world = ToolWorld(tw.seed, tw.entities_per_tool, tw.rate_limit_prob)
+    world = ToolWorld.from_config(tw)
     server = make_server(world, args.host, args.port)
     host, port = server.server_address[:2]
     print(f"serving ToolWorld ({len(world.apis)} APIs, world {world.fingerprint()}) on "

@@ -183,7 +183,7 @@ class HttpToolEnv(ApiListEnv):
 def make_env(env_cfg, world_cfg, world: ToolWorld | None = None) -> ApiListEnv:
     """The environment named by `params.yaml` (sections `env` and `toolworld`)."""
     if env_cfg.kind == "toolworld":
-        world = world or ToolWorld(world_cfg.seed, world_cfg.entities_per_tool, world_cfg.rate_limit_prob)
+        world = world or ToolWorld.from_config(world_cfg)
         return ToolWorldEnv(world, world_cfg.max_observation_length)
     if env_cfg.kind == "http":
         return HttpToolEnv(env_cfg.url, world_cfg.max_observation_length, env_cfg.timeout_s,

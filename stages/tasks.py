@@ -16,7 +16,7 @@ CATALOG = Path("data/tools/catalog.json")
 
 def run(params: Params, root: Path = Path(".")) -> str:
     tw, tc = params.toolworld, params.tasks
-    world = ToolWorld(tw.seed, tw.entities_per_tool, tw.rate_limit_prob)
+    world = ToolWorld.from_config(tw)
     splits = generate_tasks(world, tc.seed, to_dict(tc.train), to_dict(tc.test), tc.max_gold_calls, tc.distractor_tools)
     for split, tasks in splits.items():
         write_table([t.to_row() for t in tasks], root / TASKS_DIR / f"{split}.parquet", TASKS)

@@ -188,3 +188,23 @@ def test_function_names_match_the_real_benchmark(external):
             equal += ours == theirs
     assert compared == 765
     assert equal >= 0.95 * compared, f"only {equal} of {compared} queries have the same function list"
+
+
+def test_world_rebuilds_from_its_catalog_and_rejects_a_stale_one(tmp_path):
+    from pipeline.errors import SteptoolError
+    from pipeline.fsutil import write_json
+
+    world = ToolWorld(42, 10, 0.1)
+    path = tmp_path / "catalog.json"
+    write_json(path, world.catalog())
+    again = ToolWorld.from_catalog(path)
+    assert again.fingerprint() == world.fingerprint()
+    ent = world.entities["CineVault"][3]
+    assert again.call("Movies", "CineVault", "Get Movie Details", {"movie_id": ent.id}, attempt=7) == \
+        world.call("Movies", "CineVault", "Get Movie Details", {"movie_id": ent.id}, attempt=7)
+    stale = world.catalog() | {"fingerprint": "0" * 16}
+    write_json(path, stale)
+    with pytest.raises(SteptoolError, match="rerun the tasks stage"):
+        ToolWorld.from_catalog(path)
+    with pytest.raises(SteptoolError, match="no such file"):
+        ToolWorld.from_catalog(tmp_path / "missing.json")

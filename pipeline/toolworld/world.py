@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from pipeline.errors import SteptoolError
 from pipeline.toolworld import spec as S
 from pipeline.toolworld.naming import category_dir, function_name, standardize
 
@@ -190,6 +191,29 @@ class ToolWorld:
                 self._build_entities(tool, names[tool.tool_name], drawer, rng)
                 self.apis.extend(self._entity_apis(tool))
         self._index = {(standardize(a.tool_name), standardize(a.api_name)): a for a in self.apis}
+
+    @classmethod
+    def from_config(cls, cfg) -> "ToolWorld":
+        """The world of a `params.yaml` `toolworld` section (`pipeline.config.ToolWorldConfig`)."""
+        return cls(cfg.seed, cfg.entities_per_tool, cfg.rate_limit_prob)
+
+    @classmethod
+    def from_catalog(cls, path) -> "ToolWorld":
+        """Rebuild the world that wrote `data/tools/catalog.json` (later stages depend on that file only)."""
+        import pathlib
+
+        path = pathlib.Path(path)
+        try:
+            cat = json.loads(path.read_text(encoding="utf-8"))
+            world = cls(int(cat["seed"]), int(cat["entities_per_tool"]), float(cat["rate_limit_prob"]))
+        except FileNotFoundError:
+            raise SteptoolError(f"{path}: no such file (run the tasks stage: dvc repro tasks)") from None
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise SteptoolError(f"{path}: not a ToolWorld catalog ({type(e).__name__}: {e})") from None
+        if world.fingerprint() != cat.get("fingerprint"):
+            raise SteptoolError(f"{path}: written by another version of ToolWorld (fingerprint "
+                                f"{cat.get('fingerprint')} != {world.fingerprint()}): rerun the tasks stage")
+        return world
 
     # ------------------------------------------------------------------------------ building
     def _build_entities(self, tool: S.ToolSpec, names: list[str], drawer: _ValueDrawer, rng: random.Random) -> None:
