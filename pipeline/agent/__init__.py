@@ -1,0 +1,1 @@
+"""Agents: prompt formats, the action parser, strategies (cot, dfsdt) and policy backends."""

@@ -1,0 +1,71 @@
+"""Parse a model's ReAct action (``Thought: ... Action: ... Action Input: {...}``) into a call.
+
+Model output is untrusted text: JSON goes through `json`, Python literals through
+`ast.literal_eval`, nothing is executed. A bad action is never an exception: it comes back with
+``parse_ok=False`` and the reason, and keeps what could be read (the name, the raw arguments) so
+that the environment can answer it as a real API would ("No such function name", "Tool input
+parse error...").
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+from dataclasses import dataclass
+
+_ACTION = re.compile(r"(?:^|\n)\s*Action\s*:[ \t]*(.*)")
+_INPUT = re.compile(r"(?:^|\n)\s*Action Input\s*:[ \t]*", re.S)
+_THOUGHT = re.compile(r"^\s*Thought\s*:\s*", re.S)
+
+
+@dataclass(frozen=True)
+class ParsedAction:
+    thought: str
+    api_name: str  # "" when no Action line was found
+    arguments: str  # the Action Input text as written ("" when absent)
+    parse_ok: bool
+    error: str = ""  # why parse_ok is False: missing Action | missing Action Input | malformed JSON | unknown API | text after the call
+
+
+def parse_react(text: str, known_functions: set[str] | None = None) -> ParsedAction:
+    """Split a ReAct action; check the name against `known_functions` (with Finish) when given."""
+    m_action = _ACTION.search(text)
+    if m_action is None:
+        return ParsedAction(_THOUGHT.sub("", text).strip(), "", "", False, "missing Action")
+    thought = _THOUGHT.sub("", text[: m_action.start()]).strip()
+    name = m_action.group(1).strip()
+    rest = text[m_action.end():]
+    m_input = _INPUT.search(rest)
+    if m_input is None:
+        return ParsedAction(thought, name, "", False, "missing Action Input")
+    raw = rest[m_input.end():].strip()
+    if known_functions is not None and name not in known_functions and name != "Finish":
+        return ParsedAction(thought, name, raw, False, f"unknown API: {name}")
+    if raw == "":
+        return ParsedAction(thought, name, "{}", True)
+    try:
+        obj, end = json.JSONDecoder(strict=False).raw_decode(raw)
+    except json.JSONDecodeError as e:
+        return ParsedAction(thought, name, raw, False, f"malformed JSON: {e.msg} at char {e.pos}")
+    if not isinstance(obj, dict):
+        return ParsedAction(thought, name, raw, False, f"malformed JSON: arguments must be an object, got {type(obj).__name__}")
+    tail = raw[end:].strip()
+    if tail:
+        return ParsedAction(thought, name, raw[:end], False, f"text after the call: {tail[:60]!r}")
+    return ParsedAction(thought, name, raw, True)
+
+
+def functions_from_system_prompt(system: str) -> list[dict]:
+    """The function list that ToolBench's system prompt embeds as a Python literal (``[{'name': ...}]``)."""
+    marker = "Specifically, you have access to the following APIs:"
+    i = system.find(marker)
+    if i < 0:
+        raise ValueError("system prompt has no 'Specifically, you have access to the following APIs:' list")
+    literal = system[i + len(marker):].strip()
+    try:
+        value = ast.literal_eval(literal)
+    except (ValueError, SyntaxError) as e:
+        raise ValueError(f"the function list is not a Python literal: {e}") from None
+    if not isinstance(value, list) or not all(isinstance(f, dict) and "name" in f for f in value):
+        raise ValueError("the function list is not a list of {'name': ...} dicts")
+    return value
