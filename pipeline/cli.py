@@ -40,7 +40,7 @@ def _guard(fn: Callable[[], int | None]) -> int:
         return 130
 
 
-def _run(name: str, run: Callable, args: argparse.Namespace) -> int:
+def _run(run: Callable, args: argparse.Namespace) -> int:
     from pipeline.config import load_params
 
     params = load_params(args.params)
@@ -56,7 +56,7 @@ def run_stage(name: str, doc: str | None, run: Callable, argv: list[str] | None 
     _common(parser)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    return _guard(lambda: _run(name, run, args))
+    return _guard(lambda: _run(run, args))
 
 
 def _serve_tools(args: argparse.Namespace) -> int:
@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in (("tasks", tasks), ("base-model", base_model)):
         p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0], description=module.__doc__)
         _common(p)
-        p.set_defaults(func=lambda a, m=module, n=name: _run(n, m.run, a))
+        p.set_defaults(func=lambda a, m=module: _run(m.run, a))
     p = sub.add_parser("serve-tools", help="serve ToolWorld over StableToolBench's HTTP contract (POST /virtual)",
                        description="Serve the ToolWorld of params.yaml over HTTP, as a StableToolBench server does.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

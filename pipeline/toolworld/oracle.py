@@ -5,6 +5,7 @@ warm start learns from.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from pipeline.envs import ApiListEnv, StepResult
@@ -32,11 +33,5 @@ def run_oracle(env: ApiListEnv, task: Task, episode: str = "oracle") -> OracleRu
             if (result.envelope or {}).get("error") != RATE_LIMIT_ERROR:
                 break
     answer = "Here is what I found: " + "; ".join(task.gold_facts or []) + "."
-    run.final = env.step("Finish", _finish_args(answer))
+    run.final = env.step("Finish", json.dumps({"return_type": "give_answer", "final_answer": answer}))
     return run
-
-
-def _finish_args(answer: str) -> str:
-    import json
-
-    return json.dumps({"return_type": "give_answer", "final_answer": answer})

@@ -8,7 +8,6 @@ one split (see `world.py`), and so do filter values, currency pairs and loan amo
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 
@@ -245,7 +244,3 @@ def generate_tasks(world: ToolWorld, seed: int, train_sizes: dict[str, int], tes
                    max_gold_calls: int = 5, distractor_tools: int = 1) -> dict[str, list[Task]]:
     gen = TaskGenerator(world, seed, max_gold_calls, distractor_tools)
     return {"train": gen.generate("train", train_sizes), "test": gen.generate("test", test_sizes)}
-
-
-def gold_arguments(call: GoldCall) -> dict:
-    return json.loads(call.arguments)
