@@ -11,6 +11,7 @@ StableToolBench-style HTTP server (``POST /virtual``, e.g. ``steptool serve-tool
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -86,6 +87,12 @@ class ApiListEnv:
         self._docs = {function_spec(d)["name"]: d for d in task.api_list}
         self._attempts = {}
         return task.query
+
+    def fork(self) -> "ApiListEnv":
+        """An independent copy at the same point of the episode (for tree search)."""
+        clone = copy.copy(self)
+        clone._attempts = dict(self._attempts)
+        return clone
 
     def functions(self) -> list[dict]:
         if self.task is None:

@@ -57,6 +57,11 @@ TRAJECTORIES = _schema(
     _f("n_steps", pa.int32(), "Number of actions, the Finish included."),
     _f("finish_type", pa.string(), "give_answer, give_up or none (never finished)."),
     _f("final_answer", pa.string(), "The answer given with Finish, if any."),
+    _f("split", pa.string(), "Split of the task (train or test)."),
+    _f("level", pa.string(), "Level of the task (I1, I2, I3)."),
+    _f("actions_generated", pa.int32(), "Actions sampled, dead ends of a DFSDT search included."),
+    _f("tree_json", pa.string(), "DFSDT: JSON list of every node explored (node, parent, depth, action, "
+                                 "observation, status); null for cot."),
 )
 
 STEPS = _schema(
@@ -77,6 +82,17 @@ STEPS = _schema(
     _f("prompt_tokens", pa.int32(), "Tokens of prompt_text."),
     _f("action_tokens", pa.int32(), "Tokens of action_text."),
     _f("behaviour_logprob", pa.float64(), "Sum of the sampling policy's log-probs over the action's tokens."),
+    _f("parse_error", pa.string(), "Why the action did not parse ('' when it did)."),
+    _f("env_status", pa.string(), "ok, no_such_function, finish, give_up or finish_error."),
+)
+
+TOKENS = _schema(
+    "Per-token side file of the actions (data/trajectories/tokens.parquet): exactly what was sampled.",
+    _f("traj_id", pa.string(), "Trajectory id.", False),
+    _f("step_idx", pa.int32(), "0-based step index.", False),
+    _f("action_ids", pa.list_(pa.int32()), "Token ids the policy generated (end-of-turn token included if generated)."),
+    _f("logprobs", pa.list_(pa.float32()), "Behaviour log-prob of each id: log_softmax(logits / temperature)."),
+    _f("ended", pa.bool_(), "The action ended with the end-of-turn token (else max_new_tokens cut it)."),
 )
 
 ANNOTATED_STEPS = _schema(

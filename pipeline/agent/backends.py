@@ -1,0 +1,160 @@
+"""Policy backends: who writes the actions.
+
+``HFPolicy`` samples from a transformers model: many prompts at once (left padding, KV cache),
+temperature / top-p, a seed per row (a row's sample does not depend on what else is in the batch),
+stop at the end-of-turn token, and the behaviour log-prob of every generated token, i.e.
+``log_softmax(logits / temperature)`` of the sampled token before top-p truncation, which is what
+the trainer recomputes. ``ScriptedPolicy`` replays fixed texts (tests, demos).
+"""
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]  # generated ids, the end-of-turn token included when generated
+    logprobs: list[float]  # one per token id
+    text: str  # decoded, without the end-of-turn token
+    ended: bool  # the end-of-turn token was generated (else max_new_tokens cut it)
+
+
+class Policy(Protocol):
+    name: str
+
+    def generate(self, prompts: list[list[int]], seeds: list[int]) -> list[Generation]: ...
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 160
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+class HFPolicy:
+    """Batched sampling from a causal LM on CPU or GPU."""
+
+    def __init__(self, model, tokenizer, sampling: SamplingConfig, batch_size: int = 8, name: str = "hf",
+                 device: str | None = None):
+        self.model = model.eval()
+        self.tok = tokenizer
+        self.sampling = sampling
+        self.batch_size = batch_size
+        self.name = name
+        self.device = torch.device(device) if device else next(model.parameters()).device
+        self.model.to(self.device)
+        self.eos_id = tokenizer.eos_token_id
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.stats = {"prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
+        # transformers 5 calls the KV cache `cache`; 4.x called it `past_key_values`.
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keep_kw = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+
+    def _forward(self, cache, **kw):
+        if cache is not None:
+            kw[self._cache_kw] = cache
+        out = self.model(use_cache=True, **self._keep_kw, **kw)
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+        return cache, out.logits[:, -1, :].float()
+
+    @classmethod
+    def from_pretrained(cls, path: str, sampling: SamplingConfig, batch_size: int = 8, device: str | None = None,
+                        dtype: str = "float32"):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+        return cls(model, tok, sampling, batch_size, name=str(path), device=device)
+
+    def generate(self, prompts: list[list[int]], seeds: list[int]) -> list[Generation]:
+        if len(prompts) != len(seeds):
+            raise ValueError("one seed per prompt")
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths pad less
+        out: list[Generation | None] = [None] * len(prompts)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start:start + self.batch_size]
+            for i, g in zip(idx, self._generate_batch([prompts[i] for i in idx], [seeds[i] for i in idx])):
+                out[i] = g
+        return out  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def _generate_batch(self, prompts: list[list[int]], seeds: list[int]) -> list[Generation]:
+        t0 = time.perf_counter()
+        s = self.sampling
+        bsz, width = len(prompts), max(len(p) for p in prompts)
+        ids = torch.full((bsz, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((bsz, width), dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[r, width - len(p):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        gens = [torch.Generator().manual_seed(int(seed) % (2**63)) for seed in seeds]
+        cache, logits = self._forward(None, input_ids=ids, attention_mask=mask, position_ids=positions)
+        next_pos = positions[:, -1] + 1
+        tokens: list[list[int]] = [[] for _ in range(bsz)]
+        logps: list[list[float]] = [[] for _ in range(bsz)]
+        done = [False] * bsz
+        for _ in range(s.max_new_tokens):
+            chosen, chosen_lp = self._sample(logits, gens)
+            for r in range(bsz):
+                if not done[r]:
+                    tokens[r].append(int(chosen[r]))
+                    logps[r].append(float(chosen_lp[r]))
+                    done[r] = int(chosen[r]) == self.eos_id
+            if all(done):
+                break
+            step_ids = chosen.view(bsz, 1).to(self.device)
+            mask = torch.cat([mask, torch.ones((bsz, 1), dtype=mask.dtype, device=self.device)], dim=1)
+            cache, logits = self._forward(cache, input_ids=step_ids, attention_mask=mask,
+                                          position_ids=next_pos.view(bsz, 1))
+            next_pos = next_pos + 1
+        self.stats["prompt_tokens"] += sum(len(p) for p in prompts)
+        self.stats["generated_tokens"] += sum(len(t) for t in tokens)
+        self.stats["seconds"] += time.perf_counter() - t0
+        result = []
+        for t, lp in zip(tokens, logps):
+            ended = bool(t) and t[-1] == self.eos_id
+            text = self.tok.decode(t[:-1] if ended else t, skip_special_tokens=False)
+            result.append(Generation(t, lp, text, ended))
+        return result
+
+    def _sample(self, logits: torch.Tensor, gens: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.sampling
+        if s.temperature <= 0:
+            logp = torch.log_softmax(logits, dim=-1)
+            chosen = logits.argmax(dim=-1)
+            return chosen.cpu(), logp.gather(-1, chosen.view(-1, 1)).view(-1).cpu()
+        logp = torch.log_softmax(logits / s.temperature, dim=-1).cpu()
+        probs = logp.exp()
+        if s.top_p < 1.0:
+            sorted_p, sorted_i = probs.sort(dim=-1, descending=True)
+            keep = sorted_p.cumsum(-1) - sorted_p < s.top_p  # always keeps the most likely token
+            sorted_p = sorted_p * keep
+            probs = torch.zeros_like(probs).scatter(-1, sorted_i, sorted_p)
+        chosen = torch.stack([torch.multinomial(probs[r], 1, generator=g)[0] for r, g in enumerate(gens)])
+        return chosen, logp.gather(-1, chosen.view(-1, 1)).view(-1)
+
+
+class ScriptedPolicy:
+    """Answers each prompt with the next text of a script (for tests): ``script(prompt_ids, seed) -> text``."""
+
+    def __init__(self, tokenizer, script, name: str = "scripted"):
+        self.tok = tokenizer
+        self.script = script
+        self.name = name
+
+    def generate(self, prompts: list[list[int]], seeds: list[int]) -> list[Generation]:
+        out = []
+        for p, seed in zip(prompts, seeds):
+            text = self.script(p, seed)
+            ids = self.tok(text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+            out.append(Generation(ids, [0.0] * len(ids), text, True))
+        return out

@@ -1,0 +1,111 @@
+"""Play many tasks with a policy and write trajectories, steps and per-token files; resumable.
+
+Finished rollouts are written in chunks under ``<out>/.parts/<run_key>/`` (tokens and steps first,
+the trajectories part last: it marks the chunk as complete). A killed run leaves its finished
+chunks; the rerun skips their trajectories and goes on. At the end the parts are merged into
+``trajectories.parquet``, ``steps.parquet`` and ``tokens.parquet`` (atomically) and removed.
+A different `run_key` (other model, params or tasks) never reuses parts.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.agent.prompts import ChatRenderer
+from pipeline.agent.records import rollout_rows
+from pipeline.agent.rollout import run_cot, run_dfsdt, traj_id
+from pipeline.schema import STEPS, TOKENS, TRAJECTORIES, write_table
+from pipeline.task import Task
+from pipeline.toolworld.judge import pass_score, rule_judge
+
+log = logging.getLogger("steptool.collect")
+FILES = {"trajectories": TRAJECTORIES, "steps": STEPS, "tokens": TOKENS}
+
+
+def _done_ids(parts: Path) -> set[str]:
+    done: set[str] = set()
+    for f in sorted(parts.glob("trajectories-*.parquet")):
+        done.update(pq.read_table(f, columns=["traj_id"]).column("traj_id").to_pylist())
+    return done
+
+
+def collect(tasks: list[Task], policy, renderer: ChatRenderer, make_env, out_dir: str | Path, run_key: str, *,
+            strategy: str = "cot", n_samples: int = 1, seed: int = 0, fmt: str = "compact", max_steps: int = 8,
+            width: int = 2, budget: int = 24, backtrack_on_error: bool = True, chunk_size: int = 16,
+            tool_descriptions: dict | None = None, progress: bool = True) -> dict:
+    """Returns a summary: trajectories, steps, parse-success rate, rule pass rate (tasks with gold), speed."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    parts = out_dir / ".parts" / run_key
+    parts.mkdir(parents=True, exist_ok=True)
+    done = _done_ids(parts)
+    jobs = [(t, k) for t in tasks for k in range(n_samples)
+            if traj_id(t.task_id, policy.name, strategy, k, seed) not in done]
+    n_part = len(list(parts.glob("trajectories-*.parquet")))
+    if done:
+        log.info("resuming: %d trajectories already collected, %d to go", len(done), len(jobs))
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(jobs), desc=f"collect {strategy}", unit="traj", disable=not progress)
+    for start in range(0, len(jobs), chunk_size):
+        chunk = jobs[start:start + chunk_size]
+        if strategy == "cot":
+            rollouts = run_cot(chunk, policy, renderer, make_env, fmt=fmt, max_steps=max_steps, seed=seed,
+                               tool_descriptions=tool_descriptions)
+        elif strategy == "dfsdt":
+            rollouts = [run_dfsdt(t, k, policy, renderer, make_env, fmt=fmt, max_steps=max_steps, width=width,
+                                  budget=budget, seed=seed, backtrack_on_error=backtrack_on_error,
+                                  tool_descriptions=tool_descriptions) for t, k in chunk]
+        else:
+            raise ValueError(f"strategy must be cot or dfsdt, got {strategy!r}")
+        rows = {"trajectories": [], "steps": [], "tokens": []}
+        for r in rollouts:
+            traj, steps, toks = rollout_rows(r, renderer)
+            rows["trajectories"].append(traj)
+            rows["steps"].extend(steps)
+            rows["tokens"].extend(toks)
+        for name in ("tokens", "steps", "trajectories"):  # trajectories last: it commits the chunk
+            write_table(rows[name], parts / f"{name}-{n_part:05d}.parquet", FILES[name])
+        n_part += 1
+        bar.update(len(chunk))
+        stats = getattr(policy, "stats", None)
+        if stats and stats["seconds"] > 0:
+            bar.set_postfix(gen_tok_s=f"{stats['generated_tokens'] / stats['seconds']:.0f}",
+                            prompt_tok_s=f"{stats['prompt_tokens'] / stats['seconds']:.0f}")
+    bar.close()
+    tables = {}
+    for name, schema in FILES.items():
+        files = sorted(parts.glob(f"{name}-*.parquet"))
+        table = pa.concat_tables([pq.read_table(f) for f in files]) if files else schema.empty_table()
+        tables[name] = write_table(table, out_dir / f"{name}.parquet", schema)
+    shutil.rmtree(out_dir / ".parts", ignore_errors=True)
+    return summarize(tables["trajectories"], tables["steps"], {t.task_id: t for t in tasks},
+                     elapsed=time.perf_counter() - t0)
+
+
+def summarize(trajectories: pa.Table, steps: pa.Table, tasks: dict[str, Task], elapsed: float = 0.0) -> dict:
+    """Parse-success rate over steps, and the rule judge's pass rate over trajectories of tasks with gold."""
+    trajs = trajectories.to_pylist()
+    parse_ok = steps.column("parse_ok").to_pylist()
+    scores, solved = [], 0
+    for t in trajs:
+        task = tasks.get(t["task_id"])
+        if task is None or not task.has_gold:
+            continue
+        status = rule_judge(task.gold_facts or [], t["final_answer"], t["finish_type"])
+        scores.append(pass_score(status))
+        solved += status == "Solved"
+    return {
+        "trajectories": len(trajs),
+        "steps": len(parse_ok),
+        "parse_success": round(sum(parse_ok) / len(parse_ok), 4) if parse_ok else 0.0,
+        "finished": round(sum(t["finish_type"] == "give_answer" for t in trajs) / max(len(trajs), 1), 4),
+        "pass_rate": round(sum(scores) / len(scores), 4) if scores else None,
+        "solved": round(solved / len(scores), 4) if scores else None,
+        "trajectories_per_min": round(len(trajs) / elapsed * 60, 2) if elapsed > 0 else None,
+    }

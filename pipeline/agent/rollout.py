@@ -1,0 +1,185 @@
+"""Strategies that play tasks: ``cot`` (one chain, many tasks batched) and ``dfsdt`` (depth-first search
+with backtracking, ToolBench's DFSDT, one task at a time with the `width` children of a node sampled in
+one batch).
+
+Every step keeps what the trainer needs: the action's token ids and behaviour log-probs, the
+parse result, and the environment's answer. The context is grown segment by segment with the
+same `ChatRenderer` the trainer uses, so rendering a trajectory gives the ids the sampler saw.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from pipeline.agent.backends import Generation, Policy
+from pipeline.agent.parse import ParsedAction, parse_react
+from pipeline.agent.prompts import ChatRenderer, system_prompt, user_message
+from pipeline.envs import ApiListEnv, StepResult
+from pipeline.task import Task
+
+
+@dataclass
+class AgentStep:
+    prompt_len: int  # tokens before this action
+    generation: Generation
+    parsed: ParsedAction
+    result: StepResult
+
+
+@dataclass
+class Rollout:
+    task: Task
+    system: str
+    user: str
+    strategy: str
+    sample_idx: int
+    seed: int
+    policy: str
+    steps: list[AgentStep] = field(default_factory=list)
+    tree: list[dict] | None = None  # dfsdt: every node explored
+    actions_generated: int = 0
+
+    @property
+    def traj_id(self) -> str:
+        return traj_id(self.task.task_id, self.policy, self.strategy, self.sample_idx, self.seed)
+
+    @property
+    def finish_type(self) -> str:
+        return self.steps[-1].result.finish_type if self.steps else "none"
+
+    @property
+    def final_answer(self) -> str | None:
+        return self.steps[-1].result.final_answer if self.steps else None
+
+
+def traj_id(task_id: str, policy: str, strategy: str, sample_idx: int, seed: int) -> str:
+    """Stable id of a trajectory: the same inputs give the same id on every machine."""
+    key = json.dumps([task_id, policy, strategy, sample_idx, seed])
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def step_seed(seed: int, task_id: str, sample_idx: int, step: int, child: int = 0) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}|{task_id}|{sample_idx}|{step}|{child}".encode()).digest()[:8], "big")
+
+
+def is_error(parsed: ParsedAction, result: StepResult) -> bool:
+    """A step that went wrong: bad action, unknown function, or an API error (in `error` or a >=400 body)."""
+    if not parsed.parse_ok or result.status in ("no_such_function", "finish_error"):
+        return True
+    env = result.envelope or {}
+    if env.get("error"):
+        return True
+    resp = env.get("response")
+    return isinstance(resp, dict) and isinstance(resp.get("status"), int) and resp["status"] >= 400
+
+
+@dataclass
+class _Chain:
+    rollout: Rollout
+    env: ApiListEnv
+    ids: list[int]
+    known: set[str]
+
+
+def _known_functions(env: ApiListEnv) -> set[str]:
+    return {f["name"] for f in env.functions()}
+
+
+def _act(chain: _Chain, gen: Generation, renderer: ChatRenderer, max_steps: int) -> bool:
+    """Apply one generated action; grow the context. Returns whether the chain is finished."""
+    parsed = parse_react(gen.text, chain.known)
+    result = chain.env.step(parsed.api_name, parsed.arguments)
+    r = chain.rollout
+    r.steps.append(AgentStep(len(chain.ids), gen, parsed, result))
+    if result.done or len(r.steps) >= max_steps:
+        return True
+    chain.ids = chain.ids + gen.token_ids + renderer.encode(renderer.observation_segment(result.observation, gen.ended))
+    return False
+
+
+def _start(task: Task, env: ApiListEnv, renderer: ChatRenderer, fmt: str, policy: Policy, strategy: str,
+           sample_idx: int, seed: int, tool_descriptions: dict | None) -> _Chain:
+    system = system_prompt(task.api_list, fmt, tool_descriptions)  # type: ignore[arg-type]
+    user = user_message(task.query)
+    rollout = Rollout(task, system, user, strategy, sample_idx, seed, policy.name)
+    env.reset(task, episode=rollout.traj_id)
+    return _Chain(rollout, env, renderer.encode(renderer.prefix(system, user)), _known_functions(env))
+
+
+def run_cot(jobs: list[tuple[Task, int]], policy: Policy, renderer: ChatRenderer, make_env, *, fmt: str = "compact",
+            max_steps: int = 8, seed: int = 0, tool_descriptions: dict | None = None, on_done=None) -> list[Rollout]:
+    """Play every (task, sample_idx) job as one chain, all chains advancing together (one batch per step)."""
+    chains = [_start(t, make_env(), renderer, fmt, policy, "cot", k, seed, tool_descriptions) for t, k in jobs]
+    active = list(chains)
+    while active:
+        seeds = [step_seed(seed, c.rollout.task.task_id, c.rollout.sample_idx, len(c.rollout.steps)) for c in active]
+        gens = policy.generate([c.ids for c in active], seeds)
+        still = []
+        for chain, gen in zip(active, gens):
+            chain.rollout.actions_generated += 1
+            if _act(chain, gen, renderer, max_steps):
+                if on_done:
+                    on_done(chain.rollout)
+            else:
+                still.append(chain)
+        active = still
+    return [c.rollout for c in chains]
+
+
+def run_dfsdt(task: Task, sample_idx: int, policy: Policy, renderer: ChatRenderer, make_env, *, fmt: str = "compact",
+              max_steps: int = 8, width: int = 2, budget: int = 24, seed: int = 0, backtrack_on_error: bool = True,
+              tool_descriptions: dict | None = None) -> Rollout:
+    """Depth-first search over sampled actions. From a node, `width` children are sampled in one batch and
+    tried in order; a child that gives up, fails (when `backtrack_on_error`) or reaches `max_steps` without
+    an answer is a dead end, and the search backtracks to the next sibling, then to the parent's next sibling.
+    At most `budget` actions are generated. The kept trajectory is the first path that gives an answer, else
+    the deepest path explored; `tree` records every node."""
+    root = _start(task, make_env(), renderer, fmt, policy, "dfsdt", sample_idx, seed, tool_descriptions)
+    tree: list[dict] = []
+    state = {"generated": 0, "best": root}
+
+    def node_record(chain: _Chain, parent: int, status: str) -> int:
+        step = chain.rollout.steps[-1]
+        tree.append({"node": len(tree), "parent": parent, "depth": len(chain.rollout.steps),
+                     "action": step.generation.text, "observation": step.result.observation, "status": status})
+        return len(tree) - 1
+
+    def expand(chain: _Chain, parent: int) -> _Chain | None:
+        if state["generated"] >= budget:
+            return None
+        depth = len(chain.rollout.steps)
+        n = min(width, budget - state["generated"])
+        seeds = [step_seed(seed, task.task_id, sample_idx, depth, c) for c in range(n)]
+        gens = policy.generate([chain.ids] * n, seeds)
+        state["generated"] += n
+        for gen in gens:
+            child = _Chain(_copy_rollout(chain.rollout), chain.env.fork(), chain.ids, chain.known)
+            finished = _act(child, gen, renderer, max_steps)
+            step = child.rollout.steps[-1]
+            if len(child.rollout.steps) >= len(state["best"].rollout.steps):
+                state["best"] = child
+            if step.result.finish_type == "give_answer":
+                node_record(child, parent, "answer")
+                return child
+            dead = finished or step.result.finish_type == "give_up" or (backtrack_on_error and is_error(step.parsed, step.result))
+            me = node_record(child, parent, "give_up" if step.result.finish_type == "give_up" else
+                             ("dead_end" if dead else "open"))
+            if dead:
+                continue
+            found = expand(child, me)
+            if found is not None:
+                return found
+            if state["generated"] >= budget:
+                return None
+        return None
+
+    found = expand(root, -1)
+    kept = (found or state["best"]).rollout
+    kept.tree = tree
+    kept.actions_generated = state["generated"]
+    return kept
+
+
+def _copy_rollout(r: Rollout) -> Rollout:
+    return Rollout(r.task, r.system, r.user, r.strategy, r.sample_idx, r.seed, r.policy, list(r.steps))
