@@ -128,11 +128,78 @@ class EnvConfig(_Checked):
 
 
 @dataclass
+class AgentConfig(_Checked):
+    prompt_format: Literal["compact", "toolllama"] = _help(
+        "System prompt: 'compact' (short ReAct contract, one line per function: ~4x fewer tokens, for CPUs) or "
+        "'toolllama' (ToolBench's AutoGPT prompt, letter for letter as in the ToolLLaMA/StepTool SFT data).",
+        "compact",
+    )
+    max_steps: int = _help("Most actions in one trajectory (the Finish included).", 6)
+    max_new_tokens: int = _help("Most tokens of one action; a longer one is cut and recorded as not ended.", 128)
+    batch_size: int = _help("Prompts per forward pass of the hf backend.", 8)
+    device: str = _help("torch device of the hf backend: 'cpu', 'cuda', or 'auto' (cuda when available).", "auto")
+    dfsdt_width: int = _help("DFSDT: children sampled per expanded node.", 2)
+    dfsdt_budget: int = _help("DFSDT: most actions sampled per task, dead ends included.", 16)
+    backtrack_on_error: bool = _help("DFSDT: treat a failed call as a dead end and backtrack.", True)
+
+    def check(self, where: str) -> None:
+        for key in ("max_steps", "max_new_tokens", "batch_size", "dfsdt_width", "dfsdt_budget"):
+            if getattr(self, key) < 1:
+                self._fail(where, key, f"must be >= 1, got {getattr(self, key)}")
+
+
+@dataclass
+class WarmstartConfig(_Checked):
+    enabled: bool = _help("Fine-tune the base model on expert paths first (false: the base model is used as is).",
+                          True)
+    max_tasks: int = _help("Train tasks that give expert paths (0: all). CPU time grows with it.", 48)
+    paths_per_task: int = _help("Expert paths per task (each with its own mistakes and phrasing).", 1)
+    error_rate: float = _help("Share of id-taking calls preceded by a recoverable mistake and its fix.", 0.3)
+    epochs: float = _help("Passes over the expert paths.", 1.0)
+    learning_rate: float = _help("Peak learning rate (linear decay, warm-up 5%).", 1e-4)
+    batch_size: int = _help("Paths per optimizer step (per device).", 4)
+    max_length: int = _help("Longest rendered path in tokens; longer ones are dropped (never cut mid-action).", 2048)
+    lora: bool = _help("Train LoRA adapters (peft) instead of all weights; merged into the saved model.", False)
+    lora_r: int = _help("LoRA rank.", 16)
+    seed: int = _help("Seed of path sampling and training.", 0)
+
+    def check(self, where: str) -> None:
+        if not 0 <= self.error_rate <= 1:
+            self._fail(where, "error_rate", f"must be in [0, 1], got {self.error_rate}")
+        if self.epochs <= 0 or self.learning_rate <= 0:
+            raise ConfigError(f"{where}.epochs and {where}.learning_rate must be > 0")
+
+
+@dataclass
+class CollectConfig(_Checked):
+    strategy: Literal["cot", "dfsdt"] = _help("cot: one chain per sample; dfsdt: tree search, the final path kept.",
+                                              "cot")
+    n_samples: int = _help("Trajectories per train task.", 2)
+    max_tasks: int = _help("Train tasks to play (0: all).", 0)
+    temperature: float = _help("Sampling temperature (0: greedy).", 0.8)
+    top_p: float = _help("Nucleus sampling threshold (1: off).", 1.0)
+    seed: int = _help("Sampling seed (per task, sample and step; batching does not change samples).", 0)
+    chunk_size: int = _help("Trajectories written per part file: what a killed run can lose at most.", 16)
+
+    def check(self, where: str) -> None:
+        if self.n_samples < 1:
+            self._fail(where, "n_samples", f"must be >= 1, got {self.n_samples}")
+        if self.temperature < 0:
+            self._fail(where, "temperature", f"must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            self._fail(where, "top_p", f"must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
 class Params(_Checked):
     toolworld: ToolWorldConfig = _help("The embedded tool world (stage `tasks`).", factory=ToolWorldConfig)
     tasks: TasksConfig = _help("Task generation (stage `tasks`).", factory=TasksConfig)
     base_model: BaseModelConfig = _help("The base policy (stage `base_model`).", factory=BaseModelConfig)
     env: EnvConfig = _help("How agents reach the tools.", factory=EnvConfig)
+    agent: AgentConfig = _help("How agents act: prompt format, limits, DFSDT search (collect, evaluate).",
+                               factory=AgentConfig)
+    warmstart: WarmstartConfig = _help("SFT on expert paths (stage `warmstart`).", factory=WarmstartConfig)
+    collect: CollectConfig = _help("Trajectories for training (stage `collect`).", factory=CollectConfig)
 
 
 def _type_name(tp: Any) -> str:

@@ -171,6 +171,34 @@ class ChatRenderer:
                 mask += [0] * len(seg)
         return Rendered(ids, mask, bounds)
 
+    def render_messages(self, messages: list[dict], action_ids: list[list[int]] | None = None) -> Rendered:
+        """Any chat (extra user turns, as DFSDT's "previous trails failed" prompts, included): assistant turns
+        are actions (`action_ids`, else their text + end-of-turn), the rest is text from the chat template."""
+        marked = [dict(m, content=f"\x00{i}\x00") if m["role"] == "assistant" else m for i, m in enumerate(messages)]
+        text = self.tok.apply_chat_template(marked, tokenize=False)
+        pieces = text.split("\x00")
+        # pieces: text, index, text, index, ..., text
+        actions = iter(action_ids) if action_ids is not None else None
+        ids, mask, bounds = [], [], []
+        for k, piece in enumerate(pieces):
+            if k % 2 == 1:
+                content = messages[int(piece)]["content"]
+                act = next(actions) if actions is not None else self.encode_action(content)
+                bounds.append((len(ids), len(ids) + len(act)))
+                ids += act
+                mask += [1] * len(act)
+                continue
+            if k > 0:
+                if not piece.startswith(self.eos):
+                    raise ValueError("chat template does not end an assistant turn with the end-of-turn token")
+                piece = piece[len(self.eos):]
+            if k == len(pieces) - 1 and not piece.strip():
+                break  # the newline after the last turn: never seen by the sampler
+            seg = self.encode(piece)
+            ids += seg
+            mask += [0] * len(seg)
+        return Rendered(ids, mask, bounds)
+
     def messages(self, system: str, user: str, action_texts: list[str], observations: list[str]) -> list[dict]:
         """The same chat as role/content messages (for chat APIs and for checking against the template)."""
         msgs = [{"role": "system", "content": system}, {"role": "user", "content": user}]

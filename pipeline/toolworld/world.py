@@ -312,6 +312,9 @@ class ToolWorld:
     def id_param(tool: S.ToolSpec) -> str:
         return f"{standardize(tool.entity)}_id"
 
+    def tool_descriptions(self) -> dict[str, str]:
+        return {name: t.description for name, t in self.tools.items()}
+
     def tool_apis(self, tool_name: str) -> list[Api]:
         return [a for a in self.apis if a.tool_name == tool_name]
 

@@ -1,0 +1,100 @@
+"""Warm start: expert paths rendered exactly as the agent will see them, and TRL's SFTTrainer on them
+with the loss on action tokens only (what the policy writes; never the prompt or an observation).
+
+The paper's base models are already tool-tuned; our small default model is not, so this gives it the
+ReAct format and the search -> id -> details habit. The same model is the paper's SFT baseline.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+from pathlib import Path
+
+from pipeline.agent.expert import expert_path
+from pipeline.agent.prompts import ChatRenderer, system_prompt, user_message
+from pipeline.envs import ToolWorldEnv
+from pipeline.fsutil import atomic_path
+from pipeline.task import Task
+from pipeline.toolworld.world import ToolWorld
+
+log = logging.getLogger("steptool.warmstart")
+
+
+def expert_dataset(tasks: list[Task], world: ToolWorld, renderer: ChatRenderer, *, fmt: str = "compact",
+                   paths_per_task: int = 1, error_rate: float = 0.3, max_length: int = 2048, seed: int = 0,
+                   max_observation_length: int = 1024, tool_descriptions: dict | None = None) -> tuple[list[dict], dict]:
+    """Rows {input_ids, assistant_masks} for SFTTrainer, and stats (paths, mistakes, dropped, tokens)."""
+    rng = random.Random(f"warmstart:{seed}")
+    env = ToolWorldEnv(world, max_observation_length)
+    rows, stats = [], {"paths": 0, "mistakes": 0, "dropped_too_long": 0, "tokens": 0, "action_tokens": 0}
+    for task in tasks:
+        for _ in range(paths_per_task):
+            path = expert_path(task, env, world, rng, error_rate)
+            system = system_prompt(task.api_list, fmt, tool_descriptions)  # type: ignore[arg-type]
+            r = renderer.render(system, user_message(task.query), [renderer.encode_action(a) for a in path.actions],
+                                path.observations)
+            if len(r.input_ids) > max_length:
+                stats["dropped_too_long"] += 1
+                continue
+            rows.append({"input_ids": r.input_ids, "assistant_masks": r.action_mask})
+            stats["paths"] += 1
+            stats["mistakes"] += path.mistakes
+            stats["tokens"] += len(r.input_ids)
+            stats["action_tokens"] += sum(r.action_mask)
+    return rows, stats
+
+
+def link_or_copy_model(src: str | Path, dst: str | Path) -> None:
+    """`dst` becomes the checkpoint at `src` (hard links where the filesystem allows), atomically."""
+    src = Path(src)
+    with atomic_path(dst) as tmp:
+        tmp.mkdir()
+        for f in src.iterdir():
+            if f.is_file():
+                try:
+                    os.link(f, tmp / f.name)
+                except OSError:
+                    shutil.copy2(f, tmp / f.name)
+
+
+def train_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, *, epochs: float, learning_rate: float,
+              batch_size: int, seed: int, lora: bool = False, lora_r: int = 16, device: str = "auto",
+              max_length: int = 2048) -> dict:
+    """Fine-tune the checkpoint at `base_dir` on `rows`; save the result (LoRA merged) to `out_dir`."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    peft_config = None
+    if lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                 "down_proj"])
+    with atomic_path(out_dir) as tmp:
+        args = SFTConfig(
+            output_dir=str(tmp / "_run"), num_train_epochs=epochs, learning_rate=learning_rate,
+            per_device_train_batch_size=batch_size, lr_scheduler_type="linear", warmup_steps=0.05,
+            logging_steps=1, save_strategy="no", report_to=[], seed=seed, data_seed=seed, max_length=max_length,
+            use_cpu=use_cpu, dataloader_num_workers=0, gradient_checkpointing=False, disable_tqdm=False, bf16=False, fp16=False,
+        )
+        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                             peft_config=peft_config)
+        result = trainer.train()
+        trained = trainer.model
+        if lora:
+            trained = trained.merge_and_unload()
+        shutil.rmtree(tmp / "_run", ignore_errors=True)
+        trained.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"train_loss": round(result.training_loss, 4), "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None, "steps": trainer.state.global_step,
+            "seconds": round(result.metrics.get("train_runtime", 0.0), 1)}

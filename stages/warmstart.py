@@ -1,0 +1,55 @@
+"""Stage `warmstart`: SFT of the base model on ToolWorld expert paths -> data/models/sft (the SFT baseline too)."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from pipeline.agent.prompts import ChatRenderer
+from pipeline.config import Params
+from pipeline.devices import resolve_device
+from pipeline.fsutil import write_json
+from pipeline.models import load_tokenizer
+from pipeline.schema import TASKS, read_table
+from pipeline.task import Task
+from pipeline.toolworld.world import ToolWorld
+from pipeline.warmstart import expert_dataset, link_or_copy_model, train_sft
+from stages.tasks import CATALOG, TASKS_DIR
+
+BASE = Path("data/models/base")
+OUT = Path("data/models/sft")
+METRICS = Path("data/metrics/warmstart.json")
+
+
+def run(params: Params, root: Path = Path(".")) -> str:
+    ws = params.warmstart
+    if not ws.enabled:
+        link_or_copy_model(root / BASE, root / OUT)
+        write_json(root / METRICS, {"enabled": False})
+        return f"warmstart: disabled, {OUT} is the base model"
+    world = ToolWorld.from_catalog(root / CATALOG)
+    tasks = [Task.from_row(r) for r in read_table(root / TASKS_DIR / "train.parquet", TASKS).to_pylist()]
+    if ws.max_tasks and len(tasks) > ws.max_tasks:
+        tasks = random.Random(f"warmstart-tasks:{ws.seed}").sample(tasks, ws.max_tasks)
+    renderer = ChatRenderer(load_tokenizer(str(root / BASE)))
+    rows, stats = expert_dataset(tasks, world, renderer, fmt=params.agent.prompt_format,
+                                 paths_per_task=ws.paths_per_task, error_rate=ws.error_rate,
+                                 max_length=ws.max_length, seed=ws.seed,
+                                 max_observation_length=params.toolworld.max_observation_length,
+                                 tool_descriptions=world.tool_descriptions())
+    metrics = train_sft(root / BASE, rows, root / OUT, epochs=ws.epochs, learning_rate=ws.learning_rate,
+                        batch_size=ws.batch_size, seed=ws.seed, lora=ws.lora, lora_r=ws.lora_r,
+                        device=resolve_device(params.agent.device), max_length=ws.max_length)
+    write_json(root / METRICS, {"enabled": True, **stats, **metrics})
+    return (f"warmstart: {stats['paths']} expert paths ({stats['mistakes']} recoverable mistakes, "
+            f"{stats['tokens']} tokens), loss {metrics['first_loss']} -> {metrics['last_loss']} in "
+            f"{metrics['steps']} steps -> {OUT}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.cli import run_stage
+
+    return run_stage("warmstart", __doc__, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
