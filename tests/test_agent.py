@@ -237,3 +237,27 @@ def test_parser_agrees_with_json_on_real_arguments(external):
 def test_scripted_generation_is_a_generation(tokenizer):
     g = ScriptedPolicy(tokenizer, lambda p, s: "Thought: hi").generate([[1, 2]], [0])[0]
     assert isinstance(g, Generation) and g.ended and g.token_ids[-1] == tokenizer.eos_token_id
+
+
+def test_openai_backend_against_a_real_local_server(tokenizer, renderer, splits, monkeypatch):
+    from pipeline.agent.backends import OpenAIPolicy
+    from tests.openai_server import CompletionServer
+
+    hf = HFPolicy(make_tiny_model(tokenizer), tokenizer, SamplingConfig(max_new_tokens=8, temperature=0.0))
+    server = CompletionServer(hf, tokenizer, faults=[429, 500, 503])
+    monkeypatch.setenv("TEST_OPENAI_KEY", "sk-test-secret")
+    try:
+        policy = OpenAIPolicy(server.url, "tiny", tokenizer, SamplingConfig(max_new_tokens=8, temperature=0.0),
+                              concurrency=4, api_key_env="TEST_OPENAI_KEY")
+        prompts = [renderer.encode(renderer.prefix("S", user_message(t.query))) for t in splits["test"][:4]]
+        remote = policy.generate(prompts, [1, 2, 3, 4])
+        local = hf.generate(prompts, [1, 2, 3, 4])
+        assert [g.text for g in remote] == [g.text for g in local]
+        assert policy.stats["retries"] == 3 and server.requests == 7
+        assert all(k == "Bearer sk-test-secret" for k in server.keys_seen)
+        for r, l in zip(remote, local):
+            if r.token_ids == l.token_ids:
+                assert max(abs(a - b) for a, b in zip(r.logprobs, l.logprobs)) < 1e-5
+        assert "sk-test-secret" not in repr(policy.__dict__.get("stats"))
+    finally:
+        server.close()

@@ -158,3 +158,78 @@ class ScriptedPolicy:
             ids = self.tok(text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
             out.append(Generation(ids, [0.0] * len(ids), text, True))
         return out
+
+
+class OpenAIPolicy:
+    """Any OpenAI-compatible completions server (vLLM, `transformers serve`, hosted APIs).
+
+    Prompts are sent as text: the exact decoding of the rendered ids, special tokens included, so the
+    server sees the chat the way the HF backend would. Requests run `concurrency` at a time with tenacity
+    retries (exponential backoff) on 429, 5xx, timeouts and dropped connections. The API key comes from
+    the environment variable named by `api_key_env` and is never logged or written.
+
+    Token ids are the re-encoding of the returned text (plus the end-of-turn token when the server
+    stopped on it); per-token log-probs are the server's when they align with those ids, else NaN
+    (the trainer then recomputes them: `old_logprobs: recompute`).
+    """
+
+    def __init__(self, base_url: str, model: str, tokenizer, sampling: SamplingConfig, *, concurrency: int = 8,
+                 api_key_env: str = "OPENAI_API_KEY", max_retries: int = 6, timeout_s: float = 120.0,
+                 name: str | None = None):
+        import os
+
+        from openai import OpenAI
+
+        self.tok = tokenizer
+        self.sampling = sampling
+        self.model = model
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.name = name or model
+        self.eos = tokenizer.eos_token
+        self.client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY", timeout=timeout_s,
+                             max_retries=0)  # retries are ours (tenacity), so they are counted and bounded
+        self.stats = {"prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0, "retries": 0, "misaligned": 0}
+
+    def generate(self, prompts: list[list[int]], seeds: list[int]) -> list[Generation]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        t0 = time.perf_counter()
+        texts = [self.tok.decode(p, skip_special_tokens=False) for p in prompts]
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            out = list(pool.map(self._one, texts, seeds))
+        self.stats["prompt_tokens"] += sum(len(p) for p in prompts)
+        self.stats["generated_tokens"] += sum(len(g.token_ids) for g in out)
+        self.stats["seconds"] += time.perf_counter() - t0
+        return out
+
+    def _one(self, prompt: str, seed: int) -> Generation:
+        import math
+
+        import openai
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
+
+        def count_retry(state):
+            self.stats["retries"] += 1
+
+        s = self.sampling
+        retrying = Retrying(
+            retry=retry_if_exception_type((openai.RateLimitError, openai.APIConnectionError, openai.APITimeoutError,
+                                           openai.InternalServerError)),
+            wait=wait_exponential(multiplier=0.05, max=8.0) + wait_random(0, 0.05),
+            stop=stop_after_attempt(self.max_retries),
+            before_sleep=count_retry, reraise=True)
+        resp = retrying(self.client.completions.create, model=self.model, prompt=prompt,
+                        max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                        seed=int(seed) % (2**31), stop=[self.eos], logprobs=1)
+        choice = resp.choices[0]
+        text = choice.text or ""
+        ended = choice.finish_reason == "stop"
+        ids = self.tok(text, add_special_tokens=False)["input_ids"] + ([self.tok.eos_token_id] if ended else [])
+        server_lp = list(getattr(choice.logprobs, "token_logprobs", None) or []) if choice.logprobs else []
+        if len(server_lp) == len(ids):
+            logprobs = [float(x) for x in server_lp]
+        else:
+            self.stats["misaligned"] += 1
+            logprobs = [math.nan] * len(ids)
+        return Generation(ids, logprobs, text, ended)
