@@ -79,6 +79,29 @@ def _serve_tools(args: argparse.Namespace) -> int:
     return 0
 
 
+def _play(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.config import load_params
+    from pipeline.schema import TASKS, read_table
+    from pipeline.task import Task
+    from stages.collect import play
+    from stages.tasks import TASKS_DIR
+
+    params = load_params(args.params)
+    root = Path(args.root)
+    model = Path(args.model)
+    if not (model / "config.json").exists():
+        raise SteptoolError(f"{model}: not a checkpoint directory (no config.json)")
+    tasks = [Task.from_row(r) for r in read_table(root / TASKS_DIR / f"{args.split}.parquet", TASKS).to_pylist()]
+    if args.max_tasks:
+        tasks = tasks[: args.max_tasks]
+    summary = play(params, root, tasks, model, Path(args.out), strategy=args.strategy, n_samples=args.n_samples,
+                   temperature=args.temperature, top_p=1.0, seed=0, chunk_size=16, policy_name=model.name)
+    print(json.dumps(summary))
+    return 0
+
+
 def _params(args: argparse.Namespace) -> int:
     from pipeline.config import describe, load_params
 
@@ -101,7 +124,7 @@ def _describe(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stages import base_model, tasks
+    from stages import base_model, collect, tasks, warmstart
 
     parser = argparse.ArgumentParser(
         prog="steptool",
@@ -109,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(the same ones `dvc repro` runs); the rest are tools.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module in (("tasks", tasks), ("base-model", base_model)):
+    for name, module in (("tasks", tasks), ("base-model", base_model), ("warmstart", warmstart),
+                         ("collect", collect)):
         p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0], description=module.__doc__)
         _common(p)
         p.set_defaults(func=lambda a, m=module: _run(m.run, a))
@@ -120,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="params file whose toolworld section to serve")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request")
     p.set_defaults(func=_serve_tools)
+    p = sub.add_parser("play", help="run the agent on a split and print parse-success and rule pass rate",
+                       description="Play ToolWorld tasks with a model (the agent and env of params.yaml) and write "
+                                   "trajectories to --out; prints the summary as JSON. A quick check before the "
+                                   "evaluate stage.")
+    _common(p)
+    p.add_argument("--model", default="data/models/sft", help="checkpoint directory (default data/models/sft)")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--out", required=True, help="output directory for trajectories/steps/tokens.parquet")
+    p.add_argument("--max-tasks", type=int, default=0, help="play the first N tasks only (0: all)")
+    p.add_argument("--strategy", default="cot", choices=["cot", "dfsdt"])
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    p.add_argument("--n-samples", type=int, default=1)
+    p.set_defaults(func=_play)
     p = sub.add_parser("params", help="list every knob of params.yaml with its help and default; validate the file")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("-v", "--verbose", action="store_true")

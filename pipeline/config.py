@@ -152,12 +152,13 @@ class AgentConfig(_Checked):
 class WarmstartConfig(_Checked):
     enabled: bool = _help("Fine-tune the base model on expert paths first (false: the base model is used as is).",
                           True)
-    max_tasks: int = _help("Train tasks that give expert paths (0: all). CPU time grows with it.", 48)
+    max_tasks: int = _help("Train tasks that give expert paths (0: all). CPU time grows with it.", 0)
     paths_per_task: int = _help("Expert paths per task (each with its own mistakes and phrasing).", 1)
     error_rate: float = _help("Share of id-taking calls preceded by a recoverable mistake and its fix.", 0.3)
     epochs: float = _help("Passes over the expert paths.", 1.0)
-    learning_rate: float = _help("Peak learning rate (linear decay, warm-up 5%).", 1e-4)
-    batch_size: int = _help("Paths per optimizer step (per device).", 4)
+    learning_rate: float = _help("Peak learning rate (linear decay, warm-up 5%).", 2e-4)
+    batch_size: int = _help(
+        "Paths per optimizer step, accumulated one at a time (full-vocabulary logits of a long path are large).", 4)
     max_length: int = _help("Longest rendered path in tokens; longer ones are dropped (never cut mid-action).", 2048)
     lora: bool = _help("Train LoRA adapters (peft) instead of all weights; merged into the saved model.", False)
     lora_r: int = _help("LoRA rank.", 16)

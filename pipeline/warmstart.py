@@ -59,6 +59,34 @@ def link_or_copy_model(src: str | Path, dst: str | Path) -> None:
                     shutil.copy2(f, tmp / f.name)
 
 
+def _action_only_trainer():
+    """SFTTrainer whose loss computes logits at action positions only.
+
+    The vocabulary (49k for SmolLM2) makes full logits the largest tensor of a long path, and
+    three quarters of a path is prompt and observations, which carry no loss. Asking the model
+    for the logits of the positions that predict an action token (`logits_to_keep` as indices)
+    gives the same loss at a fraction of the memory and time.
+    """
+    import torch
+    from trl import SFTTrainer
+
+    class ActionOnlySFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs["labels"]
+            if labels.shape[0] != 1:
+                raise ValueError("ActionOnlySFTTrainer trains one path per forward (use gradient accumulation)")
+            idx = (labels[0, 1:] != -100).nonzero().squeeze(-1)
+            out = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                        logits_to_keep=idx, use_cache=False)
+            logits = out.logits[0].float()
+            total = torch.nn.functional.cross_entropy(logits, labels[0, idx + 1], reduction="sum")
+            denom = num_items_in_batch if num_items_in_batch is not None else idx.numel()
+            loss = total / denom
+            return (loss, out) if return_outputs else loss
+
+    return ActionOnlySFTTrainer
+
+
 def train_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, *, epochs: float, learning_rate: float,
               batch_size: int, seed: int, lora: bool = False, lora_r: int = 16, device: str = "auto",
               max_length: int = 2048) -> dict:
@@ -66,7 +94,7 @@ def train_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, *, ep
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     tok = AutoTokenizer.from_pretrained(base_dir)
@@ -81,11 +109,12 @@ def train_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, *, ep
     with atomic_path(out_dir) as tmp:
         args = SFTConfig(
             output_dir=str(tmp / "_run"), num_train_epochs=epochs, learning_rate=learning_rate,
-            per_device_train_batch_size=batch_size, lr_scheduler_type="linear", warmup_steps=0.05,
+            per_device_train_batch_size=1, gradient_accumulation_steps=batch_size,
+            lr_scheduler_type="linear", warmup_steps=0.05,
             logging_steps=1, save_strategy="no", report_to=[], seed=seed, data_seed=seed, max_length=max_length,
             use_cpu=use_cpu, dataloader_num_workers=0, gradient_checkpointing=False, disable_tqdm=False, bf16=False, fp16=False,
         )
-        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+        trainer = _action_only_trainer()(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                              peft_config=peft_config)
         result = trainer.train()
         trained = trainer.model

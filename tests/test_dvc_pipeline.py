@@ -36,6 +36,9 @@ def repo(tmp_path, tiny_model_dir):
     params["tasks"]["train"] = {"I1": 8, "I2": 4, "I3": 4}
     params["tasks"]["test"] = {"I1": 4, "I2": 2, "I3": 2}
     params["base_model"]["source"] = str(tiny_model_dir)  # the real GGUF conversion has its own test
+    params["warmstart"].update(max_tasks=4, batch_size=4, max_length=4096)
+    params["agent"].update(max_steps=2, max_new_tokens=8)
+    params["collect"].update(max_tasks=3, n_samples=2, chunk_size=2)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                PYTHONPATH=str(dest), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
@@ -50,8 +53,14 @@ def test_repro_builds_then_noop_then_reruns_only_what_changed(repo):
     dest, env = repo
     dvc = [sys.executable, "-m", "dvc"]
     out = _run(dvc + ["repro"], dest, env)
-    assert "Running stage 'tasks'" in out and "Running stage 'base_model'" in out
+    for stage in ("tasks", "base_model", "warmstart", "collect"):
+        assert f"Running stage '{stage}'" in out
     train = pl.read_parquet(dest / "data/tasks/train.parquet")
+    trajs = pl.read_parquet(dest / "data/trajectories/trajectories.parquet")
+    assert trajs.height == 6 and trajs["traj_id"].n_unique() == 6
+    assert (dest / "data/models/sft/model.safetensors").exists()
+    metrics = _run(dvc + ["metrics", "show"], dest, env)
+    assert "parse_success" in metrics and "train_loss" in metrics
     assert train.height == 16 and set(train["level"]) == {"I1", "I2", "I3"}
     assert (dest / "data/models/base/model.safetensors").exists()
     lock = (dest / "dvc.lock").read_text()
@@ -65,4 +74,5 @@ def test_repro_builds_then_noop_then_reruns_only_what_changed(repo):
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _run(dvc + ["repro"], dest, env)
     assert "Running stage 'tasks'" in out and "Running stage 'base_model'" not in out
+    assert "Running stage 'collect'" in out
     assert not pl.read_parquet(dest / "data/tasks/train.parquet")["query"].equals(train["query"])
