@@ -83,19 +83,15 @@ def _play(args: argparse.Namespace) -> int:
     import json
 
     from pipeline.config import load_params
-    from pipeline.schema import TASKS, read_table
-    from pipeline.task import Task
     from stages.collect import play
-    from stages.tasks import TASKS_DIR
+    from stages.tasks import load_tasks
 
     params = load_params(args.params)
     root = Path(args.root)
     model = Path(args.model)
     if not (model / "config.json").exists():
         raise SteptoolError(f"{model}: not a checkpoint directory (no config.json)")
-    tasks = [Task.from_row(r) for r in read_table(root / TASKS_DIR / f"{args.split}.parquet", TASKS).to_pylist()]
-    if args.max_tasks:
-        tasks = tasks[: args.max_tasks]
+    tasks = load_tasks(root, args.split, args.max_tasks)
     summary = play(params, root, tasks, model, Path(args.out), strategy=args.strategy, n_samples=args.n_samples,
                    temperature=args.temperature, top_p=1.0, seed=0, chunk_size=16, policy_name=model.name)
     print(json.dumps(summary))

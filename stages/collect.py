@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from pathlib import Path
 
 from pipeline.agent.backends import HFPolicy, SamplingConfig
@@ -16,10 +15,9 @@ from pipeline.config import Params, to_dict
 from pipeline.devices import resolve_device
 from pipeline.envs import make_env
 from pipeline.fsutil import write_json
-from pipeline.schema import TASKS, read_table
 from pipeline.task import Task
 from pipeline.toolworld.world import ToolWorld
-from stages.tasks import CATALOG, TASKS_DIR
+from stages.tasks import CATALOG, load_tasks
 
 MODEL = Path("data/models/sft")
 OUT = Path("data/trajectories")
@@ -57,9 +55,7 @@ def play(params: Params, root: Path, tasks: list[Task], model_dir: Path, out_dir
 
 def run(params: Params, root: Path = Path(".")) -> str:
     c = params.collect
-    tasks = [Task.from_row(r) for r in read_table(root / TASKS_DIR / "train.parquet", TASKS).to_pylist()]
-    if c.max_tasks and len(tasks) > c.max_tasks:
-        tasks = random.Random(f"collect-tasks:{c.seed}").sample(tasks, c.max_tasks)
+    tasks = load_tasks(root, "train", c.max_tasks, f"collect-tasks:{c.seed}")
     summary = play(params, root, tasks, root / MODEL, root / OUT, strategy=c.strategy, n_samples=c.n_samples,
                    temperature=c.temperature, top_p=c.top_p, seed=c.seed, chunk_size=c.chunk_size, policy_name="sft")
     write_json(root / METRICS, summary)

@@ -1,17 +1,28 @@
 """Stage `tasks`: build ToolWorld and write data/tasks/{train,test}.parquet and data/tools/catalog.json."""
 from __future__ import annotations
 
+import random
 from collections import Counter
 from pathlib import Path
 
 from pipeline.config import Params, to_dict
 from pipeline.fsutil import write_json
-from pipeline.schema import TASKS, write_table
+from pipeline.schema import TASKS, read_table, write_table
+from pipeline.task import Task
 from pipeline.toolworld.tasks import generate_tasks
 from pipeline.toolworld.world import ToolWorld
 
 TASKS_DIR = Path("data/tasks")
 CATALOG = Path("data/tools/catalog.json")
+
+
+def load_tasks(root: Path, split: str, max_tasks: int = 0, sample_key: str | None = None) -> list[Task]:
+    """The tasks of `split` written by this stage; with `max_tasks`, a seeded sample keyed by `sample_key`
+    (or the first `max_tasks` when no key is given)."""
+    tasks = [Task.from_row(r) for r in read_table(root / TASKS_DIR / f"{split}.parquet", TASKS).to_pylist()]
+    if max_tasks and len(tasks) > max_tasks:
+        tasks = random.Random(sample_key).sample(tasks, max_tasks) if sample_key else tasks[:max_tasks]
+    return tasks
 
 
 def run(params: Params, root: Path = Path(".")) -> str:

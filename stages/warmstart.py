@@ -1,7 +1,6 @@
 """Stage `warmstart`: SFT of the base model on ToolWorld expert paths -> data/models/sft (the SFT baseline too)."""
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 from pipeline.agent.prompts import ChatRenderer
@@ -9,11 +8,9 @@ from pipeline.config import Params
 from pipeline.devices import resolve_device
 from pipeline.fsutil import write_json
 from pipeline.models import load_tokenizer
-from pipeline.schema import TASKS, read_table
-from pipeline.task import Task
 from pipeline.toolworld.world import ToolWorld
 from pipeline.warmstart import expert_dataset, link_or_copy_model, train_sft
-from stages.tasks import CATALOG, TASKS_DIR
+from stages.tasks import CATALOG, load_tasks
 
 BASE = Path("data/models/base")
 OUT = Path("data/models/sft")
@@ -27,9 +24,7 @@ def run(params: Params, root: Path = Path(".")) -> str:
         write_json(root / METRICS, {"enabled": False})
         return f"warmstart: disabled, {OUT} is the base model"
     world = ToolWorld.from_catalog(root / CATALOG)
-    tasks = [Task.from_row(r) for r in read_table(root / TASKS_DIR / "train.parquet", TASKS).to_pylist()]
-    if ws.max_tasks and len(tasks) > ws.max_tasks:
-        tasks = random.Random(f"warmstart-tasks:{ws.seed}").sample(tasks, ws.max_tasks)
+    tasks = load_tasks(root, "train", ws.max_tasks, f"warmstart-tasks:{ws.seed}")
     renderer = ChatRenderer(load_tokenizer(str(root / BASE)))
     rows, stats = expert_dataset(tasks, world, renderer, fmt=params.agent.prompt_format,
                                  paths_per_task=ws.paths_per_task, error_rate=ws.error_rate,
