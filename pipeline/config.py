@@ -129,10 +129,17 @@ class EnvConfig(_Checked):
 
 @dataclass
 class AgentConfig(_Checked):
-    prompt_format: Literal["compact", "toolllama"] = _help(
-        "System prompt: 'compact' (short ReAct contract, one line per function: ~4x fewer tokens, for CPUs) or "
-        "'toolllama' (ToolBench's AutoGPT prompt, letter for letter as in the ToolLLaMA/StepTool SFT data).",
+    prompt_format: Literal["compact", "toolllama", "chat_tools"] = _help(
+        "Prompt format: 'compact' (short ReAct contract, one line per function: ~4x fewer tokens, for CPUs), "
+        "'toolllama' (ToolBench's AutoGPT prompt, letter for letter as in the ToolLLaMA/StepTool SFT data) or "
+        "'chat_tools' (JSON tool schemas in <tools>, actions as <tool_call> JSON, results in the 'tool' role: "
+        "the Qwen2/Hermes chat-template convention).",
         "compact",
+    )
+    constrain_names: bool = _help(
+        "hf backend: constrained decoding of function names, so an action can only name a function the task "
+        "offers (or Finish); arguments stay free. Recorded log-probs stay the model's own (unconstrained).",
+        True,
     )
     max_steps: int = _help("Most actions in one trajectory (the Finish included).", 6)
     max_new_tokens: int = _help("Most tokens of one action; a longer one is cut and recorded as not ended.", 128)

@@ -98,13 +98,20 @@ TOKENS = _schema(
 ANNOTATED_STEPS = _schema(
     "Steps with their step-grained rewards (data/annotated/steps.parquet).",
     *STEPS,
-    _f("succ_calling", pa.int8(), "SuccCalling: 1 if the call executed correctly, else 0."),
-    _f("contribution", pa.float64(), "Contribution to the final answer, 0..5 (mean over votes)."),
-    _f("is_solved", pa.string(), "Final step only: Solved, Unsure or Unsolved."),
+    _f("succ_calling", pa.float64(), "SuccCalling in [0, 1]: the rule's 0/1, or the mean of the judge's votes; "
+       "null on Finish steps."),
+    _f("contribution", pa.float64(), "Contribution to the final answer, 0..5 (mean over votes); null on Finish steps."),
+    _f("is_solved", pa.string(), "Last step only: Solved, Unsure or Unsolved (a trajectory cut at max_steps is "
+       "Unsolved); null elsewhere."),
+    _f("is_solved_score", pa.float64(), "Last step only: mean over votes of Solved = 1, Unsure = 0.5, Unsolved = 0."),
+    _f("sc_rule", pa.int8(), "SuccCalling by the rule (pipeline/annotate/succ_calling.py), whatever the annotator."),
+    _f("sc_reason", pa.string(), "Why the rule says the call failed ('' when it succeeded, 'finish' on Finish)."),
     _f("annotator", pa.string(), "oracle, heuristic, openai or imported."),
     _f("judge_model", pa.string(), "Judge model, when an LLM annotated."),
-    _f("prompt_version", pa.string(), "Version of the judge prompt."),
+    _f("prompt_version", pa.string(), "Version of the judge prompt (or of the annotator's rules)."),
     _f("votes", pa.int32(), "Number of judge votes averaged."),
+    _f("vote_details", pa.string(), "JSON: every vote's raw values for this step (judge annotators)."),
+    _f("cache_hits", pa.int32(), "Judge answers for this trajectory that came from the cache instead of a paid call."),
 )
 
 ADVANTAGES = _schema(

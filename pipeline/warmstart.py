@@ -22,8 +22,7 @@ from pipeline.toolworld.world import ToolWorld
 log = logging.getLogger("steptool.warmstart")
 
 
-def expert_dataset(tasks: list[Task], world: ToolWorld, renderer: ChatRenderer, *, fmt: str = "compact",
-                   paths_per_task: int = 1, error_rate: float = 0.3, max_length: int = 2048, seed: int = 0,
+def expert_dataset(tasks: list[Task], world: ToolWorld, renderer: ChatRenderer, *, paths_per_task: int = 1, error_rate: float = 0.3, max_length: int = 2048, seed: int = 0,
                    max_observation_length: int = 1024, tool_descriptions: dict | None = None) -> tuple[list[dict], dict]:
     """Rows {input_ids, assistant_masks} for SFTTrainer, and stats (paths, mistakes, dropped, tokens)."""
     rng = random.Random(f"warmstart:{seed}")
@@ -31,8 +30,8 @@ def expert_dataset(tasks: list[Task], world: ToolWorld, renderer: ChatRenderer, 
     rows, stats = [], {"paths": 0, "mistakes": 0, "dropped_too_long": 0, "tokens": 0, "action_tokens": 0}
     for task in tasks:
         for _ in range(paths_per_task):
-            path = expert_path(task, env, world, rng, error_rate)
-            system = system_prompt(task.api_list, fmt, tool_descriptions)  # type: ignore[arg-type]
+            path = expert_path(task, env, world, rng, error_rate, fmt=renderer.fmt)
+            system = system_prompt(task.api_list, renderer.fmt, tool_descriptions)
             r = renderer.render(system, user_message(task.query), [renderer.encode_action(a) for a in path.actions],
                                 path.observations)
             if len(r.input_ids) > max_length:

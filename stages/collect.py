@@ -46,8 +46,8 @@ def play(params: Params, root: Path, tasks: list[Task], model_dir: Path, out_dir
     policy.name = policy_name
     run_key = hashlib.sha256(json.dumps([model_fingerprint(model_dir), to_dict(a), strategy, n_samples, temperature,
                                          top_p, seed, [t.task_id for t in tasks]]).encode()).hexdigest()[:16]
-    return collect(tasks, policy, ChatRenderer(policy.tok), lambda: make_env(params.env, params.toolworld, world),
-                   out_dir, run_key, strategy=strategy, n_samples=n_samples, seed=seed, fmt=a.prompt_format,
+    return collect(tasks, policy, ChatRenderer(policy.tok, a.prompt_format), lambda: make_env(params.env, params.toolworld, world),
+                   out_dir, run_key, strategy=strategy, n_samples=n_samples, seed=seed, constrain_names=a.constrain_names,
                    max_steps=a.max_steps, width=a.dfsdt_width, budget=a.dfsdt_budget,
                    backtrack_on_error=a.backtrack_on_error, chunk_size=chunk_size,
                    tool_descriptions=world.tool_descriptions() if world else None)

@@ -25,9 +25,8 @@ def run(params: Params, root: Path = Path(".")) -> str:
         return f"warmstart: disabled, {OUT} is the base model"
     world = ToolWorld.from_catalog(root / CATALOG)
     tasks = load_tasks(root, "train", ws.max_tasks, f"warmstart-tasks:{ws.seed}")
-    renderer = ChatRenderer(load_tokenizer(str(root / BASE)))
-    rows, stats = expert_dataset(tasks, world, renderer, fmt=params.agent.prompt_format,
-                                 paths_per_task=ws.paths_per_task, error_rate=ws.error_rate,
+    renderer = ChatRenderer(load_tokenizer(str(root / BASE)), params.agent.prompt_format)
+    rows, stats = expert_dataset(tasks, world, renderer, paths_per_task=ws.paths_per_task, error_rate=ws.error_rate,
                                  max_length=ws.max_length, seed=ws.seed,
                                  max_observation_length=params.toolworld.max_observation_length,
                                  tool_descriptions=world.tool_descriptions())

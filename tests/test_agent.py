@@ -36,8 +36,8 @@ class Recording:
     def __init__(self, inner):
         self.inner, self.name, self.prompts = inner, inner.name, []
 
-    def generate(self, prompts, seeds):
-        gens = self.inner.generate(prompts, seeds)
+    def generate(self, prompts, seeds, slots=None):
+        gens = self.inner.generate(prompts, seeds, slots)
         for p, g in zip(prompts, gens):
             self.prompts.append((list(p), g))
         return gens
@@ -121,7 +121,7 @@ class OneAtATime:
     def __init__(self, inner):
         self.inner, self.name = inner, inner.name
 
-    def generate(self, prompts, seeds):
+    def generate(self, prompts, seeds, slots=None):
         return [self.inner.generate([p], [s])[0] for p, s in zip(prompts, seeds)]
 
 

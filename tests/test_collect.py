@@ -27,9 +27,9 @@ SCRIPT = textwrap.dedent("""
     from pipeline.toolworld.world import ToolWorld
 
     class Slow(HFPolicy):
-        def generate(self, prompts, seeds):
+        def generate(self, prompts, seeds, slots=None):
             time.sleep(float(sys.argv[3]))
-            return super().generate(prompts, seeds)
+            return super().generate(prompts, seeds, slots)
 
     world = ToolWorld(1234, 40, 0.03)
     tasks = generate_tasks(world, 7, {"I1": 6}, {"I1": 1})["train"]

@@ -5,9 +5,16 @@ temperature / top-p, a seed per row (a row's sample does not depend on what else
 stop at the end-of-turn token, and the behaviour log-prob of every generated token, i.e.
 ``log_softmax(logits / temperature)`` of the sampled token before top-p truncation, which is what
 the trainer recomputes. ``ScriptedPolicy`` replays fixed texts (tests, demos).
+
+Constrained function names (`NameSlot`): right after an action's name trigger (``\nAction:`` in the
+ReAct formats, ``<tool_call>\n{"name": "`` in chat_tools) the sampler may only write one of the task's
+function names and its terminator, as guided decoding in vLLM or outlines would; thoughts and arguments
+stay free. Sampling uses the masked distribution; the recorded log-prob is the model's own, unmasked,
+so that the trainer's ratio π_θ/π_old starts at exactly 1.
 """
 from __future__ import annotations
 
+import bisect
 import inspect
 import time
 from dataclasses import dataclass
@@ -24,10 +31,37 @@ class Generation:
     ended: bool  # the end-of-turn token was generated (else max_new_tokens cut it)
 
 
+@dataclass(frozen=True)
+class NameSlot:
+    """After the last `trigger` in the generated text, the text must go on as one of `choices` (each a
+    function name with the format's text around it, e.g. " Search_for_x\n"). An empty trigger constrains
+    from the first generated token."""
+
+    trigger: str
+    choices: tuple[str, ...]
+
+
+def slot_remainders(text: str, slot: NameSlot) -> set[str] | None:
+    """What may still follow `text` in `slot`: None when the slot is not open (no trigger yet, a choice
+    already completed, or the text left every choice, which can only happen if it was not constrained)."""
+    if slot.trigger:
+        i = ("\n" + text).rfind(slot.trigger)  # the leading newline lets a trigger match at the very start
+        if i < 0:
+            return None
+        partial = ("\n" + text)[i + len(slot.trigger):]
+    else:
+        partial = text
+    rests = {c[len(partial):] for c in slot.choices if c.startswith(partial)}
+    if not rests or "" in rests:
+        return None
+    return rests
+
+
 class Policy(Protocol):
     name: str
 
-    def generate(self, prompts: list[list[int]], seeds: list[int]) -> list[Generation]: ...
+    def generate(self, prompts: list[list[int]], seeds: list[int],
+                 slots: list[NameSlot | None] | None = None) -> list[Generation]: ...
 
 
 @dataclass
@@ -73,19 +107,53 @@ class HFPolicy:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
         return cls(model, tok, sampling, batch_size, name=str(path), device=device)
 
-    def generate(self, prompts: list[list[int]], seeds: list[int]) -> list[Generation]:
-        if len(prompts) != len(seeds):
-            raise ValueError("one seed per prompt")
+    def generate(self, prompts: list[list[int]], seeds: list[int],
+                 slots: list[NameSlot | None] | None = None) -> list[Generation]:
+        if len(prompts) != len(seeds) or (slots is not None and len(slots) != len(prompts)):
+            raise ValueError("one seed (and one slot, when given) per prompt")
+        slots = slots or [None] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths pad less
         out: list[Generation | None] = [None] * len(prompts)
         for start in range(0, len(order), self.batch_size):
             idx = order[start:start + self.batch_size]
-            for i, g in zip(idx, self._generate_batch([prompts[i] for i in idx], [seeds[i] for i in idx])):
+            for i, g in zip(idx, self._generate_batch([prompts[i] for i in idx], [seeds[i] for i in idx],
+                                                      [slots[i] for i in idx])):
                 out[i] = g
         return out  # type: ignore[return-value]
 
+    def _vocab_index(self):
+        """Each token's text, and the inverse map, built once (for constrained names)."""
+        if not hasattr(self, "_token_text"):
+            texts = self.tok.batch_decode([[i] for i in range(len(self.tok))], skip_special_tokens=False)
+            by_text: dict[str, list[int]] = {}
+            for i, t in enumerate(texts):
+                if t and i != self.eos_id:
+                    by_text.setdefault(t, []).append(i)
+            self._token_text = texts
+            self._by_text = by_text
+            self._sorted_texts = sorted(by_text)
+        return self._token_text, self._by_text, self._sorted_texts
+
+    def allowed_tokens(self, generated: list[int], slot: NameSlot) -> list[int] | None:
+        """Token ids that keep `generated` inside one of the slot's choices, or None when unconstrained: tokens
+        spelling a prefix of a remainder, and tokens that complete it and run on (e.g. '",' after a name)."""
+        token_text, by_text, sorted_texts = self._vocab_index()
+        rests = slot_remainders("".join(token_text[t] for t in generated), slot)
+        if rests is None:
+            return None
+        allowed: set[int] = set()
+        for rest in rests:
+            for k in range(1, len(rest) + 1):
+                allowed.update(by_text.get(rest[:k], ()))
+            j = bisect.bisect_left(sorted_texts, rest)
+            while j < len(sorted_texts) and sorted_texts[j].startswith(rest):
+                allowed.update(by_text[sorted_texts[j]])
+                j += 1
+        return sorted(allowed)
+
     @torch.no_grad()
-    def _generate_batch(self, prompts: list[list[int]], seeds: list[int]) -> list[Generation]:
+    def _generate_batch(self, prompts: list[list[int]], seeds: list[int],
+                        slots: list[NameSlot | None]) -> list[Generation]:
         t0 = time.perf_counter()
         s = self.sampling
         bsz, width = len(prompts), max(len(p) for p in prompts)
@@ -103,7 +171,17 @@ class HFPolicy:
         logps: list[list[float]] = [[] for _ in range(bsz)]
         done = [False] * bsz
         for _ in range(s.max_new_tokens):
-            chosen, chosen_lp = self._sample(logits, gens)
+            masked = None
+            for r, slot in enumerate(slots):
+                if slot is not None and not done[r]:
+                    allowed = self.allowed_tokens(tokens[r], slot)
+                    if allowed is not None:
+                        if masked is None:
+                            masked = logits.clone()
+                        keep = torch.full_like(logits[r], float("-inf"))
+                        keep[allowed] = 0.0
+                        masked[r] += keep
+            chosen, chosen_lp = self._sample(logits, gens, masked)
             for r in range(bsz):
                 if not done[r]:
                     tokens[r].append(int(chosen[r]))
@@ -126,14 +204,17 @@ class HFPolicy:
             result.append(Generation(t, lp, text, ended))
         return result
 
-    def _sample(self, logits: torch.Tensor, gens: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _sample(self, logits: torch.Tensor, gens: list[torch.Generator],
+                masked: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample from `masked` (constrained rows) or `logits`; the log-prob is always from `logits`."""
         s = self.sampling
+        draw = logits if masked is None else masked
         if s.temperature <= 0:
             logp = torch.log_softmax(logits, dim=-1)
-            chosen = logits.argmax(dim=-1)
+            chosen = draw.argmax(dim=-1)
             return chosen.cpu(), logp.gather(-1, chosen.view(-1, 1)).view(-1).cpu()
         logp = torch.log_softmax(logits / s.temperature, dim=-1).cpu()
-        probs = logp.exp()
+        probs = logp.exp() if masked is None else torch.softmax(draw / s.temperature, dim=-1).cpu()
         if s.top_p < 1.0:
             sorted_p, sorted_i = probs.sort(dim=-1, descending=True)
             keep = sorted_p.cumsum(-1) - sorted_p < s.top_p  # always keeps the most likely token
@@ -151,7 +232,7 @@ class ScriptedPolicy:
         self.script = script
         self.name = name
 
-    def generate(self, prompts: list[list[int]], seeds: list[int]) -> list[Generation]:
+    def generate(self, prompts: list[list[int]], seeds: list[int], slots=None) -> list[Generation]:
         out = []
         for p, seed in zip(prompts, seeds):
             text = self.script(p, seed)
@@ -191,7 +272,8 @@ class OpenAIPolicy:
                              max_retries=0)  # retries are ours (tenacity), so they are counted and bounded
         self.stats = {"prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0, "retries": 0, "misaligned": 0}
 
-    def generate(self, prompts: list[list[int]], seeds: list[int]) -> list[Generation]:
+    def generate(self, prompts: list[list[int]], seeds: list[int], slots=None) -> list[Generation]:
+        """`slots` are ignored: a plain completions API cannot constrain (use the server's guided decoding)."""
         from concurrent.futures import ThreadPoolExecutor
 
         t0 = time.perf_counter()

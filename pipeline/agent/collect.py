@@ -35,7 +35,7 @@ def _done_ids(parts: Path) -> set[str]:
 
 
 def collect(tasks: list[Task], policy, renderer: ChatRenderer, make_env, out_dir: str | Path, run_key: str, *,
-            strategy: str = "cot", n_samples: int = 1, seed: int = 0, fmt: str = "compact", max_steps: int = 8,
+            strategy: str = "cot", n_samples: int = 1, seed: int = 0, max_steps: int = 8, constrain_names: bool = False,
             width: int = 2, budget: int = 24, backtrack_on_error: bool = True, chunk_size: int = 16,
             tool_descriptions: dict | None = None, progress: bool = True) -> dict:
     """Returns a summary: trajectories, steps, parse-success rate, rule pass rate (tasks with gold), speed."""
@@ -55,10 +55,11 @@ def collect(tasks: list[Task], policy, renderer: ChatRenderer, make_env, out_dir
     for start in range(0, len(jobs), chunk_size):
         chunk = jobs[start:start + chunk_size]
         if strategy == "cot":
-            rollouts = run_cot(chunk, policy, renderer, make_env, fmt=fmt, max_steps=max_steps, seed=seed,
+            rollouts = run_cot(chunk, policy, renderer, make_env, max_steps=max_steps, seed=seed, constrain_names=constrain_names,
                                tool_descriptions=tool_descriptions)
         elif strategy == "dfsdt":
-            rollouts = [run_dfsdt(t, k, policy, renderer, make_env, fmt=fmt, max_steps=max_steps, width=width,
+            rollouts = [run_dfsdt(t, k, policy, renderer, make_env, max_steps=max_steps, width=width,
+                                  constrain_names=constrain_names,
                                   budget=budget, seed=seed, backtrack_on_error=backtrack_on_error,
                                   tool_descriptions=tool_descriptions) for t, k in chunk]
         else:

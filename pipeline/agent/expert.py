@@ -46,7 +46,7 @@ def _kind(world: ToolWorld, call: GoldCall) -> str:
 
 
 def expert_path(task: Task, env: ApiListEnv, world: ToolWorld, rng: random.Random, error_rate: float = 0.3,
-                max_retries: int = 5) -> ExpertPath:
+                max_retries: int = 5, fmt: str = "compact") -> ExpertPath:
     """Play `task`'s gold plan in `env` (reset here) and write the actions an expert would."""
     if not task.has_gold:
         raise ValueError(f"task {task.task_id} has no gold plan")
@@ -55,7 +55,7 @@ def expert_path(task: Task, env: ApiListEnv, world: ToolWorld, rng: random.Rando
     last_search: dict[str, str] = {}  # query -> id found
 
     def do(thought: str, call_fn: str, args: str) -> dict:
-        path.actions.append(format_action(thought, call_fn, args))
+        path.actions.append(format_action(thought, call_fn, args, fmt))
         result = env.step(call_fn, args)
         path.observations.append(result.observation)
         return result.envelope or {}
@@ -93,7 +93,7 @@ def expert_path(task: Task, env: ApiListEnv, world: ToolWorld, rng: random.Rando
                 last_search = {args.get("query", ""): next(iter(results[0].values()))}
     answer = "Here is what I found: " + "; ".join(task.gold_facts or []) + "."
     path.actions.append(format_action(rng.choice(FINISH_THOUGHTS), "Finish",
-                                      {"return_type": "give_answer", "final_answer": answer}))
+                                      {"return_type": "give_answer", "final_answer": answer}, fmt))
     final = env.step("Finish", json.dumps({"return_type": "give_answer", "final_answer": answer}))
     assert final.done and final.finish_type == "give_answer"
     return path

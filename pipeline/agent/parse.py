@@ -1,4 +1,5 @@
-"""Parse a model's ReAct action (``Thought: ... Action: ... Action Input: {...}``) into a call.
+"""Parse a model's action into a call: ReAct (``Thought: ... Action: ... Action Input: {...}``) or a
+chat-template tool call (``thought <tool_call>{"name": ..., "arguments": {...}}</tool_call>``).
 
 Model output is untrusted text: JSON goes through `json`, Python literals through
 `ast.literal_eval`, nothing is executed. A bad action is never an exception: it comes back with
@@ -53,6 +54,50 @@ def parse_react(text: str, known_functions: set[str] | None = None) -> ParsedAct
     if tail:
         return ParsedAction(thought, name, raw[:end], False, f"text after the call: {tail[:60]!r}")
     return ParsedAction(thought, name, raw, True)
+
+
+_TOOL_CALL = re.compile(r"<tool_call>\s*")
+_TOOL_CALL_END = re.compile(r"\s*</tool_call>")
+
+
+def parse_tool_call(text: str, known_functions: set[str] | None = None) -> ParsedAction:
+    """Split a `<tool_call>` action (Qwen2/Hermes convention). `arguments` may be an object or, as some
+    servers write it, a JSON string holding one; it comes back as JSON text. A missing `</tool_call>` is
+    forgiven when the JSON is complete (generation often stops right after it)."""
+    m = _TOOL_CALL.search(text)
+    if m is None:
+        return ParsedAction(text.strip(), "", "", False, "missing tool call")
+    thought = text[: m.start()].strip()
+    body = text[m.end():]
+    try:
+        obj, end = json.JSONDecoder(strict=False).raw_decode(body)
+    except json.JSONDecodeError as e:
+        return ParsedAction(thought, "", body.strip(), False, f"malformed JSON: {e.msg} at char {e.pos}")
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return ParsedAction(thought, "", body[:end], False, 'malformed JSON: the call must be {"name": ..., "arguments": {...}}')
+    name = obj["name"].strip()
+    args = obj.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError as e:
+            return ParsedAction(thought, name, args, False, f"malformed JSON: {e.msg} at char {e.pos}")
+    raw = json.dumps(args, ensure_ascii=False)
+    if known_functions is not None and name not in known_functions and name != "Finish":
+        return ParsedAction(thought, name, raw, False, f"unknown API: {name}")
+    if not isinstance(args, dict):
+        return ParsedAction(thought, name, raw, False, f"malformed JSON: arguments must be an object, got {type(args).__name__}")
+    tail = body[end:]
+    m_end = _TOOL_CALL_END.match(tail)
+    tail = (tail[m_end.end():] if m_end else tail).strip()
+    if tail:
+        return ParsedAction(thought, name, raw, False, f"text after the call: {tail[:60]!r}")
+    return ParsedAction(thought, name, raw, True)
+
+
+def parse_action(text: str, fmt: str, known_functions: set[str] | None = None) -> ParsedAction:
+    """The parser of a prompt format (see `pipeline.agent.prompts`)."""
+    return parse_tool_call(text, known_functions) if fmt == "chat_tools" else parse_react(text, known_functions)
 
 
 def functions_from_system_prompt(system: str) -> list[dict]:

@@ -2,12 +2,17 @@
 
 A trajectory is a chat: system (instructions + functions), user (the query), then alternating
 assistant actions and function observations, in the model's own chat template (ChatML for
-SmolLM2). Two system prompts:
+SmolLM2). Three formats:
 
 - ``toolllama``: ToolBench's AutoGPT ReAct prompt with the function list as a Python literal,
   letter for letter as in the ToolLLaMA/StepTool SFT data (for real-scale runs and imports);
 - ``compact``: the same ReAct contract in a few lines with one line per function, so that a
-  135M model on a laptop CPU reads ~4x fewer tokens per step.
+  135M model on a laptop CPU reads ~4x fewer tokens per step;
+- ``chat_tools``: the tool-calling convention of Qwen2/Qwen2.5 and Hermes-style templates: the functions
+  as JSON schemas inside ``<tools></tools>`` in the system turn, each action an optional thought then
+  ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, results in the template's ``tool`` role.
+  The tools block is written into the system text with the wording Qwen2.5's template uses for
+  ``tools=``, so any chat template (SmolLM2's ChatML has no tools support) renders it the same way.
 
 Token exactness: a context is a list of *segments*. Text segments (everything the model did not
 write) are tokenized one at a time; action segments are the token ids the policy generated. The
@@ -25,8 +30,10 @@ from typing import Literal
 from pipeline.apidoc import function_specs
 from pipeline.toolworld.naming import standardize
 
-PromptFormat = Literal["toolllama", "compact"]
-FUNCTION_ROLE = "function"
+PromptFormat = Literal["toolllama", "compact", "chat_tools"]
+PROMPT_FORMATS = ("compact", "toolllama", "chat_tools")
+FUNCTION_ROLE = "function"  # ToolBench's role for call results
+TOOL_ROLE = "tool"  # the chat-template convention (Qwen2.5, Llama-3.1, Hermes)
 MAX_TOOL_DESCRIPTION = 512
 
 TOOLLLAMA_SYSTEM = (
@@ -63,6 +70,21 @@ COMPACT_SYSTEM = (
 )
 
 
+CHAT_TOOLS_SYSTEM = (
+    "You solve the user's task by calling functions, one call per turn: first a short thought, then the call. "
+    "Search results give ids that other functions need. If a call fails, fix the arguments or try again. "
+    'When you know the answer, call Finish with {"return_type": "give_answer", "final_answer": "<answer with '
+    'every value you found>"}; if the task cannot be done, call Finish with {"return_type": "give_up_and_restart"}.'
+)
+# Qwen2.5's chat template, verbatim, for `tools=`.
+CHAT_TOOLS_BLOCK = (
+    "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>{tools}\n</tools>\n\n"
+    "For each function call, return a json object with function name and arguments within <tool_call></tool_call> "
+    'XML tags:\n<tool_call>\n{{"name": <function-name>, "arguments": <args-json-object>}}\n</tool_call>'
+)
+
+
 def _tool_lines(api_list: list[dict], tool_descriptions: dict[str, str] | None) -> str:
     tools = list(dict.fromkeys(d["tool_name"] for d in api_list))
     descs = tool_descriptions or {}
@@ -70,17 +92,27 @@ def _tool_lines(api_list: list[dict], tool_descriptions: dict[str, str] | None) 
                    for i, t in enumerate(tools))
 
 
+def _short_description(spec: dict) -> str:
+    """The API's own sentence, without ToolBench's 'This is the subfunction for tool ...' preamble."""
+    desc = spec["description"]
+    marker = "The description of this function is: "
+    if marker in desc:
+        return desc.split(marker, 1)[1].strip('"')
+    if spec["name"] == "Finish":
+        return "give the final answer or give up."
+    return desc
+
+
 def _compact_function(spec: dict) -> str:
     props = spec["parameters"].get("properties", {})
     required = set(spec["parameters"].get("required", []))
     args = ", ".join(f"{name}{'' if name in required else '?'}: {p.get('type', 'string')}" for name, p in props.items())
-    desc = spec["description"]
-    marker = "The description of this function is: "
-    if marker in desc:
-        desc = desc.split(marker, 1)[1].strip('"')
-    elif spec["name"] == "Finish":
-        desc = "give the final answer or give up."
-    return f"- {spec['name']}({args}): {desc}\n"
+    return f"- {spec['name']}({args}): {_short_description(spec)}\n"
+
+
+def _json_tool(spec: dict) -> str:
+    fn = {"name": spec["name"], "description": _short_description(spec), "parameters": spec["parameters"]}
+    return "\n" + json.dumps({"type": "function", "function": fn}, ensure_ascii=False)
 
 
 def system_prompt(api_list: list[dict], fmt: PromptFormat = "compact",
@@ -93,7 +125,22 @@ def system_prompt(api_list: list[dict], fmt: PromptFormat = "compact",
                 + "Specifically, you have access to the following APIs: " + str(specs))
     if fmt == "compact":
         return COMPACT_SYSTEM + "".join(_compact_function(s) for s in specs)
-    raise ValueError(f"unknown prompt format {fmt!r} (toolllama or compact)")
+    if fmt == "chat_tools":
+        return CHAT_TOOLS_SYSTEM + CHAT_TOOLS_BLOCK.format(tools="".join(_json_tool(s) for s in specs))
+    raise ValueError(f"unknown prompt format {fmt!r} (one of {', '.join(PROMPT_FORMATS)})")
+
+
+def observation_role(fmt: PromptFormat) -> str:
+    """The chat role of call results: ToolBench's `function` for the ReAct formats, `tool` for chat_tools."""
+    return TOOL_ROLE if fmt == "chat_tools" else FUNCTION_ROLE
+
+
+def name_slot(fmt: PromptFormat) -> tuple[str, str, str]:
+    """Where a function name is written in an action: (text right before it, text before the name,
+    text right after it). Constrained decoding (`HFPolicy`) restricts what follows the trigger."""
+    if fmt == "chat_tools":
+        return '<tool_call>\n{"name": "', "", '"'
+    return "\nAction:", " ", "\n"
 
 
 def user_message(query: str) -> str:
@@ -101,9 +148,16 @@ def user_message(query: str) -> str:
     return f"\n{query}\nBegin!\n"
 
 
-def format_action(thought: str, function: str, arguments: dict | str) -> str:
-    """An action in the ReAct text the parser reads back."""
+def format_action(thought: str, function: str, arguments: dict | str, fmt: PromptFormat = "compact") -> str:
+    """An action as the format writes it (and its parser reads back)."""
     args = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+    if fmt == "chat_tools":
+        try:
+            args_obj = json.loads(args)
+        except json.JSONDecodeError:
+            args_obj = args  # a broken argument string stays broken (expert mistakes, imports)
+        call = json.dumps({"name": function, "arguments": args_obj}, ensure_ascii=False)
+        return f"{thought}\n<tool_call>\n{call}\n</tool_call>" if thought else f"<tool_call>\n{call}\n</tool_call>"
     return f"Thought: {thought}\nAction: {function}\nAction Input: {args}"
 
 
@@ -119,14 +173,16 @@ class Rendered:
 class ChatRenderer:
     """Renders chats into token segments with a tokenizer's chat template (split at the assistant turns)."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, fmt: PromptFormat = "compact"):
         self.tok = tokenizer
+        self.fmt = fmt
+        self.observation_role = observation_role(fmt)
         self.eos = tokenizer.eos_token
         self.eos_id = tokenizer.eos_token_id
         # Learn how the template wraps turns from a probe chat, so any template of the same shape works.
         probe = tokenizer.apply_chat_template(
             [{"role": "system", "content": "S"}, {"role": "user", "content": "U"},
-             {"role": "assistant", "content": "\x00A\x00"}, {"role": FUNCTION_ROLE, "content": "\x00O\x00"},
+             {"role": "assistant", "content": "\x00A\x00"}, {"role": self.observation_role, "content": "\x00O\x00"},
              {"role": "assistant", "content": "\x00B\x00"}], tokenize=False)
         rest = probe.split("\x00A\x00", 1)[1]
         between, rest = rest.split("\x00O\x00", 1)
@@ -205,5 +261,5 @@ class ChatRenderer:
         for i, a in enumerate(action_texts):
             msgs.append({"role": "assistant", "content": a})
             if i < len(observations):
-                msgs.append({"role": FUNCTION_ROLE, "content": observations[i]})
+                msgs.append({"role": self.observation_role, "content": observations[i]})
         return msgs

@@ -13,8 +13,9 @@ import json
 from dataclasses import dataclass, field
 
 from pipeline.agent.backends import Generation, Policy
-from pipeline.agent.parse import ParsedAction, parse_react
-from pipeline.agent.prompts import ChatRenderer, system_prompt, user_message
+from pipeline.agent.backends import NameSlot
+from pipeline.agent.parse import ParsedAction, parse_action
+from pipeline.agent.prompts import ChatRenderer, name_slot, system_prompt, user_message
 from pipeline.envs import ApiListEnv, StepResult
 from pipeline.task import Task
 
@@ -80,6 +81,7 @@ class _Chain:
     env: ApiListEnv
     ids: list[int]
     known: set[str]
+    slot: NameSlot | None = None  # constrained decoding of the function name, when asked for
 
 
 def _known_functions(env: ApiListEnv) -> set[str]:
@@ -88,7 +90,7 @@ def _known_functions(env: ApiListEnv) -> set[str]:
 
 def _act(chain: _Chain, gen: Generation, renderer: ChatRenderer, max_steps: int) -> bool:
     """Apply one generated action; grow the context. Returns whether the chain is finished."""
-    parsed = parse_react(gen.text, chain.known)
+    parsed = parse_action(gen.text, renderer.fmt, chain.known)
     result = chain.env.step(parsed.api_name, parsed.arguments)
     r = chain.rollout
     r.steps.append(AgentStep(len(chain.ids), gen, parsed, result))
@@ -98,23 +100,37 @@ def _act(chain: _Chain, gen: Generation, renderer: ChatRenderer, max_steps: int)
     return False
 
 
-def _start(task: Task, env: ApiListEnv, renderer: ChatRenderer, fmt: str, policy: Policy, strategy: str,
-           sample_idx: int, seed: int, tool_descriptions: dict | None) -> _Chain:
-    system = system_prompt(task.api_list, fmt, tool_descriptions)  # type: ignore[arg-type]
+def _start(task: Task, env: ApiListEnv, renderer: ChatRenderer, policy: Policy, strategy: str,
+           sample_idx: int, seed: int, tool_descriptions: dict | None, constrain_names: bool) -> _Chain:
+    system = system_prompt(task.api_list, renderer.fmt, tool_descriptions)
     user = user_message(task.query)
     rollout = Rollout(task, system, user, strategy, sample_idx, seed, policy.name)
     env.reset(task, episode=rollout.traj_id)
-    return _Chain(rollout, env, renderer.encode(renderer.prefix(system, user)), _known_functions(env))
+    known = _known_functions(env)
+    slot = None
+    if constrain_names:
+        trigger, before, after = name_slot(renderer.fmt)
+        slot = NameSlot(trigger, tuple(before + n + after for n in sorted(known | {"Finish"})))
+    return _Chain(rollout, env, renderer.encode(renderer.prefix(system, user)), known, slot)
 
 
-def run_cot(jobs: list[tuple[Task, int]], policy: Policy, renderer: ChatRenderer, make_env, *, fmt: str = "compact",
-            max_steps: int = 8, seed: int = 0, tool_descriptions: dict | None = None, on_done=None) -> list[Rollout]:
-    """Play every (task, sample_idx) job as one chain, all chains advancing together (one batch per step)."""
-    chains = [_start(t, make_env(), renderer, fmt, policy, "cot", k, seed, tool_descriptions) for t, k in jobs]
+def _generate(policy: Policy, prompts: list[list[int]], seeds: list[int], slots: list[NameSlot | None]):
+    if any(s is not None for s in slots):
+        return policy.generate(prompts, seeds, slots=slots)
+    return policy.generate(prompts, seeds)
+
+
+def run_cot(jobs: list[tuple[Task, int]], policy: Policy, renderer: ChatRenderer, make_env, *,
+            max_steps: int = 8, seed: int = 0, tool_descriptions: dict | None = None, on_done=None,
+            constrain_names: bool = False) -> list[Rollout]:
+    """Play every (task, sample_idx) job as one chain, all chains advancing together (one batch per step).
+    `constrain_names`: the policy may only write function names the task offers (see `NameSlot`)."""
+    chains = [_start(t, make_env(), renderer, policy, "cot", k, seed, tool_descriptions, constrain_names)
+              for t, k in jobs]
     active = list(chains)
     while active:
         seeds = [step_seed(seed, c.rollout.task.task_id, c.rollout.sample_idx, len(c.rollout.steps)) for c in active]
-        gens = policy.generate([c.ids for c in active], seeds)
+        gens = _generate(policy, [c.ids for c in active], seeds, [c.slot for c in active])
         still = []
         for chain, gen in zip(active, gens):
             chain.rollout.actions_generated += 1
@@ -127,15 +143,15 @@ def run_cot(jobs: list[tuple[Task, int]], policy: Policy, renderer: ChatRenderer
     return [c.rollout for c in chains]
 
 
-def run_dfsdt(task: Task, sample_idx: int, policy: Policy, renderer: ChatRenderer, make_env, *, fmt: str = "compact",
+def run_dfsdt(task: Task, sample_idx: int, policy: Policy, renderer: ChatRenderer, make_env, *,
               max_steps: int = 8, width: int = 2, budget: int = 24, seed: int = 0, backtrack_on_error: bool = True,
-              tool_descriptions: dict | None = None) -> Rollout:
+              tool_descriptions: dict | None = None, constrain_names: bool = False) -> Rollout:
     """Depth-first search over sampled actions. From a node, `width` children are sampled in one batch and
     tried in order; a child that gives up, fails (when `backtrack_on_error`) or reaches `max_steps` without
     an answer is a dead end, and the search backtracks to the next sibling, then to the parent's next sibling.
     At most `budget` actions are generated. The kept trajectory is the first path that gives an answer, else
     the deepest path explored; `tree` records every node."""
-    root = _start(task, make_env(), renderer, fmt, policy, "dfsdt", sample_idx, seed, tool_descriptions)
+    root = _start(task, make_env(), renderer, policy, "dfsdt", sample_idx, seed, tool_descriptions, constrain_names)
     tree: list[dict] = []
     state = {"generated": 0, "best": root}
 
@@ -151,10 +167,10 @@ def run_dfsdt(task: Task, sample_idx: int, policy: Policy, renderer: ChatRendere
         depth = len(chain.rollout.steps)
         n = min(width, budget - state["generated"])
         seeds = [step_seed(seed, task.task_id, sample_idx, depth, c) for c in range(n)]
-        gens = policy.generate([chain.ids] * n, seeds)
+        gens = _generate(policy, [chain.ids] * n, seeds, [chain.slot] * n)
         state["generated"] += n
         for gen in gens:
-            child = _Chain(_copy_rollout(chain.rollout), chain.env.fork(), chain.ids, chain.known)
+            child = _Chain(_copy_rollout(chain.rollout), chain.env.fork(), chain.ids, chain.known, chain.slot)
             finished = _act(child, gen, renderer, max_steps)
             step = child.rollout.steps[-1]
             if len(child.rollout.steps) >= len(state["best"].rollout.steps):
