@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["toolworld", "agent"]
+BENCHES = ["toolworld", "agent", "annotate"]
 
 
 def main(argv: list[str]) -> int:

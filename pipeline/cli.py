@@ -98,6 +98,34 @@ def _play(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_annotations(args: argparse.Namespace) -> int:
+    from pipeline.annotate.importer import import_reference_annotations
+    from pipeline.schema import ANNOTATED_STEPS, TRAJECTORIES, write_table
+
+    trajs, rows = import_reference_annotations(args.file, policy=args.policy)
+    out = Path(args.out)
+    write_table(trajs, out / "trajectories.parquet", TRAJECTORIES)
+    write_table(rows, out / "steps.parquet", ANNOTATED_STEPS)
+    print(f"imported {len(trajs)} trajectories, {len(rows)} annotated steps -> {out}/{{trajectories,steps}}.parquet")
+    return 0
+
+
+def _serve_judge(args: argparse.Namespace) -> int:
+    from pipeline.annotate.judge_server import Faults, JudgeServer
+
+    server = JudgeServer(Faults(latency_s=args.latency, p_429=args.p_429, p_500=args.p_500, p_timeout=args.p_timeout,
+                                p_malformed=args.p_malformed, p_wrong_length=args.p_wrong_length, seed=args.seed),
+                         port=args.port)
+    print(f"serving a test judge on {server.url} (POST /chat/completions; Ctrl-C stops)", flush=True)
+    try:
+        server._thread.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return 0
+
+
 def _params(args: argparse.Namespace) -> int:
     from pipeline.config import describe, load_params
 
@@ -120,7 +148,7 @@ def _describe(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stages import base_model, collect, tasks, warmstart
+    from stages import annotate, base_model, collect, tasks, warmstart
 
     parser = argparse.ArgumentParser(
         prog="steptool",
@@ -129,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in (("tasks", tasks), ("base-model", base_model), ("warmstart", warmstart),
-                         ("collect", collect)):
+                         ("collect", collect), ("annotate", annotate)):
         p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0], description=module.__doc__)
         _common(p)
         p.set_defaults(func=lambda a, m=module: _run(m.run, a))
@@ -153,6 +181,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     p.add_argument("--n-samples", type=int, default=1)
     p.set_defaults(func=_play)
+    p = sub.add_parser("import-annotations", help="import the StepTool reference's reward-annotation JSON",
+                       description="Read a reward-annotation file of the StepTool reference (e.g. "
+                                   "qwen2_G123_example_5.json) into trajectories.parquet and annotated steps.parquet, "
+                                   "votes averaged as the openai annotator does.")
+    p.add_argument("file")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--policy", default="reference", help="name recorded as the acting policy")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_import_annotations)
+    p = sub.add_parser("serve-judge", help="serve a scripted OpenAI-compatible judge (tests, demos, benchmarks)",
+                       description="An OpenAI-compatible /v1/chat/completions judge on 127.0.0.1 that answers "
+                                   "evaluate_process_reward from the request, with injectable faults.")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
+    for name in ("429", "500", "timeout", "malformed", "wrong-length"):
+        p.add_argument(f"--p-{name}", type=float, default=0.0, dest=f"p_{name.replace('-', '_')}",
+                       help=f"probability of a {name} fault per call")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_serve_judge)
     p = sub.add_parser("params", help="list every knob of params.yaml with its help and default; validate the file")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("-v", "--verbose", action="store_true")

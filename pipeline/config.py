@@ -199,6 +199,49 @@ class CollectConfig(_Checked):
 
 
 @dataclass
+class AnnotateConfig(_Checked):
+    annotator: Literal["oracle", "heuristic", "openai"] = _help(
+        "Who gives Contribution and IsSolved: 'oracle' (ToolWorld gold plan and facts: exact, free), 'heuristic' "
+        "(the reference's LCS rule, for environments without gold) or 'openai' (an LLM judge at base_url). "
+        "SuccCalling always also comes from the rule (column sc_rule).",
+        "oracle",
+    )
+    base_url: str = _help("openai: the OpenAI-compatible endpoint, e.g. https://api.openai.com/v1 or a local vLLM.",
+                          "http://127.0.0.1:8000/v1")
+    model: str = _help("openai: judge model name.", "gpt-4o-mini")
+    api_key_env: str = _help("openai: name of the environment variable holding the API key (never the key itself).",
+                             "OPENAI_API_KEY")
+    n_votes: int = _help("openai: judge calls per trajectory; their values are averaged.", 3)
+    temperature: float = _help("openai: judge sampling temperature.", 0.7)
+    concurrency: int = _help("openai: requests in flight at once.", 32)
+    requests_per_minute: int = _help("openai: most requests started per minute (0: no limit).", 0)
+    timeout_s: float = _help("openai: seconds to wait for one answer before retrying.", 60.0)
+    max_retries: int = _help("openai: tries per request on 429, 5xx, timeouts (exponential backoff).", 6)
+    max_invalid_retries: int = _help(
+        "openai: new requests after an invalid answer (wrong length, bad values, malformed JSON) before the "
+        "trajectory is recorded as failed.", 2)
+    max_prompt_tokens: int = _help("openai: estimated-token budget of one judge prompt (responses are cut to fit).",
+                                   6000)
+    max_response_chars: int = _help("openai: each tool response is cut to this many characters in the prompt.", 1500)
+    cache_path: str = _help("openai: the SQLite cache of judge answers, shared across runs and experiments.",
+                            ".cache/judge.sqlite")
+    heuristic_threshold: float = _help(
+        "heuristic: a call contributes when LCS(response, final answer) / len(response) reaches this.", 0.5)
+
+    def check(self, where: str) -> None:
+        for key in ("n_votes", "concurrency", "max_retries", "max_prompt_tokens", "max_response_chars"):
+            if getattr(self, key) < 1:
+                self._fail(where, key, f"must be >= 1, got {getattr(self, key)}")
+        for key in ("requests_per_minute", "max_invalid_retries"):
+            if getattr(self, key) < 0:
+                self._fail(where, key, f"must be >= 0, got {getattr(self, key)}")
+        if self.timeout_s <= 0:
+            self._fail(where, "timeout_s", f"must be > 0, got {self.timeout_s}")
+        if not 0 < self.heuristic_threshold <= 1:
+            self._fail(where, "heuristic_threshold", f"must be in (0, 1], got {self.heuristic_threshold}")
+
+
+@dataclass
 class Params(_Checked):
     toolworld: ToolWorldConfig = _help("The embedded tool world (stage `tasks`).", factory=ToolWorldConfig)
     tasks: TasksConfig = _help("Task generation (stage `tasks`).", factory=TasksConfig)
@@ -208,6 +251,7 @@ class Params(_Checked):
                                factory=AgentConfig)
     warmstart: WarmstartConfig = _help("SFT on expert paths (stage `warmstart`).", factory=WarmstartConfig)
     collect: CollectConfig = _help("Trajectories for training (stage `collect`).", factory=CollectConfig)
+    annotate: AnnotateConfig = _help("Step-grained reward annotation (stage `annotate`).", factory=AnnotateConfig)
 
 
 def _type_name(tp: Any) -> str:

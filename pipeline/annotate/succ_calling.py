@@ -18,11 +18,12 @@ from typing import Any
 
 SHORT = 300  # a text longer than this is data, not an error message
 _ENVELOPE = re.compile(r'^\s*\{\s*"error"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"response"\s*:\s*(.*)$', re.S)
-_ERROR_WORDS = re.compile(
-    r"\b(error|errors|invalid|not found|not exist|does not exist|doesn't exist|forbidden|unauthori[sz]ed|"
+_CUT_ERROR = re.compile(r'^\s*\{\s*"error"\s*:\s*"((?:[^"\\]|\\.)+)$', re.S)
+_ERROR_WORDS = re.compile(  # letters-only boundaries: DEPRECATED_ENDPOINT and INVALID_KEY count
+    r"(?<![a-z])(error|errors|invalid|not found|not exist|does not exist|doesn't exist|forbidden|unauthori[sz]ed|"
     r"not subscribed|missing|required|deprecated|exceeded|rate limit|too many requests|bad request|"
     r"bad gateway|service unavailable|timed? ?out|failed|failure|no such|unable to|not allowed|denied|"
-    r"could not be found|cannot|can't|blocked|expired|disabled|not available|unavailable)\b", re.I)
+    r"could not be found|cannot|can't|blocked|expired|disabled|not available|unavailable)(?![a-z])", re.I)
 _STATUS_TEXT = re.compile(r"^\s*(?:<[^>]*>\s*)*(?:HTTP/\S+\s+)?([45]\d\d)\b")
 _STATUS_KEYS = ("status", "status_code", "statusCode", "code", "http_code", "httpStatus")
 _MESSAGE_KEYS = ("message", "msg", "detail", "details", "error_message", "errorMessage", "description", "info")
@@ -45,6 +46,9 @@ def read_envelope(text: str) -> tuple[str, Any, bool]:
         except json.JSONDecodeError:
             err = m.group(1)
         return err, _lenient(m.group(2).rstrip("}").strip()), True
+    m = _CUT_ERROR.match(text)  # cut inside a long error string
+    if m:
+        return m.group(1), None, True
     return "", text, False
 
 

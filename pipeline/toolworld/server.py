@@ -11,9 +11,10 @@ import errno
 import json
 import logging
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: F401 (type hints)
 
 from pipeline.errors import SteptoolError
+from pipeline.httputil import BusyHTTPServer, send_json
 from pipeline.toolworld.world import ToolWorld
 
 log = logging.getLogger("steptool.serve_tools")
@@ -29,12 +30,7 @@ def _handler(world: ToolWorld) -> type[BaseHTTPRequestHandler]:
             log.debug("%s %s", self.address_string(), fmt % args)
 
         def _send(self, code: int, obj) -> None:
-            body = json.dumps(obj, ensure_ascii=False).encode("utf-8")
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            send_json(self, code, obj)
 
         def do_GET(self):
             if self.path.rstrip("/") == "/health":
@@ -79,7 +75,7 @@ def _handler(world: ToolWorld) -> type[BaseHTTPRequestHandler]:
 def make_server(world: ToolWorld, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
     """Bind the server (port 0 picks a free one). Raises SteptoolError if the port is taken."""
     try:
-        server = ThreadingHTTPServer((host, port), _handler(world))
+        server = BusyHTTPServer((host, port), _handler(world))
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise SteptoolError(f"port {port} on {host} is already in use: stop the other server or pass --port") from None

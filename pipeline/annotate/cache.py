@@ -1,0 +1,58 @@
+"""A content-addressed cache of judge calls, in SQLite, shared across runs.
+
+Key: sha256 of (model, prompt version, the full request as sent: messages, tools, temperature, seed…).
+Value: the raw response body. Every answer is committed the moment it arrives (WAL journal), so a
+killed run loses at most the calls in flight, and rerunning the stage, or running it after adding
+trajectories, pays only for requests never answered before. Invalid answers are cached too: a rerun
+replays the same answer and then the same retry request, so the output is the same and nothing is
+paid twice. Transport failures (429, 5xx, timeouts) are not answers and are never cached.
+The API key is not part of a request and is never stored.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+
+def request_key(model: str, prompt_version: str, request: dict) -> str:
+    blob = json.dumps({"model": model, "prompt_version": prompt_version, "request": request},
+                      sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class JudgeCache:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("""CREATE TABLE IF NOT EXISTS calls (
+            key TEXT PRIMARY KEY, model TEXT, prompt_version TEXT, request TEXT, response TEXT,
+            created REAL, prompt_tokens INTEGER, completion_tokens INTEGER)""")
+
+    def get(self, key: str) -> dict | None:
+        with self._lock:
+            row = self._db.execute("SELECT response FROM calls WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: str, model: str, prompt_version: str, request: dict, response: dict) -> None:
+        usage = response.get("usage") or {}
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                             (key, model, prompt_version, json.dumps(request, ensure_ascii=False),
+                              json.dumps(response, ensure_ascii=False), time.time(),
+                              usage.get("prompt_tokens"), usage.get("completion_tokens")))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

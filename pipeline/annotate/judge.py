@@ -1,0 +1,300 @@
+"""The `openai` annotator: an LLM judge behind any OpenAI-compatible chat endpoint.
+
+For each trajectory the judge sees the query, the intermediate steps (call, arguments, response, cut to
+a token budget) and the final answer, and must call `evaluate_process_reward` (a forced function call)
+with one `succeed_tool_calling` (0/1) and one `contribution_to_final_answer` (0-5) per step and a
+`final_answer_status` (Solved | Unsure | Unsolved), as in the StepTool reference. It is asked
+`n_votes` times; the votes are averaged.
+
+Unlike the reference (no cache, no validation, no resume, crashes on slow answers):
+- every answer is validated: the wrong number of values, out-of-range or ill-typed values, a missing
+  or malformed function call are retried with a new request (`attempt` in the seed), up to
+  `max_invalid_retries`, then the trajectory is recorded as failed with the reason, never padded;
+- 429, 5xx, timeouts and dropped connections are retried with exponential backoff (tenacity); when
+  retries run out the trajectory is failed with the reason and the next run tries again;
+- requests go out `concurrency` at a time (asyncio), at most `requests_per_minute`;
+- every answer goes through the content-addressed `JudgeCache`, so nothing is paid for twice.
+The key comes from the environment variable named in params; it is never logged or written.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from pipeline.annotate.base import StepLabel, TrajLabel, status_of, step_is_call
+from pipeline.annotate.cache import JudgeCache, request_key
+from pipeline.annotate.succ_calling import read_envelope
+from pipeline.formats.stabletoolbench import STATUS_VALUE
+
+log = logging.getLogger("steptool.annotate")
+PROMPT_VERSION = "steptool-judge-v1"
+CHARS_PER_TOKEN = 4  # the judge's tokenizer is unknown: budgets are in estimated tokens
+
+SYSTEM = (
+    "You are an expert evaluator of AI agents that use tools (APIs) to answer a user's query. You will see the "
+    "query, the agent's intermediate steps (each a function call, its arguments and the tool's response) and the "
+    "agent's final answer. Judge every intermediate step, in order:\n"
+    "- succeed_tool_calling: 1 if the call was executed correctly and returned a valid result (not an error, not "
+    "an empty result, not an error message), else 0.\n"
+    "- contribution_to_final_answer: an integer from 0 to 5, how much the step's result contributed to the final "
+    "answer (0: nothing, 5: essential information that the final answer uses).\n"
+    "Then judge the final answer: final_answer_status is Solved if it fully answers every part of the query with "
+    "information from the steps, Unsure if it answers part of it or cannot be verified, Unsolved if it does not "
+    "answer, gives up, or is missing.\n"
+    "Answer only by calling evaluate_process_reward, with exactly one value per intermediate step in each list."
+)
+
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "evaluate_process_reward",
+        "description": "Record the step-grained evaluation of the agent's trajectory.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "succeed_tool_calling": {"type": "array", "items": {"type": "integer", "enum": [0, 1]},
+                                         "description": "One value per intermediate step: 1 if the call succeeded."},
+                "contribution_to_final_answer": {
+                    "type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 5},
+                    "description": "One value per intermediate step: 0 (none) to 5 (essential)."},
+                "final_answer_status": {"type": "string", "enum": ["Solved", "Unsure", "Unsolved"]},
+            },
+            "required": ["succeed_tool_calling", "contribution_to_final_answer", "final_answer_status"],
+        },
+    },
+}
+
+
+@dataclass
+class JudgeConfig:
+    base_url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    n_votes: int = 3
+    temperature: float = 0.7
+    concurrency: int = 32
+    requests_per_minute: int = 0  # 0: no limit
+    timeout_s: float = 60.0
+    max_retries: int = 6
+    max_invalid_retries: int = 2
+    max_prompt_tokens: int = 6000
+    max_response_chars: int = 1500
+
+
+class InvalidAnswer(ValueError):
+    pass
+
+
+def _cut(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def build_messages(query: str, steps: list[dict], final_answer: str, finish_type: str, cfg: JudgeConfig) -> list[dict]:
+    """The chat for one trajectory. `steps` are the intermediate steps (name, arguments, response text).
+    Responses are cut to `max_response_chars`, then all of them evenly until the estimate fits the budget."""
+    budget_chars = cfg.max_prompt_tokens * CHARS_PER_TOKEN - len(SYSTEM) - len(query) - len(final_answer) - 400
+    fixed = sum(len(s["name"]) + len(s["arguments"]) + 40 for s in steps)
+    per_response = cfg.max_response_chars
+    if steps:
+        per_response = max(80, min(per_response, (budget_chars - fixed) // len(steps)))
+    lines = [f"Query:\n{query}\n", f"Intermediate steps ({len(steps)}):"]
+    for i, s in enumerate(steps, 1):
+        lines.append(f"Step {i}: call {s['name']} with arguments {s['arguments']}\nResponse: "
+                     f"{_cut(s['response'], per_response)}")
+    if not steps:
+        lines.append("(none)")
+    answer = final_answer if finish_type == "give_answer" and final_answer else (
+        "(the agent gave up)" if finish_type == "give_up" else "(the agent gave no final answer)")
+    lines.append(f"\nFinal answer:\n{answer}")
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
+
+
+def judge_steps(steps: list[dict]) -> list[dict]:
+    """Intermediate steps of a trajectory (steps rows) as the judge sees them."""
+    out = []
+    for st in steps:
+        if step_is_call(st):
+            error, response, _ = read_envelope(st.get("observation") or "")
+            text = st.get("observation") or ""
+            if error:
+                text = json.dumps({"error": error, "response": response}, ensure_ascii=False)
+            out.append({"name": st.get("api_name") or "(unparsed action)", "arguments": st.get("arguments_json") or "",
+                        "response": text})
+    return out
+
+
+def parse_answer(body: dict, n_steps: int) -> tuple[list[int], list[float], str]:
+    """Validate one raw chat-completion body; raises InvalidAnswer with the reason."""
+    try:
+        msg = body["choices"][0]["message"]
+    except (KeyError, IndexError, TypeError):
+        raise InvalidAnswer("no choices[0].message in the response") from None
+    calls = msg.get("tool_calls") or []
+    if not calls:
+        raise InvalidAnswer("no function call in the answer")
+    fn = calls[0].get("function") or {}
+    if fn.get("name") != "evaluate_process_reward":
+        raise InvalidAnswer(f"called {fn.get('name')!r}, not evaluate_process_reward")
+    try:
+        args = json.loads(fn.get("arguments") or "")
+    except json.JSONDecodeError as e:
+        raise InvalidAnswer(f"arguments are not JSON ({e.msg})") from None
+    if not isinstance(args, dict):
+        raise InvalidAnswer("arguments are not an object")
+    sc, con, status = (args.get("succeed_tool_calling"), args.get("contribution_to_final_answer"),
+                       args.get("final_answer_status"))
+    for name, values in (("succeed_tool_calling", sc), ("contribution_to_final_answer", con)):
+        if not isinstance(values, list):
+            raise InvalidAnswer(f"{name} is not a list")
+        if len(values) != n_steps:
+            raise InvalidAnswer(f"{name} has {len(values)} values for {n_steps} steps")
+    if not all(isinstance(v, (int, float)) and v in (0, 1) for v in sc):
+        raise InvalidAnswer(f"succeed_tool_calling values must be 0 or 1: {sc}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 5 for v in con):
+        raise InvalidAnswer(f"contribution_to_final_answer values must be 0..5: {con}")
+    status = str(status).split(".")[-1]
+    if status not in STATUS_VALUE:
+        raise InvalidAnswer(f"final_answer_status must be Solved, Unsure or Unsolved: {args.get('final_answer_status')!r}")
+    return [int(v) for v in sc], [float(v) for v in con], status
+
+
+class _RateLimiter:
+    def __init__(self, per_minute: int):
+        self.interval = 60.0 / per_minute if per_minute > 0 else 0.0
+        self.next = 0.0
+        self.lock = asyncio.Lock()
+
+    async def wait(self):
+        if not self.interval:
+            return
+        async with self.lock:
+            now = time.monotonic()
+            start = max(now, self.next)
+            self.next = start + self.interval
+        await asyncio.sleep(max(0.0, start - now))
+
+
+class OpenAIJudge:
+    def __init__(self, cfg: JudgeConfig, cache: JudgeCache):
+        self.cfg = cfg
+        self.cache = cache
+        self.stats = {"judge_calls": 0, "cache_hits": 0, "invalid_answers": 0, "transport_retries": 0,
+                      "prompt_tokens": 0, "completion_tokens": 0, "failed_trajectories": 0}
+
+    def annotate(self, items: list[tuple[dict, list[dict], str]], progress: bool = True) -> list[TrajLabel]:
+        """`items`: (trajectory row, its step rows, query). Returns one label per item, in order."""
+        return asyncio.run(self._annotate(items, progress))
+
+    async def _annotate(self, items, progress):
+        from openai import AsyncOpenAI
+        from tqdm import tqdm
+
+        client = AsyncOpenAI(base_url=self.cfg.base_url, api_key=os.environ.get(self.cfg.api_key_env) or "EMPTY",
+                             timeout=self.cfg.timeout_s, max_retries=0)  # retries are ours: counted and bounded
+        self._sem = asyncio.Semaphore(self.cfg.concurrency)
+        self._limiter = _RateLimiter(self.cfg.requests_per_minute)
+        bar = tqdm(total=len(items), desc="annotate", unit="traj", disable=not progress)
+
+        async def one(item):
+            label = await self._trajectory(client, *item)
+            bar.update(1)
+            bar.set_postfix(calls=self.stats["judge_calls"], cached=self.stats["cache_hits"], refresh=False)
+            return label
+
+        try:
+            return await asyncio.gather(*(one(it) for it in items))
+        finally:
+            bar.close()
+            await client.close()
+
+    async def _trajectory(self, client, traj: dict, steps: list[dict], query: str) -> TrajLabel:
+        cfg = self.cfg
+        calls = judge_steps(steps)
+        finish = traj.get("finish_type") or "none"
+        messages = build_messages(query, calls, traj.get("final_answer") or "", finish, cfg)
+        label = TrajLabel(traj["traj_id"], [], "Unsolved", 0.0, "openai", PROMPT_VERSION, cfg.model, cfg.n_votes)
+        if not calls and finish != "give_answer":  # nothing to judge: no call and no answer
+            label.steps = [StepLabel(None, None) for _ in steps]
+            label.votes = 0
+            return label
+        results = await asyncio.gather(*(self._vote(client, messages, len(calls), v) for v in range(cfg.n_votes)))
+        label.cache_hits = sum(r[1] for r in results)
+        failures = [r[2] for r in results if r[2]]
+        if failures:
+            self.stats["failed_trajectories"] += 1
+            label.failed = "; ".join(failures)
+            return label
+        votes = [r[0] for r in results]
+        k = 0
+        for st in steps:
+            if not step_is_call(st):
+                label.steps.append(StepLabel(None, None))
+                continue
+            sc = [v[0][k] for v in votes]
+            con = [v[1][k] for v in votes]
+            label.steps.append(StepLabel(sum(sc) / len(sc), sum(con) / len(con),
+                                         [{"succeed_tool_calling": a, "contribution": b} for a, b in zip(sc, con)]))
+            k += 1
+        score = sum(STATUS_VALUE[v[2]] for v in votes) / len(votes)
+        label.is_solved_score = score
+        label.is_solved = status_of(score)
+        label.usage = {"statuses": [v[2] for v in votes]}
+        return label
+
+    async def _vote(self, client, messages, n_steps: int, vote: int):
+        """(parsed answer, cache hits, failure reason)."""
+        hits = 0
+        reasons = []
+        for attempt in range(self.cfg.max_invalid_retries + 1):
+            request = {"messages": messages, "tools": [TOOL],
+                       "tool_choice": {"type": "function", "function": {"name": "evaluate_process_reward"}},
+                       "temperature": self.cfg.temperature, "seed": vote * 1000 + attempt}
+            key = request_key(self.cfg.model, PROMPT_VERSION, request)
+            body = self.cache.get(key)
+            if body is not None:
+                hits += 1
+                self.stats["cache_hits"] += 1
+            else:
+                try:
+                    body = await self._call(client, request)
+                except Exception as e:  # retries exhausted: a reason, not a crash; not cached, so a rerun retries
+                    return None, hits, f"vote {vote}: {type(e).__name__}: {str(e)[:120]}"
+                self.cache.put(key, self.cfg.model, PROMPT_VERSION, request, body)
+            try:
+                return parse_answer(body, n_steps), hits, ""
+            except InvalidAnswer as e:
+                self.stats["invalid_answers"] += 1
+                reasons.append(str(e))
+        return None, hits, f"vote {vote}: invalid answers after {self.cfg.max_invalid_retries + 1} tries: " + " | ".join(reasons)
+
+    async def _call(self, client, request: dict) -> dict:
+        import openai
+        from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
+
+        def count(state):
+            self.stats["transport_retries"] += 1
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((openai.RateLimitError, openai.APIConnectionError, openai.APITimeoutError,
+                                           openai.InternalServerError)),
+            wait=wait_exponential(multiplier=0.1, max=10.0) + wait_random(0, 0.1),
+            stop=stop_after_attempt(self.cfg.max_retries), before_sleep=count, reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                await self._limiter.wait()
+                async with self._sem:
+                    # the raw body: it is what the cache keeps, and skipping the pydantic models saves ~1 ms a call
+                    raw = await client.chat.completions.with_raw_response.create(model=self.cfg.model, **request)
+        self.stats["judge_calls"] += 1
+        try:
+            body = json.loads(raw.text)
+        except json.JSONDecodeError:
+            body = {"unparsable_body": raw.text[:2000]}  # cached as is: parse_answer calls it invalid
+        usage = body.get("usage") or {}
+        self.stats["prompt_tokens"] += usage.get("prompt_tokens") or 0
+        self.stats["completion_tokens"] += usage.get("completion_tokens") or 0
+        return body

@@ -1,0 +1,134 @@
+"""`steptool serve-judge`: an OpenAI-compatible /v1/chat/completions server on 127.0.0.1 that plays the
+judge, for tests, benchmarks and offline demos of the `openai` annotator. It answers the forced
+`evaluate_process_reward` call with values derived from the request (the SuccCalling rule on each
+step's response, contribution 3 for a good call, Solved when there is an answer), or with a script.
+
+Faults can be injected: latency, 429 / 500 answers, timeouts (a sleep longer than the client waits),
+malformed JSON arguments and arrays of the wrong length. Transport faults (429, 500, timeout) are
+drawn per HTTP call; content faults (malformed, wrong length) are a function of the request, so the
+same request always gets the same answer, as a cache replay would.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler
+
+from pipeline.annotate.succ_calling import succ_calling
+from pipeline.httputil import BusyHTTPServer, send_json
+
+_STEP = re.compile(r"^Step \d+: call (.+?) with arguments .*?\nResponse: (.*?)(?=\nStep \d+: call |\n\nFinal answer:\n)",
+                   re.S | re.M)
+
+
+@dataclass
+class Faults:
+    latency_s: float = 0.0
+    p_429: float = 0.0
+    p_500: float = 0.0
+    p_timeout: float = 0.0
+    timeout_sleep_s: float = 5.0
+    p_malformed: float = 0.0
+    p_wrong_length: float = 0.0
+    seed: int = 0
+
+
+def default_answer(request: dict) -> dict:
+    """A plausible judgement of the trajectory in `request` (the user message the annotator built)."""
+    user = request["messages"][-1]["content"]
+    steps = _STEP.findall(user)
+    sc = [succ_calling(name, True, resp)[0] or 0 for name, resp in steps]
+    final = user.rsplit("\nFinal answer:\n", 1)[-1]
+    status = "Unsolved" if final.startswith("(the agent") else "Solved"
+    return {"succeed_tool_calling": sc, "contribution_to_final_answer": [3 if x else 0 for x in sc],
+            "final_answer_status": status}
+
+
+class JudgeServer:
+    """Serves in a daemon thread; `url` is the base_url to give the client (ends in /v1)."""
+
+    def __init__(self, faults: Faults | None = None, answer=default_answer, port: int = 0, model: str = "judge-test"):
+        self.faults = faults or Faults()
+        self.answer = answer
+        self.model = model
+        self.lock = threading.Lock()
+        self.http_calls = 0
+        self.answered = 0
+        self.auth_headers: list[str] = []
+        self._rng = random.Random(self.faults.seed)
+        self.server = BusyHTTPServer(("127.0.0.1", port), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _content_fault(self, raw: bytes) -> str:
+        f = self.faults
+        u = int.from_bytes(hashlib.sha256(raw + str(f.seed).encode()).digest()[:8], "big") / 2**64
+        if u < f.p_malformed:
+            return "malformed"
+        if u < f.p_malformed + f.p_wrong_length:
+            return "wrong_length"
+        return ""
+
+    def _handler(self):
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections
+            disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms Nagle stall
+
+            def log_message(self, *a):  # quiet, and never print headers (they carry the key)
+                pass
+
+            def do_POST(self):
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                f = outer.faults
+                with outer.lock:
+                    outer.http_calls += 1
+                    outer.auth_headers.append(self.headers.get("Authorization", ""))
+                    u = outer._rng.random()
+                if not self.path.rstrip("/").endswith("/chat/completions"):
+                    send_json(self, 404, {"error": {"message": "only /v1/chat/completions", "type": "not_found"}})
+                    return
+                if u < f.p_429:
+                    send_json(self, 429, {"error": {"message": "injected rate limit", "type": "rate_limit"}})
+                    return
+                if u < f.p_429 + f.p_500:
+                    send_json(self, 500, {"error": {"message": "injected server error", "type": "server"}})
+                    return
+                if u < f.p_429 + f.p_500 + f.p_timeout:
+                    time.sleep(f.timeout_sleep_s)
+                time.sleep(f.latency_s)
+                try:
+                    req = json.loads(raw)
+                    args = outer.answer(req)
+                except Exception as e:  # a bad request is the client's bug: say so, as a real server would
+                    send_json(self, 400, {"error": {"message": f"bad request: {e}", "type": "invalid_request"}})
+                    return
+                fault = outer._content_fault(raw)
+                if fault == "wrong_length":
+                    args = dict(args, contribution_to_final_answer=list(args["contribution_to_final_answer"]) + [5])
+                text = json.dumps(args)
+                if fault == "malformed":
+                    text = text[: len(text) // 2]
+                with outer.lock:
+                    outer.answered += 1
+                send_json(self, 200, {
+                    "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": req.get("model", outer.model),
+                    "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                        "role": "assistant", "content": None,
+                        "tool_calls": [{"id": "call_0", "type": "function",
+                                        "function": {"name": "evaluate_process_reward", "arguments": text}}]}}],
+                    "usage": {"prompt_tokens": len(raw) // 4, "completion_tokens": len(text) // 4,
+                              "total_tokens": len(raw) // 4 + len(text) // 4}})
+
+        return H

@@ -1,0 +1,107 @@
+"""Annotate trajectories: group steps by trajectory, label them with the chosen annotator, and join the
+labels back onto the step rows (schema ANNOTATED_STEPS). Trajectories the judge could not label are
+returned apart with their reason; their steps are not written, and a rerun tries them again."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+
+from pipeline.annotate.base import TrajLabel
+from pipeline.annotate.heuristic import heuristic_label
+from pipeline.annotate.oracle import oracle_label
+from pipeline.annotate.succ_calling import succ_calling
+from pipeline.config import AnnotateConfig
+from pipeline.task import Task
+
+log = logging.getLogger("steptool.annotate")
+
+
+def group_steps(steps: list[dict]) -> dict[str, list[dict]]:
+    by: dict[str, list[dict]] = defaultdict(list)
+    for st in steps:
+        by[st["traj_id"]].append(st)
+    for v in by.values():
+        v.sort(key=lambda s: s["step_idx"])
+    return by
+
+
+def judge_config(cfg: AnnotateConfig):
+    from pipeline.annotate.judge import JudgeConfig
+
+    return JudgeConfig(base_url=cfg.base_url, model=cfg.model, api_key_env=cfg.api_key_env, n_votes=cfg.n_votes,
+                       temperature=cfg.temperature, concurrency=cfg.concurrency,
+                       requests_per_minute=cfg.requests_per_minute, timeout_s=cfg.timeout_s,
+                       max_retries=cfg.max_retries, max_invalid_retries=cfg.max_invalid_retries,
+                       max_prompt_tokens=cfg.max_prompt_tokens, max_response_chars=cfg.max_response_chars)
+
+
+def label_trajectories(trajs: list[dict], steps: list[dict], tasks: dict[str, Task], cfg: AnnotateConfig,
+                       cache_path: str | None = None, progress: bool = True) -> tuple[list[TrajLabel], dict]:
+    """One TrajLabel per trajectory (failed ones carry `failed`), and the run's statistics."""
+    by = group_steps(steps)
+    t0 = time.perf_counter()
+    missing = [t["traj_id"] for t in trajs if t["task_id"] not in tasks]
+    if missing:
+        raise ValueError(f"{len(missing)} trajectories play tasks that are not in the task files "
+                         f"(first: trajectory {missing[0]})")
+    stats: dict = {"annotator": cfg.annotator}
+    if cfg.annotator == "oracle":
+        labels = [oracle_label(t, by[t["traj_id"]], tasks[t["task_id"]]) for t in trajs]
+    elif cfg.annotator == "heuristic":
+        labels = [heuristic_label(t, by[t["traj_id"]], tasks[t["task_id"]], cfg.heuristic_threshold) for t in trajs]
+    else:
+        from pipeline.annotate.cache import JudgeCache
+        from pipeline.annotate.judge import OpenAIJudge
+
+        cache = JudgeCache(cache_path or cfg.cache_path)
+        try:
+            judge = OpenAIJudge(judge_config(cfg), cache)
+            labels = judge.annotate([(t, by[t["traj_id"]], tasks[t["task_id"]].query) for t in trajs], progress)
+            stats.update(judge.stats, judge_model=cfg.model, cache_entries=len(cache))
+        finally:
+            cache.close()
+    stats["seconds"] = round(time.perf_counter() - t0, 2)
+    return labels, stats
+
+
+def annotated_rows(steps_by_traj: dict[str, list[dict]], labels: list[TrajLabel]) -> list[dict]:
+    """Step rows with their labels (labelled trajectories only)."""
+    rows = []
+    for lab in labels:
+        if lab.failed:
+            continue
+        steps = steps_by_traj[lab.traj_id]
+        if len(lab.steps) != len(steps):
+            raise ValueError(f"trajectory {lab.traj_id}: {len(lab.steps)} labels for {len(steps)} steps")
+        for i, (st, sl) in enumerate(zip(steps, lab.steps)):
+            sc_rule, reason = succ_calling(st["api_name"] or "", bool(st["parse_ok"]), st["observation"],
+                                           is_finish=bool(st["is_finish"]), env_status=st.get("env_status"))
+            last = i == len(steps) - 1
+            rows.append({**st, "succ_calling": sl.succ_calling, "contribution": sl.contribution,
+                         "is_solved": lab.is_solved if last else None,
+                         "is_solved_score": lab.is_solved_score if last else None,
+                         "sc_rule": sc_rule, "sc_reason": reason, "annotator": lab.annotator,
+                         "judge_model": lab.judge_model or None, "prompt_version": lab.prompt_version,
+                         "votes": lab.votes, "vote_details": json.dumps(sl.votes) if sl.votes is not None else None,
+                         "cache_hits": lab.cache_hits})
+    return rows
+
+
+def summarize(labels: list[TrajLabel], rows: list[dict], stats: dict) -> dict:
+    calls = [r for r in rows if r["succ_calling"] is not None]
+    solved = [lab for lab in labels if not lab.failed]
+    agree = [r for r in calls if r["sc_rule"] is not None]
+    out = {
+        **stats,
+        "trajectories": len(labels), "annotated": len(solved), "failed": len(labels) - len(solved),
+        "steps": len(rows), "calls": len(calls),
+        "succ_calling_mean": round(sum(r["succ_calling"] for r in calls) / len(calls), 4) if calls else None,
+        "contribution_mean": round(sum(r["contribution"] for r in calls) / len(calls), 4) if calls else None,
+        "solved_share": round(sum(lab.is_solved == "Solved" for lab in solved) / len(solved), 4) if solved else None,
+        "pass_rate": round(sum(lab.is_solved_score for lab in solved) / len(solved), 4) if solved else None,
+        "sc_rule_agreement": round(sum((r["succ_calling"] >= 0.5) == bool(r["sc_rule"]) for r in agree) / len(agree), 4)
+        if agree else None,
+    }
+    return out

@@ -1,0 +1,54 @@
+"""Stage `annotate`: step-grained rewards for every collected trajectory -> data/annotated/steps.parquet.
+
+SuccCalling comes from the rule on each tool response; Contribution and IsSolved from the annotator
+chosen in params (`annotate.annotator`: oracle | heuristic | openai). The openai judge goes through a
+content-addressed cache, so a rerun (or a run after more trajectories were collected) pays only for
+new calls, and a killed run loses nothing it was answered. Trajectories that could not be labelled are
+listed with their reason in data/annotated/failed.json (a rerun retries them).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.annotate.run import annotated_rows, group_steps, label_trajectories, summarize
+from pipeline.config import Params
+from pipeline.fsutil import write_json
+from pipeline.schema import ANNOTATED_STEPS, STEPS, TRAJECTORIES, read_table, write_table
+from stages.tasks import load_tasks
+
+TRAJ = Path("data/trajectories")
+OUT = Path("data/annotated")
+METRICS = Path("data/metrics/annotate.json")
+
+
+def run(params: Params, root: Path = Path(".")) -> str:
+    trajs = read_table(root / TRAJ / "trajectories.parquet", TRAJECTORIES).to_pylist()
+    steps = read_table(root / TRAJ / "steps.parquet", STEPS).to_pylist()
+    tasks = {t.task_id: t for split in ("train", "test") for t in load_tasks(root, split)}
+    cfg = params.annotate
+    cache_path = Path(cfg.cache_path)
+    labels, stats = label_trajectories(trajs, steps, tasks, cfg,
+                                       str(cache_path if cache_path.is_absolute() else root / cache_path))
+    rows = annotated_rows(group_steps(steps), labels)
+    write_table(rows, root / OUT / "steps.parquet", ANNOTATED_STEPS)
+    failed = [{"traj_id": lab.traj_id, "reason": lab.failed} for lab in labels if lab.failed]
+    write_json(root / OUT / "failed.json", failed)
+    summary = summarize(labels, rows, stats)
+    write_json(root / METRICS, summary)
+    extra = ""
+    if cfg.annotator == "openai":
+        extra = f", {stats.get('judge_calls', 0)} judge calls, " \
+                f"{stats.get('cache_hits', 0)} cache hits"
+    return (f"annotate ({cfg.annotator}): {summary['annotated']} trajectories, {summary['steps']} steps labelled, "
+            f"{summary['failed']} failed{extra}; mean SuccCalling {summary['succ_calling_mean']}, mean contribution "
+            f"{summary['contribution_mean']}, pass rate {summary['pass_rate']} -> {OUT / 'steps.parquet'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.cli import run_stage
+
+    return run_stage("annotate", __doc__, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,308 @@
+"""Step-grained annotation: the SuccCalling rule (also on real StableToolBench responses), the oracle and
+heuristic annotators, the importer of the reference's annotations, and the openai judge against a real
+local server with faults, its cache, and a kill -9 in the middle of a run."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.annotate.base import status_of
+from pipeline.annotate.cache import JudgeCache
+from pipeline.annotate.heuristic import heuristic_label, lcs_length, lcs_ratio
+from pipeline.annotate.importer import import_reference_annotations
+from pipeline.annotate.judge import parse_answer
+from pipeline.annotate.judge_server import Faults, JudgeServer
+from pipeline.annotate.oracle import oracle_label
+from pipeline.annotate.run import annotated_rows, group_steps, label_trajectories, summarize
+from pipeline.annotate.succ_calling import succ_calling
+from pipeline.config import AnnotateConfig
+from pipeline.errors import SchemaError
+from pipeline.formats.stabletoolbench import parse_answer_steps
+from pipeline.schema import ANNOTATED_STEPS, write_table
+from tests.annotate_data import play_scripted
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def env(error="", response=None):
+    return json.dumps({"error": error, "response": response})
+
+
+@pytest.mark.parametrize("observation, expected", [
+    (env(response={"results": [{"id": "a1"}]}), (1, "")),
+    (env(response={"status": 404, "message": "not found"}), (0, "status 404")),
+    (env(response={"results": []}), (0, "empty result")),
+    (env(response={"page": 1, "results": []}), (0, "empty result")),
+    (env(response=""), (0, "empty result")),
+    (env(response="[]"), (0, "empty result")),
+    (env("Rate limit per minute error..."), (0, "error: Rate limit per minute error...")),
+    (env("No such function name: foo"), (0, "unknown API")),
+    (env(response="{'message': 'DEPRECATED_ENDPOINT'}"), (0, "error message: DEPRECATED_ENDPOINT")),
+    (env(response={"message": "Invalid API key. Go to https://x"}), (0, "error message: Invalid API key. Go to https://x")),
+    (env(response="{'success': False, 'message': 'No results found'}"), (0, "status error")),
+    (env(response="403 - Forbidden | Access to this page is forbidden"), (0, "status 403")),
+    (env(response="<html>\r\n<head><title>502 Bad Gateway</title></head>"), (0, "status 502")),
+    (env(response="{'404': 'Unable to find a route to match the URI'}"), (0, "error message: Unable to find a route to match the URI")),
+    (env(response="False"), (1, "")),  # "contains profanity?" False is an answer
+    (env(response={"data": "x" * 400, "note": "no error here, just data"}), (1, "")),
+    ('{"error": "", "response": "{\\"items\\": [1, 2, 3], \\"more\\": tru...', (1, "")),  # cut envelope, still data
+])
+def test_succ_calling_rule(observation, expected):
+    assert succ_calling("f_for_t", True, observation) == expected
+
+
+def test_succ_calling_parse_failures_and_finish():
+    assert succ_calling("f", False, env(response={"a": 1})) == (0, "parse failure")
+    assert succ_calling("f", True, "No such function name: f", env_status="no_such_function") == (0, "unknown API")
+    assert succ_calling("Finish", True, "") == (None, "finish")
+
+
+def test_succ_calling_agrees_with_gpt4_labels(external):
+    """The 5 GPT-4-annotated trajectories (3 runs each): our rule vs the judges' majority on every step."""
+    data = json.loads((external / "steptool/reward_annotation/qwen2_G123_example_5.json").read_text())
+    agree = total = vote_agree = votes = 0
+    for rec in data.values():
+        steps = parse_answer_steps(rec["answer_steps"])
+        runs = rec["process_reward"].values()
+        for i, st in enumerate(steps):
+            labels = [r["succeed_tool_calling"][i] for r in runs]
+            ours, _ = succ_calling(st.name, True, st.response)
+            agree += ours == int(sum(labels) * 2 > len(labels))
+            total += 1
+            vote_agree += sum(ours == x for x in labels)
+            votes += len(labels)
+    # Measured: 10 of 11 steps; the one disagreement is a simulated response without data that GPT-4
+    # itself labels 0, 1, 0.
+    assert (agree, total) == (10, 11)
+    assert (vote_agree, votes) == (31, 33)
+
+
+def test_succ_calling_over_real_pass_rate_results(external):
+    counts = {0: 0, 1: 0, None: 0}
+    for path in sorted((external / "steptool/pass_rate_results").glob("*/*.json")):
+        for rec in json.loads(path.read_text()).values():
+            for st in parse_answer_steps(rec["answer_steps"], str(path)):
+                sc, reason = succ_calling(st.name, True, st.response)
+                counts[sc] += 1
+                if "Tool input parse error" in st.response[:60] or st.response.startswith('{"error": "No such function'):
+                    assert sc == 0, st.response[:100]
+    calls = counts[0] + counts[1]
+    assert calls > 15000 and counts[None] > 5000
+    assert 0.7 < counts[1] / calls < 0.85  # measured 0.79: real agents fail about one call in five
+
+
+def test_oracle_contributions_by_hand(world, splits, tokenizer):
+    tasks = splits["train"][:10]
+    trajs, steps = play_scripted(world, tasks, tokenizer)
+    by = group_steps(steps)
+    labels = {t["traj_id"]: oracle_label(t, by[t["traj_id"]], task) for t, task in zip(trajs, tasks)}
+    for t, task in zip(trajs, tasks):
+        lab, st = labels[t["traj_id"]], by[t["traj_id"]]
+        for s, sl in zip(st, lab.steps):
+            if s["is_finish"]:
+                assert (sl.succ_calling, sl.contribution) == (None, None)
+            elif s["api_name"] == "made_up_for_nothing":
+                assert (sl.succ_calling, sl.contribution) == (0.0, 0.0)
+            elif sl.succ_calling == 0:
+                assert sl.contribution == 0.0  # a failed call never contributes
+            else:
+                assert sl.contribution == 5.0  # expert calls each bring an id or a fact the first time
+        expected = "Solved" if t["finish_type"] == "give_answer" else "Unsolved"
+        assert lab.is_solved == expected and lab.is_solved_score == {"Solved": 1.0, "Unsolved": 0.0}[expected]
+    # a repeated successful call brings nothing new: contribution 1
+    t, task = trajs[0], tasks[0]
+    st = by[t["traj_id"]]
+    first_ok = next(s for s in st if not s["is_finish"] and succ_calling(s["api_name"], s["parse_ok"], s["observation"])[0])
+    repeated = st[:-1] + [dict(first_ok, step_idx=len(st) - 1)] + [dict(st[-1], step_idx=len(st))]
+    lab = oracle_label(t, repeated, task)
+    assert lab.steps[-2].contribution == 1.0 and lab.steps[-2].succ_calling == 1.0
+
+
+def test_lcs_and_heuristic():
+    rng = random.Random(0)
+
+    def dp(a, b):
+        m = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+        for i in range(len(a)):
+            for j in range(len(b)):
+                m[i + 1][j + 1] = m[i][j] + 1 if a[i] == b[j] else max(m[i][j + 1], m[i + 1][j])
+        return m[-1][-1]
+
+    for _ in range(300):
+        a = "".join(rng.choice("abc ") for _ in range(rng.randint(0, 25)))
+        b = "".join(rng.choice("abc ") for _ in range(rng.randint(0, 25)))
+        assert lcs_length(a, b) == dp(a, b)
+    assert lcs_length("ABCBDAB", "BDCABA") == 4  # the textbook example
+    assert lcs_ratio("Lyon 42", "The hotel is in Lyon and has 42 rooms.") == 1.0
+    traj = {"traj_id": "t", "final_answer": "The rating is 4.5 in Lyon", "finish_type": "give_answer"}
+    steps = [{"api_name": "a", "parse_ok": True, "is_finish": False, "observation": env(response="rating 4.5, Lyon")},
+             {"api_name": "b", "parse_ok": True, "is_finish": False, "observation": env(response="zzzz qqqq wwww")},
+             {"api_name": "Finish", "parse_ok": True, "is_finish": True, "observation": ""}]
+    lab = heuristic_label(traj, steps, None, threshold=0.5)
+    assert [(s.succ_calling, s.contribution) for s in lab.steps] == [(1.0, 5.0), (1.0, 0.0), (None, None)]
+    assert lab.is_solved == "Unsure"  # no gold: an answer nobody checked
+
+
+def test_importer_reads_the_reference_annotations(external, tmp_path):
+    trajs, rows = import_reference_annotations(external / "steptool/reward_annotation/qwen2_G123_example_5.json")
+    assert len(trajs) == 5 and len(rows) == 16
+    write_table(rows, tmp_path / "steps.parquet", ANNOTATED_STEPS)  # fits the schema
+    by = {(r["task_id"], r["step_idx"]): r for r in rows}
+    assert by[("32980", 2)]["contribution"] == pytest.approx(13 / 3)  # votes 5, 5, 3
+    assert by[("56543", 1)]["succ_calling"] == pytest.approx(1 / 3)  # votes 0, 1, 0
+    assert by[("56543", 2)]["is_solved_score"] == pytest.approx(1 / 3) and by[("56543", 2)]["is_solved"] == "Unsure"
+    # r_t = (SC + Con/5) / 2 on these means gives the reference's training rewards (its PPO CSVs)
+    r = {k: (v["succ_calling"] + v["contribution"] / 5) / 2 for k, v in by.items() if v["succ_calling"] is not None}
+    assert round(r[("32980", 2)], 4) == 0.9333 and round(r[("32980", 3)], 4) == 0.8667
+    assert round(r[("56543", 0)], 4) == 0.1333 and round(r[("56543", 1)], 4) == 0.4333
+
+
+def test_importer_errors_name_the_record_and_field(tmp_path):
+    bad = {"q1": {"query": "x", "answer_steps": ["Step 1: {'name': 'a', 'arguments': '{}', 'response': '{}'}"],
+                  "final_step": "Final step: {'name': 'Finish', 'arguments': '{}', 'response': ''}",
+                  "process_reward": {"0": {"succeed_tool_calling": [1, 1], "contributions": [5]}},
+                  "is_solved": {"0": "AnswerStatus.Solved"}}}
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(SchemaError, match=r"bad.json: record q1: field process_reward.0.succeed_tool_calling has 2 values for 1 steps"):
+        import_reference_annotations(path)
+
+
+def test_parse_answer_rejects_what_is_wrong():
+    def body(args):
+        return {"choices": [{"message": {"tool_calls": [{"function": {"name": "evaluate_process_reward",
+                                                                       "arguments": json.dumps(args)}}]}}]}
+    good = {"succeed_tool_calling": [1, 0], "contribution_to_final_answer": [5, 0], "final_answer_status": "Solved"}
+    assert parse_answer(body(good), 2) == ([1, 0], [5.0, 0.0], "Solved")
+    for bad, why in [(dict(good, succeed_tool_calling=[1]), "has 1 values for 2 steps"),
+                     (dict(good, contribution_to_final_answer=[5, 6]), "0..5"),
+                     (dict(good, succeed_tool_calling=[1, 2]), "0 or 1"),
+                     (dict(good, final_answer_status="Maybe"), "Solved, Unsure or Unsolved")]:
+        with pytest.raises(ValueError, match=why):
+            parse_answer(body(bad), 2)
+    with pytest.raises(ValueError, match="not JSON"):
+        parse_answer({"choices": [{"message": {"tool_calls": [{"function": {"name": "evaluate_process_reward",
+                                                                             "arguments": '{"succ'}}]}}]}, 2)
+    assert status_of(2 / 3) == "Unsure" and status_of(0.8) == "Solved" and status_of(0.25) == "Unsolved"
+
+
+def _without_hits(rows):
+    """Rows without `cache_hits`, which says how a run got its answers, not what they were."""
+    return [{k: v for k, v in r.items() if k != "cache_hits"} for r in rows]
+
+
+def _judge_cfg(url, **kw) -> AnnotateConfig:
+    base = dict(annotator="openai", base_url=url, model="judge-test", api_key_env="STEPTOOL_TEST_JUDGE_KEY",
+                n_votes=3, temperature=0.7, concurrency=16, timeout_s=0.5, max_retries=8, max_invalid_retries=2)
+    base.update(kw)
+    return AnnotateConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def played(world, splits, tokenizer):
+    tasks = splits["train"][:24]
+    trajs, steps = play_scripted(world, tasks, tokenizer)
+    return trajs, steps, {t.task_id: t for t in tasks}
+
+
+def test_openai_judge_under_faults_then_a_free_rerun(played, tmp_path, monkeypatch, caplog):
+    trajs, steps, tasks = played
+    secret = "sk-test-SECRET-5f3a"
+    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", secret)
+    server = JudgeServer(Faults(p_429=0.10, p_500=0.10, p_malformed=0.05, p_timeout=0.02, timeout_sleep_s=1.0,
+                                seed=3))
+    try:
+        cfg = _judge_cfg(server.url)
+        cache = tmp_path / "judge.sqlite"
+        labels, stats = label_trajectories(trajs, steps, tasks, cfg, str(cache), progress=False)
+        assert len(labels) == len(trajs)
+        for lab in labels:  # every trajectory ends annotated, or failed with its reason
+            assert (lab.failed == "") == (len(lab.steps) == len(group_steps(steps)[lab.traj_id]))
+        assert stats["transport_retries"] > 0 and stats["invalid_answers"] > 0  # the faults did happen
+        assert sum(1 for lab in labels if lab.failed) <= 1
+        rows = annotated_rows(group_steps(steps), labels)
+        out = tmp_path / "annotated.parquet"
+        write_table(rows, out, ANNOTATED_STEPS)
+        assert all(h == f"Bearer {secret}" for h in server.auth_headers)
+        calls_before = server.http_calls
+        labels2, stats2 = label_trajectories(trajs, steps, tasks, cfg, str(cache), progress=False)
+        assert stats2["judge_calls"] == 0 and server.http_calls == calls_before  # the rerun pays nothing
+        assert _without_hits(annotated_rows(group_steps(steps), labels2)) == _without_hits(rows)
+        assert all(r["cache_hits"] >= 3 for r in annotated_rows(group_steps(steps), labels2) if r["votes"])
+        summary = summarize(labels, rows, stats)
+        assert summary["annotated"] + summary["failed"] == len(trajs)
+        for f in (cache, out, cache.with_name("judge.sqlite-wal")):
+            if f.exists():
+                assert secret.encode() not in f.read_bytes(), f
+        assert secret not in caplog.text
+    finally:
+        server.close()
+
+
+KILL_SCRIPT = """
+import json, sys
+from pipeline.annotate.run import label_trajectories
+from pipeline.config import AnnotateConfig
+from pipeline.task import Task
+data = json.load(open(sys.argv[1]))
+tasks = {t["task_id"]: Task.from_row(t) for t in data["tasks"]}
+cfg = AnnotateConfig(**data["cfg"])
+label_trajectories(data["trajs"], data["steps"], tasks, cfg, sys.argv[2], progress=False)
+"""
+
+
+def test_kill_mid_run_then_rerun_repeats_no_call(played, tmp_path):
+    trajs, steps, tasks = played
+    server = JudgeServer(Faults(latency_s=0.15, p_malformed=0.05, p_wrong_length=0.05, seed=5))
+    try:
+        cfg = _judge_cfg(server.url, concurrency=4, timeout_s=5.0)
+        payload = tmp_path / "in.json"
+        payload.write_text(json.dumps({"tasks": [t.to_row() for t in tasks.values()], "trajs": trajs, "steps": steps,
+                                       "cfg": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}}, default=str))
+        script = tmp_path / "run.py"
+        script.write_text(KILL_SCRIPT)
+        cache_path = tmp_path / "killed.sqlite"
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        proc = subprocess.Popen([sys.executable, str(script), str(payload), str(cache_path)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if cache_path.exists() and len(JudgeCache(cache_path)) >= 20:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        cache = JudgeCache(cache_path)
+        before = {k for (k,) in cache._db.execute("SELECT key FROM calls")}
+        cache.close()
+        assert 20 <= len(before) < len(trajs) * 3  # killed in the middle
+        # the rerun: record every key it pays for
+        put_keys = []
+        original_put = JudgeCache.put
+
+        def spy(self, key, *a, **kw):
+            put_keys.append(key)
+            return original_put(self, key, *a, **kw)
+
+        JudgeCache.put = spy
+        try:
+            labels, stats = label_trajectories(trajs, steps, tasks, cfg, str(cache_path), progress=False)
+        finally:
+            JudgeCache.put = original_put
+        assert put_keys and not (set(put_keys) & before)  # no answered call was made again
+        assert stats["cache_hits"] >= len(before)
+        # same output as a run that was never interrupted
+        clean, _ = label_trajectories(trajs, steps, tasks, cfg, str(tmp_path / "clean.sqlite"), progress=False)
+        by = group_steps(steps)
+        assert _without_hits(annotated_rows(by, labels)) == _without_hits(annotated_rows(by, clean))
+    finally:
+        server.close()
