@@ -2,6 +2,7 @@
 what a changed parameter touches."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -53,8 +54,11 @@ def test_repro_builds_then_noop_then_reruns_only_what_changed(repo):
     dest, env = repo
     dvc = [sys.executable, "-m", "dvc"]
     out = _run(dvc + ["repro"], dest, env)
-    for stage in ("tasks", "base_model", "warmstart", "collect"):
+    for stage in ("tasks", "base_model", "warmstart", "collect", "annotate"):
         assert f"Running stage '{stage}'" in out
+    annotated = pl.read_parquet(dest / "data/annotated/steps.parquet")
+    assert annotated.height == pl.read_parquet(dest / "data/trajectories/steps.parquet").height
+    assert set(annotated["annotator"]) == {"oracle"}
     train = pl.read_parquet(dest / "data/tasks/train.parquet")
     trajs = pl.read_parquet(dest / "data/trajectories/trajectories.parquet")
     assert trajs.height == 6 and trajs["traj_id"].n_unique() == 6
@@ -76,3 +80,33 @@ def test_repro_builds_then_noop_then_reruns_only_what_changed(repo):
     assert "Running stage 'tasks'" in out and "Running stage 'base_model'" not in out
     assert "Running stage 'collect'" in out
     assert not pl.read_parquet(dest / "data/tasks/train.parquet")["query"].equals(train["query"])
+
+
+def test_exp_run_with_the_openai_judge_then_a_rerun_makes_no_call(repo):
+    from pipeline.annotate.judge_server import Faults, JudgeServer
+
+    dest, env = repo
+    dvc = [sys.executable, "-m", "dvc"]
+    secret = "sk-dvc-test-7d1c"
+    env = dict(env, OPENAI_API_KEY=secret)
+    _run(dvc + ["repro", "collect"], dest, env)
+    _run(["git", "add", "-A"], dest, env)
+    _run(["git", "commit", "-qm", "collected"], dest, env)
+    server = JudgeServer(Faults(p_429=0.1, p_malformed=0.05, seed=2))
+    try:
+        sets = ["-S", "annotate.annotator=openai", "-S", f"annotate.base_url={server.url}", "-S", "annotate.n_votes=2"]
+        out = _run(dvc + ["exp", "run"] + sets, dest, env)
+        assert "Running stage 'annotate'" in out
+        metrics = json.loads((dest / "data/metrics/annotate.json").read_text())
+        assert metrics["annotator"] == "openai" and metrics["judge_calls"] > 0
+        assert metrics["annotated"] + metrics["failed"] == 6
+        calls = server.http_calls
+        out = _run(dvc + ["exp", "run", "-f", "annotate"] + sets, dest, env)
+        assert "Running stage 'annotate'" in out
+        metrics = json.loads((dest / "data/metrics/annotate.json").read_text())
+        assert metrics["judge_calls"] == 0 and metrics["cache_hits"] > 0 and server.http_calls == calls
+    finally:
+        server.close()
+    for f in dest.rglob("*"):  # the key is in no file the pipeline wrote, dvc.lock and the cache included
+        if f.is_file() and ".git" not in f.parts:
+            assert secret.encode() not in f.read_bytes(), f
