@@ -211,10 +211,15 @@ class ChatRenderer:
     def render(self, system: str, user: str, actions: list[list[int]], observations: list[str],
                ended: list[bool] | None = None) -> Rendered:
         """Ids of system+user, then action_0, observation_0, action_1, ... (observations after actions[:-1] or all)."""
+        return self.render_from_prefix(self.prefix(system, user), actions, observations, ended)
+
+    def render_from_prefix(self, prefix_text: str, actions: list[list[int]], observations: list[str],
+                           ended: list[bool] | None = None) -> Rendered:
+        """As `render`, from the prefix text (system + user + first assistant header, e.g. a step-0 prompt_text)."""
         if len(observations) not in (len(actions), len(actions) - 1):
             raise ValueError(f"{len(actions)} actions need {len(actions) - 1} or {len(actions)} observations")
         ended = ended or [True] * len(actions)
-        ids = self.encode(self.prefix(system, user))
+        ids = self.encode(prefix_text)
         mask = [0] * len(ids)
         bounds = []
         for i, action in enumerate(actions):

@@ -1,0 +1,278 @@
+"""The step-grained PPO trainer: GAE by hand, masks, truncation, the reference CSV importer, a learning test
+on a toy environment, and a resume after kill -9 that ends with the weights of an uninterrupted run."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pipeline.agent.prompts import ChatRenderer
+from trainer.data import CUT_OBSERVATION, examples_from_reference_csv, render_truncated
+from trainer.gae import step_gae, token_gae, whiten
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def t(x):
+    return torch.tensor(x, dtype=torch.float64)
+
+
+def test_step_gae_by_hand():
+    # r = [0.5, 0, 1], V = [0.2, 0.4, 0.1], γ = 0.9, λ = 0.5:
+    # δ2 = 1 − 0.1 = 0.9; δ1 = 0 + 0.9·0.1 − 0.4 = −0.31; δ0 = 0.5 + 0.9·0.4 − 0.2 = 0.66
+    # A2 = 0.9; A1 = −0.31 + 0.45·0.9 = 0.095; A0 = 0.66 + 0.45·0.095 = 0.70275; R = A + V
+    adv, ret = step_gae(t([[0.5, 0, 1]]), t([[0.2, 0.4, 0.1]]), t([[1, 1, 1]]), 0.9, 0.5)
+    assert torch.allclose(adv, t([[0.70275, 0.095, 0.9]]))
+    assert torch.allclose(ret, t([[0.90275, 0.495, 1.0]]))
+
+
+def test_step_gae_limits():
+    r, v, m = t([[0.5, 0, 1]]), t([[0.2, 0.4, 0.1]]), t([[1, 1, 1]])
+    adv, ret = step_gae(r, v, m, 1.0, 1.0)  # γ = λ = 1: A = returns-to-go − V
+    assert torch.allclose(adv, t([[1.5 - 0.2, 1.0 - 0.4, 1.0 - 0.1]])) and torch.allclose(ret, t([[1.5, 1.0, 1.0]]))
+    adv, _ = step_gae(r, v, m, 0.9, 0.0)  # λ = 0: A = δ
+    assert torch.allclose(adv, t([[0.66, -0.31, 0.9]]))
+    adv, ret = step_gae(r, v, m, 0.0, 0.7)  # γ = 0: each step alone, A = r − V (no_step_opt)
+    assert torch.allclose(adv, r - v) and torch.allclose(ret, r)
+    adv, ret = step_gae(t([[0.3]]), t([[0.5]]), t([[1]]), 0.9, 0.95)  # one step
+    assert torch.allclose(adv, t([[-0.2]])) and torch.allclose(ret, t([[0.3]]))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 5, 9])
+def test_final_reward_reaches_step_one_with_weight_gamma_lambda_power(steps):
+    r = torch.zeros(1, steps, dtype=torch.float64)
+    r[0, -1] = 1.0
+    adv, _ = step_gae(r, torch.zeros_like(r), torch.ones_like(r), 0.9, 0.8)
+    assert adv[0, 0].item() == pytest.approx(0.72 ** (steps - 1))
+
+
+def test_padding_is_ignored_and_value_after_the_last_step_is_zero():
+    r = t([[0.5, 0, 1], [1.0, 0.5, 0]])
+    v = t([[0.2, 0.4, 0.1], [0.3, 0.6, 99.0]])  # 99: a value at a padded step must not leak in
+    m = t([[1, 1, 1], [1, 1, 0]])
+    adv, ret = step_gae(r, v, m, 0.9, 0.5)
+    # row 2: δ1 = 0.5 − 0.6 = −0.1 (V after the last real step is 0); δ0 = 1 + 0.9·0.6 − 0.3 = 1.24
+    assert torch.allclose(adv[1], t([1.24 + 0.45 * -0.1, -0.1, 0.0]))
+    assert ret[1, 2] == 0 and adv[1, 2] == 0
+    solo, _ = step_gae(r[:1], v[:1], m[:1], 0.9, 0.5)
+    assert torch.allclose(adv[0], solo[0])  # rows do not mix
+
+
+def _classic_token_gae(rewards, values, gamma, lam):
+    """CleanRL's loop (one environment, `dones` only at the end) over a flat list of action tokens."""
+    n = len(rewards)
+    adv = [0.0] * n
+    lastgaelam = 0.0
+    for k in reversed(range(n)):
+        nextvalue = values[k + 1] if k + 1 < n else 0.0
+        delta = rewards[k] + gamma * nextvalue - values[k]
+        adv[k] = lastgaelam = delta + gamma * lam * lastgaelam
+    return adv
+
+
+def test_ppo_outcome_matches_classic_token_level_gae():
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.zeros(2, 12, dtype=torch.float64)
+    values = torch.rand(2, 12, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[0, 1, 1, 0, 0, 1, 1, 1, 0, 1, 0, 0], [1, 1, 0, 1, 1, 1, 1, 0, 0, 0, 1, 1]],
+                        dtype=torch.float64)  # 0 = prompt / observation / pad
+    for b in range(2):
+        last = int(torch.nonzero(mask[b]).max())
+        rewards[b, last] = 1.0  # IsSolved at the last action token
+    adv, ret = token_gae(rewards, values, mask, 0.99, 0.95)
+    for b in range(2):
+        idx = torch.nonzero(mask[b]).flatten()
+        expected = _classic_token_gae(rewards[b, idx].tolist(), values[b, idx].tolist(), 0.99, 0.95)
+        assert torch.allclose(adv[b, idx], t(expected))
+        assert torch.all(adv[b][mask[b] == 0] == 0)
+
+
+def test_whiten_over_the_mask_only():
+    x = t([[1.0, 2.0, 3.0, 100.0]])
+    m = t([[1, 1, 1, 0]])
+    w = whiten(x, m)
+    assert torch.allclose(w[0, :3], t([-1.0, 0.0, 1.0]), atol=1e-6) and w[0, 3] == 0
+
+
+# ---- rendering, masks, truncation ----------------------------------------------------------------------
+
+def test_action_mask_covers_exactly_the_actions(world, splits, tokenizer):
+    from tests.annotate_data import play_scripted
+    from trainer.step_ppo import collate
+
+    trajs, steps = play_scripted(world, splits["train"][:3], tokenizer)
+    renderer = ChatRenderer(tokenizer)
+    items = []
+    for tr in trajs:
+        st = [s for s in steps if s["traj_id"] == tr["traj_id"]]
+        actions = [renderer.encode_action(s["action_text"]) for s in st]
+        r = renderer.render_from_prefix(st[0]["prompt_text"], actions, [s["observation"] for s in st[:-1]])
+        masked = [i for i, m in enumerate(r.action_mask) if m]
+        assert tokenizer.decode([r.input_ids[i] for i in masked]) == "".join(s["action_text"] + "<|im_end|>" for s in st)
+        # everything else is the prompt and observations: the context text the model read
+        unmasked = tokenizer.decode([x for x, m in zip(r.input_ids, r.action_mask) if not m])
+        assert st[0]["prompt_text"] in unmasked and all(s["observation"] in unmasked for s in st[:-1])
+        items.append({"input_ids": r.input_ids, "action_mask": r.action_mask, "token_step": [0] * len(r.input_ids),
+                      "state_pos": [a - 1 for a, _ in r.step_bounds], "rewards": [0.0] * len(st),
+                      "tok_rewards": [0.0] * sum(r.action_mask), "old_logprobs": [0.0] * sum(r.action_mask),
+                      "ref_logprobs": [0.0] * sum(r.action_mask), "old_values": [0.0] * len(st)})
+    batch = collate(items, pad_id=tokenizer.pad_token_id)
+    pad = batch["attention_mask"] == 0
+    assert pad.any() and not (batch["action_mask"].bool() & pad).any()  # pads are never actions
+    assert batch["tok_mask"].sum() == batch["action_mask"].sum()
+
+
+def test_truncation_cuts_oldest_observations_first_and_never_splits_an_action(tokenizer):
+    renderer = ChatRenderer(tokenizer)
+    prefix = renderer.prefix("S", "U")
+    actions = [renderer.encode_action(f"Thought: step {i}\nAction: f\nAction Input: {{}}") for i in range(4)]
+    obs = ["x " * 200 for _ in range(3)]
+    full = renderer.render_from_prefix(prefix, actions, obs)
+    rendered, blanked, dropped = render_truncated(renderer, prefix, actions, obs, [True] * 4, len(full.input_ids) - 50)
+    assert blanked == 1 and dropped == 0
+    text = tokenizer.decode(rendered.input_ids)
+    assert CUT_OBSERVATION in text and text.count("x x") > 0 and text.index(CUT_OBSERVATION) < text.index("x x")
+    base = len(renderer.encode(prefix))
+    rendered, blanked, dropped = render_truncated(renderer, prefix, actions, obs, [True] * 4, base + 2 * len(actions[0]) + 40)
+    assert blanked == 3 and dropped >= 1
+    for (a, b), act in zip(rendered.step_bounds, actions):
+        assert rendered.input_ids[a:b] == act  # whole actions only
+    assert render_truncated(renderer, prefix, actions, obs, [True] * 4, base + 2) is None
+
+
+def test_reference_ppo_csv_imports(external, tokenizer):
+    renderer = ChatRenderer(tokenizer)
+    import ast
+    import csv
+
+    csv.field_size_limit(1 << 30)
+    for path in sorted((external / "steptool/data_train").glob("*_step_grained_for_ppo_example.csv")):
+        examples = examples_from_reference_csv(path, renderer)
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        assert len(examples) == len(rows) == 10
+        for ex, row in zip(examples, rows):
+            responses = ast.literal_eval(row["response"])
+            assert ex.rewards == ast.literal_eval(row["reward"])
+            assert [tokenizer.decode(ex.input_ids[a:b]) for a, b in ex.step_bounds] == responses
+            prompts = ast.literal_eval(row["prompt"])
+            assert tokenizer.decode(ex.input_ids) == "".join(p + r for p, r in zip(prompts, responses))
+
+
+# ---- learning --------------------------------------------------------------------------------------------
+
+def _learn(tokenizer, variant: str, seed: int, rounds: int = 4, flip_sign: bool = False):
+    from tests.tiny_model import make_tiny_model
+    from tests.toy_env import play, right_probability
+    from trainer import step_ppo
+    from trainer.config import StepPPOConfig
+    from trainer.model import PolicyWithValue
+
+    torch.manual_seed(seed)
+    model = make_tiny_model(tokenizer, seed=seed)
+    wrapped = PolicyWithValue(model)
+    start = right_probability(model, tokenizer, 6)
+    original = step_ppo.step_gae
+    if flip_sign:
+        step_ppo.step_gae = lambda *a: tuple(-x for x in original(*a))
+    try:
+        for r in range(rounds):
+            examples, _ = play(model, tokenizer, 16, 6, seed * 1000 + r, variant)
+            cfg = StepPPOConfig(output_dir=str(REPO / ".pytest_cache" / "ppo-learn"), report_to=[], use_cpu=True,
+                                variant=variant, num_train_epochs=2, per_device_train_batch_size=8, learning_rate=1e-3,
+                                kl_coef=0.0, save_strategy="no", seed=seed, disable_tqdm=True, logging_steps=100,
+                                lr_scheduler_type="constant")
+            step_ppo.StepPPOTrainer(wrapped, cfg, examples, pad_id=tokenizer.pad_token_id).train()
+    finally:
+        step_ppo.step_gae = original
+    return start, right_probability(model, tokenizer, 6)
+
+
+def test_steptool_learns_the_right_actions_and_beats_outcome_only_ppo(tokenizer):
+    """Six turns, one right action each. On the same budget, step rewards with step-level GAE raise the
+    right-action probability on every seed and end above outcome-only PPO, whose reward (all six right)
+    is rare at the start. A flipped advantage sign, or a loss leaking onto the observations (all " B"),
+    would push the probability down."""
+    finals = {"steptool": [], "ppo_outcome": []}
+    for seed in (0, 1, 2):
+        for variant in finals:
+            start, end = _learn(tokenizer, variant, seed)
+            finals[variant].append(end)
+            if variant == "steptool":
+                assert end > start + 0.2, (seed, start, end)
+    mean = {k: sum(v) / len(v) for k, v in finals.items()}
+    assert mean["steptool"] > mean["ppo_outcome"] + 0.1, finals
+
+
+def test_the_learning_test_fails_with_a_flipped_advantage_sign(tokenizer):
+    start, end = _learn(tokenizer, "steptool", 0, rounds=3, flip_sign=True)
+    assert end < start - 0.05
+
+
+# ---- resume ------------------------------------------------------------------------------------------------
+
+TRAIN_SCRIPT = """
+import sys, time
+import torch
+import pipeline
+from transformers import TrainerCallback
+from pipeline.models import SMOLLM2, load_tokenizer
+from tests.tiny_model import make_tiny_model
+from tests.toy_env import play
+from trainer.config import StepPPOConfig
+from trainer.model import PolicyWithValue
+from trainer.step_ppo import StepPPOTrainer
+
+out, delay, resume = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "1"
+tok = load_tokenizer(SMOLLM2)
+torch.manual_seed(0)
+model = make_tiny_model(tok, seed=0)
+examples, _ = play(model, tok, 8, 3, 7, "steptool")
+wrapped = PolicyWithValue(model)
+
+class Slow(TrainerCallback):
+    def on_step_end(self, args, state, control, **kw):
+        time.sleep(delay)
+
+cfg = StepPPOConfig(output_dir=out, report_to=[], use_cpu=True, num_train_epochs=4, per_device_train_batch_size=2,
+                    learning_rate=1e-3, save_strategy="steps", save_steps=4, seed=0, disable_tqdm=True,
+                    logging_steps=100, dataloader_num_workers=0)
+trainer = StepPPOTrainer(wrapped, cfg, examples, pad_id=tok.pad_token_id, callbacks=[Slow()])
+trainer.train(resume_from_checkpoint=resume or None)
+torch.save({k: v.detach().clone() for k, v in wrapped.state_dict().items()}, out + "/final.pt")
+"""
+
+
+def _train(tmp_path, out, delay, resume):
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen([sys.executable, str(script), str(out), str(delay), "1" if resume else "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_resume_after_kill_ends_with_the_uninterrupted_weights(tmp_path):
+    clean = tmp_path / "clean"
+    p = _train(tmp_path, clean, 0.0, False)
+    assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-3000:]
+    killed = tmp_path / "killed"
+    p = _train(tmp_path, killed, 0.4, False)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (killed / "checkpoint-8" / "trainer_state.json").exists():
+        assert p.poll() is None, p.stderr.read().decode()[-3000:]
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not (killed / "final.pt").exists()  # it really died before the end (16 steps)
+    p = _train(tmp_path, killed, 0.0, True)
+    assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-3000:]
+    a, b = torch.load(clean / "final.pt"), torch.load(killed / "final.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -1,0 +1,135 @@
+"""Training examples: a trajectory rendered to token ids with an action mask and step boundaries, its
+per-step rewards, and (when recorded) the behaviour log-prob of every action token.
+
+The ids are the ones generation saw (ChatRenderer segments: the step-0 prompt text, then each action's
+own ids, then each observation segment). Truncation to `max_length` keeps the system prompt and the
+query, shortens the oldest observations first, then drops whole trailing steps: an action is never split.
+"""
+from __future__ import annotations
+
+import ast
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.agent.prompts import ChatRenderer
+from pipeline.errors import SchemaError
+
+CUT_OBSERVATION = "(observation removed to fit the context)"
+
+
+@dataclass
+class Example:
+    traj_id: str
+    input_ids: list[int]
+    action_mask: list[int]  # 1 on action tokens
+    step_bounds: list[tuple[int, int]]  # [start, end) of each kept action
+    rewards: list[float]  # one per kept step
+    behaviour_logprobs: list[float] | None = None  # one per action token (kept steps), when usable
+    truncated: bool = False
+    dropped_steps: int = 0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def token_step(self) -> list[int]:
+        """Step index of each token (−1 outside actions)."""
+        out = [-1] * len(self.input_ids)
+        for k, (a, b) in enumerate(self.step_bounds):
+            out[a:b] = [k] * (b - a)
+        return out
+
+
+def render_truncated(renderer: ChatRenderer, prefix: str, actions: list[list[int]], observations: list[str],
+                     ended: list[bool], max_length: int):
+    """(Rendered, observations blanked, steps dropped), or None when even the prefix and one action do not fit."""
+    obs = list(observations[: len(actions) - 1])
+    rendered = renderer.render_from_prefix(prefix, actions, obs, ended)
+    blanked = 0
+    while len(rendered.input_ids) > max_length and blanked < len(obs):
+        obs[blanked] = CUT_OBSERVATION
+        blanked += 1
+        rendered = renderer.render_from_prefix(prefix, actions, obs, ended)
+    n = len(actions)
+    while len(rendered.input_ids) > max_length and n > 1:
+        n -= 1
+        rendered = renderer.render_from_prefix(prefix, actions[:n], obs[: n - 1], ended[:n])
+    if len(rendered.input_ids) > max_length:
+        return None
+    return rendered, blanked, len(actions) - n
+
+
+def examples_from_tables(steps: pl.DataFrame, tokens: pl.DataFrame, rewards: pl.DataFrame, renderer: ChatRenderer,
+                         max_length: int) -> tuple[list[Example], dict]:
+    """steps (steps.parquet), tokens (tokens.parquet), rewards (traj_id, step_idx, reward) -> examples, stats."""
+    joined = (steps.select("traj_id", "step_idx", "prompt_text", "observation")
+              .join(tokens.select("traj_id", "step_idx", "action_ids", "logprobs", "ended"), on=["traj_id", "step_idx"],
+                    how="inner")
+              .join(rewards.select("traj_id", "step_idx", "reward"), on=["traj_id", "step_idx"], how="inner")
+              .sort("traj_id", "step_idx"))
+    examples, stats = [], {"trajectories": 0, "truncated": 0, "dropped_steps": 0, "too_long": 0}
+    for (tid,), g in joined.group_by(["traj_id"], maintain_order=True):
+        rows = g.to_dicts()
+        if [r["step_idx"] for r in rows] != list(range(len(rows))):
+            raise SchemaError(f"trajectory {tid}: steps {[r['step_idx'] for r in rows]} are not 0..n-1 "
+                              "(steps, tokens and rewards must cover the same steps)")
+        actions = [list(r["action_ids"]) for r in rows]
+        out = render_truncated(renderer, rows[0]["prompt_text"], actions, [r["observation"] or "" for r in rows],
+                               [bool(r["ended"]) for r in rows], max_length)
+        stats["trajectories"] += 1
+        if out is None:
+            stats["too_long"] += 1
+            continue
+        rendered, blanked, dropped = out
+        n = len(rendered.step_bounds)
+        behaviour = None
+        if not blanked and not dropped:
+            behaviour = [float(x) for r in rows for x in r["logprobs"]]
+        stats["truncated"] += bool(blanked or dropped)
+        stats["dropped_steps"] += dropped
+        examples.append(Example(tid, rendered.input_ids, rendered.action_mask, rendered.step_bounds,
+                                [float(r["reward"]) for r in rows[:n]], behaviour, bool(blanked or dropped), dropped))
+    return examples, stats
+
+
+def examples_from_reference_csv(path: str | Path, renderer: ChatRenderer, max_length: int = 1 << 30) -> list[Example]:
+    """The reference implementation's PPO input (tab-separated; `prompt`, `response`, `reward` are Python list
+    literals read with `ast.literal_eval`). prompt[0] is the system prompt, the query and the first assistant
+    header; prompt[i] (i ≥ 1) is what came after response[i−1]: the function's answer and the next header. So the
+    trajectory is prompt[0] + response[0] + prompt[1] + response[1] + ..., response[i] the action with reward[i]."""
+    path = Path(path)
+    csv.field_size_limit(1 << 30)
+    examples = []
+    with open(path, newline="") as f:
+        for n, row in enumerate(csv.DictReader(f, delimiter="\t")):
+            where = f"{path}: record {n}"
+            try:
+                prompts, responses, rewards = (ast.literal_eval(row[k]) for k in ("prompt", "response", "reward"))
+            except (KeyError, ValueError, SyntaxError) as e:
+                raise SchemaError(f"{where}: prompt/response/reward must be Python list literals ({e})") from None
+            if not (len(prompts) == len(responses) == len(rewards)) or not prompts:
+                raise SchemaError(f"{where}: {len(prompts)} prompts, {len(responses)} responses, {len(rewards)} rewards")
+            actions = [renderer.encode(r) for r in responses]
+            between, context = [], prompts[0]
+            for i in range(len(prompts) - 1):
+                context += responses[i]
+                # the reference writes each later prompt as the text since the last action (observation + next
+                # header); a cumulative prompt (the whole context so far) is accepted too
+                nxt = prompts[i + 1][len(context):] if prompts[i + 1].startswith(context) else prompts[i + 1]
+                between.append(nxt)
+                context += nxt
+            ids, mask, bounds = renderer.encode(prompts[0]), [], []
+            mask = [0] * len(ids)
+            for i, act in enumerate(actions):
+                bounds.append((len(ids), len(ids) + len(act)))
+                ids += act
+                mask += [1] * len(act)
+                if i < len(between):
+                    seg = renderer.encode(between[i])
+                    ids += seg
+                    mask += [0] * len(seg)
+            if len(ids) > max_length:
+                continue
+            examples.append(Example(f"{path.stem}-{n}", ids, mask, bounds, [float(x) for x in rewards]))
+    return examples

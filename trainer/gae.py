@@ -1,0 +1,76 @@
+"""Generalised advantage estimation over *steps* (StepTool) and over tokens (classic PPO).
+
+Step level (DESIGN.md): for a trajectory of T steps with rewards r_t and values V(s_t),
+
+    δ_t = r_t + γ·V(s_{t+1}) − V(s_t),   V(s_{T+1}) = 0
+    A_t = Σ_k (γλ)^k δ_{t+k},            R_t = A_t + V(s_t)
+
+so credit crosses steps with one factor γλ per step, never per token. The final reward reaches step 1
+with weight (γλ)^(T−1) (with V = 0). The reference implementation instead runs GAE per token through
+masked observation tokens, so the factor is applied hundreds of times between two actions.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def step_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+             lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step-level GAE.
+
+    Args:
+        rewards: [batch, steps] r_t (the KL penalty already subtracted, if any).
+        values: [batch, steps] V(s_t), the value at the state each action was chosen in.
+        mask: [batch, steps] 1 on real steps, 0 on padding; real steps come first in each row.
+        gamma, lam: discount and GAE λ, both in [0, 1].
+
+    Returns:
+        (advantages, returns), both [batch, steps], 0 on padding. V after the last real step is 0.
+    """
+    if rewards.shape != values.shape or rewards.shape != mask.shape:
+        raise ValueError(f"shapes differ: rewards {tuple(rewards.shape)}, values {tuple(values.shape)}, "
+                         f"mask {tuple(mask.shape)}")
+    mask = mask.to(rewards.dtype)
+    values = values * mask
+    steps = rewards.shape[1]
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(steps)):
+        next_value = values[:, t + 1] if t + 1 < steps else torch.zeros_like(last)  # 0 past the end (masked)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = (delta + gamma * lam * last) * mask[:, t]
+        adv[:, t] = last
+    return adv, (adv + values) * mask
+
+
+def token_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+              lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Classic token-level GAE over the tokens where `mask` is 1 (action tokens), skipping the others:
+    the next value of an action token is the value at the next *action* token (observations are part of
+    the environment's transition, as in multi-turn PPO). Same shapes and conventions as `step_gae`, with
+    tokens in place of steps; padding / non-action positions get 0."""
+    if rewards.shape != values.shape or rewards.shape != mask.shape:
+        raise ValueError("rewards, values and mask must have the same shape")
+    adv = torch.zeros_like(rewards)
+    ret = torch.zeros_like(rewards)
+    for b in range(rewards.shape[0]):
+        idx = torch.nonzero(mask[b] > 0).flatten()
+        if len(idx) == 0:
+            continue
+        a, r = step_gae(rewards[b, idx][None], values[b, idx][None], torch.ones(1, len(idx), dtype=rewards.dtype),
+                        gamma, lam)
+        adv[b, idx] = a[0]
+        ret[b, idx] = r[0]
+    return adv, ret
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
+    """(x − mean) / std over the positions where `mask` is 1 (0 elsewhere)."""
+    m = mask.to(x.dtype)
+    n = m.sum().clamp(min=1.0)
+    mean = (x * m).sum() / n
+    var = (((x - mean) * m) ** 2).sum() / (n - 1).clamp(min=1.0)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * m

@@ -1,0 +1,62 @@
+"""The policy with a value head on its trunk: V(s) is a linear map of the last hidden state at a state's
+last token. Logits are computed only where a loss needs them (action positions), in chunks, so a long
+trajectory never materialises [tokens, vocab]."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def _base(policy):
+    return policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+
+
+class PolicyWithValue(nn.Module):
+    def __init__(self, policy):
+        super().__init__()
+        self.policy = policy
+        hidden = _base(policy).config.hidden_size
+        self.v_head = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.v_head.weight)
+        nn.init.zeros_(self.v_head.bias)
+        self.config = _base(policy).config  # Trainer reads a few fields from it
+
+    @property
+    def trunk(self):
+        return _base(self.policy).get_decoder()
+
+    @property
+    def lm_head(self):
+        return _base(self.policy).get_output_embeddings()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden [B, L, H], values [B, L]): V at every position (the state after that token)."""
+        out = self.trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        h = out.last_hidden_state
+        return h, self.v_head(h.to(self.v_head.weight.dtype)).squeeze(-1)
+
+    def token_logprobs(self, hidden: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
+                       input_ids: torch.Tensor, chunk: int = 1024, with_entropy: bool = False):
+        """log π(token at `positions`) from the hidden state one position earlier, [N]; and the entropy [N]."""
+        lps, ents = [], []
+        for s in range(0, len(rows), chunk):
+            r, p = rows[s:s + chunk], positions[s:s + chunk]
+            logits = self.lm_head(hidden[r, p - 1]).float()
+            logp = torch.log_softmax(logits, dim=-1)
+            lps.append(logp.gather(-1, input_ids[r, p].unsqueeze(-1)).squeeze(-1))
+            if with_entropy:
+                ents.append(-(logp.exp() * logp).sum(-1))
+        lp = torch.cat(lps) if lps else hidden.new_zeros(0)
+        ent = torch.cat(ents) if ents else None
+        return lp, ent
+
+    def save_policy(self, out_dir: str | Path, tokenizer=None) -> None:
+        """The trained policy as a plain checkpoint (LoRA merged), and the value head beside it."""
+        out_dir = Path(out_dir)
+        policy = self.policy.merge_and_unload() if hasattr(self.policy, "merge_and_unload") else self.policy
+        policy.save_pretrained(out_dir)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out_dir)
+        torch.save(self.v_head.state_dict(), out_dir / "value_head.pt")
