@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["toolworld", "agent", "annotate"]
+BENCHES = ["toolworld", "agent", "annotate", "rewards", "trainer"]
 
 
 def main(argv: list[str]) -> int:

@@ -241,6 +241,59 @@ class AnnotateConfig(_Checked):
             self._fail(where, "heuristic_threshold", f"must be in (0, 1], got {self.heuristic_threshold}")
 
 
+VARIANT_NAMES = ("steptool", "no_step_reward", "no_step_opt", "ppo_outcome")
+
+
+@dataclass
+class RewardsConfig(_Checked):
+    alpha: float = _help("α of r_t = (α·SC + Con/5) / (α + 1) for intermediate steps (1 reproduces the reference).", 1.0)
+    gamma: float = _help("Discount of the Monte-Carlo returns in data/advantages (the trainer has its own γ).", 1.0)
+    normalize: Literal["none", "whiten"] = _help(
+        "Rewards as they are, or whitened over the whole table (mean 0, std 1) before returns.", "none")
+
+    def check(self, where: str) -> None:
+        if self.alpha < 0:
+            self._fail(where, "alpha", f"must be >= 0, got {self.alpha}")
+        if not 0 <= self.gamma <= 1:
+            self._fail(where, "gamma", f"must be in [0, 1], got {self.gamma}")
+
+
+@dataclass
+class TrainConfig(_Checked):
+    gamma: float = _help("Discount γ per step (per token for ppo_outcome).", 1.0)
+    lam: float = _help("GAE λ.", 0.95)
+    cliprange: float = _help("PPO ratio clip ε.", 0.2)
+    cliprange_value: float = _help("Value clip around the round's old values (0: off).", 0.2)
+    vf_coef: float = _help("Weight of the value loss.", 0.5)
+    kl_coef: float = _help("β of the per-step KL penalty to the reference policy.", 0.02)
+    kl_estimator: Literal["k1", "k3"] = _help("Per-token KL estimator (k1: log-ratio; k3: non-negative).", "k1")
+    entropy_coef: float = _help("Weight of the entropy bonus.", 0.0)
+    ppo_epochs: int = _help("Passes over the collected trajectories (one PPO round).", 1)
+    batch_size: int = _help("Trajectories per device per optimizer step (before gradient accumulation).", 2)
+    grad_accum: int = _help("Gradient accumulation steps.", 2)
+    learning_rate: float = _help("AdamW learning rate.", 1e-5)
+    lora: bool = _help("Train LoRA adapters (merged into the saved model) instead of all weights.", False)
+    lora_r: int = _help("LoRA rank.", 16)
+    old_logprobs: Literal["behaviour", "recompute"] = _help(
+        "π_old of the ratio: the recorded behaviour log-probs or a recompute at the start of the round.", "recompute")
+    value_init: Literal["zero", "fit_returns"] = _help(
+        "Value head at the start: zero, or fitted (ridge) to the Monte-Carlo returns on the trunk's features.",
+        "fit_returns")
+    max_length: int = _help("Longest rendered trajectory (tokens); older observations are shortened first.", 2048)
+    seed: int = _help("Training seed (data order, initialisation of the value head's fit is deterministic).", 0)
+    save_steps: int = _help("Checkpoint every this many optimizer steps (a killed run resumes from the last).", 20)
+
+    def check(self, where: str) -> None:
+        for key in ("ppo_epochs", "batch_size", "grad_accum", "lora_r", "max_length", "save_steps"):
+            if getattr(self, key) < 1:
+                self._fail(where, key, f"must be >= 1, got {getattr(self, key)}")
+        for key in ("gamma", "lam"):
+            if not 0 <= getattr(self, key) <= 1:
+                self._fail(where, key, f"must be in [0, 1], got {getattr(self, key)}")
+        if self.learning_rate <= 0:
+            self._fail(where, "learning_rate", f"must be > 0, got {self.learning_rate}")
+
+
 @dataclass
 class Params(_Checked):
     toolworld: ToolWorldConfig = _help("The embedded tool world (stage `tasks`).", factory=ToolWorldConfig)
@@ -252,6 +305,12 @@ class Params(_Checked):
     warmstart: WarmstartConfig = _help("SFT on expert paths (stage `warmstart`).", factory=WarmstartConfig)
     collect: CollectConfig = _help("Trajectories for training (stage `collect`).", factory=CollectConfig)
     annotate: AnnotateConfig = _help("Step-grained reward annotation (stage `annotate`).", factory=AnnotateConfig)
+    rewards: RewardsConfig = _help("Step rewards and returns (stage `advantages`).", factory=RewardsConfig)
+    train: TrainConfig = _help("Step-grained PPO (stage `train`, one per variant).", factory=TrainConfig)
+    variants: list[Literal["steptool", "no_step_reward", "no_step_opt", "ppo_outcome"]] = _help(
+        "Training variants, each a DVC foreach stage writing data/models/<variant>: steptool (step rewards, step "
+        "GAE), no_step_reward (outcome reward only), no_step_opt (no credit across steps), ppo_outcome (classic "
+        "PPO, token-level GAE).", factory=lambda: list(VARIANT_NAMES))
 
 
 def _type_name(tp: Any) -> str:

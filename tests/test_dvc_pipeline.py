@@ -54,8 +54,14 @@ def test_repro_builds_then_noop_then_reruns_only_what_changed(repo):
     dest, env = repo
     dvc = [sys.executable, "-m", "dvc"]
     out = _run(dvc + ["repro"], dest, env)
-    for stage in ("tasks", "base_model", "warmstart", "collect", "annotate"):
+    for stage in ("tasks", "base_model", "warmstart", "collect", "annotate", "advantages@steptool",
+                  "train@steptool", "train@ppo_outcome", "train@no_step_opt", "train@no_step_reward"):
         assert f"Running stage '{stage}'" in out
+    for variant in ("steptool", "no_step_reward", "no_step_opt", "ppo_outcome"):
+        assert (dest / f"data/models/{variant}/model.safetensors").exists()
+        assert (dest / f"data/models/{variant}/value_head.pt").exists()
+        assert json.loads((dest / f"data/metrics/train/{variant}.json").read_text())["optimizer_steps"] >= 1
+    assert "policy_loss" in _run(dvc + ["plots", "show", "--json"], dest, env)
     annotated = pl.read_parquet(dest / "data/annotated/steps.parquet")
     assert annotated.height == pl.read_parquet(dest / "data/trajectories/steps.parquet").height
     assert set(annotated["annotator"]) == {"oracle"}
