@@ -64,12 +64,19 @@ def _serve_tools(args: argparse.Namespace) -> int:
     from pipeline.toolworld.server import make_server
     from pipeline.toolworld.world import ToolWorld
 
-    tw = load_params(args.params).toolworld
-    world = ToolWorld.from_config(tw)
+    if args.replay:
+        from pipeline.replay import ReplayCache
+
+        if not Path(args.replay).exists():
+            raise SteptoolError(f"{args.replay}: no such file or folder")
+        world = ReplayCache.load(args.replay)
+        what = f"recorded StableToolBench responses ({len(world)} calls of {len(world.apis)} functions)"
+    else:
+        world = ToolWorld.from_config(load_params(args.params).toolworld)
+        what = f"ToolWorld ({len(world.apis)} APIs, world {world.fingerprint()})"
     server = make_server(world, args.host, args.port)
     host, port = server.server_address[:2]
-    print(f"serving ToolWorld ({len(world.apis)} APIs, world {world.fingerprint()}) on "
-          f"http://{host}:{port}/virtual (Ctrl-C stops)", flush=True)
+    print(f"serving {what} on http://{host}:{port}/virtual (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -80,6 +87,7 @@ def _serve_tools(args: argparse.Namespace) -> int:
 
 
 def _play(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
 
     from pipeline.config import load_params
@@ -87,14 +95,59 @@ def _play(args: argparse.Namespace) -> int:
     from stages.tasks import load_tasks
 
     params = load_params(args.params)
+    if args.env:
+        params = dataclasses.replace(params, env=dataclasses.replace(params.env, kind=args.env))
     root = Path(args.root)
     model = Path(args.model)
     if not (model / "config.json").exists():
         raise SteptoolError(f"{model}: not a checkpoint directory (no config.json)")
-    tasks = load_tasks(root, args.split, args.max_tasks)
-    summary = play(params, root, tasks, model, Path(args.out), strategy=args.strategy, n_samples=args.n_samples,
+    if args.queries:
+        from pipeline.formats.stabletoolbench import load_solvable_queries
+
+        if params.env.kind == "toolworld":
+            raise SteptoolError("StableToolBench queries need their own tools: pass --env replay or --env http")
+        tasks = load_solvable_queries(args.queries, args.max_tasks)
+    else:
+        tasks = load_tasks(root, args.split, args.max_tasks)
+    out = Path(args.out)
+    summary = play(params, root, tasks, model, out, strategy=args.strategy, n_samples=args.n_samples,
                    temperature=args.temperature, top_p=1.0, seed=0, chunk_size=16, policy_name=model.name)
+    if args.queries or args.converted:
+        from pipeline.formats.stabletoolbench import converted_answers
+        from pipeline.fsutil import write_json
+        from pipeline.replay import MISS_ERROR
+        from pipeline.schema import STEPS, TRAJECTORIES, read_table
+
+        trajs = read_table(out / "trajectories.parquet", TRAJECTORIES).to_pylist()
+        steps = read_table(out / "steps.parquet", STEPS).to_pylist()
+        path = Path(args.converted) if args.converted else out / "converted_answers.json"
+        write_json(path, converted_answers({t.task_id: t for t in tasks}, trajs, steps))
+        summary["converted_answers"] = str(path)
+        calls = [s for s in steps if not s["is_finish"] and s["env_status"] == "ok"]
+        if params.env.kind == "replay":
+            miss = MISS_ERROR.split("{name}")[0]
+            misses = sum(miss in (s["observation"] or "") for s in calls)
+            summary["replay"] = {"calls": len(calls), "misses": misses,
+                                 "hit_rate": round(1 - misses / len(calls), 4) if calls else None}
     print(json.dumps(summary))
+    return 0
+
+
+def _build_replay(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.replay import build_table, leave_one_method_out
+    from pipeline.schema import REPLAY_RESPONSES, write_table
+
+    table, stats = build_table(args.folder)
+    write_table(table, args.out, REPLAY_RESPONSES)
+    rows = table.to_pylist()
+    report = {"out": args.out, **stats, "distinct_calls": len({(r["function_name"], r["args_key"]) for r in rows}),
+              "leave_one_method_out": leave_one_method_out(rows),
+              "leave_one_method_out_per_query": leave_one_method_out(rows, per_query=True)}
+    lomo = report["leave_one_method_out"].values()
+    report["leave_one_method_out_hit_rate"] = round(sum(v["hits"] for v in lomo) / max(sum(v["calls"] for v in lomo), 1), 4)
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -147,6 +200,15 @@ def _describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pass_rate(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.evaluate.passrate import method_pass_rates
+
+    print(json.dumps(method_pass_rates(args.folder), indent=None if args.compact else 2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from stages import annotate, base_model, collect, tasks, warmstart
 
@@ -166,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     p.add_argument("--params", default="params.yaml", help="params file whose toolworld section to serve")
+    p.add_argument("--replay", help="serve recorded real StableToolBench responses instead (a pass_rate_results "
+                                    "folder or a build-replay Parquet table); unrecorded calls answer with an error")
     p.add_argument("-v", "--verbose", action="store_true", help="log every request")
     p.set_defaults(func=_serve_tools)
     p = sub.add_parser("play", help="run the agent on a split and print parse-success and rule pass rate",
@@ -180,7 +244,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="cot", choices=["cot", "dfsdt"])
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     p.add_argument("--n-samples", type=int, default=1)
+    p.add_argument("--env", choices=["toolworld", "http", "replay"], help="override env.kind of the params file")
+    p.add_argument("--queries", help="play a StableToolBench solvable-query file (e.g. .../G1_instruction.json) "
+                                     "instead of a ToolWorld split; needs --env replay or http")
+    p.add_argument("--converted", help="also write the trajectories in StableToolBench's converted-answer format "
+                                       "here (default with --queries: OUT/converted_answers.json)")
     p.set_defaults(func=_play)
+    p = sub.add_parser("build-replay", help="index real StableToolBench responses for the replay environment",
+                       description="Read every call in a pass_rate_results folder (<method>/<subset>.json answer_steps) "
+                                   "into a Parquet table for env.kind=replay, and print how many calls of each "
+                                   "method a table built from the other methods answers (leave-one-method-out).")
+    p.add_argument("folder", help="a pass_rate_results folder")
+    p.add_argument("--out", default="data/replay/responses.parquet")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_build_replay)
     p = sub.add_parser("import-annotations", help="import the StepTool reference's reward-annotation JSON",
                        description="Read a reward-annotation file of the StepTool reference (e.g. "
                                    "qwen2_G123_example_5.json) into trajectories.parquet and annotated steps.parquet, "
@@ -201,6 +278,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_serve_judge)
+    p = sub.add_parser("pass-rate", help="pass rate of a StableToolBench pass_rate_results/<method> folder, as JSON",
+                       description="Read every <subset>.json of a pass_rate_results/<method> folder (judged answers, "
+                                   "'is_solved' per run) and print one JSON object: each subset's pass rate in percent "
+                                   "(mean and population std over the judging runs, (#Solved + 0.5 #Unsure) / "
+                                   "#queries) and the groups I1, I2, I3 (mean of their subsets).")
+    p.add_argument("folder")
+    p.add_argument("--compact", action="store_true", help="one line instead of indented JSON")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_pass_rate)
     p = sub.add_parser("params", help="list every knob of params.yaml with its help and default; validate the file")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -110,9 +110,10 @@ class BaseModelConfig(_Checked):
 
 @dataclass
 class EnvConfig(_Checked):
-    kind: Literal["toolworld", "http"] = _help(
-        "Where tool calls go: 'toolworld' (embedded, in-process) or 'http' (a StableToolBench-style "
-        "server speaking POST /virtual, e.g. `steptool serve-tools`).",
+    kind: Literal["toolworld", "http", "replay"] = _help(
+        "Where tool calls go: 'toolworld' (embedded, in-process), 'http' (a StableToolBench-style "
+        "server speaking POST /virtual, e.g. `steptool serve-tools`) or 'replay' (real StableToolBench responses "
+        "recorded in pass_rate_results, offline; misses answer with an error and are counted).",
         "toolworld",
     )
     url: str = _help("The /virtual endpoint when kind is 'http'.", "http://127.0.0.1:8080/virtual")
@@ -121,6 +122,11 @@ class EnvConfig(_Checked):
         "Name of the environment variable holding the server's toolbench_key (never the key itself).",
         "TOOLBENCH_KEY",
     )
+    replay_path: str = _help(
+        "replay: a pass_rate_results folder or the Parquet table written by `steptool build-replay`.",
+        "../shared/external/steptool/pass_rate_results")
+    replay_per_query: bool = _help(
+        "replay: only responses recorded for the same query id (stricter, fewer hits).", False)
 
     def check(self, where: str) -> None:
         if self.timeout_s <= 0:
@@ -294,6 +300,45 @@ class TrainConfig(_Checked):
             self._fail(where, "learning_rate", f"must be > 0, got {self.learning_rate}")
 
 
+MODEL_NAMES = ("base", "sft") + VARIANT_NAMES
+
+
+@dataclass
+class EvaluateConfig(_Checked):
+    models: list[str] = _help(
+        "Checkpoints to evaluate, each data/models/<name>: base, sft and the trained variants. One DVC matrix "
+        "stage evaluate@<model>-<strategy> per model and strategy.", factory=lambda: list(MODEL_NAMES))
+    strategies: list[Literal["cot", "dfsdt"]] = _help("Search strategies to evaluate every model with.",
+                                                      factory=lambda: ["cot", "dfsdt"])
+    tasks_per_level: int = _help("Test tasks per level I1/I2/I3, the first ones of the split (0: all).", 0)
+    samples: int = _help(
+        "Plays per task (the 'seeds' of mean +- std); with temperature 0 they are identical, so keep 1.", 1)
+    temperature: float = _help("Sampling temperature of the agent (0: greedy, as StableToolBench evaluates).", 0.0)
+    seed: int = _help("Sampling seed (with temperature > 0).", 0)
+    judge: Literal["rule", "openai"] = _help(
+        "Pass-rate judge: rule (ToolWorld gold facts: all -> Solved, some -> Unsure) or openai (StableToolBench's "
+        "criteria through the annotate section's endpoint, client, cache and fault handling).", "rule")
+    n_judgings: int = _help("openai: judging runs per answer (StableToolBench: 3); the rule judge runs once.", 3)
+    reference_model: str = _help("Win rate: every model's answers are compared with this model's, same strategy.",
+                                 "sft")
+
+    def check(self, where: str) -> None:
+        for key in ("samples", "n_judgings"):
+            if getattr(self, key) < 1:
+                self._fail(where, key, f"must be >= 1, got {getattr(self, key)}")
+        if self.tasks_per_level < 0:
+            self._fail(where, "tasks_per_level", f"must be >= 0, got {self.tasks_per_level}")
+        if self.temperature < 0:
+            self._fail(where, "temperature", f"must be >= 0, got {self.temperature}")
+        if not self.models:
+            self._fail(where, "models", "must name at least one model")
+        for m in self.models:
+            if not m or "/" in m or "-" in m:
+                self._fail(where, "models", f"entries are names under data/models without '/' or '-', got {m!r}")
+        if self.reference_model not in self.models:
+            self._fail(where, "reference_model", f"must be one of models {self.models}, got {self.reference_model!r}")
+
+
 @dataclass
 class Params(_Checked):
     toolworld: ToolWorldConfig = _help("The embedded tool world (stage `tasks`).", factory=ToolWorldConfig)
@@ -311,6 +356,8 @@ class Params(_Checked):
         "Training variants, each a DVC foreach stage writing data/models/<variant>: steptool (step rewards, step "
         "GAE), no_step_reward (outcome reward only), no_step_opt (no credit across steps), ppo_outcome (classic "
         "PPO, token-level GAE).", factory=lambda: list(VARIANT_NAMES))
+    evaluate: EvaluateConfig = _help("Evaluation on the test split (stage `evaluate`, one per model and strategy).",
+                                     factory=EvaluateConfig)
 
 
 def _type_name(tp: Any) -> str:

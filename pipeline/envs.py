@@ -116,7 +116,13 @@ class ApiListEnv:
         attempt = self._attempts.get((function_name, key), 0)
         self._attempts[(function_name, key)] = attempt + 1
         envelope = self._call(doc, arguments, attempt)
-        return StepResult(render_observation(envelope, self.max_observation_length), "ok", False, envelope)
+        observation = render_observation(envelope, self.max_observation_length)
+        if isinstance(envelope, str):  # recorded text (replay): the agent reads it as it was, cut or not
+            from pipeline.annotate.succ_calling import read_envelope
+
+            error, response, _ = read_envelope(envelope)
+            envelope = {"error": error, "response": response}
+        return StepResult(observation, "ok", False, envelope)
 
     def _finish(self, arguments: str) -> StepResult:
         data = parse_finish(arguments)
@@ -132,7 +138,8 @@ class ApiListEnv:
                               finish_type="give_answer", final_answer=str(data["final_answer"]))
         return StepResult('{error:""return_type" is not a valid choice"}', "finish_error", False)
 
-    def _call(self, doc: dict, arguments: str, attempt: int) -> dict:
+    def _call(self, doc: dict, arguments: str, attempt: int) -> dict | str:
+        """The {error, response} envelope of one call, or its JSON text as recorded (replay)."""
         raise NotImplementedError
 
 
@@ -187,6 +194,28 @@ class HttpToolEnv(ApiListEnv):
         return data
 
 
+class ReplayEnv(ApiListEnv):
+    """Calls are answered from recorded real StableToolBench responses (`pipeline.replay.ReplayCache`);
+    a call never recorded gets an error envelope and is counted in `misses`."""
+
+    def __init__(self, cache, max_observation_length: int = 1024, per_query: bool = False):
+        super().__init__(max_observation_length)
+        self.cache = cache
+        self.per_query = per_query
+        self.hits = 0
+        self.misses = 0
+
+    def _call(self, doc: dict, arguments: str, attempt: int) -> dict | str:
+        name = function_spec(doc)["name"]
+        text = self.cache.lookup(name, arguments, self.task.task_id if self.per_query else None)
+        self.hits += text is not None
+        self.misses += text is None
+        return text if text is not None else self.cache.miss(name)
+
+
+_REPLAY_CACHES: dict[str, object] = {}
+
+
 def make_env(env_cfg, world_cfg, world: ToolWorld | None = None) -> ApiListEnv:
     """The environment named by `params.yaml` (sections `env` and `toolworld`)."""
     if env_cfg.kind == "toolworld":
@@ -195,4 +224,14 @@ def make_env(env_cfg, world_cfg, world: ToolWorld | None = None) -> ApiListEnv:
     if env_cfg.kind == "http":
         return HttpToolEnv(env_cfg.url, world_cfg.max_observation_length, env_cfg.timeout_s,
                            os.environ.get(env_cfg.toolbench_key_env, ""))
-    raise SteptoolError(f"env.kind must be toolworld or http, got {env_cfg.kind!r}")
+    if env_cfg.kind == "replay":
+        from pipeline.replay import ReplayCache
+
+        path = env_cfg.replay_path
+        if path not in _REPLAY_CACHES:  # one load per process: every episode shares it
+            if not os.path.exists(path):
+                raise SteptoolError(f"env.replay_path {path}: no such file or folder (a pass_rate_results folder "
+                                    "or the Parquet table of `steptool build-replay`)")
+            _REPLAY_CACHES[path] = ReplayCache.load(path)
+        return ReplayEnv(_REPLAY_CACHES[path], world_cfg.max_observation_length, env_cfg.replay_per_query)
+    raise SteptoolError(f"env.kind must be toolworld, http or replay, got {env_cfg.kind!r}")

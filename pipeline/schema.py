@@ -125,6 +125,39 @@ ADVANTAGES = _schema(
 )
 
 
+EVAL_RESULTS = _schema(
+    "One row per evaluated trajectory (data/eval/<model>-<strategy>/results.parquet).",
+    _f("model", pa.string(), "Checkpoint name (data/models/<model>).", False),
+    _f("strategy", pa.string(), "cot or dfsdt.", False),
+    _f("task_id", pa.string(), "Test task.", False),
+    _f("level", pa.string(), "I1, I2 or I3."),
+    _f("sample_idx", pa.int32(), "Sample index (the 'seed' axis of mean +- std)."),
+    _f("traj_id", pa.string(), "The trajectory in trajectories.parquet / steps.parquet."),
+    _f("judge", pa.string(), "rule (ToolWorld gold facts) or openai."),
+    _f("statuses", pa.list_(pa.string()), "One answer status per judging run: Solved, Unsure or Unsolved."),
+    _f("pass_score", pa.float64(), "Mean over runs of Solved = 1, Unsure = 0.5, Unsolved = 0."),
+    _f("finish_type", pa.string(), "give_answer, give_up or none."),
+    _f("final_answer", pa.string(), "The answer given with Finish."),
+    _f("n_steps", pa.int32(), "Actions, the Finish included."),
+    _f("n_calls", pa.int32(), "Tool calls (non-Finish actions)."),
+    _f("n_calls_ok", pa.int32(), "Tool calls with SuccCalling = 1 (the rule of the annotate stage)."),
+    _f("facts_stated", pa.int32(), "Gold facts the final answer states (null without gold)."),
+    _f("n_facts", pa.int32(), "Gold facts of the task (null without gold)."),
+    _f("actions_generated", pa.int32(), "Actions sampled, DFSDT dead ends included (the search's cost)."),
+)
+
+
+REPLAY_RESPONSES = _schema(
+    "Recorded StableToolBench tool responses for the replay environment (steptool build-replay).",
+    _f("method", pa.string(), "Agent whose trajectory recorded the call (pass_rate_results/<method>)."),
+    _f("subset", pa.string(), "Test subset file (G1_instruction, ...)."),
+    _f("query_id", pa.string(), "StableToolBench query id."),
+    _f("function_name", pa.string(), "The function the agent called (<api>_for_<tool>).", False),
+    _f("args_key", pa.string(), "Canonical JSON of the arguments (key-sorted, compact).", False),
+    _f("response", pa.string(), "The server's {error, response} envelope as JSON text (cut at 1024 characters)."),
+)
+
+
 def write_table(data: pa.Table | Iterable[dict[str, Any]], path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
     """Validate `data` against `schema` and write it as zstd Parquet, atomically. Returns the table."""
     path = Path(path)

@@ -12,7 +12,7 @@ from pipeline.agent.backends import Generation, HFPolicy, SamplingConfig, Script
 from pipeline.agent.expert import expert_path
 from pipeline.agent.parse import functions_from_system_prompt, parse_react
 from pipeline.agent.prompts import TOOLLLAMA_SYSTEM, ChatRenderer, format_action, system_prompt, user_message
-from pipeline.agent.rollout import run_cot, run_dfsdt
+from pipeline.agent.rollout import run_cot, run_dfsdt, run_dfsdt_batch
 from pipeline.apidoc import FINISH_FUNCTION
 from pipeline.envs import ToolWorldEnv
 from pipeline.toolworld.judge import SOLVED, rule_judge
@@ -144,6 +144,28 @@ def test_dfsdt_budget_keeps_the_deepest_path(world, splits, tokenizer, renderer)
     policy = ScriptedPolicy(tokenizer, lambda p, s: give_up)
     r = run_dfsdt(task, 0, policy, renderer, lambda: ToolWorldEnv(world), width=3, budget=5)
     assert r.actions_generated == 3 and r.finish_type == "give_up" and len(r.tree) == 3
+
+
+def test_dfsdt_searches_advance_together_with_the_same_result(world, splits, tokenizer, renderer):
+    """Many searches share each forward pass; per-row seeds make every tree the one a lone search grows."""
+    class Counting(HFPolicy):
+        calls = 0
+
+        def generate(self, prompts, seeds, slots=None):
+            Counting.calls += 1
+            return super().generate(prompts, seeds, slots)
+
+    policy = Counting(make_tiny_model(tokenizer), tokenizer, SamplingConfig(max_new_tokens=6, temperature=1.0),
+                      batch_size=8, name="tiny")
+    jobs = [(t, 0) for t in splits["test"][:3]]
+    kw = dict(max_steps=3, width=2, budget=4, seed=5, constrain_names=True)
+    together = run_dfsdt_batch(jobs, policy, renderer, lambda: ToolWorldEnv(world), **kw)
+    batched_calls, Counting.calls = Counting.calls, 0
+    alone = [run_dfsdt(t, k, policy, renderer, lambda: ToolWorldEnv(world), **kw) for t, k in jobs]
+    assert [r.tree for r in together] == [r.tree for r in alone]
+    assert [[s.generation.token_ids for s in r.steps] for r in together] == \
+        [[s.generation.token_ids for s in r.steps] for r in alone]
+    assert batched_calls < Counting.calls  # fewer, larger forward batches
 
 
 def test_expert_paths_solve_and_recover(world, splits):

@@ -31,7 +31,7 @@ def test_the_repository_params_are_valid_and_cover_every_knob():
     ({"tasks": {"train": {"I4": 3}}}, "unknown key 'tasks.train.I4'"),
     ({"tasks": {"train": {"I1": -1}}}, "tasks.train.I1 must be >= 0, got -1"),
     ({"tasks": {"train": 5}}, "tasks.train must be a mapping"),
-    ({"env": {"kind": "docker"}}, "env.kind must be one of 'toolworld', 'http', got 'docker'"),
+    ({"env": {"kind": "docker"}}, "env.kind must be one of 'toolworld', 'http', 'replay', got 'docker'"),
     ({"base_model": {"dtype": "int8"}}, "base_model.dtype must be one of"),
     ([1, 2], "the top level must be a mapping"),
 ])
@@ -56,3 +56,16 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         load_params(bad)
     with pytest.raises(ConfigError, match="no such file"):
         load_params(tmp_path / "missing.yaml")
+
+
+def test_gpu_profile_is_a_valid_params_file_at_scale():
+    from pipeline.config import load_params
+    from tests.conftest import REPO
+
+    gpu = load_params(REPO / "profiles/gpu.yaml")
+    cpu = load_params(REPO / "params.yaml")
+    assert gpu.tasks.train.total() >= 20 * cpu.tasks.train.total()
+    assert gpu.base_model.dtype == "bfloat16" and gpu.warmstart.lora and gpu.train.lora
+    assert gpu.collect.max_tasks == 0 and gpu.evaluate.tasks_per_level == 0 and gpu.evaluate.samples == 3
+    assert gpu.evaluate.temperature > 0  # several samples must be able to differ
+    assert gpu.variants == cpu.variants and gpu.evaluate.models == cpu.evaluate.models

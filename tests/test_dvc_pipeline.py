@@ -40,6 +40,7 @@ def repo(tmp_path, tiny_model_dir):
     params["warmstart"].update(max_tasks=4, batch_size=4, max_length=4096)
     params["agent"].update(max_steps=2, max_new_tokens=8)
     params["collect"].update(max_tasks=3, n_samples=2, chunk_size=2)
+    params["evaluate"].update(models=["base", "sft", "steptool"], tasks_per_level=1)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                PYTHONPATH=str(dest), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
@@ -61,7 +62,15 @@ def test_repro_builds_then_noop_then_reruns_only_what_changed(repo):
         assert (dest / f"data/models/{variant}/model.safetensors").exists()
         assert (dest / f"data/models/{variant}/value_head.pt").exists()
         assert json.loads((dest / f"data/metrics/train/{variant}.json").read_text())["optimizer_steps"] >= 1
-    assert "policy_loss" in _run(dvc + ["plots", "show", "--json"], dest, env)
+    plots = _run(dvc + ["plots", "show", "--json"], dest, env)
+    assert "policy_loss" in plots and "reports/figures/pass_rate.png" in plots and "reports/win_rate.csv" in plots
+    for model in ("base", "sft", "steptool"):
+        for strategy in ("cot", "dfsdt"):
+            assert f"Running stage 'evaluate@{model}-{strategy}'" in out
+            assert pl.read_parquet(dest / f"data/eval/{model}-{strategy}/results.parquet").height == 3
+    assert "Running stage 'report'" in out
+    md = (dest / "reports/results.md").read_text()
+    assert "| steptool | dfsdt |" in md and "## Ablation" in md
     annotated = pl.read_parquet(dest / "data/annotated/steps.parquet")
     assert annotated.height == pl.read_parquet(dest / "data/trajectories/steps.parquet").height
     assert set(annotated["annotator"]) == {"oracle"}
@@ -71,6 +80,7 @@ def test_repro_builds_then_noop_then_reruns_only_what_changed(repo):
     assert (dest / "data/models/sft/model.safetensors").exists()
     metrics = _run(dvc + ["metrics", "show"], dest, env)
     assert "parse_success" in metrics and "train_loss" in metrics
+    assert "steptool-cot" in metrics and "win_rate_vs_sft" in metrics
     assert train.height == 16 and set(train["level"]) == {"I1", "I2", "I3"}
     assert (dest / "data/models/base/model.safetensors").exists()
     lock = (dest / "dvc.lock").read_text()
@@ -82,7 +92,7 @@ def test_repro_builds_then_noop_then_reruns_only_what_changed(repo):
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["toolworld"]["seed"] = 99
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = _run(dvc + ["repro"], dest, env)
+    out = _run(dvc + ["repro", "annotate"], dest, env)  # (the rest of the chain is the same work again)
     assert "Running stage 'tasks'" in out and "Running stage 'base_model'" not in out
     assert "Running stage 'collect'" in out
     assert not pl.read_parquet(dest / "data/tasks/train.parquet")["query"].equals(train["query"])

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.agent.records import rollout_rows
-from pipeline.agent.rollout import run_cot, run_dfsdt, traj_id
+from pipeline.agent.rollout import run_cot, run_dfsdt_batch, traj_id
 from pipeline.schema import STEPS, TOKENS, TRAJECTORIES, write_table
 from pipeline.task import Task
 from pipeline.toolworld.judge import pass_score, rule_judge
@@ -58,10 +58,9 @@ def collect(tasks: list[Task], policy, renderer: ChatRenderer, make_env, out_dir
             rollouts = run_cot(chunk, policy, renderer, make_env, max_steps=max_steps, seed=seed, constrain_names=constrain_names,
                                tool_descriptions=tool_descriptions)
         elif strategy == "dfsdt":
-            rollouts = [run_dfsdt(t, k, policy, renderer, make_env, max_steps=max_steps, width=width,
-                                  constrain_names=constrain_names,
-                                  budget=budget, seed=seed, backtrack_on_error=backtrack_on_error,
-                                  tool_descriptions=tool_descriptions) for t, k in chunk]
+            rollouts = run_dfsdt_batch(chunk, policy, renderer, make_env, max_steps=max_steps, width=width,
+                                       constrain_names=constrain_names, budget=budget, seed=seed,
+                                       backtrack_on_error=backtrack_on_error, tool_descriptions=tool_descriptions)
         else:
             raise ValueError(f"strategy must be cot or dfsdt, got {strategy!r}")
         rows = {"trajectories": [], "steps": [], "tokens": []}

@@ -143,14 +143,59 @@ def run_cot(jobs: list[tuple[Task, int]], policy: Policy, renderer: ChatRenderer
     return [c.rollout for c in chains]
 
 
-def run_dfsdt(task: Task, sample_idx: int, policy: Policy, renderer: ChatRenderer, make_env, *,
-              max_steps: int = 8, width: int = 2, budget: int = 24, seed: int = 0, backtrack_on_error: bool = True,
-              tool_descriptions: dict | None = None, constrain_names: bool = False) -> Rollout:
-    """Depth-first search over sampled actions. From a node, `width` children are sampled in one batch and
-    tried in order; a child that gives up, fails (when `backtrack_on_error`) or reaches `max_steps` without
-    an answer is a dead end, and the search backtracks to the next sibling, then to the parent's next sibling.
-    At most `budget` actions are generated. The kept trajectory is the first path that gives an answer, else
-    the deepest path explored; `tree` records every node."""
+def run_dfsdt(task: Task, sample_idx: int, policy: Policy, renderer: ChatRenderer, make_env, **kw) -> Rollout:
+    """One DFSDT search (see `run_dfsdt_batch`)."""
+    return run_dfsdt_batch([(task, sample_idx)], policy, renderer, make_env, **kw)[0]
+
+
+def run_dfsdt_batch(jobs: list[tuple[Task, int]], policy: Policy, renderer: ChatRenderer, make_env, *,
+                    max_steps: int = 8, width: int = 2, budget: int = 24, seed: int = 0,
+                    backtrack_on_error: bool = True, tool_descriptions: dict | None = None,
+                    constrain_names: bool = False) -> list[Rollout]:
+    """Depth-first search over sampled actions, for many (task, sample_idx) jobs at once.
+
+    From a node, `width` children are sampled and tried in order; a child that gives up, fails (when
+    `backtrack_on_error`) or reaches `max_steps` without an answer is a dead end, and the search backtracks
+    to the next sibling, then to the parent's next sibling. At most `budget` actions are generated per job.
+    The kept trajectory is the first path that gives an answer, else the deepest path explored; `tree`
+    records every node. Each search is a generator that asks for its children's generations; the searches
+    advance together, so one forward pass serves the open nodes of every job (seeds are per row, so the
+    result is the same as searching one job at a time)."""
+    searches = [_dfsdt_search(t, k, policy, renderer, make_env, max_steps=max_steps, width=width, budget=budget,
+                              seed=seed, backtrack_on_error=backtrack_on_error, tool_descriptions=tool_descriptions,
+                              constrain_names=constrain_names) for t, k in jobs]
+    results: list[Rollout | None] = [None] * len(jobs)
+    pending: dict[int, tuple] = {}
+
+    def advance(i: int, sent) -> None:
+        try:
+            pending[i] = searches[i].send(sent)
+        except StopIteration as stop:
+            results[i] = stop.value
+            pending.pop(i, None)
+
+    for i in range(len(searches)):
+        advance(i, None)
+    while pending:
+        order = list(pending)
+        prompts, seeds, slots, spans = [], [], [], []
+        for i in order:
+            p, sd, sl = pending[i]
+            spans.append((len(prompts), len(p)))
+            prompts += p
+            seeds += sd
+            slots += sl
+        gens = _generate(policy, prompts, seeds, slots)
+        for i, (at, n) in zip(order, spans):
+            advance(i, gens[at:at + n])
+    return results  # type: ignore[return-value]
+
+
+def _dfsdt_search(task: Task, sample_idx: int, policy: Policy, renderer: ChatRenderer, make_env, *, max_steps: int,
+                  width: int, budget: int, seed: int, backtrack_on_error: bool, tool_descriptions: dict | None,
+                  constrain_names: bool):
+    """Generator: yields (prompts, seeds, slots) for the children of a node, receives their generations,
+    returns the kept Rollout."""
     root = _start(task, make_env(), renderer, policy, "dfsdt", sample_idx, seed, tool_descriptions, constrain_names)
     tree: list[dict] = []
     state = {"generated": 0, "best": root}
@@ -161,13 +206,13 @@ def run_dfsdt(task: Task, sample_idx: int, policy: Policy, renderer: ChatRendere
                      "action": step.generation.text, "observation": step.result.observation, "status": status})
         return len(tree) - 1
 
-    def expand(chain: _Chain, parent: int) -> _Chain | None:
+    def expand(chain: _Chain, parent: int):
         if state["generated"] >= budget:
             return None
         depth = len(chain.rollout.steps)
         n = min(width, budget - state["generated"])
         seeds = [step_seed(seed, task.task_id, sample_idx, depth, c) for c in range(n)]
-        gens = _generate(policy, [chain.ids] * n, seeds, [chain.slot] * n)
+        gens = yield [chain.ids] * n, seeds, [chain.slot] * n
         state["generated"] += n
         for gen in gens:
             child = _Chain(_copy_rollout(chain.rollout), chain.env.fork(), chain.ids, chain.known, chain.slot)
@@ -183,14 +228,14 @@ def run_dfsdt(task: Task, sample_idx: int, policy: Policy, renderer: ChatRendere
                              ("dead_end" if dead else "open"))
             if dead:
                 continue
-            found = expand(child, me)
+            found = yield from expand(child, me)
             if found is not None:
                 return found
             if state["generated"] >= budget:
                 return None
         return None
 
-    found = expand(root, -1)
+    found = yield from expand(root, -1)
     kept = (found or state["best"]).rollout
     kept.tree = tree
     kept.actions_generated = state["generated"]

@@ -178,18 +178,24 @@ class _RateLimiter:
         await asyncio.sleep(max(0.0, start - now))
 
 
-class OpenAIJudge:
+class JudgeClient:
+    """What every LLM judge shares: the AsyncOpenAI client, `concurrency` requests in flight, the rate limit,
+    tenacity retries on transport faults, the content-addressed cache and the counters."""
+
+    prompt_version = PROMPT_VERSION
+    desc = "judge"
+
     def __init__(self, cfg: JudgeConfig, cache: JudgeCache):
         self.cfg = cfg
         self.cache = cache
         self.stats = {"judge_calls": 0, "cache_hits": 0, "invalid_answers": 0, "transport_retries": 0,
                       "prompt_tokens": 0, "completion_tokens": 0, "failed_trajectories": 0}
 
-    def annotate(self, items: list[tuple[dict, list[dict], str]], progress: bool = True) -> list[TrajLabel]:
-        """`items`: (trajectory row, its step rows, query). Returns one label per item, in order."""
-        return asyncio.run(self._annotate(items, progress))
+    def run_all(self, items: list, one, progress: bool = True) -> list:
+        """`await one(client, item)` for every item, `concurrency` requests at a time; results in order."""
+        return asyncio.run(self._run_all(items, one, progress))
 
-    async def _annotate(self, items, progress):
+    async def _run_all(self, items, one, progress):
         from openai import AsyncOpenAI
         from tqdm import tqdm
 
@@ -197,19 +203,71 @@ class OpenAIJudge:
                              timeout=self.cfg.timeout_s, max_retries=0)  # retries are ours: counted and bounded
         self._sem = asyncio.Semaphore(self.cfg.concurrency)
         self._limiter = _RateLimiter(self.cfg.requests_per_minute)
-        bar = tqdm(total=len(items), desc="annotate", unit="traj", disable=not progress)
+        bar = tqdm(total=len(items), desc=self.desc, unit="traj", disable=not progress)
 
-        async def one(item):
-            label = await self._trajectory(client, *item)
+        async def each(item):
+            result = await one(client, item)
             bar.update(1)
             bar.set_postfix(calls=self.stats["judge_calls"], cached=self.stats["cache_hits"], refresh=False)
-            return label
+            return result
 
         try:
-            return await asyncio.gather(*(one(it) for it in items))
+            return await asyncio.gather(*(each(it) for it in items))
         finally:
             bar.close()
             await client.close()
+
+    async def ask(self, client, request: dict) -> tuple[dict | None, bool, str]:
+        """(body, cache hit, failure reason): the cached answer to `request`, or a paid call that is cached."""
+        key = request_key(self.cfg.model, self.prompt_version, request)
+        body = self.cache.get(key)
+        if body is not None:
+            self.stats["cache_hits"] += 1
+            return body, True, ""
+        try:
+            body = await self._call(client, request)
+        except Exception as e:  # retries exhausted: a reason, not a crash; not cached, so a rerun retries
+            return None, False, f"{type(e).__name__}: {str(e)[:120]}"
+        self.cache.put(key, self.cfg.model, self.prompt_version, request, body)
+        return body, False, ""
+
+    async def _call(self, client, request: dict) -> dict:
+        import openai
+        from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
+
+        def count(state):
+            self.stats["transport_retries"] += 1
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((openai.RateLimitError, openai.APIConnectionError, openai.APITimeoutError,
+                                           openai.InternalServerError)),
+            wait=wait_exponential(multiplier=0.1, max=10.0) + wait_random(0, 0.1),
+            stop=stop_after_attempt(self.cfg.max_retries), before_sleep=count, reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                await self._limiter.wait()
+                async with self._sem:
+                    # the raw body: it is what the cache keeps, and skipping the pydantic models saves ~1 ms a call
+                    raw = await client.chat.completions.with_raw_response.create(model=self.cfg.model, **request)
+        self.stats["judge_calls"] += 1
+        try:
+            body = json.loads(raw.text)
+        except json.JSONDecodeError:
+            body = {"unparsable_body": raw.text[:2000]}  # cached as is: parse_answer calls it invalid
+        usage = body.get("usage") or {}
+        self.stats["prompt_tokens"] += usage.get("prompt_tokens") or 0
+        self.stats["completion_tokens"] += usage.get("completion_tokens") or 0
+        return body
+
+
+class OpenAIJudge(JudgeClient):
+    """The step-grained judge of the annotate stage (see the module doc)."""
+
+    desc = "annotate"
+
+    def annotate(self, items: list[tuple[dict, list[dict], str]], progress: bool = True) -> list[TrajLabel]:
+        """`items`: (trajectory row, its step rows, query). Returns one label per item, in order."""
+        return self.run_all(items, lambda client, it: self._trajectory(client, *it), progress)
 
     async def _trajectory(self, client, traj: dict, steps: list[dict], query: str) -> TrajLabel:
         cfg = self.cfg
@@ -253,48 +311,13 @@ class OpenAIJudge:
             request = {"messages": messages, "tools": [TOOL],
                        "tool_choice": {"type": "function", "function": {"name": "evaluate_process_reward"}},
                        "temperature": self.cfg.temperature, "seed": vote * 1000 + attempt}
-            key = request_key(self.cfg.model, PROMPT_VERSION, request)
-            body = self.cache.get(key)
-            if body is not None:
-                hits += 1
-                self.stats["cache_hits"] += 1
-            else:
-                try:
-                    body = await self._call(client, request)
-                except Exception as e:  # retries exhausted: a reason, not a crash; not cached, so a rerun retries
-                    return None, hits, f"vote {vote}: {type(e).__name__}: {str(e)[:120]}"
-                self.cache.put(key, self.cfg.model, PROMPT_VERSION, request, body)
+            body, hit, failure = await self.ask(client, request)
+            hits += hit
+            if failure:
+                return None, hits, f"vote {vote}: {failure}"
             try:
                 return parse_answer(body, n_steps), hits, ""
             except InvalidAnswer as e:
                 self.stats["invalid_answers"] += 1
                 reasons.append(str(e))
         return None, hits, f"vote {vote}: invalid answers after {self.cfg.max_invalid_retries + 1} tries: " + " | ".join(reasons)
-
-    async def _call(self, client, request: dict) -> dict:
-        import openai
-        from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
-
-        def count(state):
-            self.stats["transport_retries"] += 1
-
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type((openai.RateLimitError, openai.APIConnectionError, openai.APITimeoutError,
-                                           openai.InternalServerError)),
-            wait=wait_exponential(multiplier=0.1, max=10.0) + wait_random(0, 0.1),
-            stop=stop_after_attempt(self.cfg.max_retries), before_sleep=count, reraise=True)
-        async for attempt in retrying:
-            with attempt:
-                await self._limiter.wait()
-                async with self._sem:
-                    # the raw body: it is what the cache keeps, and skipping the pydantic models saves ~1 ms a call
-                    raw = await client.chat.completions.with_raw_response.create(model=self.cfg.model, **request)
-        self.stats["judge_calls"] += 1
-        try:
-            body = json.loads(raw.text)
-        except json.JSONDecodeError:
-            body = {"unparsable_body": raw.text[:2000]}  # cached as is: parse_answer calls it invalid
-        usage = body.get("usage") or {}
-        self.stats["prompt_tokens"] += usage.get("prompt_tokens") or 0
-        self.stats["completion_tokens"] += usage.get("completion_tokens") or 0
-        return body

@@ -38,12 +38,31 @@ class Faults:
     seed: int = 0
 
 
+def called_function(request: dict) -> str:
+    """The function the client forces with tool_choice (the annotate judge's by default)."""
+    choice = request.get("tool_choice")
+    if isinstance(choice, dict):
+        return (choice.get("function") or {}).get("name") or "evaluate_process_reward"
+    return "evaluate_process_reward"
+
+
 def default_answer(request: dict) -> dict:
-    """A plausible judgement of the trajectory in `request` (the user message the annotator built)."""
+    """A plausible judgement of the request, by the function it forces:
+    - evaluate_process_reward (annotate): the SuccCalling rule on each step's response, contribution 3 for a
+      good call, Solved when there is an answer;
+    - check_answer_status (pass rate, answer only): Solved when the answer holds a number, Unsure when it is
+      a sentence without one, else Unsolved;
+    - parse_answer_status (pass rate, whole trajectory): Solved when some call succeeded, else Unsolved."""
     user = request["messages"][-1]["content"]
-    steps = _STEP.findall(user)
-    sc = [succ_calling(name, True, resp)[0] or 0 for name, resp in steps]
     final = user.rsplit("\nFinal answer:\n", 1)[-1]
+    name = called_function(request)
+    if name == "check_answer_status":
+        status = "Solved" if re.search(r"\d", final) else "Unsure" if len(final.split()) >= 3 else "Unsolved"
+        return {"answer_status": status, "reason": "test judge: answer only"}
+    steps = _STEP.findall(user)
+    sc = [succ_calling(fn, True, resp)[0] or 0 for fn, resp in steps]
+    if name == "parse_answer_status":
+        return {"answer_status": "Solved" if any(sc) else "Unsolved", "reason": "test judge: from the responses"}
     status = "Unsolved" if final.startswith("(the agent") else "Solved"
     return {"succeed_tool_calling": sc, "contribution_to_final_answer": [3 if x else 0 for x in sc],
             "final_answer_status": status}
@@ -115,7 +134,7 @@ class JudgeServer:
                     send_json(self, 400, {"error": {"message": f"bad request: {e}", "type": "invalid_request"}})
                     return
                 fault = outer._content_fault(raw)
-                if fault == "wrong_length":
+                if fault == "wrong_length" and "contribution_to_final_answer" in args:
                     args = dict(args, contribution_to_final_answer=list(args["contribution_to_final_answer"]) + [5])
                 text = json.dumps(args)
                 if fault == "malformed":
@@ -127,7 +146,7 @@ class JudgeServer:
                     "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
                         "role": "assistant", "content": None,
                         "tool_calls": [{"id": "call_0", "type": "function",
-                                        "function": {"name": "evaluate_process_reward", "arguments": text}}]}}],
+                                        "function": {"name": called_function(req), "arguments": text}}]}}],
                     "usage": {"prompt_tokens": len(raw) // 4, "completion_tokens": len(text) // 4,
                               "total_tokens": len(raw) // 4 + len(text) // 4}})
 

@@ -68,12 +68,130 @@ def answer_status(value: str) -> str:
     return s
 
 
-def load_json_records(path: str | Path) -> dict:
+def load_json(path: str | Path, kind: type, what: str):
+    """The JSON value of `path`, which must be a `kind`; SchemaError naming the file otherwise."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise SchemaError(f"{path}: cannot read JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise SchemaError(f"{path}: expected an object keyed by query id, got {type(data).__name__}")
+    if not isinstance(data, kind):
+        raise SchemaError(f"{path}: expected {what}, got {type(data).__name__}")
     return data
+
+
+def load_json_records(path: str | Path) -> dict:
+    return load_json(path, dict, "an object keyed by query id")
+
+
+# --- solvable queries -------------------------------------------------------------------------------
+
+def subset_level(subset: str) -> str:
+    """'G1_instruction' -> 'I1' (the paper's groups)."""
+    m = re.match(r"^G([123])_", subset)
+    if not m:
+        raise SchemaError(f"subset {subset!r}: expected a name like G1_instruction, G2_category or G3_instruction")
+    return f"I{m.group(1)}"
+
+
+def load_solvable_queries(path: str | Path, max_tasks: int = 0):
+    """Tasks of one `solvable_queries/test_instruction/<subset>.json` file (no gold: judge with openai)."""
+    from pipeline.task import Task
+
+    path = Path(path)
+    data = load_json(path, list, "a list of query records")
+    level = subset_level(path.stem)
+    tasks = []
+    for i, rec in enumerate(data[:max_tasks or None]):
+        for key in ("query_id", "query", "api_list"):
+            if not isinstance(rec, dict) or key not in rec:
+                raise SchemaError(f"{path}: record {i} lacks field '{key}'")
+        for j, doc in enumerate(rec["api_list"]):
+            missing = [k for k in ("category_name", "tool_name", "api_name") if k not in doc]
+            if missing:
+                raise SchemaError(f"{path}: record {i} (query {rec['query_id']}) api_list[{j}] lacks {missing}")
+        tasks.append(Task(task_id=str(rec["query_id"]), split="test", level=level, query=rec["query"],
+                          api_list=rec["api_list"], source=f"stabletoolbench:{path.stem}",
+                          tools=sorted({d["tool_name"] for d in rec["api_list"]})))
+    return tasks
+
+
+# --- converted answers (what StableToolBench's evaluator reads) --------------------------------------
+
+def _finish_arguments(finish_type: str, final_answer: str | None) -> str:
+    if finish_type == "give_answer":
+        return json.dumps({"return_type": "give_answer", "final_answer": final_answer or ""}, ensure_ascii=False)
+    if finish_type == "give_up":
+        return json.dumps({"return_type": "give_up_and_restart"})
+    return ""
+
+
+def converted_answer(task, trajectory: dict, steps: list[dict], method: str | None = None) -> dict:
+    """One query's record in StableToolBench's converted-answer format: `query`, `available_tools` (the
+    function specs the agent saw, Finish included) and `answer` with `method`, `total_steps`, `final_answer`
+    (Finish's arguments as JSON text, "" without Finish) and `answer_details`, the chain
+    system -> user -> one `tool` node per action ({name, arguments, response}) nested through `next`."""
+    from pipeline.apidoc import function_specs
+
+    method = method or ("DFS_woFilter_w2" if trajectory.get("strategy") == "dfsdt" else "CoT@1")
+    nodes = [{"role": "system", "message": "", "next": []}, {"role": "user", "message": "", "next": []}]
+    for s in sorted(steps, key=lambda s: s["step_idx"]):
+        name = s.get("api_name") or "(unparsed action)"
+        if s.get("is_finish"):
+            node = {"name": "Finish", "arguments": s.get("arguments_json") or "", "response": ""}
+        else:
+            node = {"name": name, "arguments": s.get("arguments_json") or "", "response": s.get("observation") or ""}
+        nodes.append({"role": "tool", "message": node, "next": []})
+    for parent, child in zip(nodes, nodes[1:]):
+        parent["next"].append(child)
+    return {"query": task.query,
+            "available_tools": [{"type": "function", "function": f} for f in function_specs(task.api_list)],
+            "answer": {"method": method, "total_steps": len(nodes),
+                       "final_answer": _finish_arguments(trajectory.get("finish_type") or "none",
+                                                         trajectory.get("final_answer")),
+                       "answer_details": [nodes[0]]}}
+
+
+def converted_answers(tasks: dict, trajectories: list[dict], steps: list[dict]) -> dict:
+    """`{query_id: record}` for every trajectory (the first sample of a task when there are several)."""
+    by: dict[str, list[dict]] = {}
+    for s in steps:
+        by.setdefault(s["traj_id"], []).append(s)
+    out: dict = {}
+    for t in sorted(trajectories, key=lambda t: t.get("sample_idx") or 0):
+        if t["task_id"] not in out:
+            out[t["task_id"]] = converted_answer(tasks[t["task_id"]], t, by.get(t["traj_id"], []))
+    return out
+
+
+def read_converted_answers(path: str | Path) -> dict[str, dict]:
+    """`{query_id: {query, method, final_answer, finish_type, steps: [{name, arguments, response}]}}` from a
+    converted-answer file; the chain is followed through its first `next` at every node."""
+    records = load_json_records(path)
+    out = {}
+    for qid, rec in records.items():
+        try:
+            ans = rec["answer"]
+            node = ans["answer_details"][0]
+        except (KeyError, IndexError, TypeError):
+            raise SchemaError(f"{path}: query {qid}: needs answer.answer_details[0]") from None
+        steps = []
+        while node is not None:
+            if node.get("role") == "tool":
+                m = node.get("message")
+                if not isinstance(m, dict) or "name" not in m:
+                    raise SchemaError(f"{path}: query {qid}: a tool node's message needs a 'name'")
+                steps.append({"name": m["name"], "arguments": m.get("arguments", ""), "response": m.get("response", "")})
+            nxt = node.get("next") or []
+            node = nxt[0] if nxt else None
+        finish = {}
+        if ans.get("final_answer"):
+            try:
+                finish = json.loads(ans["final_answer"], strict=False)
+            except json.JSONDecodeError:
+                finish = {}
+        rtype = finish.get("return_type") if isinstance(finish, dict) else None
+        out[str(qid)] = {"query": rec.get("query", ""), "method": ans.get("method", ""), "steps": steps,
+                         "final_answer": finish.get("final_answer", "") if isinstance(finish, dict) else "",
+                         "finish_type": {"give_answer": "give_answer", "give_up_and_restart": "give_up"}.get(rtype, "none")}
+    return out

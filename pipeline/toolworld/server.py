@@ -1,4 +1,5 @@
-"""`steptool serve-tools`: ToolWorld behind StableToolBench's HTTP contract, on 127.0.0.1.
+"""`steptool serve-tools`: ToolWorld (or a replay cache: any object with `call`, `fingerprint`, `apis`) behind
+StableToolBench's HTTP contract, on 127.0.0.1.
 
 POST /virtual  {category, tool_name, api_name, tool_input (JSON text or object), strip, toolbench_key}
                -> {"error": str, "response": ...}; optional extra fields `episode`, `attempt`.
@@ -22,7 +23,7 @@ REQUIRED = ("category", "tool_name", "api_name", "tool_input")
 MAX_BODY = 1 << 20
 
 
-def _handler(world: ToolWorld) -> type[BaseHTTPRequestHandler]:
+def _handler(world) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "steptool-toolworld/1"
 
@@ -72,7 +73,7 @@ def _handler(world: ToolWorld) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def make_server(world: ToolWorld, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
+def make_server(world, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
     """Bind the server (port 0 picks a free one). Raises SteptoolError if the port is taken."""
     try:
         server = BusyHTTPServer((host, port), _handler(world))

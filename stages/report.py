@@ -1,0 +1,178 @@
+"""Stage `report`: reports/results.md (the paper-style tables), figures, and DVC metrics and plots.
+
+Reads every data/eval/<model>-<strategy>/results.parquet of the models and strategies in `evaluate`, and
+the training logs data/plots/train/<variant>.json. Writes
+- reports/results.md: pass rate per level and average (mean +- std over samples and judging runs) for
+  every model x strategy, tool-invocation success, average steps, give-up rate and win rate against
+  `evaluate.reference_model`; the ablation table of the training variants; the protocol used;
+- reports/figures/{pass_rate,win_rate,training}.png;
+- reports/metrics.json (`dvc metrics show`), reports/pass_rate.csv and reports/win_rate.csv (`dvc plots show`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.config import Params
+from pipeline.evaluate.results import summarize, win_rate
+from pipeline.fsutil import atomic_path, write_json
+from pipeline.schema import EVAL_RESULTS, read_table
+
+EVAL = Path("data/eval")
+TRAIN_LOGS = Path("data/plots/train")
+TRAIN_METRICS = Path("data/metrics/train")
+OUT = Path("reports")
+LEVELS = ("I1", "I2", "I3")
+
+
+def _pm(cell: dict | None) -> str:
+    if not cell or cell.get("mean") is None:
+        return "–"
+    return f"{cell['mean']:.1f} ± {cell['std']:.1f}"
+
+
+def load_results(root: Path, params: Params) -> dict[tuple[str, str], list[dict]]:
+    e = params.evaluate
+    return {(m, s): read_table(root / EVAL / f"{m}-{s}" / "results.parquet", EVAL_RESULTS).to_pylist()
+            for m in e.models for s in e.strategies}
+
+
+def build(results: dict[tuple[str, str], list[dict]], reference: str, variants: list[str],
+          train_logs: dict[str, list[dict]]) -> tuple[dict, list[str]]:
+    """(metrics, markdown lines) from the results of every model x strategy."""
+    metrics: dict = {}
+    for (m, s), rows in results.items():
+        summary = summarize(rows)
+        ref_rows = results.get((reference, s))
+        summary["win_rate_vs_" + reference] = win_rate(rows, ref_rows) if ref_rows is not None and m != reference else None
+        metrics[f"{m}-{s}"] = summary
+    any_rows = next(iter(results.values()), [])
+    first = metrics[next(iter(metrics))] if metrics else {}
+    per_level = ", ".join(f"{lv} {sum(r['level'] == lv for r in any_rows if r['sample_idx'] == 0)}" for lv in LEVELS)
+    md = ["# StepTool results", "",
+          f"Test split: {first.get('tasks', 0)} tasks ({per_level}), "
+          f"{first.get('samples', 0)} sample(s) per task, judge `{any_rows[0]['judge'] if any_rows else '?'}` "
+          f"with {first.get('judge_runs', 0)} judging run(s). Pass rate in % (Solved = 1, Unsure = 0.5), "
+          "mean ± std over samples × judging runs; Average is the mean of the levels, as in the paper. Every test "
+          "task counts: an answer never given is Unsolved.", "",
+          "## Main table", "",
+          f"| model | strategy | I1 | I2 | I3 | Average | tool success | avg steps | give-up | win / tie / loss vs {reference} |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, s in metrics.items():
+        m, strat = key.rsplit("-", 1)
+        pr = s["pass_rate"]
+        wr = s[f"win_rate_vs_{reference}"]
+        wtl = f"{wr['win']:.0%} / {wr['tie']:.0%} / {wr['loss']:.0%}" if wr and wr["tasks"] else "–"
+        ts = f"{s['tool_success_rate']:.1%}" if s["tool_success_rate"] is not None else "–"
+        md.append(f"| {m} | {strat} | {_pm(pr.get('I1'))} | {_pm(pr.get('I2'))} | {_pm(pr.get('I3'))} | "
+                  f"**{_pm(pr['average'])}** | {ts} | {s['avg_steps']:.2f} | {s['give_up_rate']:.0%} | {wtl} |")
+    abl = [k for k in metrics if k.rsplit("-", 1)[0] in variants]
+    if abl:
+        md += ["", "## Ablation (training variants)", "",
+               "steptool: step rewards and step-level GAE; no_step_reward: outcome reward only; no_step_opt: no "
+               "credit across steps; ppo_outcome: classic PPO with token-level GAE on the outcome.", "",
+               "| variant | strategy | Average pass rate | Δ vs " + reference + " | final KL to ref | mean reward |",
+               "|---|---|---|---|---|---|"]
+        for k in abl:
+            v, strat = k.rsplit("-", 1)
+            ref = metrics.get(f"{reference}-{strat}")
+            delta = metrics[k]["pass_rate"]["average"]["mean"] - ref["pass_rate"]["average"]["mean"] if ref else None
+            log = train_logs.get(v) or []
+            kl = log[-1].get("kl_ref") if log else None
+            rew = sum(h.get("reward_mean", 0.0) for h in log) / len(log) if log else None
+            md.append(f"| {v} | {strat} | {_pm(metrics[k]['pass_rate']['average'])} | "
+                      f"{'–' if delta is None else f'{delta:+.1f}'} | {'–' if kl is None else f'{kl:.4f}'} | "
+                      f"{'–' if rew is None else f'{rew:.3f}'} |")
+    md += ["", "## Figures", "", "![pass rate](figures/pass_rate.png)", "", "![win rate](figures/win_rate.png)", ""]
+    if train_logs:
+        md += ["![training](figures/training.png)", ""]
+    return metrics, md
+
+
+def figures(metrics: dict, reference: str, train_logs: dict[str, list[dict]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    keys = list(metrics)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys)), 4))
+    width = 0.2
+    for i, lv in enumerate((*LEVELS, "average")):
+        ys = [metrics[k]["pass_rate"].get(lv, {}).get("mean") or 0.0 for k in keys]
+        es = [metrics[k]["pass_rate"].get(lv, {}).get("std") or 0.0 for k in keys]
+        ax.bar([j + (i - 1.5) * width for j in range(len(keys))], ys, width, yerr=es, capsize=2, label=lv)
+    ax.set_xticks(range(len(keys)), keys, rotation=30, ha="right")
+    ax.set_ylabel("pass rate (%)")
+    ax.legend(ncol=4, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "pass_rate.png", dpi=110)
+    plt.close(fig)
+
+    wr = [(k, metrics[k][f"win_rate_vs_{reference}"]) for k in keys if metrics[k][f"win_rate_vs_{reference}"]]
+    fig, ax = plt.subplots(figsize=(7, max(2.5, 0.4 * len(wr) + 1)))
+    left = [0.0] * len(wr)
+    for part, color in (("win", "tab:green"), ("tie", "tab:gray"), ("loss", "tab:red")):
+        vals = [(w[part] or 0.0) * 100 for _, w in wr]
+        ax.barh([k for k, _ in wr], vals, left=left, color=color, label=part)
+        left = [a + b for a, b in zip(left, vals)]
+    ax.set_xlabel(f"% of tasks vs {reference}")
+    ax.set_xlim(0, 100)
+    ax.legend(ncol=3, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "win_rate.png", dpi=110)
+    plt.close(fig)
+
+    if train_logs:
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+        for v, log in train_logs.items():
+            for ax, k in zip(axes, ("reward_mean", "kl_ref", "approx_kl")):
+                pts = [(h["step"], h[k]) for h in log if k in h and h[k] == h[k]]
+                if pts:
+                    ax.plot(*zip(*pts), label=v, marker=".")
+                ax.set_title(k)
+                ax.set_xlabel("optimizer step")
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "training.png", dpi=110)
+        plt.close(fig)
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(",".join(str(c) for c in r) for r in [header, *rows]) + "\n")
+
+
+def run(params: Params, root: Path = Path(".")) -> str:
+    e = params.evaluate
+    results = load_results(root, params)
+    train_logs = {}
+    for v in params.variants:
+        f = root / TRAIN_LOGS / f"{v}.json"
+        if f.exists():
+            train_logs[v] = json.loads(f.read_text())
+    metrics, md = build(results, e.reference_model, list(params.variants), train_logs)
+    out = root / OUT
+    figures(metrics, e.reference_model, train_logs, out / "figures")
+    with atomic_path(out / "results.md") as tmp:
+        tmp.write_text("\n".join(md) + "\n", encoding="utf-8")
+    write_json(out / "metrics.json", metrics)
+    _write_csv(out / "pass_rate.csv", ["run", "pass_rate", "std"],
+               [[k, m["pass_rate"]["average"]["mean"], m["pass_rate"]["average"]["std"]] for k, m in metrics.items()])
+    ref = f"win_rate_vs_{e.reference_model}"
+    _write_csv(out / "win_rate.csv", ["run", "win", "tie", "loss"],
+               [[k, m[ref]["win"], m[ref]["tie"], m[ref]["loss"]] for k, m in metrics.items() if m[ref]])
+    best = max(metrics.items(), key=lambda kv: kv[1]["pass_rate"]["average"]["mean"] or 0.0)
+    return (f"report: {len(metrics)} model x strategy runs; best {best[0]} at "
+            f"{best[1]['pass_rate']['average']['mean']:.1f} -> {out / 'results.md'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.cli import run_stage
+
+    return run_stage("report", __doc__, run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

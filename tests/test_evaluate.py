@@ -1,0 +1,224 @@
+"""Evaluation: pass-rate and win-rate math by hand, then the evaluate and report stages on a tiny model."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import polars as pl
+import pytest
+import yaml
+
+from pipeline.config import load_params
+from pipeline.evaluate.results import compare_round, result_rows, summarize, win_rate
+from pipeline.task import Task
+
+
+def _row(task, level, sample, statuses, facts=None, calls=1, ok=1, finish="give_answer", steps=2):
+    return {"task_id": task, "level": level, "sample_idx": sample, "statuses": statuses, "n_calls": calls,
+            "n_calls_ok": ok, "facts_stated": facts, "finish_type": finish, "n_steps": steps, "actions_generated": steps}
+
+
+def test_summary_pass_rate_per_level_over_samples_and_runs():
+    rows = [
+        # I1, 2 tasks x 2 samples. Sample 0: S, U -> 75 %; sample 1: S, X -> 50 %  => mean 62.5, pop. std 12.5
+        _row("a", "I1", 0, ["Solved"]), _row("b", "I1", 0, ["Unsure"]),
+        _row("a", "I1", 1, ["Solved"]), _row("b", "I1", 1, ["Unsolved"], finish="give_up", calls=2, ok=0),
+        # I2, 1 task x 2 samples: X then S => 0, 100 => mean 50, std 50
+        _row("c", "I2", 0, ["Unsolved"], finish="none", steps=4), _row("c", "I2", 1, ["Solved"]),
+    ]
+    s = summarize(rows)
+    assert s["pass_rate"]["I1"] == {"mean": 62.5, "std": 12.5, "n": 2}
+    assert s["pass_rate"]["I2"] == {"mean": 50.0, "std": 50.0, "n": 2}
+    assert s["pass_rate"]["average"] == {"mean": 56.25, "std": 31.25}  # mean of the levels, as the paper
+    assert s["tasks"] == 3 and s["samples"] == 2
+    assert s["tool_success_rate"] == pytest.approx(5 / 7, abs=1e-4)  # 7 calls, 5 succeeded
+    assert s["give_up_rate"] == pytest.approx(1 / 6, abs=1e-4) and s["no_finish_rate"] == pytest.approx(1 / 6, abs=1e-4)
+    assert s["avg_steps"] == pytest.approx(14 / 6, abs=1e-3)
+    assert s["solved_rate"] == pytest.approx(3 / 6, abs=1e-4)
+
+
+def test_judging_runs_are_a_second_axis_of_the_std():
+    rows = [_row("a", "I1", 0, ["Solved", "Unsure", "Unsolved"])]
+    s = summarize(rows)
+    assert s["pass_rate"]["I1"]["mean"] == 50.0
+    assert s["pass_rate"]["I1"]["std"] == pytest.approx(40.825, abs=1e-3)  # pstdev(100, 50, 0)
+    assert s["judge_runs"] == 3
+
+
+def test_compare_round_orders_status_then_facts_then_cost():
+    ref = _row("a", "I1", 0, ["Unsure"], facts=1, calls=2)
+    assert compare_round(_row("a", "I1", 0, ["Solved"], facts=2, calls=9), ref, 0) == 1  # status first
+    assert compare_round(_row("a", "I1", 0, ["Unsolved"], facts=0, calls=0), ref, 0) == -1
+    assert compare_round(_row("a", "I1", 0, ["Unsure"], facts=2, calls=5), _row("a", "I1", 0, ["Unsure"], facts=1, calls=2), 0) == 1
+    assert compare_round(_row("a", "I1", 0, ["Unsure"], facts=1, calls=1), ref, 0) == 1  # cheaper
+    assert compare_round(_row("a", "I1", 0, ["Unsure"], facts=1, calls=2), ref, 0) == 0
+    # two failures are a tie whatever they cost
+    fail = _row("a", "I1", 0, ["Unsolved"], facts=0, calls=1)
+    assert compare_round(fail, _row("a", "I1", 0, ["Unsolved"], facts=0, calls=4), 0) == 0
+
+
+def test_win_rate_counts_ties_on_their_own_and_needs_a_majority_of_rounds():
+    ref = [_row("a", "I1", 0, ["Unsure", "Unsure", "Unsure"], facts=1),
+           _row("b", "I1", 0, ["Solved", "Solved", "Solved"], facts=2),
+           _row("c", "I1", 0, ["Unsolved"] * 3, facts=0)]
+    cand = [_row("a", "I1", 0, ["Solved", "Unsure", "Unsolved"], facts=1),  # +1, 0, -1: tie
+            _row("b", "I1", 0, ["Solved", "Unsure", "Solved"], facts=2),  # 0, -1, 0: loss
+            _row("c", "I1", 0, ["Unsure", "Unsure", "Unsolved"], facts=1),  # more facts in every round: win
+            _row("z", "I1", 0, ["Solved"] * 3, facts=1)]  # the reference never played z: not counted
+    assert win_rate(cand, ref) == {"tasks": 3, "win": round(1 / 3, 4), "tie": round(1 / 3, 4), "loss": round(1 / 3, 4)}
+
+
+def test_result_rows_use_the_rule_judge_and_the_succ_calling_rule():
+    task = Task("t1", "test", "I2", "q", [], gold_calls=[], gold_facts=["42", "Paris"])
+    trajs = [{"traj_id": "x", "task_id": "t1", "sample_idx": 0, "finish_type": "give_answer",
+              "final_answer": "It is 42.", "n_steps": 3, "actions_generated": 3}]
+    steps = [
+        {"traj_id": "x", "api_name": "f", "parse_ok": True, "is_finish": False, "env_status": "ok",
+         "observation": json.dumps({"error": "", "response": {"v": 42}})},
+        {"traj_id": "x", "api_name": "g", "parse_ok": True, "is_finish": False, "env_status": "ok",
+         "observation": json.dumps({"error": "Rate limit exceeded", "response": ""})},
+        {"traj_id": "x", "api_name": "Finish", "parse_ok": True, "is_finish": True, "env_status": "finish",
+         "observation": ""},
+    ]
+    (row,) = result_rows("sft", "cot", trajs, steps, {"t1": task})
+    assert row["statuses"] == ["Unsure"] and row["pass_score"] == 0.5  # one fact of two
+    assert (row["n_calls"], row["n_calls_ok"], row["facts_stated"], row["n_facts"]) == (2, 1, 1, 2)
+    (row,) = result_rows("sft", "cot", trajs, steps, {"t1": task}, statuses={"x": ["Solved", "Unsure"]})
+    assert row["judge"] == "openai" and row["pass_score"] == 0.75
+
+
+@pytest.fixture()
+def eval_root(tmp_path, tiny_model_dir):
+    """A repo root with tasks and two tiny checkpoints, and params for a quick evaluation."""
+    from stages import tasks as tasks_stage
+    from tests.conftest import REPO
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["tasks"].update(train={"I1": 2, "I2": 1, "I3": 1}, test={"I1": 3, "I2": 2, "I3": 2})
+    raw["agent"].update(max_steps=2, max_new_tokens=8, dfsdt_budget=3)
+    raw["evaluate"].update(models=["sft", "steptool"], tasks_per_level=1)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = load_params(tmp_path / "params.yaml")
+    tasks_stage.run(params, tmp_path)
+    for name in ("sft", "steptool"):
+        shutil.copytree(tiny_model_dir, tmp_path / "data/models" / name)
+    return tmp_path, params
+
+
+def test_evaluate_then_report(eval_root):
+    from stages import evaluate, report
+
+    root, params = eval_root
+    for model in ("sft", "steptool"):
+        for strategy in ("cot", "dfsdt"):
+            msg = evaluate.run(params, root, model, strategy)
+            assert msg.startswith(f"evaluate {model} {strategy}: 3 tasks")
+    res = pl.read_parquet(root / "data/eval/sft-dfsdt/results.parquet")
+    assert res.height == 3 and sorted(res["level"]) == ["I1", "I2", "I3"]
+    assert (res["actions_generated"] >= res["n_steps"]).all()
+    metrics = json.loads((root / "data/metrics/eval/steptool-cot.json").read_text())
+    assert set(metrics["pass_rate"]) == {"I1", "I2", "I3", "average"} and metrics["judge"] == "rule"
+
+    msg = report.run(params, root)
+    assert msg.startswith("report: 4 model x strategy runs")
+    md = (root / "reports/results.md").read_text()
+    for line in ("| sft | cot |", "| sft | dfsdt |", "| steptool | cot |", "| steptool | dfsdt |"):
+        assert line in md
+    assert "## Ablation" in md and "| steptool | cot |" in md.split("## Ablation")[1]
+    for fig in ("pass_rate.png", "win_rate.png"):
+        assert (root / "reports/figures" / fig).read_bytes()[:4] == b"\x89PNG"
+    m = json.loads((root / "reports/metrics.json").read_text())
+    assert m["sft-cot"]["win_rate_vs_sft"] is None and m["steptool-cot"]["win_rate_vs_sft"]["tasks"] == 3
+    assert (root / "reports/win_rate.csv").read_text().startswith("run,win,tie,loss\nsteptool-cot,")
+
+
+def test_evaluate_names_a_missing_checkpoint(eval_root):
+    from pipeline.errors import SteptoolError
+    from stages import evaluate
+
+    root, params = eval_root
+    shutil.rmtree(root / "data/models/steptool")
+    with pytest.raises(SteptoolError, match="data/models/steptool: not a checkpoint"):
+        evaluate.run(params, root, "steptool", "cot")
+
+
+def test_tasks_per_level_takes_the_first_of_each_level(eval_root):
+    from stages.evaluate import eval_tasks
+
+    root, _ = eval_root
+    picked = eval_tasks(root, 2)
+    assert [t.level for t in picked].count("I1") == 2 and [t.level for t in picked].count("I3") == 2
+    assert len(eval_tasks(root, 0)) == 7
+
+
+def _judge_params(tmp_path, url, n_judgings=3):
+    from tests.conftest import REPO
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["annotate"].update(base_url=url, cache_path=str(tmp_path / "judge.sqlite"), max_retries=8)
+    raw["evaluate"].update(judge="openai", n_judgings=n_judgings)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    return load_params(tmp_path / "params.yaml")
+
+
+def test_openai_pass_rate_judge_follows_the_protocol(tmp_path, monkeypatch):
+    """No answer -> Unsolved with no call; check_answer_status first; parse_answer_status only on Unsure;
+    faults retried; a rerun is free; the key is sent but never written."""
+    from pipeline.annotate.judge_server import Faults, JudgeServer
+    from pipeline.evaluate.judge import judge_answers
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-eval-test-91")
+    task = Task("t", "test", "I1", "How tall is the tower?", [], gold_calls=[], gold_facts=["300"])
+    ok = json.dumps({"error": "", "response": {"height_m": 300}})
+    bad = json.dumps({"error": "Rate limit exceeded", "response": ""})
+    trajs = [
+        {"traj_id": "num", "task_id": "t", "finish_type": "give_answer", "final_answer": "It is 300 m tall."},
+        {"traj_id": "words-ok", "task_id": "t", "finish_type": "give_answer", "final_answer": "It is rather tall."},
+        {"traj_id": "words-bad", "task_id": "t", "finish_type": "give_answer", "final_answer": "It is rather tall!"},
+        {"traj_id": "gave-up", "task_id": "t", "finish_type": "give_up", "final_answer": ""},
+        {"traj_id": "empty", "task_id": "t", "finish_type": "give_answer", "final_answer": "  "},
+    ]
+    def step(traj, i, obs):
+        return {"traj_id": traj, "step_idx": i, "api_name": "height_for_towers", "arguments_json": "{}",
+                "parse_ok": True, "is_finish": False, "env_status": "ok", "observation": obs}
+    steps = [step("words-ok", 0, bad), step("words-ok", 1, ok), step("words-bad", 0, bad), step("num", 0, ok)]
+    server = JudgeServer(Faults(p_429=0.2, p_500=0.1, p_malformed=0.1, seed=5))
+    try:
+        params = _judge_params(tmp_path, server.url)
+        statuses, stats = judge_answers(trajs, steps, {"t": task}, params, progress=False)
+        assert statuses["gave-up"] == statuses["empty"] == ["Unsolved"] * 3
+        assert stats["no_call_unsolved"] == 2
+        # a number in the answer: Solved from the answer alone; words: Unsure, then the trajectory decides
+        assert statuses["num"] == ["Solved"] * 3
+        assert statuses["words-ok"] == ["Solved"] * 3 and statuses["words-bad"] == ["Unsolved"] * 3
+        assert stats["second_calls"] == 6 and stats["failed_judgings"] == 0
+        assert stats["transport_retries"] > 0 and stats["invalid_answers"] > 0  # the faults did happen
+        calls = server.http_calls
+        again, stats2 = judge_answers(trajs, steps, {"t": task}, params, progress=False)
+        assert again == statuses and stats2["judge_calls"] == 0 and server.http_calls == calls
+        assert all(h == "Bearer sk-eval-test-91" for h in server.auth_headers)
+    finally:
+        server.close()
+    assert b"sk-eval-test-91" not in (tmp_path / "judge.sqlite").read_bytes()
+
+
+def test_evaluate_stage_with_the_openai_judge(eval_root, monkeypatch):
+    from pipeline.annotate.judge_server import JudgeServer
+    from stages import evaluate
+
+    root, _ = eval_root
+    server = JudgeServer()
+    try:
+        params = _judge_params(root, server.url, n_judgings=2)
+        raw = yaml.safe_load((root / "params.yaml").read_text())
+        raw["evaluate"].update(models=["sft", "steptool"], tasks_per_level=1)
+        raw["agent"].update(max_steps=2, max_new_tokens=8)
+        (root / "params.yaml").write_text(yaml.safe_dump(raw))
+        params = load_params(root / "params.yaml")
+        evaluate.run(params, root, "sft", "cot")
+    finally:
+        server.close()
+    res = pl.read_parquet(root / "data/eval/sft-cot/results.parquet")
+    assert set(res["judge"]) == {"openai"} and res["statuses"].list.len().to_list() == [2, 2, 2]
+    m = json.loads((root / "data/metrics/eval/sft-cot.json").read_text())
+    assert m["judge"] == "openai" and m["judge_runs"] == 2 and "judge_stats" in m
