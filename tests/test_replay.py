@@ -149,3 +149,23 @@ def test_agent_plays_real_queries_through_replay_and_exports(external, tmp_path,
     assert set(conv) == {"588", str(load_solvable_queries(queries, 2)[1].task_id)}
     raw = json.loads((out / "converted_answers.json").read_text())
     assert raw["588"]["available_tools"][-1]["function"]["name"] == "Finish"
+
+    # the same queries through the HTTP tool server serving the same recorded responses
+    server, url = serve_in_thread(ReplayCache.load(external / "steptool/pass_rate_results"))
+    try:
+        raw_params = yaml.safe_load(params.read_text())
+        raw_params["env"]["url"] = url
+        params.write_text(yaml.safe_dump(raw_params))
+        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "play", "--params", str(params), "--model",
+                               str(tiny_model_dir), "--queries", str(queries), "--env", "http", "--max-tasks", "2",
+                               "--out", str(tmp_path / "http")], capture_output=True, text=True, cwd=tmp_path,
+                              env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    over_http = read_converted_answers(tmp_path / "http/converted_answers.json")
+    assert set(over_http) == set(conv)
+    # greedy: the same first action (later ones read observations whose JSON text may be spelt differently)
+    for qid in conv:
+        assert over_http[qid]["steps"][0]["name"] == conv[qid]["steps"][0]["name"]
