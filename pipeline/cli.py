@@ -50,13 +50,18 @@ def _run(run: Callable, args: argparse.Namespace) -> int:
     return 0
 
 
-def run_stage(name: str, doc: str | None, run: Callable, argv: list[str] | None = None) -> int:
-    """Entry point of `python -m stages.<name>`: parse the common flags, run, turn errors into one line."""
+def run_stage(name: str, doc: str | None, run: Callable, argv: list[str] | None = None,
+              positional: tuple[tuple[str, dict], ...] = ()) -> int:
+    """Entry point of `python -m stages.<name>`: parse the common flags (and the stage's `positional`
+    arguments, given to `run` by name), run, turn errors into one line."""
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=doc)
+    for arg, kwargs in positional:
+        parser.add_argument(arg, **kwargs)
     _common(parser)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
-    return _guard(lambda: _run(run, args))
+    extra = {arg: getattr(args, arg) for arg, _ in positional}
+    return _guard(lambda: _run(lambda params, root: run(params, root, **extra), args))
 
 
 def _serve_tools(args: argparse.Namespace) -> int:

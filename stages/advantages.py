@@ -3,7 +3,6 @@ steps -> data/advantages/<variant>.parquet. The trainer reads the rewards from i
 advantages are there to look at (the trainer's step-level GAE with a value head replaces them)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -36,10 +35,8 @@ def run(params: Params, root: Path = Path("."), variant: str = "steptool") -> st
 def main(argv: list[str] | None = None) -> int:
     from pipeline.cli import run_stage
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    variant = argv.pop(0) if argv and not argv[0].startswith("-") else "steptool"
-    return run_stage("advantages", __doc__, lambda p, root=Path("."): run(p, root, variant), argv)
-
+    return run_stage("advantages", __doc__, run, argv, positional=(
+        ("variant", dict(nargs="?", default="steptool", choices=list(VARIANTS), help="training variant")),))
 
 if __name__ == "__main__":
     raise SystemExit(main())

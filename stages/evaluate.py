@@ -7,7 +7,6 @@ give-up rate). Resumable like collect: a killed run keeps its finished chunks.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from pipeline.config import Params
@@ -74,16 +73,11 @@ def run(params: Params, root: Path, model: str, strategy: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.cli import _common, _guard, _run, _setup_logging
+    from pipeline.cli import run_stage
 
-    parser = argparse.ArgumentParser(prog="python -m stages.evaluate", description=__doc__)
-    parser.add_argument("model", help="a name under data/models (base, sft, steptool, ...)")
-    parser.add_argument("strategy", choices=["cot", "dfsdt"])
-    _common(parser)
-    args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
-    return _guard(lambda: _run(lambda p, r: run(p, r, args.model, args.strategy), args))
-
+    return run_stage("evaluate", __doc__, run, argv, positional=(
+        ("model", dict(help="a name under data/models (base, sft, steptool, ...)")),
+        ("strategy", dict(choices=["cot", "dfsdt"]))))
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -113,10 +112,8 @@ def run(params: Params, root: Path = Path("."), variant: str = "steptool") -> st
 def main(argv: list[str] | None = None) -> int:
     from pipeline.cli import run_stage
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    variant = argv.pop(0) if argv and not argv[0].startswith("-") else "steptool"
-    return run_stage("train", __doc__, lambda p, root=Path("."): run(p, root, variant), argv)
-
+    return run_stage("train", __doc__, run, argv, positional=(
+        ("variant", dict(nargs="?", default="steptool", choices=list(VARIANTS), help="training variant")),))
 
 if __name__ == "__main__":
     raise SystemExit(main())
