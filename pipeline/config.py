@@ -36,6 +36,11 @@ class _Checked:
     def _fail(where: str, key: str, msg: str) -> typing.NoReturn:
         raise ConfigError(f"{where}.{key} {msg}")
 
+    def _at_least(self, where: str, minimum: int, *keys: str) -> None:
+        for key in keys:
+            if getattr(self, key) < minimum:
+                self._fail(where, key, f"must be >= {minimum}, got {getattr(self, key)}")
+
 
 @dataclass
 class ToolWorldConfig(_Checked):
@@ -156,9 +161,7 @@ class AgentConfig(_Checked):
     backtrack_on_error: bool = _help("DFSDT: treat a failed call as a dead end and backtrack.", True)
 
     def check(self, where: str) -> None:
-        for key in ("max_steps", "max_new_tokens", "batch_size", "dfsdt_width", "dfsdt_budget"):
-            if getattr(self, key) < 1:
-                self._fail(where, key, f"must be >= 1, got {getattr(self, key)}")
+        self._at_least(where, 1, "max_steps", "max_new_tokens", "batch_size", "dfsdt_width", "dfsdt_budget")
 
 
 @dataclass
@@ -235,12 +238,8 @@ class AnnotateConfig(_Checked):
         "heuristic: a call contributes when LCS(response, final answer) / len(response) reaches this.", 0.5)
 
     def check(self, where: str) -> None:
-        for key in ("n_votes", "concurrency", "max_retries", "max_prompt_tokens", "max_response_chars"):
-            if getattr(self, key) < 1:
-                self._fail(where, key, f"must be >= 1, got {getattr(self, key)}")
-        for key in ("requests_per_minute", "max_invalid_retries"):
-            if getattr(self, key) < 0:
-                self._fail(where, key, f"must be >= 0, got {getattr(self, key)}")
+        self._at_least(where, 1, "n_votes", "concurrency", "max_retries", "max_prompt_tokens", "max_response_chars")
+        self._at_least(where, 0, "requests_per_minute", "max_invalid_retries")
         if self.timeout_s <= 0:
             self._fail(where, "timeout_s", f"must be > 0, got {self.timeout_s}")
         if not 0 < self.heuristic_threshold <= 1:
@@ -290,9 +289,7 @@ class TrainConfig(_Checked):
     save_steps: int = _help("Checkpoint every this many optimizer steps (a killed run resumes from the last).", 20)
 
     def check(self, where: str) -> None:
-        for key in ("ppo_epochs", "batch_size", "grad_accum", "lora_r", "max_length", "save_steps"):
-            if getattr(self, key) < 1:
-                self._fail(where, key, f"must be >= 1, got {getattr(self, key)}")
+        self._at_least(where, 1, "ppo_epochs", "batch_size", "grad_accum", "lora_r", "max_length", "save_steps")
         for key in ("gamma", "lam"):
             if not 0 <= getattr(self, key) <= 1:
                 self._fail(where, key, f"must be in [0, 1], got {getattr(self, key)}")
@@ -323,11 +320,8 @@ class EvaluateConfig(_Checked):
                                  "sft")
 
     def check(self, where: str) -> None:
-        for key in ("samples", "n_judgings"):
-            if getattr(self, key) < 1:
-                self._fail(where, key, f"must be >= 1, got {getattr(self, key)}")
-        if self.tasks_per_level < 0:
-            self._fail(where, "tasks_per_level", f"must be >= 0, got {self.tasks_per_level}")
+        self._at_least(where, 1, "samples", "n_judgings")
+        self._at_least(where, 0, "tasks_per_level")
         if self.temperature < 0:
             self._fail(where, "temperature", f"must be >= 0, got {self.temperature}")
         if not self.models:
