@@ -1,8 +1,15 @@
 """Agent throughput on this machine, one run:
 
-1. batched vs unbatched generation on the same prompts (real task prompts, the pipeline's model):
-   generated tokens/s with batch_size=8 over batch_size=1 (target >= 3x on 2 CPU cores);
-2. end-to-end collection rate (trajectories/min, cot, the collect params) on a few train tasks.
+1. batched vs unbatched generation on the same prompts: tasks played (cot, greedy) with batch_size=8,
+   every call recorded, then the same calls given to a batch_size=1 policy; the ratio is generated
+   tokens/s batched over unbatched (target >= 3x on 2 CPU cores). Both use the prefix KV cache,
+   as the pipeline does: without it, re-running the whole context at every step (prefill, ~1x batched or
+   not on a CPU) dominates and hides what batching buys.
+2. what the prefix KV cache buys: the same calls, batched, without it.
+3. end-to-end collection rate (trajectories/min, cot, the collect params) on the same tasks.
+
+BENCH_PROMPTS (8), BENCH_STEPS (4) and BENCH_NEW_TOKENS (96) size it; BENCH_PRECISION (fp32|bf16) overrides
+the pipeline's 'auto' precision (bf16 on an AMX CPU).
 """
 from __future__ import annotations
 
@@ -15,7 +22,9 @@ import polars as pl
 
 from pipeline.agent.backends import HFPolicy, SamplingConfig
 from pipeline.agent.collect import collect
-from pipeline.agent.prompts import ChatRenderer, system_prompt, user_message
+from pipeline.agent.prompts import ChatRenderer
+from pipeline.agent.rollout import run_cot
+from pipeline.devices import resolve_precision
 from pipeline.envs import ToolWorldEnv
 from pipeline.task import Task
 from pipeline.toolworld.world import ToolWorld
@@ -28,34 +37,82 @@ def _model_dir() -> str:
     raise SystemExit("bench agent: run `make repro` (or dvc repro base_model) first: no model in data/models")
 
 
+class _Recording:
+    """Keeps every call (prompts, seeds, slots) so that another policy can be given exactly the same prompts."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.calls = inner, inner.name, []
+
+    def generate(self, prompts, seeds, slots=None):
+        self.calls.append((prompts, seeds, slots))
+        return self.inner.generate(prompts, seeds, slots)
+
+
+def _reset(policy: HFPolicy) -> None:
+    policy.stats.update(prompt_tokens=0, generated_tokens=0, seconds=0.0)
+    if policy.prefix_cache is not None:
+        policy.prefix_cache.clear()
+
+
+def _play(policy: HFPolicy, tasks, renderer, world, steps: int):
+    """Play the tasks (cot, greedy); returns the rollouts, the calls made, generated tokens and seconds."""
+    _reset(policy)
+    rec = _Recording(policy)
+    t0 = time.perf_counter()
+    rollouts = run_cot([(t, 0) for t in tasks], rec, renderer, lambda: ToolWorldEnv(world), max_steps=steps,
+                       seed=1, constrain_names=True)
+    el = time.perf_counter() - t0
+    gen = sum(len(s.generation.token_ids) for r in rollouts for s in r.steps)
+    return rollouts, rec.calls, gen, el
+
+
+def _replay(policy: HFPolicy, calls):
+    """The same prompts, call by call (each call's prompts one at a time when batch_size=1)."""
+    _reset(policy)
+    t0 = time.perf_counter()
+    gen = sum(len(g.token_ids) for prompts, seeds, slots in calls for g in policy.generate(prompts, seeds, slots))
+    return gen, time.perf_counter() - t0
+
+
 def main() -> None:
     n = int(os.environ.get("BENCH_PROMPTS", "8"))
-    new_tokens = int(os.environ.get("BENCH_NEW_TOKENS", "48"))
+    steps = int(os.environ.get("BENCH_STEPS", "4"))
+    new_tokens = int(os.environ.get("BENCH_NEW_TOKENS", "96"))
+    kv = 65536
     model_dir = _model_dir()
     tasks = [Task.from_row(r) for r in pl.read_parquet("data/tasks/train.parquet").head(n).to_dicts()]
     world = ToolWorld.from_catalog("data/tools/catalog.json")
-    # Always generate new_tokens tokens (temperature 1, eos allowed but rare early): same work both ways.
-    sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0)
-    batched = HFPolicy.from_pretrained(model_dir, sampling, batch_size=n)
+    sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0)
+    precision = os.environ.get("BENCH_PRECISION") or resolve_precision("auto", "cpu")  # what the pipeline uses here
+    batched = HFPolicy.from_pretrained(model_dir, sampling, batch_size=n, kv_cache_tokens=kv,
+                                       dtype="bfloat16" if precision == "bf16" else "float32")
     renderer = ChatRenderer(batched.tok)
-    prompts = [renderer.encode(renderer.prefix(system_prompt(t.api_list), user_message(t.query))) for t in tasks]
-    seeds = list(range(n))
-    batched.generate(prompts[:1], seeds[:1])  # warm-up
-    t0 = time.perf_counter()
-    g_b = batched.generate(prompts, seeds)
-    tb = time.perf_counter() - t0
-    single = HFPolicy(batched.model, batched.tok, sampling, batch_size=1)
-    t0 = time.perf_counter()
-    g_s = single.generate(prompts, seeds)
-    ts = time.perf_counter() - t0
-    tok_b, tok_s = sum(len(g.token_ids) for g in g_b), sum(len(g.token_ids) for g in g_s)
-    print(f"generation ({model_dir}, {n} prompts of ~{sum(map(len, prompts)) // n} tokens, up to {new_tokens} new): "
-          f"batched {tok_b / tb:.1f} tok/s, unbatched {tok_s / ts:.1f} tok/s, ratio {(tok_b / tb) / (tok_s / ts):.2f}x")
-    policy = HFPolicy(batched.model, batched.tok, SamplingConfig(max_new_tokens=128, temperature=0.8), batch_size=8)
+    batched.generate([renderer.encode(renderer.prefix("S", "U"))], [0])  # warm-up
+    r_b, calls, gen_b, t_b = _play(batched, tasks, renderer, world, steps)
+    single = HFPolicy(batched.model, batched.tok, sampling, batch_size=1, kv_cache_tokens=kv)
+    gen_s, t_s = _replay(single, calls)
+    prompts = sum(s.prompt_len for r in r_b for s in r.steps)
+    n_steps = sum(len(r.steps) for r in r_b)
+    reuse = batched.prefix_cache.stats
+    print(f"generation ({model_dir}, {precision}, {n} tasks played to {steps} steps, greedy, {n_steps} actions, "
+          f"mean context {prompts // max(n_steps, 1)} tokens; the unbatched policy gets the same {len(calls)} calls): "
+          f"batched {gen_b / t_b:.1f} tok/s ({gen_b} tokens), unbatched {gen_s / t_s:.1f} tok/s ({gen_s} tokens), "
+          f"ratio {(gen_b / t_b) / (gen_s / t_s):.2f}x")
+    nocache = HFPolicy(batched.model, batched.tok, sampling, batch_size=n)
+    gen_n, t_n = _replay(nocache, calls)
+    print(f"prefix KV cache (batched, same calls): {gen_b / t_b:.1f} tok/s with, {gen_n / t_n:.1f} tok/s without, "
+          f"ratio {(gen_b / t_b) / (gen_n / t_n):.2f}x; {reuse['reused_tokens'] / max(reuse['prompt_tokens'], 1):.0%} "
+          f"of context tokens reused")
+    policy = HFPolicy(batched.model, batched.tok, SamplingConfig(max_new_tokens=new_tokens, temperature=0.8),
+                      batch_size=8, kv_cache_tokens=kv)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         s = collect(tasks, policy, renderer, lambda: ToolWorldEnv(world), tmp, "bench", n_samples=1, max_steps=6,
-                    progress=False)
+                    progress=False, constrain_names=True)
         el = time.perf_counter() - t0
-    print(f"collect (cot, {len(tasks)} tasks, max 6 steps): {s['trajectories'] / el * 60:.2f} trajectories/min, "
+    print(f"collect (cot, {len(tasks)} tasks, max 6 steps, T=0.8): {s['trajectories'] / el * 60:.2f} trajectories/min, "
           f"{s['steps'] / el * 60:.1f} steps/min, parse success {s['parse_success']:.0%}")
+
+
+if __name__ == "__main__":
+    main()

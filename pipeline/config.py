@@ -155,13 +155,21 @@ class AgentConfig(_Checked):
     max_steps: int = _help("Most actions in one trajectory (the Finish included).", 6)
     max_new_tokens: int = _help("Most tokens of one action; a longer one is cut and recorded as not ended.", 128)
     batch_size: int = _help("Prompts per forward pass of the hf backend.", 8)
+    kv_cache_tokens: int = _help(
+        "hf backend: tokens of key/value states kept across calls, so each agent step runs only the new "
+        "tokens (the observation) instead of the whole context; 0 disables. Same results up to float rounding. "
+        "Memory per token: 2 x layers x kv_heads x head_dim x dtype bytes (SmolLM2-135M fp32: 46 KB).", 32768)
     device: str = _help("torch device of the hf backend: 'cpu', 'cuda', or 'auto' (cuda when available).", "auto")
+    precision: Literal["auto", "fp32", "bf16"] = _help(
+        "hf backend weights: 'auto' is bf16 on a bf16 GPU or an AMX CPU (several times faster there), else fp32.",
+        "auto")
     dfsdt_width: int = _help("DFSDT: children sampled per expanded node.", 2)
     dfsdt_budget: int = _help("DFSDT: most actions sampled per task, dead ends included.", 16)
     backtrack_on_error: bool = _help("DFSDT: treat a failed call as a dead end and backtrack.", True)
 
     def check(self, where: str) -> None:
         self._at_least(where, 1, "max_steps", "max_new_tokens", "batch_size", "dfsdt_width", "dfsdt_budget")
+        self._at_least(where, 0, "kv_cache_tokens")
 
 
 @dataclass
@@ -178,6 +186,8 @@ class WarmstartConfig(_Checked):
     max_length: int = _help("Longest rendered path in tokens; longer ones are dropped (never cut mid-action).", 2048)
     lora: bool = _help("Train LoRA adapters (peft) instead of all weights; merged into the saved model.", False)
     lora_r: int = _help("LoRA rank.", 16)
+    precision: Literal["auto", "fp32", "bf16"] = _help(
+        "bf16 autocast over fp32 master weights, or fp32; 'auto': bf16 on a bf16 GPU or an AMX CPU.", "auto")
     seed: int = _help("Seed of path sampling and training.", 0)
 
     def check(self, where: str) -> None:
@@ -285,6 +295,9 @@ class TrainConfig(_Checked):
         "Value head at the start: zero, or fitted (ridge) to the Monte-Carlo returns on the trunk's features.",
         "fit_returns")
     max_length: int = _help("Longest rendered trajectory (tokens); older observations are shortened first.", 2048)
+    precision: Literal["auto", "fp32", "bf16"] = _help(
+        "bf16 autocast (the round's old/ref log-probs too) over fp32 master weights, or fp32; 'auto': bf16 on a "
+        "bf16 GPU or an AMX CPU.", "auto")
     seed: int = _help("Training seed (data order, initialisation of the value head's fit is deterministic).", 0)
     save_steps: int = _help("Checkpoint every this many optimizer steps (a killed run resumes from the last).", 20)
 

@@ -9,3 +9,26 @@ def resolve_device(device: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _cpu_has_fast_bf16() -> bool:
+    """AMX (Sapphire Rapids and later) runs bf16 matmuls several times faster than fp32; without it bf16 on a
+    CPU is emulated and slower, so 'auto' keeps fp32 there."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "amx_bf16" in f.read()
+    except OSError:
+        return False
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """'auto' -> 'bf16' on a GPU that supports it or on a CPU with AMX, else 'fp32'; 'fp32'/'bf16' as given.
+    Measured on this project's 2-core AMX machine (SmolLM2-135M): prefill 3.3x, batch-8 decode 1.5x and
+    training forward+backward 2.5x faster in bf16 than in fp32."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if _cpu_has_fast_bf16() else "fp32"

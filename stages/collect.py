@@ -12,7 +12,7 @@ from pipeline.agent.backends import HFPolicy, SamplingConfig
 from pipeline.agent.collect import collect
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.config import Params, to_dict
-from pipeline.devices import resolve_device
+from pipeline.devices import resolve_device, resolve_precision
 from pipeline.envs import make_env
 from pipeline.fsutil import write_json
 from pipeline.task import Task
@@ -41,10 +41,13 @@ def play(params: Params, root: Path, tasks: list[Task], model_dir: Path, out_dir
     """Run the agent of `params` over `tasks` with the model at `model_dir`; used by collect and evaluate."""
     a = params.agent
     world = ToolWorld.from_catalog(root / CATALOG) if params.env.kind == "toolworld" else None
+    device = resolve_device(a.device)
     policy = HFPolicy.from_pretrained(str(model_dir), SamplingConfig(a.max_new_tokens, temperature, top_p),
-                                      a.batch_size, resolve_device(a.device))
+                                      a.batch_size, device, kv_cache_tokens=a.kv_cache_tokens,
+                                      dtype="bfloat16" if resolve_precision(a.precision, device) == "bf16" else "float32")
     policy.name = policy_name
-    run_key = hashlib.sha256(json.dumps([model_fingerprint(model_dir), to_dict(a), strategy, n_samples, temperature,
+    agent_key = {k: v for k, v in to_dict(a).items() if k != "kv_cache_tokens"}  # speed only: same trajectories
+    run_key = hashlib.sha256(json.dumps([model_fingerprint(model_dir), agent_key, strategy, n_samples, temperature,
                                          top_p, seed, [t.task_id for t in tasks]]).encode()).hexdigest()[:16]
     return collect(tasks, policy, ChatRenderer(policy.tok, a.prompt_format), lambda: make_env(params.env, params.toolworld, world),
                    out_dir, run_key, strategy=strategy, n_samples=n_samples, seed=seed, constrain_names=a.constrain_names,

@@ -16,7 +16,7 @@ import polars as pl
 
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.config import Params, to_dict
-from pipeline.devices import resolve_device
+from pipeline.devices import resolve_device, resolve_precision
 from pipeline.fsutil import atomic_path, write_json
 from pipeline.rewards import VARIANTS
 from pipeline.schema import ADVANTAGES, STEPS, TOKENS, read_table
@@ -79,7 +79,8 @@ def run(params: Params, root: Path = Path("."), variant: str = "steptool") -> st
     key_file.write_text(key)
     resume = any(ckpt.glob("checkpoint-*/trainer_state.json"))
     cfg = StepPPOConfig(
-        output_dir=str(ckpt), report_to=[], use_cpu=device == "cpu", variant=variant, gamma=t.gamma, lam=t.lam,
+        output_dir=str(ckpt), report_to=[], use_cpu=device == "cpu", bf16=resolve_precision(t.precision, device) == "bf16",
+        variant=variant, gamma=t.gamma, lam=t.lam,
         cliprange=t.cliprange, cliprange_value=t.cliprange_value, vf_coef=t.vf_coef, kl_coef=t.kl_coef,
         kl_estimator=t.kl_estimator, entropy_coef=t.entropy_coef, num_train_epochs=t.ppo_epochs,
         per_device_train_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.config import Params
-from pipeline.devices import resolve_device
+from pipeline.devices import resolve_device, resolve_precision
 from pipeline.fsutil import write_json
 from pipeline.models import load_tokenizer
 from pipeline.toolworld.world import ToolWorld
@@ -30,9 +30,10 @@ def run(params: Params, root: Path = Path(".")) -> str:
                                  max_length=ws.max_length, seed=ws.seed,
                                  max_observation_length=params.toolworld.max_observation_length,
                                  tool_descriptions=world.tool_descriptions())
+    device = resolve_device(params.agent.device)
     metrics = train_sft(root / BASE, rows, root / OUT, epochs=ws.epochs, learning_rate=ws.learning_rate,
                         batch_size=ws.batch_size, seed=ws.seed, lora=ws.lora, lora_r=ws.lora_r,
-                        device=resolve_device(params.agent.device), max_length=ws.max_length)
+                        device=device, max_length=ws.max_length, bf16=resolve_precision(ws.precision, device) == "bf16")
     write_json(root / METRICS, {"enabled": True, **stats, **metrics})
     return (f"warmstart: {stats['paths']} expert paths ({stats['mistakes']} recoverable mistakes, "
             f"{stats['tokens']} tokens), loss {metrics['first_loss']} -> {metrics['last_loss']} in "

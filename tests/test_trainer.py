@@ -276,3 +276,24 @@ def test_resume_after_kill_ends_with_the_uninterrupted_weights(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_bf16_autocast_starts_the_round_at_ratio_one(tokenizer):
+    """Under bf16 autocast the round's old log-probs are computed with the same autocast as the loss, so the
+    first optimizer step sees ratio ~1 (approx_kl ~0) and no clipping, as in fp32."""
+    from tests.tiny_model import make_tiny_model
+    from tests.toy_env import play
+    from trainer import step_ppo
+    from trainer.config import StepPPOConfig
+    from trainer.model import PolicyWithValue
+
+    model = make_tiny_model(tokenizer, seed=3)
+    examples, _ = play(model, tokenizer, 8, 3, 11, "steptool")
+    cfg = StepPPOConfig(output_dir=str(REPO / ".pytest_cache" / "ppo-bf16"), report_to=[], use_cpu=True, bf16=True,
+                        variant="steptool", num_train_epochs=1, per_device_train_batch_size=4, learning_rate=1e-4,
+                        save_strategy="no", seed=0, disable_tqdm=True, logging_steps=1, lr_scheduler_type="constant")
+    trainer = step_ppo.StepPPOTrainer(PolicyWithValue(model), cfg, examples, pad_id=tokenizer.pad_token_id)
+    trainer.train()
+    first = next(h for h in trainer.state.log_history if "approx_kl" in h)
+    assert abs(first["approx_kl"]) < 1e-3 and first["clipfrac"] == 0.0
+    assert trainer.state.global_step == 2

@@ -105,13 +105,17 @@ class StepPPOTrainer(Trainer):
         model.eval()
         device = next(model.parameters()).device
         items, feats, targets = [], [], []
+        # the same autocast as the loss's forward (Trainer's bf16), so the first ratio is 1 up to rounding
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(args.bf16))
         for ex in examples:
             ids = torch.tensor([ex.input_ids], device=device)
-            h, _ = model(ids, torch.ones_like(ids))
+            with autocast:
+                h, _ = model(ids, torch.ones_like(ids))
             mask = torch.tensor(ex.action_mask, device=device)
             pos = torch.nonzero(mask).flatten()
             rows = torch.zeros_like(pos)
-            ref_lp, _ = model.token_logprobs(h, rows, pos, ids, args.logits_chunk)
+            with autocast:
+                ref_lp, _ = model.token_logprobs(h, rows, pos, ids, args.logits_chunk)
             ref = ref_lp.float().cpu().tolist()
             old = ref
             if args.old_logprobs == "behaviour" and ex.behaviour_logprobs is not None \

@@ -22,6 +22,8 @@ from typing import Protocol
 
 import torch
 
+from pipeline.agent.kvcache import PrefixCache, batch_past, growing_cache
+
 
 @dataclass
 class Generation:
@@ -75,8 +77,15 @@ class HFPolicy:
     """Batched sampling from a causal LM on CPU or GPU."""
 
     def __init__(self, model, tokenizer, sampling: SamplingConfig, batch_size: int = 8, name: str = "hf",
-                 device: str | None = None):
+                 device: str | None = None, kv_cache_tokens: int = 0):
         self.model = model.eval()
+        # Prefix KV cache across calls (agent steps, DFSDT siblings): 0 disables it. See kvcache.py.
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        # Our cache layers are plain full-attention ones: models with sliding-window or other layer types
+        # keep transformers' own cache, without prefix reuse.
+        self._plain_cache = (all(t == "full_attention" for t in (getattr(cfg, "layer_types", None) or []))
+                             and not getattr(cfg, "use_sliding_window", False))
+        self.prefix_cache = PrefixCache(kv_cache_tokens) if kv_cache_tokens > 0 and self._plain_cache else None
         self.tok = tokenizer
         self.sampling = sampling
         self.batch_size = batch_size
@@ -100,12 +109,61 @@ class HFPolicy:
 
     @classmethod
     def from_pretrained(cls, path: str, sampling: SamplingConfig, batch_size: int = 8, device: str | None = None,
-                        dtype: str = "float32"):
+                        dtype: str = "float32", kv_cache_tokens: int = 0):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-        return cls(model, tok, sampling, batch_size, name=str(path), device=device)
+        return cls(model, tok, sampling, batch_size, name=str(path), device=device, kv_cache_tokens=kv_cache_tokens)
+
+    @staticmethod
+    def _cache_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """(keys, values) per layer of a plain dynamic cache, else None (sliding windows, quantized or
+        static caches: their states cannot be sliced per row, so the prefix cache is skipped)."""
+        from transformers.cache_utils import DynamicLayer
+
+        layers = getattr(cache, "layers", None)
+        if not layers or any(not isinstance(layer, DynamicLayer) or getattr(layer, "is_sliding", False)
+                             for layer in layers):
+            return None
+        return [(layer.keys, layer.values) for layer in layers]
+
+    def _prefill(self, prompts: list[list[int]]):
+        """Run the prompts, reusing cached prefixes. Returns (cache, last logits, attention mask, next position)."""
+        bsz = len(prompts)
+        hits = [self.prefix_cache.lookup(p) for p in prompts] if self.prefix_cache else [(None, 0)] * bsz
+        reused = [n for _, n in hits]
+        suffixes = [p[n:] for p, n in zip(prompts, reused)]
+        width = max(len(s) for s in suffixes)
+        ids = torch.full((bsz, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((bsz, width), dtype=torch.long)
+        positions = torch.zeros((bsz, width), dtype=torch.long)
+        for r, (s, n) in enumerate(zip(suffixes, reused)):
+            ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[r, width - len(s):] = 1
+            positions[r, width - len(s):] = torch.arange(n, n + len(s))
+        ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
+        reserve = self.sampling.max_new_tokens + 1
+        past = growing_cache(reserve) if self._plain_cache else None
+        if max(reused) > 0:
+            layers, past_mask = batch_past(hits, ids.device)
+            past = growing_cache(reserve, layers)
+            mask = torch.cat([past_mask, mask], dim=1)
+        cache, logits = self._forward(past, input_ids=ids, attention_mask=mask, position_ids=positions)
+        return cache, logits, mask, positions[:, -1] + 1
+
+    def _store(self, cache, mask: torch.Tensor, prompts: list[list[int]], tokens: list[list[int]]) -> None:
+        """Keep each row's states for prompt + generated tokens (all but the last, which never ran)."""
+        layers = self._cache_layers(cache)
+        if layers is None:
+            return
+        for r, (p, t) in enumerate(zip(prompts, tokens)):
+            seq = p + t[:-1]
+            where = mask[r].nonzero().view(-1)[:len(seq)]
+            if where.numel() != len(seq):
+                continue
+            self.prefix_cache.store(seq, [(k[r].index_select(1, where), v[r].index_select(1, where))
+                                          for k, v in layers])
 
     def generate(self, prompts: list[list[int]], seeds: list[int],
                  slots: list[NameSlot | None] | None = None) -> list[Generation]:
@@ -156,17 +214,9 @@ class HFPolicy:
                         slots: list[NameSlot | None]) -> list[Generation]:
         t0 = time.perf_counter()
         s = self.sampling
-        bsz, width = len(prompts), max(len(p) for p in prompts)
-        ids = torch.full((bsz, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((bsz, width), dtype=torch.long)
-        for r, p in enumerate(prompts):
-            ids[r, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[r, width - len(p):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        bsz = len(prompts)
         gens = [torch.Generator().manual_seed(int(seed) % (2**63)) for seed in seeds]
-        cache, logits = self._forward(None, input_ids=ids, attention_mask=mask, position_ids=positions)
-        next_pos = positions[:, -1] + 1
+        cache, logits, mask, next_pos = self._prefill(prompts)
         tokens: list[list[int]] = [[] for _ in range(bsz)]
         logps: list[list[float]] = [[] for _ in range(bsz)]
         done = [False] * bsz
@@ -194,6 +244,8 @@ class HFPolicy:
             cache, logits = self._forward(cache, input_ids=step_ids, attention_mask=mask,
                                           position_ids=next_pos.view(bsz, 1))
             next_pos = next_pos + 1
+        if self.prefix_cache is not None:
+            self._store(cache, mask, prompts, tokens)
         self.stats["prompt_tokens"] += sum(len(p) for p in prompts)
         self.stats["generated_tokens"] += sum(len(t) for t in tokens)
         self.stats["seconds"] += time.perf_counter() - t0

@@ -1,0 +1,98 @@
+"""Prefix KV cache: lookup by longest common prefix, eviction, and generations equal to a full prefill."""
+from __future__ import annotations
+
+import torch
+
+from pipeline.agent.backends import HFPolicy, SamplingConfig
+from pipeline.agent.kvcache import PrefixCache, common_prefix
+from pipeline.agent.prompts import ChatRenderer
+from pipeline.agent.rollout import run_cot, run_dfsdt_batch
+from pipeline.envs import ToolWorldEnv
+from tests.tiny_model import make_tiny_model
+
+
+def _kv(n: int, value: float = 0.0):
+    return [(torch.full((2, n, 4), value), torch.full((2, n, 4), value))]
+
+
+def test_common_prefix():
+    t = torch.tensor
+    assert common_prefix(t([1, 2, 3]), t([1, 2, 4])) == 2
+    assert common_prefix(t([1, 2]), t([1, 2, 3])) == 2
+    assert common_prefix(t([5]), t([1])) == 0
+    assert common_prefix(t([], dtype=torch.long), t([1])) == 0
+
+
+def test_lookup_takes_the_longest_shared_prefix_and_leaves_one_token_to_run():
+    c = PrefixCache(max_tokens=100)
+    c.store([1, 2, 3, 4], _kv(4, 1.0))
+    c.store([1, 2, 9], _kv(3, 2.0))
+    entry, n = c.lookup([1, 2, 3, 4, 5, 6])
+    assert n == 4 and float(entry.layers[0][0][0, 0, 0]) == 1.0
+    entry, n = c.lookup([1, 2, 9, 7])
+    assert n == 3 and float(entry.layers[0][0][0, 0, 0]) == 2.0
+    _, n = c.lookup([1, 2, 3, 4])  # the whole prompt is cached: its last token still runs for the logits
+    assert n == 3
+    assert c.lookup([7, 7]) == (None, 0)
+    assert c.stats["hits"] == 3 and c.stats["reused_tokens"] == 10
+
+
+def test_store_drops_prefixes_and_evicts_least_recently_used():
+    c = PrefixCache(max_tokens=10)
+    c.store([1, 2, 3], _kv(3))
+    c.store([1, 2, 3, 4, 5], _kv(5))  # the chain grew: its old entry is redundant
+    assert [e.ids.tolist() for e in c.entries.values()] == [[1, 2, 3, 4, 5]] and c.tokens == 5
+    c.store([7, 8, 9], _kv(3))
+    c.lookup([1, 2, 3, 4, 5, 6])  # touch the first entry: [7, 8, 9] is now the oldest
+    c.store([4, 4, 4, 4], _kv(4))  # 12 tokens > 10: evict the least recently used
+    assert sorted(e.ids.tolist()[0] for e in c.entries.values()) == [1, 4] and c.tokens == 9
+    c.store(list(range(11)), _kv(11))  # larger than the whole budget: not stored
+    assert c.tokens == 9
+
+
+def _policy(tokenizer, kv_tokens: int, temperature: float = 0.9):
+    return HFPolicy(make_tiny_model(tokenizer), tokenizer, SamplingConfig(max_new_tokens=12, temperature=temperature),
+                    batch_size=4, kv_cache_tokens=kv_tokens)
+
+
+def _same(a, b):
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        assert [s.generation.token_ids for s in ra.steps] == [s.generation.token_ids for s in rb.steps]
+        for sa, sb in zip(ra.steps, rb.steps):
+            assert max(abs(x - y) for x, y in zip(sa.generation.logprobs, sb.generation.logprobs)) < 1e-4
+
+
+def test_cot_with_the_prefix_cache_equals_full_prefill(world, splits, tokenizer):
+    renderer = ChatRenderer(tokenizer)
+    jobs = [(t, k) for t in splits["train"][:3] for k in range(2)]
+    plain = run_cot(jobs, _policy(tokenizer, 0), renderer, lambda: ToolWorldEnv(world), max_steps=3, seed=5)
+    cached_policy = _policy(tokenizer, 100_000)
+    cached = run_cot(jobs, cached_policy, renderer, lambda: ToolWorldEnv(world), max_steps=3, seed=5)
+    _same(plain, cached)
+    st = cached_policy.prefix_cache.stats
+    # steps 2 and 3 reuse everything but the new observation; step 1 shares the system prompt across samples
+    assert st["hits"] >= 2 * len(jobs) and st["reused_tokens"] > 0.6 * st["prompt_tokens"]
+    # one entry per chain: each step's entry replaced the previous one
+    assert len(cached_policy.prefix_cache.entries) <= len(jobs)
+
+
+def test_dfsdt_with_the_prefix_cache_equals_full_prefill(world, splits, tokenizer):
+    renderer = ChatRenderer(tokenizer)
+    jobs = [(t, 0) for t in splits["train"][:2]]
+    kw = dict(max_steps=3, width=2, budget=6, seed=3, backtrack_on_error=False)  # random weights: go deep
+    plain = run_dfsdt_batch(jobs, _policy(tokenizer, 0), renderer, lambda: ToolWorldEnv(world), **kw)
+    cached_policy = _policy(tokenizer, 100_000)
+    cached = run_dfsdt_batch(jobs, cached_policy, renderer, lambda: ToolWorldEnv(world), **kw)
+    _same(plain, cached)
+    assert [r.tree for r in plain] == [r.tree for r in cached]
+    assert cached_policy.prefix_cache.stats["hits"] > 0
+
+
+def test_a_tiny_budget_still_gives_the_same_generations(world, splits, tokenizer):
+    renderer = ChatRenderer(tokenizer)
+    jobs = [(t, 0) for t in splits["train"][:3]]
+    plain = run_cot(jobs, _policy(tokenizer, 0, 0.0), renderer, lambda: ToolWorldEnv(world), max_steps=2)
+    small = _policy(tokenizer, 700, 0.0)  # room for about one chain: most lookups miss or hit partially
+    _same(plain, run_cot(jobs, small, renderer, lambda: ToolWorldEnv(world), max_steps=2))
+    assert small.prefix_cache.tokens <= 700
