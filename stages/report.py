@@ -71,7 +71,7 @@ def build(results: dict[tuple[str, str], list[dict]], reference: str, variants: 
         md += ["", "## Ablation (training variants)", "",
                "steptool: step rewards and step-level GAE; no_step_reward: outcome reward only; no_step_opt: no "
                "credit across steps; ppo_outcome: classic PPO with token-level GAE on the outcome.", "",
-               "| variant | strategy | Average pass rate | Δ vs " + reference + " | final KL to ref | mean reward |",
+               "| variant | strategy | Average pass rate | Δ vs " + reference + " | final KL to ref (per trajectory) | mean reward |",
                "|---|---|---|---|---|---|"]
         for k in abl:
             v, strat = k.rsplit("-", 1)
@@ -87,6 +87,33 @@ def build(results: dict[tuple[str, str], list[dict]], reference: str, variants: 
     if train_logs:
         md += ["![training](figures/training.png)", ""]
     return metrics, md
+
+
+def protocol(params: Params, root: Path) -> list[str]:
+    """The run's sizes and every seed, so a reader can rerun it or vary one seed (`dvc exp run -S ...`)."""
+    p = params
+    ws = {}
+    ws_file = root / "data/metrics/warmstart.json"
+    if ws_file.exists():
+        ws = json.loads(ws_file.read_text())
+    from pipeline.devices import resolve_device, resolve_precision
+
+    device = resolve_device(p.agent.device)
+    return ["## Protocol and seeds", "",
+            f"- World and tasks: `toolworld.seed` {p.toolworld.seed}, `tasks.seed` {p.tasks.seed}; test entities are "
+            "never seen in training.",
+            f"- Warm start (sft): {ws.get('paths', '?')} expert paths from {p.warmstart.max_tasks or 'all'} train tasks, "
+            f"{p.warmstart.epochs:g} epoch(s), lr {p.warmstart.learning_rate:g}, `warmstart.seed` {p.warmstart.seed}.",
+            f"- Collection: {p.collect.strategy}, {p.collect.max_tasks or 'all'} train tasks x {p.collect.n_samples} "
+            f"samples at temperature {p.collect.temperature:g}, `collect.seed` {p.collect.seed}; annotator "
+            f"`{p.annotate.annotator}`.",
+            f"- Training: one PPO round per variant, lr {p.train.learning_rate:g}, kl_coef {p.train.kl_coef:g}, "
+            f"`train.seed` {p.train.seed}.",
+            f"- Evaluation: {p.evaluate.samples} sample(s) per task at temperature {p.evaluate.temperature:g}, "
+            f"`evaluate.seed` {p.evaluate.seed}; prompt `{p.agent.prompt_format}`, at most {p.agent.max_steps} "
+            f"actions of {p.agent.max_new_tokens} tokens, DFSDT width {p.agent.dfsdt_width} and budget "
+            f"{p.agent.dfsdt_budget}; device {device}, precision {resolve_precision(p.agent.precision, device)}.",
+            ""]
 
 
 def figures(metrics: dict, reference: str, train_logs: dict[str, list[dict]], out: Path) -> None:
@@ -153,6 +180,8 @@ def run(params: Params, root: Path = Path(".")) -> str:
         if f.exists():
             train_logs[v] = json.loads(f.read_text())
     metrics, md = build(results, e.reference_model, list(params.variants), train_logs)
+    at = md.index("## Figures")
+    md[at:at] = protocol(params, root)
     out = root / OUT
     figures(metrics, e.reference_model, train_logs, out / "figures")
     with atomic_path(out / "results.md") as tmp:

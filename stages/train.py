@@ -29,7 +29,7 @@ MODELS = Path("data/models")
 METRICS = Path("data/metrics/train")
 PLOTS = Path("data/plots/train")
 LOGGED = ("policy_loss", "value_loss", "approx_kl", "clipfrac", "explained_variance", "reward_mean",
-          "advantage_mean", "kl_ref", "entropy", "tokens_per_s", "loss", "grad_norm", "learning_rate")
+          "advantage_mean", "kl_ref", "kl_ref_token", "entropy", "tokens_per_s", "loss", "grad_norm", "learning_rate")
 
 
 def _run_key(params: Params, variant: str, files: list[Path]) -> str:

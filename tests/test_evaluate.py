@@ -125,6 +125,10 @@ def test_evaluate_then_report(eval_root):
     for line in ("| sft | cot |", "| sft | dfsdt |", "| steptool | cot |", "| steptool | dfsdt |"):
         assert line in md
     assert "## Ablation" in md and "| steptool | cot |" in md.split("## Ablation")[1]
+    protocol = md.split("## Protocol and seeds")[1].split("## Figures")[0]
+    for seed in (f"`toolworld.seed` {params.toolworld.seed}", f"`collect.seed` {params.collect.seed}",
+                 f"`train.seed` {params.train.seed}", f"`evaluate.seed` {params.evaluate.seed}"):
+        assert seed in protocol
     for fig in ("pass_rate.png", "win_rate.png"):
         assert (root / "reports/figures" / fig).read_bytes()[:4] == b"\x89PNG"
     m = json.loads((root / "reports/metrics.json").read_text())

@@ -35,7 +35,10 @@ class PolicyWithValue(nn.Module):
         """(hidden [B, L, H], values [B, L]): V at every position (the state after that token)."""
         out = self.trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         h = out.last_hidden_state
-        return h, self.v_head(h.to(self.v_head.weight.dtype)).squeeze(-1)
+        # The value head stays fp32 under bf16 autocast: a head fitted to the returns (value_init: fit_returns)
+        # has large weights that cancel, and bf16 rounding put its values off by ~10 (explained variance -4000).
+        with torch.autocast(h.device.type, enabled=False):
+            return h, self.v_head(h.to(self.v_head.weight.dtype)).squeeze(-1)
 
     def token_logprobs(self, hidden: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
                        input_ids: torch.Tensor, chunk: int = 1024, with_entropy: bool = False):

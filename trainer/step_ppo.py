@@ -93,6 +93,7 @@ class StepPPOTrainer(Trainer):
         self.gamma_eff = 0.0 if args.variant == "no_step_opt" else args.gamma
         items = self.precompute(model, examples, args)
         self._metrics: dict[str, list[float]] = defaultdict(list)
+        self._ev_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._t_last = time.perf_counter()
         self._tokens = 0
         super().__init__(model=model, args=args, train_dataset=_Rollouts(items),
@@ -216,18 +217,28 @@ class StepPPOTrainer(Trainer):
             m["value_loss"].append(float(vf))
             m["approx_kl"].append(float(((ratio - 1) - log_ratio).mean()))
             m["clipfrac"].append(float(((ratio - 1).abs() > a.cliprange).float().mean()))
-            r_valid, v_valid = ret[valid], new_v[valid]
-            var = r_valid.var(unbiased=False)
-            m["explained_variance"].append(float(1 - (r_valid - v_valid).var(unbiased=False) / var) if var > 0 else float("nan"))
+            # explained variance over everything since the last log (CleanRL: over the batch), not per micro-batch:
+            # two trajectories' returns can be nearly equal and make a tiny denominator (values of -4000)
+            self._ev_pairs.append((ret[valid].detach().float().cpu(), new_v[valid].detach().float().cpu()))
             m["reward_mean"].append(float(step_rewards.mean()) if len(step_rewards) else 0.0)
             m["advantage_mean"].append(float(adv[valid].mean()))
+            # kl_ref is per trajectory (summed over its ~100-300 action tokens, the penalty's scale);
+            # kl_ref_token is the same per token, comparable across trajectory lengths
             m["kl_ref"].append(float(kl_tok.sum() / max(1, int(inputs["step_mask"].shape[0]))))
+            m["kl_ref_token"].append(float(kl_tok.mean()) if kl_tok.numel() else 0.0)
             if entropy is not None:
                 m["entropy"].append(float(entropy.mean()))
             self._tokens += int(att.sum())
         return loss
 
     def log(self, logs: dict, *args, **kwargs) -> None:
+        if self._ev_pairs:
+            r = torch.cat([p[0] for p in self._ev_pairs])
+            v = torch.cat([p[1] for p in self._ev_pairs])
+            var = r.var(unbiased=False)
+            self._metrics["explained_variance"].append(float(1 - (r - v).var(unbiased=False) / var) if var > 1e-8
+                                                       else float("nan"))
+            self._ev_pairs = []
         if self._metrics:
             for k, v in self._metrics.items():
                 vals = [x for x in v if not math.isnan(x)]
