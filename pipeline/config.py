@@ -294,6 +294,9 @@ class TrainConfig(_Checked):
     value_init: Literal["zero", "fit_returns"] = _help(
         "Value head at the start: zero, or fitted (ridge) to the Monte-Carlo returns on the trunk's features.",
         "fit_returns")
+    value_grad_to_trunk: bool = _help(
+        "Let the value loss train the shared trunk too (TRL's old value-head models do); false trains the value "
+        "head alone on detached features, so the value loss cannot move the policy.", False)
     max_length: int = _help("Longest rendered trajectory (tokens); older observations are shortened first.", 2048)
     precision: Literal["auto", "fp32", "bf16"] = _help(
         "bf16 autocast (the round's old/ref log-probs too) over fp32 master weights, or fp32; 'auto': bf16 on a "

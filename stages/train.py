@@ -68,7 +68,7 @@ def run(params: Params, root: Path = Path("."), variant: str = "steptool") -> st
 
         model = get_peft_model(model, LoraConfig(r=t.lora_r, lora_alpha=2 * t.lora_r, target_modules="all-linear",
                                                  task_type="CAUSAL_LM"))
-    wrapped = PolicyWithValue(model)
+    wrapped = PolicyWithValue(model, value_grad_to_trunk=t.value_grad_to_trunk)
     ckpt = root / CKPT / variant
     key = _run_key(params, variant, [root / SFT / "model.safetensors", root / TRAJ / "tokens.parquet",
                                      root / ADV / f"{variant}.parquet"])
