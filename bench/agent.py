@@ -24,7 +24,7 @@ from pipeline.agent.backends import HFPolicy, SamplingConfig
 from pipeline.agent.collect import collect
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.agent.rollout import run_cot
-from pipeline.devices import resolve_precision
+from pipeline.devices import resolve_precision, weights_dtype
 from pipeline.envs import ToolWorldEnv
 from pipeline.task import Task
 from pipeline.toolworld.world import ToolWorld
@@ -85,7 +85,7 @@ def main() -> None:
     sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0)
     precision = os.environ.get("BENCH_PRECISION") or resolve_precision("auto", "cpu")  # what the pipeline uses here
     batched = HFPolicy.from_pretrained(model_dir, sampling, batch_size=n, kv_cache_tokens=kv,
-                                       dtype="bfloat16" if precision == "bf16" else "float32")
+                                       dtype=weights_dtype(precision, "cpu"))
     renderer = ChatRenderer(batched.tok)
     batched.generate([renderer.encode(renderer.prefix("S", "U"))], [0])  # warm-up
     r_b, calls, gen_b, t_b = _play(batched, tasks, renderer, world, steps)

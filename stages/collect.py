@@ -12,7 +12,7 @@ from pipeline.agent.backends import HFPolicy, SamplingConfig
 from pipeline.agent.collect import collect
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.config import Params, to_dict
-from pipeline.devices import resolve_device, resolve_precision
+from pipeline.devices import resolve_device, weights_dtype
 from pipeline.envs import make_env
 from pipeline.fsutil import write_json
 from pipeline.task import Task
@@ -44,7 +44,7 @@ def play(params: Params, root: Path, tasks: list[Task], model_dir: Path, out_dir
     device = resolve_device(a.device)
     policy = HFPolicy.from_pretrained(str(model_dir), SamplingConfig(a.max_new_tokens, temperature, top_p),
                                       a.batch_size, device, kv_cache_tokens=a.kv_cache_tokens,
-                                      dtype="bfloat16" if resolve_precision(a.precision, device) == "bf16" else "float32")
+                                      dtype=weights_dtype(a.precision, device))
     policy.name = policy_name
     agent_key = {k: v for k, v in to_dict(a).items() if k != "kv_cache_tokens"}  # speed only: same trajectories
     run_key = hashlib.sha256(json.dumps([model_fingerprint(model_dir), agent_key, strategy, n_samples, temperature,

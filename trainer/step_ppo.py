@@ -110,12 +110,11 @@ class StepPPOTrainer(Trainer):
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(args.bf16))
         for ex in examples:
             ids = torch.tensor([ex.input_ids], device=device)
-            with autocast:
-                h, _ = model(ids, torch.ones_like(ids))
             mask = torch.tensor(ex.action_mask, device=device)
             pos = torch.nonzero(mask).flatten()
             rows = torch.zeros_like(pos)
             with autocast:
+                h, _ = model(ids, torch.ones_like(ids))
                 ref_lp, _ = model.token_logprobs(h, rows, pos, ids, args.logits_chunk)
             ref = ref_lp.float().cpu().tolist()
             old = ref

@@ -79,12 +79,12 @@ class HFPolicy:
     def __init__(self, model, tokenizer, sampling: SamplingConfig, batch_size: int = 8, name: str = "hf",
                  device: str | None = None, kv_cache_tokens: int = 0):
         self.model = model.eval()
-        # Prefix KV cache across calls (agent steps, DFSDT siblings): 0 disables it. See kvcache.py.
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         # Our cache layers are plain full-attention ones: models with sliding-window or other layer types
         # keep transformers' own cache, without prefix reuse.
         self._plain_cache = (all(t == "full_attention" for t in (getattr(cfg, "layer_types", None) or []))
                              and not getattr(cfg, "use_sliding_window", False))
+        # Prefix KV cache across calls (agent steps, DFSDT siblings): 0 disables it. See kvcache.py.
         self.prefix_cache = PrefixCache(kv_cache_tokens) if kv_cache_tokens > 0 and self._plain_cache else None
         self.tok = tokenizer
         self.sampling = sampling
@@ -144,11 +144,13 @@ class HFPolicy:
             positions[r, width - len(s):] = torch.arange(n, n + len(s))
         ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
         reserve = self.sampling.max_new_tokens + 1
-        past = growing_cache(reserve) if self._plain_cache else None
+        past = None
         if max(reused) > 0:
             layers, past_mask = batch_past(hits, ids.device)
             past = growing_cache(reserve, layers)
             mask = torch.cat([past_mask, mask], dim=1)
+        elif self._plain_cache:
+            past = growing_cache(reserve)
         cache, logits = self._forward(past, input_ids=ids, attention_mask=mask, position_ids=positions)
         return cache, logits, mask, positions[:, -1] + 1
 
