@@ -21,7 +21,8 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.agent.backends import HFPolicy, SamplingConfig
-from pipeline.agent.collect import collect
+from pipeline.agent.play import collect
+from pipeline import layout
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.agent.rollout import run_cot
 from pipeline.devices import resolve_precision, weights_dtype
@@ -31,9 +32,9 @@ from pipeline.toolworld.world import ToolWorld
 
 
 def _model_dir() -> str:
-    for d in ("data/models/sft", "data/models/base"):
-        if Path(d, "config.json").exists():
-            return d
+    for d in (layout.SFT_MODEL, layout.BASE_MODEL):
+        if (d / "config.json").exists():
+            return str(d)
     raise SystemExit("bench agent: run `make repro` (or dvc repro base_model) first: no model in data/models")
 
 
@@ -80,8 +81,8 @@ def main() -> None:
     new_tokens = int(os.environ.get("BENCH_NEW_TOKENS", "96"))
     kv = 65536
     model_dir = _model_dir()
-    tasks = [Task.from_row(r) for r in pl.read_parquet("data/tasks/train.parquet").head(n).to_dicts()]
-    world = ToolWorld.from_catalog("data/tools/catalog.json")
+    tasks = [Task.from_row(r) for r in pl.read_parquet(layout.tasks_file("train")).head(n).to_dicts()]
+    world = ToolWorld.from_catalog(layout.CATALOG)
     sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=0.0)
     precision = os.environ.get("BENCH_PRECISION") or resolve_precision("auto", "cpu")  # what the pipeline uses here
     batched = HFPolicy.from_pretrained(model_dir, sampling, batch_size=n, kv_cache_tokens=kv,

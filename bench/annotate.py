@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline.agent.expert import expert_path
 from pipeline.agent.parse import parse_react
-from pipeline.annotate.judge_server import Faults, JudgeServer
+from pipeline.annotate.scripted_judge_server import Faults, JudgeServer
 from pipeline.annotate.run import label_trajectories
 from pipeline.config import AnnotateConfig
 from pipeline.envs import ToolWorldEnv

@@ -16,11 +16,11 @@ import os
 import resource
 import tempfile
 import time
-from pathlib import Path
 
 import polars as pl
 import torch
 
+from pipeline import layout, variants
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.config import load_params
 from pipeline.rewards import advantages
@@ -35,26 +35,26 @@ def _real(n: int):
 
     from pipeline.annotate.oracle import oracle_label  # noqa: F401  (annotations come from data/annotated)
 
-    tok = AutoTokenizer.from_pretrained("data/models/sft")
-    steps = pl.read_parquet("data/trajectories/steps.parquet")
-    tokens = pl.read_parquet("data/trajectories/tokens.parquet")
+    tok = AutoTokenizer.from_pretrained(layout.SFT_MODEL)
+    steps = pl.read_parquet(layout.table(layout.TRAJECTORIES, "steps"))
+    tokens = pl.read_parquet(layout.table(layout.TRAJECTORIES, "tokens"))
     keep = steps["traj_id"].unique(maintain_order=True).head(n)
-    annotated = pl.read_parquet("data/annotated/steps.parquet").filter(pl.col("traj_id").is_in(keep))
+    annotated = pl.read_parquet(layout.table(layout.ANNOTATED, "steps")).filter(pl.col("traj_id").is_in(keep))
     rewards = advantages(annotated)
     params = load_params("params.yaml")
     ex, _ = examples_from_tables(steps.filter(pl.col("traj_id").is_in(keep)), tokens, rewards,
                                  ChatRenderer(tok, params.agent.prompt_format), params.train.max_length)
-    return AutoModelForCausalLM.from_pretrained("data/models/sft", dtype=torch.float32), tok, ex, "data/models/sft"
+    return AutoModelForCausalLM.from_pretrained(layout.SFT_MODEL, dtype=torch.float32), tok, ex, str(layout.SFT_MODEL)
 
 
 def _toy(n: int):
     from pipeline.models import SMOLLM2, load_tokenizer
-    from tests.tiny_model import make_tiny_model
-    from tests.toy_env import play
+    from tests.support.tiny_model import make_tiny_model
+    from tests.support.toy_env import play
 
     tok = load_tokenizer(SMOLLM2)
     model = make_tiny_model(tok, num_hidden_layers=4, hidden_size=256, intermediate_size=512)
-    ex, _ = play(model, tok, n, 6, 0, "steptool")
+    ex, _ = play(model, tok, n, 6, 0, variants.DEFAULT)
     return model, tok, ex, "tiny toy model"
 
 
@@ -66,14 +66,14 @@ def _peak_mb(device) -> float:
 
 def main() -> None:
     n = int(os.environ.get("BENCH_TRAJ", "8"))
-    have_real = all(Path(p).exists() for p in ("data/models/sft/config.json", "data/annotated/steps.parquet"))
+    have_real = (layout.SFT_MODEL / "config.json").exists() and layout.table(layout.ANNOTATED, "steps").exists()
     model, tok, examples, what = (_real if have_real else _toy)(n)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     bs = 2
     with tempfile.TemporaryDirectory() as tmp:
         cfg = StepPPOConfig(output_dir=tmp, report_to=[], use_cpu=device.type == "cpu", num_train_epochs=1,
-                            per_device_train_batch_size=bs, learning_rate=1e-6, save_strategy="no", seed=0,
+                            per_device_train_batch_size=bs, gradient_accumulation_steps=1, learning_rate=1e-6, save_strategy="no", seed=0,
                             disable_tqdm=True, logging_steps=1000, train_sampling_strategy="group_by_length")
         wrapped = PolicyWithValue(model).to(device)
         t0 = time.perf_counter()

@@ -15,9 +15,11 @@ from typing import Any, Literal
 
 import yaml
 
+from pipeline import variants as variant_registry
 from pipeline.errors import ConfigError
 
 LEVELS = ("I1", "I2", "I3")
+STRATEGIES = ("cot", "dfsdt")
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
@@ -84,8 +86,8 @@ class SplitSizes(_Checked):
 @dataclass
 class TasksConfig(_Checked):
     seed: int = _help("Seed of task sampling (which entities, intents and phrasings).", 7)
-    train: SplitSizes = _help("Number of train tasks per level.", factory=lambda: SplitSizes(120, 60, 60))
-    test: SplitSizes = _help("Number of test tasks per level.", factory=lambda: SplitSizes(40, 30, 30))
+    train: SplitSizes = _help("Number of train tasks per level.", factory=lambda: SplitSizes(80, 40, 40))
+    test: SplitSizes = _help("Number of test tasks per level.", factory=lambda: SplitSizes(30, 25, 25))
     max_gold_calls: int = _help("Most tool calls a task's gold plan may need (1-5, as in the issue).", 5)
     distractor_tools: int = _help(
         "Extra tools, not needed by the task, whose APIs are added to its api_list (ToolBench lists more "
@@ -164,7 +166,7 @@ class AgentConfig(_Checked):
         "hf backend weights: 'auto' is bf16 on a bf16 GPU or an AMX CPU (several times faster there), else fp32.",
         "auto")
     dfsdt_width: int = _help("DFSDT: children sampled per expanded node.", 2)
-    dfsdt_budget: int = _help("DFSDT: most actions sampled per task, dead ends included.", 16)
+    dfsdt_budget: int = _help("DFSDT: most actions sampled per task, dead ends included.", 8)
     backtrack_on_error: bool = _help("DFSDT: treat a failed call as a dead end and backtrack.", True)
 
     def check(self, where: str) -> None:
@@ -176,7 +178,7 @@ class AgentConfig(_Checked):
 class WarmstartConfig(_Checked):
     enabled: bool = _help("Fine-tune the base model on expert paths first (false: the base model is used as is).",
                           True)
-    max_tasks: int = _help("Train tasks that give expert paths (0: all). CPU time grows with it.", 0)
+    max_tasks: int = _help("Train tasks that give expert paths (0: all). CPU time grows with it.", 120)
     paths_per_task: int = _help("Expert paths per task (each with its own mistakes and phrasing).", 1)
     error_rate: float = _help("Share of id-taking calls preceded by a recoverable mistake and its fix.", 0.3)
     epochs: float = _help("Passes over the expert paths.", 1.0)
@@ -202,7 +204,7 @@ class CollectConfig(_Checked):
     strategy: Literal["cot", "dfsdt"] = _help("cot: one chain per sample; dfsdt: tree search, the final path kept.",
                                               "cot")
     n_samples: int = _help("Trajectories per train task.", 2)
-    max_tasks: int = _help("Train tasks to play (0: all).", 0)
+    max_tasks: int = _help("Train tasks to play (0: all).", 12)
     temperature: float = _help("Sampling temperature (0: greedy).", 0.8)
     top_p: float = _help("Nucleus sampling threshold (1: off).", 1.0)
     seed: int = _help("Sampling seed (per task, sample and step; batching does not change samples).", 0)
@@ -256,9 +258,6 @@ class AnnotateConfig(_Checked):
             self._fail(where, "heuristic_threshold", f"must be in (0, 1], got {self.heuristic_threshold}")
 
 
-VARIANT_NAMES = ("steptool", "no_step_reward", "no_step_opt", "ppo_outcome")
-
-
 @dataclass
 class RewardsConfig(_Checked):
     alpha: float = _help("α of r_t = (α·SC + Con/5) / (α + 1) for intermediate steps (1 reproduces the reference).", 1.0)
@@ -275,45 +274,62 @@ class RewardsConfig(_Checked):
 
 @dataclass
 class TrainConfig(_Checked):
-    gamma: float = _help("Discount γ per step (per token for ppo_outcome).", 1.0)
+    """Keys shared with `transformers.TrainingArguments` carry its names, so the trainer's config is this section
+    as is (`trainer.config.StepPPOConfig` is a TrainingArguments with these fields)."""
+
+    gamma: float = _help("Discount γ per step (per action token for a token-level variant).", 1.0)
     lam: float = _help("GAE λ.", 0.95)
     cliprange: float = _help("PPO ratio clip ε.", 0.2)
     cliprange_value: float = _help("Value clip around the round's old values (0: off).", 0.2)
     vf_coef: float = _help("Weight of the value loss.", 0.5)
-    kl_coef: float = _help("β of the per-step KL penalty to the reference policy.", 0.02)
-    kl_estimator: Literal["k1", "k3"] = _help("Per-token KL estimator (k1: log-ratio; k3: non-negative).", "k1")
-    entropy_coef: float = _help("Weight of the entropy bonus.", 0.0)
-    ppo_epochs: int = _help("Passes over the collected trajectories (one PPO round).", 1)
-    batch_size: int = _help("Trajectories per device per optimizer step (before gradient accumulation).", 2)
-    grad_accum: int = _help("Gradient accumulation steps.", 2)
-    learning_rate: float = _help("AdamW learning rate.", 1e-5)
-    lora: bool = _help("Train LoRA adapters (merged into the saved model) instead of all weights.", False)
+    kl_coef: float = _help("β of the per-step KL penalty to the reference policy, subtracted from each step's "
+                           "reward.", 0.02)
+    kl_estimator: Literal["k1", "k3"] = _help(
+        "Per-token KL estimator of the penalty, with d = log π − log π_ref: k1 = d (can be negative), k3 = "
+        "exp(−d) + d − 1 (non-negative).", "k1")
+    entropy_coef: float = _help("Weight of the entropy bonus on action tokens.", 0.0)
+    whiten_advantages: bool = _help(
+        "Whiten the advantages once over the whole round (every step, or every action token for a token-level "
+        "variant) before the updates.", True)
+    num_train_epochs: int = _help("PPO epochs: passes over the round's trajectories.", 1)
+    per_device_train_batch_size: int = _help("Trajectories per device per forward pass.", 2)
+    gradient_accumulation_steps: int = _help("Forward passes per optimizer step.", 2)
+    learning_rate: float = _help("AdamW learning rate (constant).", 1e-5)
+    lora: bool = _help("Train LoRA adapters (merged into the saved model; lora_alpha = 2·r) instead of all "
+                       "weights.", False)
     lora_r: int = _help("LoRA rank.", 16)
     old_logprobs: Literal["behaviour", "recompute"] = _help(
-        "π_old of the ratio: the recorded behaviour log-probs or a recompute at the start of the round.", "recompute")
+        "π_old of the ratio: the log-probs recorded at collection ('behaviour'; truncated or imported trajectories "
+        "fall back to recompute) or a recompute at the start of the round.", "recompute")
     value_init: Literal["zero", "fit_returns"] = _help(
-        "Value head at the start: zero, or fitted (ridge) to the Monte-Carlo returns on the trunk's features.",
-        "fit_returns")
+        "Value head at the start of the round: zero, or fitted (ridge) to the Monte-Carlo returns on the trunk's "
+        "features.", "fit_returns")
     value_grad_to_trunk: bool = _help(
         "Let the value loss train the shared trunk too (TRL's old value-head models do); false trains the value "
         "head alone on detached features, so the value loss cannot move the policy.", False)
-    max_length: int = _help("Longest rendered trajectory (tokens); older observations are shortened first.", 2048)
+    max_length: int = _help("Longest rendered trajectory (tokens): the oldest observations are shortened first, "
+                            "then trailing steps dropped; an action is never split.", 2048)
+    logits_chunk: int = _help("Action positions per lm_head chunk (bounds the [positions, vocab] logits memory).",
+                              1024)
     precision: Literal["auto", "fp32", "bf16"] = _help(
         "bf16 autocast (the round's old/ref log-probs too) over fp32 master weights, or fp32; 'auto': bf16 on a "
         "bf16 GPU or an AMX CPU.", "auto")
-    seed: int = _help("Training seed (data order, initialisation of the value head's fit is deterministic).", 0)
+    seed: int = _help("Training seed (data order; the value head's fit is deterministic).", 0)
     save_steps: int = _help("Checkpoint every this many optimizer steps (a killed run resumes from the last).", 20)
 
     def check(self, where: str) -> None:
-        self._at_least(where, 1, "ppo_epochs", "batch_size", "grad_accum", "lora_r", "max_length", "save_steps")
+        self._at_least(where, 1, "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
+                       "lora_r", "max_length", "logits_chunk", "save_steps")
         for key in ("gamma", "lam"):
             if not 0 <= getattr(self, key) <= 1:
                 self._fail(where, key, f"must be in [0, 1], got {getattr(self, key)}")
         if self.learning_rate <= 0:
             self._fail(where, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        if self.cliprange <= 0:
+            self._fail(where, "cliprange", f"must be > 0, got {self.cliprange}")
 
 
-MODEL_NAMES = ("base", "sft") + VARIANT_NAMES
+MODEL_NAMES = ("base", "sft") + variant_registry.NAMES
 
 
 @dataclass
@@ -322,8 +338,8 @@ class EvaluateConfig(_Checked):
         "Checkpoints to evaluate, each data/models/<name>: base, sft and the trained variants. One DVC matrix "
         "stage evaluate@<model>-<strategy> per model and strategy.", factory=lambda: list(MODEL_NAMES))
     strategies: list[Literal["cot", "dfsdt"]] = _help("Search strategies to evaluate every model with.",
-                                                      factory=lambda: ["cot", "dfsdt"])
-    tasks_per_level: int = _help("Test tasks per level I1/I2/I3, the first ones of the split (0: all).", 0)
+                                                      factory=lambda: list(STRATEGIES))
+    tasks_per_level: int = _help("Test tasks per level I1/I2/I3, the first ones of the split (0: all).", 4)
     samples: int = _help(
         "Plays per task (the 'seeds' of mean +- std); with temperature 0 they are identical, so keep 1.", 1)
     temperature: float = _help("Sampling temperature of the agent (0: greedy, as StableToolBench evaluates).", 0.0)
@@ -362,12 +378,18 @@ class Params(_Checked):
     annotate: AnnotateConfig = _help("Step-grained reward annotation (stage `annotate`).", factory=AnnotateConfig)
     rewards: RewardsConfig = _help("Step rewards and returns (stage `advantages`).", factory=RewardsConfig)
     train: TrainConfig = _help("Step-grained PPO (stage `train`, one per variant).", factory=TrainConfig)
-    variants: list[Literal["steptool", "no_step_reward", "no_step_opt", "ppo_outcome"]] = _help(
-        "Training variants, each a DVC foreach stage writing data/models/<variant>: steptool (step rewards, step "
-        "GAE), no_step_reward (outcome reward only), no_step_opt (no credit across steps), ppo_outcome (classic "
-        "PPO, token-level GAE).", factory=lambda: list(VARIANT_NAMES))
+    variants: list[str] = _help(
+        "Training variants, each a DVC foreach stage writing data/models/<variant> (registry: pipeline/variants.py): "
+        + variant_registry.describe() + ".", factory=lambda: list(variant_registry.NAMES))
     evaluate: EvaluateConfig = _help("Evaluation on the test split (stage `evaluate`, one per model and strategy).",
                                      factory=EvaluateConfig)
+
+    def check(self, where: str) -> None:
+        for v in self.variants:
+            if v not in variant_registry.REGISTRY:
+                raise ConfigError(f"variants: unknown variant {v!r} (one of {', '.join(variant_registry.NAMES)})")
+        if len(set(self.variants)) != len(self.variants):
+            raise ConfigError(f"variants: each variant at most once, got {self.variants}")
 
 
 def _type_name(tp: Any) -> str:
@@ -473,15 +495,53 @@ def to_dict(obj: Any) -> Any:
     return dataclasses.asdict(obj)
 
 
-def describe(cls: type = Params, prefix: str = "") -> list[tuple[str, str, Any]]:
-    """(key, help, default) of every leaf field, for `steptool params --help`-style listings and docs tests."""
+def describe(obj: Any = None, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(key, help, default) of every leaf field of `obj` (default: `Params()`, so nested sections report the
+    defaults their parent gives them), for `steptool params` and docs tests."""
+    obj = Params() if obj is None else obj
     rows = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
+    for f in dataclasses.fields(obj):
         key = f"{prefix}.{f.name}" if prefix else f.name
-        if dataclasses.is_dataclass(hints[f.name]):
-            rows.extend(describe(hints[f.name], key))
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            rows.extend(describe(value, key))
         else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append((key, f.metadata.get("help", ""), default))
+            rows.append((key, f.metadata.get("help", ""), value))
     return rows
+
+
+def overrides(params: Params) -> dict:
+    """The keys of `params` that differ from the defaults, nested like params.yaml (what a profile holds)."""
+    def diff(value: Any, default: Any) -> Any:
+        if isinstance(value, dict) and isinstance(default, dict):
+            out = {k: d for k in value if (d := diff(value[k], default.get(k))) is not _SAME}
+            return out or _SAME
+        return _SAME if value == default else value
+
+    out = diff(to_dict(params), to_dict(Params()))
+    return {} if out is _SAME else out
+
+
+_SAME = object()
+
+
+def render_params(params: Params) -> str:
+    """A complete params.yaml for `params`: every section and key, each with its help as a comment."""
+    lines = ["# steptool parameters, written by `steptool params --write`: one section per stage, every key with",
+             "# its help. `steptool params` lists them; `dvc exp run -S section.key=value` changes one.", ""]
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        lines.append(f"# {f.metadata.get('help', '')}")
+        if not dataclasses.is_dataclass(value):
+            lines += [f"{f.name}: {_flow(value)}", ""]
+            continue
+        lines.append(f"{f.name}:")
+        for g in dataclasses.fields(value):
+            first = g.metadata.get("help", "").split(". ")[0].rstrip(".")
+            lines.append(f"  {g.name}: {_flow(to_dict(value)[g.name])}  # {first}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _flow(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 20, allow_unicode=True).strip().removesuffix("\n...").strip()

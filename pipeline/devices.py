@@ -13,7 +13,17 @@ def resolve_device(device: str) -> str:
 
 def _cpu_has_fast_bf16() -> bool:
     """AMX (Sapphire Rapids and later) runs bf16 matmuls several times faster than fp32; without it bf16 on a
-    CPU is emulated and slower, so 'auto' keeps fp32 there."""
+    CPU is emulated and slower, so 'auto' keeps fp32 there. Kernels limited below AVX-512 (the environment
+    variables ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2, which is how a 2-core AVX2 CI machine is
+    emulated here) cannot use AMX either."""
+    import os
+
+    import torch
+
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AVX512_BF16", "AMX"):
+        return False
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE"):
+        return False
     try:
         with open("/proc/cpuinfo") as f:
             return "amx_bf16" in f.read()

@@ -1,16 +1,14 @@
 """Step rewards, returns-to-go and Monte-Carlo advantages, vectorised with polars (pure functions).
 
-Step reward (DESIGN.md, paper §4.1 with the reference's normalisation), for step t of a trajectory:
+Step reward (docs/architecture.md, "Rewards"; paper §4.1 with the reference's normalisation), for step t:
 
     intermediate step:  r_t = (α·SC_t + Con_t / 5) / (α + 1)      SC ∈ [0, 1], Con ∈ [0, 5]  ->  r_t ∈ [0, 1]
     last step:          r_T = IsSolved  (Solved 1, Unsure 0.5, Unsolved 0; a trajectory cut before Finish: 0)
 
 SC and Con are already means over the judge's votes; r is linear in both, so this equals averaging the
-normalised reward of each vote (the reference's 0.9333 = mean of 1, 1, 0.8). Variants:
-
-    steptool, no_step_opt   the rewards above (no_step_opt differs in the trainer: no credit across steps)
-    no_step_reward          intermediate r_t = 0, r_T = IsSolved
-    ppo_outcome             the same rewards as no_step_reward (one outcome reward; token-level GAE in the trainer)
+normalised reward of each vote (the reference's 0.9333 = mean of 1, 1, 0.8). A variant without
+`step_rewards` (pipeline.variants) has intermediate r_t = 0 and r_T = IsSolved; one without
+`credit_across_steps` has G_t = r_t.
 
 Returns-to-go G_t = Σ_{k≥t} γ^{k−t} r_k within a trajectory. The Monte-Carlo advantage is
 A_t = G_t − b with b the mean return over all steps (a batch baseline; the trainer's step-level GAE with a
@@ -24,23 +22,20 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-VARIANTS = ("steptool", "no_step_reward", "no_step_opt", "ppo_outcome")
-Variant = Literal["steptool", "no_step_reward", "no_step_opt", "ppo_outcome"]
-OUTCOME_ONLY = {"no_step_reward", "ppo_outcome"}
+from pipeline import variants
 
 
-def step_rewards(steps: pl.DataFrame, alpha: float = 1.0, variant: Variant = "steptool",
+def step_rewards(steps: pl.DataFrame, alpha: float = 1.0, variant: str = variants.DEFAULT,
                  normalize: Literal["none", "whiten"] = "none") -> pl.DataFrame:
     """steps: one row per step with traj_id, step_idx, succ_calling, contribution, is_solved_score (last step).
     Returns traj_id, step_idx, reward, is_last (sorted by trajectory and step)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r} (one of {', '.join(VARIANTS)})")
+    v = variants.get(variant)
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}")
     df = steps.select("traj_id", "step_idx", "succ_calling", "contribution", "is_solved_score").sort("traj_id", "step_idx")
     is_last = pl.col("step_idx") == pl.col("step_idx").max().over("traj_id")
     intermediate = (alpha * pl.col("succ_calling").fill_null(0.0) + pl.col("contribution").fill_null(0.0) / 5.0) / (alpha + 1.0)
-    if variant in OUTCOME_ONLY:
+    if not v.step_rewards:
         intermediate = pl.lit(0.0)
     df = df.with_columns(is_last.alias("is_last")).with_columns(
         pl.when(pl.col("is_last")).then(pl.col("is_solved_score").fill_null(0.0)).otherwise(intermediate)
@@ -91,12 +86,12 @@ def _returns_loop(rewards: pl.DataFrame, gamma: float) -> pl.DataFrame:
     return rewards.with_columns(pl.Series("return", out))
 
 
-def advantages(steps: pl.DataFrame, *, alpha: float = 1.0, gamma: float = 1.0, variant: Variant = "steptool",
+def advantages(steps: pl.DataFrame, *, alpha: float = 1.0, gamma: float = 1.0, variant: str = variants.DEFAULT,
                normalize: Literal["none", "whiten"] = "none") -> pl.DataFrame:
     """traj_id, step_idx, reward, return, advantage, variant for every step (schema ADVANTAGES).
-    no_step_opt has no credit across steps: its return is the step's own reward."""
+    A variant without credit across steps (no_step_opt) has the step's own reward as its return."""
     r = step_rewards(steps, alpha, variant, normalize)
-    g = returns_to_go(r, 0.0 if variant == "no_step_opt" else gamma)
+    g = returns_to_go(r, gamma if variants.get(variant).credit_across_steps else 0.0)
     return g.with_columns((pl.col("return") - pl.col("return").mean()).alias("advantage"),
                           pl.lit(variant).alias("variant")).select(
         "traj_id", "step_idx", "reward", "return", "advantage", "variant")

@@ -10,44 +10,43 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline import layout
 from pipeline.annotate.run import annotated_rows, group_steps, label_trajectories, summarize
 from pipeline.config import Params
 from pipeline.fsutil import write_json
+from pipeline.runner import run_stage
 from pipeline.schema import ANNOTATED_STEPS, STEPS, TRAJECTORIES, read_table, write_table
-from stages.tasks import load_tasks
+from pipeline.task_files import load_tasks
 
-TRAJ = Path("data/trajectories")
-OUT = Path("data/annotated")
-METRICS = Path("data/metrics/annotate.json")
+ARGS = ()
 
 
 def run(params: Params, root: Path = Path(".")) -> str:
-    trajs = read_table(root / TRAJ / "trajectories.parquet", TRAJECTORIES).to_pylist()
-    steps = read_table(root / TRAJ / "steps.parquet", STEPS).to_pylist()
+    trajs = read_table(root / layout.table(layout.TRAJECTORIES, "trajectories"), TRAJECTORIES).to_pylist()
+    steps = read_table(root / layout.table(layout.TRAJECTORIES, "steps"), STEPS).to_pylist()
     tasks = {t.task_id: t for split in ("train", "test") for t in load_tasks(root, split)}
     cfg = params.annotate
     cache_path = Path(cfg.cache_path)
     labels, stats = label_trajectories(trajs, steps, tasks, cfg,
                                        str(cache_path if cache_path.is_absolute() else root / cache_path))
     rows = annotated_rows(group_steps(steps), labels)
-    write_table(rows, root / OUT / "steps.parquet", ANNOTATED_STEPS)
+    out = layout.table(layout.ANNOTATED, "steps")
+    write_table(rows, root / out, ANNOTATED_STEPS)
     failed = [{"traj_id": lab.traj_id, "reason": lab.failed} for lab in labels if lab.failed]
-    write_json(root / OUT / "failed.json", failed)
+    write_json(root / layout.ANNOTATED / "failed.json", failed)
     summary = summarize(labels, rows, stats)
-    write_json(root / METRICS, summary)
+    write_json(root / layout.metrics_file("annotate"), summary)
     extra = ""
     if cfg.annotator == "openai":
         extra = f", {stats.get('judge_calls', 0)} judge calls, " \
                 f"{stats.get('cache_hits', 0)} cache hits"
     return (f"annotate ({cfg.annotator}): {summary['annotated']} trajectories, {summary['steps']} steps labelled, "
             f"{summary['failed']} failed{extra}; mean SuccCalling {summary['succ_calling_mean']}, mean contribution "
-            f"{summary['contribution_mean']}, pass rate {summary['pass_rate']} -> {OUT / 'steps.parquet'}")
+            f"{summary['contribution_mean']}, pass rate {summary['pass_rate']} -> {out}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.cli import run_stage
-
-    return run_stage("annotate", __doc__, run, argv)
+    return run_stage("annotate", __doc__, run, argv, ARGS)
 
 
 if __name__ == "__main__":

@@ -9,55 +9,42 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.config import Params
+from pipeline import layout
+from pipeline.agent.play import play
+from pipeline.config import STRATEGIES, Params
 from pipeline.errors import ConfigError, SteptoolError
 from pipeline.evaluate.results import result_rows, summarize
 from pipeline.fsutil import write_json
+from pipeline.runner import run_stage
 from pipeline.schema import EVAL_RESULTS, STEPS, TRAJECTORIES, read_table, write_table
-from pipeline.task import Task
-from stages.collect import play
-from stages.tasks import load_tasks
+from pipeline.task_files import first_per_level, load_tasks
 
-EVAL = Path("data/eval")
-METRICS = Path("data/metrics/eval")
-
-
-def eval_tasks(root: Path, per_level: int) -> list[Task]:
-    """The first `per_level` test tasks of each level (all with 0), in split order."""
-    tasks = load_tasks(root, "test")
-    if not per_level:
-        return tasks
-    seen: dict[str, int] = {}
-    out = []
-    for t in tasks:
-        if seen.get(t.level, 0) < per_level:
-            seen[t.level] = seen.get(t.level, 0) + 1
-            out.append(t)
-    return out
+ARGS = (("model", dict(help="a name under data/models (base, sft, or a training variant)")),
+        ("strategy", dict(choices=list(STRATEGIES), help="search strategy")))
 
 
 def evaluate(params: Params, root: Path, model: str, strategy: str) -> dict:
     e = params.evaluate
-    model_dir = root / "data/models" / model
+    model_dir = root / layout.model_dir(model)
     if not (model_dir / "config.json").exists():
         raise SteptoolError(f"{model_dir}: not a checkpoint directory (run the stage that writes it: dvc repro)")
-    tasks = eval_tasks(root, e.tasks_per_level)
-    out = root / EVAL / f"{model}-{strategy}"
+    tasks = first_per_level(load_tasks(root, "test"), e.tasks_per_level)
+    out = root / layout.eval_dir(model, strategy)
     play(params, root, tasks, model_dir, out, strategy=strategy, n_samples=e.samples, temperature=e.temperature,
          top_p=1.0, seed=e.seed, chunk_size=16, policy_name=model)
-    trajs = read_table(out / "trajectories.parquet", TRAJECTORIES).to_pylist()
-    steps = read_table(out / "steps.parquet", STEPS).to_pylist()
+    trajs = read_table(layout.table(out, "trajectories"), TRAJECTORIES).to_pylist()
+    steps = read_table(layout.table(out, "steps"), STEPS).to_pylist()
     statuses = None
     if e.judge == "openai":
-        from pipeline.evaluate.judge import judge_answers
+        from pipeline.evaluate.llm_pass_rate import judge_answers
 
         statuses, stats = judge_answers(trajs, steps, {t.task_id: t for t in tasks}, params)
     rows = result_rows(model, strategy, trajs, steps, {t.task_id: t for t in tasks}, statuses)
-    write_table(rows, out / "results.parquet", EVAL_RESULTS)
+    write_table(rows, layout.table(out, "results"), EVAL_RESULTS)
     summary = {"model": model, "strategy": strategy, "judge": e.judge, **summarize(rows)}
     if statuses is not None:
         summary["judge_stats"] = stats
-    write_json(root / METRICS / f"{model}-{strategy}.json", summary)
+    write_json(root / layout.metrics_file("eval", f"{model}-{strategy}"), summary)
     return summary
 
 
@@ -69,15 +56,12 @@ def run(params: Params, root: Path, model: str, strategy: str) -> str:
     levels = ", ".join(f"{k} {v['mean']:.1f}" for k, v in pr.items() if k != "average" and v["mean"] is not None)
     return (f"evaluate {model} {strategy}: {s['tasks']} tasks x {s['samples']} samples, pass rate "
             f"{pr['average']['mean']:.1f} ({levels}), tool success {s['tool_success_rate']}, "
-            f"avg steps {s['avg_steps']}, give-up {s['give_up_rate']:.1%} -> {EVAL / f'{model}-{strategy}'}")
+            f"avg steps {s['avg_steps']}, give-up {s['give_up_rate']:.1%} -> {layout.eval_dir(model, strategy)}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.cli import run_stage
+    return run_stage("evaluate", __doc__, run, argv, ARGS)
 
-    return run_stage("evaluate", __doc__, run, argv, positional=(
-        ("model", dict(help="a name under data/models (base, sft, steptool, ...)")),
-        ("strategy", dict(choices=["cot", "dfsdt"]))))
 
 if __name__ == "__main__":
     raise SystemExit(main())

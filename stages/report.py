@@ -13,16 +13,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline.config import Params
+from pipeline import layout, variants
+from pipeline.config import LEVELS, Params
 from pipeline.evaluate.results import summarize, win_rate
 from pipeline.fsutil import atomic_path, write_json
+from pipeline.runner import run_stage
 from pipeline.schema import EVAL_RESULTS, read_table
 
-EVAL = Path("data/eval")
-TRAIN_LOGS = Path("data/plots/train")
-TRAIN_METRICS = Path("data/metrics/train")
-OUT = Path("reports")
-LEVELS = ("I1", "I2", "I3")
+ARGS = ()
 
 
 def _pm(cell: dict | None) -> str:
@@ -33,11 +31,11 @@ def _pm(cell: dict | None) -> str:
 
 def load_results(root: Path, params: Params) -> dict[tuple[str, str], list[dict]]:
     e = params.evaluate
-    return {(m, s): read_table(root / EVAL / f"{m}-{s}" / "results.parquet", EVAL_RESULTS).to_pylist()
+    return {(m, s): read_table(root / layout.table(layout.eval_dir(m, s), "results"), EVAL_RESULTS).to_pylist()
             for m in e.models for s in e.strategies}
 
 
-def build(results: dict[tuple[str, str], list[dict]], reference: str, variants: list[str],
+def build(results: dict[tuple[str, str], list[dict]], reference: str, trained: list[str],
           train_logs: dict[str, list[dict]]) -> tuple[dict, list[str]]:
     """(metrics, markdown lines) from the results of every model x strategy."""
     metrics: dict = {}
@@ -66,11 +64,9 @@ def build(results: dict[tuple[str, str], list[dict]], reference: str, variants: 
         ts = f"{s['tool_success_rate']:.1%}" if s["tool_success_rate"] is not None else "–"
         md.append(f"| {m} | {strat} | {_pm(pr.get('I1'))} | {_pm(pr.get('I2'))} | {_pm(pr.get('I3'))} | "
                   f"**{_pm(pr['average'])}** | {ts} | {s['avg_steps']:.2f} | {s['give_up_rate']:.0%} | {wtl} |")
-    abl = [k for k in metrics if k.rsplit("-", 1)[0] in variants]
+    abl = [k for k in metrics if k.rsplit("-", 1)[0] in trained]
     if abl:
-        md += ["", "## Ablation (training variants)", "",
-               "steptool: step rewards and step-level GAE; no_step_reward: outcome reward only; no_step_opt: no "
-               "credit across steps; ppo_outcome: classic PPO with token-level GAE on the outcome.", "",
+        md += ["", "## Ablation (training variants)", "", variants.describe() + ".", "",
                "| variant | strategy | Average pass rate | Δ vs " + reference + " | final KL to ref (per trajectory) | mean reward |",
                "|---|---|---|---|---|---|"]
         for k in abl:
@@ -93,7 +89,7 @@ def protocol(params: Params, root: Path) -> list[str]:
     """The run's sizes and every seed, so a reader can rerun it or vary one seed (`dvc exp run -S ...`)."""
     p = params
     ws = {}
-    ws_file = root / "data/metrics/warmstart.json"
+    ws_file = root / layout.metrics_file("warmstart")
     if ws_file.exists():
         ws = json.loads(ws_file.read_text())
     from pipeline.devices import resolve_device, resolve_precision
@@ -176,31 +172,28 @@ def run(params: Params, root: Path = Path(".")) -> str:
     results = load_results(root, params)
     train_logs = {}
     for v in params.variants:
-        f = root / TRAIN_LOGS / f"{v}.json"
+        f = root / layout.train_plot(v)
         if f.exists():
             train_logs[v] = json.loads(f.read_text())
     metrics, md = build(results, e.reference_model, list(params.variants), train_logs)
     at = md.index("## Figures")
     md[at:at] = protocol(params, root)
-    out = root / OUT
-    figures(metrics, e.reference_model, train_logs, out / "figures")
-    with atomic_path(out / "results.md") as tmp:
+    figures(metrics, e.reference_model, train_logs, root / layout.FIGURES)
+    with atomic_path(root / layout.RESULTS_MD) as tmp:
         tmp.write_text("\n".join(md) + "\n", encoding="utf-8")
-    write_json(out / "metrics.json", metrics)
-    _write_csv(out / "pass_rate.csv", ["run", "pass_rate", "std"],
+    write_json(root / layout.REPORT_METRICS, metrics)
+    _write_csv(root / layout.PASS_RATE_CSV, ["run", "pass_rate", "std"],
                [[k, m["pass_rate"]["average"]["mean"], m["pass_rate"]["average"]["std"]] for k, m in metrics.items()])
     ref = f"win_rate_vs_{e.reference_model}"
-    _write_csv(out / "win_rate.csv", ["run", "win", "tie", "loss"],
+    _write_csv(root / layout.WIN_RATE_CSV, ["run", "win", "tie", "loss"],
                [[k, m[ref]["win"], m[ref]["tie"], m[ref]["loss"]] for k, m in metrics.items() if m[ref]])
     best = max(metrics.items(), key=lambda kv: kv[1]["pass_rate"]["average"]["mean"] or 0.0)
     return (f"report: {len(metrics)} model x strategy runs; best {best[0]} at "
-            f"{best[1]['pass_rate']['average']['mean']:.1f} -> {out / 'results.md'}")
+            f"{best[1]['pass_rate']['average']['mean']:.1f} -> {layout.RESULTS_MD}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.cli import run_stage
-
-    return run_stage("report", __doc__, run, argv)
+    return run_stage("report", __doc__, run, argv, ARGS)
 
 
 if __name__ == "__main__":

@@ -3,47 +3,46 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline import layout
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.config import Params
 from pipeline.devices import resolve_device, resolve_precision
 from pipeline.fsutil import write_json
 from pipeline.models import load_tokenizer
+from pipeline.runner import run_stage
+from pipeline.sft import expert_dataset, link_or_copy_model, train_sft
+from pipeline.task_files import load_tasks
 from pipeline.toolworld.world import ToolWorld
-from pipeline.warmstart import expert_dataset, link_or_copy_model, train_sft
-from stages.tasks import CATALOG, load_tasks
 
-BASE = Path("data/models/base")
-OUT = Path("data/models/sft")
-METRICS = Path("data/metrics/warmstart.json")
+ARGS = ()
 
 
 def run(params: Params, root: Path = Path(".")) -> str:
     ws = params.warmstart
+    base, out, metrics_file = root / layout.BASE_MODEL, root / layout.SFT_MODEL, root / layout.metrics_file("warmstart")
     if not ws.enabled:
-        link_or_copy_model(root / BASE, root / OUT)
-        write_json(root / METRICS, {"enabled": False})
-        return f"warmstart: disabled, {OUT} is the base model"
-    world = ToolWorld.from_catalog(root / CATALOG)
+        link_or_copy_model(base, out)
+        write_json(metrics_file, {"enabled": False})
+        return f"warmstart: disabled, {layout.SFT_MODEL} is the base model"
+    world = ToolWorld.from_catalog(root / layout.CATALOG)
     tasks = load_tasks(root, "train", ws.max_tasks, f"warmstart-tasks:{ws.seed}")
-    renderer = ChatRenderer(load_tokenizer(str(root / BASE)), params.agent.prompt_format)
+    renderer = ChatRenderer(load_tokenizer(str(base)), params.agent.prompt_format)
     rows, stats = expert_dataset(tasks, world, renderer, paths_per_task=ws.paths_per_task, error_rate=ws.error_rate,
                                  max_length=ws.max_length, seed=ws.seed,
                                  max_observation_length=params.toolworld.max_observation_length,
                                  tool_descriptions=world.tool_descriptions())
     device = resolve_device(params.agent.device)
-    metrics = train_sft(root / BASE, rows, root / OUT, epochs=ws.epochs, learning_rate=ws.learning_rate,
+    metrics = train_sft(base, rows, out, epochs=ws.epochs, learning_rate=ws.learning_rate,
                         batch_size=ws.batch_size, seed=ws.seed, lora=ws.lora, lora_r=ws.lora_r,
                         device=device, max_length=ws.max_length, bf16=resolve_precision(ws.precision, device) == "bf16")
-    write_json(root / METRICS, {"enabled": True, **stats, **metrics})
+    write_json(metrics_file, {"enabled": True, **stats, **metrics})
     return (f"warmstart: {stats['paths']} expert paths ({stats['mistakes']} recoverable mistakes, "
             f"{stats['tokens']} tokens), loss {metrics['first_loss']} -> {metrics['last_loss']} in "
-            f"{metrics['steps']} steps -> {OUT}")
+            f"{metrics['steps']} steps -> {layout.SFT_MODEL}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.cli import run_stage
-
-    return run_stage("warmstart", __doc__, run, argv)
+    return run_stage("warmstart", __doc__, run, argv, ARGS)
 
 
 if __name__ == "__main__":

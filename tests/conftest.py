@@ -9,6 +9,17 @@ import pytest
 import pipeline  # noqa: F401  (sets the offline environment variables before transformers loads)
 
 REPO = Path(__file__).resolve().parents[1]
+
+# `make test` runs two pytest-xdist workers on CI's two cores: one intra-op thread each (and in the stage
+# subprocesses they start), so the workers do not fight over the cores. The tiny models gain nothing from
+# a second thread.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
 EXTERNAL = Path(os.environ.get("STEPTOOL_EXTERNAL", REPO.parent / "shared" / "external"))
 
 
@@ -44,6 +55,6 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
-    from tests.tiny_model import save_tiny_model
+    from tests.support.tiny_model import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", tokenizer)

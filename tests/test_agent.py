@@ -15,8 +15,8 @@ from pipeline.agent.prompts import TOOLLLAMA_SYSTEM, ChatRenderer, format_action
 from pipeline.agent.rollout import run_cot, run_dfsdt, run_dfsdt_batch
 from pipeline.apidoc import FINISH_FUNCTION
 from pipeline.envs import ToolWorldEnv
-from pipeline.toolworld.judge import SOLVED, rule_judge
-from tests.tiny_model import make_tiny_model
+from pipeline.toolworld.fact_judge import SOLVED, rule_judge
+from tests.support.tiny_model import make_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +263,7 @@ def test_scripted_generation_is_a_generation(tokenizer):
 
 def test_openai_backend_against_a_real_local_server(tokenizer, renderer, splits, monkeypatch):
     from pipeline.agent.backends import OpenAIPolicy
-    from tests.openai_server import CompletionServer
+    from tests.support.openai_server import CompletionServer
 
     hf = HFPolicy(make_tiny_model(tokenizer), tokenizer, SamplingConfig(max_new_tokens=8, temperature=0.0))
     server = CompletionServer(hf, tokenizer, faults=[429, 500, 503])

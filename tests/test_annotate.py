@@ -18,8 +18,8 @@ from pipeline.annotate.base import status_of
 from pipeline.annotate.cache import JudgeCache
 from pipeline.annotate.heuristic import heuristic_label, lcs_length, lcs_ratio
 from pipeline.annotate.importer import import_reference_annotations
-from pipeline.annotate.judge import parse_answer
-from pipeline.annotate.judge_server import Faults, JudgeServer
+from pipeline.annotate.llm_judge import parse_answer
+from pipeline.annotate.scripted_judge_server import Faults, JudgeServer
 from pipeline.annotate.oracle import oracle_label
 from pipeline.annotate.run import annotated_rows, group_steps, label_trajectories, summarize
 from pipeline.annotate.succ_calling import succ_calling
@@ -27,7 +27,7 @@ from pipeline.config import AnnotateConfig
 from pipeline.errors import SchemaError
 from pipeline.formats.stabletoolbench import parse_answer_steps
 from pipeline.schema import ANNOTATED_STEPS, write_table
-from tests.annotate_data import play_scripted
+from tests.support.annotate_data import play_scripted
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -259,6 +259,7 @@ label_trajectories(data["trajs"], data["steps"], tasks, cfg, sys.argv[2], progre
 """
 
 
+@pytest.mark.slow
 def test_kill_mid_run_then_rerun_repeats_no_call(played, tmp_path):
     trajs, steps, tasks = played
     server = JudgeServer(Faults(latency_s=0.15, p_malformed=0.05, p_wrong_length=0.05, seed=5))

@@ -8,12 +8,13 @@ import sys
 
 import pytest
 
+from pipeline import layout
 from tests.conftest import REPO
 
 
 def steptool(*args, cwd=REPO, timeout=120):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "steptool", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -25,7 +26,7 @@ def _one_error_line(proc) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("sub", ["tasks", "base-model", "serve-tools", "params", "describe"])
+@pytest.mark.parametrize("sub", ["tasks", "base_model", "warmstart", "collect", "annotate", "advantages", "train", "evaluate", "report", "serve-tools", "params", "describe", "play"])
 def test_help(sub):
     proc = steptool(sub, "--help")
     assert proc.returncode == 0 and "usage: steptool" in proc.stdout
@@ -39,13 +40,13 @@ def test_malformed_params_unknown_key_and_wrong_type(tmp_path):
     p.write_text("tasks:\n  seed: seven\n")
     line = _one_error_line(steptool("tasks", "--params", str(p), "--root", str(tmp_path)))
     assert "tasks.seed must be an integer, got str 'seven'" in line
-    assert not (tmp_path / "data").exists()
+    assert not (tmp_path / layout.DATA).exists()
 
 
 def test_missing_model_path(tmp_path):
     p = tmp_path / "params.yaml"
     p.write_text("base_model:\n  source: ./no/such/model\n")
-    line = _one_error_line(steptool("base-model", "--params", str(p), "--root", str(tmp_path)))
+    line = _one_error_line(steptool("base_model", "--params", str(p), "--root", str(tmp_path)))
     assert "model path ./no/such/model does not exist" in line
 
 
@@ -64,9 +65,9 @@ def test_tasks_stage_writes_its_outputs(tmp_path):
     proc = steptool("tasks", "--params", str(p), "--root", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert "33 tools" in proc.stdout and "train {'I1': 6, 'I2': 3, 'I3': 3}" in proc.stdout
-    for f in ("data/tasks/train.parquet", "data/tasks/test.parquet", "data/tools/catalog.json"):
+    for f in (layout.tasks_file("train"), layout.tasks_file("test"), layout.CATALOG):
         assert (tmp_path / f).exists()
-    described = steptool("describe", str(tmp_path / "data/tasks/train.parquet"))
+    described = steptool("describe", str(tmp_path / layout.tasks_file("train")))
     assert "gold" in described.stdout
 
 

@@ -10,8 +10,9 @@ import time
 
 import polars as pl
 import pyarrow.parquet as pq
+import pytest
 
-from pipeline.agent.collect import collect
+from pipeline.agent.play import collect
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.schema import STEPS, TOKENS, TRAJECTORIES, read_table
 from tests.conftest import REPO
@@ -20,7 +21,7 @@ SCRIPT = textwrap.dedent("""
     import sys, time
     import pipeline
     from pipeline.agent.backends import HFPolicy, SamplingConfig
-    from pipeline.agent.collect import collect
+    from pipeline.agent.play import collect
     from pipeline.agent.prompts import ChatRenderer
     from pipeline.envs import ToolWorldEnv
     from pipeline.toolworld.tasks import generate_tasks
@@ -48,6 +49,7 @@ def _run_script(tmp_path, model_dir, out, delay):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 def test_kill_then_resume_loses_nothing_and_repeats_nothing(tmp_path, tiny_model_dir):
     out = tmp_path / "traj"
     proc = _run_script(tmp_path, tiny_model_dir, out, delay=0.4)
@@ -82,7 +84,7 @@ def test_outputs_open_in_polars_and_datasets(tmp_path, tokenizer, world, splits)
 
     from pipeline.agent.backends import HFPolicy, SamplingConfig
     from pipeline.envs import ToolWorldEnv
-    from tests.tiny_model import make_tiny_model
+    from tests.support.tiny_model import make_tiny_model
 
     policy = HFPolicy(make_tiny_model(tokenizer), tokenizer, SamplingConfig(max_new_tokens=6), name="tiny")
     summary = collect(splits["train"][:3], policy, ChatRenderer(tokenizer), lambda: ToolWorldEnv(world),

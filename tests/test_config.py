@@ -46,7 +46,7 @@ def test_bad_params_name_the_key(raw, message):
 def test_defaults_fill_missing_keys_and_ints_are_numbers():
     p = parse_params({"toolworld": {"rate_limit_prob": 0}})
     assert p.toolworld.rate_limit_prob == 0.0 and isinstance(p.toolworld.rate_limit_prob, float)
-    assert p.toolworld.seed == 1234 and p.tasks.train.I1 == 120
+    assert p.toolworld.seed == 1234 and p.tasks.train.I1 == 80
 
 
 def test_invalid_yaml_and_missing_file(tmp_path):
@@ -69,3 +69,55 @@ def test_gpu_profile_is_a_valid_params_file_at_scale():
     assert gpu.collect.max_tasks == 0 and gpu.evaluate.tasks_per_level == 0 and gpu.evaluate.samples == 3
     assert gpu.evaluate.temperature > 0  # several samples must be able to differ
     assert gpu.variants == cpu.variants and gpu.evaluate.models == cpu.evaluate.models
+
+
+def test_params_yaml_states_the_dataclass_defaults():
+    """The dataclasses are the defaults; params.yaml writes every one of them out, with the same value."""
+    from pipeline.config import overrides, to_dict
+
+    params = load_params(REPO / "params.yaml")
+    assert overrides(params) == {}, "params.yaml and the dataclass defaults differ"
+    assert to_dict(params) == to_dict(Params())
+
+
+def test_profiles_hold_only_overrides_of_known_keys():
+    from pipeline.config import overrides
+
+    for profile in sorted((REPO / "profiles").glob("*.yaml")):
+        raw = yaml.safe_load(profile.read_text())
+        params = load_params(profile)  # an unknown key or a bad value is a ConfigError naming it
+        assert raw == overrides(params), f"{profile.name} repeats a default or misses an override"
+        assert raw, f"{profile.name} changes nothing"
+
+
+def test_params_lists_the_true_defaults_of_nested_sections():
+    rows = {key: default for key, _, default in describe()}
+    assert rows["tasks.train.I1"] == Params().tasks.train.I1 == 80
+    assert rows["tasks.test.I3"] == 25
+    assert rows["train.num_train_epochs"] == 1
+
+
+def test_a_written_params_file_is_complete_and_loads_back(tmp_path):
+    """`steptool params --profile P --write F`: every key (DVC needs them all), the profile's values, and the
+    file loads back to the same params."""
+    from pipeline.config import render_params, to_dict
+
+    gpu = load_params(REPO / "profiles/gpu.yaml")
+    out = tmp_path / "params.yaml"
+    out.write_text(render_params(gpu))
+    raw = yaml.safe_load(out.read_text())
+    assert set(raw) == set(to_dict(gpu)) and set(raw["train"]) == set(to_dict(gpu.train))
+    assert to_dict(load_params(out)) == to_dict(gpu)
+    assert raw["base_model"]["source"] == "Qwen/Qwen2.5-7B-Instruct" and raw["variants"] == gpu.variants
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"variants": ["steptool", "nope"]}, "unknown variant 'nope'"),
+    ({"variants": ["steptool", "steptool"]}, "each variant at most once"),
+    ({"train": {"ppo_epochs": 2}}, "unknown key 'train.ppo_epochs'"),
+    ({"train": {"cliprange": 0}}, "train.cliprange must be > 0"),
+])
+def test_variants_and_train_keys_are_checked(raw, message):
+    with pytest.raises(ConfigError) as e:
+        parse_params(raw, "params.yaml")
+    assert message in str(e.value)

@@ -1,5 +1,6 @@
-"""A real `dvc repro` in a temporary git repository: builds, is a no-op the second time, and reruns only
-what a changed parameter touches."""
+"""A real `dvc repro` in a temporary git repository: builds, is a no-op the second time, re-annotates with
+the openai judge in `dvc exp run`, and reruns only what a changed parameter touches. One pipeline run is
+shared by the tests of this module (they run in file order; the last one changes the repository)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ import polars as pl
 import pytest
 import yaml
 
+from pipeline import layout
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
@@ -24,10 +26,13 @@ def _run(cmd, cwd, env):
     return proc.stdout + proc.stderr
 
 
-@pytest.fixture()
-def repo(tmp_path, tiny_model_dir):
-    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    dest = tmp_path / "repo"
+DVC = [sys.executable, "-m", "dvc"]
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, tiny_model_dir):
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    dest = tmp_path_factory.mktemp("dvc") / "repo"
     for f in files:
         if f.startswith("tests/") or f == "dvc.lock":
             continue
@@ -48,81 +53,91 @@ def repo(tmp_path, tiny_model_dir):
     _run(["git", "init", "-q"], dest, env)
     _run(["git", "add", "-A"], dest, env)
     _run(["git", "commit", "-qm", "init"], dest, env)
-    return dest, env
+    out = _run(DVC + ["repro"], dest, env)
+    _run(["git", "add", "-A"], dest, env)
+    _run(["git", "commit", "-qm", "reproduced"], dest, env)
+    return dest, env, out
 
 
-def test_repro_builds_then_noop_then_reruns_only_what_changed(repo):
-    dest, env = repo
-    dvc = [sys.executable, "-m", "dvc"]
-    out = _run(dvc + ["repro"], dest, env)
+def test_repro_builds_every_stage(repo):
+    dest, env, out = repo
+    dvc = DVC
     for stage in ("tasks", "base_model", "warmstart", "collect", "annotate", "advantages@steptool",
                   "train@steptool", "train@ppo_outcome", "train@no_step_opt", "train@no_step_reward"):
         assert f"Running stage '{stage}'" in out
     for variant in ("steptool", "no_step_reward", "no_step_opt", "ppo_outcome"):
-        assert (dest / f"data/models/{variant}/model.safetensors").exists()
-        assert (dest / f"data/models/{variant}/value_head.pt").exists()
-        assert json.loads((dest / f"data/metrics/train/{variant}.json").read_text())["optimizer_steps"] >= 1
+        assert (dest / layout.model_dir(variant) / "model.safetensors").exists()
+        assert (dest / layout.model_dir(variant) / "value_head.pt").exists()
+        assert json.loads((dest / layout.metrics_file("train", variant)).read_text())["optimizer_steps"] >= 1
     plots = _run(dvc + ["plots", "show", "--json"], dest, env)
-    assert "policy_loss" in plots and "reports/figures/pass_rate.png" in plots and "reports/win_rate.csv" in plots
+    assert "policy_loss" in plots and str(layout.FIGURES / "pass_rate.png") in plots and str(layout.WIN_RATE_CSV) in plots
     for model in ("base", "sft", "steptool"):
         for strategy in ("cot", "dfsdt"):
             assert f"Running stage 'evaluate@{model}-{strategy}'" in out
-            assert pl.read_parquet(dest / f"data/eval/{model}-{strategy}/results.parquet").height == 3
+            assert pl.read_parquet(dest / layout.table(layout.eval_dir(model, strategy), "results")).height == 3
     assert "Running stage 'report'" in out
-    md = (dest / "reports/results.md").read_text()
+    md = (dest / layout.RESULTS_MD).read_text()
     assert "| steptool | dfsdt |" in md and "## Ablation" in md
-    annotated = pl.read_parquet(dest / "data/annotated/steps.parquet")
-    assert annotated.height == pl.read_parquet(dest / "data/trajectories/steps.parquet").height
+    annotated = pl.read_parquet(dest / layout.table(layout.ANNOTATED, "steps"))
+    assert annotated.height == pl.read_parquet(dest / layout.table(layout.TRAJECTORIES, "steps")).height
     assert set(annotated["annotator"]) == {"oracle"}
-    train = pl.read_parquet(dest / "data/tasks/train.parquet")
-    trajs = pl.read_parquet(dest / "data/trajectories/trajectories.parquet")
+    train = pl.read_parquet(dest / layout.tasks_file("train"))
+    trajs = pl.read_parquet(dest / layout.table(layout.TRAJECTORIES, "trajectories"))
     assert trajs.height == 6 and trajs["traj_id"].n_unique() == 6
-    assert (dest / "data/models/sft/model.safetensors").exists()
+    assert (dest / layout.SFT_MODEL / "model.safetensors").exists()
     metrics = _run(dvc + ["metrics", "show"], dest, env)
     assert "parse_success" in metrics and "train_loss" in metrics
     assert "steptool-cot" in metrics and "win_rate_vs_sft" in metrics
     assert train.height == 16 and set(train["level"]) == {"I1", "I2", "I3"}
-    assert (dest / "data/models/base/model.safetensors").exists()
+    assert (dest / layout.BASE_MODEL / "model.safetensors").exists()
     lock = (dest / "dvc.lock").read_text()
     assert "toolworld" in lock
 
-    out = _run(dvc + ["repro"], dest, env)
-    assert "Running stage" not in out and "up to date" in out
 
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["toolworld"]["seed"] = 99
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = _run(dvc + ["repro", "annotate"], dest, env)  # (the rest of the chain is the same work again)
-    assert "Running stage 'tasks'" in out and "Running stage 'base_model'" not in out
-    assert "Running stage 'collect'" in out
-    assert not pl.read_parquet(dest / "data/tasks/train.parquet")["query"].equals(train["query"])
+def test_a_second_repro_does_nothing(repo):
+    dest, env, _ = repo
+    out = _run(DVC + ["repro"], dest, env)
+    assert "Running stage" not in out and "up to date" in out
 
 
 def test_exp_run_with_the_openai_judge_then_a_rerun_makes_no_call(repo):
-    from pipeline.annotate.judge_server import Faults, JudgeServer
+    """`dvc exp run annotate -S annotate.annotator=openai ...` against the scripted judge (faults on), then a
+    forced rerun answered from the cache; the key is in no file."""
+    from pipeline.annotate.scripted_judge_server import Faults, JudgeServer
 
-    dest, env = repo
-    dvc = [sys.executable, "-m", "dvc"]
+    dest, env, _ = repo
+    dvc = DVC
     secret = "sk-dvc-test-7d1c"
     env = dict(env, OPENAI_API_KEY=secret)
-    _run(dvc + ["repro", "collect"], dest, env)
-    _run(["git", "add", "-A"], dest, env)
-    _run(["git", "commit", "-qm", "collected"], dest, env)
     server = JudgeServer(Faults(p_429=0.1, p_malformed=0.05, seed=2))
     try:
         sets = ["-S", "annotate.annotator=openai", "-S", f"annotate.base_url={server.url}", "-S", "annotate.n_votes=2"]
-        out = _run(dvc + ["exp", "run"] + sets, dest, env)
+        out = _run(dvc + ["exp", "run", "annotate"] + sets, dest, env)
         assert "Running stage 'annotate'" in out
-        metrics = json.loads((dest / "data/metrics/annotate.json").read_text())
+        metrics = json.loads((dest / layout.metrics_file("annotate")).read_text())
         assert metrics["annotator"] == "openai" and metrics["judge_calls"] > 0
         assert metrics["annotated"] + metrics["failed"] == 6
         calls = server.http_calls
         out = _run(dvc + ["exp", "run", "-f", "annotate"] + sets, dest, env)
         assert "Running stage 'annotate'" in out
-        metrics = json.loads((dest / "data/metrics/annotate.json").read_text())
+        metrics = json.loads((dest / layout.metrics_file("annotate")).read_text())
         assert metrics["judge_calls"] == 0 and metrics["cache_hits"] > 0 and server.http_calls == calls
     finally:
         server.close()
     for f in dest.rglob("*"):  # the key is in no file the pipeline wrote, dvc.lock and the cache included
         if f.is_file() and ".git" not in f.parts:
             assert secret.encode() not in f.read_bytes(), f
+
+
+def test_a_changed_param_reruns_only_what_it_touches(repo):
+    dest, env, _ = repo
+    dvc = DVC
+    _run(["git", "checkout", "--", "params.yaml", "dvc.lock"], dest, env)  # undo the experiment's -S keys
+    train = pl.read_parquet(dest / layout.tasks_file("train"))
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["toolworld"]["seed"] = 99
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = _run(dvc + ["repro", "annotate"], dest, env)  # (the rest of the chain is the same work again)
+    assert "Running stage 'tasks'" in out and "Running stage 'base_model'" not in out
+    assert "Running stage 'collect'" in out
+    assert not pl.read_parquet(dest / layout.tasks_file("train"))["query"].equals(train["query"])

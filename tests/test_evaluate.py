@@ -8,6 +8,7 @@ import polars as pl
 import pytest
 import yaml
 
+from pipeline import layout
 from pipeline.config import load_params
 from pipeline.evaluate.results import compare_round, result_rows, summarize, win_rate
 from pipeline.task import Task
@@ -101,7 +102,7 @@ def eval_root(tmp_path, tiny_model_dir):
     params = load_params(tmp_path / "params.yaml")
     tasks_stage.run(params, tmp_path)
     for name in ("sft", "steptool"):
-        shutil.copytree(tiny_model_dir, tmp_path / "data/models" / name)
+        shutil.copytree(tiny_model_dir, tmp_path / layout.model_dir(name))
     return tmp_path, params
 
 
@@ -113,15 +114,15 @@ def test_evaluate_then_report(eval_root):
         for strategy in ("cot", "dfsdt"):
             msg = evaluate.run(params, root, model, strategy)
             assert msg.startswith(f"evaluate {model} {strategy}: 3 tasks")
-    res = pl.read_parquet(root / "data/eval/sft-dfsdt/results.parquet")
+    res = pl.read_parquet(root / layout.table(layout.eval_dir("sft", "dfsdt"), "results"))
     assert res.height == 3 and sorted(res["level"]) == ["I1", "I2", "I3"]
     assert (res["actions_generated"] >= res["n_steps"]).all()
-    metrics = json.loads((root / "data/metrics/eval/steptool-cot.json").read_text())
+    metrics = json.loads((root / layout.metrics_file("eval", "steptool-cot")).read_text())
     assert set(metrics["pass_rate"]) == {"I1", "I2", "I3", "average"} and metrics["judge"] == "rule"
 
     msg = report.run(params, root)
     assert msg.startswith("report: 4 model x strategy runs")
-    md = (root / "reports/results.md").read_text()
+    md = (root / layout.RESULTS_MD).read_text()
     for line in ("| sft | cot |", "| sft | dfsdt |", "| steptool | cot |", "| steptool | dfsdt |"):
         assert line in md
     assert "## Ablation" in md and "| steptool | cot |" in md.split("## Ablation")[1]
@@ -130,10 +131,10 @@ def test_evaluate_then_report(eval_root):
                  f"`train.seed` {params.train.seed}", f"`evaluate.seed` {params.evaluate.seed}"):
         assert seed in protocol
     for fig in ("pass_rate.png", "win_rate.png"):
-        assert (root / "reports/figures" / fig).read_bytes()[:4] == b"\x89PNG"
-    m = json.loads((root / "reports/metrics.json").read_text())
+        assert (root / layout.FIGURES / fig).read_bytes()[:4] == b"\x89PNG"
+    m = json.loads((root / layout.REPORT_METRICS).read_text())
     assert m["sft-cot"]["win_rate_vs_sft"] is None and m["steptool-cot"]["win_rate_vs_sft"]["tasks"] == 3
-    assert (root / "reports/win_rate.csv").read_text().startswith("run,win,tie,loss\nsteptool-cot,")
+    assert (root / layout.WIN_RATE_CSV).read_text().startswith("run,win,tie,loss\nsteptool-cot,")
 
 
 def test_evaluate_names_a_missing_checkpoint(eval_root):
@@ -141,18 +142,18 @@ def test_evaluate_names_a_missing_checkpoint(eval_root):
     from stages import evaluate
 
     root, params = eval_root
-    shutil.rmtree(root / "data/models/steptool")
-    with pytest.raises(SteptoolError, match="data/models/steptool: not a checkpoint"):
+    shutil.rmtree(root / layout.model_dir("steptool"))
+    with pytest.raises(SteptoolError, match=f"{layout.model_dir('steptool')}: not a checkpoint"):
         evaluate.run(params, root, "steptool", "cot")
 
 
 def test_tasks_per_level_takes_the_first_of_each_level(eval_root):
-    from stages.evaluate import eval_tasks
+    from pipeline.task_files import first_per_level, load_tasks
 
     root, _ = eval_root
-    picked = eval_tasks(root, 2)
+    picked = first_per_level(load_tasks(root, "test"), 2)
     assert [t.level for t in picked].count("I1") == 2 and [t.level for t in picked].count("I3") == 2
-    assert len(eval_tasks(root, 0)) == 7
+    assert len(first_per_level(load_tasks(root, "test"), 0)) == 7
 
 
 def _judge_params(tmp_path, url, n_judgings=3):
@@ -168,8 +169,8 @@ def _judge_params(tmp_path, url, n_judgings=3):
 def test_openai_pass_rate_judge_follows_the_protocol(tmp_path, monkeypatch):
     """No answer -> Unsolved with no call; check_answer_status first; parse_answer_status only on Unsure;
     faults retried; a rerun is free; the key is sent but never written."""
-    from pipeline.annotate.judge_server import Faults, JudgeServer
-    from pipeline.evaluate.judge import judge_answers
+    from pipeline.annotate.scripted_judge_server import Faults, JudgeServer
+    from pipeline.evaluate.llm_pass_rate import judge_answers
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-eval-test-91")
     task = Task("t", "test", "I1", "How tall is the tower?", [], gold_calls=[], gold_facts=["300"])
@@ -207,7 +208,7 @@ def test_openai_pass_rate_judge_follows_the_protocol(tmp_path, monkeypatch):
 
 
 def test_evaluate_stage_with_the_openai_judge(eval_root, monkeypatch):
-    from pipeline.annotate.judge_server import JudgeServer
+    from pipeline.annotate.scripted_judge_server import JudgeServer
     from stages import evaluate
 
     root, _ = eval_root
@@ -222,7 +223,7 @@ def test_evaluate_stage_with_the_openai_judge(eval_root, monkeypatch):
         evaluate.run(params, root, "sft", "cot")
     finally:
         server.close()
-    res = pl.read_parquet(root / "data/eval/sft-cot/results.parquet")
+    res = pl.read_parquet(root / layout.table(layout.eval_dir("sft", "cot"), "results"))
     assert set(res["judge"]) == {"openai"} and res["statuses"].list.len().to_list() == [2, 2, 2]
-    m = json.loads((root / "data/metrics/eval/sft-cot.json").read_text())
+    m = json.loads((root / layout.metrics_file("eval", "sft-cot")).read_text())
     assert m["judge"] == "openai" and m["judge_runs"] == 2 and "judge_stats" in m

@@ -13,8 +13,8 @@ from pipeline.agent.parse import parse_action, parse_tool_call
 from pipeline.agent.prompts import ChatRenderer, format_action, name_slot, system_prompt, user_message
 from pipeline.agent.rollout import run_cot
 from pipeline.envs import ToolWorldEnv
-from pipeline.toolworld.judge import SOLVED, rule_judge
-from tests.tiny_model import make_tiny_model
+from pipeline.toolworld.fact_judge import SOLVED, rule_judge
+from tests.support.tiny_model import make_tiny_model
 
 KNOWN = {"search_for_x", "details_for_x"}
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.toolworld.judge import SOLVED, UNSOLVED, UNSURE, fact_stated, rule_judge
+from pipeline.toolworld.fact_judge import SOLVED, UNSOLVED, UNSURE, fact_stated, rule_judge
 
 
 @pytest.mark.parametrize("fact, answer, expected", [

@@ -8,7 +8,7 @@ from pipeline.agent.kvcache import PrefixCache, common_prefix
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.agent.rollout import run_cot, run_dfsdt_batch
 from pipeline.envs import ToolWorldEnv
-from tests.tiny_model import make_tiny_model
+from tests.support.tiny_model import make_tiny_model
 
 
 def _kv(n: int, value: float = 0.0):

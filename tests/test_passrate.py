@@ -45,7 +45,7 @@ def test_bad_status_names_file_and_query(tmp_path):
 
 def test_reproduces_published_steptool_cot(external):
     """The StepTool README: CoT I1 61.1 +- 0.7, I2 56.6 +- 2.2 (ToolLLaMA-2-7b-v2, GPT-4 judge, 3 judgings)."""
-    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "pass-rate",
+    out = subprocess.run([sys.executable, "-m", "steptool", "pass-rate",
                           str(external / "steptool/pass_rate_results/steptool_cot"), "--compact"],
                          capture_output=True, text=True, check=True)
     got = json.loads(out.stdout)

@@ -128,6 +128,7 @@ def test_replay_hit_rate_on_the_real_trajectories(external):
     assert 0.85 < total < 0.95
 
 
+@pytest.mark.slow
 def test_agent_plays_real_queries_through_replay_and_exports(external, tmp_path, tiny_model_dir):
     queries = external / "stabletoolbench/solvable_queries/test_instruction/G1_instruction.json"
     out = tmp_path / "play"
@@ -138,7 +139,7 @@ def test_agent_plays_real_queries_through_replay_and_exports(external, tmp_path,
     raw["agent"].update(max_steps=2, max_new_tokens=12)
     raw["env"]["replay_path"] = str(external / "steptool/pass_rate_results")
     params.write_text(yaml.safe_dump(raw))
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "play", "--params", str(params), "--model",
+    proc = subprocess.run([sys.executable, "-m", "steptool", "play", "--params", str(params), "--model",
                            str(tiny_model_dir), "--queries", str(queries), "--env", "replay", "--max-tasks", "2",
                            "--out", str(out)], capture_output=True, text=True, cwd=tmp_path,
                           env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
@@ -156,7 +157,7 @@ def test_agent_plays_real_queries_through_replay_and_exports(external, tmp_path,
         raw_params = yaml.safe_load(params.read_text())
         raw_params["env"]["url"] = url
         params.write_text(yaml.safe_dump(raw_params))
-        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "play", "--params", str(params), "--model",
+        proc = subprocess.run([sys.executable, "-m", "steptool", "play", "--params", str(params), "--model",
                                str(tiny_model_dir), "--queries", str(queries), "--env", "http", "--max-tasks", "2",
                                "--out", str(tmp_path / "http")], capture_output=True, text=True, cwd=tmp_path,
                               env={**__import__("os").environ, "PYTHONPATH": str(REPO)})

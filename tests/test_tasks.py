@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.envs import ToolWorldEnv
 from pipeline.toolworld import spec as S
-from pipeline.toolworld.judge import SOLVED, UNSOLVED, pass_score, rule_judge
+from pipeline.toolworld.fact_judge import SOLVED, UNSOLVED, pass_score, rule_judge
 from pipeline.toolworld.oracle import run_oracle
 from pipeline.toolworld.tasks import generate_tasks
 

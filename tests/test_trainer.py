@@ -103,7 +103,7 @@ def test_whiten_over_the_mask_only():
 # ---- rendering, masks, truncation ----------------------------------------------------------------------
 
 def test_action_mask_covers_exactly_the_actions(world, splits, tokenizer):
-    from tests.annotate_data import play_scripted
+    from tests.support.annotate_data import play_scripted
     from trainer.step_ppo import collate
 
     trajs, steps = play_scripted(world, splits["train"][:3], tokenizer)
@@ -118,10 +118,11 @@ def test_action_mask_covers_exactly_the_actions(world, splits, tokenizer):
         # everything else is the prompt and observations: the context text the model read
         unmasked = tokenizer.decode([x for x, m in zip(r.input_ids, r.action_mask) if not m])
         assert st[0]["prompt_text"] in unmasked and all(s["observation"] in unmasked for s in st[:-1])
-        items.append({"input_ids": r.input_ids, "action_mask": r.action_mask, "token_step": [0] * len(r.input_ids),
-                      "state_pos": [a - 1 for a, _ in r.step_bounds], "rewards": [0.0] * len(st),
-                      "tok_rewards": [0.0] * sum(r.action_mask), "old_logprobs": [0.0] * sum(r.action_mask),
-                      "ref_logprobs": [0.0] * sum(r.action_mask), "old_values": [0.0] * len(st)})
+        n = sum(r.action_mask)
+        items.append({"input_ids": r.input_ids, "action_mask": r.action_mask, "rewards": [0.0] * len(st),
+                      "value_pos": [a - 1 for a, _ in r.step_bounds], "old_values": [0.0] * len(st),
+                      "returns": [0.0] * len(st), "old_logprobs": [0.0] * n, "ref_logprobs": [0.0] * n,
+                      "advantages": [0.0] * n})
     batch = collate(items, pad_id=tokenizer.pad_token_id)
     pad = batch["attention_mask"] == 0
     assert pad.any() and not (batch["action_mask"].bool() & pad).any()  # pads are never actions
@@ -168,9 +169,9 @@ def test_reference_ppo_csv_imports(external, tokenizer):
 # ---- learning --------------------------------------------------------------------------------------------
 
 def _learn(tokenizer, variant: str, seed: int, rounds: int = 4, flip_sign: bool = False):
-    from tests.tiny_model import make_tiny_model
-    from tests.toy_env import play, right_probability
-    from trainer import step_ppo
+    from tests.support.tiny_model import make_tiny_model
+    from tests.support.toy_env import play, right_probability
+    from trainer import ppo_round, step_ppo
     from trainer.config import StepPPOConfig
     from trainer.model import PolicyWithValue
 
@@ -178,22 +179,24 @@ def _learn(tokenizer, variant: str, seed: int, rounds: int = 4, flip_sign: bool 
     model = make_tiny_model(tokenizer, seed=seed)
     wrapped = PolicyWithValue(model)
     start = right_probability(model, tokenizer, 6)
-    original = step_ppo.step_gae
+    original = ppo_round.step_gae
     if flip_sign:
-        step_ppo.step_gae = lambda *a: tuple(-x for x in original(*a))
+        ppo_round.step_gae = lambda *a: tuple(-x for x in original(*a))
     try:
         for r in range(rounds):
             examples, _ = play(model, tokenizer, 16, 6, seed * 1000 + r, variant)
             cfg = StepPPOConfig(output_dir=str(REPO / ".pytest_cache" / "ppo-learn"), report_to=[], use_cpu=True,
-                                variant=variant, num_train_epochs=2, per_device_train_batch_size=8, learning_rate=1e-3,
+                                variant=variant, num_train_epochs=2, per_device_train_batch_size=8,
+                                gradient_accumulation_steps=1, learning_rate=1e-3,
                                 kl_coef=0.0, save_strategy="no", seed=seed, disable_tqdm=True, logging_steps=100,
                                 lr_scheduler_type="constant")
             step_ppo.StepPPOTrainer(wrapped, cfg, examples, pad_id=tokenizer.pad_token_id).train()
     finally:
-        step_ppo.step_gae = original
+        ppo_round.step_gae = original
     return start, right_probability(model, tokenizer, 6)
 
 
+@pytest.mark.slow
 def test_steptool_learns_the_right_actions_and_beats_outcome_only_ppo(tokenizer):
     """Six turns, one right action each. On the same budget, step rewards with step-level GAE raise the
     right-action probability on every seed and end above outcome-only PPO, whose reward (all six right)
@@ -223,8 +226,8 @@ import torch
 import pipeline
 from transformers import TrainerCallback
 from pipeline.models import SMOLLM2, load_tokenizer
-from tests.tiny_model import make_tiny_model
-from tests.toy_env import play
+from tests.support.tiny_model import make_tiny_model
+from tests.support.toy_env import play
 from trainer.config import StepPPOConfig
 from trainer.model import PolicyWithValue
 from trainer.step_ppo import StepPPOTrainer
@@ -241,7 +244,7 @@ class Slow(TrainerCallback):
         time.sleep(delay)
 
 cfg = StepPPOConfig(output_dir=out, report_to=[], use_cpu=True, num_train_epochs=4, per_device_train_batch_size=2,
-                    learning_rate=1e-3, save_strategy="steps", save_steps=4, seed=0, disable_tqdm=True,
+                    gradient_accumulation_steps=1, learning_rate=1e-3, save_strategy="steps", save_steps=4, seed=0, disable_tqdm=True,
                     logging_steps=100, dataloader_num_workers=0)
 trainer = StepPPOTrainer(wrapped, cfg, examples, pad_id=tok.pad_token_id, callbacks=[Slow()])
 trainer.train(resume_from_checkpoint=resume or None)
@@ -257,6 +260,7 @@ def _train(tmp_path, out, delay, resume):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_ends_with_the_uninterrupted_weights(tmp_path):
     clean = tmp_path / "clean"
     p = _train(tmp_path, clean, 0.0, False)
@@ -281,8 +285,8 @@ def test_resume_after_kill_ends_with_the_uninterrupted_weights(tmp_path):
 def test_bf16_autocast_starts_the_round_at_ratio_one(tokenizer):
     """Under bf16 autocast the round's old log-probs are computed with the same autocast as the loss, so the
     first optimizer step sees ratio ~1 (approx_kl ~0) and no clipping, as in fp32."""
-    from tests.tiny_model import make_tiny_model
-    from tests.toy_env import play
+    from tests.support.tiny_model import make_tiny_model
+    from tests.support.toy_env import play
     from trainer import step_ppo
     from trainer.config import StepPPOConfig
     from trainer.model import PolicyWithValue
@@ -290,10 +294,81 @@ def test_bf16_autocast_starts_the_round_at_ratio_one(tokenizer):
     model = make_tiny_model(tokenizer, seed=3)
     examples, _ = play(model, tokenizer, 8, 3, 11, "steptool")
     cfg = StepPPOConfig(output_dir=str(REPO / ".pytest_cache" / "ppo-bf16"), report_to=[], use_cpu=True, bf16=True,
-                        variant="steptool", num_train_epochs=1, per_device_train_batch_size=4, learning_rate=1e-4,
+                        variant="steptool", num_train_epochs=1, per_device_train_batch_size=4,
+                        gradient_accumulation_steps=1, learning_rate=1e-4,
                         save_strategy="no", seed=0, disable_tqdm=True, logging_steps=1, lr_scheduler_type="constant")
     trainer = step_ppo.StepPPOTrainer(PolicyWithValue(model), cfg, examples, pad_id=tokenizer.pad_token_id)
     trainer.train()
     first = next(h for h in trainer.state.log_history if "approx_kl" in h)
     assert abs(first["approx_kl"]) < 1e-3 and first["clipfrac"] == 0.0
     assert trainer.state.global_step == 2
+
+
+# ---- the round's phases 1-4, by hand -------------------------------------------------------------------------
+
+def _round_examples(tokenizer):
+    from trainer.data import Example
+
+    # two trajectories: 2 steps of 2 and 3 action tokens, and 1 step of 2 tokens (prompt tokens around them)
+    a = Example("a", list(range(10, 20)), [0, 0, 1, 1, 0, 0, 1, 1, 1, 0], [(2, 4), (6, 9)], [0.5, 1.0])
+    b = Example("b", list(range(10, 16)), [0, 0, 0, 1, 1, 0], [(3, 5)], [0.25])
+    return [a, b]
+
+
+def _round_cfg(variant, **kw):
+    from trainer.config import StepPPOConfig
+
+    kw = dict(dict(kl_coef=0.0, value_init="zero", whiten_advantages=False, gamma=0.9, lam=0.5), **kw)
+    return StepPPOConfig(output_dir=str(REPO / ".pytest_cache" / "ppo-round"), report_to=[], use_cpu=True,
+                         variant=variant, **kw)
+
+
+def test_round_advantages_by_hand_for_each_variant(tokenizer):
+    """Phase 3 with V = 0 and no KL: A_t = Σ_k (γλ)^k r_{t+k} at step level (γλ = 0.45), A_t = r_t without
+    credit across steps, and at token level the rewards sit on each action's last token and decay per token."""
+    from tests.support.tiny_model import make_tiny_model
+    from trainer.model import PolicyWithValue
+    from trainer.ppo_round import prepare_round
+
+    model = PolicyWithValue(make_tiny_model(tokenizer))
+    ex = _round_examples(tokenizer)
+    items, _ = prepare_round(model, ex, _round_cfg("steptool"))
+    assert items[0]["advantages"] == pytest.approx([0.5 + 0.45 * 1.0] * 2 + [1.0] * 3)
+    assert items[0]["returns"] == pytest.approx([0.95, 1.0]) and items[1]["advantages"] == pytest.approx([0.25] * 2)
+    items, _ = prepare_round(model, ex, _round_cfg("no_step_opt"))
+    assert items[0]["advantages"] == pytest.approx([0.5] * 2 + [1.0] * 3)
+    items, _ = prepare_round(model, ex, _round_cfg("no_step_reward"))  # the rewards come from the table as given
+    assert items[0]["advantages"] == pytest.approx([0.95] * 2 + [1.0] * 3)
+    items, _ = prepare_round(model, ex, _round_cfg("ppo_outcome"))
+    # action tokens of a: rewards [0, 0.5, 0, 0, 1.0]; A_k = Σ_j 0.45^j r_{k+j}
+    expected = _classic_token_gae([0, 0.5, 0, 0, 1.0], [0.0] * 5, 0.9, 0.5)
+    assert items[0]["advantages"] == pytest.approx(expected) and len(items[0]["returns"]) == 5
+    assert expected[0] == pytest.approx(0.45 * 0.5 + 0.45 ** 4 * 1.0)
+
+
+def test_round_whitens_once_over_all_steps_and_shapes_rewards_with_the_kl(tokenizer):
+    from tests.support.tiny_model import make_tiny_model
+    from trainer.model import PolicyWithValue
+    from trainer.ppo_round import prepare_round
+
+    model = PolicyWithValue(make_tiny_model(tokenizer))
+    ex = _round_examples(tokenizer)
+    items, stats = prepare_round(model, ex, _round_cfg("steptool", whiten_advantages=True))
+    steps = [0.95, 1.0, 0.25]  # the three steps' raw advantages, whitened together (not per batch)
+    mean = sum(steps) / 3
+    std = (sum((x - mean) ** 2 for x in steps) / 2) ** 0.5
+    w = [(x - mean) / std for x in steps]
+    assert items[0]["advantages"] == pytest.approx([w[0]] * 2 + [w[1]] * 3, rel=1e-5)
+    assert items[1]["advantages"] == pytest.approx([w[2]] * 2, rel=1e-5)
+    assert stats["round_advantage_mean"] == pytest.approx(mean)
+    # phase 2: behaviour log-probs 0.1 above the reference on every token -> k1 = 0.1 per token, so a
+    # 2-token step loses β·0.2 and a 3-token step β·0.3
+    from trainer.ppo_round import precompute
+
+    ref = precompute(model, ex, _round_cfg("steptool"))
+    for e, it in zip(ex, ref):
+        e.behaviour_logprobs = [x + 0.1 for x in it["ref_logprobs"]]
+    items, _ = prepare_round(model, ex, _round_cfg("steptool", old_logprobs="behaviour", kl_coef=0.5, lam=1.0,
+                                                   gamma=1.0))
+    assert items[0]["returns"] == pytest.approx([0.5 - 0.1 + 1.0 - 0.15, 1.0 - 0.15])
+    assert items[1]["returns"] == pytest.approx([0.25 - 0.1])

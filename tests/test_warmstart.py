@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pipeline.agent.prompts import ChatRenderer
-from pipeline.warmstart import _action_only_trainer, expert_dataset, train_sft
-from tests.tiny_model import make_tiny_model
+from pipeline.sft import _action_only_trainer, expert_dataset, train_sft
+from tests.support.tiny_model import make_tiny_model
 
 
 @pytest.fixture(scope="module")

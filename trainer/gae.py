@@ -1,6 +1,7 @@
 """Generalised advantage estimation over *steps* (StepTool) and over tokens (classic PPO).
 
-Step level (DESIGN.md): for a trajectory of T steps with rewards r_t and values V(s_t),
+Step level (docs/architecture.md, "Advantages and the PPO round"), for a trajectory of T steps with
+rewards r_t and values V(s_t):
 
     δ_t = r_t + γ·V(s_{t+1}) − V(s_t),   V(s_{T+1}) = 0
     A_t = Σ_k (γλ)^k δ_{t+k},            R_t = A_t + V(s_t)

@@ -4,7 +4,8 @@
 temperature / top-p, a seed per row (a row's sample does not depend on what else is in the batch),
 stop at the end-of-turn token, and the behaviour log-prob of every generated token, i.e.
 ``log_softmax(logits / temperature)`` of the sampled token before top-p truncation, which is what
-the trainer recomputes. ``ScriptedPolicy`` replays fixed texts (tests, demos).
+the trainer recomputes. The torch-free parts (the `Policy` protocol, `Generation`, `NameSlot`,
+``ScriptedPolicy``, which replays fixed texts) are in pipeline/agent/policy.py.
 
 Constrained function names (`NameSlot`): right after an action's name trigger (``\nAction:`` in the
 ReAct formats, ``<tool_call>\n{"name": "`` in chat_tools) the sampler may only write one of the task's
@@ -17,60 +18,14 @@ from __future__ import annotations
 import bisect
 import inspect
 import time
-from dataclasses import dataclass
-from typing import Protocol
 
 import torch
 
 from pipeline.agent.kvcache import PrefixCache, batch_past, growing_cache
+from pipeline.agent.policy import Generation, NameSlot, Policy, SamplingConfig, ScriptedPolicy, slot_remainders
 
-
-@dataclass
-class Generation:
-    token_ids: list[int]  # generated ids, the end-of-turn token included when generated
-    logprobs: list[float]  # one per token id
-    text: str  # decoded, without the end-of-turn token
-    ended: bool  # the end-of-turn token was generated (else max_new_tokens cut it)
-
-
-@dataclass(frozen=True)
-class NameSlot:
-    """After the last `trigger` in the generated text, the text must go on as one of `choices` (each a
-    function name with the format's text around it, e.g. " Search_for_x\n"). An empty trigger constrains
-    from the first generated token."""
-
-    trigger: str
-    choices: tuple[str, ...]
-
-
-def slot_remainders(text: str, slot: NameSlot) -> set[str] | None:
-    """What may still follow `text` in `slot`: None when the slot is not open (no trigger yet, a choice
-    already completed, or the text left every choice, which can only happen if it was not constrained)."""
-    if slot.trigger:
-        i = ("\n" + text).rfind(slot.trigger)  # the leading newline lets a trigger match at the very start
-        if i < 0:
-            return None
-        partial = ("\n" + text)[i + len(slot.trigger):]
-    else:
-        partial = text
-    rests = {c[len(partial):] for c in slot.choices if c.startswith(partial)}
-    if not rests or "" in rests:
-        return None
-    return rests
-
-
-class Policy(Protocol):
-    name: str
-
-    def generate(self, prompts: list[list[int]], seeds: list[int],
-                 slots: list[NameSlot | None] | None = None) -> list[Generation]: ...
-
-
-@dataclass
-class SamplingConfig:
-    max_new_tokens: int = 160
-    temperature: float = 1.0
-    top_p: float = 1.0
+__all__ = ["Generation", "HFPolicy", "NameSlot", "OpenAIPolicy", "Policy", "SamplingConfig", "ScriptedPolicy",
+           "slot_remainders"]
 
 
 class HFPolicy:
@@ -276,23 +231,6 @@ class HFPolicy:
             probs = torch.zeros_like(probs).scatter(-1, sorted_i, sorted_p)
         chosen = torch.stack([torch.multinomial(probs[r], 1, generator=g)[0] for r, g in enumerate(gens)])
         return chosen, logp.gather(-1, chosen.view(-1, 1)).view(-1)
-
-
-class ScriptedPolicy:
-    """Answers each prompt with the next text of a script (for tests): ``script(prompt_ids, seed) -> text``."""
-
-    def __init__(self, tokenizer, script, name: str = "scripted"):
-        self.tok = tokenizer
-        self.script = script
-        self.name = name
-
-    def generate(self, prompts: list[list[int]], seeds: list[int], slots=None) -> list[Generation]:
-        out = []
-        for p, seed in zip(prompts, seeds):
-            text = self.script(p, seed)
-            ids = self.tok(text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
-            out.append(Generation(ids, [0.0] * len(ids), text, True))
-        return out
 
 
 class OpenAIPolicy:

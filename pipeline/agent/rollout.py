@@ -12,8 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from pipeline.agent.backends import Generation, Policy
-from pipeline.agent.backends import NameSlot
+from pipeline.agent.policy import Generation, NameSlot, Policy
 from pipeline.agent.parse import ParsedAction, parse_action
 from pipeline.agent.prompts import ChatRenderer, name_slot, system_prompt, user_message
 from pipeline.envs import ApiListEnv, StepResult

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pipeline.toolworld.judge import UNSOLVED, pass_score
+from pipeline.toolworld.fact_judge import UNSOLVED, pass_score
 
 
 @dataclass

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pipeline.annotate.base import StepLabel, TrajLabel, step_is_call
 from pipeline.annotate.succ_calling import read_envelope, succ_calling
 from pipeline.task import Task
-from pipeline.toolworld.judge import pass_score, rule_judge
+from pipeline.toolworld.fact_judge import pass_score, rule_judge
 
 PROMPT_VERSION = "heuristic-lcs-v1"
 MAX_CHARS = 4000  # both texts are cut here: the bit-parallel LCS is O(n*m/64) and stays fast

@@ -17,7 +17,7 @@ import json
 from pipeline.annotate.base import StepLabel, TrajLabel, step_is_call
 from pipeline.annotate.succ_calling import succ_calling
 from pipeline.task import Task
-from pipeline.toolworld.judge import fact_stated, pass_score, rule_judge
+from pipeline.toolworld.fact_judge import fact_stated, pass_score, rule_judge
 
 PROMPT_VERSION = "oracle-v1"
 

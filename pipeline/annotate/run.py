@@ -27,16 +27,6 @@ def group_steps(steps: list[dict]) -> dict[str, list[dict]]:
     return by
 
 
-def judge_config(cfg: AnnotateConfig):
-    from pipeline.annotate.judge import JudgeConfig
-
-    return JudgeConfig(base_url=cfg.base_url, model=cfg.model, api_key_env=cfg.api_key_env, n_votes=cfg.n_votes,
-                       temperature=cfg.temperature, concurrency=cfg.concurrency,
-                       requests_per_minute=cfg.requests_per_minute, timeout_s=cfg.timeout_s,
-                       max_retries=cfg.max_retries, max_invalid_retries=cfg.max_invalid_retries,
-                       max_prompt_tokens=cfg.max_prompt_tokens, max_response_chars=cfg.max_response_chars)
-
-
 def label_trajectories(trajs: list[dict], steps: list[dict], tasks: dict[str, Task], cfg: AnnotateConfig,
                        cache_path: str | None = None, progress: bool = True) -> tuple[list[TrajLabel], dict]:
     """One TrajLabel per trajectory (failed ones carry `failed`), and the run's statistics."""
@@ -53,11 +43,11 @@ def label_trajectories(trajs: list[dict], steps: list[dict], tasks: dict[str, Ta
         labels = [heuristic_label(t, by[t["traj_id"]], tasks[t["task_id"]], cfg.heuristic_threshold) for t in trajs]
     else:
         from pipeline.annotate.cache import JudgeCache
-        from pipeline.annotate.judge import OpenAIJudge
+        from pipeline.annotate.llm_judge import OpenAIJudge
 
         cache = JudgeCache(cache_path or cfg.cache_path)
         try:
-            judge = OpenAIJudge(judge_config(cfg), cache)
+            judge = OpenAIJudge(cfg, cache)
             labels = judge.annotate([(t, by[t["traj_id"]], tasks[t["task_id"]].query) for t in trajs], progress)
             stats.update(judge.stats, judge_model=cfg.model, cache_entries=len(cache))
         finally:

@@ -14,7 +14,7 @@ from collections import defaultdict
 from pipeline.annotate.succ_calling import succ_calling
 from pipeline.formats.stabletoolbench import STATUS_VALUE
 from pipeline.task import Task
-from pipeline.toolworld.judge import UNSOLVED, fact_stated, rule_judge
+from pipeline.toolworld.fact_judge import UNSOLVED, fact_stated, rule_judge
 
 
 def result_rows(model: str, strategy: str, trajectories: list[dict], steps: list[dict], tasks: dict[str, Task],

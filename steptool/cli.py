@@ -1,67 +1,21 @@
-"""The `steptool` command: one subcommand per pipeline stage, plus tools (serve-tools, params, describe).
+"""The `steptool` command: one subcommand per DVC stage, named as in `dvc.yaml` (`steptool train steptool`
+runs what `dvc repro train@steptool` runs), plus tools (serve-tools, play, params, describe, ...).
 
-Every user error (bad params, missing file, port in use) is one line on stderr and exit status 2.
+The stage subcommands are built from `STAGES` with the same argparse path as `python -m stages.<name>`
+(`pipeline.runner`). Every user error is one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
-import time
+import importlib
 from pathlib import Path
-from typing import Callable
 
+from pipeline import layout
 from pipeline.errors import SteptoolError
+from pipeline.runner import add_common, add_stage_arguments, guard, setup_logging
 
-log = logging.getLogger("steptool")
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("urllib3", "httpx", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
-    parser.add_argument("--root", default=".", help="directory that holds data/ (default: the current one)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-
-
-def _guard(fn: Callable[[], int | None]) -> int:
-    try:
-        return fn() or 0
-    except SteptoolError as e:
-        print(f"steptool: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("steptool: interrupted (partial work is kept; rerun to continue)", file=sys.stderr)
-        return 130
-
-
-def _run(run: Callable, args: argparse.Namespace) -> int:
-    from pipeline.config import load_params
-
-    params = load_params(args.params)
-    t0 = time.perf_counter()
-    summary = run(params, Path(args.root))
-    print(f"{summary} [{time.perf_counter() - t0:.1f}s]")
-    return 0
-
-
-def run_stage(name: str, doc: str | None, run: Callable, argv: list[str] | None = None,
-              positional: tuple[tuple[str, dict], ...] = ()) -> int:
-    """Entry point of `python -m stages.<name>`: parse the common flags (and the stage's `positional`
-    arguments, given to `run` by name), run, turn errors into one line."""
-    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}", description=doc)
-    for arg, kwargs in positional:
-        parser.add_argument(arg, **kwargs)
-    _common(parser)
-    args = parser.parse_args(argv)
-    _setup_logging(args.verbose)
-    extra = {arg: getattr(args, arg) for arg, _ in positional}
-    return _guard(lambda: _run(lambda params, root: run(params, root, **extra), args))
+# Every stage of dvc.yaml, in pipeline order (tests/test_architecture.py checks it against dvc.yaml).
+STAGES = ("tasks", "base_model", "warmstart", "collect", "annotate", "advantages", "train", "evaluate", "report")
 
 
 def _serve_tools(args: argparse.Namespace) -> int:
@@ -95,9 +49,9 @@ def _play(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
+    from pipeline.agent.play import play
     from pipeline.config import load_params
-    from stages.collect import play
-    from stages.tasks import load_tasks
+    from pipeline.task_files import load_tasks
 
     params = load_params(args.params)
     if args.env:
@@ -169,7 +123,7 @@ def _import_annotations(args: argparse.Namespace) -> int:
 
 
 def _serve_judge(args: argparse.Namespace) -> int:
-    from pipeline.annotate.judge_server import Faults, JudgeServer
+    from pipeline.annotate.scripted_judge_server import Faults, JudgeServer
 
     server = JudgeServer(Faults(latency_s=args.latency, p_429=args.p_429, p_500=args.p_500, p_timeout=args.p_timeout,
                                 p_malformed=args.p_malformed, p_wrong_length=args.p_wrong_length, seed=args.seed),
@@ -185,14 +139,32 @@ def _serve_judge(args: argparse.Namespace) -> int:
 
 
 def _params(args: argparse.Namespace) -> int:
-    from pipeline.config import describe, load_params
+    from pipeline.config import describe, load_params, overrides, render_params
+    from pipeline.fsutil import atomic_path
 
-    if Path(args.params).exists():
-        load_params(args.params)  # validate
-        print(f"{args.params}: valid")
+    source = args.profile or args.params
+    params = load_params(source) if args.profile or Path(args.params).exists() else None
+    if args.write:
+        if params is None:
+            raise SteptoolError(f"{source}: no such file")
+        with atomic_path(Path(args.write)) as tmp:
+            tmp.write_text(render_params(params) + "\n", encoding="utf-8")
+        changed = sorted(_leaves(overrides(params)))
+        print(f"{args.write}: written from {source} ({len(changed)} keys differ from the defaults"
+              f"{': ' + ', '.join(changed) if changed else ''})")
+        return 0
+    if params is not None:
+        print(f"{source}: valid")
     for key, help_, default in describe():
         print(f"{key} (default {default!r})\n    {help_}")
     return 0
+
+
+def _leaves(tree: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in tree.items():
+        out += _leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return out
 
 
 def _describe(args: argparse.Namespace) -> int:
@@ -215,19 +187,18 @@ def _pass_rate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stages import annotate, base_model, collect, tasks, warmstart
-
     parser = argparse.ArgumentParser(
         prog="steptool",
-        description="StepTool: step-grained RL for tool-using LLM agents. Each pipeline stage is a subcommand "
-                    "(the same ones `dvc repro` runs); the rest are tools.",
+        description="StepTool: step-grained RL for tool-using LLM agents. The first commands are the pipeline's "
+                    "stages, named as in dvc.yaml (`dvc repro` runs them in order); the rest are tools.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module in (("tasks", tasks), ("base-model", base_model), ("warmstart", warmstart),
-                         ("collect", collect), ("annotate", annotate)):
-        p = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0], description=module.__doc__)
-        _common(p)
-        p.set_defaults(func=lambda a, m=module: _run(m.run, a))
+    for name in STAGES:
+        module = importlib.import_module(f"stages.{name}")
+        doc = (module.__doc__ or "").strip()
+        p = sub.add_parser(name, help=doc.splitlines()[0], description=doc,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_stage_arguments(p, module.run, module.ARGS)
     p = sub.add_parser("serve-tools", help="serve ToolWorld over StableToolBench's HTTP contract (POST /virtual)",
                        description="Serve the ToolWorld of params.yaml over HTTP, as a StableToolBench server does.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -241,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Play ToolWorld tasks with a model (the agent and env of params.yaml) and write "
                                    "trajectories to --out; prints the summary as JSON. A quick check before the "
                                    "evaluate stage.")
-    _common(p)
-    p.add_argument("--model", default="data/models/sft", help="checkpoint directory (default data/models/sft)")
+    add_common(p)
+    p.add_argument("--model", default=str(layout.SFT_MODEL), help=f"checkpoint directory (default {layout.SFT_MODEL})")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--out", required=True, help="output directory for trajectories/steps/tokens.parquet")
     p.add_argument("--max-tasks", type=int, default=0, help="play the first N tasks only (0: all)")
@@ -260,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "into a Parquet table for env.kind=replay, and print how many calls of each "
                                    "method a table built from the other methods answers (leave-one-method-out).")
     p.add_argument("folder", help="a pass_rate_results folder")
-    p.add_argument("--out", default="data/replay/responses.parquet")
+    p.add_argument("--out", default=str(layout.REPLAY_TABLE))
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_build_replay)
     p = sub.add_parser("import-annotations", help="import the StepTool reference's reward-annotation JSON",
@@ -292,8 +263,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compact", action="store_true", help="one line instead of indented JSON")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_pass_rate)
-    p = sub.add_parser("params", help="list every knob of params.yaml with its help and default; validate the file")
-    p.add_argument("--params", default="params.yaml")
+    p = sub.add_parser("params", help="list every knob of params.yaml with its help and default; validate the file",
+                       description="Validate the params file and list every key with its default and help. "
+                                   "With --write, write a complete params file (every key, helps as comments) for "
+                                   "the file given, e.g. `steptool params --profile profiles/gpu.yaml --write "
+                                   "params.yaml` before `dvc repro` at the paper's scale: a profile holds only "
+                                   "the keys it changes, DVC needs them all.")
+    p.add_argument("--params", default="params.yaml", help="the params file to validate (default: params.yaml)")
+    p.add_argument("--profile", help="a profile (e.g. profiles/gpu.yaml): only the keys that differ from the "
+                                     "defaults; validated on top of the defaults")
+    p.add_argument("--write", metavar="FILE", help="write the complete params (defaults + --profile, or --params) "
+                                                   "to FILE")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_params)
     p = sub.add_parser("describe", help="what each column of a Parquet artifact means")
@@ -306,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(getattr(args, "verbose", False))
-    return _guard(lambda: args.func(args))
+    setup_logging(getattr(args, "verbose", False))
+    return guard(lambda: args.func(args))
 
 
 if __name__ == "__main__":

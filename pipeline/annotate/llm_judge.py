@@ -23,11 +23,11 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
 
 from pipeline.annotate.base import StepLabel, TrajLabel, status_of, step_is_call
 from pipeline.annotate.cache import JudgeCache, request_key
 from pipeline.annotate.succ_calling import read_envelope
+from pipeline.config import AnnotateConfig
 from pipeline.formats.stabletoolbench import STATUS_VALUE
 
 log = logging.getLogger("steptool.annotate")
@@ -69,22 +69,6 @@ TOOL = {
 }
 
 
-@dataclass
-class JudgeConfig:
-    base_url: str
-    model: str
-    api_key_env: str = "OPENAI_API_KEY"
-    n_votes: int = 3
-    temperature: float = 0.7
-    concurrency: int = 32
-    requests_per_minute: int = 0  # 0: no limit
-    timeout_s: float = 60.0
-    max_retries: int = 6
-    max_invalid_retries: int = 2
-    max_prompt_tokens: int = 6000
-    max_response_chars: int = 1500
-
-
 class InvalidAnswer(ValueError):
     pass
 
@@ -93,7 +77,7 @@ def _cut(text: str, n: int) -> str:
     return text if len(text) <= n else text[:n] + "..."
 
 
-def build_messages(query: str, steps: list[dict], final_answer: str, finish_type: str, cfg: JudgeConfig) -> list[dict]:
+def build_messages(query: str, steps: list[dict], final_answer: str, finish_type: str, cfg: AnnotateConfig) -> list[dict]:
     """The chat for one trajectory. `steps` are the intermediate steps (name, arguments, response text).
     Responses are cut to `max_response_chars`, then all of them evenly until the estimate fits the budget."""
     budget_chars = cfg.max_prompt_tokens * CHARS_PER_TOKEN - len(SYSTEM) - len(query) - len(final_answer) - 400
@@ -185,7 +169,7 @@ class JudgeClient:
     prompt_version = PROMPT_VERSION
     desc = "judge"
 
-    def __init__(self, cfg: JudgeConfig, cache: JudgeCache):
+    def __init__(self, cfg: AnnotateConfig, cache: JudgeCache):
         self.cfg = cfg
         self.cache = cache
         self.stats = {"judge_calls": 0, "cache_hits": 0, "invalid_answers": 0, "transport_retries": 0,

@@ -1,4 +1,6 @@
-"""Play many tasks with a policy and write trajectories, steps and per-token files; resumable.
+"""Play many tasks with a policy and write trajectories, steps and per-token files; resumable. `play` builds
+the policy, renderer and environments of the params (collect, evaluate and `steptool play` call it);
+`collect` is the loop over chunks of tasks.
 
 Finished rollouts are written in chunks under ``<out>/.parts/<run_key>/`` (tokens and steps first,
 the trajectories part last: it marks the chunk as complete). A killed run leaves its finished
@@ -8,6 +10,8 @@ A different `run_key` (other model, params or tasks) never reuses parts.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import shutil
 import time
@@ -16,15 +20,55 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline import layout
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.agent.records import rollout_rows
 from pipeline.agent.rollout import run_cot, run_dfsdt_batch, traj_id
 from pipeline.schema import STEPS, TOKENS, TRAJECTORIES, write_table
 from pipeline.task import Task
-from pipeline.toolworld.judge import pass_score, rule_judge
+from pipeline.toolworld.fact_judge import pass_score, rule_judge
 
 log = logging.getLogger("steptool.collect")
 FILES = {"trajectories": TRAJECTORIES, "steps": STEPS, "tokens": TOKENS}
+
+
+def model_fingerprint(model_dir: Path) -> str:
+    """Hash of the checkpoint's files (names, sizes, and the config/weights headers)."""
+    h = hashlib.sha256()
+    for f in sorted(model_dir.iterdir()):
+        if f.is_file():
+            h.update(f.name.encode())
+            h.update(str(f.stat().st_size).encode())
+            with open(f, "rb") as fh:
+                h.update(fh.read(1 << 16))
+    return h.hexdigest()[:16]
+
+
+def play(params, root: Path, tasks: list[Task], model_dir: Path, out_dir: Path, *, strategy: str,
+         n_samples: int, temperature: float, top_p: float, seed: int, chunk_size: int, policy_name: str) -> dict:
+    """Run the agent of `params` (a pipeline.config.Params) over `tasks` with the model at `model_dir`, writing
+    to `out_dir`; returns `collect`'s summary."""
+    from pipeline.agent.backends import HFPolicy, SamplingConfig
+    from pipeline.config import to_dict
+    from pipeline.devices import resolve_device, weights_dtype
+    from pipeline.envs import make_env
+    from pipeline.toolworld.world import ToolWorld
+
+    a = params.agent
+    world = ToolWorld.from_catalog(root / layout.CATALOG) if params.env.kind == "toolworld" else None
+    device = resolve_device(a.device)
+    policy = HFPolicy.from_pretrained(str(model_dir), SamplingConfig(a.max_new_tokens, temperature, top_p),
+                                      a.batch_size, device, kv_cache_tokens=a.kv_cache_tokens,
+                                      dtype=weights_dtype(a.precision, device))
+    policy.name = policy_name
+    agent_key = {k: v for k, v in to_dict(a).items() if k != "kv_cache_tokens"}  # speed only: same trajectories
+    run_key = hashlib.sha256(json.dumps([model_fingerprint(model_dir), agent_key, strategy, n_samples, temperature,
+                                         top_p, seed, [t.task_id for t in tasks]]).encode()).hexdigest()[:16]
+    return collect(tasks, policy, ChatRenderer(policy.tok, a.prompt_format),
+                   lambda: make_env(params.env, params.toolworld, world), out_dir, run_key, strategy=strategy,
+                   n_samples=n_samples, seed=seed, constrain_names=a.constrain_names, max_steps=a.max_steps,
+                   width=a.dfsdt_width, budget=a.dfsdt_budget, backtrack_on_error=a.backtrack_on_error,
+                   chunk_size=chunk_size, tool_descriptions=world.tool_descriptions() if world else None)
 
 
 def _done_ids(parts: Path) -> set[str]:

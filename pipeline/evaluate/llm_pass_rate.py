@@ -17,7 +17,7 @@ import json
 from collections import defaultdict
 
 from pipeline.annotate.cache import JudgeCache
-from pipeline.annotate.judge import InvalidAnswer, JudgeClient, _cut, judge_steps
+from pipeline.annotate.llm_judge import InvalidAnswer, JudgeClient, _cut, judge_steps
 from pipeline.config import Params
 from pipeline.formats.stabletoolbench import STATUS_VALUE
 from pipeline.task import Task
@@ -142,7 +142,6 @@ class PassRateJudge(JudgeClient):
 def judge_answers(trajs: list[dict], steps: list[dict], tasks: dict[str, Task], params: Params,
                   progress: bool = True) -> tuple[dict[str, list[str]], dict]:
     """traj_id -> statuses of `params.evaluate.n_judgings` runs, and the judge's counters."""
-    from pipeline.annotate.run import judge_config
 
     by_traj: dict[str, list[dict]] = defaultdict(list)
     for s in steps:
@@ -152,7 +151,7 @@ def judge_answers(trajs: list[dict], steps: list[dict], tasks: dict[str, Task], 
     a = params.annotate
     cache = JudgeCache(a.cache_path)
     try:
-        judge = PassRateJudge(judge_config(a), cache, params.evaluate.n_judgings)
+        judge = PassRateJudge(a, cache, params.evaluate.n_judgings)
         items = [(t, by_traj[t["traj_id"]], tasks[t["task_id"]].query) for t in trajs]
         statuses = judge.judge(items, progress)
     finally:

@@ -1,0 +1,31 @@
+"""The task splits written by the `tasks` stage (data/tasks/<split>.parquet), read back as `Task`s."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from pipeline import layout
+from pipeline.schema import TASKS, read_table
+from pipeline.task import Task
+
+
+def load_tasks(root: Path, split: str, max_tasks: int = 0, sample_key: str | None = None) -> list[Task]:
+    """The tasks of `split`; with `max_tasks`, a seeded sample keyed by `sample_key` (or the first `max_tasks`
+    when no key is given)."""
+    tasks = [Task.from_row(r) for r in read_table(root / layout.tasks_file(split), TASKS).to_pylist()]
+    if max_tasks and len(tasks) > max_tasks:
+        tasks = random.Random(sample_key).sample(tasks, max_tasks) if sample_key else tasks[:max_tasks]
+    return tasks
+
+
+def first_per_level(tasks: list[Task], per_level: int) -> list[Task]:
+    """The first `per_level` tasks of each level (all with 0), in split order: the evaluated test tasks."""
+    if not per_level:
+        return tasks
+    seen: dict[str, int] = {}
+    out = []
+    for t in tasks:
+        if seen.get(t.level, 0) < per_level:
+            seen[t.level] = seen.get(t.level, 0) + 1
+            out.append(t)
+    return out

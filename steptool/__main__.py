@@ -1,0 +1,3 @@
+from steptool.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,191 @@
+"""Phases 1-4 of one PPO round, before any update (docs/architecture.md, "Advantages"):
+
+    1. precompute   per trajectory, with the policy at the start of the round: reference and old log-probs of
+                    every action token, the value head (zero or fitted to the Monte-Carlo returns) and the old
+                    values V(s) at the value states;
+    2. kl_shaped    r'_t = r_t − β·KL_t, KL_t the penalty of π_old against π_ref summed over action t's tokens;
+    3. advantages   GAE over steps (every token of action t gets A_t) or over action tokens (token-level
+                    variants), with γ = 0 for variants without credit across steps; R = A + V_old;
+    4. whiten       once, over every step (or action token) of the round.
+
+Phase 5, the update epochs, is `StepPPOTrainer` (trainer/step_ppo.py): its loss sees only the fixed
+per-token advantages, returns and old values computed here, as in CleanRL's ppo.py.
+
+"Value states" are where V is read: the position before each action's first token (step level) or before
+each action token (token level). Both levels share one code path over a per-trajectory "unit" axis: steps or
+action tokens.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pipeline import variants
+from trainer.data import Example
+from trainer.gae import step_gae, whiten
+from trainer.model import PolicyWithValue
+
+
+def pad(seqs: list[list], value, dtype) -> torch.Tensor:
+    """Right-padded [len(seqs), max(len)] tensor (width at least 1)."""
+    width = max((len(s) for s in seqs), default=0)
+    out = torch.full((len(seqs), max(width, 1)), value, dtype=dtype)
+    for i, s in enumerate(seqs):
+        if len(s):
+            out[i, : len(s)] = torch.tensor(s, dtype=dtype)
+    return out
+
+
+def action_token_steps(ex: Example) -> list[int]:
+    """The step index of each action token, [N]."""
+    return [k for k, (a, b) in enumerate(ex.step_bounds) for _ in range(b - a)]
+
+
+def unit_rewards(ex: Example, token_level: bool) -> list[float]:
+    """Rewards per unit: per step, or per action token with each step's reward on its action's last token."""
+    if not token_level:
+        return list(ex.rewards)
+    out = []
+    for (a, b), r in zip(ex.step_bounds, ex.rewards):
+        out += [0.0] * (b - a - 1) + [r]
+    return out
+
+
+def mc_returns(rewards: list[float], gamma: float) -> list[float]:
+    """G_t = Σ_{k≥t} γ^{k−t} r_k."""
+    out, acc = [], 0.0
+    for r in reversed(rewards):
+        acc = r + gamma * acc
+        out.append(acc)
+    return out[::-1]
+
+
+# ---- phase 1 -------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def precompute(model: PolicyWithValue, examples: list[Example], cfg) -> list[dict]:
+    """Per trajectory, with the model as it is now (the start of the round; `cfg` a StepPPOConfig):
+
+        ref_logprobs [N]  log π_ref of each action token (the policy before training; with LoRA, the same
+                          weights at the start of the first round)
+        old_logprobs [N]  π_old: `ref_logprobs` (recompute), or the behaviour log-probs recorded at collection
+                          when usable (same length, none NaN)
+        value_pos    [U]  the value states (U = steps, or N action tokens for a token-level variant)
+        old_values   [U]  V(s) there, after the value head is set (zero, or fitted to the MC returns)
+
+    Runs under the same autocast as the loss's forward, so the first ratio is 1 up to rounding."""
+    v = variants.get(cfg.variant)
+    gamma = cfg.gamma if v.credit_across_steps else 0.0
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16))
+    items, feats, targets = [], [], []
+    for ex in examples:
+        ids = torch.tensor([ex.input_ids], device=device)
+        pos = torch.nonzero(torch.tensor(ex.action_mask, device=device)).flatten()
+        with autocast:
+            h, _ = model(ids, torch.ones_like(ids))
+            ref_lp, _ = model.token_logprobs(h, torch.zeros_like(pos), pos, ids, cfg.logits_chunk)
+        ref = ref_lp.float().cpu().tolist()
+        old = ref
+        if cfg.old_logprobs == "behaviour" and ex.behaviour_logprobs is not None \
+                and len(ex.behaviour_logprobs) == len(ref) and not any(math.isnan(x) for x in ex.behaviour_logprobs):
+            old = list(ex.behaviour_logprobs)
+        value_pos = (pos - 1).cpu().tolist() if v.token_level else [a - 1 for a, _ in ex.step_bounds]
+        feats.append(h[0, value_pos].float().cpu())
+        targets.extend(mc_returns(unit_rewards(ex, v.token_level), gamma))
+        items.append({"input_ids": ex.input_ids, "action_mask": ex.action_mask, "rewards": list(ex.rewards),
+                      "unit_rewards": unit_rewards(ex, v.token_level), "token_unit": (
+                          list(range(len(pos))) if v.token_level else action_token_steps(ex)),
+                      "value_pos": value_pos, "old_logprobs": old, "ref_logprobs": ref})
+    if feats and cfg.value_init == "fit_returns":
+        fit_value_head(model, torch.cat(feats), torch.tensor(targets))
+    w = model.v_head.weight
+    for it, f in zip(items, feats):
+        it["old_values"] = model.v_head(f.to(w.device, w.dtype)).squeeze(-1).float().cpu().tolist()
+    model.train(was_training)
+    return items
+
+
+def fit_value_head(model: PolicyWithValue, x: torch.Tensor, y: torch.Tensor, ridge: float = 1.0) -> None:
+    """Least squares of the returns y [M] on the trunk's features x [M, H] (with a bias), ridge-regularised."""
+    x = x.double()
+    mean = x.mean(0)
+    xc = x - mean
+    yd = y.double()
+    w = torch.linalg.solve(xc.T @ xc + ridge * torch.eye(x.shape[1], dtype=x.dtype), xc.T @ (yd - yd.mean()))
+    b = yd.mean() - mean @ w
+    with torch.no_grad():
+        model.v_head.weight.copy_(w.to(model.v_head.weight.dtype).view(1, -1))
+        model.v_head.bias.fill_(float(b))
+
+
+# ---- phase 2 -------------------------------------------------------------------------------------------------
+
+def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> torch.Tensor:
+    """Per-token KL penalty of the sampled tokens, any shape: k1 = d, k3 = exp(−d) + d − 1, d = log π − log π_ref."""
+    d = logp - ref_logp
+    if estimator == "k1":
+        return d
+    if estimator == "k3":
+        return torch.exp(-d) + d - 1.0
+    raise ValueError(f"kl_estimator must be k1 or k3, got {estimator!r}")
+
+
+def kl_shaped(rewards: torch.Tensor, kl_tok: torch.Tensor, token_unit: torch.Tensor, tok_mask: torch.Tensor,
+              kl_coef: float) -> torch.Tensor:
+    """r' = r − β·KL per unit.
+
+    Args:
+        rewards: [B, U] rewards per unit (0 on padding).
+        kl_tok: [B, N] per-action-token KL (any value on padding).
+        token_unit: [B, N] the unit of each action token (its step, or itself at token level).
+        tok_mask: [B, N] 1 on real action tokens.
+    Returns:
+        [B, U]: each unit's reward minus β times the KL summed over its tokens."""
+    kl = torch.zeros_like(rewards)
+    kl.scatter_add_(1, token_unit.clamp(min=0), kl_tok * tok_mask.to(kl_tok.dtype))
+    return rewards - kl_coef * kl
+
+
+# ---- phases 3 and 4 --------------------------------------------------------------------------------------------
+
+def advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, variant: str, gamma: float,
+               lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE over units [B, U] (steps, or action tokens of a token-level variant: observations are the
+    environment's transition, so the next value of an action token is the next action token's). A variant
+    without credit across steps uses γ = 0: A_t = r_t − V(s_t). Returns (A, R = A + V), 0 on padding."""
+    g = gamma if variants.get(variant).credit_across_steps else 0.0
+    return step_gae(rewards, values, mask, g, lam)
+
+
+def prepare_round(model: PolicyWithValue, examples: list[Example], cfg) -> tuple[list[dict], dict]:
+    """Phases 1-4. Returns the items the update epochs train on (each with per-action-token `advantages`,
+    per-value-state `returns` and `old_values`) and the round's statistics (before whitening)."""
+    items = precompute(model, examples, cfg)                                        # 1
+    if not items:
+        return items, {}
+    tok_mask = pad([[1] * len(it["old_logprobs"]) for it in items], 0, torch.float64)
+    token_unit = pad([it["token_unit"] for it in items], 0, torch.long)
+    unit_mask = pad([[1] * len(it["unit_rewards"]) for it in items], 0, torch.float64)
+    kl_tok = kl_per_token(pad([it["old_logprobs"] for it in items], 0.0, torch.float64),
+                          pad([it["ref_logprobs"] for it in items], 0.0, torch.float64), cfg.kl_estimator)
+    rewards = kl_shaped(pad([it["unit_rewards"] for it in items], 0.0, torch.float64), kl_tok, token_unit,
+                        tok_mask, cfg.kl_coef)                                      # 2
+    old_v = pad([it["old_values"] for it in items], 0.0, torch.float64)
+    adv, ret = advantages(rewards, old_v, unit_mask, cfg.variant, cfg.gamma, cfg.lam)    # 3
+    valid = unit_mask > 0
+    stats = {"round_advantage_mean": float(adv[valid].mean()), "round_advantage_std": float(adv[valid].std()),
+             "round_kl_penalty_mean": float((kl_tok * tok_mask).sum() / len(items)),
+             "round_units": int(valid.sum())}
+    if cfg.whiten_advantages:
+        adv = whiten(adv, unit_mask)                                                # 4
+    adv_tok = adv.gather(1, token_unit)
+    for i, it in enumerate(items):
+        n, u = len(it["old_logprobs"]), len(it["unit_rewards"])
+        it["advantages"] = adv_tok[i, :n].tolist()
+        it["returns"] = ret[i, :u].tolist()
+        del it["unit_rewards"], it["token_unit"]
+    return items, stats
