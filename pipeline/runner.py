@@ -45,6 +45,11 @@ def guard(fn: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print("steptool: interrupted (partial work is kept; rerun to continue)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `steptool params | head`: the reader left; say nothing more
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def add_stage_arguments(parser: argparse.ArgumentParser, run: Callable, positional: Positional = ()) -> None:

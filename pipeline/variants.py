@@ -42,6 +42,7 @@ register(Variant("ppo_outcome", step_rewards=False, credit_across_steps=True, to
 
 NAMES: tuple[str, ...] = tuple(REGISTRY)
 DEFAULT = NAMES[0]  # the paper's method
+OUTCOME_BASELINE = "ppo_outcome"  # what the report compares every other variant with, besides SFT
 
 
 def get(name: str) -> Variant:

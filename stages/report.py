@@ -2,9 +2,11 @@
 
 Reads every data/eval/<model>-<strategy>/results.parquet of the models and strategies in `evaluate`, and
 the training logs data/plots/train/<variant>.json. Writes
-- reports/results.md: pass rate per level and average (mean +- std over samples and judging runs) for
-  every model x strategy, tool-invocation success, average steps, give-up rate and win rate against
-  `evaluate.reference_model`; the ablation table of the training variants; the protocol used;
+- reports/results.md: pass rate per level and average with a 95% bootstrap CI over tasks for every
+  model x strategy, tool-invocation success, average steps, give-up rate and win rate against
+  `evaluate.reference_model`; the ablation table of the training variants with paired differences (CI,
+  sign test, wins / ties / losses per task) against the reference model and the outcome-only baseline;
+  sentences generated from those numbers; the protocol used;
 - reports/figures/{pass_rate,win_rate,training}.png;
 - reports/metrics.json (`dvc metrics show`), reports/pass_rate.csv and reports/win_rate.csv (`dvc plots show`).
 """
@@ -19,14 +21,23 @@ from pipeline.evaluate.results import summarize, win_rate
 from pipeline.fsutil import atomic_path, write_json
 from pipeline.runner import run_stage
 from pipeline.schema import EVAL_RESULTS, read_table
+from pipeline.stats import paired_difference, pass_rate_ci, task_scores, verdict
 
 ARGS = ()
 
 
-def _pm(cell: dict | None) -> str:
+def _ci(cell: dict | None) -> str:
     if not cell or cell.get("mean") is None:
         return "–"
-    return f"{cell['mean']:.1f} ± {cell['std']:.1f}"
+    return f"{cell['mean']:.1f} [{cell['lo']:.1f}, {cell['hi']:.1f}]"
+
+
+def _diff(d: dict | None) -> tuple[str, str, str]:
+    """(difference [CI], p-value, wins/ties/losses) cells of a paired comparison."""
+    if not d or d.get("diff") is None:
+        return "–", "–", "–"
+    return (f"{d['diff']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]", f"{d['p_value']:.3g}",
+            f"{d['wins']} / {d['ties']} / {d['losses']}")
 
 
 def load_results(root: Path, params: Params) -> dict[tuple[str, str], list[dict]]:
@@ -39,46 +50,65 @@ def build(results: dict[tuple[str, str], list[dict]], reference: str, trained: l
           train_logs: dict[str, list[dict]]) -> tuple[dict, list[str]]:
     """(metrics, markdown lines) from the results of every model x strategy."""
     metrics: dict = {}
+    scores = {key: task_scores(rows) for key, rows in results.items()}
     for (m, s), rows in results.items():
         summary = summarize(rows)
+        summary["pass_rate_ci"] = pass_rate_ci(scores[(m, s)])
         ref_rows = results.get((reference, s))
         summary["win_rate_vs_" + reference] = win_rate(rows, ref_rows) if ref_rows is not None and m != reference else None
+        for other in (reference, variants.OUTCOME_BASELINE):
+            if (other, s) in scores and other != m:
+                summary[f"vs_{other}"] = paired_difference(scores[(m, s)], scores[(other, s)])
         metrics[f"{m}-{s}"] = summary
     any_rows = next(iter(results.values()), [])
     first = metrics[next(iter(metrics))] if metrics else {}
     per_level = ", ".join(f"{lv} {sum(r['level'] == lv for r in any_rows if r['sample_idx'] == 0)}" for lv in LEVELS)
+    single = first.get("samples", 0) == 1 and first.get("judge_runs", 0) == 1
     md = ["# StepTool results", "",
           f"Test split: {first.get('tasks', 0)} tasks ({per_level}), "
           f"{first.get('samples', 0)} sample(s) per task, judge `{any_rows[0]['judge'] if any_rows else '?'}` "
-          f"with {first.get('judge_runs', 0)} judging run(s). Pass rate in % (Solved = 1, Unsure = 0.5), "
-          "mean ± std over samples × judging runs; Average is the mean of the levels, as in the paper. Every test "
-          "task counts: an answer never given is Unsolved.", "",
+          f"with {first.get('judge_runs', 0)} judging run(s). Pass rate in % (Solved = 1, Unsure = 0.5) with its "
+          "95% bootstrap confidence interval over tasks in brackets (tasks resampled within each level); Average "
+          "is the mean of the levels, as in the paper. Every test task counts: an answer never given is Unsolved."
+          + (" One sample and one judging run per task: n = 1, so no spread over samples or judgings was measured; "
+             "the intervals say only how much the figure depends on which tasks were drawn." if single else ""), "",
           "## Main table", "",
           f"| model | strategy | I1 | I2 | I3 | Average | tool success | avg steps | give-up | win / tie / loss vs {reference} |",
           "|---|---|---|---|---|---|---|---|---|---|"]
     for key, s in metrics.items():
         m, strat = key.rsplit("-", 1)
-        pr = s["pass_rate"]
+        pr = s["pass_rate_ci"]
         wr = s[f"win_rate_vs_{reference}"]
         wtl = f"{wr['win']:.0%} / {wr['tie']:.0%} / {wr['loss']:.0%}" if wr and wr["tasks"] else "–"
         ts = f"{s['tool_success_rate']:.1%}" if s["tool_success_rate"] is not None else "–"
-        md.append(f"| {m} | {strat} | {_pm(pr.get('I1'))} | {_pm(pr.get('I2'))} | {_pm(pr.get('I3'))} | "
-                  f"**{_pm(pr['average'])}** | {ts} | {s['avg_steps']:.2f} | {s['give_up_rate']:.0%} | {wtl} |")
+        md.append(f"| {m} | {strat} | {_ci(pr.get('I1'))} | {_ci(pr.get('I2'))} | {_ci(pr.get('I3'))} | "
+                  f"**{_ci(pr.get('average'))}** | {ts} | {s['avg_steps']:.2f} | {s['give_up_rate']:.0%} | {wtl} |")
     abl = [k for k in metrics if k.rsplit("-", 1)[0] in trained]
+    base = variants.OUTCOME_BASELINE
     if abl:
         md += ["", "## Ablation (training variants)", "", variants.describe() + ".", "",
-               "| variant | strategy | Average pass rate | Δ vs " + reference + " | final KL to ref (per trajectory) | mean reward |",
-               "|---|---|---|---|---|---|"]
+               "Differences are paired: the same test tasks, variant minus the other model, in points of the average "
+               "pass rate, with the 95% bootstrap CI, the exact sign test's p-value over the tasks that differ, and "
+               "wins / ties / losses counted per task.", "",
+               f"| variant | strategy | Average | Δ vs {reference} | p | W / T / L vs {reference} | Δ vs {base} | p | "
+               f"W / T / L vs {base} | mean step reward |",
+               "|---|---|---|---|---|---|---|---|---|---|"]
         for k in abl:
             v, strat = k.rsplit("-", 1)
-            ref = metrics.get(f"{reference}-{strat}")
-            delta = metrics[k]["pass_rate"]["average"]["mean"] - ref["pass_rate"]["average"]["mean"] if ref else None
             log = train_logs.get(v) or []
-            kl = log[-1].get("kl_ref") if log else None
             rew = sum(h.get("reward_mean", 0.0) for h in log) / len(log) if log else None
-            md.append(f"| {v} | {strat} | {_pm(metrics[k]['pass_rate']['average'])} | "
-                      f"{'–' if delta is None else f'{delta:+.1f}'} | {'–' if kl is None else f'{kl:.4f}'} | "
-                      f"{'–' if rew is None else f'{rew:.3f}'} |")
+            md.append(f"| {v} | {strat} | {_ci(metrics[k]['pass_rate_ci'].get('average'))} | "
+                      + " | ".join(_diff(metrics[k].get(f"vs_{reference}")) + _diff(metrics[k].get(f"vs_{base}")))
+                      + f" | {'–' if rew is None else f'{rew:.3f}'} |")
+        md += ["", "## What the numbers say", "",
+               "Generated from the paired comparisons above: *better* or *worse* only where the CI excludes 0 and "
+               "the sign test is significant at the 5% level.", ""]
+        for k in abl:
+            v, strat = k.rsplit("-", 1)
+            for other in (reference, base):
+                d = metrics[k].get(f"vs_{other}")
+                if d is not None:
+                    md.append(f"- {strat}: {verdict(v, other, d)}")
     md += ["", "## Figures", "", "![pass rate](figures/pass_rate.png)", "", "![win rate](figures/win_rate.png)", ""]
     if train_logs:
         md += ["![training](figures/training.png)", ""]
@@ -123,11 +153,12 @@ def figures(metrics: dict, reference: str, train_logs: dict[str, list[dict]], ou
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(keys)), 4))
     width = 0.2
     for i, lv in enumerate((*LEVELS, "average")):
-        ys = [metrics[k]["pass_rate"].get(lv, {}).get("mean") or 0.0 for k in keys]
-        es = [metrics[k]["pass_rate"].get(lv, {}).get("std") or 0.0 for k in keys]
+        cells = [metrics[k]["pass_rate_ci"].get(lv) or {"mean": 0.0, "lo": 0.0, "hi": 0.0} for k in keys]
+        ys = [c["mean"] for c in cells]
+        es = [[c["mean"] - c["lo"] for c in cells], [c["hi"] - c["mean"] for c in cells]]  # the 95% CI
         ax.bar([j + (i - 1.5) * width for j in range(len(keys))], ys, width, yerr=es, capsize=2, label=lv)
     ax.set_xticks(range(len(keys)), keys, rotation=30, ha="right")
-    ax.set_ylabel("pass rate (%)")
+    ax.set_ylabel("pass rate (%), 95% CI over tasks")
     ax.legend(ncol=4, fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "pass_rate.png", dpi=110)
@@ -182,8 +213,8 @@ def run(params: Params, root: Path = Path(".")) -> str:
     with atomic_path(root / layout.RESULTS_MD) as tmp:
         tmp.write_text("\n".join(md) + "\n", encoding="utf-8")
     write_json(root / layout.REPORT_METRICS, metrics)
-    _write_csv(root / layout.PASS_RATE_CSV, ["run", "pass_rate", "std"],
-               [[k, m["pass_rate"]["average"]["mean"], m["pass_rate"]["average"]["std"]] for k, m in metrics.items()])
+    _write_csv(root / layout.PASS_RATE_CSV, ["run", "pass_rate", "ci_low", "ci_high"],
+               [[k, *(m["pass_rate_ci"]["average"][c] for c in ("mean", "lo", "hi"))] for k, m in metrics.items()])
     ref = f"win_rate_vs_{e.reference_model}"
     _write_csv(root / layout.WIN_RATE_CSV, ["run", "win", "tie", "loss"],
                [[k, m[ref]["win"], m[ref]["tie"], m[ref]["loss"]] for k, m in metrics.items() if m[ref]])

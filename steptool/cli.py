@@ -36,12 +36,16 @@ def _serve_tools(args: argparse.Namespace) -> int:
     server = make_server(world, args.host, args.port)
     host, port = server.server_address[:2]
     print(f"serving {what} on http://{host}:{port}/virtual (Ctrl-C stops)", flush=True)
+    return _serve_until_interrupted(server.serve_forever, server.server_close)
+
+
+def _serve_until_interrupted(serve, close) -> int:
     try:
-        server.serve_forever()
+        serve()
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        close()
     return 0
 
 
@@ -129,13 +133,7 @@ def _serve_judge(args: argparse.Namespace) -> int:
                                 p_malformed=args.p_malformed, p_wrong_length=args.p_wrong_length, seed=args.seed),
                          port=args.port)
     print(f"serving a test judge on {server.url} (POST /chat/completions; Ctrl-C stops)", flush=True)
-    try:
-        server._thread.join()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.close()
-    return 0
+    return _serve_until_interrupted(server._thread.join, server.close)
 
 
 def _params(args: argparse.Namespace) -> int:
@@ -196,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in STAGES:
         module = importlib.import_module(f"stages.{name}")
         doc = (module.__doc__ or "").strip()
-        p = sub.add_parser(name, help=doc.splitlines()[0], description=doc,
+        p = sub.add_parser(name, help=" ".join(doc.split("\n\n")[0].split()), description=doc,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         add_stage_arguments(p, module.run, module.ARGS)
     p = sub.add_parser("serve-tools", help="serve ToolWorld over StableToolBench's HTTP contract (POST /virtual)",

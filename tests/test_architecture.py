@@ -110,6 +110,19 @@ def test_the_cli_has_every_dvc_stage_under_its_name():
         assert cmd.startswith(f"python -m stages.{name}"), cmd
 
 
+def test_the_console_script_is_the_cli():
+    import importlib
+
+    import pytest
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    target = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["steptool"]
+    module, func = target.split(":")
+    from steptool.cli import main
+
+    assert getattr(importlib.import_module(module), func) is main
+
+
 def _dvc_paths(params) -> set[str]:
     """Every data/ and reports/ path in dvc.yaml, with ${item} expanded for the params' variants and models."""
     out = set()

@@ -118,7 +118,7 @@ def test_exp_run_with_the_openai_judge_then_a_rerun_makes_no_call(repo):
         assert metrics["annotator"] == "openai" and metrics["judge_calls"] > 0
         assert metrics["annotated"] + metrics["failed"] == 6
         calls = server.http_calls
-        out = _run(dvc + ["exp", "run", "-f", "annotate"] + sets, dest, env)
+        out = _run(dvc + ["exp", "run", "-f", "-s", "annotate"] + sets, dest, env)  # annotate alone
         assert "Running stage 'annotate'" in out
         metrics = json.loads((dest / layout.metrics_file("annotate")).read_text())
         assert metrics["judge_calls"] == 0 and metrics["cache_hits"] > 0 and server.http_calls == calls

@@ -227,3 +227,37 @@ def test_evaluate_stage_with_the_openai_judge(eval_root, monkeypatch):
     assert set(res["judge"]) == {"openai"} and res["statuses"].list.len().to_list() == [2, 2, 2]
     m = json.loads((root / layout.metrics_file("eval", "sft-cot")).read_text())
     assert m["judge"] == "openai" and m["judge_runs"] == 2 and "judge_stats" in m
+
+
+def _synthetic(model: str, strategy: str, solved: list[int]) -> list[dict]:
+    """EVAL_RESULTS-like rows: task i of level I1/I2 alternately, Solved where solved[i]."""
+    return [{"model": model, "strategy": strategy, "task_id": f"t{i}", "level": ("I1", "I2")[i % 2], "sample_idx": 0,
+             "traj_id": f"{model}-{i}", "judge": "rule", "statuses": ["Solved" if s else "Unsolved"],
+             "pass_score": float(s), "finish_type": "give_answer", "final_answer": "x", "n_steps": 2, "n_calls": 1,
+             "n_calls_ok": 1, "facts_stated": s, "n_facts": 1, "actions_generated": 2} for i, s in enumerate(solved)]
+
+
+def test_report_sentences_follow_synthetic_results():
+    """Clearly better, clearly equal and too few tasks: the report's sentences say which, every cell carries a
+    CI, and no '± 0.0' is printed for a single sample."""
+    from stages.report import build
+
+    n = 40
+    results = {("sft", "cot"): _synthetic("sft", "cot", [1 if i % 4 == 0 else 0 for i in range(n)]),
+               ("steptool", "cot"): _synthetic("steptool", "cot", [1 if i % 4 in (0, 1, 2) else 0 for i in range(n)]),
+               ("ppo_outcome", "cot"): _synthetic("ppo_outcome", "cot", [1 if i % 4 == 1 else 0 for i in range(n)]),
+               ("no_step_opt", "cot"): _synthetic("no_step_opt", "cot", [1 if i % 4 == 0 else 0 for i in range(n)])}
+    metrics, md = build(results, "sft", ["steptool", "ppo_outcome", "no_step_opt"], {})
+    text = "\n".join(md)
+    assert "- cot: steptool is better than sft: +50.0 points" in text
+    assert "- cot: steptool is better than ppo_outcome:" in text
+    assert "- cot: no_step_opt vs sft: too few tasks to tell (0 of 40 differ" in text
+    assert "- cot: ppo_outcome vs sft: no significant difference at the 5% level: +0.0 points" in text
+    assert "± 0.0" not in text and "n = 1, so no spread over samples" in text
+    cell = metrics["steptool-cot"]["pass_rate_ci"]["average"]
+    assert cell["mean"] == 75.0 and cell["lo"] < 75.0 < cell["hi"]
+    assert metrics["steptool-cot"]["vs_sft"]["wins"] == 20 and metrics["steptool-cot"]["vs_sft"]["losses"] == 0
+    few = {("sft", "cot"): _synthetic("sft", "cot", [0, 0, 0, 0]),
+           ("steptool", "cot"): _synthetic("steptool", "cot", [1, 1, 1, 1])}
+    _, md = build(few, "sft", ["steptool"], {})
+    assert any("steptool vs sft: too few tasks to tell (4 of 4 differ" in line for line in md)

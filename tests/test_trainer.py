@@ -243,8 +243,8 @@ class Slow(TrainerCallback):
     def on_step_end(self, args, state, control, **kw):
         time.sleep(delay)
 
-cfg = StepPPOConfig(output_dir=out, report_to=[], use_cpu=True, num_train_epochs=4, per_device_train_batch_size=2,
-                    gradient_accumulation_steps=1, learning_rate=1e-3, save_strategy="steps", save_steps=4, seed=0, disable_tqdm=True,
+cfg = StepPPOConfig(output_dir=out, report_to=[], use_cpu=True, num_train_epochs=2, per_device_train_batch_size=2,
+                    gradient_accumulation_steps=1, learning_rate=1e-3, save_strategy="steps", save_steps=2, seed=0, disable_tqdm=True,
                     logging_steps=100, dataloader_num_workers=0)
 trainer = StepPPOTrainer(wrapped, cfg, examples, pad_id=tok.pad_token_id, callbacks=[Slow()])
 trainer.train(resume_from_checkpoint=resume or None)
@@ -268,12 +268,12 @@ def test_resume_after_kill_ends_with_the_uninterrupted_weights(tmp_path):
     killed = tmp_path / "killed"
     p = _train(tmp_path, killed, 0.4, False)
     deadline = time.time() + 240
-    while time.time() < deadline and not (killed / "checkpoint-8" / "trainer_state.json").exists():
+    while time.time() < deadline and not (killed / "checkpoint-4" / "trainer_state.json").exists():
         assert p.poll() is None, p.stderr.read().decode()[-3000:]
         time.sleep(0.05)
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
-    assert not (killed / "final.pt").exists()  # it really died before the end (16 steps)
+    assert not (killed / "final.pt").exists()  # it really died before the end (8 steps)
     p = _train(tmp_path, killed, 0.0, True)
     assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-3000:]
     a, b = torch.load(clean / "final.pt"), torch.load(killed / "final.pt")

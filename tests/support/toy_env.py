@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from pipeline import variants
 from pipeline.agent.prompts import ChatRenderer
 from trainer.data import Example
 
@@ -42,7 +43,7 @@ def play(model, tok, n: int, steps: int, seed: int, variant: str) -> tuple[list[
     chosen = []
     model.eval()
     for _ in range(steps):
-        logits = model(ctx).logits[:, -1].float()
+        logits = model(ctx, logits_to_keep=1).logits[:, -1].float()  # the last position's only: 49k-wide vocab
         p_a = torch.softmax(logits[:, [a_id, b_id]], -1)[:, 0]
         pick = torch.where(torch.rand(n, generator=gen) < p_a, a_id, b_id)
         chosen.append(pick)
@@ -53,7 +54,7 @@ def play(model, tok, n: int, steps: int, seed: int, variant: str) -> tuple[list[
         ok = [int(c[i]) == a_id for c in chosen]
         right += sum(ok)
         solved = float(all(ok))
-        if variant in ("ppo_outcome", "no_step_reward"):
+        if not variants.get(variant).step_rewards:
             rewards = [0.0] * (steps - 1) + [solved]
         else:
             rewards = [float(x) for x in ok[:-1]] + [solved]
@@ -72,7 +73,7 @@ def right_probability(model, tok, steps: int) -> float:
     model.eval()
     probs = []
     for _ in range(steps):
-        logits = model(torch.tensor([ids])).logits[0, -1].float()
+        logits = model(torch.tensor([ids]), logits_to_keep=1).logits[0, -1].float()
         p = torch.softmax(logits[[a_id, b_id]], -1)
         probs.append(float(p[0]))
         ids = ids + [a_id] + renderer.encode(renderer.observation_segment(OBSERVATION, False))

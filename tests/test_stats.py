@@ -1,0 +1,76 @@
+"""Uncertainty over tasks: the bootstrap, the sign test and the verdict sentences, against hand-computed
+cases (and scipy where it applies)."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline.stats import (min_decisive_tasks, paired_difference, pass_rate_ci, sign_test, task_scores,
+                                     verdict)
+
+
+def _scores(level_scores: dict[str, list[float]], prefix: str = "t") -> dict[str, tuple[str, float]]:
+    return {f"{prefix}{lv}-{i}": (lv, s) for lv, ss in level_scores.items() for i, s in enumerate(ss)}
+
+
+def test_sign_test_by_hand():
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(5, 0) == pytest.approx(2 / 32)          # 0.0625: five wins are not enough at 5%
+    assert sign_test(6, 0) == pytest.approx(2 / 64)          # 0.03125
+    assert sign_test(8, 1) == pytest.approx(2 * (1 + 9) / 512)
+    assert sign_test(3, 3) == 1.0
+    assert min_decisive_tasks() == 6
+
+
+def test_sign_test_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for w, l in [(7, 2), (10, 3), (4, 9), (12, 12), (1, 0)]:
+        assert sign_test(w, l) == pytest.approx(stats.binomtest(w, w + l, 0.5).pvalue)
+
+
+def test_task_scores_average_samples_and_runs():
+    rows = [{"task_id": "a", "level": "I1", "pass_score": 1.0}, {"task_id": "a", "level": "I1", "pass_score": 0.5},
+            {"task_id": "b", "level": "I2", "pass_score": 0.0}]
+    assert task_scores(rows) == {"a": ("I1", 0.75), "b": ("I2", 0.0)}
+
+
+def test_pass_rate_ci_point_is_the_mean_of_levels_and_the_interval_holds_it():
+    s = _scores({"I1": [1, 1, 0, 0], "I2": [1, 0, 0, 0, 0, 0, 0, 0]})
+    ci = pass_rate_ci(s, n_boot=4000)
+    assert ci["I1"]["mean"] == 50.0 and ci["I2"]["mean"] == 12.5 and ci["average"]["mean"] == 31.25
+    assert ci["I1"]["n"] == 4 and ci["average"]["n"] == 12
+    for k in ("I1", "I2", "average"):
+        assert ci[k]["lo"] <= ci[k]["mean"] <= ci[k]["hi"]
+    assert ci["I1"]["hi"] - ci["I1"]["lo"] > 40  # four tasks tell little
+    # a constant level has no spread; more tasks with the same share give a narrower interval
+    assert pass_rate_ci(_scores({"I1": [1] * 5}))["I1"] == {"mean": 100.0, "lo": 100.0, "hi": 100.0, "n": 5}
+    wide = pass_rate_ci(_scores({"I1": [1, 0] * 5}))["I1"]
+    narrow = pass_rate_ci(_scores({"I1": [1, 0] * 50}))["I1"]
+    assert narrow["hi"] - narrow["lo"] < (wide["hi"] - wide["lo"]) / 2
+
+
+def test_paired_difference_counts_per_task_and_keeps_pairs_together():
+    ref = _scores({"I1": [0, 0, 1, 1, 0, 0, 0, 0, 0, 0]})
+    cand = dict(ref)
+    for t in list(cand)[4:]:  # the six tasks the reference failed, the candidate solves
+        cand[t] = ("I1", 1.0)
+    d = paired_difference(cand, ref, n_boot=4000)
+    assert (d["wins"], d["ties"], d["losses"], d["tasks"]) == (6, 4, 0, 10)
+    assert d["diff"] == 60.0 and d["p_value"] == pytest.approx(2 / 64)
+    assert d["lo"] > 0  # every resample has a non-negative difference, most positive
+    assert "better than" in verdict("steptool", "sft", d)
+
+
+def test_verdicts_follow_the_numbers():
+    """Clearly better, clearly equal, too few tasks: the sentence says which."""
+    ref = _scores({"I1": [0] * 40, "I2": [0] * 40})
+    better = {t: (lv, 1.0 if i % 2 == 0 else 0.0) for i, (t, (lv, _)) in enumerate(sorted(ref.items()))}
+    assert verdict("steptool", "sft", paired_difference(better, ref)).startswith("steptool is better than sft:")
+    assert verdict("sft", "steptool", paired_difference(ref, better)).startswith("sft is worse than steptool:")
+    mixed = {t: (lv, 1.0 if i % 4 == 0 else 0.0) for i, (t, (lv, _)) in enumerate(sorted(ref.items()))}
+    mixed_ref = {t: (lv, 1.0 if i % 4 == 1 else 0.0) for i, (t, (lv, _)) in enumerate(sorted(ref.items()))}
+    sentence = verdict("a", "b", paired_difference(mixed, mixed_ref))
+    assert sentence.startswith("a vs b: no significant difference") and "+0.0 points" in sentence
+    few = _scores({"I1": [1, 1, 0]})
+    few_ref = _scores({"I1": [0, 0, 0]})
+    assert "too few tasks to tell (2 of 3 differ" in verdict("a", "b", paired_difference(few, few_ref))
+    assert "no task in common" in verdict("a", "b", paired_difference(few, {}))
