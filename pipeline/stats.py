@@ -98,14 +98,20 @@ def min_decisive_tasks(alpha: float = ALPHA) -> int:
     return n
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def verdict(name: str, ref: str, d: dict) -> str:
     """One sentence about `name` against `ref` that follows from `paired_difference`'s numbers: better or
     worse only when the CI excludes 0 and the sign test is significant at 5%."""
     decisive = d["wins"] + d["losses"]
     if d["tasks"] == 0:
         return f"{name} vs {ref}: no task in common."
-    nums = (f"{d['diff']:+.1f} points (95% CI [{d['lo']:+.1f}, {d['hi']:+.1f}]), {d['wins']} wins / {d['ties']} "
-            f"ties / {d['losses']} losses over {d['tasks']} tasks, sign test p = {d['p_value']:.3g}")
+    counts = " / ".join(_count(d[k], one, many) for k, one, many in
+                        (("wins", "win", "wins"), ("ties", "tie", "ties"), ("losses", "loss", "losses")))
+    nums = (f"{d['diff']:+.1f} points (95% CI [{d['lo']:+.1f}, {d['hi']:+.1f}]), {counts} over {d['tasks']} tasks, "
+            f"sign test p = {d['p_value']:.3g}")
     if decisive < min_decisive_tasks():
         return (f"{name} vs {ref}: too few tasks to tell ({decisive} of {d['tasks']} differ; the sign test needs at "
                 f"least {min_decisive_tasks()}): {nums}.")
