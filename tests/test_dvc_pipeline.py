@@ -29,6 +29,7 @@ def _run(cmd, cwd, env):
 DVC = [sys.executable, "-m", "dvc"]
 
 
+# `make test` runs `pytest -n 2 --dist loadfile`: this file's tests stay on one worker, in order.
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, tiny_model_dir):
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()

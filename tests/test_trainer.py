@@ -263,8 +263,7 @@ def _train(tmp_path, out, delay, resume):
 @pytest.mark.slow
 def test_resume_after_kill_ends_with_the_uninterrupted_weights(tmp_path):
     clean = tmp_path / "clean"
-    p = _train(tmp_path, clean, 0.0, False)
-    assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-3000:]
+    uninterrupted = _train(tmp_path, clean, 0.0, False)  # runs beside the killed one: the same wait, half the wall
     killed = tmp_path / "killed"
     p = _train(tmp_path, killed, 0.4, False)
     deadline = time.time() + 240
@@ -276,6 +275,7 @@ def test_resume_after_kill_ends_with_the_uninterrupted_weights(tmp_path):
     assert not (killed / "final.pt").exists()  # it really died before the end (8 steps)
     p = _train(tmp_path, killed, 0.0, True)
     assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-3000:]
+    assert uninterrupted.wait(timeout=300) == 0, uninterrupted.stderr.read().decode()[-3000:]
     a, b = torch.load(clean / "final.pt"), torch.load(killed / "final.pt")
     assert a.keys() == b.keys()
     for k in a:
