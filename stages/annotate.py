@@ -13,6 +13,7 @@ from pathlib import Path
 from pipeline import layout
 from pipeline.annotate.run import annotated_rows, group_steps, label_trajectories, summarize
 from pipeline.config import Params
+from pipeline.errors import SteptoolError
 from pipeline.fsutil import write_json
 from pipeline.runner import run_stage
 from pipeline.schema import ANNOTATED_STEPS, STEPS, TRAJECTORIES, read_table, write_table
@@ -36,6 +37,10 @@ def run(params: Params, root: Path = Path(".")) -> str:
     write_json(root / layout.ANNOTATED / "failed.json", failed)
     summary = summarize(labels, rows, stats)
     write_json(root / layout.metrics_file("annotate"), summary)
+    if failed and not summary["annotated"]:  # nothing to train on: a failure, not an empty success
+        raise SteptoolError(f"annotate ({cfg.annotator}): the judge labelled none of the {len(failed)} trajectories "
+                            f"(first reason: {failed[0]['reason'][:200]}); every reason is in "
+                            f"{layout.ANNOTATED / 'failed.json'}, and a rerun retries them")
     extra = ""
     if cfg.annotator == "openai":
         extra = f", {stats.get('judge_calls', 0)} judge calls, " \

@@ -19,7 +19,7 @@ from pipeline.annotate.cache import JudgeCache
 from pipeline.annotate.heuristic import heuristic_label, lcs_length, lcs_ratio
 from pipeline.annotate.importer import import_reference_annotations
 from pipeline.annotate.llm_judge import parse_answer
-from pipeline.annotate.scripted_judge_server import Faults, JudgeServer
+from pipeline.annotate.scripted_judge_server import Faults, JudgeServer, auth_digest
 from pipeline.annotate.oracle import oracle_label
 from pipeline.annotate.run import annotated_rows, group_steps, label_trajectories, summarize
 from pipeline.annotate.succ_calling import succ_calling
@@ -231,7 +231,7 @@ def test_openai_judge_under_faults_then_a_free_rerun(played, tmp_path, monkeypat
         rows = annotated_rows(group_steps(steps), labels)
         out = tmp_path / "annotated.parquet"
         write_table(rows, out, ANNOTATED_STEPS)
-        assert all(h == f"Bearer {secret}" for h in server.auth_headers)
+        assert server.auth_digests and all(h == auth_digest(f"Bearer {secret}") for h in server.auth_digests)
         calls_before = server.http_calls
         labels2, stats2 = label_trajectories(trajs, steps, tasks, cfg, str(cache), progress=False)
         assert stats2["judge_calls"] == 0 and server.http_calls == calls_before  # the rerun pays nothing
@@ -307,3 +307,65 @@ def test_kill_mid_run_then_rerun_repeats_no_call(played, tmp_path):
         assert _without_hits(annotated_rows(by, labels)) == _without_hits(annotated_rows(by, clean))
     finally:
         server.close()
+
+
+# ---- nothing bad gets through (issue 13: the key, the cache, silent failure) ----------------------------------
+
+def test_redact_removes_the_key_and_bearer_tokens():
+    from pipeline.annotate.llm_judge import redact
+
+    echoed = "AuthenticationError: Error code: 401 - {'echo': 'Bearer sk-live-abc123456', 'key': 'sk-live-abc123456'}"
+    out = redact(echoed, "sk-live-abc123456")
+    assert "sk-live" not in out and out.count("[redacted]") == 2
+    assert redact("Authorization: Bearer tok_98765, then") == "Authorization: Bearer [redacted], then"
+    assert redact("a plain reason") == "a plain reason"
+
+
+def test_the_cache_never_answers_for_another_endpoint(played, tmp_path, monkeypatch):
+    """Two endpoints serving a model of the same name: the second is asked, not answered from the first's cache."""
+    trajs, steps, tasks = played
+    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", "k")
+    a, b = JudgeServer(), JudgeServer()
+    try:
+        cache = str(tmp_path / "judge.sqlite")
+        _, stats_a = label_trajectories(trajs[:3], steps, tasks, _judge_cfg(a.url, n_votes=1), cache, progress=False)
+        _, again = label_trajectories(trajs[:3], steps, tasks, _judge_cfg(a.url, n_votes=1), cache, progress=False)
+        _, stats_b = label_trajectories(trajs[:3], steps, tasks, _judge_cfg(b.url, n_votes=1), cache, progress=False)
+        assert stats_a["judge_calls"] == 3 and again["judge_calls"] == 0
+        assert stats_b["judge_calls"] == 3 and stats_b["cache_hits"] == 0 and b.http_calls >= 3
+    finally:
+        a.close()
+        b.close()
+
+
+def test_annotate_fails_loudly_when_the_judge_labels_nothing(played, tmp_path, monkeypatch):
+    """An endpoint that never answers: the stage exits with one error line naming failed.json, which holds
+    every reason, none with the key."""
+    import socket
+
+    from pipeline import layout
+    from pipeline.config import parse_params
+    from pipeline.errors import SteptoolError
+    from pipeline.schema import STEPS, TASKS, TRAJECTORIES
+    from stages import annotate
+
+    trajs, steps, tasks = played
+    secret = "sk-never-in-a-file-77"
+    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", secret)
+    root = tmp_path
+    write_table(trajs[:2], root / layout.table(layout.TRAJECTORIES, "trajectories"), TRAJECTORIES)
+    write_table([s for s in steps if s["traj_id"] in {t["traj_id"] for t in trajs[:2]}],
+                root / layout.table(layout.TRAJECTORIES, "steps"), STEPS)
+    for split in ("train", "test"):
+        write_table([t.to_row() for t in tasks.values()] if split == "train" else [],
+                    root / layout.tasks_file(split), TASKS)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    params = parse_params({"annotate": {"annotator": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
+                                        "api_key_env": "STEPTOOL_TEST_JUDGE_KEY", "n_votes": 1, "max_retries": 1,
+                                        "timeout_s": 1.0, "cache_path": str(tmp_path / "judge.sqlite")}})
+    with pytest.raises(SteptoolError, match="labelled none of the 2 trajectories"):
+        annotate.run(params, root)
+    failed = (root / layout.ANNOTATED / "failed.json").read_text()
+    assert "APIConnectionError" in failed and secret not in failed

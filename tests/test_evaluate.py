@@ -169,7 +169,7 @@ def _judge_params(tmp_path, url, n_judgings=3):
 def test_openai_pass_rate_judge_follows_the_protocol(tmp_path, monkeypatch):
     """No answer -> Unsolved with no call; check_answer_status first; parse_answer_status only on Unsure;
     faults retried; a rerun is free; the key is sent but never written."""
-    from pipeline.annotate.scripted_judge_server import Faults, JudgeServer
+    from pipeline.annotate.scripted_judge_server import Faults, JudgeServer, auth_digest
     from pipeline.evaluate.llm_pass_rate import judge_answers
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-eval-test-91")
@@ -201,7 +201,7 @@ def test_openai_pass_rate_judge_follows_the_protocol(tmp_path, monkeypatch):
         calls = server.http_calls
         again, stats2 = judge_answers(trajs, steps, {"t": task}, params, progress=False)
         assert again == statuses and stats2["judge_calls"] == 0 and server.http_calls == calls
-        assert all(h == "Bearer sk-eval-test-91" for h in server.auth_headers)
+        assert server.auth_digests and all(h == auth_digest("Bearer sk-eval-test-91") for h in server.auth_digests)
     finally:
         server.close()
     assert b"sk-eval-test-91" not in (tmp_path / "judge.sqlite").read_bytes()

@@ -1,6 +1,7 @@
 """A content-addressed cache of judge calls, in SQLite, shared across runs.
 
-Key: sha256 of (model, prompt version, the full request as sent: messages, tools, temperature, seed…).
+Key: sha256 of (endpoint, model, prompt version, the full request as sent: messages, tools, temperature,
+seed…): another endpoint serving a model of the same name never answers from this one's entries.
 Value: the raw response body. Every answer is committed the moment it arrives (WAL journal), so a
 killed run loses at most the calls in flight, and rerunning the stage, or running it after adding
 trajectories, pays only for requests never answered before. Invalid answers are cached too: a rerun
@@ -18,8 +19,9 @@ import time
 from pathlib import Path
 
 
-def request_key(model: str, prompt_version: str, request: dict) -> str:
-    blob = json.dumps({"model": model, "prompt_version": prompt_version, "request": request},
+def request_key(model: str, prompt_version: str, request: dict, endpoint: str = "") -> str:
+    blob = json.dumps({"endpoint": endpoint.rstrip("/"), "model": model, "prompt_version": prompt_version,
+                       "request": request},
                       sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 

@@ -22,6 +22,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 
 from pipeline.annotate.base import StepLabel, TrajLabel, status_of, step_is_call
@@ -67,6 +68,18 @@ TOOL = {
         },
     },
 }
+
+
+_SECRET_LIKE = re.compile(r"(?i)(bearer\s+)[^\s'\",}]+|\bsk-[A-Za-z0-9_\-]{6,}")
+
+
+def redact(text: str, key: str = "") -> str:
+    """`text` (an error message that goes to failed.json and the logs) without the API key: the key's value,
+    any `Bearer <token>` and anything shaped like an OpenAI key, replaced before the text is cut, so an
+    endpoint that echoes the Authorization header cannot put the key in a file."""
+    if key:
+        text = text.replace(key, "[redacted]")
+    return _SECRET_LIKE.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
 
 
 class InvalidAnswer(ValueError):
@@ -203,7 +216,7 @@ class JudgeClient:
 
     async def ask(self, client, request: dict) -> tuple[dict | None, bool, str]:
         """(body, cache hit, failure reason): the cached answer to `request`, or a paid call that is cached."""
-        key = request_key(self.cfg.model, self.prompt_version, request)
+        key = request_key(self.cfg.model, self.prompt_version, request, endpoint=self.cfg.base_url)
         body = self.cache.get(key)
         if body is not None:
             self.stats["cache_hits"] += 1
@@ -211,7 +224,8 @@ class JudgeClient:
         try:
             body = await self._call(client, request)
         except Exception as e:  # retries exhausted: a reason, not a crash; not cached, so a rerun retries
-            return None, False, f"{type(e).__name__}: {str(e)[:120]}"
+            reason = redact(f"{type(e).__name__}: {e}", os.environ.get(self.cfg.api_key_env, ""))
+            return None, False, reason[:160]
         self.cache.put(key, self.cfg.model, self.prompt_version, request, body)
         return body, False, ""
 

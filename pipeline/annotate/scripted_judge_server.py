@@ -68,6 +68,13 @@ def default_answer(request: dict) -> dict:
             "final_answer_status": status}
 
 
+def auth_digest(header: str) -> str:
+    """What the server keeps of an Authorization header."""
+    import hashlib
+
+    return hashlib.sha256(header.encode()).hexdigest()
+
+
 class JudgeServer:
     """Serves in a daemon thread; `url` is the base_url to give the client (ends in /v1)."""
 
@@ -78,7 +85,9 @@ class JudgeServer:
         self.lock = threading.Lock()
         self.http_calls = 0
         self.answered = 0
-        self.auth_headers: list[str] = []
+        # sha256 of each request's Authorization header: enough for a test to check which key was sent,
+        # without the server holding the key itself
+        self.auth_digests: list[str] = []
         self._rng = random.Random(self.faults.seed)
         self.server = BusyHTTPServer(("127.0.0.1", port), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
@@ -113,7 +122,7 @@ class JudgeServer:
                 f = outer.faults
                 with outer.lock:
                     outer.http_calls += 1
-                    outer.auth_headers.append(self.headers.get("Authorization", ""))
+                    outer.auth_digests.append(auth_digest(self.headers.get("Authorization", "")))
                     u = outer._rng.random()
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     send_json(self, 404, {"error": {"message": "only /v1/chat/completions", "type": "not_found"}})
