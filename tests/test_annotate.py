@@ -369,3 +369,55 @@ def test_annotate_fails_loudly_when_the_judge_labels_nothing(played, tmp_path, m
         annotate.run(params, root)
     failed = (root / layout.ANNOTATED / "failed.json").read_text()
     assert "APIConnectionError" in failed and secret not in failed
+
+
+def test_an_endpoint_that_echoes_the_key_in_its_401_puts_it_in_no_file(played, tmp_path, monkeypatch):
+    """The canary: a 401 whose body repeats the Authorization header. The run fails with one line, and
+    neither failed.json, the metrics, the cache nor the annotated table holds the key."""
+    import json as _json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from pipeline import layout
+    from pipeline.config import parse_params
+    from pipeline.errors import SteptoolError
+    from pipeline.schema import STEPS, TASKS, TRAJECTORIES
+    from stages import annotate
+
+    class Echo(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = _json.dumps({"error": {"message": f"invalid key in {self.headers.get('Authorization')}",
+                                          "type": "invalid_request_error"}}).encode()
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    trajs, steps, tasks = played
+    canary = "sk-canary-0123456789abcdef"
+    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", canary)
+    root = tmp_path / "root"
+    keep = {t["traj_id"] for t in trajs[:2]}
+    write_table(trajs[:2], root / layout.table(layout.TRAJECTORIES, "trajectories"), TRAJECTORIES)
+    write_table([s for s in steps if s["traj_id"] in keep], root / layout.table(layout.TRAJECTORIES, "steps"), STEPS)
+    write_table([t.to_row() for t in tasks.values()], root / layout.tasks_file("train"), TASKS)
+    write_table([], root / layout.tasks_file("test"), TASKS)
+    params = parse_params({"annotate": {"annotator": "openai", "base_url": f"http://127.0.0.1:{server.server_port}/v1",
+                                        "api_key_env": "STEPTOOL_TEST_JUDGE_KEY", "n_votes": 1, "max_retries": 1,
+                                        "cache_path": str(tmp_path / "judge.sqlite")}})
+    try:
+        with pytest.raises(SteptoolError) as e:
+            annotate.run(params, root)
+    finally:
+        server.shutdown()
+    assert canary not in str(e.value) and "AuthenticationError" in str(e.value)
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            assert canary.encode() not in f.read_bytes(), f
