@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from pathlib import Path
 
 import polars as pl
 
