@@ -233,6 +233,8 @@ class AnnotateConfig(_Checked):
     api_key_env: str = _help("openai: name of the environment variable holding the API key (never the key itself).",
                              "OPENAI_API_KEY")
     n_votes: int = _help("openai: judge calls per trajectory; their values are averaged.", 3)
+    min_votes: int = _help("openai: votes that must come back to label a trajectory (from those); with fewer it "
+                           "is failed, listed in failed.json and retried by a rerun.", 1)
     temperature: float = _help("openai: judge sampling temperature.", 0.7)
     concurrency: int = _help("openai: requests in flight at once.", 32)
     requests_per_minute: int = _help("openai: most requests started per minute (0: no limit).", 0)
@@ -240,7 +242,7 @@ class AnnotateConfig(_Checked):
     max_retries: int = _help("openai: tries per request on 429, 5xx, timeouts (exponential backoff).", 6)
     max_invalid_retries: int = _help(
         "openai: new requests after an invalid answer (wrong length, bad values, malformed JSON) before the "
-        "trajectory is recorded as failed.", 2)
+        "vote is recorded as failed.", 2)
     max_prompt_tokens: int = _help("openai: estimated-token budget of one judge prompt (responses are cut to fit).",
                                    6000)
     max_response_chars: int = _help("openai: each tool response is cut to this many characters in the prompt.", 1500)
@@ -250,6 +252,8 @@ class AnnotateConfig(_Checked):
         "heuristic: a call contributes when LCS(response, final answer) / len(response) reaches this.", 0.5)
 
     def check(self, where: str) -> None:
+        if not 1 <= self.min_votes <= self.n_votes:
+            self._fail(where, "min_votes", f"must be in [1, n_votes = {self.n_votes}], got {self.min_votes}")
         self._at_least(where, 1, "n_votes", "concurrency", "max_retries", "max_prompt_tokens", "max_response_chars")
         self._at_least(where, 0, "requests_per_minute", "max_invalid_retries")
         if self.timeout_s <= 0:
@@ -263,7 +267,8 @@ class RewardsConfig(_Checked):
     alpha: float = _help("α of r_t = (α·SC + Con/5) / (α + 1) for intermediate steps (1 reproduces the reference).", 1.0)
     gamma: float = _help("Discount of the Monte-Carlo returns in data/advantages (the trainer has its own γ).", 1.0)
     normalize: Literal["none", "whiten"] = _help(
-        "Rewards as they are, or whitened over the whole table (mean 0, std 1) before returns.", "none")
+        "Rewards as they are, or whitened over the whole table (mean 0, std 1) before returns: the rewards the "
+        "variant gives (only the last step's for one without step rewards; its other steps stay 0).", "none")
 
     def check(self, where: str) -> None:
         if self.alpha < 0:
@@ -285,12 +290,14 @@ class TrainConfig(_Checked):
     kl_coef: float = _help("β of the per-step KL penalty to the reference policy, subtracted from each step's "
                            "reward.", 0.02)
     kl_estimator: Literal["k1", "k3"] = _help(
-        "Per-token KL estimator of the penalty, with d = log π − log π_ref: k1 = d (can be negative), k3 = "
-        "exp(−d) + d − 1 (non-negative).", "k1")
+        "Per-token estimator of the penalty KL(π_old‖π_ref) on tokens sampled from π_old, d = log π_old − "
+        "log π_ref: k1 = d (unbiased, one token can be negative), k3 = exp(−d) + d − 1 (unbiased, never "
+        "negative, lower variance).", "k1")
     entropy_coef: float = _help("Weight of the entropy bonus on action tokens.", 0.0)
     whiten_advantages: bool = _help(
-        "Whiten the advantages once over the whole round (every step, or every action token for a token-level "
-        "variant) before the updates.", True)
+        "Divide the advantages by their std over the whole round (every step, or every action token for a "
+        "token-level variant) once, before the updates; the mean is not subtracted (the baseline centres them).",
+        True)
     num_train_epochs: int = _help("PPO epochs: passes over the round's trajectories.", 1)
     per_device_train_batch_size: int = _help("Trajectories per device per forward pass.", 2)
     gradient_accumulation_steps: int = _help("Forward passes per optimizer step.", 2)
@@ -301,14 +308,18 @@ class TrainConfig(_Checked):
     old_logprobs: Literal["behaviour", "recompute"] = _help(
         "π_old of the ratio: the log-probs recorded at collection ('behaviour'; truncated or imported trajectories "
         "fall back to recompute) or a recompute at the start of the round.", "recompute")
-    value_init: Literal["zero", "fit_returns"] = _help(
-        "Value head at the start of the round: zero, or fitted (ridge) to the Monte-Carlo returns on the trunk's "
-        "features.", "fit_returns")
+    baseline: Literal["rloo", "crossfit", "zero", "fit_returns"] = _help(
+        "Baseline b(s) of the advantages, never fitted to the returns it is subtracted from: 'rloo' (per task, the "
+        "mean return-to-go of the other samples at the same step), 'crossfit' (a ridge head on the trunk's "
+        "features fitted on the other folds of tasks), 'zero'; 'fit_returns' reads a head fitted to these very "
+        "returns (kept to measure its cost: it nearly interpolates them). Every round logs the explained "
+        "variance of each choice (round_baseline_ev_*).", "rloo")
     value_grad_to_trunk: bool = _help(
         "Let the value loss train the shared trunk too (TRL's old value-head models do); false trains the value "
         "head alone on detached features, so the value loss cannot move the policy.", False)
-    max_length: int = _help("Longest rendered trajectory (tokens): the oldest observations are shortened first, "
-                            "then trailing steps dropped; an action is never split.", 2048)
+    max_length: int = _help("Longest rendered trajectory (tokens): the oldest observations are shortened first; "
+                            "one that still does not fit is dropped whole (counted in the train metrics), never "
+                            "its last steps.", 2048)
     logits_chunk: int = _help("Action positions per lm_head chunk (bounds the [positions, vocab] logits memory).",
                               1024)
     precision: Literal["auto", "fp32", "bf16"] = _help(

@@ -12,7 +12,8 @@ normalised reward of each vote (the reference's 0.9333 = mean of 1, 1, 0.8). A v
 
 Returns-to-go G_t = Σ_{k≥t} γ^{k−t} r_k within a trajectory. The Monte-Carlo advantage is
 A_t = G_t − b with b the mean return over all steps (a batch baseline; the trainer's step-level GAE with a
-value head replaces it). `normalize: whiten` whitens rewards over the whole table first (mean 0, std 1).
+value head replaces it). `normalize: whiten` whitens the rewards the variant gives over the whole table
+first (mean 0, std 1): every step's, or the last step's only for a variant without step rewards.
 """
 from __future__ import annotations
 
@@ -41,9 +42,14 @@ def step_rewards(steps: pl.DataFrame, alpha: float = 1.0, variant: str = variant
         pl.when(pl.col("is_last")).then(pl.col("is_solved_score").fill_null(0.0)).otherwise(intermediate)
         .cast(pl.Float64).alias("reward"))
     if normalize == "whiten":
-        std = df["reward"].std()
-        df = df.with_columns(((pl.col("reward") - pl.col("reward").mean()) / (std if std and std > 0 else 1.0))
-                             .alias("reward"))
+        # over the rewards the variant gives: every step's, or only the last step's for an outcome-only
+        # variant, whose intermediate zeros mean "no reward here" and stay 0 (whitened, they would become a
+        # per-step length penalty)
+        given = pl.col("is_last") | pl.lit(v.step_rewards)
+        scored = df.filter(given)["reward"]
+        mean, std = scored.mean() or 0.0, scored.std()
+        std = std if std and std > 0 else 1.0
+        df = df.with_columns(pl.when(given).then((pl.col("reward") - mean) / std).otherwise(0.0).alias("reward"))
     elif normalize != "none":
         raise ValueError(f"normalize must be none or whiten, got {normalize!r}")
     return df.select("traj_id", "step_idx", "reward", "is_last")

@@ -4,14 +4,15 @@ SuccCalling comes from the rule on each tool response; Contribution and IsSolved
 chosen in params (`annotate.annotator`: oracle | heuristic | openai). The openai judge goes through a
 content-addressed cache, so a rerun (or a run after more trajectories were collected) pays only for
 new calls, and a killed run loses nothing it was answered. Trajectories that could not be labelled are
-listed with their reason in data/annotated/failed.json (a rerun retries them).
+listed with their reason in data/annotated/failed.json, with their number of steps, beside those labelled
+from fewer votes than asked (`annotate.min_votes`); a rerun retries them. The metrics count both by length.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from pipeline import layout
-from pipeline.annotate.run import annotated_rows, group_steps, label_trajectories, summarize
+from pipeline.annotate.run import annotated_rows, failure_records, group_steps, label_trajectories, summarize
 from pipeline.config import Params
 from pipeline.errors import SteptoolError
 from pipeline.fsutil import write_json
@@ -30,12 +31,14 @@ def run(params: Params, root: Path = Path(".")) -> str:
     cache_path = Path(cfg.cache_path)
     labels, stats = label_trajectories(trajs, steps, tasks, cfg,
                                        str(cache_path if cache_path.is_absolute() else root / cache_path))
-    rows = annotated_rows(group_steps(steps), labels)
+    by_traj = group_steps(steps)
+    rows = annotated_rows(by_traj, labels)
     out = layout.table(layout.ANNOTATED, "steps")
     write_table(rows, root / out, ANNOTATED_STEPS)
-    failed = [{"traj_id": lab.traj_id, "reason": lab.failed} for lab in labels if lab.failed]
-    write_json(root / layout.ANNOTATED / "failed.json", failed)
-    summary = summarize(labels, rows, stats)
+    records = failure_records(labels, by_traj)
+    write_json(root / layout.ANNOTATED / "failed.json", records)
+    failed = [r for r in records if not r["labelled"]]
+    summary = summarize(labels, rows, stats, by_traj)
     write_json(root / layout.metrics_file("annotate"), summary)
     if failed and not summary["annotated"]:  # nothing to train on: a failure, not an empty success
         raise SteptoolError(f"annotate ({cfg.annotator}): the judge labelled none of the {len(failed)} trajectories "
@@ -45,8 +48,10 @@ def run(params: Params, root: Path = Path(".")) -> str:
     if cfg.annotator == "openai":
         extra = f", {stats.get('judge_calls', 0)} judge calls, " \
                 f"{stats.get('cache_hits', 0)} cache hits"
+    if summary["partial_votes"]:
+        extra += f", {summary['partial_votes']} labelled from fewer than {cfg.n_votes} votes"
     return (f"annotate ({cfg.annotator}): {summary['annotated']} trajectories, {summary['steps']} steps labelled, "
-            f"{summary['failed']} failed{extra}; mean SuccCalling {summary['succ_calling_mean']}, mean contribution "
+            f"{summary['failed']} failed (by steps: {summary['failed_by_steps']}){extra}; mean SuccCalling {summary['succ_calling_mean']}, mean contribution "
             f"{summary['contribution_mean']}, pass rate {summary['pass_rate']} -> {out}")
 
 

@@ -247,6 +247,49 @@ def test_openai_judge_under_faults_then_a_free_rerun(played, tmp_path, monkeypat
         server.close()
 
 
+def test_a_failed_vote_labels_from_the_others_and_is_counted_by_length(played, tmp_path, monkeypatch):
+    """Vote 1 always comes back with the wrong number of values, and trajectories with 3+ calls get no valid
+    vote at all. With min_votes 1 the others are labelled from votes 0 and 2 (listed as partial), the long
+    ones fail, and the summary counts both by length; with min_votes 3 every judged trajectory fails."""
+    from pipeline.annotate.run import failure_records
+    from pipeline.annotate.scripted_judge_server import default_answer
+
+    trajs, steps, tasks = played
+    by = group_steps(steps)
+
+    def answer(req):
+        args = default_answer(req)
+        wrong = args["contribution_to_final_answer"] + [5]
+        if req["seed"] // 1000 == 1 or len(wrong) > 3:
+            return dict(args, contribution_to_final_answer=wrong)
+        return args
+
+    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", "k")
+    server = JudgeServer(answer=answer)
+    try:
+        labels, stats = label_trajectories(trajs, steps, tasks, _judge_cfg(server.url), str(tmp_path / "c.sqlite"),
+                                           progress=False)
+        summary = summarize(labels, annotated_rows(by, labels), stats, by)
+        labelled = [lab for lab in labels if not lab.failed]
+        partial = [lab for lab in labelled if lab.vote_failures]
+        assert partial and all(lab.votes == 2 and "vote 1:" in lab.vote_failures for lab in partial)
+        assert summary["partial_votes"] == len(partial) and summary["failed"] == len(labels) - len(labelled)
+        failed = [lab for lab in labels if lab.failed]
+        assert failed and summary["failed_by_steps"] == {
+            str(n): sum(1 for lab in failed if len(by[lab.traj_id]) == n)
+            for n in sorted({len(by[lab.traj_id]) for lab in failed})}
+        assert sum(summary["annotated_by_steps"].values()) == len(labelled)
+        records = failure_records(labels, by)
+        assert {r["traj_id"] for r in records} == {lab.traj_id for lab in failed + partial}
+        assert all(r["steps"] == len(by[r["traj_id"]]) for r in records)
+        strict, _ = label_trajectories(trajs, steps, tasks, _judge_cfg(server.url, min_votes=3),
+                                       str(tmp_path / "c.sqlite"), progress=False)
+        judged = [lab for lab in strict if lab.votes]  # a trajectory with nothing to judge needs no vote
+        assert judged and all(lab.failed for lab in judged)
+    finally:
+        server.close()
+
+
 KILL_SCRIPT = """
 import json, sys
 from pipeline.annotate.run import label_trajectories

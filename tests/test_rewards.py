@@ -35,6 +35,10 @@ def test_step_rewards_by_hand():
     assert step_rewards(T, variant="ppo_outcome")["reward"].to_list() == [0.0, 0.0, 0.5, 0.0, 0.0]
     w = step_rewards(T, normalize="whiten")["reward"]
     assert abs(w.mean()) < 1e-12 and abs(w.std() - 1) < 1e-12
+    # outcome-only: the final rewards 0.5 and 0.0 are whitened (±0.7071 with the sample std 0.3536); the
+    # intermediate steps stay 0 rather than becoming a length penalty of −mean/std each
+    w = step_rewards(T, variant="no_step_reward", normalize="whiten")["reward"].round(4).to_list()
+    assert w == [0.0, 0.0, 0.7071, 0.0, -0.7071]
     with pytest.raises(ValueError, match="unknown variant"):
         step_rewards(T, variant="nope")
 

@@ -14,7 +14,7 @@ import torch
 
 from pipeline.agent.prompts import ChatRenderer
 from trainer.data import CUT_OBSERVATION, examples_from_reference_csv, render_truncated
-from trainer.gae import step_gae, token_gae, whiten
+from trainer.gae import step_gae, token_gae
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -93,13 +93,6 @@ def test_ppo_outcome_matches_classic_token_level_gae():
         assert torch.all(adv[b][mask[b] == 0] == 0)
 
 
-def test_whiten_over_the_mask_only():
-    x = t([[1.0, 2.0, 3.0, 100.0]])
-    m = t([[1, 1, 1, 0]])
-    w = whiten(x, m)
-    assert torch.allclose(w[0, :3], t([-1.0, 0.0, 1.0]), atol=1e-6) and w[0, 3] == 0
-
-
 # ---- rendering, masks, truncation ----------------------------------------------------------------------
 
 def test_action_mask_covers_exactly_the_actions(world, splits, tokenizer):
@@ -129,22 +122,23 @@ def test_action_mask_covers_exactly_the_actions(world, splits, tokenizer):
     assert batch["tok_mask"].sum() == batch["action_mask"].sum()
 
 
-def test_truncation_cuts_oldest_observations_first_and_never_splits_an_action(tokenizer):
+def test_truncation_cuts_oldest_observations_first_and_never_the_end(tokenizer):
     renderer = ChatRenderer(tokenizer)
     prefix = renderer.prefix("S", "U")
     actions = [renderer.encode_action(f"Thought: step {i}\nAction: f\nAction Input: {{}}") for i in range(4)]
     obs = ["x " * 200 for _ in range(3)]
     full = renderer.render_from_prefix(prefix, actions, obs)
-    rendered, blanked, dropped = render_truncated(renderer, prefix, actions, obs, [True] * 4, len(full.input_ids) - 50)
-    assert blanked == 1 and dropped == 0
+    rendered, blanked = render_truncated(renderer, prefix, actions, obs, [True] * 4, len(full.input_ids) - 50)
+    assert blanked == 1 and len(rendered.step_bounds) == 4
     text = tokenizer.decode(rendered.input_ids)
     assert CUT_OBSERVATION in text and text.count("x x") > 0 and text.index(CUT_OBSERVATION) < text.index("x x")
-    base = len(renderer.encode(prefix))
-    rendered, blanked, dropped = render_truncated(renderer, prefix, actions, obs, [True] * 4, base + 2 * len(actions[0]) + 40)
-    assert blanked == 3 and dropped >= 1
+    all_cut = renderer.render_from_prefix(prefix, actions, [CUT_OBSERVATION] * 3)
+    rendered, blanked = render_truncated(renderer, prefix, actions, obs, [True] * 4, len(all_cut.input_ids))
+    assert blanked == 3 and len(rendered.step_bounds) == 4  # every action kept, the last (Finish) included
     for (a, b), act in zip(rendered.step_bounds, actions):
         assert rendered.input_ids[a:b] == act  # whole actions only
-    assert render_truncated(renderer, prefix, actions, obs, [True] * 4, base + 2) is None
+    # one token less and it no longer fits: dropped whole (None), never cut to its first steps
+    assert render_truncated(renderer, prefix, actions, obs, [True] * 4, len(all_cut.input_ids) - 1) is None
 
 
 def test_reference_ppo_csv_imports(external, tokenizer):
@@ -318,7 +312,7 @@ def _round_examples(tokenizer):
 def _round_cfg(variant, **kw):
     from trainer.config import StepPPOConfig
 
-    kw = dict(dict(kl_coef=0.0, value_init="zero", whiten_advantages=False, gamma=0.9, lam=0.5), **kw)
+    kw = dict(dict(kl_coef=0.0, baseline="zero", whiten_advantages=False, gamma=0.9, lam=0.5), **kw)
     return StepPPOConfig(output_dir=str(REPO / ".pytest_cache" / "ppo-round"), report_to=[], use_cpu=True,
                          variant=variant, **kw)
 
@@ -334,7 +328,9 @@ def test_round_advantages_by_hand_for_each_variant(tokenizer):
     ex = _round_examples(tokenizer)
     items, _ = prepare_round(model, ex, _round_cfg("steptool"))
     assert items[0]["advantages"] == pytest.approx([0.5 + 0.45 * 1.0] * 2 + [1.0] * 3)
-    assert items[0]["returns"] == pytest.approx([0.95, 1.0]) and items[1]["advantages"] == pytest.approx([0.25] * 2)
+    # the value head's target is the Monte-Carlo return (γ = 0.9), whatever λ
+    assert items[0]["returns"] == pytest.approx([0.5 + 0.9 * 1.0, 1.0])
+    assert items[1]["advantages"] == pytest.approx([0.25] * 2)
     items, _ = prepare_round(model, ex, _round_cfg("no_step_opt"))
     assert items[0]["advantages"] == pytest.approx([0.5] * 2 + [1.0] * 3)
     items, _ = prepare_round(model, ex, _round_cfg("no_step_reward"))  # the rewards come from the table as given
@@ -346,7 +342,7 @@ def test_round_advantages_by_hand_for_each_variant(tokenizer):
     assert expected[0] == pytest.approx(0.45 * 0.5 + 0.45 ** 4 * 1.0)
 
 
-def test_round_whitens_once_over_all_steps_and_shapes_rewards_with_the_kl(tokenizer):
+def test_round_scales_once_over_all_steps_and_shapes_rewards_with_the_kl(tokenizer):
     from tests.support.tiny_model import make_tiny_model
     from trainer.model import PolicyWithValue
     from trainer.ppo_round import prepare_round
@@ -354,10 +350,10 @@ def test_round_whitens_once_over_all_steps_and_shapes_rewards_with_the_kl(tokeni
     model = PolicyWithValue(make_tiny_model(tokenizer))
     ex = _round_examples(tokenizer)
     items, stats = prepare_round(model, ex, _round_cfg("steptool", whiten_advantages=True))
-    steps = [0.95, 1.0, 0.25]  # the three steps' raw advantages, whitened together (not per batch)
+    steps = [0.95, 1.0, 0.25]  # the three steps' raw advantages, scaled together (not per batch)
     mean = sum(steps) / 3
     std = (sum((x - mean) ** 2 for x in steps) / 2) ** 0.5
-    w = [(x - mean) / std for x in steps]
+    w = [x / std for x in steps]  # divided by the round's std, the mean not subtracted
     assert items[0]["advantages"] == pytest.approx([w[0]] * 2 + [w[1]] * 3, rel=1e-5)
     assert items[1]["advantages"] == pytest.approx([w[2]] * 2, rel=1e-5)
     assert stats["round_advantage_mean"] == pytest.approx(mean)
@@ -365,7 +361,7 @@ def test_round_whitens_once_over_all_steps_and_shapes_rewards_with_the_kl(tokeni
     # 2-token step loses β·0.2 and a 3-token step β·0.3
     from trainer.ppo_round import precompute
 
-    ref = precompute(model, ex, _round_cfg("steptool"))
+    ref, _ = precompute(model, ex, _round_cfg("steptool"))
     for e, it in zip(ex, ref):
         e.behaviour_logprobs = [x + 0.1 for x in it["ref_logprobs"]]
     items, _ = prepare_round(model, ex, _round_cfg("steptool", old_logprobs="behaviour", kl_coef=0.5, lam=1.0,

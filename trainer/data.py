@@ -3,12 +3,15 @@ per-step rewards, and (when recorded) the behaviour log-prob of every action tok
 
 The ids are the ones generation saw (ChatRenderer segments: the step-0 prompt text, then each action's
 own ids, then each observation segment). Truncation to `max_length` keeps the system prompt and the
-query, shortens the oldest observations first, then drops whole trailing steps: an action is never split.
+query and shortens the oldest observations first; a trajectory that still does not fit is dropped whole
+(counted by its number of steps). Its end is never cut: the last step carries IsSolved, and a trajectory
+without it would teach that stopping early earns a terminal reward of 0 for the wrong reason.
 """
 from __future__ import annotations
 
 import ast
 import csv
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +31,13 @@ class Example:
     step_bounds: list[tuple[int, int]]  # [start, end) of each kept action
     rewards: list[float]  # one per kept step
     behaviour_logprobs: list[float] | None = None  # one per action token (kept steps), when usable
-    truncated: bool = False
-    dropped_steps: int = 0
+    truncated: bool = False  # some observations were shortened to fit
+    group: str = ""  # the task it attempts (samples of one task share it; '' = its own group)
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.group:
+            self.group = self.traj_id
 
     @property
     def token_step(self) -> list[int]:
@@ -43,7 +50,8 @@ class Example:
 
 def render_truncated(renderer: ChatRenderer, prefix: str, actions: list[list[int]], observations: list[str],
                      ended: list[bool], max_length: int):
-    """(Rendered, observations blanked, steps dropped), or None when even the prefix and one action do not fit."""
+    """(Rendered, observations blanked), or None when the trajectory does not fit even with every observation
+    shortened (the caller drops it whole: never its final steps)."""
     obs = list(observations[: len(actions) - 1])
     rendered = renderer.render_from_prefix(prefix, actions, obs, ended)
     blanked = 0
@@ -51,24 +59,20 @@ def render_truncated(renderer: ChatRenderer, prefix: str, actions: list[list[int
         obs[blanked] = CUT_OBSERVATION
         blanked += 1
         rendered = renderer.render_from_prefix(prefix, actions, obs, ended)
-    n = len(actions)
-    while len(rendered.input_ids) > max_length and n > 1:
-        n -= 1
-        rendered = renderer.render_from_prefix(prefix, actions[:n], obs[: n - 1], ended[:n])
     if len(rendered.input_ids) > max_length:
         return None
-    return rendered, blanked, len(actions) - n
+    return rendered, blanked
 
 
 def examples_from_tables(steps: pl.DataFrame, tokens: pl.DataFrame, rewards: pl.DataFrame, renderer: ChatRenderer,
                          max_length: int) -> tuple[list[Example], dict]:
     """steps (steps.parquet), tokens (tokens.parquet), rewards (traj_id, step_idx, reward) -> examples, stats."""
-    joined = (steps.select("traj_id", "step_idx", "prompt_text", "observation")
+    joined = (steps.select("traj_id", "task_id", "step_idx", "prompt_text", "observation")
               .join(tokens.select("traj_id", "step_idx", "action_ids", "logprobs", "ended"), on=["traj_id", "step_idx"],
                     how="inner")
               .join(rewards.select("traj_id", "step_idx", "reward"), on=["traj_id", "step_idx"], how="inner")
               .sort("traj_id", "step_idx"))
-    examples, stats = [], {"trajectories": 0, "truncated": 0, "dropped_steps": 0, "too_long": 0}
+    examples, stats = [], {"trajectories": 0, "truncated": 0, "too_long": 0, "too_long_by_steps": {}}
     for (tid,), g in joined.group_by(["traj_id"], maintain_order=True):
         rows = g.to_dicts()
         if [r["step_idx"] for r in rows] != list(range(len(rows))):
@@ -80,16 +84,17 @@ def examples_from_tables(steps: pl.DataFrame, tokens: pl.DataFrame, rewards: pl.
         stats["trajectories"] += 1
         if out is None:
             stats["too_long"] += 1
+            by = stats["too_long_by_steps"]
+            by[str(len(rows))] = by.get(str(len(rows)), 0) + 1
             continue
-        rendered, blanked, dropped = out
-        n = len(rendered.step_bounds)
+        rendered, blanked = out
         behaviour = None
-        if not blanked and not dropped:
+        if not blanked:
             behaviour = [float(x) for r in rows for x in r["logprobs"]]
-        stats["truncated"] += bool(blanked or dropped)
-        stats["dropped_steps"] += dropped
+        stats["truncated"] += bool(blanked)
         examples.append(Example(tid, rendered.input_ids, rendered.action_mask, rendered.step_bounds,
-                                [float(r["reward"]) for r in rows[:n]], behaviour, bool(blanked or dropped), dropped))
+                                [float(r["reward"]) for r in rows], behaviour, bool(blanked),
+                                group=rows[0]["task_id"]))
     return examples, stats
 
 
@@ -131,5 +136,7 @@ def examples_from_reference_csv(path: str | Path, renderer: ChatRenderer, max_le
                     mask += [0] * len(seg)
             if len(ids) > max_length:
                 continue
-            examples.append(Example(f"{path.stem}-{n}", ids, mask, bounds, [float(x) for x in rewards]))
+            # no task id in the file: samples of one task share the first prompt (system prompt and query)
+            examples.append(Example(f"{path.stem}-{n}", ids, mask, bounds, [float(x) for x in rewards],
+                                    group=hashlib.sha256(prompts[0].encode()).hexdigest()[:16]))
     return examples

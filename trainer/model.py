@@ -40,7 +40,7 @@ class PolicyWithValue(nn.Module):
         """(hidden [B, L, H], values [B, L]): V at every position (the state after that token)."""
         out = self.trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         h = out.last_hidden_state
-        # The value head stays fp32 under bf16 autocast: a head fitted to the returns (value_init: fit_returns)
+        # The value head stays fp32 under bf16 autocast: a head fitted to the returns (ridge, at the round's start)
         # has large weights that cancel, and bf16 rounding put its values off by ~10 (explained variance -4000).
         with torch.autocast(h.device.type, enabled=False):
             feats = h if self.value_grad_to_trunk else h.detach()

@@ -5,8 +5,10 @@
                     values V(s) at the value states;
     2. kl_shaped    r'_t = r_t − β·KL_t, KL_t the penalty of π_old against π_ref summed over action t's tokens;
     3. advantages   GAE over steps (every token of action t gets A_t) or over action tokens (token-level
-                    variants), with γ = 0 for variants without credit across steps; R = A + V_old;
-    4. whiten       once, over every step (or action token) of the round.
+                    variants) against a baseline that never saw its own targets (trainer/baselines.py),
+                    with γ = 0 for variants without credit across steps; the value head's target R is the
+                    Monte-Carlo return of the shaped rewards;
+    4. scale        A / std(A), once, over every step (or action token) of the round.
 
 Phase 5, the update epochs, is `StepPPOTrainer` (trainer/step_ppo.py): its loss sees only the fixed
 per-token advantages, returns and old values computed here, as in CleanRL's ppo.py.
@@ -22,8 +24,9 @@ import math
 import torch
 
 from pipeline import variants
+from trainer import baselines
 from trainer.data import Example
-from trainer.gae import step_gae, whiten
+from trainer.gae import step_gae
 from trainer.model import PolicyWithValue
 
 
@@ -64,7 +67,7 @@ def mc_returns(rewards: list[float], gamma: float) -> list[float]:
 # ---- phase 1 -------------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def precompute(model: PolicyWithValue, examples: list[Example], cfg) -> list[dict]:
+def precompute(model: PolicyWithValue, examples: list[Example], cfg) -> tuple[list[dict], dict]:
     """Per trajectory, with the model as it is now (the start of the round; `cfg` a StepPPOConfig):
 
         ref_logprobs [N]  log π_ref of each action token (the policy before training; with LoRA, the same
@@ -72,8 +75,12 @@ def precompute(model: PolicyWithValue, examples: list[Example], cfg) -> list[dic
         old_logprobs [N]  π_old: `ref_logprobs` (recompute), or the behaviour log-probs recorded at collection
                           when usable (same length, none NaN)
         value_pos    [U]  the value states (U = steps, or N action tokens for a token-level variant)
-        old_values   [U]  V(s) there, after the value head is set (zero, or fitted to the MC returns)
+        old_values   [U]  the value head there, after it is fitted (ridge) to the round's Monte-Carlo returns
+                          (the value loss's clipping anchor, never the advantages' baseline)
+        baseline     [U]  b(s) for the advantages, from `cfg.baseline` (trainer/baselines.py)
 
+    and the round's baseline diagnostics: the explained variance of each baseline choice on the round's
+    Monte-Carlo returns (leave-out for rloo and crossfit, in-sample for fit_returns).
     Runs under the same autocast as the loss's forward, so the first ratio is 1 up to rounding."""
     v = variants.get(cfg.variant)
     gamma = cfg.gamma if v.credit_across_steps else 0.0
@@ -81,7 +88,7 @@ def precompute(model: PolicyWithValue, examples: list[Example], cfg) -> list[dic
     model.eval()
     device = next(model.parameters()).device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16))
-    items, feats, targets = [], [], []
+    items, feats, targets, unit_step = [], [], [], []
     for ex in examples:
         ids = torch.tensor([ex.input_ids], device=device)
         pos = torch.nonzero(torch.tensor(ex.action_mask, device=device)).flatten()
@@ -95,31 +102,30 @@ def precompute(model: PolicyWithValue, examples: list[Example], cfg) -> list[dic
             old = list(ex.behaviour_logprobs)
         value_pos = (pos - 1).cpu().tolist() if v.token_level else [a - 1 for a, _ in ex.step_bounds]
         feats.append(h[0, value_pos].float().cpu())
-        targets.extend(mc_returns(unit_rewards(ex, v.token_level), gamma))
+        targets.append(mc_returns(unit_rewards(ex, v.token_level), gamma))
+        unit_step.append(action_token_steps(ex) if v.token_level else list(range(len(ex.step_bounds))))
         items.append({"input_ids": ex.input_ids, "action_mask": ex.action_mask, "rewards": list(ex.rewards),
-                      "unit_rewards": unit_rewards(ex, v.token_level), "token_unit": (
-                          list(range(len(pos))) if v.token_level else action_token_steps(ex)),
+                      "unit_rewards": unit_rewards(ex, v.token_level),
+                      "token_unit": list(range(len(pos))) if v.token_level else action_token_steps(ex),
                       "value_pos": value_pos, "old_logprobs": old, "ref_logprobs": ref})
-    if feats and cfg.value_init == "fit_returns":
-        fit_value_head(model, torch.cat(feats), torch.tensor(targets))
-    w = model.v_head.weight
-    for it, f in zip(items, feats):
-        it["old_values"] = model.v_head(f.to(w.device, w.dtype)).squeeze(-1).float().cpu().tolist()
     model.train(was_training)
-    return items
-
-
-def fit_value_head(model: PolicyWithValue, x: torch.Tensor, y: torch.Tensor, ridge: float = 1.0) -> None:
-    """Least squares of the returns y [M] on the trunk's features x [M, H] (with a bias), ridge-regularised."""
-    x = x.double()
-    mean = x.mean(0)
-    xc = x - mean
-    yd = y.double()
-    w = torch.linalg.solve(xc.T @ xc + ridge * torch.eye(x.shape[1], dtype=x.dtype), xc.T @ (yd - yd.mean()))
-    b = yd.mean() - mean @ w
-    with torch.no_grad():
-        model.v_head.weight.copy_(w.to(model.v_head.weight.dtype).view(1, -1))
-        model.v_head.bias.fill_(float(b))
+    if not items:
+        return items, {}
+    groups = [ex.group for ex in examples]
+    w, b = baselines.ridge_fit(torch.cat(feats), torch.tensor([g for t in targets for g in t]))
+    head = model.v_head
+    head.weight.copy_(w.to(head.weight.dtype).view(1, -1))
+    head.bias.fill_(b)
+    in_sample = [head(f.to(head.weight.device, head.weight.dtype)).squeeze(-1).double().cpu().tolist() for f in feats]
+    candidates = {"rloo": baselines.rloo(targets, unit_step, groups),
+                  "crossfit": baselines.crossfit(feats, targets, groups),
+                  "fit_returns": in_sample, "zero": [[0.0] * len(t) for t in targets]}
+    for it, old_v, base in zip(items, in_sample, candidates[cfg.baseline]):
+        it["old_values"], it["baseline"] = old_v, base
+    stats = {f"round_baseline_ev_{k}": baselines.explained_variance(targets, c) for k, c in candidates.items()
+             if k != "zero"}
+    stats["round_tasks"] = len(set(groups))
+    return items, stats
 
 
 # ---- phase 2 -------------------------------------------------------------------------------------------------
@@ -132,6 +138,19 @@ def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str) -> 
     if estimator == "k3":
         return torch.exp(-d) + d - 1.0
     raise ValueError(f"kl_estimator must be k1 or k3, got {estimator!r}")
+
+
+def kl_to_ref(logp: torch.Tensor, ref_logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token estimate of KL(π_θ‖π_ref) at the sampled contexts, from tokens sampled from π_old, any shape.
+
+    With a = π_θ/π_old and b = π_ref/π_old at the sampled token: k = a·log(a/b) − a + b. Unbiased, as
+    E_old[a·log(a/b)] = E_θ[log π_θ/π_ref] and E_old[a] = E_old[b] = 1; never negative, as k = b·f(a/b) with
+    f(r) = r·log r − r + 1 ≥ 0. With π_old = π_ref (the first round, recomputed) it is the k2-like r·log r − r + 1.
+    (Averaging log π_θ − log π_ref over tokens from π_ref instead estimates −KL(π_ref‖π_θ): negative.)"""
+    log_a = logp - old_logp
+    log_b = ref_logp - old_logp
+    a = torch.exp(log_a)
+    return a * (log_a - log_b) - a + torch.exp(log_b)
 
 
 def kl_shaped(rewards: torch.Tensor, kl_tok: torch.Tensor, token_unit: torch.Tensor, tok_mask: torch.Tensor,
@@ -163,8 +182,9 @@ def advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, 
 
 def prepare_round(model: PolicyWithValue, examples: list[Example], cfg) -> tuple[list[dict], dict]:
     """Phases 1-4. Returns the items the update epochs train on (each with per-action-token `advantages`,
-    per-value-state `returns` and `old_values`) and the round's statistics (before whitening)."""
-    items = precompute(model, examples, cfg)                                        # 1
+    per-value-state `returns` (Monte-Carlo, of the KL-shaped rewards: the value head's target) and
+    `old_values`) and the round's statistics (advantages before the scaling)."""
+    items, stats = precompute(model, examples, cfg)                                 # 1
     if not items:
         return items, {}
     tok_mask = pad([[1] * len(it["old_logprobs"]) for it in items], 0, torch.float64)
@@ -174,18 +194,22 @@ def prepare_round(model: PolicyWithValue, examples: list[Example], cfg) -> tuple
                           pad([it["ref_logprobs"] for it in items], 0.0, torch.float64), cfg.kl_estimator)
     rewards = kl_shaped(pad([it["unit_rewards"] for it in items], 0.0, torch.float64), kl_tok, token_unit,
                         tok_mask, cfg.kl_coef)                                      # 2
-    old_v = pad([it["old_values"] for it in items], 0.0, torch.float64)
-    adv, ret = advantages(rewards, old_v, unit_mask, cfg.variant, cfg.gamma, cfg.lam)    # 3
+    base = pad([it["baseline"] for it in items], 0.0, torch.float64)
+    adv, _ = advantages(rewards, base, unit_mask, cfg.variant, cfg.gamma, cfg.lam)  # 3
+    ret, _ = advantages(rewards, torch.zeros_like(base), unit_mask, cfg.variant, cfg.gamma, 1.0)
     valid = unit_mask > 0
-    stats = {"round_advantage_mean": float(adv[valid].mean()), "round_advantage_std": float(adv[valid].std()),
-             "round_kl_penalty_mean": float((kl_tok * tok_mask).sum() / len(items)),
-             "round_units": int(valid.sum())}
-    if cfg.whiten_advantages:
-        adv = whiten(adv, unit_mask)                                                # 4
+    std = float(adv[valid].std()) if int(valid.sum()) > 1 else 0.0
+    stats.update({"round_advantage_mean": float(adv[valid].mean()), "round_advantage_std": std,
+                  "round_kl_penalty_mean": float((kl_tok * tok_mask).sum() / len(items)),
+                  "round_units": int(valid.sum())})
+    if cfg.whiten_advantages and std > 1e-8:
+        # 4: scale only. The baseline already centres A; subtracting the round's mean as well would add a
+        # second baseline and give steps that earned nothing a nonzero advantage.
+        adv = adv / std
     adv_tok = adv.gather(1, token_unit)
     for i, it in enumerate(items):
         n, u = len(it["old_logprobs"]), len(it["unit_rewards"])
         it["advantages"] = adv_tok[i, :n].tolist()
         it["returns"] = ret[i, :u].tolist()
-        del it["unit_rewards"], it["token_unit"]
+        del it["unit_rewards"], it["token_unit"], it["baseline"]
     return items, stats

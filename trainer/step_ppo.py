@@ -4,17 +4,18 @@ scheduler and RNG state (docs/architecture.md, "Training").
 One PPO round = the trajectories given, read top to bottom as in CleanRL's ppo.py:
 
     1-4. `prepare_round` (trainer/ppo_round.py), once, when `train()` starts (the model is on its device then):
-         reference/old log-probs and old values → KL-shaped rewards → advantages (step or token level) →
-         whitening over the whole round;
+         reference/old log-probs, the baseline and the value head's start → KL-shaped rewards → advantages
+         (step or token level) → one scaling over the whole round;
     5.   update epochs (`num_train_epochs` passes over the round, Trainer's loop), each batch:
              ratio = exp(log π_θ − log π_old) on action tokens, each token with its fixed advantage A
              L_pg  = mean max(−A·ratio, −A·clip(ratio, 1 ± ε))
              L_v   = ½ mean max((V − R)², (V_old + clip(V − V_old, ± ε_v) − R)²) at the value states
              loss  = L_pg + c_v·L_v − c_H·entropy
 
-Logged: policy/value loss, approx_kl, clipfrac, explained_variance, mean step reward, KL of the current
-policy to the reference (per trajectory and per token), entropy, tokens/s; the round's statistics
-(advantages before whitening, KL penalty) are in `round_stats`.
+Logged: policy/value loss, approx_kl (KL(π_old‖π_θ), k3 on tokens from π_old), clipfrac, explained_variance
+(of the value head), mean step reward, KL(π_θ‖π_ref) (per trajectory and per token, importance-weighted
+on tokens from π_old, never negative), entropy, tokens/s; the round's statistics (advantages before the
+scaling, KL penalty, each baseline's explained variance) are in `round_stats`.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from transformers import Trainer
 from trainer.config import StepPPOConfig
 from trainer.data import Example
 from trainer.model import PolicyWithValue
-from trainer.ppo_round import kl_per_token, pad, prepare_round
+from trainer.ppo_round import kl_to_ref, pad, prepare_round
 
 
 class _Rollouts(Dataset):
@@ -123,9 +124,9 @@ class StepPPOTrainer(Trainer):
             step_rewards = inputs["rewards"][inputs["step_mask"] > 0]
             m["reward_mean"].append(float(step_rewards.mean()) if len(step_rewards) else 0.0)
             m["advantage_mean"].append(float(adv.mean()) if adv.numel() else 0.0)
-            # KL of the current policy to the reference: kl_ref per trajectory (summed over its ~100-300 action
-            # tokens, the penalty's scale), kl_ref_token per token (comparable across trajectory lengths)
-            kl_tok = kl_per_token(logp.detach(), inputs["ref_logprobs"][tok], a.kl_estimator)
+            # KL(π_θ‖π_ref) on tokens sampled from π_old (trainer/ppo_round.py, kl_to_ref): kl_ref per trajectory
+            # (summed over its ~100-300 action tokens, the penalty's scale), kl_ref_token per token
+            kl_tok = kl_to_ref(logp.detach(), inputs["ref_logprobs"][tok], old_lp)
             m["kl_ref"].append(float(kl_tok.sum() / max(1, int(ids.shape[0]))))
             m["kl_ref_token"].append(float(kl_tok.mean()) if kl_tok.numel() else 0.0)
             if entropy is not None:

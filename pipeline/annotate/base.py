@@ -25,6 +25,7 @@ class TrajLabel:
     votes: int = 1
     cache_hits: int = 0
     failed: str = ""  # why no label could be made ('' when labelled)
+    vote_failures: str = ""  # why some votes failed when the others labelled it ('' when all came back)
     usage: dict = field(default_factory=dict)
 
 

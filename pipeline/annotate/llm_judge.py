@@ -9,7 +9,9 @@ with one `succeed_tool_calling` (0/1) and one `contribution_to_final_answer` (0-
 Unlike the reference (no cache, no validation, no resume, crashes on slow answers):
 - every answer is validated: the wrong number of values, out-of-range or ill-typed values, a missing
   or malformed function call are retried with a new request (`attempt` in the seed), up to
-  `max_invalid_retries`, then the trajectory is recorded as failed with the reason, never padded;
+  `max_invalid_retries`, then the vote fails with its reason, never padded; a trajectory is labelled from
+  the votes that came back when there are at least `min_votes` of them (the failed ones are listed), and
+  is recorded as failed with the reasons otherwise;
 - 429, 5xx, timeouts and dropped connections are retried with exponential backoff (tenacity); when
   retries run out the trajectory is failed with the reason and the next run tries again;
 - requests go out `concurrency` at a time (asyncio), at most `requests_per_minute`;
@@ -186,7 +188,8 @@ class JudgeClient:
         self.cfg = cfg
         self.cache = cache
         self.stats = {"judge_calls": 0, "cache_hits": 0, "invalid_answers": 0, "transport_retries": 0,
-                      "prompt_tokens": 0, "completion_tokens": 0, "failed_trajectories": 0}
+                      "prompt_tokens": 0, "completion_tokens": 0, "failed_trajectories": 0,
+                      "partial_trajectories": 0}
 
     def run_all(self, items: list, one, progress: bool = True) -> list:
         """`await one(client, item)` for every item, `concurrency` requests at a time; results in order."""
@@ -280,11 +283,16 @@ class OpenAIJudge(JudgeClient):
         results = await asyncio.gather(*(self._vote(client, messages, len(calls), v) for v in range(cfg.n_votes)))
         label.cache_hits = sum(r[1] for r in results)
         failures = [r[2] for r in results if r[2]]
-        if failures:
+        votes = [r[0] for r in results if not r[2]]
+        if len(votes) < cfg.min_votes:
             self.stats["failed_trajectories"] += 1
             label.failed = "; ".join(failures)
             return label
-        votes = [r[0] for r in results]
+        # the votes that came back label the trajectory; the others are recorded (and retried by a rerun),
+        # so a trajectory is not dropped for one failed vote, and not silently either
+        label.votes = len(votes)
+        label.vote_failures = "; ".join(failures)
+        self.stats["partial_trajectories"] += bool(failures)
         k = 0
         for st in steps:
             if not step_is_call(st):

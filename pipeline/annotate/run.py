@@ -79,13 +79,34 @@ def annotated_rows(steps_by_traj: dict[str, list[dict]], labels: list[TrajLabel]
     return rows
 
 
-def summarize(labels: list[TrajLabel], rows: list[dict], stats: dict) -> dict:
+def by_length(labels: list[TrajLabel], steps_by_traj: dict[str, list[dict]]) -> dict[str, int]:
+    """How many of `labels` have each number of steps ({"3": 5, ...}): the selection a failure makes, by length."""
+    out: dict[str, int] = {}
+    for lab in labels:
+        n = str(len(steps_by_traj.get(lab.traj_id, [])))
+        out[n] = out.get(n, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
+
+
+def failure_records(labels: list[TrajLabel], steps_by_traj: dict[str, list[dict]]) -> list[dict]:
+    """failed.json: every trajectory with a failed vote, labelled from the others or not labelled at all."""
+    return [{"traj_id": lab.traj_id, "steps": len(steps_by_traj.get(lab.traj_id, [])), "labelled": not lab.failed,
+             "votes": 0 if lab.failed else lab.votes, "reason": lab.failed or lab.vote_failures}
+            for lab in labels if lab.failed or lab.vote_failures]
+
+
+def summarize(labels: list[TrajLabel], rows: list[dict], stats: dict,
+              steps_by_traj: dict[str, list[dict]] | None = None) -> dict:
     calls = [r for r in rows if r["succ_calling"] is not None]
     solved = [lab for lab in labels if not lab.failed]
     agree = [r for r in calls if r["sc_rule"] is not None]
+    by = steps_by_traj or {}
     out = {
         **stats,
         "trajectories": len(labels), "annotated": len(solved), "failed": len(labels) - len(solved),
+        "partial_votes": sum(bool(lab.vote_failures) for lab in solved),
+        # a failure that hits long trajectories more often biases training towards short ones: compare the two
+        "annotated_by_steps": by_length(solved, by), "failed_by_steps": by_length([x for x in labels if x.failed], by),
         "steps": len(rows), "calls": len(calls),
         "succ_calling_mean": round(sum(r["succ_calling"] for r in calls) / len(calls), 4) if calls else None,
         "contribution_mean": round(sum(r["contribution"] for r in calls) / len(calls), 4) if calls else None,

@@ -60,7 +60,8 @@ def play(model, tok, n: int, steps: int, seed: int, variant: str) -> tuple[list[
             rewards = [float(x) for x in ok[:-1]] + [solved]
         r = renderer.render_from_prefix(prefix, [[int(c[i])] for c in chosen], [OBSERVATION] * (steps - 1),
                                         [False] * steps)
-        examples.append(Example(f"toy-{seed}-{i}", r.input_ids, r.action_mask, r.step_bounds, rewards))
+        # every episode plays the same task: one group, so rloo's baseline is the other episodes' mean
+        examples.append(Example(f"toy-{seed}-{i}", r.input_ids, r.action_mask, r.step_bounds, rewards, group="toy"))
     return examples, right / (n * steps)
 
 

@@ -1,0 +1,171 @@
+"""The round's baselines and KL estimators (trainer/baselines.py, trainer/ppo_round.py), by hand: a baseline
+never sees its own targets, two samples of a task that earned nothing get zero advantage, the KL logged is
+never negative and matches the true KL on a toy where it is known."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer import baselines
+from trainer.ppo_round import kl_per_token, kl_to_ref
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_rloo_by_hand():
+    # task x: three samples with returns-to-go per step; task y: one sample
+    targets = [[3.0, 2.0, 1.0], [1.0, 0.0], [2.0], [5.0, 4.0]]
+    unit_step = [[0, 1, 2], [0, 1], [0], [0, 1]]
+    groups = ["x", "x", "x", "y"]
+    b = baselines.rloo(targets, unit_step, groups)
+    # sample 0, step 0: mean(1, 2) = 1.5; step 1: mean(0, 0 past the end of sample 2) = 0; step 2: both ended
+    assert b[0] == pytest.approx([1.5, 0.0, 0.0])
+    assert b[1] == pytest.approx([2.5, 1.0])  # step 0: mean(3, 2); step 1: mean(2, 0)
+    assert b[2] == pytest.approx([2.0])  # mean(3, 1)
+    assert b[3] == [0.0, 0.0]  # played once: no other sample
+
+
+def test_rloo_lines_up_token_units_by_step():
+    # token level: units are action tokens; step 0 has 2 tokens, step 1 has 1
+    targets = [[1.0, 1.0, 0.5], [0.0, 0.0, 0.0]]
+    unit_step = [[0, 0, 1], [0, 0, 1]]
+    b = baselines.rloo(targets, unit_step, ["t", "t"])
+    assert b == [[0.0, 0.0, 0.0], [1.0, 1.0, 0.5]]
+
+
+def test_crossfit_never_sees_its_own_targets():
+    torch.manual_seed(0)
+    feats = [torch.randn(3, 4) for _ in range(8)]
+    targets = [[float(x) for x in torch.randn(3)] for _ in range(8)]
+    groups = [f"task{i // 2}" for i in range(8)]
+    before = baselines.crossfit(feats, targets, groups, folds=4)
+    changed = [list(t) for t in targets]
+    changed[5] = [100.0, -100.0, 7.0]  # task2 (trajectories 4 and 5) is one fold: neither prediction may move
+    after = baselines.crossfit(feats, changed, groups, folds=4)
+    assert after[4] == pytest.approx(before[4]) and after[5] == pytest.approx(before[5])
+    assert after[0] != pytest.approx(before[0])  # the others were fitted on it
+    assert baselines.crossfit(feats[:2], targets[:2], ["one", "one"]) == [[0.0] * 3, [0.0] * 3]
+
+
+def test_in_sample_fit_interpolates_and_crossfit_shows_it():
+    """Many features, few states, returns unrelated to the features: the in-sample fit explains nearly all of
+    the variance and the leave-out fit none (this is what `fit_returns` did to the CPU default's round)."""
+    g = torch.Generator().manual_seed(1)
+    feats = [torch.randn(4, 64, generator=g) for _ in range(12)]
+    targets = [[float(x) for x in torch.randn(4, generator=g)] for _ in range(12)]
+    groups = [f"t{i // 2}" for i in range(12)]
+    w, b = baselines.ridge_fit(torch.cat(feats), torch.tensor([x for t in targets for x in t]), ridge=0.01)
+    in_sample = [(f.double() @ w + b).tolist() for f in feats]
+    assert baselines.explained_variance(targets, in_sample) > 0.95
+    assert baselines.explained_variance(targets, baselines.crossfit(feats, targets, groups, ridge=0.01)) < 0.0
+
+
+def test_explained_variance_by_hand():
+    # G = [1, 2, 3, 4] (Var 1.25); b = [1, 2, 2, 5] -> G − b = [0, 0, 1, −1] (Var 0.5) -> 1 − 0.5/1.25 = 0.6
+    assert baselines.explained_variance([[1, 2], [3, 4]], [[1, 2], [2, 5]]) == pytest.approx(0.6)
+    assert baselines.explained_variance([[1, 2, 3]], [[10, 11, 12]]) == pytest.approx(1.0)  # offsets don't count
+    assert math.isnan(baselines.explained_variance([[2, 2]], [[0, 1]]))
+
+
+# ---- the round with the tiny model ------------------------------------------------------------------------
+
+def _examples():
+    from trainer.data import Example
+
+    def ex(name, task, rewards):
+        ids, mask, bounds = list(range(10, 13)), [0, 0, 0], []
+        for _ in rewards:
+            bounds.append((len(ids), len(ids) + 2))
+            ids += [40, 41, 12, 13]
+            mask += [1, 1, 0, 0]
+        return Example(name, ids, mask, bounds, rewards, group=task)
+
+    # task z: both samples earned nothing at any step; tasks p and q: rewards that differ between samples
+    return [ex("z1", "z", [0.0, 0.0, 0.0]), ex("z2", "z", [0.0, 0.0]),
+            ex("p1", "p", [0.5, 1.0, 1.0]), ex("p2", "p", [1.0, 0.0]),
+            ex("q1", "q", [0.2, 0.0]), ex("q2", "q", [0.9, 0.4, 1.0])]
+
+
+def _cfg(**kw):
+    from trainer.config import StepPPOConfig
+
+    return StepPPOConfig(output_dir=str(REPO / ".pytest_cache" / "baselines"), report_to=[], use_cpu=True,
+                         variant="steptool", **kw)
+
+
+def test_samples_that_earned_nothing_get_zero_advantage_under_steptool(tokenizer):
+    """The default (rloo baseline, advantages scaled over the round): two samples of one task with zero reward at
+    every step get A = 0 exactly, while the round's other steps are not all zero. With the in-sample fitted head
+    (the old default) and a mean-shifting whitening, the same pair got nonzero advantages."""
+    from tests.support.tiny_model import make_tiny_model
+    from trainer.model import PolicyWithValue
+    from trainer.ppo_round import prepare_round
+
+    model = PolicyWithValue(make_tiny_model(tokenizer))
+    items, stats = prepare_round(model, _examples(), _cfg())
+    assert items[0]["advantages"] == [0.0] * 6 and items[1]["advantages"] == [0.0] * 4
+    assert any(abs(a) > 0.1 for it in items[2:] for a in it["advantages"])
+    # sample p2 did worse than p1 from step 0 on: a negative first-step advantage; p1 a positive one
+    assert items[3]["advantages"][0] < 0 < items[2]["advantages"][0]
+    old, _ = prepare_round(model, _examples(), _cfg(baseline="fit_returns"))
+    assert any(abs(a) > 1e-3 for it in old[:2] for a in it["advantages"])
+
+
+def test_round_logs_each_baselines_explained_variance(tokenizer):
+    from tests.support.tiny_model import make_tiny_model
+    from trainer.model import PolicyWithValue
+    from trainer.ppo_round import mc_returns, prepare_round
+
+    model = PolicyWithValue(make_tiny_model(tokenizer))
+    exs = _examples()
+    _, stats = prepare_round(model, exs, _cfg())
+    assert {"round_baseline_ev_rloo", "round_baseline_ev_crossfit", "round_baseline_ev_fit_returns"} <= set(stats)
+    assert stats["round_tasks"] == 3
+    # rloo's by hand, from the returns-to-go (γ = 1)
+    targets = [mc_returns(e.rewards, 1.0) for e in exs]
+    expected = baselines.explained_variance(targets, baselines.rloo(
+        targets, [list(range(len(t))) for t in targets], [e.group for e in exs]))
+    assert stats["round_baseline_ev_rloo"] == pytest.approx(expected)
+
+
+# ---- KL ---------------------------------------------------------------------------------------------------
+
+def _toy():
+    """Three categorical distributions over 5 tokens at one context: π_ref, π_θ, and π_old (a third policy)."""
+    ref = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.05], dtype=torch.float64)
+    theta = torch.tensor([0.1, 0.2, 0.3, 0.25, 0.15], dtype=torch.float64)
+    old = torch.tensor([0.3, 0.3, 0.2, 0.1, 0.1], dtype=torch.float64)
+    return ref, theta, old
+
+
+def _sample(p, n, seed):
+    return torch.multinomial(p, n, replacement=True, generator=torch.Generator().manual_seed(seed))
+
+
+def test_kl_to_ref_is_nonnegative_and_unbiased_on_a_toy():
+    ref, theta, old = _toy()
+    true = float((theta * (theta / ref).log()).sum())  # KL(π_θ‖π_ref) = 0.57 nats
+    for sampler in (old, ref):  # a later round (π_old ≠ π_ref), and the first (π_old = π_ref)
+        x = _sample(sampler, 200_000, 0)
+        k = kl_to_ref(theta.log()[x], ref.log()[x], sampler.log()[x])
+        assert bool((k >= 0).all())
+        se = float(k.std()) / math.sqrt(len(k))
+        assert abs(float(k.mean()) - true) < 4 * se, (float(k.mean()), true)
+    # what the report used to show: k1 of π_θ against π_ref averaged over tokens from π_ref is −KL(π_ref‖π_θ)
+    x = _sample(ref, 200_000, 1)
+    k1 = kl_per_token(theta.log()[x], ref.log()[x], "k1")
+    assert float(k1.mean()) == pytest.approx(-float((ref * (ref / theta).log()).sum()), abs=0.02)
+    assert float(k1.mean()) < 0
+
+
+def test_penalty_estimators_are_unbiased_for_kl_old_to_ref():
+    ref, _, old = _toy()
+    true = float((old * (old / ref).log()).sum())
+    x = _sample(old, 200_000, 2)
+    for est in ("k1", "k3"):
+        k = kl_per_token(old.log()[x], ref.log()[x], est)
+        assert float(k.mean()) == pytest.approx(true, abs=4 * float(k.std()) / math.sqrt(len(k)))
+    assert bool((kl_per_token(old.log()[x], ref.log()[x], "k3") >= 0).all())
