@@ -28,7 +28,7 @@ CONCURRENCY = 32
 def expert_trajectories(n: int):
     """`n` trajectories (rows as collect writes them, the fields the annotator reads) from expert paths."""
     world = ToolWorld(1234, 40, 0.0)
-    tasks = generate_tasks(world, 7, {"I1": n // 2, "I2": n // 4, "I3": n - n // 2 - n // 4}, {"I1": 1})["train"]
+    tasks = generate_tasks(world, 7, {"train": {"I1": n // 2, "I2": n // 4, "I3": n - n // 2 - n // 4}})["train"]
     rng = random.Random(0)
     trajs, steps = [], []
     for k, task in enumerate(tasks):

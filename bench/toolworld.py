@@ -28,7 +28,7 @@ def main() -> None:
     t0 = time.perf_counter()
     ToolWorld(1234, 40, 0.03)
     build_s = time.perf_counter() - t0
-    tasks = generate_tasks(world, 7, {"I1": 120, "I2": 60, "I3": 60}, {"I1": 1, "I2": 1, "I3": 1})["train"]
+    tasks = generate_tasks(world, 7, {"train": {"I1": 120, "I2": 60, "I3": 60}})["train"]
     local, n_local = _rate(ToolWorldEnv(world), tasks, 5)
     server, url = serve_in_thread(world)
     try:

@@ -48,7 +48,7 @@ class _Checked:
 class ToolWorldConfig(_Checked):
     seed: int = _help("Seed of the world: which entities exist and what every API returns.", 1234)
     entities_per_tool: int = _help(
-        "Entities (movies, hotels, players, ...) per tool; half serve train tasks, half test tasks.", 40
+        "Entities (movies, hotels, players, ...) per tool; a third each serve train, val and test tasks.", 60
     )
     rate_limit_prob: float = _help(
         "Probability that a call gets a transient 429 rate-limit answer (seeded per episode and attempt; "
@@ -60,8 +60,8 @@ class ToolWorldConfig(_Checked):
     )
 
     def check(self, where: str) -> None:
-        if self.entities_per_tool < 8:
-            self._fail(where, "entities_per_tool", f"must be >= 8, got {self.entities_per_tool}")
+        if self.entities_per_tool < 12:
+            self._fail(where, "entities_per_tool", f"must be >= 12, got {self.entities_per_tool}")
         if not 0.0 <= self.rate_limit_prob < 1.0:
             self._fail(where, "rate_limit_prob", f"must be in [0, 1), got {self.rate_limit_prob}")
         if self.max_observation_length < 64:
@@ -87,7 +87,10 @@ class SplitSizes(_Checked):
 class TasksConfig(_Checked):
     seed: int = _help("Seed of task sampling (which entities, intents and phrasings).", 7)
     train: SplitSizes = _help("Number of train tasks per level.", factory=lambda: SplitSizes(80, 40, 40))
-    test: SplitSizes = _help("Number of test tasks per level.", factory=lambda: SplitSizes(30, 25, 25))
+    val: SplitSizes = _help("Number of validation tasks per level: what anything tuned is tuned on.",
+                            factory=lambda: SplitSizes(30, 25, 25))
+    test: SplitSizes = _help("Number of test tasks per level: read for the final tables only.",
+                             factory=lambda: SplitSizes(30, 25, 25))
     max_gold_calls: int = _help("Most tool calls a task's gold plan may need (1-5, as in the issue).", 5)
     distractor_tools: int = _help(
         "Extra tools, not needed by the task, whose APIs are added to its api_list (ToolBench lists more "
@@ -350,7 +353,9 @@ class EvaluateConfig(_Checked):
         "stage evaluate@<model>-<strategy> per model and strategy.", factory=lambda: list(MODEL_NAMES))
     strategies: list[Literal["cot", "dfsdt"]] = _help("Search strategies to evaluate every model with.",
                                                       factory=lambda: list(STRATEGIES))
-    tasks_per_level: int = _help("Test tasks per level I1/I2/I3, the first ones of the split (0: all).", 4)
+    split: Literal["test", "val"] = _help(
+        "Which split to evaluate on: 'val' while tuning anything, 'test' for the final tables only.", "test")
+    tasks_per_level: int = _help("Tasks per level I1/I2/I3, the first ones of the split (0: all).", 4)
     samples: int = _help(
         "Plays per task (the 'seeds' of mean +- std); with temperature 0 they are identical, so keep 1.", 1)
     temperature: float = _help("Sampling temperature of the agent (0: greedy, as StableToolBench evaluates).", 0.0)

@@ -35,7 +35,7 @@ REPLAY_TABLE = DATA / "replay" / "responses.parquet"
 
 
 def tasks_file(split: str) -> Path:
-    """data/tasks/<split>.parquet (split: train | test)."""
+    """data/tasks/<split>.parquet (split: one of pipeline.task.SPLITS)."""
     return TASKS / f"{split}.parquet"
 
 
@@ -82,7 +82,7 @@ WIN_RATE_CSV = REPORTS / "win_rate.csv"
 def dvc_paths(variants: list[str], models: list[str], strategies: list[str]) -> set[str]:
     """Every path the DVC stages read or write, for the given foreach/matrix items (the layout test compares
     this with dvc.yaml)."""
-    paths = {tasks_file("train"), tasks_file("test"), CATALOG, TRAJECTORIES, ANNOTATED,
+    paths = {tasks_file("train"), tasks_file("val"), tasks_file("test"), CATALOG, TRAJECTORIES, ANNOTATED,
              table(ANNOTATED, "steps"), EVAL, TRAIN_PLOTS, RESULTS_MD, FIGURES, REPORT_METRICS, PASS_RATE_CSV,
              WIN_RATE_CSV}
     paths |= {BASE_MODEL, SFT_MODEL, *(metrics_file(s) for s in ("warmstart", "collect", "annotate"))}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from statistics import NormalDist
 
 import numpy as np
 
@@ -87,7 +88,31 @@ def paired_difference(cand: dict[str, tuple[str, float]], ref: dict[str, tuple[s
     boot = _stratified(levels, n_boot, seed)["average"]
     point = float(np.mean([100.0 * v.mean() for v in levels.values()]))
     cell = _cell(point, boot, len(common))
-    return {**out, "diff": cell["mean"], "lo": cell["lo"], "hi": cell["hi"]}
+    sd = difference_sd(levels)
+    return {**out, "diff": cell["mean"], "lo": cell["lo"], "hi": cell["hi"],
+            "sd": None if sd is None else round(sd, 3)}
+
+
+def difference_sd(levels: dict[str, np.ndarray]) -> float | None:
+    """The per-task standard deviation of paired differences, in points: the root of the within-level sample
+    variances pooled over the levels (the average pass rate weighs the levels equally, so with n/L tasks per
+    level its variance is this squared over n). None with fewer than two tasks in every level."""
+    pooled = [(len(v) - 1, float(v.var(ddof=1))) for v in levels.values() if len(v) >= 2]
+    dof = sum(d for d, _ in pooled)
+    if dof == 0:
+        return None
+    return 100.0 * math.sqrt(sum(d * var for d, var in pooled) / dof)
+
+
+def tasks_needed(sd: float, delta: float, alpha: float = ALPHA, power: float = 0.8) -> int | None:
+    """Tasks (spread evenly over the levels) a paired comparison needs to detect a true difference of `delta`
+    points at `power` with a two-sided test at `alpha`, when per-task differences have standard deviation
+    `sd` points (normal approximation): n = ((z_{1−α/2} + z_{power}) · sd / delta)², rounded up. None when
+    sd is unknown or 0 (no task differed: the spread was not measured) or delta is 0."""
+    if not sd or delta == 0:
+        return None
+    z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
+    return max(2, math.ceil((z * sd / abs(delta)) ** 2))
 
 
 def min_decisive_tasks(alpha: float = ALPHA) -> int:

@@ -17,10 +17,15 @@ class GoldCall:
     arguments: str
 
 
+# train: what the policy learns from; val: what anything tuned is tuned on; test: read for the final tables
+# only. ToolWorld gives each its own entities (docs/architecture.md, "Data flow").
+SPLITS = ("train", "val", "test")
+
+
 @dataclass
 class Task:
     task_id: str
-    split: str  # train | test
+    split: str  # one of SPLITS
     level: str  # I1 | I2 | I3
     query: str
     api_list: list[dict]  # ToolBench api docs

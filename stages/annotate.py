@@ -18,6 +18,7 @@ from pipeline.errors import SteptoolError
 from pipeline.fsutil import write_json
 from pipeline.runner import run_stage
 from pipeline.schema import ANNOTATED_STEPS, STEPS, TRAJECTORIES, read_table, write_table
+from pipeline.task import SPLITS
 from pipeline.task_files import load_tasks
 
 ARGS = ()
@@ -26,7 +27,7 @@ ARGS = ()
 def run(params: Params, root: Path = Path(".")) -> str:
     trajs = read_table(root / layout.table(layout.TRAJECTORIES, "trajectories"), TRAJECTORIES).to_pylist()
     steps = read_table(root / layout.table(layout.TRAJECTORIES, "steps"), STEPS).to_pylist()
-    tasks = {t.task_id: t for split in ("train", "test") for t in load_tasks(root, split)}
+    tasks = {t.task_id: t for split in SPLITS for t in load_tasks(root, split)}
     cfg = params.annotate
     cache_path = Path(cfg.cache_path)
     labels, stats = label_trajectories(trajs, steps, tasks, cfg,

@@ -28,7 +28,7 @@ def evaluate(params: Params, root: Path, model: str, strategy: str) -> dict:
     model_dir = root / layout.model_dir(model)
     if not (model_dir / "config.json").exists():
         raise SteptoolError(f"{model_dir}: not a checkpoint directory (run the stage that writes it: dvc repro)")
-    tasks = first_per_level(load_tasks(root, "test"), e.tasks_per_level)
+    tasks = first_per_level(load_tasks(root, e.split), e.tasks_per_level)
     out = root / layout.eval_dir(model, strategy)
     play(params, root, tasks, model_dir, out, strategy=strategy, n_samples=e.samples, temperature=e.temperature,
          top_p=1.0, seed=e.seed, chunk_size=16, policy_name=model)
@@ -41,7 +41,7 @@ def evaluate(params: Params, root: Path, model: str, strategy: str) -> dict:
         statuses, stats = judge_answers(trajs, steps, {t.task_id: t for t in tasks}, params)
     rows = result_rows(model, strategy, trajs, steps, {t.task_id: t for t in tasks}, statuses)
     write_table(rows, layout.table(out, "results"), EVAL_RESULTS)
-    summary = {"model": model, "strategy": strategy, "judge": e.judge, **summarize(rows)}
+    summary = {"model": model, "strategy": strategy, "split": e.split, "judge": e.judge, **summarize(rows)}
     if statuses is not None:
         summary["judge_stats"] = stats
     write_json(root / layout.metrics_file("eval", f"{model}-{strategy}"), summary)

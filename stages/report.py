@@ -6,7 +6,8 @@ the training logs data/plots/train/<variant>.json. Writes
   model x strategy, tool-invocation success, average steps, give-up rate and win rate against
   `evaluate.reference_model`; the ablation table of the training variants with paired differences (CI,
   sign test, wins / ties / losses per task) against the reference model and the outcome-only baseline;
-  sentences generated from those numbers; the protocol used;
+  sentences generated from those numbers; how many tasks each comparison would need (power); the
+  split the numbers come from and the protocol used;
 - reports/figures/{pass_rate,win_rate,training}.png;
 - reports/metrics.json (`dvc metrics show`), reports/pass_rate.csv and reports/win_rate.csv (`dvc plots show`).
 """
@@ -21,7 +22,7 @@ from pipeline.evaluate.results import summarize, win_rate
 from pipeline.fsutil import atomic_path, write_json
 from pipeline.runner import run_stage
 from pipeline.schema import EVAL_RESULTS, read_table
-from pipeline.stats import paired_difference, pass_rate_ci, task_scores, verdict
+from pipeline.stats import paired_difference, pass_rate_ci, task_scores, tasks_needed, verdict
 
 ARGS = ()
 
@@ -47,8 +48,8 @@ def load_results(root: Path, params: Params) -> dict[tuple[str, str], list[dict]
 
 
 def build(results: dict[tuple[str, str], list[dict]], reference: str, trained: list[str],
-          train_logs: dict[str, list[dict]]) -> tuple[dict, list[str]]:
-    """(metrics, markdown lines) from the results of every model x strategy."""
+          train_logs: dict[str, list[dict]], split: str = "test") -> tuple[dict, list[str]]:
+    """(metrics, markdown lines) from the results of every model x strategy on `split`."""
     metrics: dict = {}
     scores = {key: task_scores(rows) for key, rows in results.items()}
     for (m, s), rows in results.items():
@@ -65,7 +66,10 @@ def build(results: dict[tuple[str, str], list[dict]], reference: str, trained: l
     per_level = ", ".join(f"{lv} {sum(r['level'] == lv for r in any_rows if r['sample_idx'] == 0)}" for lv in LEVELS)
     single = first.get("samples", 0) == 1 and first.get("judge_runs", 0) == 1
     md = ["# StepTool results", "",
-          f"Test split: {first.get('tasks', 0)} tasks ({per_level}), "
+          f"Every number below comes from the **{split}** split (`evaluate.split`; "
+          + ("read only for these tables, never to tune anything): " if split == "test" else
+             "the split to tune on; the final tables come from `test`): ")
+          + f"{first.get('tasks', 0)} tasks ({per_level}), "
           f"{first.get('samples', 0)} sample(s) per task, judge `{any_rows[0]['judge'] if any_rows else '?'}` "
           f"with {first.get('judge_runs', 0)} judging run(s). Pass rate in % (Solved = 1, Unsure = 0.5) with its "
           "95% bootstrap confidence interval over tasks in brackets (tasks resampled within each level); Average "
@@ -109,10 +113,37 @@ def build(results: dict[tuple[str, str], list[dict]], reference: str, trained: l
                 d = metrics[k].get(f"vs_{other}")
                 if d is not None:
                     md.append(f"- {strat}: {verdict(v, other, d)}")
+        md += power_section(metrics, abl, (reference, base))
     md += ["", "## Figures", "", "![pass rate](figures/pass_rate.png)", "", "![win rate](figures/win_rate.png)", ""]
     if train_logs:
         md += ["![training](figures/training.png)", ""]
     return metrics, md
+
+
+def power_section(metrics: dict, runs: list[str], others: tuple[str, ...]) -> list[str]:
+    """How many tasks each comparison would need, from its measured per-task spread (pipeline.stats)."""
+    rows = []
+    for k in runs:
+        v, strat = k.rsplit("-", 1)
+        for other in others:
+            d = metrics[k].get(f"vs_{other}")
+            if not d or d.get("diff") is None:
+                continue
+            need = [tasks_needed(d.get("sd"), delta) for delta in (5.0, 10.0, d["diff"])]
+            cells = ["–" if n is None else str(n) for n in need]
+            sd = "– (no task differed)" if not d.get("sd") else f"{d['sd']:.1f}"
+            rows.append(f"| {v} vs {other} | {strat} | {d['tasks']} | {sd} | {d['diff']:+.1f} | "
+                        + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["", "## How many tasks would tell", "",
+            "Tasks a paired comparison needs to detect a true difference of 5 or 10 points (or the one observed) "
+            "at 80% power with a two-sided 5% test, from the per-task standard deviation of the differences "
+            "measured here (normal approximation, tasks spread evenly over the levels). Spread over training "
+            "seeds is not included unless several seeds were run; it can only add to these numbers.", "",
+            "| comparison | strategy | tasks now | sd of per-task Δ (points) | observed Δ | tasks for 5 points | "
+            "tasks for 10 points | tasks for the observed Δ |",
+            "|---|---|---|---|---|---|---|---|", *rows]
 
 
 def protocol(params: Params, root: Path) -> list[str]:
@@ -126,8 +157,9 @@ def protocol(params: Params, root: Path) -> list[str]:
 
     device = resolve_device(p.agent.device)
     return ["## Protocol and seeds", "",
-            f"- World and tasks: `toolworld.seed` {p.toolworld.seed}, `tasks.seed` {p.tasks.seed}; test entities are "
-            "never seen in training.",
+            f"- World and tasks: `toolworld.seed` {p.toolworld.seed}, `tasks.seed` {p.tasks.seed}; train, val and "
+            "test tasks never share an entity. Tune on `val` (`dvc exp run -S evaluate.split=val`); `test` is read "
+            "for the final tables only.",
             f"- Warm start (sft): {ws.get('paths', '?')} expert paths from {p.warmstart.max_tasks or 'all'} train tasks, "
             f"{p.warmstart.epochs:g} epoch(s), lr {p.warmstart.learning_rate:g}, `warmstart.seed` {p.warmstart.seed}.",
             f"- Collection: {p.collect.strategy}, {p.collect.max_tasks or 'all'} train tasks x {p.collect.n_samples} "
@@ -206,7 +238,7 @@ def run(params: Params, root: Path = Path(".")) -> str:
         f = root / layout.train_plot(v)
         if f.exists():
             train_logs[v] = json.loads(f.read_text())
-    metrics, md = build(results, e.reference_model, list(params.variants), train_logs)
+    metrics, md = build(results, e.reference_model, list(params.variants), train_logs, e.split)
     at = md.index("## Figures")
     md[at:at] = protocol(params, root)
     figures(metrics, e.reference_model, train_logs, root / layout.FIGURES)

@@ -13,6 +13,7 @@ from pathlib import Path
 from pipeline import layout
 from pipeline.errors import SteptoolError
 from pipeline.runner import add_common, add_stage_arguments, guard, setup_logging
+from pipeline.task import SPLITS
 
 # Every stage of dvc.yaml, in pipeline order (tests/test_architecture.py checks it against dvc.yaml).
 STAGES = ("tasks", "base_model", "warmstart", "collect", "annotate", "advantages", "train", "evaluate", "report")
@@ -212,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "evaluate stage.")
     add_common(p)
     p.add_argument("--model", default=str(layout.SFT_MODEL), help=f"checkpoint directory (default {layout.SFT_MODEL})")
-    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--split", default="test", choices=list(SPLITS))
     p.add_argument("--out", required=True, help="output directory for trajectories/steps/tokens.parquet")
     p.add_argument("--max-tasks", type=int, default=0, help="play the first N tasks only (0: all)")
     p.add_argument("--strategy", default="cot", choices=["cot", "dfsdt"])

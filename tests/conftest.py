@@ -35,15 +35,16 @@ def external() -> Path:
 def world():
     from pipeline.toolworld.world import ToolWorld
 
-    return ToolWorld(seed=1234, entities_per_tool=40, rate_limit_prob=0.03)
+    return ToolWorld(seed=1234, entities_per_tool=60, rate_limit_prob=0.03)
 
 
 @pytest.fixture(scope="session")
 def splits(world):
     from pipeline.toolworld.tasks import generate_tasks
 
-    return generate_tasks(world, seed=7, train_sizes={"I1": 120, "I2": 60, "I3": 60},
-                          test_sizes={"I1": 40, "I2": 30, "I3": 30})
+    return generate_tasks(world, seed=7, sizes={"train": {"I1": 120, "I2": 60, "I3": 60},
+                                                "val": {"I1": 20, "I2": 15, "I3": 15},
+                                                "test": {"I1": 40, "I2": 30, "I3": 30}})
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent("""
             return super().generate(prompts, seeds, slots)
 
     world = ToolWorld(1234, 40, 0.03)
-    tasks = generate_tasks(world, 7, {"I1": 6}, {"I1": 1})["train"]
+    tasks = generate_tasks(world, 7, {"train": {"I1": 6}})["train"]
     policy = Slow.from_pretrained(sys.argv[1], SamplingConfig(max_new_tokens=8), batch_size=2)
     policy.name = "tiny"
     collect(tasks, policy, ChatRenderer(policy.tok), lambda: ToolWorldEnv(world), sys.argv[2], "run-1",

@@ -261,3 +261,14 @@ def test_report_sentences_follow_synthetic_results():
            ("steptool", "cot"): _synthetic("steptool", "cot", [1, 1, 1, 1])}
     _, md = build(few, "sft", ["steptool"], {})
     assert any("steptool vs sft: too few tasks to tell (4 of 4 differ" in line for line in md)
+    # the split is named, and the power table follows from the measured spread: steptool vs sft differs on
+    # 20 of 40 tasks by +1: per level 10 of 20 differ, variance 5/19, sd 51.3 points
+    assert "comes from the **test** split" in text
+    power = text.split("## How many tasks would tell")[1]
+    sd = metrics["steptool-cot"]["vs_sft"]["sd"]
+    assert sd == pytest.approx(100 * (20 * 0.25 / 19) ** 0.5, abs=0.01)
+    from pipeline.stats import tasks_needed
+    assert f"| steptool vs sft | cot | 40 | {sd:.1f} | +50.0 | {tasks_needed(sd, 5)} | {tasks_needed(sd, 10)} |" in power
+    assert "| no_step_opt vs sft | cot | 40 | – (no task differed) | +0.0 | – | – | – |" in power
+    _, md = build(few, "sft", ["steptool"], {}, split="val")
+    assert "comes from the **val** split" in "\n".join(md)

@@ -74,3 +74,41 @@ def test_verdicts_follow_the_numbers():
     few_ref = _scores({"I1": [0, 0, 0]})
     assert "too few tasks to tell (2 of 3 differ" in verdict("a", "b", paired_difference(few, few_ref))
     assert "no task in common" in verdict("a", "b", paired_difference(few, {}))
+
+
+def test_power_by_hand():
+    from pipeline.stats import tasks_needed
+
+    # z_0.975 + z_0.8 = 1.959964 + 0.841621 = 2.801585; sd 30, Δ 10: (2.801585 · 3)² = 70.64 -> 71
+    assert tasks_needed(30.0, 10.0) == 71
+    assert tasks_needed(30.0, 5.0) == 283  # four times the tasks for half the difference: 282.6 -> 283
+    assert tasks_needed(30.0, -10.0) == 71
+    assert tasks_needed(None, 10.0) is None and tasks_needed(0.0, 10.0) is None and tasks_needed(30.0, 0) is None
+
+
+def test_difference_sd_pools_levels_by_hand():
+    # differences I1: +1, 0, −1 (var 1), I2: 0, +1 (var 0.5): pooled (2·1 + 1·0.5) / 3 = 0.8333 -> 91.29 points
+    cand = _scores({"I1": [1, 1, 0], "I2": [0, 1]})
+    ref = _scores({"I1": [0, 1, 1], "I2": [0, 0]})
+    d = paired_difference(cand, ref, n_boot=100)
+    assert d["sd"] == pytest.approx(100 * (2.5 / 3) ** 0.5, abs=1e-3)
+
+
+def test_power_estimate_holds_in_simulation():
+    """Simulated paired comparisons with the number of tasks `tasks_needed` asks for detect the difference
+    (a one-sample t-test on the per-task differences) in about 80% of trials."""
+    np = pytest.importorskip("numpy")
+    stats = pytest.importorskip("scipy.stats")
+    from pipeline.stats import tasks_needed
+
+    rng = np.random.default_rng(0)
+    # per task: candidate wins with prob 0.25, loses with prob 0.15, else ties -> Δ = 10 points, sd ≈ 62.4
+    p_win, p_loss = 0.25, 0.15
+    sd = 100 * ((p_win + p_loss) - (p_win - p_loss) ** 2) ** 0.5
+    n = tasks_needed(sd, 100 * (p_win - p_loss))
+    hits = 0
+    for _ in range(2000):
+        u = rng.random(n)
+        d = (u < p_win).astype(float) - ((u >= p_win) & (u < p_win + p_loss)).astype(float)
+        hits += stats.ttest_1samp(d, 0.0).pvalue < 0.05
+    assert 0.76 < hits / 2000 < 0.84, (n, hits)

@@ -43,16 +43,17 @@ def _entity_names(world, split):
     return {e.name for ents in world.entities.values() for e in ents if e.split == split}
 
 
-def test_train_and_test_never_share_an_entity(world, splits):
-    test_names = _entity_names(world, "test")
-    train_names = _entity_names(world, "train")
-    assert not test_names & train_names
-    for task in splits["train"]:
-        assert not any(n in task.query for n in test_names if len(n) > 6), task.query
-    for task in splits["test"]:
-        assert not any(n in task.query for n in train_names if len(n) > 6), task.query
-        assert not set(task.gold_facts) & train_names
-    assert not {t.query for t in splits["train"]} & {t.query for t in splits["test"]}
+@pytest.mark.parametrize("one, other", [("train", "test"), ("train", "val"), ("val", "test")])
+def test_no_two_splits_share_an_entity(world, splits, one, other):
+    one_names, other_names = _entity_names(world, one), _entity_names(world, other)
+    assert one_names and other_names and not one_names & other_names
+    for task in splits[one]:
+        assert not any(n in task.query for n in other_names if len(n) > 6), task.query
+        assert not set(task.gold_facts) & other_names
+    for task in splits[other]:
+        assert not any(n in task.query for n in one_names if len(n) > 6), task.query
+        assert not set(task.gold_facts) & one_names
+    assert not {t.query for t in splits[one]} & {t.query for t in splits[other]}
 
 
 def test_queries_vary_in_phrasing(splits):
@@ -107,10 +108,15 @@ def test_answering_without_tools_almost_never_solves(splits):
 
 
 def test_generation_is_deterministic_and_respects_max_calls(world):
-    a = generate_tasks(world, 3, {"I1": 10, "I2": 5, "I3": 5}, {"I1": 5, "I2": 5, "I3": 5})
-    b = generate_tasks(world, 3, {"I1": 10, "I2": 5, "I3": 5}, {"I1": 5, "I2": 5, "I3": 5})
+    sizes = {"train": {"I1": 10, "I2": 5, "I3": 5}, "test": {"I1": 5, "I2": 5, "I3": 5}}
+    a = generate_tasks(world, 3, sizes)
+    b = generate_tasks(world, 3, sizes)
     assert [t.to_row() for t in a["train"]] == [t.to_row() for t in b["train"]]
-    small = generate_tasks(world, 3, {"I1": 20, "I2": 10, "I3": 10}, {"I1": 5, "I2": 5, "I3": 5}, max_gold_calls=2)
+    # adding a split changes no other split's tasks
+    c = generate_tasks(world, 3, {**sizes, "val": {"I1": 3, "I2": 3, "I3": 3}})
+    assert [t.to_row() for t in c["test"]] == [t.to_row() for t in a["test"]] and len(c["val"]) == 9
+    small = generate_tasks(world, 3, {"train": {"I1": 20, "I2": 10, "I3": 10}, "test": {"I1": 5, "I2": 5, "I3": 5}},
+                           max_gold_calls=2)
     assert max(len(t.gold_calls) for s in small.values() for t in s) <= 2
 
 

@@ -103,7 +103,7 @@ class ToolSpec:
     id_prefix: str
     naming: tuple  # ("adjnoun", nouns...) | ("person",) | ("city",) | ("code", prefix) | ("drug",) | ("address", nouns...)
     fields: tuple[FieldSpec, ...]
-    filter_field: str  # a choice field; its options are split in halves between train and test entities
+    filter_field: str  # a choice field; its options are shared out between the splits' entities
     sub: SubSpec | None = None
     search_teaser: str = ""  # one field shown next to the name in search results (disambiguation)
 

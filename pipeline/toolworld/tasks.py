@@ -3,17 +3,17 @@
 Levels follow ToolBench: I1 uses one tool, I2 two or three tools of one category, I3 two or three
 tools from different categories. A task is a sequence of *intents* (look up an attribute, compare
 two entities, list by a filter, read the first item of a sub-list, convert currency, ...), each
-with its own calls and facts. Train and test tasks never share an entity: every entity belongs to
-one split (see `world.py`), and so do filter values, currency pairs and loan amounts.
+with its own calls and facts. Tasks of different splits (train, val, test) never share an entity: every
+entity belongs to one split (see `world.py`), and so do filter values, currency pairs and loan amounts.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
 
-from pipeline.task import GoldCall, Task
+from pipeline.task import SPLITS, GoldCall, Task
 from pipeline.toolworld import spec as S
-from pipeline.toolworld.world import SPLITS, ToolWorld, canonical_json, unit_hash
+from pipeline.toolworld.world import ToolWorld, canonical_json, unit_hash
 
 
 @dataclass
@@ -129,24 +129,24 @@ class TaskGenerator:
 
     def _calc_intent(self, rng: random.Random, t: S.CalcSpec, name: str, split: str) -> Intent:
         w = self.world
-        parity = SPLITS.index(split)
+        k, part = len(SPLITS), SPLITS.index(split)
         if name.startswith("fx_"):
             codes = sorted(w.fx_usd)
-            while True:  # currency pairs are split between train and test by a hash
+            while True:  # currency pairs are split between the splits by a hash
                 src, dst = rng.sample(codes, 2)
-                if int(unit_hash("fxpair", w.seed, src, dst) * 2) == parity:
+                if int(unit_hash("fxpair", w.seed, src, dst) * k) == part:
                     break
             if name == "fx_rate":
                 q = rng.choice(S.FX_RATE_QUESTIONS).format(src=src, dst=dst)
                 call = self._call(t.tool_name, "fx_rate", {"base": src, "target": dst})
                 return Intent(name, t.tool_name, q, [call], [fact_text(w.fx_rate(src, dst))], (name, src, dst))
-            amount = rng.randrange(10, 5000) // 2 * 2 + parity  # even amounts in train, odd in test
+            amount = rng.randrange(10, 5000) // k * k + part  # amount mod 3 says the split
             q = rng.choice(S.FX_CONVERT_QUESTIONS).format(amount=amount, src=src, dst=dst)
             call = self._call(t.tool_name, "fx_convert", {"amount": amount, "from_currency": src, "to_currency": dst})
             result = w.execute(t.tool_name, "Convert Currency",
                                {"amount": amount, "from_currency": src, "to_currency": dst})["result"]
             return Intent(name, t.tool_name, q, [call], [fact_text(result)], (name, src, dst, amount))
-        principal = (rng.randrange(40, 900) // 2 * 2 + parity) * 1000  # even thousands in train, odd in test
+        principal = (rng.randrange(40, 900) // k * k + part) * 1000  # thousands mod 3 say the split
         rate = rng.choice([2.5, 2.75, 3.0, 3.25, 3.5, 3.75, 4.0, 4.25, 4.5, 5.0, 5.5, 6.0, 6.5, 7.0])
         years = rng.choice([10, 15, 20, 25, 30])
         args = {"principal": principal, "annual_rate": rate, "years": years}
@@ -240,7 +240,9 @@ def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:] if text[:2] != "I " and text[:2] != "I'" else text
 
 
-def generate_tasks(world: ToolWorld, seed: int, train_sizes: dict[str, int], test_sizes: dict[str, int],
-                   max_gold_calls: int = 5, distractor_tools: int = 1) -> dict[str, list[Task]]:
+def generate_tasks(world: ToolWorld, seed: int, sizes: dict[str, dict[str, int]], max_gold_calls: int = 5,
+                   distractor_tools: int = 1) -> dict[str, list[Task]]:
+    """{split: tasks} for each split of `sizes` ({split: {level: count}}); each split's draw depends only on its
+    own name, so adding a split changes no other."""
     gen = TaskGenerator(world, seed, max_gold_calls, distractor_tools)
-    return {"train": gen.generate("train", train_sizes), "test": gen.generate("test", test_sizes)}
+    return {split: gen.generate(split, per_level) for split, per_level in sizes.items()}

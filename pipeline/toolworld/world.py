@@ -22,10 +22,10 @@ from functools import cached_property
 from typing import Any
 
 from pipeline.errors import SteptoolError
+from pipeline.task import SPLITS
 from pipeline.toolworld import spec as S
 from pipeline.toolworld.naming import category_dir, function_name, standardize
 
-SPLITS = ("train", "test")
 RATE_LIMIT_ERROR = "Rate limit per minute error..."
 PARSE_ERROR = "Tool input parse error...\n"
 MAX_LIMIT = 20
@@ -167,7 +167,7 @@ class _ValueDrawer:
 class ToolWorld:
     """The embedded tool world. Build it with a seed; ask it with `call`."""
 
-    def __init__(self, seed: int = 1234, entities_per_tool: int = 40, rate_limit_prob: float = 0.03):
+    def __init__(self, seed: int = 1234, entities_per_tool: int = 60, rate_limit_prob: float = 0.03):
         self.seed = seed
         self.entities_per_tool = entities_per_tool
         self.rate_limit_prob = rate_limit_prob
@@ -218,12 +218,13 @@ class ToolWorld:
     # ------------------------------------------------------------------------------ building
     def _build_entities(self, tool: S.ToolSpec, names: list[str], drawer: _ValueDrawer, rng: random.Random) -> None:
         filt = next(f for f in tool.fields if f.name == tool.filter_field)
-        halves = {"train": filt.args[0::2], "test": filt.args[1::2]}
+        k = len(SPLITS)
+        shares = {s: filt.args[n::k] for n, s in enumerate(SPLITS)}  # each split its own filter values
         ents, ids = [], set()
         for i in range(self.entities_per_tool):
-            split = SPLITS[i % 2]
+            split = SPLITS[i % k]
             values = {f.name: drawer.value(f) for f in tool.fields}
-            values[filt.name] = rng.choice(halves[split])
+            values[filt.name] = rng.choice(shares[split])
             eid = f"{tool.id_prefix}_{rng.getrandbits(24):06x}"
             while eid in ids:
                 eid = f"{tool.id_prefix}_{rng.getrandbits(24):06x}"
