@@ -26,6 +26,7 @@ ADVANTAGES = DATA / "advantages"
 # stage `train@<variant>`: checkpoints while it runs (removed at the end), training curves
 CHECKPOINTS = DATA / "checkpoints"
 TRAIN_PLOTS = DATA / "plots" / "train"
+ROUNDS = DATA / "rounds"  # per variant: what the round trained on, step by step
 # stage `evaluate@<model>-<strategy>`
 EVAL = DATA / "eval"
 # every stage's metrics (`dvc metrics show`)
@@ -37,6 +38,11 @@ REPLAY_TABLE = DATA / "replay" / "responses.parquet"
 def tasks_file(split: str) -> Path:
     """data/tasks/<split>.parquet (split: one of pipeline.task.SPLITS)."""
     return TASKS / f"{split}.parquet"
+
+
+def round_table(variant: str) -> Path:
+    """data/rounds/<variant>.parquet: per step, the baseline and advantage one PPO round trained with."""
+    return table(ROUNDS, variant)
 
 
 def model_dir(name: str) -> Path:
@@ -64,7 +70,12 @@ def eval_dir(model: str, strategy: str) -> Path:
 
 def metrics_file(stage: str, item: str | None = None) -> Path:
     """data/metrics/<stage>.json, or data/metrics/<stage>/<item>.json for a foreach/matrix stage."""
-    return METRICS / f"{stage}.json" if item is None else METRICS / stage / f"{item}.json"
+    return METRICS / f"{stage}.json" if item is None else metrics_dir(stage) / f"{item}.json"
+
+
+def metrics_dir(stage: str) -> Path:
+    """data/metrics/<stage>: the metrics of every item of a foreach/matrix stage."""
+    return METRICS / stage
 
 
 def train_plot(variant: str) -> Path:
@@ -83,12 +94,12 @@ def dvc_paths(variants: list[str], models: list[str], strategies: list[str]) -> 
     """Every path the DVC stages read or write, for the given foreach/matrix items (the layout test compares
     this with dvc.yaml)."""
     paths = {tasks_file("train"), tasks_file("val"), tasks_file("test"), CATALOG, TRAJECTORIES, ANNOTATED,
-             table(ANNOTATED, "steps"), EVAL, TRAIN_PLOTS, RESULTS_MD, FIGURES, REPORT_METRICS, PASS_RATE_CSV,
+             table(ANNOTATED, "steps"), EVAL, TRAIN_PLOTS, ROUNDS, metrics_dir("train"), RESULTS_MD, FIGURES, REPORT_METRICS, PASS_RATE_CSV,
              WIN_RATE_CSV}
     paths |= {BASE_MODEL, SFT_MODEL, *(metrics_file(s) for s in ("warmstart", "collect", "annotate"))}
     for v in variants:
         paths |= {advantages_file(v), model_dir(v), metrics_file("advantages", v), metrics_file("train", v),
-                  train_plot(v)}
+                  train_plot(v), round_table(v)}
     for m in models:
         paths.add(model_dir(m))
         for s in strategies:

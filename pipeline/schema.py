@@ -33,7 +33,7 @@ GOLD_CALL = pa.struct([
 TASKS = _schema(
     "One row per task (data/tasks/<split>.parquet).",
     _f("task_id", pa.string(), "Unique id of the task.", False),
-    _f("split", pa.string(), "train or test; the two never share an entity.", False),
+    _f("split", pa.string(), "train, val or test; no two share an entity.", False),
     _f("level", pa.string(), "I1 (one tool), I2 (2-3 tools of one category), I3 (tools across categories).", False),
     _f("query", pa.string(), "The user's request, in natural language.", False),
     _f("api_list", pa.string(), "JSON list of ToolBench api docs the agent may call (category_name, tool_name, "
@@ -120,8 +120,22 @@ ADVANTAGES = _schema(
     _f("step_idx", pa.int32(), "0-based step index.", False),
     _f("reward", pa.float64(), "r_t of the variant (see params annotate/advantages)."),
     _f("return", pa.float64(), "Return-to-go."),
-    _f("advantage", pa.float64(), "Advantage used by the trainer."),
-    _f("variant", pa.string(), "steptool, ppo_outcome, no_step_reward or no_step_opt."),
+    _f("advantage", pa.float64(), "Monte-Carlo advantage G_t − mean G, for inspection; the trainer's own, against "
+                                  "its baseline, are in data/rounds/<variant>.parquet."),
+    _f("variant", pa.string(), "The training variant (pipeline/variants.py)."),
+)
+
+ROUND_STEPS = _schema(
+    "Per step, what one PPO round trained on (data/rounds/<variant>.parquet): the trainer's baseline and advantage.",
+    _f("traj_id", pa.string(), "Trajectory id.", False),
+    _f("task_id", pa.string(), "The task (samples of one task share the rloo baseline).", False),
+    _f("step_idx", pa.int32(), "0-based step index.", False),
+    _f("reward", pa.float64(), "r_t as trained (before the KL penalty).", False),
+    _f("baseline", pa.float64(), "b(s_t) at the step's value state (train.baseline; token level: the step's first "
+                                 "token's).", False),
+    _f("advantage", pa.float64(), "The advantage the step's action tokens were trained with, after the round's "
+                                  "scaling (token level: the mean over the step's tokens).", False),
+    _f("variant", pa.string(), "The training variant.", False),
 )
 
 

@@ -21,7 +21,7 @@ from pipeline.config import LEVELS, Params
 from pipeline.evaluate.results import summarize, win_rate
 from pipeline.fsutil import atomic_path, write_json
 from pipeline.runner import run_stage
-from pipeline.schema import EVAL_RESULTS, read_table
+from pipeline.schema import EVAL_RESULTS, ROUND_STEPS, read_table
 from pipeline.stats import paired_difference, pass_rate_ci, task_scores, tasks_needed, verdict
 
 ARGS = ()
@@ -146,6 +146,48 @@ def power_section(metrics: dict, runs: list[str], others: tuple[str, ...]) -> li
             "|---|---|---|---|---|---|---|---|", *rows]
 
 
+def learning_signal(rounds: dict[str, list[dict]], train_metrics: dict[str, dict],
+                    train_logs: dict[str, list[dict]]) -> list[str]:
+    """What each variant's round trained on and how far it moved: separate from generalisation to new tasks."""
+    if not rounds:
+        return []
+    base = variants.OUTCOME_BASELINE
+    ref_sign = {(r["traj_id"], r["step_idx"]): _sign(r["advantage"]) for r in rounds.get(base, [])}
+    lines = ["", "## Learning signal (training round)", "",
+             "Per variant, from its round table (data/rounds/<variant>.parquet) and training log: the steps it "
+             "trained on, the share pushed up / left alone / pushed down (advantage > 0, = 0, < 0 after the "
+             "baseline), the baseline's explained variance on the round's returns (leave-out for rloo and "
+             f"crossfit), the share of steps whose advantage sign differs from {base}'s on the same step, and how "
+             "far the policy moved: approx KL(π_old‖π_θ) averaged over the updates and KL(π_θ‖π_ref) per action "
+             "token at the end (both ≥ 0 estimators on the collected tokens).", "",
+             f"| variant | steps | up / zero / down | baseline EV (rloo, crossfit) | sign differs from {base} | "
+             "mean approx KL | final KL to ref per token |",
+             "|---|---|---|---|---|---|---|"]
+    for v, rows in rounds.items():
+        signs = [_sign(r["advantage"]) for r in rows]
+        n = max(1, len(signs))
+        share = " / ".join(f"{sum(s == k for s in signs) / n:.0%}" for k in (1, 0, -1))
+        m = train_metrics.get(v, {})
+        ev = ", ".join(_num(m.get(f"round_baseline_ev_{k}")) for k in ("rloo", "crossfit"))
+        common = [(_sign(r["advantage"]), ref_sign[(r["traj_id"], r["step_idx"])]) for r in rows
+                  if (r["traj_id"], r["step_idx"]) in ref_sign]
+        differs = "–" if v == base or not common else f"{sum(a != b for a, b in common) / len(common):.0%}"
+        log = train_logs.get(v) or []
+        kl = [h["approx_kl"] for h in log if h.get("approx_kl") == h.get("approx_kl") and "approx_kl" in h]
+        last = next((h["kl_ref_token"] for h in reversed(log) if "kl_ref_token" in h), None)
+        lines.append(f"| {v} | {len(rows)} | {share} | {ev} | {differs} | "
+                     f"{_num(sum(kl) / len(kl) if kl else None, 4)} | {_num(last, 4)} |")
+    return lines
+
+
+def _sign(x: float, eps: float = 1e-9) -> int:
+    return 0 if abs(x) <= eps else (1 if x > 0 else -1)
+
+
+def _num(x, digits: int = 2) -> str:
+    return "–" if x is None or x != x else f"{x:.{digits}f}"
+
+
 def protocol(params: Params, root: Path) -> list[str]:
     """The run's sizes and every seed, so a reader can rerun it or vary one seed (`dvc exp run -S ...`)."""
     p = params
@@ -239,8 +281,14 @@ def run(params: Params, root: Path = Path(".")) -> str:
         if f.exists():
             train_logs[v] = json.loads(f.read_text())
     metrics, md = build(results, e.reference_model, list(params.variants), train_logs, e.split)
+    rounds, train_metrics = {}, {}
+    for v in params.variants:
+        if (root / layout.round_table(v)).exists():
+            rounds[v] = read_table(root / layout.round_table(v), ROUND_STEPS).to_pylist()
+        if (root / layout.metrics_file("train", v)).exists():
+            train_metrics[v] = json.loads((root / layout.metrics_file("train", v)).read_text())
     at = md.index("## Figures")
-    md[at:at] = protocol(params, root)
+    md[at:at] = learning_signal(rounds, train_metrics, train_logs) + [""] + protocol(params, root)
     figures(metrics, e.reference_model, train_logs, root / layout.FIGURES)
     with atomic_path(root / layout.RESULTS_MD) as tmp:
         tmp.write_text("\n".join(md) + "\n", encoding="utf-8")

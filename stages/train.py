@@ -1,5 +1,6 @@
 """Stage `train` (one per variant): step-grained PPO of the warm-started policy on the collected
-trajectories with the variant's rewards -> data/models/<variant>, metrics and a training log for plots.
+trajectories with the variant's rewards -> data/models/<variant>, metrics, a training log for plots and the
+round's table (per step: reward, baseline, advantage as trained) in data/rounds/<variant>.parquet.
 
 Resumable: checkpoints go to data/checkpoints/<variant> every `train.save_steps` optimizer steps; a
 rerun with the same inputs resumes from the last one (optimizer, scheduler and RNG state included) and
@@ -20,7 +21,7 @@ from pipeline.config import Params, to_dict
 from pipeline.devices import resolve_device, resolve_precision
 from pipeline.fsutil import atomic_path, write_json
 from pipeline.runner import run_stage
-from pipeline.schema import ADVANTAGES, STEPS, TOKENS, read_table
+from pipeline.schema import ADVANTAGES, ROUND_STEPS, STEPS, TOKENS, read_table, write_table
 
 ARGS = (("variant", dict(nargs="?", default=variants.DEFAULT, choices=list(variants.NAMES),
                          help="training variant: " + variants.describe())),)
@@ -44,6 +45,7 @@ def run(params: Params, root: Path = Path("."), variant: str = variants.DEFAULT)
     from trainer.config import StepPPOConfig
     from trainer.data import examples_from_tables
     from trainer.model import PolicyWithValue
+    from trainer.ppo_round import round_table
     from trainer.step_ppo import StepPPOTrainer
 
     t = params.train
@@ -85,6 +87,8 @@ def run(params: Params, root: Path = Path("."), variant: str = variants.DEFAULT)
         wrapped.save_policy(tmp, tok)
     history = [{k: h[k] for k in ("step", *LOGGED) if k in h} for h in trainer.state.log_history if "policy_loss" in h]
     write_json(root / layout.train_plot(variant), history)
+    write_table(round_table(examples, trainer.train_dataset.items, variant), root / layout.round_table(variant),
+                ROUND_STEPS)
     last = history[-1] if history else {}
     metrics = {"variant": variant, **stats, "examples": len(examples), "optimizer_steps": trainer.state.global_step,
                "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1), "resumed": resume,

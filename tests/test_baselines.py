@@ -169,3 +169,39 @@ def test_penalty_estimators_are_unbiased_for_kl_old_to_ref():
         k = kl_per_token(old.log()[x], ref.log()[x], est)
         assert float(k.mean()) == pytest.approx(true, abs=4 * float(k.std()) / math.sqrt(len(k)))
     assert bool((kl_per_token(old.log()[x], ref.log()[x], "k3") >= 0).all())
+
+
+def test_round_table_holds_what_each_step_was_trained_with(tokenizer):
+    """Step level: the table's advantage is the one every action token of the step got. Token level
+    (ppo_outcome): the mean over the step's tokens, the baseline at its first token."""
+    from tests.support.tiny_model import make_tiny_model
+    from trainer.model import PolicyWithValue
+    from trainer.ppo_round import action_token_steps, prepare_round, round_table
+
+    model = PolicyWithValue(make_tiny_model(tokenizer))
+    exs = _examples()
+    for variant in ("steptool", "ppo_outcome"):
+        items, _ = prepare_round(model, exs, _cfg_v(variant))
+        rows = round_table(exs, items, variant)
+        assert len(rows) == sum(len(e.rewards) for e in exs)
+        for ex, it in zip(exs, items):
+            steps = action_token_steps(ex)
+            mine = [r for r in rows if r["traj_id"] == ex.traj_id]
+            assert [r["task_id"] for r in mine] == [ex.group] * len(ex.rewards)
+            assert [r["reward"] for r in mine] == ex.rewards
+            for r in mine:
+                toks = [a for a, s in zip(it["advantages"], steps) if s == r["step_idx"]]
+                assert r["advantage"] == pytest.approx(sum(toks) / len(toks))
+                if variant == "steptool":
+                    assert toks == [toks[0]] * len(toks)
+    # the zero-reward pair of task z: baseline 0 and advantage 0 in the table too
+    items, _ = prepare_round(model, exs, _cfg_v("steptool"))
+    assert all(r["advantage"] == 0 and r["baseline"] == 0 for r in round_table(exs, items, "steptool")
+               if r["task_id"] == "z")
+
+
+def _cfg_v(variant):
+    from trainer.config import StepPPOConfig
+
+    return StepPPOConfig(output_dir=str(REPO / ".pytest_cache" / "baselines"), report_to=[], use_cpu=True,
+                         variant=variant)

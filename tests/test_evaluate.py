@@ -272,3 +272,21 @@ def test_report_sentences_follow_synthetic_results():
     assert "| no_step_opt vs sft | cot | 40 | – (no task differed) | +0.0 | – | – | – |" in power
     _, md = build(few, "sft", ["steptool"], {}, split="val")
     assert "comes from the **val** split" in "\n".join(md)
+
+
+def test_learning_signal_table_by_hand():
+    from stages.report import learning_signal
+
+    def rows(v, advs):
+        return [{"traj_id": "t", "task_id": "x", "step_idx": i, "reward": 0.0, "baseline": 0.0, "advantage": a,
+                 "variant": v} for i, a in enumerate(advs)]
+
+    rounds = {"steptool": rows("steptool", [0.5, -0.2, 0.0, 0.3]), "ppo_outcome": rows("ppo_outcome", [0.1, 0.4, 0.0, -1.0])}
+    metrics = {"steptool": {"round_baseline_ev_rloo": 0.25, "round_baseline_ev_crossfit": -0.5}}
+    logs = {"steptool": [{"step": 1, "approx_kl": 0.01, "kl_ref_token": 0.001},
+                         {"step": 2, "approx_kl": 0.03, "kl_ref_token": 0.004}]}
+    text = "\n".join(learning_signal(rounds, metrics, logs))
+    # steptool: up 2 of 4, zero 1, down 1; signs differ from ppo_outcome's on steps 1 and 3 -> 50%
+    assert "| steptool | 4 | 50% / 25% / 25% | 0.25, -0.50 | 50% | 0.0200 | 0.0040 |" in text
+    assert "| ppo_outcome | 4 | 50% / 25% / 25% | –, – | – | – | – |" in text
+    assert learning_signal({}, {}, {}) == []

@@ -187,6 +187,7 @@ def prepare_round(model: PolicyWithValue, examples: list[Example], cfg) -> tuple
     items, stats = precompute(model, examples, cfg)                                 # 1
     if not items:
         return items, {}
+    token_level = variants.get(cfg.variant).token_level
     tok_mask = pad([[1] * len(it["old_logprobs"]) for it in items], 0, torch.float64)
     token_unit = pad([it["token_unit"] for it in items], 0, torch.long)
     unit_mask = pad([[1] * len(it["unit_rewards"]) for it in items], 0, torch.float64)
@@ -211,5 +212,28 @@ def prepare_round(model: PolicyWithValue, examples: list[Example], cfg) -> tuple
         n, u = len(it["old_logprobs"]), len(it["unit_rewards"])
         it["advantages"] = adv_tok[i, :n].tolist()
         it["returns"] = ret[i, :u].tolist()
+        it["step_baseline"], it["step_advantage"] = _per_step(examples[i], it, adv[i, :u].tolist(), token_level)
         del it["unit_rewards"], it["token_unit"], it["baseline"]
     return items, stats
+
+
+def _per_step(ex: Example, item: dict, unit_adv: list[float], token_level: bool) -> tuple[list[float], list[float]]:
+    """(baseline, advantage) per step, for the round table: at token level the baseline at the step's first
+    action token and the mean advantage over its tokens."""
+    if not token_level:
+        return list(item["baseline"]), unit_adv
+    steps = action_token_steps(ex)
+    base, adv = [], []
+    for k in range(len(ex.step_bounds)):
+        idx = [j for j, s in enumerate(steps) if s == k]
+        base.append(item["baseline"][idx[0]] if idx else 0.0)
+        adv.append(sum(unit_adv[j] for j in idx) / len(idx) if idx else 0.0)
+    return base, adv
+
+
+def round_table(examples: list[Example], items: list[dict], variant: str) -> list[dict]:
+    """Rows of schema ROUND_STEPS: per step, the reward, baseline and advantage this round trained with."""
+    return [{"traj_id": ex.traj_id, "task_id": ex.group, "step_idx": k, "reward": float(r), "baseline": float(b),
+             "advantage": float(a), "variant": variant}
+            for ex, it in zip(examples, items)
+            for k, (r, b, a) in enumerate(zip(ex.rewards, it["step_baseline"], it["step_advantage"]))]
