@@ -69,6 +69,17 @@ class ToolWorldConfig(_Checked):
 
 
 @dataclass
+class PerStrategy(_Checked):
+    cot: int = _help("With the cot strategy.", 0)
+    dfsdt: int = _help("With the dfsdt strategy.", 0)
+
+    def check(self, where: str) -> None:
+        for s in STRATEGIES:
+            if getattr(self, s) < 0:
+                self._fail(where, s, f"must be >= 0, got {getattr(self, s)}")
+
+
+@dataclass
 class SplitSizes(_Checked):
     I1: int = _help("Tasks that use one tool.", 0)
     I2: int = _help("Tasks that use 2-3 tools of one category.", 0)
@@ -236,6 +247,10 @@ class AnnotateConfig(_Checked):
     api_key_env: str = _help("openai: name of the environment variable holding the API key (never the key itself).",
                              "OPENAI_API_KEY")
     n_votes: int = _help("openai: judge calls per trajectory; their values are averaged.", 3)
+    max_failed_fraction: float = _help(
+        "openai: the share of trajectories the judge may fail to label; above it the stage exits non-zero with the "
+        "reasons counted (failed.json and the metrics are still written). An endpoint that refuses the key stops "
+        "the run at its first answer.", 0.02)
     min_votes: int = _help("openai: votes that must come back to label a trajectory (from those); with fewer it "
                            "is failed, listed in failed.json and retried by a rerun.", 1)
     temperature: float = _help("openai: judge sampling temperature.", 0.7)
@@ -255,6 +270,8 @@ class AnnotateConfig(_Checked):
         "heuristic: a call contributes when LCS(response, final answer) / len(response) reaches this.", 0.5)
 
     def check(self, where: str) -> None:
+        if not 0 <= self.max_failed_fraction <= 1:
+            self._fail(where, "max_failed_fraction", f"must be in [0, 1], got {self.max_failed_fraction}")
         if not 1 <= self.min_votes <= self.n_votes:
             self._fail(where, "min_votes", f"must be in [1, n_votes = {self.n_votes}], got {self.min_votes}")
         self._at_least(where, 1, "n_votes", "concurrency", "max_retries", "max_prompt_tokens", "max_response_chars")
@@ -343,19 +360,20 @@ class TrainConfig(_Checked):
             self._fail(where, "cliprange", f"must be > 0, got {self.cliprange}")
 
 
-MODEL_NAMES = ("base", "sft") + variant_registry.NAMES
-
-
 @dataclass
 class EvaluateConfig(_Checked):
     models: list[str] = _help(
         "Checkpoints to evaluate, each data/models/<name>: base, sft and the trained variants. One DVC matrix "
-        "stage evaluate@<model>-<strategy> per model and strategy.", factory=lambda: list(MODEL_NAMES))
+        "stage evaluate@<model>-<strategy> per model and strategy. The CPU default leaves out `base` (it cannot "
+        "follow the action format: 0% on every level) to spend its minutes on more test tasks.",
+        factory=lambda: ["sft", variant_registry.DEFAULT, variant_registry.OUTCOME_BASELINE])
     strategies: list[Literal["cot", "dfsdt"]] = _help("Search strategies to evaluate every model with.",
                                                       factory=lambda: list(STRATEGIES))
     split: Literal["test", "val"] = _help(
         "Which split to evaluate on: 'val' while tuning anything, 'test' for the final tables only.", "test")
-    tasks_per_level: int = _help("Tasks per level I1/I2/I3, the first ones of the split (0: all).", 4)
+    tasks_per_level: PerStrategy = _help(
+        "Tasks per level I1/I2/I3 for each strategy, the first ones of the split (0: all). DFSDT costs about "
+        "twice CoT per task.", factory=lambda: PerStrategy(12, 4))
     samples: int = _help(
         "Plays per task (the 'seeds' of mean +- std); with temperature 0 they are identical, so keep 1.", 1)
     temperature: float = _help("Sampling temperature of the agent (0: greedy, as StableToolBench evaluates).", 0.0)
@@ -369,7 +387,6 @@ class EvaluateConfig(_Checked):
 
     def check(self, where: str) -> None:
         self._at_least(where, 1, "samples", "n_judgings")
-        self._at_least(where, 0, "tasks_per_level")
         if self.temperature < 0:
             self._fail(where, "temperature", f"must be >= 0, got {self.temperature}")
         if not self.models:
@@ -396,7 +413,9 @@ class Params(_Checked):
     train: TrainConfig = _help("Step-grained PPO (stage `train`, one per variant).", factory=TrainConfig)
     variants: list[str] = _help(
         "Training variants, each a DVC foreach stage writing data/models/<variant> (registry: pipeline/variants.py): "
-        + variant_registry.describe() + ".", factory=lambda: list(variant_registry.NAMES))
+        + variant_registry.describe() + ". The CPU default trains the method and the outcome-only baseline; "
+        "profiles/gpu.yaml and profiles/study.yaml add the ablations.",
+        factory=lambda: [variant_registry.DEFAULT, variant_registry.OUTCOME_BASELINE])
     evaluate: EvaluateConfig = _help("Evaluation on the test split (stage `evaluate`, one per model and strategy).",
                                      factory=EvaluateConfig)
 

@@ -9,10 +9,12 @@ from fewer votes than asked (`annotate.min_votes`); a rerun retries them. The me
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 from pipeline import layout
-from pipeline.annotate.run import annotated_rows, failure_records, group_steps, label_trajectories, summarize
+from pipeline.annotate.run import (annotated_rows, failure_records, group_steps, label_trajectories, reason_kind,
+                                   summarize)
 from pipeline.config import Params
 from pipeline.errors import SteptoolError
 from pipeline.fsutil import write_json
@@ -41,10 +43,13 @@ def run(params: Params, root: Path = Path(".")) -> str:
     failed = [r for r in records if not r["labelled"]]
     summary = summarize(labels, rows, stats, by_traj)
     write_json(root / layout.metrics_file("annotate"), summary)
-    if failed and not summary["annotated"]:  # nothing to train on: a failure, not an empty success
-        raise SteptoolError(f"annotate ({cfg.annotator}): the judge labelled none of the {len(failed)} trajectories "
-                            f"(first reason: {failed[0]['reason'][:200]}); every reason is in "
-                            f"{layout.ANNOTATED / 'failed.json'}, and a rerun retries them")
+    if failed and (not summary["annotated"] or len(failed) > cfg.max_failed_fraction * len(labels)):
+        kinds = Counter(reason_kind(r["reason"]) for r in failed)
+        raise SteptoolError(
+            f"annotate ({cfg.annotator}): {len(failed)} of {len(labels)} trajectories not labelled (above "
+            f"annotate.max_failed_fraction = {cfg.max_failed_fraction:g}): "
+            + ", ".join(f"{n} x {k}" for k, n in kinds.most_common(5))
+            + f"; every reason is in {layout.ANNOTATED / 'failed.json'}, and a rerun retries them")
     extra = ""
     if cfg.annotator == "openai":
         extra = f", {stats.get('judge_calls', 0)} judge calls, " \

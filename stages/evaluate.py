@@ -28,7 +28,7 @@ def evaluate(params: Params, root: Path, model: str, strategy: str) -> dict:
     model_dir = root / layout.model_dir(model)
     if not (model_dir / "config.json").exists():
         raise SteptoolError(f"{model_dir}: not a checkpoint directory (run the stage that writes it: dvc repro)")
-    tasks = first_per_level(load_tasks(root, e.split), e.tasks_per_level)
+    tasks = first_per_level(load_tasks(root, e.split), getattr(e.tasks_per_level, strategy))
     out = root / layout.eval_dir(model, strategy)
     play(params, root, tasks, model_dir, out, strategy=strategy, n_samples=e.samples, temperature=e.temperature,
          top_p=1.0, seed=e.seed, chunk_size=16, policy_name=model)

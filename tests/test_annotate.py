@@ -290,6 +290,54 @@ def test_a_failed_vote_labels_from_the_others_and_is_counted_by_length(played, t
         server.close()
 
 
+def _write_tasks(root, tasks):
+    """The task files a stage reads: every split, the played tasks in train."""
+    from pipeline import layout
+    from pipeline.schema import TASKS
+    from pipeline.task import SPLITS
+
+    for split in SPLITS:
+        write_table([t.to_row() for t in tasks.values()] if split == "train" else [], root / layout.tasks_file(split),
+                    TASKS)
+
+
+def test_annotate_fails_above_max_failed_fraction_with_the_reasons_counted(played, tmp_path, monkeypatch):
+    """Trajectories with 3+ calls always get answers of the wrong length: with 0 allowed the stage fails and
+    counts them; with a fraction above their share it passes and writes the others."""
+    from pipeline import layout
+    from pipeline.annotate.scripted_judge_server import default_answer
+    from pipeline.config import parse_params
+    from pipeline.errors import SteptoolError
+    from pipeline.schema import STEPS, TRAJECTORIES
+    from stages import annotate
+
+    trajs, steps, tasks = played
+
+    def answer(req):
+        args = default_answer(req)
+        n = len(args["contribution_to_final_answer"])
+        return dict(args, contribution_to_final_answer=args["contribution_to_final_answer"] + [5]) if n >= 3 else args
+
+    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", "k")
+    server = JudgeServer(answer=answer)
+    root = tmp_path / "root"
+    write_table(trajs, root / layout.table(layout.TRAJECTORIES, "trajectories"), TRAJECTORIES)
+    write_table(steps, root / layout.table(layout.TRAJECTORIES, "steps"), STEPS)
+    _write_tasks(root, tasks)
+    cfg = {"annotator": "openai", "base_url": server.url, "api_key_env": "STEPTOOL_TEST_JUDGE_KEY", "n_votes": 2,
+           "max_invalid_retries": 0, "cache_path": str(tmp_path / "judge.sqlite")}
+    try:
+        with pytest.raises(SteptoolError, match=r"(\d+) of 24 trajectories not labelled .* x invalid answers") as e:
+            annotate.run(parse_params({"annotate": {**cfg, "max_failed_fraction": 0.0}}), root)
+        n_failed = int(str(e.value).split(" of 24")[0].rsplit(" ", 1)[-1])
+        assert 0 < n_failed < 24
+        assert len(json.loads((root / layout.ANNOTATED / "failed.json").read_text())) == n_failed
+        msg = annotate.run(parse_params({"annotate": {**cfg, "max_failed_fraction": 0.9}}), root)
+        assert f"{24 - n_failed} trajectories" in msg and f"{n_failed} failed" in msg
+    finally:
+        server.close()
+
+
 KILL_SCRIPT = """
 import json, sys
 from pipeline.annotate.run import label_trajectories
@@ -399,16 +447,14 @@ def test_annotate_fails_loudly_when_the_judge_labels_nothing(played, tmp_path, m
     write_table(trajs[:2], root / layout.table(layout.TRAJECTORIES, "trajectories"), TRAJECTORIES)
     write_table([s for s in steps if s["traj_id"] in {t["traj_id"] for t in trajs[:2]}],
                 root / layout.table(layout.TRAJECTORIES, "steps"), STEPS)
-    for split in ("train", "test"):
-        write_table([t.to_row() for t in tasks.values()] if split == "train" else [],
-                    root / layout.tasks_file(split), TASKS)
+    _write_tasks(root, tasks)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     params = parse_params({"annotate": {"annotator": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
                                         "api_key_env": "STEPTOOL_TEST_JUDGE_KEY", "n_votes": 1, "max_retries": 1,
                                         "timeout_s": 1.0, "cache_path": str(tmp_path / "judge.sqlite")}})
-    with pytest.raises(SteptoolError, match="labelled none of the 2 trajectories"):
+    with pytest.raises(SteptoolError, match=r"2 of 2 trajectories not labelled .*2 x APIConnectionError"):
         annotate.run(params, root)
     failed = (root / layout.ANNOTATED / "failed.json").read_text()
     assert "APIConnectionError" in failed and secret not in failed
@@ -428,7 +474,10 @@ def test_an_endpoint_that_echoes_the_key_in_its_401_puts_it_in_no_file(played, t
     from stages import annotate
 
     class Echo(BaseHTTPRequestHandler):
+        calls = 0
+
         def do_POST(self):
+            Echo.calls += 1
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             body = _json.dumps({"error": {"message": f"invalid key in {self.headers.get('Authorization')}",
                                           "type": "invalid_request_error"}}).encode()
@@ -450,17 +499,18 @@ def test_an_endpoint_that_echoes_the_key_in_its_401_puts_it_in_no_file(played, t
     keep = {t["traj_id"] for t in trajs[:2]}
     write_table(trajs[:2], root / layout.table(layout.TRAJECTORIES, "trajectories"), TRAJECTORIES)
     write_table([s for s in steps if s["traj_id"] in keep], root / layout.table(layout.TRAJECTORIES, "steps"), STEPS)
-    write_table([t.to_row() for t in tasks.values()], root / layout.tasks_file("train"), TASKS)
-    write_table([], root / layout.tasks_file("test"), TASKS)
+    _write_tasks(root, tasks)
     params = parse_params({"annotate": {"annotator": "openai", "base_url": f"http://127.0.0.1:{server.server_port}/v1",
                                         "api_key_env": "STEPTOOL_TEST_JUDGE_KEY", "n_votes": 1, "max_retries": 1,
-                                        "cache_path": str(tmp_path / "judge.sqlite")}})
+                                        "concurrency": 1, "cache_path": str(tmp_path / "judge.sqlite")}})
     try:
         with pytest.raises(SteptoolError) as e:
             annotate.run(params, root)
     finally:
         server.shutdown()
     assert canary not in str(e.value) and "AuthenticationError" in str(e.value)
+    assert "refused the key in $STEPTOOL_TEST_JUDGE_KEY (set)" in str(e.value)
+    assert Echo.calls == 1  # one request at a time: the first refusal stops the run, no call for the second
     for f in tmp_path.rglob("*"):
         if f.is_file():
             assert canary.encode() not in f.read_bytes(), f

@@ -66,9 +66,12 @@ def test_gpu_profile_is_a_valid_params_file_at_scale():
     cpu = load_params(REPO / "params.yaml")
     assert gpu.tasks.train.total() >= 20 * cpu.tasks.train.total()
     assert gpu.base_model.dtype == "bfloat16" and gpu.warmstart.lora and gpu.train.lora
-    assert gpu.collect.max_tasks == 0 and gpu.evaluate.tasks_per_level == 0 and gpu.evaluate.samples == 3
+    assert gpu.collect.max_tasks == 0 and gpu.evaluate.tasks_per_level.cot == 0 and gpu.evaluate.samples == 3
     assert gpu.evaluate.temperature > 0  # several samples must be able to differ
-    assert gpu.variants == cpu.variants and gpu.evaluate.models == cpu.evaluate.models
+    # the GPU runs the whole ablation: every registered variant, and every model the CPU default evaluates
+    from pipeline import variants
+    assert set(gpu.variants) == set(variants.NAMES) and set(cpu.variants) <= set(gpu.variants)
+    assert set(gpu.evaluate.models) == {"base", "sft", *variants.NAMES} >= set(cpu.evaluate.models)
 
 
 def test_params_yaml_states_the_dataclass_defaults():

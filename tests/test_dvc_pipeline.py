@@ -46,7 +46,7 @@ def repo(tmp_path_factory, tiny_model_dir):
     params["warmstart"].update(max_tasks=4, batch_size=4, max_length=4096)
     params["agent"].update(max_steps=2, max_new_tokens=8)
     params["collect"].update(max_tasks=3, n_samples=2, chunk_size=2)
-    params["evaluate"].update(models=["base", "sft", "steptool"], tasks_per_level=1)
+    params["evaluate"].update(models=["base", "sft", "steptool"], tasks_per_level={"cot": 1, "dfsdt": 1})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                PYTHONPATH=str(dest), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",

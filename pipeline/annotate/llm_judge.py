@@ -31,6 +31,7 @@ from pipeline.annotate.base import StepLabel, TrajLabel, status_of, step_is_call
 from pipeline.annotate.cache import JudgeCache, request_key
 from pipeline.annotate.succ_calling import read_envelope
 from pipeline.config import AnnotateConfig
+from pipeline.errors import SteptoolError
 from pipeline.formats.stabletoolbench import STATUS_VALUE
 
 log = logging.getLogger("steptool.annotate")
@@ -161,6 +162,10 @@ def parse_answer(body: dict, n_steps: int) -> tuple[list[int], list[float], str]
     return [int(v) for v in sc], [float(v) for v in con], status
 
 
+class JudgeAuthError(SteptoolError):
+    """The endpoint refused the key (401/403): the run stops at the first such answer."""
+
+
 class _RateLimiter:
     def __init__(self, per_minute: int):
         self.interval = 60.0 / per_minute if per_minute > 0 else 0.0
@@ -187,6 +192,7 @@ class JudgeClient:
     def __init__(self, cfg: AnnotateConfig, cache: JudgeCache):
         self.cfg = cfg
         self.cache = cache
+        self._auth_failed = ""
         self.stats = {"judge_calls": 0, "cache_hits": 0, "invalid_answers": 0, "transport_retries": 0,
                       "prompt_tokens": 0, "completion_tokens": 0, "failed_trajectories": 0,
                       "partial_trajectories": 0}
@@ -219,13 +225,25 @@ class JudgeClient:
 
     async def ask(self, client, request: dict) -> tuple[dict | None, bool, str]:
         """(body, cache hit, failure reason): the cached answer to `request`, or a paid call that is cached."""
+        import openai
+
         key = request_key(self.cfg.model, self.prompt_version, request, endpoint=self.cfg.base_url)
         body = self.cache.get(key)
         if body is not None:
             self.stats["cache_hits"] += 1
             return body, True, ""
+        if self._auth_failed:
+            raise JudgeAuthError(self._auth_failed)
         try:
             body = await self._call(client, request)
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as e:
+            # every further call would fail the same way: stop the run now rather than fail each trajectory
+            self._auth_failed = (
+                f"the judge at {self.cfg.base_url} refused the key in ${self.cfg.api_key_env} "
+                f"({'set' if os.environ.get(self.cfg.api_key_env) else 'not set'}): "
+                + redact(f"{type(e).__name__}: {e}", os.environ.get(self.cfg.api_key_env, ""))[:160]
+                + "; answers cached so far are kept")
+            raise JudgeAuthError(self._auth_failed) from None
         except Exception as e:  # retries exhausted: a reason, not a crash; not cached, so a rerun retries
             reason = redact(f"{type(e).__name__}: {e}", os.environ.get(self.cfg.api_key_env, ""))
             return None, False, reason[:160]

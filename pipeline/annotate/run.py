@@ -95,6 +95,15 @@ def failure_records(labels: list[TrajLabel], steps_by_traj: dict[str, list[dict]
             for lab in labels if lab.failed or lab.vote_failures]
 
 
+def reason_kind(reason: str) -> str:
+    """The kind of a failure reason, for counting: 'vote 1: APIConnectionError: ...' -> 'APIConnectionError';
+    'vote 0: invalid answers after 3 tries: ...' -> 'invalid answers after 3 tries'."""
+    first = reason.split("; ")[0]
+    if first.startswith("vote ") and ": " in first:
+        first = first.split(": ", 1)[1]
+    return first.split(": ", 1)[0][:80] or "unknown"
+
+
 def summarize(labels: list[TrajLabel], rows: list[dict], stats: dict,
               steps_by_traj: dict[str, list[dict]] | None = None) -> dict:
     calls = [r for r in rows if r["succ_calling"] is not None]
