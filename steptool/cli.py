@@ -154,6 +154,10 @@ def _params(args: argparse.Namespace) -> int:
         return 0
     if params is not None:
         print(f"{source}: valid")
+    elif args.check:
+        raise SteptoolError(f"{source}: no such file")
+    if args.check:
+        return 0
     for key, help_, default in describe():
         print(f"{key} (default {default!r})\n    {help_}")
     return 0
@@ -273,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "defaults; validated on top of the defaults")
     p.add_argument("--write", metavar="FILE", help="write the complete params (defaults + --profile, or --params) "
                                                    "to FILE")
+    p.add_argument("--check", action="store_true", help="only validate (one line; exit 2 naming the key when "
+                                                        "invalid): `make repro` runs it before DVC can remove outputs")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_params)
     p = sub.add_parser("describe", help="what each column of a Parquet artifact means")

@@ -71,6 +71,15 @@ def test_tasks_stage_writes_its_outputs(tmp_path):
     assert "gold" in described.stdout
 
 
+def test_params_check_is_one_line_either_way(tmp_path):
+    ok = steptool("params", "--check")
+    assert ok.returncode == 0 and ok.stdout.strip() == "params.yaml: valid"
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train:\n  cliprange: -1\n")
+    assert "train.cliprange must be > 0" in _one_error_line(steptool("params", "--check", "--params", str(bad)))
+    assert "no such file" in _one_error_line(steptool("params", "--check", "--params", str(tmp_path / "none.yaml")))
+
+
 def test_params_lists_every_knob():
     proc = steptool("params")
     assert proc.returncode == 0
