@@ -53,7 +53,7 @@ def parse_finish(arguments: str) -> dict:
     try:
         data = json.loads(arguments, strict=False)
         return data if isinstance(data, dict) else {}
-    except (json.JSONDecodeError, TypeError):
+    except (json.JSONDecodeError, TypeError, RecursionError):
         pass
     data: dict[str, Any] = {}
     marker = '"return_type": "'
@@ -111,7 +111,7 @@ class ApiListEnv:
                               False, envelope)
         try:
             key = canonical_json(json.loads(arguments)) if arguments.strip() else "{}"
-        except (json.JSONDecodeError, TypeError):
+        except (json.JSONDecodeError, TypeError, ValueError, RecursionError):
             key = arguments
         attempt = self._attempts.get((function_name, key), 0)
         self._attempts[(function_name, key)] = attempt + 1

@@ -19,6 +19,9 @@ _INPUT = re.compile(r"(?:^|\n)\s*Action Input\s*:[ \t]*", re.S)
 _THOUGHT = re.compile(r"^\s*Thought\s*:\s*", re.S)
 
 
+TOO_DEEP = "malformed JSON: nested too deeply"
+
+
 @dataclass(frozen=True)
 class ParsedAction:
     thought: str
@@ -48,6 +51,8 @@ def parse_react(text: str, known_functions: set[str] | None = None) -> ParsedAct
         obj, end = json.JSONDecoder(strict=False).raw_decode(raw)
     except json.JSONDecodeError as e:
         return ParsedAction(thought, name, raw, False, f"malformed JSON: {e.msg} at char {e.pos}")
+    except RecursionError:
+        return ParsedAction(thought, name, raw, False, TOO_DEEP)
     if not isinstance(obj, dict):
         return ParsedAction(thought, name, raw, False, f"malformed JSON: arguments must be an object, got {type(obj).__name__}")
     tail = raw[end:].strip()
@@ -73,6 +78,8 @@ def parse_tool_call(text: str, known_functions: set[str] | None = None) -> Parse
         obj, end = json.JSONDecoder(strict=False).raw_decode(body)
     except json.JSONDecodeError as e:
         return ParsedAction(thought, "", body.strip(), False, f"malformed JSON: {e.msg} at char {e.pos}")
+    except RecursionError:
+        return ParsedAction(thought, "", body.strip(), False, TOO_DEEP)
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return ParsedAction(thought, "", body[:end], False, 'malformed JSON: the call must be {"name": ..., "arguments": {...}}')
     name = obj["name"].strip()
@@ -82,6 +89,8 @@ def parse_tool_call(text: str, known_functions: set[str] | None = None) -> Parse
             args = json.loads(args) if args.strip() else {}
         except json.JSONDecodeError as e:
             return ParsedAction(thought, name, args, False, f"malformed JSON: {e.msg} at char {e.pos}")
+        except RecursionError:
+            return ParsedAction(thought, name, args, False, TOO_DEEP)
     raw = json.dumps(args, ensure_ascii=False)
     if known_functions is not None and name not in known_functions and name != "Finish":
         return ParsedAction(thought, name, raw, False, f"unknown API: {name}")

@@ -35,7 +35,7 @@ def read_envelope(text: str) -> tuple[str, Any, bool]:
         return "", None, False
     try:
         env = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
+    except (json.JSONDecodeError, TypeError, RecursionError):
         env = None
     if isinstance(env, dict) and ("error" in env or "response" in env):
         return str(env.get("error") or ""), env.get("response"), True

@@ -377,7 +377,7 @@ class ToolWorld:
         else:
             try:
                 args = json.loads(tool_input)
-            except (json.JSONDecodeError, TypeError):
+            except (json.JSONDecodeError, TypeError, RecursionError):
                 return {"error": PARSE_ERROR, "response": ""}
             if not isinstance(args, dict):
                 return {"error": PARSE_ERROR, "response": ""}
@@ -472,12 +472,13 @@ class ToolWorld:
     @staticmethod
     def monthly_payment(principal: float, annual_rate: float, years: float) -> float:
         n, r = years * 12, annual_rate / 100 / 12
-        return round(principal / n if r == 0 else principal * r / (1 - (1 + r) ** -n), 2)
+        denom = 1 - (1 + r) ** -n if r > 0 else 0.0
+        return round(principal * r / denom if denom > 0 else principal / n, 2)  # a rate too small to matter: 0
 
     def _mortgage(self, api: Api, args: dict) -> Any:
         p, rate, years = args["principal"], args["annual_rate"], args["years"]
-        if p <= 0 or years <= 0 or not 0 <= rate <= 50:
-            return {"status": 400, "message": "principal and years must be positive, annual_rate in [0, 50]"}
+        if p <= 0 or not 1 / 12 <= years <= 100 or not 0 <= rate <= 50:
+            return {"status": 400, "message": "principal must be positive, years in [1/12, 100], annual_rate in [0, 50]"}
         pay = self.monthly_payment(p, rate, years)
         out = {"principal": p, "annual_rate": rate, "years": years}
         if api.kind == "mortgage_payment":
@@ -489,20 +490,26 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
 
 
+MAX_NUMBER = 1e12  # larger magnitudes (and NaN, inf) are refused like a real API's validation would
+
+
 def _check_type(value: Any, type_: str) -> tuple[Any, str]:
-    """Coerce a parameter as a web API would (numbers may come as numeric strings). Returns (value, problem)."""
+    """Coerce a parameter as a web API would (numbers may come as numeric strings). Returns (value, problem):
+    a number must be finite and at most MAX_NUMBER in magnitude, so no later arithmetic can overflow or raise."""
     if type_ == "NUMBER":
         if isinstance(value, bool):
             return None, f"expected a number, got {json.dumps(value)}"
-        if isinstance(value, (int, float)):
-            return value, ""
         if isinstance(value, str):
             try:
-                num = float(value.replace(",", ""))
+                value = float(value.replace(",", ""))
             except ValueError:
-                return None, f"expected a number, got {json.dumps(value)}"
-            return (int(num) if num.is_integer() else num), ""
-        return None, f"expected a number, got {type(value).__name__}"
+                return None, f"expected a number, got {json.dumps(value)[:80]}"
+        if not isinstance(value, (int, float)):
+            return None, f"expected a number, got {type(value).__name__}"
+        if isinstance(value, float) and not math.isfinite(value) or abs(value) > MAX_NUMBER:
+            return None, f"expected a finite number of magnitude at most {MAX_NUMBER:g}, got {value!r}"
+        num = float(value)
+        return (int(num) if num.is_integer() else num), ""
     if isinstance(value, (dict, list)) or value is None:
         return None, f"expected a string, got {json.dumps(value)}"
     return str(value), ""
