@@ -6,6 +6,8 @@ Writers go through `write_table` (validates, zstd, atomic rename); readers throu
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable
@@ -15,14 +17,37 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import SchemaError
 from pipeline.fsutil import atomic_path
+from pipeline.task import SPLITS
+
+LEVELS = ("I1", "I2", "I3")
+FINITE = 1e12  # a range that only says "a finite number"
 
 
-def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> pa.Field:
-    return pa.field(name, type_, nullable=nullable, metadata={"description": doc})
+def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True, *, range: tuple | None = None,
+       choices: tuple | None = None) -> pa.Field:
+    """A column. `range` (lo, hi): every non-null value in [lo, hi] (floats also finite); `choices`: every
+    non-null value one of them. Both are checked by `read_table` and `write_table` (`check_table`)."""
+    meta = {"description": doc}
+    if range is not None:
+        meta["range"] = json.dumps(list(range))
+    if choices is not None:
+        meta["choices"] = json.dumps(list(choices))
+    return pa.field(name, type_, nullable=nullable, metadata=meta)
 
 
-def _schema(doc: str, *fields: pa.Field) -> pa.Schema:
-    return pa.schema(list(fields), metadata={"description": doc})
+def _schema(doc: str, *fields: pa.Field, unique: tuple[str, ...] = (), steps_of: str = "",
+            last_only: tuple[str, ...] = ()) -> pa.Schema:
+    """A table. `unique`: no two rows share these columns. `steps_of`: per value of this column (a trajectory),
+    `step_idx` is 0..n−1; `last_only`: these columns are non-null on each trajectory's last step and null on
+    every other (the outcome belongs to the final step: a missing Finish row would give it to a tool call)."""
+    meta = {"description": doc}
+    if unique:
+        meta["unique"] = json.dumps(list(unique))
+    if steps_of:
+        meta["steps_of"] = steps_of
+    if last_only:
+        meta["last_only"] = json.dumps(list(last_only))
+    return pa.schema(list(fields), metadata=meta)
 
 
 GOLD_CALL = pa.struct([
@@ -33,8 +58,9 @@ GOLD_CALL = pa.struct([
 TASKS = _schema(
     "One row per task (data/tasks/<split>.parquet).",
     _f("task_id", pa.string(), "Unique id of the task.", False),
-    _f("split", pa.string(), "train, val or test; no two share an entity.", False),
-    _f("level", pa.string(), "I1 (one tool), I2 (2-3 tools of one category), I3 (tools across categories).", False),
+    _f("split", pa.string(), "train, val or test; no two share an entity.", False, choices=SPLITS),
+    _f("level", pa.string(), "I1 (one tool), I2 (2-3 tools of one category), I3 (tools across categories).", False,
+       choices=LEVELS),
     _f("query", pa.string(), "The user's request, in natural language.", False),
     _f("api_list", pa.string(), "JSON list of ToolBench api docs the agent may call (category_name, tool_name, "
                                 "api_name, api_description, required_parameters, optional_parameters, method, "
@@ -44,6 +70,7 @@ TASKS = _schema(
     _f("source", pa.string(), "Where the task comes from: toolworld, stabletoolbench, ..."),
     _f("intent", pa.string(), "What the query asks, '+'-joined (attr, attr2, compare, list, sub, fx_convert, ...)."),
     _f("tools", pa.list_(pa.string()), "Tools the gold plan uses (the api_list may hold distractors too)."),
+    unique=("task_id",),
 )
 
 TRAJECTORIES = _schema(
@@ -62,6 +89,7 @@ TRAJECTORIES = _schema(
     _f("actions_generated", pa.int32(), "Actions sampled, dead ends of a DFSDT search included."),
     _f("tree_json", pa.string(), "DFSDT: JSON list of every node explored (node, parent, depth, action, "
                                  "observation, status); null for cot."),
+    unique=("traj_id",),
 )
 
 STEPS = _schema(
@@ -84,6 +112,7 @@ STEPS = _schema(
     _f("behaviour_logprob", pa.float64(), "Sum of the sampling policy's log-probs over the action's tokens."),
     _f("parse_error", pa.string(), "Why the action did not parse ('' when it did)."),
     _f("env_status", pa.string(), "ok, no_such_function, finish, give_up or finish_error."),
+    unique=("traj_id", "step_idx"), steps_of="traj_id",
 )
 
 TOKENS = _schema(
@@ -93,17 +122,20 @@ TOKENS = _schema(
     _f("action_ids", pa.list_(pa.int32()), "Token ids the policy generated (end-of-turn token included if generated)."),
     _f("logprobs", pa.list_(pa.float32()), "Behaviour log-prob of each id: log_softmax(logits / temperature)."),
     _f("ended", pa.bool_(), "The action ended with the end-of-turn token (else max_new_tokens cut it)."),
+    unique=("traj_id", "step_idx"),
 )
 
 ANNOTATED_STEPS = _schema(
     "Steps with their step-grained rewards (data/annotated/steps.parquet).",
     *STEPS,
     _f("succ_calling", pa.float64(), "SuccCalling in [0, 1]: the rule's 0/1, or the mean of the judge's votes; "
-       "null on Finish steps."),
-    _f("contribution", pa.float64(), "Contribution to the final answer, 0..5 (mean over votes); null on Finish steps."),
+       "null on Finish steps.", range=(0, 1)),
+    _f("contribution", pa.float64(), "Contribution to the final answer, 0..5 (mean over votes); null on Finish steps.",
+       range=(0, 5)),
     _f("is_solved", pa.string(), "Last step only: Solved, Unsure or Unsolved (a trajectory cut at max_steps is "
-       "Unsolved); null elsewhere."),
-    _f("is_solved_score", pa.float64(), "Last step only: mean over votes of Solved = 1, Unsure = 0.5, Unsolved = 0."),
+       "Unsolved); null elsewhere.", choices=("Solved", "Unsure", "Unsolved")),
+    _f("is_solved_score", pa.float64(), "Last step only: mean over votes of Solved = 1, Unsure = 0.5, Unsolved = 0.",
+       range=(0, 1)),
     _f("sc_rule", pa.int8(), "SuccCalling by the rule (pipeline/annotate/succ_calling.py), whatever the annotator."),
     _f("sc_reason", pa.string(), "Why the rule says the call failed ('' when it succeeded, 'finish' on Finish)."),
     _f("annotator", pa.string(), "oracle, heuristic, openai or imported."),
@@ -112,17 +144,19 @@ ANNOTATED_STEPS = _schema(
     _f("votes", pa.int32(), "Number of judge votes averaged."),
     _f("vote_details", pa.string(), "JSON: every vote's raw values for this step (judge annotators)."),
     _f("cache_hits", pa.int32(), "Judge answers for this trajectory that came from the cache instead of a paid call."),
+    unique=("traj_id", "step_idx"), steps_of="traj_id", last_only=("is_solved_score",),
 )
 
 ADVANTAGES = _schema(
     "Per-step reward, return and advantage of one training variant (data/advantages/<variant>.parquet).",
     _f("traj_id", pa.string(), "Trajectory id.", False),
     _f("step_idx", pa.int32(), "0-based step index.", False),
-    _f("reward", pa.float64(), "r_t of the variant (see params annotate/advantages)."),
-    _f("return", pa.float64(), "Return-to-go."),
+    _f("reward", pa.float64(), "r_t of the variant (see params annotate/advantages).", range=(-FINITE, FINITE)),
+    _f("return", pa.float64(), "Return-to-go.", range=(-FINITE, FINITE)),
     _f("advantage", pa.float64(), "Monte-Carlo advantage G_t − mean G, for inspection; the trainer's own, against "
                                   "its baseline, are in data/rounds/<variant>.parquet."),
     _f("variant", pa.string(), "The training variant (pipeline/variants.py)."),
+    unique=("traj_id", "step_idx"), steps_of="traj_id",
 )
 
 ROUND_STEPS = _schema(
@@ -149,7 +183,7 @@ EVAL_RESULTS = _schema(
     _f("traj_id", pa.string(), "The trajectory in trajectories.parquet / steps.parquet."),
     _f("judge", pa.string(), "rule (ToolWorld gold facts) or openai."),
     _f("statuses", pa.list_(pa.string()), "One answer status per judging run: Solved, Unsure or Unsolved."),
-    _f("pass_score", pa.float64(), "Mean over runs of Solved = 1, Unsure = 0.5, Unsolved = 0."),
+    _f("pass_score", pa.float64(), "Mean over runs of Solved = 1, Unsure = 0.5, Unsolved = 0.", range=(0, 1)),
     _f("finish_type", pa.string(), "give_answer, give_up or none."),
     _f("final_answer", pa.string(), "The answer given with Finish."),
     _f("n_steps", pa.int32(), "Actions, the Finish included."),
@@ -196,6 +230,7 @@ def write_table(data: pa.Table | Iterable[dict[str, Any]], path: str | os.PathLi
             table = pa.Table.from_pylist(rows, schema=schema)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as e:
             raise SchemaError(f"{path}: {_locate(rows, schema)}{e}") from None
+    check_table(table, schema, str(path))
     with atomic_path(path, suffix=".parquet") as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return table
@@ -225,9 +260,11 @@ def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
     if missing:
         raise SchemaError(f"{path}: column(s) {missing} missing (has {table.column_names})")
     try:
-        return table.select(schema.names).cast(schema)
+        table = table.select(schema.names).cast(schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError) as e:
         raise SchemaError(f"{path}: a column has the wrong type: {e}") from None
+    check_table(table, schema, str(path))
+    return table
 
 
 def describe(path: str | os.PathLike) -> str:
@@ -238,3 +275,49 @@ def describe(path: str | os.PathLike) -> str:
         doc = (fld.metadata or {}).get(b"description", b"").decode()
         lines.append(f"  {fld.name} ({fld.type}): {doc}")
     return "\n".join(lines)
+
+
+def check_table(table: pa.Table, schema: pa.Schema, where: str) -> None:
+    """The constraints of `schema` (see `_f`, `_schema`) on `table`; a SchemaError naming `where`, the record and
+    the field of the first violation. An empty table passes (a stage decides whether empty is an error)."""
+    for fld in schema:
+        meta = {k.decode(): v.decode() for k, v in (fld.metadata or {}).items()}
+        if "range" not in meta and "choices" not in meta:
+            continue
+        values = table.column(fld.name).to_pylist()
+        lo, hi = json.loads(meta["range"]) if "range" in meta else (None, None)
+        choices = json.loads(meta["choices"]) if "choices" in meta else None
+        for i, v in enumerate(values):
+            if v is None:
+                continue
+            if lo is not None and (isinstance(v, float) and not math.isfinite(v) or not lo <= v <= hi):
+                raise SchemaError(f"{where}: record {i} field '{fld.name}' must be in [{lo:g}, {hi:g}], got {v!r}")
+            if choices is not None and v not in choices:
+                raise SchemaError(f"{where}: record {i} field '{fld.name}' must be one of {choices}, got {v!r:.80}")
+    meta = {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+    if "unique" in meta:
+        cols = json.loads(meta["unique"])
+        seen: dict[tuple, int] = {}
+        for i, key in enumerate(zip(*(table.column(c).to_pylist() for c in cols))):
+            if key in seen:
+                raise SchemaError(f"{where}: records {seen[key]} and {i} share {dict(zip(cols, key))} "
+                                  f"(({', '.join(cols)}) must be unique)")
+            seen[key] = i
+    if meta.get("steps_of"):
+        by: dict[str, list[tuple[int, int]]] = {}
+        for i, (t, k) in enumerate(zip(table.column(meta["steps_of"]).to_pylist(), table.column("step_idx").to_pylist())):
+            by.setdefault(t, []).append((k, i))
+        last_only = json.loads(meta.get("last_only", "[]"))
+        cols = {c: table.column(c).to_pylist() for c in last_only}
+        for t, rows in by.items():
+            rows.sort()
+            if [k for k, _ in rows] != list(range(len(rows))):
+                raise SchemaError(f"{where}: {meta['steps_of']} {t!r} has steps {[k for k, _ in rows][:12]}, not "
+                                  f"0..{len(rows) - 1}")
+            for c in last_only:
+                for k, i in rows:
+                    if (cols[c][i] is None) == (k == len(rows) - 1):
+                        what = "lacks" if k == len(rows) - 1 else "has"
+                        raise SchemaError(f"{where}: record {i} ({meta['steps_of']} {t!r}, step {k} of {len(rows)}) "
+                                          f"{what} '{c}': only the last step carries the outcome (a missing Finish "
+                                          f"row or a duplicated step?)")

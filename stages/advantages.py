@@ -1,6 +1,8 @@
 """Stage `advantages` (one per variant): step rewards, returns and Monte-Carlo advantages of the annotated
 steps -> data/advantages/<variant>.parquet. The trainer reads the rewards from it; the returns and
-advantages are there to look at (the trainer's step-level GAE with a value head replaces them)."""
+advantages are there to look at (the trainer's step-level GAE against its baseline replaces them). The input
+is checked against its schema's constraints first (pipeline/schema.py): values in range and finite, no
+duplicated step, the outcome on each trajectory's last step only; an empty table is an error."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +11,7 @@ import polars as pl
 
 from pipeline import layout, variants
 from pipeline.config import Params
+from pipeline.errors import SteptoolError
 from pipeline.fsutil import write_json
 from pipeline.rewards import advantages
 from pipeline.runner import run_stage
@@ -19,7 +22,11 @@ ARGS = (("variant", dict(nargs="?", default=variants.DEFAULT, choices=list(varia
 
 
 def run(params: Params, root: Path = Path("."), variant: str = variants.DEFAULT) -> str:
-    steps = pl.from_arrow(read_table(root / layout.table(layout.ANNOTATED, "steps"), ANNOTATED_STEPS))
+    src = root / layout.table(layout.ANNOTATED, "steps")
+    steps = pl.from_arrow(read_table(src, ANNOTATED_STEPS))  # ranges, unique steps, the outcome on the last: checked
+    if steps.height == 0:
+        raise SteptoolError(f"{src}: no annotated step, nothing to compute rewards for (see the annotate stage's "
+                            f"{layout.ANNOTATED / 'failed.json'})")
     r = params.rewards
     table = advantages(steps, alpha=r.alpha, gamma=r.gamma, variant=variant, normalize=r.normalize)
     out = layout.advantages_file(variant)

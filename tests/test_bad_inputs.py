@@ -1,0 +1,86 @@
+"""Bad inputs at stage boundaries: each is refused with one line naming the file, the record and the field
+(exit 2 from the CLI), nothing half-written, and the previous outputs intact (issue: 'nothing bad gets through')."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import layout
+from pipeline.schema import ANNOTATED_STEPS, read_table, write_table
+from tests.conftest import REPO
+
+
+def _rows():
+    """Two trajectories, annotated as the annotate stage writes them: a call then Finish, and one cut call."""
+    def row(t, k, last, sc=1.0, con=3.0, score=None, status=None):
+        return {"traj_id": t, "task_id": "task", "step_idx": k, "prompt_text": "p", "action_text": "a", "thought": "",
+                "api_name": "Finish" if last and t == "a" else "f", "arguments_json": "{}", "parse_ok": True,
+                "observation": "{}", "is_finish": last and t == "a", "finish_type": "give_answer" if last else "none",
+                "final_answer": "x" if last else None, "prompt_tokens": 1, "action_tokens": 1,
+                "behaviour_logprob": -1.0, "parse_error": "", "env_status": "ok",
+                "succ_calling": None if last and t == "a" else sc, "contribution": None if last and t == "a" else con,
+                "is_solved": status, "is_solved_score": score, "sc_rule": 1, "sc_reason": "", "annotator": "oracle",
+                "judge_model": None, "prompt_version": "v", "votes": 1, "vote_details": None, "cache_hits": 0}
+    return [row("a", 0, False), row("a", 1, True, score=1.0, status="Solved"),
+            row("b", 0, True, score=0.0, status="Unsolved")]
+
+
+def _cli(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "steptool", *args, "--params", str(REPO / "params.yaml"),
+                           "--root", str(cwd)], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def _one_line(proc) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    return lines[0]
+
+
+def _bad(rows, i, **change):
+    rows = [dict(r) for r in rows]
+    rows[i].update(change)
+    return rows
+
+
+@pytest.mark.parametrize("name, rows, says", [
+    ("nan contribution", _bad(_rows(), 0, contribution=float("nan")), "record 0 field 'contribution' must be in [0, 5]"),
+    ("inf is_solved_score", _bad(_rows(), 1, is_solved_score=float("inf")), "record 1 field 'is_solved_score'"),
+    ("contribution 500", _bad(_rows(), 0, contribution=500.0), "got 500.0"),
+    ("succ_calling 2", _bad(_rows(), 0, succ_calling=2.0), "field 'succ_calling' must be in [0, 1]"),
+    ("bad status", _bad(_rows(), 1, is_solved="Maybe"), "field 'is_solved' must be one of"),
+    ("duplicated step", _rows() + [_rows()[0]], "records 0 and 3 share {'traj_id': 'a', 'step_idx': 0}"),
+    ("missing Finish row", [r for r in _rows() if not (r["traj_id"] == "a" and r["step_idx"] == 1)],
+     "record 0 (traj_id 'a', step 0 of 1) lacks 'is_solved_score'"),
+    ("gap in steps", _bad(_rows(), 1, step_idx=2), "traj_id 'a' has steps [0, 2], not 0..1"),
+])
+def test_advantages_refuses_bad_annotations_in_one_line(tmp_path, name, rows, says):
+    src = tmp_path / layout.table(layout.ANNOTATED, "steps")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=ANNOTATED_STEPS), src)  # written around the checks, as a
+    out = tmp_path / layout.advantages_file("steptool")                      # hand-edited or foreign file would be
+    out.parent.mkdir(parents=True)
+    out.write_bytes(b"previous output")
+    line = _one_line(_cli("advantages", "steptool", cwd=tmp_path))
+    assert str(src) in line and says in line, line
+    assert out.read_bytes() == b"previous output"  # nothing replaced, nothing half-written
+    with pytest.raises(Exception, match="must|share|lacks|not 0"):
+        write_table(rows, tmp_path / "again.parquet", ANNOTATED_STEPS)  # and no writer can produce it
+    assert not (tmp_path / "again.parquet").exists()
+
+
+def test_good_annotations_pass_and_empty_ones_are_an_error(tmp_path):
+    src = tmp_path / layout.table(layout.ANNOTATED, "steps")
+    write_table(_rows(), src, ANNOTATED_STEPS)
+    assert read_table(src, ANNOTATED_STEPS).num_rows == 3
+    proc = _cli("advantages", "steptool", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    write_table([], src, ANNOTATED_STEPS)
+    assert "no annotated step" in _one_line(_cli("advantages", "steptool", cwd=tmp_path))
