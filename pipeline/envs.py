@@ -12,6 +12,7 @@ StableToolBench-style HTTP server (``POST /virtual``, e.g. ``steptool serve-tool
 from __future__ import annotations
 
 import copy
+import http.client
 import json
 import os
 import socket
@@ -33,7 +34,7 @@ class StepResult:
     """What one action led to."""
 
     observation: str  # the text the agent reads next (truncated envelope)
-    status: str  # ok | no_such_function | finish | give_up | finish_error
+    status: str  # ok | no_such_function | finish | give_up | finish_error | env_error
     done: bool
     envelope: dict | None = None  # the untruncated {"error", "response"} of a tool call (None for Finish)
     finish_type: str = "none"  # give_answer | give_up | none
@@ -115,7 +116,13 @@ class ApiListEnv:
             key = arguments
         attempt = self._attempts.get((function_name, key), 0)
         self._attempts[(function_name, key)] = attempt + 1
-        envelope = self._call(doc, arguments, attempt)
+        try:
+            envelope = self._call(doc, arguments, attempt)
+        except SteptoolError:
+            raise  # the environment itself is unusable (e.g. no server): one line for the user, not an observation
+        except Exception as e:  # noqa: BLE001 - whatever a tool does, the episode goes on with an error observation
+            envelope = {"error": f"Environment error...\n{type(e).__name__}: {str(e)[:200]}", "response": ""}
+            return StepResult(render_observation(envelope, self.max_observation_length), "env_error", False, envelope)
         observation = render_observation(envelope, self.max_observation_length)
         if isinstance(envelope, str):  # recorded text (replay): the agent reads it as it was, cut or not
             from pipeline.annotate.succ_calling import read_envelope
@@ -166,6 +173,22 @@ class HttpToolEnv(ApiListEnv):
         self.url = url
         self.timeout_s = timeout_s
         self._key = toolbench_key  # never logged, never written
+        self.transport_retries = 0
+
+    def _post(self, req) -> dict:
+        """One POST, with a dropped or reset connection (a server restarting, a proxy closing an idle keep-alive)
+        retried with exponential backoff, 3 tries in all, and counted in `transport_retries`."""
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+        def count(_state):
+            self.transport_retries += 1
+
+        for attempt in Retrying(retry=retry_if_exception(_transient), wait=wait_exponential(multiplier=0.05, max=1.0),
+                                stop=stop_after_attempt(3), before_sleep=count, reraise=True):
+            with attempt:
+                with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                    return json.loads(resp.read().decode("utf-8"))
+        raise AssertionError("unreachable")
 
     def _call(self, doc: dict, arguments: str, attempt: int) -> dict:
         body = {
@@ -176,8 +199,7 @@ class HttpToolEnv(ApiListEnv):
         req = urllib.request.Request(self.url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json", "toolbench_key": self._key})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                data = json.loads(resp.read().decode("utf-8"))
+            data = self._post(req)
         except urllib.error.HTTPError as e:
             return {"error": f"Request error...\nHTTP {e.code} from the tool server", "response": ""}
         except (TimeoutError, socket.timeout):
@@ -187,11 +209,20 @@ class HttpToolEnv(ApiListEnv):
                 return {"error": "Timeout error...", "response": ""}
             raise SteptoolError(f"cannot reach the tool server at {self.url}: {e.reason} "
                                 "(start it with `steptool serve-tools`, or set env.kind: toolworld)") from None
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             return {"error": "Request error...\nthe tool server answered with invalid JSON", "response": ""}
+        except (http.client.HTTPException, ConnectionError) as e:  # still failing after the retries
+            return {"error": f"Request error...\nthe connection failed: {type(e).__name__}", "response": ""}
         if not isinstance(data, dict) or "error" not in data or "response" not in data:
             return {"error": "Request error...\nthe tool server's answer lacks error/response", "response": ""}
         return data
+
+
+def _transient(e: BaseException) -> bool:
+    """A dropped, reset or refused connection: worth another try."""
+    if isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError):
+        return isinstance(e.reason, ConnectionError)
+    return isinstance(e, (http.client.HTTPException, ConnectionError))
 
 
 class ReplayEnv(ApiListEnv):

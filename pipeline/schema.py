@@ -111,7 +111,8 @@ STEPS = _schema(
     _f("action_tokens", pa.int32(), "Tokens of action_text."),
     _f("behaviour_logprob", pa.float64(), "Sum of the sampling policy's log-probs over the action's tokens."),
     _f("parse_error", pa.string(), "Why the action did not parse ('' when it did)."),
-    _f("env_status", pa.string(), "ok, no_such_function, finish, give_up or finish_error."),
+    _f("env_status", pa.string(), "ok, no_such_function, finish, give_up, finish_error or env_error (the "
+                                  "environment failed: the observation names the exception)."),
     unique=("traj_id", "step_idx"), steps_of="traj_id",
 )
 

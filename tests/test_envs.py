@@ -142,3 +142,61 @@ def test_toolbench_key_is_sent_but_never_in_observations(world, splits, server, 
     env.reset(task)
     r = env.step(task.gold_calls[0].function_name, task.gold_calls[0].arguments)
     assert "sk-secret-123" not in r.observation and "sk-secret-123" not in repr(r)
+
+
+def test_dropped_connections_are_retried_then_become_an_error_observation(world, splits):
+    """A server that closes the connection without answering: the first calls are retried (counted) and
+    succeed once it answers again; one that never answers gives an error observation, not an exception."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    drops = {"left": 2}
+
+    class Flaky(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if drops["left"] > 0:
+                drops["left"] -= 1
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)  # no status line: RemoteDisconnected
+                return
+            info = json.loads(body)
+            out = json.dumps(world.call(info["category"], info["tool_name"], info["api_name"], info["tool_input"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out.encode())
+
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        task = splits["train"][0]
+        call = task.gold_calls[0]
+        env = HttpToolEnv(f"http://127.0.0.1:{srv.server_port}/virtual", timeout_s=5)
+        env.reset(task)
+        res = env.step(call.function_name, call.arguments)
+        assert res.status == "ok" and env.transport_retries == 2 and '"error": ""' in res.observation
+        drops["left"] = 100
+        res = env.step(call.function_name, call.arguments)
+        assert res.status == "ok" and "the connection failed: RemoteDisconnected" in res.observation
+        assert env.transport_retries == 4  # 3 tries for this call: 2 retries
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_an_exception_inside_an_environment_is_an_error_observation(world, splits):
+    class Broken(ToolWorldEnv):
+        def _call(self, doc, arguments, attempt):
+            raise ValueError("the tool blew up")
+
+    task = splits["train"][0]
+    env = Broken(world)
+    env.reset(task)
+    res = env.step(task.gold_calls[0].function_name, task.gold_calls[0].arguments)
+    assert res.status == "env_error" and not res.done
+    assert "Environment error" in res.observation and "ValueError: the tool blew up" in res.observation
