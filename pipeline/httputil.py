@@ -5,6 +5,9 @@ import json
 from http.server import ThreadingHTTPServer
 
 
+READ_TIMEOUT_S = 10.0  # a client that sends nothing for this long is dropped (its thread freed)
+
+
 class BusyHTTPServer(ThreadingHTTPServer):
     """A threading server for many concurrent clients: socketserver's default listen backlog of 5 drops
     connections when 32 clients connect at once (each drop costs the client a 1 s SYN retransmit)."""
@@ -24,3 +27,28 @@ def send_json(handler, code: int, obj) -> None:
         handler.wfile.write(body)
     except (BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout): nothing to answer
         pass
+
+
+def read_body(handler, max_bytes: int) -> bytes | None:
+    """The request body, or None after answering the error: 411 without a Content-Length, 400 when it is not a
+    non-negative integer, 413 above `max_bytes`, 408 when the client stops sending (the handler's `timeout`)."""
+    raw = handler.headers.get("Content-Length")
+    if raw is None:
+        send_json(handler, 411, {"detail": "Content-Length required"})
+        return None
+    if not raw.strip().isdigit():
+        send_json(handler, 400, {"detail": f"invalid Content-Length {raw[:40]!r}"})
+        return None
+    length = int(raw)
+    if length > max_bytes:
+        send_json(handler, 413, {"detail": f"body larger than {max_bytes} bytes"})
+        return None
+    try:
+        body = handler.rfile.read(length)
+    except (TimeoutError, OSError):
+        handler.close_connection = True
+        return None
+    if len(body) < length:  # the client closed early
+        handler.close_connection = True
+        return None
+    return body

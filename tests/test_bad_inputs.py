@@ -84,3 +84,85 @@ def test_good_annotations_pass_and_empty_ones_are_an_error(tmp_path):
     assert proc.returncode == 0, proc.stderr
     write_table([], src, ANNOTATED_STEPS)
     assert "no annotated step" in _one_line(_cli("advantages", "steptool", cwd=tmp_path))
+
+
+# ---- servers: slow clients, bad Content-Length, big bodies, many connections ------------------------------
+
+def _raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        try:
+            while True:
+                c = s.recv(65536)
+                if not c:
+                    break
+                chunks.append(c)
+        except TimeoutError:
+            pass
+        return b"".join(chunks)
+
+
+def _healthy(url: str) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.status == 200
+
+
+def test_tool_server_survives_malformed_slow_and_many_clients(world, monkeypatch):
+    import socket
+    import time
+
+    from pipeline.toolworld import server as tool_server
+
+    monkeypatch.setattr(tool_server, "READ_TIMEOUT_S", 1.0)
+    srv, url = tool_server.serve_in_thread(world)
+    port = srv.server_address[1]
+    health = url.replace("/virtual", "/health")
+    try:
+        head = b"POST /virtual HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        for cl, code in ((b"-1", b"400"), (b"abc", b"400"), (b"99999999", b"413")):
+            assert _raw(port, head + b"Content-Length: " + cl + b"\r\n\r\n{}").split(b" ")[1] == code
+            assert _healthy(health)
+        assert _raw(port, head + b"\r\n").split(b" ")[1] == b"411"
+        big = b"x" * (3 << 20)
+        assert _raw(port, head + b"Content-Length: %d\r\n\r\n" % len(big) + big[:1000]).split(b" ")[1] == b"413"
+        # 300 clients that send half a request and then nothing: the server still answers, and drops them
+        held = []
+        for _ in range(300):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(head + b"Content-Length: 100\r\n\r\n{\"cat")
+            held.append(s)
+        assert _healthy(health)
+        time.sleep(1.5)
+        closed = 0
+        for s in held:
+            s.settimeout(2)
+            try:
+                closed += s.recv(1) == b""
+            except (TimeoutError, ConnectionResetError):
+                closed += 1
+            s.close()
+        assert closed == 300  # every slow client was let go after the read timeout
+        assert _healthy(health)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_judge_server_refuses_oversized_and_malformed_bodies():
+    from pipeline.annotate.scripted_judge_server import MAX_BODY, JudgeServer
+
+    server = JudgeServer()
+    port = int(server.url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        assert _raw(port, head + b"Content-Length: %d\r\n\r\n" % (MAX_BODY + 1)).split(b" ")[1] == b"413"
+        assert _raw(port, head + b"Content-Length: nope\r\n\r\n").split(b" ")[1] == b"400"
+        assert _raw(port, head + b"Content-Length: 5\r\n\r\n[[[[[").split(b" ")[1] == b"400"
+        assert server.http_calls == 1  # only the complete one was read
+    finally:
+        server.close()

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 
 from pipeline.annotate.succ_calling import succ_calling
-from pipeline.httputil import BusyHTTPServer, send_json
+from pipeline.httputil import READ_TIMEOUT_S, BusyHTTPServer, read_body, send_json
+
+MAX_BODY = 8 << 20  # a judge prompt is at most a few hundred kB
 
 _STEP = re.compile(r"^Step \d+: call (.+?) with arguments .*?\nResponse: (.*?)(?=\nStep \d+: call |\n\nFinal answer:\n)",
                    re.S | re.M)
@@ -85,9 +87,9 @@ class JudgeServer:
         self.lock = threading.Lock()
         self.http_calls = 0
         self.answered = 0
-        # sha256 of each request's Authorization header: enough for a test to check which key was sent,
-        # without the server holding the key itself
-        self.auth_digests: list[str] = []
+        # sha256 of each distinct Authorization header: enough for a test to check which key was sent, without
+        # the server holding the key itself, and bounded by the number of keys rather than of requests
+        self.auth_digests: set[str] = set()
         self._rng = random.Random(self.faults.seed)
         self.server = BusyHTTPServer(("127.0.0.1", port), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
@@ -112,17 +114,20 @@ class JudgeServer:
 
         class H(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections
+            timeout = READ_TIMEOUT_S  # a slow or silent client cannot hold a thread
             disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms Nagle stall
 
             def log_message(self, *a):  # quiet, and never print headers (they carry the key)
                 pass
 
             def do_POST(self):
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                raw = read_body(self, MAX_BODY)
+                if raw is None:
+                    return
                 f = outer.faults
                 with outer.lock:
                     outer.http_calls += 1
-                    outer.auth_digests.append(auth_digest(self.headers.get("Authorization", "")))
+                    outer.auth_digests.add(auth_digest(self.headers.get("Authorization", "")))
                     u = outer._rng.random()
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     send_json(self, 404, {"error": {"message": "only /v1/chat/completions", "type": "not_found"}})

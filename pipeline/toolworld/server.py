@@ -15,7 +15,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: F401 (type hints)
 
 from pipeline.errors import SteptoolError
-from pipeline.httputil import BusyHTTPServer, send_json
+from pipeline.httputil import READ_TIMEOUT_S, BusyHTTPServer, read_body, send_json
 from pipeline.toolworld.world import ToolWorld
 
 log = logging.getLogger("steptool.serve_tools")
@@ -26,6 +26,8 @@ MAX_BODY = 1 << 20
 def _handler(world) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "steptool-toolworld/1"
+
+        timeout = READ_TIMEOUT_S  # a slow or silent client cannot hold a thread
 
         def log_message(self, fmt, *args):  # route to logging, without bodies (they may carry the key)
             log.debug("%s %s", self.address_string(), fmt % args)
@@ -43,13 +45,12 @@ def _handler(world) -> type[BaseHTTPRequestHandler]:
             if self.path.rstrip("/") != "/virtual":
                 self._send(404, {"detail": "Not Found: use POST /virtual"})
                 return
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                self._send(413, {"detail": f"body larger than {MAX_BODY} bytes"})
+            body = read_body(self, MAX_BODY)
+            if body is None:
                 return
             try:
-                info = json.loads(self.rfile.read(length).decode("utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError):
+                info = json.loads(body.decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                 self._send(422, {"detail": "body is not JSON"})
                 return
             if not isinstance(info, dict):
