@@ -518,6 +518,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ConfigError(f"{path}: no such file (run from the repository root, or pass --params)")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -1,8 +1,11 @@
 """Small helpers shared by the stdlib HTTP servers (tool server, judge server)."""
 from __future__ import annotations
 
+import errno
 import json
 from http.server import ThreadingHTTPServer
+
+from pipeline.errors import SteptoolError
 
 
 READ_TIMEOUT_S = 10.0  # a client that sends nothing for this long is dropped (its thread freed)
@@ -14,6 +17,18 @@ class BusyHTTPServer(ThreadingHTTPServer):
 
     request_queue_size = 256
     daemon_threads = True
+
+
+def bind(host: str, port: int, handler) -> BusyHTTPServer:
+    """A BusyHTTPServer on host:port (0: a free one), or a SteptoolError in one line when it cannot listen."""
+    try:
+        return BusyHTTPServer((host, port), handler)
+    except OverflowError:
+        raise SteptoolError(f"port must be in 0..65535, got {port}") from None
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise SteptoolError(f"port {port} on {host} is already in use: stop the other server or pass --port") from None
+        raise SteptoolError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
 def send_json(handler, code: int, obj) -> None:

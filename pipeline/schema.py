@@ -270,7 +270,10 @@ def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
 
 def describe(path: str | os.PathLike) -> str:
     """What each column of a Parquet artifact means, read from the file's own metadata."""
-    schema = pq.read_schema(path)
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise SchemaError(f"{path}: not a readable Parquet file ({e})") from None
     lines = [(schema.metadata or {}).get(b"description", b"").decode()]
     for fld in schema:
         doc = (fld.metadata or {}).get(b"description", b"").decode()

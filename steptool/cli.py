@@ -170,6 +170,17 @@ def _leaves(tree: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _port(text: str) -> int:
+    """argparse type of a TCP port: 0 (any free one) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be in 0..65535, got {port}")
+    return port
+
+
 def _describe(args: argparse.Namespace) -> int:
     from pipeline.schema import describe
 
@@ -205,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve-tools", help="serve ToolWorld over StableToolBench's HTTP contract (POST /virtual)",
                        description="Serve the ToolWorld of params.yaml over HTTP, as a StableToolBench server does.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    p.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0 picks a free one)")
     p.add_argument("--params", default="params.yaml", help="params file whose toolworld section to serve")
     p.add_argument("--replay", help="serve recorded real StableToolBench responses instead (a pass_rate_results "
                                     "folder or a build-replay Parquet table); unrecorded calls answer with an error")
@@ -249,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve-judge", help="serve a scripted OpenAI-compatible judge (tests, demos, benchmarks)",
                        description="An OpenAI-compatible /v1/chat/completions judge on 127.0.0.1 that answers "
                                    "evaluate_process_reward from the request, with injectable faults.")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
     for name in ("429", "500", "timeout", "malformed", "wrong-length"):
         p.add_argument(f"--p-{name}", type=float, default=0.0, dest=f"p_{name.replace('-', '_')}",

@@ -437,7 +437,7 @@ def test_annotate_fails_loudly_when_the_judge_labels_nothing(played, tmp_path, m
     from pipeline import layout
     from pipeline.config import parse_params
     from pipeline.errors import SteptoolError
-    from pipeline.schema import STEPS, TASKS, TRAJECTORIES
+    from pipeline.schema import STEPS, TRAJECTORIES
     from stages import annotate
 
     trajs, steps, tasks = played
@@ -470,7 +470,7 @@ def test_an_endpoint_that_echoes_the_key_in_its_401_puts_it_in_no_file(played, t
     from pipeline import layout
     from pipeline.config import parse_params
     from pipeline.errors import SteptoolError
-    from pipeline.schema import STEPS, TASKS, TRAJECTORIES
+    from pipeline.schema import STEPS, TRAJECTORIES
     from stages import annotate
 
     class Echo(BaseHTTPRequestHandler):

@@ -166,3 +166,39 @@ def test_judge_server_refuses_oversized_and_malformed_bodies():
         assert server.http_calls == 1  # only the complete one was read
     finally:
         server.close()
+
+
+# ---- the command line: one line, never a traceback ---------------------------------------------------------
+
+def _steptool(*args, cwd=REPO):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "steptool", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("content, says", [(b"garbage", "not a readable Parquet file"),
+                                           (b"a,b\n1,2\n", "not a readable Parquet file")])
+def test_describe_on_a_file_that_is_not_parquet(tmp_path, content, says):
+    f = tmp_path / "x.parquet"
+    f.write_bytes(content)
+    assert says in _one_line(_steptool("describe", str(f)))
+
+
+def test_non_utf8_params_and_bad_ports_are_one_line(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_bytes(b"toolworld:\n  seed: \xff\xfe\n")
+    assert "not UTF-8 text" in _one_line(_steptool("params", "--check", "--params", str(bad)))
+    for sub in ("serve-judge", "serve-tools"):  # argparse's own error: its usage, then one error line
+        proc = _steptool(sub, "--port", "70000")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].endswith("port must be in 0..65535, got 70000")
+
+
+def test_serve_judge_on_a_port_in_use(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert f"port {port} on 127.0.0.1 is already in use" in _one_line(_steptool("serve-judge", "--port", str(port)))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 
 from pipeline.annotate.succ_calling import succ_calling
-from pipeline.httputil import READ_TIMEOUT_S, BusyHTTPServer, read_body, send_json
+from pipeline.httputil import READ_TIMEOUT_S, bind, read_body, send_json
 
 MAX_BODY = 8 << 20  # a judge prompt is at most a few hundred kB
 
@@ -91,7 +91,7 @@ class JudgeServer:
         # the server holding the key itself, and bounded by the number of keys rather than of requests
         self.auth_digests: set[str] = set()
         self._rng = random.Random(self.faults.seed)
-        self.server = BusyHTTPServer(("127.0.0.1", port), self._handler())
+        self.server = bind("127.0.0.1", port, self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self._thread.start()

@@ -8,14 +8,12 @@ The toolbench_key is accepted and ignored; it is never logged.
 """
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: F401 (type hints)
 
-from pipeline.errors import SteptoolError
-from pipeline.httputil import READ_TIMEOUT_S, BusyHTTPServer, read_body, send_json
+from pipeline.httputil import READ_TIMEOUT_S, bind, read_body, send_json
 from pipeline.toolworld.world import ToolWorld
 
 log = logging.getLogger("steptool.serve_tools")
@@ -76,14 +74,7 @@ def _handler(world) -> type[BaseHTTPRequestHandler]:
 
 def make_server(world, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
     """Bind the server (port 0 picks a free one). Raises SteptoolError if the port is taken."""
-    try:
-        server = BusyHTTPServer((host, port), _handler(world))
-    except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            raise SteptoolError(f"port {port} on {host} is already in use: stop the other server or pass --port") from None
-        raise SteptoolError(f"cannot listen on {host}:{port}: {e.strerror}") from None
-    server.daemon_threads = True
-    return server
+    return bind(host, port, _handler(world))
 
 
 def serve_in_thread(world: ToolWorld, host: str = "127.0.0.1", port: int = 0) -> tuple[ThreadingHTTPServer, str]:
