@@ -19,6 +19,7 @@ from pipeline import layout, variants
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.config import Params, to_dict
 from pipeline.devices import resolve_device, resolve_precision
+from pipeline.errors import SteptoolError
 from pipeline.fsutil import atomic_path, write_json
 from pipeline.runner import run_stage
 from pipeline.schema import ADVANTAGES, ROUND_STEPS, STEPS, TOKENS, read_table, write_table
@@ -57,7 +58,9 @@ def run(params: Params, root: Path = Path("."), variant: str = variants.DEFAULT)
     examples, stats = examples_from_tables(steps, tokens, rewards, ChatRenderer(tok, params.agent.prompt_format),
                                            t.max_length)
     if not examples:
-        raise ValueError(f"no trajectory to train on: {stats}")
+        raise SteptoolError(f"{adv_file}: no trajectory to train on ({stats['trajectories']} read, "
+                            f"{stats['too_long']} longer than train.max_length = {t.max_length} even with every "
+                            f"observation shortened)")
     device = resolve_device(params.agent.device)
     model = AutoModelForCausalLM.from_pretrained(sft, dtype=torch.float32)
     if t.lora:

@@ -174,6 +174,15 @@ def test_importer_errors_name_the_record_and_field(tmp_path):
     path.write_text(json.dumps(bad))
     with pytest.raises(SchemaError, match=r"bad.json: record q1: field process_reward.0.succeed_tool_calling has 2 values for 1 steps"):
         import_reference_annotations(path)
+    for field, value, says in (("process_reward", {}, "field process_reward must map each judge run"),
+                               ("process_reward", "{'0': (", "field process_reward is neither JSON nor a Python literal"),
+                               ("process_reward", {"0": {"succeed_tool_calling": ["x"], "contributions": [5]}},
+                                "field process_reward.0.succeed_tool_calling holds 'x', not a number"),
+                               ("is_solved", {}, "field is_solved must map each judge run")):
+        path.write_text(json.dumps({"q1": {**bad["q1"], "process_reward": {"0": {"succeed_tool_calling": [1],
+                                                                                "contributions": [5]}}, field: value}}))
+        with pytest.raises(SchemaError, match=rf"bad.json: record q1: {says}"):
+            import_reference_annotations(path)
 
 
 def test_parse_answer_rejects_what_is_wrong():

@@ -34,6 +34,18 @@ def _finish(final_step: str, where: str) -> tuple[str, str, str]:
     return step.arguments, finish_type, str(args.get("final_answer", "")) if finish_type == "give_answer" else ""
 
 
+def _literal(value, where: str):
+    """A field as stored: JSON already parsed, or a Python literal in a string (read with ast.literal_eval)."""
+    if not isinstance(value, str):
+        return value
+    import ast
+
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
+        raise SchemaError(f"{where} is neither JSON nor a Python literal ({type(e).__name__})") from None
+
+
 def import_reference_annotations(path: str | Path, policy: str = "reference") -> tuple[list[dict], list[dict]]:
     """(trajectory rows, annotated step rows) for every record of `path`."""
     path = Path(path)
@@ -45,14 +57,14 @@ def import_reference_annotations(path: str | Path, policy: str = "reference") ->
             if key not in rec:
                 raise SchemaError(f"{where}: missing field {key!r}")
         steps = parse_answer_steps(rec["answer_steps"], f"{where} field answer_steps")
-        runs = rec["process_reward"]
-        if isinstance(runs, str):  # some dumps store it as a Python literal
-            import ast
-            runs = ast.literal_eval(runs)
-        statuses = rec["is_solved"]
-        if isinstance(statuses, str):
-            import ast
-            statuses = ast.literal_eval(statuses)
+        runs = _literal(rec["process_reward"], f"{where}: field process_reward")  # some dumps store literals
+        statuses = _literal(rec["is_solved"], f"{where}: field is_solved")
+        if not isinstance(runs, dict) or not runs or not all(isinstance(pr, dict) for pr in runs.values()):
+            raise SchemaError(f"{where}: field process_reward must map each judge run to its values, got "
+                              f"{json.dumps(runs)[:80]}")
+        if not isinstance(statuses, dict) or not statuses:
+            raise SchemaError(f"{where}: field is_solved must map each judge run to a status, got "
+                              f"{json.dumps(statuses)[:80]}")
         sc_votes, con_votes = [], []
         for run, pr in sorted(runs.items()):
             for field, store in (("succeed_tool_calling", sc_votes), ("contributions", con_votes)):
@@ -60,6 +72,9 @@ def import_reference_annotations(path: str | Path, policy: str = "reference") ->
                 if not isinstance(values, list) or len(values) != len(steps):
                     raise SchemaError(f"{where}: field process_reward.{run}.{field} has "
                                       f"{len(values) if isinstance(values, list) else 'no'} values for {len(steps)} steps")
+                bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, (int, float))), None)
+                if bad is not None:
+                    raise SchemaError(f"{where}: field process_reward.{run}.{field} holds {bad!r}, not a number")
                 store.append(values)
         try:
             scores = [STATUS_VALUE[answer_status(s)] for s in statuses.values()]

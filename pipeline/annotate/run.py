@@ -13,6 +13,7 @@ from pipeline.annotate.heuristic import heuristic_label
 from pipeline.annotate.oracle import oracle_label
 from pipeline.annotate.succ_calling import succ_calling
 from pipeline.config import AnnotateConfig
+from pipeline.errors import SchemaError
 from pipeline.task import Task
 
 log = logging.getLogger("steptool.annotate")
@@ -32,10 +33,10 @@ def label_trajectories(trajs: list[dict], steps: list[dict], tasks: dict[str, Ta
     """One TrajLabel per trajectory (failed ones carry `failed`), and the run's statistics."""
     by = group_steps(steps)
     t0 = time.perf_counter()
-    missing = [t["traj_id"] for t in trajs if t["task_id"] not in tasks]
+    missing = [t for t in trajs if t["task_id"] not in tasks]
     if missing:
-        raise ValueError(f"{len(missing)} trajectories play tasks that are not in the task files "
-                         f"(first: trajectory {missing[0]})")
+        raise SchemaError(f"{len(missing)} trajectories play tasks that are not in the task files (first: trajectory "
+                          f"{missing[0]['traj_id']}, task {missing[0]['task_id']!r})")
     stats: dict = {"annotator": cfg.annotator}
     if cfg.annotator == "oracle":
         labels = [oracle_label(t, by[t["traj_id"]], tasks[t["task_id"]]) for t in trajs]
