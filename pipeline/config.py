@@ -7,6 +7,8 @@ key, a wrong type, an impossible value) becomes one `ConfigError` line that name
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -68,6 +70,9 @@ class ToolWorldConfig(_Checked):
             self._fail(where, "max_observation_length", f"must be >= 64, got {self.max_observation_length}")
 
 
+MAX_TASKS_PER_LEVEL = 5000
+
+
 @dataclass
 class PerStrategy(_Checked):
     cot: int = _help("With the cot strategy.", 0)
@@ -116,6 +121,15 @@ class TasksConfig(_Checked):
             self._fail(where, "distractor_tools", f"must be in 0..3, got {self.distractor_tools}")
         if self.train.total() == 0 or self.test.total() == 0:
             raise ConfigError(f"{where}.train and {where}.test must each ask for at least one task")
+        for split in ("train", "val", "test"):
+            sizes = getattr(self, split)
+            for level in LEVELS:
+                if getattr(sizes, level) > MAX_TASKS_PER_LEVEL:
+                    self._fail(where, f"{split}.{level}", f"must be at most {MAX_TASKS_PER_LEVEL} (distinct questions "
+                               f"run out and drawing slows down beyond), got {getattr(sizes, level)}")
+            if self.max_gold_calls < 2 and (sizes.I2 or sizes.I3):
+                self._fail(where, "max_gold_calls", f"must be >= 2 when {split} asks for I2 or I3 tasks (they use 2-3 "
+                           f"tools, one call each at least), got {self.max_gold_calls}")
 
 
 @dataclass
@@ -186,6 +200,8 @@ class AgentConfig(_Checked):
     def check(self, where: str) -> None:
         self._at_least(where, 1, "max_steps", "max_new_tokens", "batch_size", "dfsdt_width", "dfsdt_budget")
         self._at_least(where, 0, "kv_cache_tokens")
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
+            self._fail(where, "device", f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
 
 
 @dataclass
@@ -231,6 +247,8 @@ class CollectConfig(_Checked):
             self._fail(where, "temperature", f"must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             self._fail(where, "top_p", f"must be in (0, 1], got {self.top_p}")
+        self._at_least(where, 1, "chunk_size")
+        self._at_least(where, 0, "max_tasks")
 
 
 @dataclass
@@ -270,6 +288,8 @@ class AnnotateConfig(_Checked):
         "heuristic: a call contributes when LCS(response, final answer) / len(response) reaches this.", 0.5)
 
     def check(self, where: str) -> None:
+        if not 0 <= self.temperature <= 2:
+            self._fail(where, "temperature", f"must be in [0, 2], got {self.temperature}")
         if not 0 <= self.max_failed_fraction <= 1:
             self._fail(where, "max_failed_fraction", f"must be in [0, 1], got {self.max_failed_fraction}")
         if not 1 <= self.min_votes <= self.n_votes:
@@ -358,6 +378,9 @@ class TrainConfig(_Checked):
             self._fail(where, "learning_rate", f"must be > 0, got {self.learning_rate}")
         if self.cliprange <= 0:
             self._fail(where, "cliprange", f"must be > 0, got {self.cliprange}")
+        for key in ("cliprange_value", "vf_coef", "kl_coef", "entropy_coef"):
+            if getattr(self, key) < 0:
+                self._fail(where, key, f"must be >= 0, got {getattr(self, key)}")
 
 
 @dataclass
@@ -425,6 +448,13 @@ class Params(_Checked):
                 raise ConfigError(f"variants: unknown variant {v!r} (one of {', '.join(variant_registry.NAMES)})")
         if len(set(self.variants)) != len(self.variants):
             raise ConfigError(f"variants: each variant at most once, got {self.variants}")
+        known = ("base", "sft", *self.variants)
+        for m in self.evaluate.models:
+            if m not in known:
+                raise ConfigError(f"evaluate.models: {m!r} is neither base, sft nor one of variants {self.variants} "
+                                  "(nothing would write data/models/" + m + ")")
+        if len(set(self.evaluate.models)) != len(self.evaluate.models):
+            raise ConfigError(f"evaluate.models: each model at most once, got {self.evaluate.models}")
 
 
 def _type_name(tp: Any) -> str:
@@ -462,6 +492,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {key} must be a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):  # no key of any section means anything at nan or inf
+            raise ConfigError(f"{source}: {key} must be a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):

@@ -202,3 +202,35 @@ def test_serve_judge_on_a_port_in_use(tmp_path):
         s.listen()
         port = s.getsockname()[1]
         assert f"port {port} on 127.0.0.1 is already in use" in _one_line(_steptool("serve-judge", "--port", str(port)))
+
+
+# ---- params: values that make no sense are refused, naming the key ------------------------------------------
+
+@pytest.mark.parametrize("key, value, says", [
+    ("train.kl_coef", -0.1, "train.kl_coef must be >= 0"),
+    ("train.vf_coef", -1, "train.vf_coef must be >= 0"),
+    ("train.cliprange", -1, "train.cliprange must be > 0"),
+    ("train.learning_rate", float("inf"), "train.learning_rate must be a finite number, got inf"),
+    ("warmstart.learning_rate", float("nan"), "warmstart.learning_rate must be a finite number"),
+    ("train.per_device_train_batch_size", 0, "must be >= 1"),
+    ("collect.chunk_size", 0, "collect.chunk_size must be >= 1"),
+    ("agent.device", "tpu", "agent.device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+    ("variants", ["steptool", "steptool"], "each variant at most once"),
+    ("evaluate.models", ["sft", ".."], "'..' is neither base, sft nor one of variants"),
+    ("tasks.max_gold_calls", 1, "tasks.max_gold_calls must be >= 2 when train asks for I2 or I3"),
+    ("tasks.train.I1", 100000, "tasks.train.I1 must be at most 5000"),
+    ("annotate.temperature", -1, "annotate.temperature must be in [0, 2]"),
+])
+def test_params_that_make_no_sense_are_refused(key, value, says):
+    from pipeline.config import parse_params
+    from pipeline.errors import ConfigError
+
+    raw: dict = {}
+    cur = raw
+    *head, last = key.split(".")
+    for h in head:
+        cur = cur.setdefault(h, {})
+    cur[last] = value
+    with pytest.raises(ConfigError) as e:
+        parse_params(raw)
+    assert says in str(e.value) and "\n" not in str(e.value)
