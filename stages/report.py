@@ -235,7 +235,7 @@ def figures(metrics: dict, reference: str, train_logs: dict[str, list[dict]], ou
     ax.set_ylabel("pass rate (%), 95% CI over tasks")
     ax.legend(ncol=4, fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "pass_rate.png", dpi=110)
+    _save(fig, out / "pass_rate.png")
     plt.close(fig)
 
     wr = [(k, metrics[k][f"win_rate_vs_{reference}"]) for k in keys if metrics[k][f"win_rate_vs_{reference}"]]
@@ -249,7 +249,7 @@ def figures(metrics: dict, reference: str, train_logs: dict[str, list[dict]], ou
     ax.set_xlim(0, 100)
     ax.legend(ncol=3, fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "win_rate.png", dpi=110)
+    _save(fig, out / "win_rate.png")
     plt.close(fig)
 
     if train_logs:
@@ -263,8 +263,14 @@ def figures(metrics: dict, reference: str, train_logs: dict[str, list[dict]], ou
                 ax.set_xlabel("optimizer step")
         axes[0].legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / "training.png", dpi=110)
+        _save(fig, out / "training.png")
         plt.close(fig)
+
+
+def _save(fig, path: Path) -> None:
+    """A figure, written atomically (a kill leaves the previous one or the new one, never half a PNG)."""
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
