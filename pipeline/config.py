@@ -390,8 +390,10 @@ class EvaluateConfig(_Checked):
         "stage evaluate@<model>-<strategy> per model and strategy. The CPU default leaves out `base` (it cannot "
         "follow the action format: 0% on every level) to spend its minutes on more test tasks.",
         factory=lambda: ["sft", variant_registry.DEFAULT, variant_registry.OUTCOME_BASELINE])
-    strategies: list[Literal["cot", "dfsdt"]] = _help("Search strategies to evaluate every model with.",
-                                                      factory=lambda: list(STRATEGIES))
+    strategies: list[Literal["cot", "dfsdt"]] = _help(
+        "Search strategies to evaluate every model with. The CPU default evaluates CoT only, on 3x the tasks: "
+        "DFSDT costs about twice as much per task, and a DFSDT cell of 12 tasks cannot tell variants apart; "
+        "profiles/gpu.yaml evaluates both.", factory=lambda: ["cot"])
     split: Literal["test", "val"] = _help(
         "Which split to evaluate on: 'val' while tuning anything, 'test' for the final tables only.", "test")
     tasks_per_level: PerStrategy = _help(
