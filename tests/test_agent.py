@@ -128,7 +128,7 @@ class OneAtATime:
 def test_dfsdt_backtracks_on_give_up_and_error(world, splits, tokenizer, renderer):
     task = next(t for t in splits["train"] if t.intent == "attr" and t.level == "I1")
     policy = OneAtATime(ScriptedPolicy(tokenizer, _scripted_dfsdt(task, tokenizer)))
-    r = run_dfsdt(task, 0, policy, renderer, lambda: ToolWorldEnv(ToolWorldEnv(world).world.__class__(1234, 40, 0.0)),
+    r = run_dfsdt(task, 0, policy, renderer, lambda: ToolWorldEnv(ToolWorldEnv(world).world.__class__(1234, world.entities_per_tool, 0.0)),
                   width=2, budget=10, max_steps=5)
     statuses = [(n["depth"], n["status"]) for n in r.tree]
     assert statuses == [(1, "give_up"), (1, "open"), (2, "dead_end"), (2, "open"), (3, "answer")]

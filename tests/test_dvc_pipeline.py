@@ -46,7 +46,9 @@ def repo(tmp_path_factory, tiny_model_dir):
     params["warmstart"].update(max_tasks=4, batch_size=4, max_length=4096)
     params["agent"].update(max_steps=2, max_new_tokens=8)
     params["collect"].update(max_tasks=3, n_samples=2, chunk_size=2)
-    params["evaluate"].update(models=["base", "sft", "steptool"], tasks_per_level={"cot": 1, "dfsdt": 1})
+    params["variants"] = ["steptool", "no_step_reward", "no_step_opt", "ppo_outcome"]  # the whole ablation
+    params["evaluate"].update(models=["base", "sft", "steptool"], strategies=["cot", "dfsdt"],
+                              tasks_per_level={"cot": 1, "dfsdt": 1})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                PYTHONPATH=str(dest), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
@@ -69,7 +71,10 @@ def test_repro_builds_every_stage(repo):
     for variant in ("steptool", "no_step_reward", "no_step_opt", "ppo_outcome"):
         assert (dest / layout.model_dir(variant) / "model.safetensors").exists()
         assert (dest / layout.model_dir(variant) / "value_head.pt").exists()
-        assert json.loads((dest / layout.metrics_file("train", variant)).read_text())["optimizer_steps"] >= 1
+        train_metrics = json.loads((dest / layout.metrics_file("train", variant)).read_text())
+        assert train_metrics["optimizer_steps"] >= 1 and "round_baseline_ev_rloo" in train_metrics
+        rounds = pl.read_parquet(dest / layout.round_table(variant))
+        assert rounds.height == pl.read_parquet(dest / layout.advantages_file(variant)).height
     plots = _run(dvc + ["plots", "show", "--json"], dest, env)
     assert "policy_loss" in plots and str(layout.FIGURES / "pass_rate.png") in plots and str(layout.WIN_RATE_CSV) in plots
     for model in ("base", "sft", "steptool"):
@@ -79,6 +84,8 @@ def test_repro_builds_every_stage(repo):
     assert "Running stage 'report'" in out
     md = (dest / layout.RESULTS_MD).read_text()
     assert "| steptool | dfsdt |" in md and "## Ablation" in md
+    assert "## Learning signal" in md and "comes from the **test** split" in md
+    assert pl.read_parquet(dest / layout.tasks_file("val")).height > 0
     annotated = pl.read_parquet(dest / layout.table(layout.ANNOTATED, "steps"))
     assert annotated.height == pl.read_parquet(dest / layout.table(layout.TRAJECTORIES, "steps")).height
     assert set(annotated["annotator"]) == {"oracle"}

@@ -97,7 +97,8 @@ def eval_root(tmp_path, tiny_model_dir):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["tasks"].update(train={"I1": 2, "I2": 1, "I3": 1}, test={"I1": 3, "I2": 2, "I3": 2})
     raw["agent"].update(max_steps=2, max_new_tokens=8, dfsdt_budget=3)
-    raw["evaluate"].update(models=["sft", "steptool"], tasks_per_level={"cot": 1, "dfsdt": 1})
+    raw["evaluate"].update(models=["sft", "steptool"], strategies=["cot", "dfsdt"],
+                           tasks_per_level={"cot": 1, "dfsdt": 1})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     params = load_params(tmp_path / "params.yaml")
     tasks_stage.run(params, tmp_path)
