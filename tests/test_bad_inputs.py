@@ -234,3 +234,13 @@ def test_params_that_make_no_sense_are_refused(key, value, says):
     with pytest.raises(ConfigError) as e:
         parse_params(raw)
     assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_non_utf8_pass_rate_and_import_files_are_one_line(tmp_path):
+    bad = tmp_path / "G1_instruction.json"
+    bad.write_bytes(b'{"q": "\xff\xfe"}')
+    assert "not UTF-8 text" in _one_line(_steptool("import-annotations", str(bad), "--out", str(tmp_path / "o")))
+    run = tmp_path / "runs" / "m"
+    run.mkdir(parents=True)
+    (run / "G1_instruction.json").write_bytes(b'{"q": "\xff"}')
+    assert "not UTF-8 text" in _one_line(_steptool("pass-rate", str(run)))

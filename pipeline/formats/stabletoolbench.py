@@ -72,7 +72,11 @@ def load_json(path: str | Path, kind: type, what: str):
     """The JSON value of `path`, which must be a `kind`; SchemaError naming the file otherwise."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise SchemaError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except RecursionError:
+        raise SchemaError(f"{path}: cannot read JSON: nested too deeply") from None
     except (OSError, json.JSONDecodeError) as e:
         raise SchemaError(f"{path}: cannot read JSON: {e}") from None
     if not isinstance(data, kind):
