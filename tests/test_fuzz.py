@@ -29,7 +29,7 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats
 arguments = st.dictionaries(st.sampled_from(PARAMS) | st.text(max_size=8), json_values, max_size=4)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(api=st.sampled_from(APIS), args=arguments)
 def test_every_api_answers_any_arguments_without_raising(api, args):
     out = WORLD.call(api.category, api.tool_name, api.api_name, args)
