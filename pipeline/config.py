@@ -79,9 +79,7 @@ class PerStrategy(_Checked):
     dfsdt: int = _help("With the dfsdt strategy.", 0)
 
     def check(self, where: str) -> None:
-        for s in STRATEGIES:
-            if getattr(self, s) < 0:
-                self._fail(where, s, f"must be >= 0, got {getattr(self, s)}")
+        self._at_least(where, 0, *STRATEGIES)
 
 
 @dataclass
@@ -91,9 +89,7 @@ class SplitSizes(_Checked):
     I3: int = _help("Tasks that use 2-3 tools from different categories.", 0)
 
     def check(self, where: str) -> None:
-        for level in LEVELS:
-            if getattr(self, level) < 0:
-                self._fail(where, level, f"must be >= 0, got {getattr(self, level)}")
+        self._at_least(where, 0, *LEVELS)
 
     def total(self) -> int:
         return self.I1 + self.I2 + self.I3
