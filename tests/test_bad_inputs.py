@@ -2,15 +2,13 @@
 (exit 2 from the CLI), nothing half-written, and the previous outputs intact (issue: 'nothing bad gets through')."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import pytest
 
 from pipeline import layout
 from pipeline.schema import ANNOTATED_STEPS, read_table, write_table
 from tests.conftest import REPO
+from tests.support.cli import one_error_line, steptool
 
 
 def _rows():
@@ -29,16 +27,8 @@ def _rows():
 
 
 def _cli(*args, cwd):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "steptool", *args, "--params", str(REPO / "params.yaml"),
-                           "--root", str(cwd)], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
-
-
-def _one_line(proc) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
-    lines = [x for x in proc.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    return lines[0]
+    """A stage through the command line, with the repository's params, on the data under `cwd`."""
+    return steptool(*args, "--params", REPO / "params.yaml", "--root", cwd, cwd=cwd)
 
 
 def _bad(rows, i, **change):
@@ -58,7 +48,7 @@ def _bad(rows, i, **change):
      "record 0 (traj_id 'a', step 0 of 1) lacks 'is_solved_score'"),
     ("gap in steps", _bad(_rows(), 1, step_idx=2), "traj_id 'a' has steps [0, 2], not 0..1"),
 ])
-def test_advantages_refuses_bad_annotations_in_one_line(tmp_path, name, rows, says):
+def test_advantages_refuses_bad_annotations_inone_error_line(tmp_path, name, rows, says):
     """In process (the stage's `run`); the exit code and the single stderr line of the command line are checked
     once, for the first case, since a subprocess costs ~1.5 s."""
     import pyarrow as pa
@@ -75,7 +65,7 @@ def test_advantages_refuses_bad_annotations_in_one_line(tmp_path, name, rows, sa
     out.parent.mkdir(parents=True)
     out.write_bytes(b"previous output")
     if name == "nan contribution":
-        line = _one_line(_cli("advantages", "steptool", cwd=tmp_path))
+        line = one_error_line(_cli("advantages", "steptool", cwd=tmp_path))
     else:
         with pytest.raises(SteptoolError) as e:
             advantages.run(load_params(REPO / "params.yaml"), tmp_path, "steptool")
@@ -95,7 +85,7 @@ def test_good_annotations_pass_and_empty_ones_are_an_error(tmp_path):
     proc = _cli("advantages", "steptool", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     write_table([], src, ANNOTATED_STEPS)
-    assert "no annotated step" in _one_line(_cli("advantages", "steptool", cwd=tmp_path))
+    assert "no annotated step" in one_error_line(_cli("advantages", "steptool", cwd=tmp_path))
 
 
 # ---- servers: slow clients, bad Content-Length, big bodies, many connections ------------------------------
@@ -182,26 +172,20 @@ def test_judge_server_refuses_oversized_and_malformed_bodies():
 
 # ---- the command line: one line, never a traceback ---------------------------------------------------------
 
-def _steptool(*args, cwd=REPO):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "steptool", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=120)
-
-
 @pytest.mark.parametrize("content, says", [(b"garbage", "not a readable Parquet file"),
                                            (b"a,b\n1,2\n", "not a readable Parquet file")])
 def test_describe_on_a_file_that_is_not_parquet(tmp_path, content, says):
     f = tmp_path / "x.parquet"
     f.write_bytes(content)
-    assert says in _one_line(_steptool("describe", str(f)))
+    assert says in one_error_line(steptool("describe", str(f)))
 
 
-def test_non_utf8_params_and_bad_ports_are_one_line(tmp_path):
+def test_non_utf8_params_and_bad_ports_areone_error_line(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_bytes(b"toolworld:\n  seed: \xff\xfe\n")
-    assert "not UTF-8 text" in _one_line(_steptool("params", "--check", "--params", str(bad)))
+    assert "not UTF-8 text" in one_error_line(steptool("params", "--check", "--params", str(bad)))
     for sub in ("serve-judge", "serve-tools"):  # argparse's own error: its usage, then one error line
-        proc = _steptool(sub, "--port", "70000")
+        proc = steptool(sub, "--port", "70000")
         assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert proc.stderr.strip().splitlines()[-1].endswith("port must be in 0..65535, got 70000")
 
@@ -213,7 +197,7 @@ def test_serve_judge_on_a_port_in_use(tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        assert f"port {port} on 127.0.0.1 is already in use" in _one_line(_steptool("serve-judge", "--port", str(port)))
+        assert f"port {port} on 127.0.0.1 is already in use" in one_error_line(steptool("serve-judge", "--port", str(port)))
 
 
 # ---- params: values that make no sense are refused, naming the key ------------------------------------------
@@ -248,11 +232,11 @@ def test_params_that_make_no_sense_are_refused(key, value, says):
     assert says in str(e.value) and "\n" not in str(e.value)
 
 
-def test_non_utf8_pass_rate_and_import_files_are_one_line(tmp_path):
+def test_non_utf8_pass_rate_and_import_files_areone_error_line(tmp_path):
     bad = tmp_path / "G1_instruction.json"
     bad.write_bytes(b'{"q": "\xff\xfe"}')
-    assert "not UTF-8 text" in _one_line(_steptool("import-annotations", str(bad), "--out", str(tmp_path / "o")))
+    assert "not UTF-8 text" in one_error_line(steptool("import-annotations", str(bad), "--out", str(tmp_path / "o")))
     run = tmp_path / "runs" / "m"
     run.mkdir(parents=True)
     (run / "G1_instruction.json").write_bytes(b'{"q": "\xff"}')
-    assert "not UTF-8 text" in _one_line(_steptool("pass-rate", str(run)))
+    assert "not UTF-8 text" in one_error_line(steptool("pass-rate", str(run)))

@@ -89,11 +89,11 @@ def _examples():
             ex("q1", "q", [0.2, 0.0]), ex("q2", "q", [0.9, 0.4, 1.0])]
 
 
-def _cfg(**kw):
+def _cfg(variant: str = "steptool", **kw):
     from trainer.config import StepPPOConfig
 
     return StepPPOConfig(output_dir=str(REPO / ".pytest_cache" / "baselines"), report_to=[], use_cpu=True,
-                         variant="steptool", **kw)
+                         variant=variant, **kw)
 
 
 def test_samples_that_earned_nothing_get_zero_advantage_under_steptool(tokenizer):
@@ -181,7 +181,7 @@ def test_round_table_holds_what_each_step_was_trained_with(tokenizer):
     model = PolicyWithValue(make_tiny_model(tokenizer))
     exs = _examples()
     for variant in ("steptool", "ppo_outcome"):
-        items, _ = prepare_round(model, exs, _cfg_v(variant))
+        items, _ = prepare_round(model, exs, _cfg(variant))
         rows = round_table(exs, items, variant)
         assert len(rows) == sum(len(e.rewards) for e in exs)
         for ex, it in zip(exs, items):
@@ -195,13 +195,7 @@ def test_round_table_holds_what_each_step_was_trained_with(tokenizer):
                 if variant == "steptool":
                     assert toks == [toks[0]] * len(toks)
     # the zero-reward pair of task z: baseline 0 and advantage 0 in the table too
-    items, _ = prepare_round(model, exs, _cfg_v("steptool"))
+    items, _ = prepare_round(model, exs, _cfg("steptool"))
     assert all(r["advantage"] == 0 and r["baseline"] == 0 for r in round_table(exs, items, "steptool")
                if r["task_id"] == "z")
 
-
-def _cfg_v(variant):
-    from trainer.config import StepPPOConfig
-
-    return StepPPOConfig(output_dir=str(REPO / ".pytest_cache" / "baselines"), report_to=[], use_cpu=True,
-                         variant=variant)

@@ -1,29 +1,13 @@
 """The command line: helpful --help, and one clear line with a non-zero exit for every user error."""
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 
 import pytest
 
 from pipeline import layout
 from tests.conftest import REPO
-
-
-def steptool(*args, cwd=REPO, timeout=120):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "steptool", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def _one_error_line(proc) -> str:
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("steptool: error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
-    return lines[0]
+from tests.support.cli import one_error_line, steptool
 
 
 @pytest.mark.parametrize("sub", ["tasks", "base_model", "warmstart", "collect", "annotate", "advantages", "train", "evaluate", "report", "serve-tools", "params", "describe", "play"])
@@ -35,10 +19,10 @@ def test_help(sub):
 def test_malformed_params_unknown_key_and_wrong_type(tmp_path):
     p = tmp_path / "params.yaml"
     p.write_text("toolworld:\n  seed: 1\n  sede: 2\n")
-    line = _one_error_line(steptool("tasks", "--params", str(p), "--root", str(tmp_path)))
+    line = one_error_line(steptool("tasks", "--params", str(p), "--root", str(tmp_path)))
     assert "unknown key 'toolworld.sede'" in line
     p.write_text("tasks:\n  seed: seven\n")
-    line = _one_error_line(steptool("tasks", "--params", str(p), "--root", str(tmp_path)))
+    line = one_error_line(steptool("tasks", "--params", str(p), "--root", str(tmp_path)))
     assert "tasks.seed must be an integer, got str 'seven'" in line
     assert not (tmp_path / layout.DATA).exists()
 
@@ -46,7 +30,7 @@ def test_malformed_params_unknown_key_and_wrong_type(tmp_path):
 def test_missing_model_path(tmp_path):
     p = tmp_path / "params.yaml"
     p.write_text("base_model:\n  source: ./no/such/model\n")
-    line = _one_error_line(steptool("base_model", "--params", str(p), "--root", str(tmp_path)))
+    line = one_error_line(steptool("base_model", "--params", str(p), "--root", str(tmp_path)))
     assert "model path ./no/such/model does not exist" in line
 
 
@@ -55,7 +39,7 @@ def test_port_in_use(tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        line = _one_error_line(steptool("serve-tools", "--port", str(port), "--params", str(REPO / "params.yaml")))
+        line = one_error_line(steptool("serve-tools", "--port", str(port), "--params", str(REPO / "params.yaml")))
     assert f"port {port} on 127.0.0.1 is already in use" in line
 
 
@@ -76,8 +60,8 @@ def test_params_check_is_one_line_either_way(tmp_path):
     assert ok.returncode == 0 and ok.stdout.strip() == "params.yaml: valid"
     bad = tmp_path / "params.yaml"
     bad.write_text("train:\n  cliprange: -1\n")
-    assert "train.cliprange must be > 0" in _one_error_line(steptool("params", "--check", "--params", str(bad)))
-    assert "no such file" in _one_error_line(steptool("params", "--check", "--params", str(tmp_path / "none.yaml")))
+    assert "train.cliprange must be > 0" in one_error_line(steptool("params", "--check", "--params", str(bad)))
+    assert "no such file" in one_error_line(steptool("params", "--check", "--params", str(tmp_path / "none.yaml")))
 
 
 def test_params_lists_every_knob():
