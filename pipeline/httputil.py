@@ -46,7 +46,8 @@ def send_json(handler, code: int, obj) -> None:
 
 def read_body(handler, max_bytes: int) -> bytes | None:
     """The request body, or None after answering the error: 411 without a Content-Length, 400 when it is not a
-    non-negative integer, 413 above `max_bytes`, 408 when the client stops sending (the handler's `timeout`)."""
+    non-negative integer, 413 above `max_bytes`; a client that stops sending (the handler's `timeout`) or closes
+    early gets no answer, and its connection is closed."""
     raw = handler.headers.get("Content-Length")
     if raw is None:
         send_json(handler, 411, {"detail": "Content-Length required"})
