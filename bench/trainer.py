@@ -36,10 +36,10 @@ def _real(n: int):
     from pipeline.annotate.oracle import oracle_label  # noqa: F401  (annotations come from data/annotated)
 
     tok = AutoTokenizer.from_pretrained(layout.SFT_MODEL)
-    steps = pl.read_parquet(layout.table(layout.TRAJECTORIES, "steps"))
-    tokens = pl.read_parquet(layout.table(layout.TRAJECTORIES, "tokens"))
+    steps = pl.read_parquet(layout.table(layout.trajectories_dir(0), "steps"))
+    tokens = pl.read_parquet(layout.table(layout.trajectories_dir(0), "tokens"))
     keep = steps["traj_id"].unique(maintain_order=True).head(n)
-    annotated = pl.read_parquet(layout.table(layout.ANNOTATED, "steps")).filter(pl.col("traj_id").is_in(keep))
+    annotated = pl.read_parquet(layout.table(layout.annotated_dir(0), "steps")).filter(pl.col("traj_id").is_in(keep))
     rewards = advantages(annotated)
     params = load_params("params.yaml")
     ex, _ = examples_from_tables(steps.filter(pl.col("traj_id").is_in(keep)), tokens, rewards,
@@ -66,7 +66,7 @@ def _peak_mb(device) -> float:
 
 def main() -> None:
     n = int(os.environ.get("BENCH_TRAJ", "8"))
-    have_real = (layout.SFT_MODEL / "config.json").exists() and layout.table(layout.ANNOTATED, "steps").exists()
+    have_real = (layout.SFT_MODEL / "config.json").exists() and layout.table(layout.annotated_dir(0), "steps").exists()
     model, tok, examples, what = (_real if have_real else _toy)(n)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)

@@ -233,8 +233,12 @@ class CollectConfig(_Checked):
     max_tasks: int = _help("Train tasks to play (0: all).", 12)
     temperature: float = _help("Sampling temperature (0: greedy).", 0.8)
     top_p: float = _help("Nucleus sampling threshold (1: off).", 1.0)
-    seed: int = _help("Sampling seed (per task, sample and step; batching does not change samples).", 0)
     chunk_size: int = _help("Trajectories written per part file: what a killed run can lose at most.", 16)
+    replay: bool = _help(
+        "Also play the same train tasks greedily (one sample each) with the collecting policy, and after every "
+        "PPO round with the trained one: the report's before/after on the tasks learned from (pass rate, "
+        "failed-call rate, calls per task). Costs one greedy play of the tasks per policy. The sampling seed is "
+        "the run's, `train.seeds`.", False)
 
     def check(self, where: str) -> None:
         if self.n_samples < 1:
@@ -361,12 +365,25 @@ class TrainConfig(_Checked):
     precision: Literal["auto", "fp32", "bf16"] = _help(
         "bf16 autocast (the round's old/ref log-probs too) over fp32 master weights, or fp32; 'auto': bf16 on a "
         "bf16 GPU or an AMX CPU.", "auto")
-    seed: int = _help("Training seed (data order; the value head's fit is deterministic).", 0)
+    seeds: list[int] = _help(
+        "Training seeds: each runs the whole chain once (collect@<seed> samples with it, annotate@<seed>, and "
+        "train@<variant>-<seed> orders the data with it), so the spread across training runs is measured; the "
+        "evaluation plays every seed's checkpoint and the report bootstraps over tasks and seeds.",
+        factory=lambda: [0])
+    rounds: int = _help(
+        "PPO rounds per run: round k collects the train tasks with round k-1's policy (round 1: the collect stage, "
+        "with sft), annotates, computes the rewards and trains from it. The reference of the KL penalty is each "
+        "round's starting policy. Every round's table, metrics and annotated steps are kept, one folder per "
+        "round (r<k>) of the run's rounds folder.", 1)
     save_steps: int = _help("Checkpoint every this many optimizer steps (a killed run resumes from the last).", 20)
 
     def check(self, where: str) -> None:
         self._at_least(where, 1, "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
-                       "lora_r", "max_length", "logits_chunk", "save_steps")
+                       "lora_r", "max_length", "logits_chunk", "save_steps", "rounds")
+        if not self.seeds:
+            self._fail(where, "seeds", "must hold at least one seed")
+        if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            self._fail(where, "seeds", f"must be distinct integers >= 0, got {self.seeds}")
         for key in ("gamma", "lam"):
             if not 0 <= getattr(self, key) <= 1:
                 self._fail(where, key, f"must be in [0, 1], got {getattr(self, key)}")

@@ -40,14 +40,51 @@ def tasks_file(split: str) -> Path:
     return TASKS / f"{split}.parquet"
 
 
-def round_table(variant: str) -> Path:
-    """data/rounds/<variant>.parquet: per step, the baseline and advantage one PPO round trained with."""
-    return table(ROUNDS, variant)
+def seed_dir(seed: int) -> str:
+    """s<seed>: the folder of one training seed (`train.seeds`) under every per-seed artifact."""
+    return f"s{seed}"
 
 
-def model_dir(name: str) -> Path:
-    """data/models/<name>: base, sft, or a training variant."""
-    return MODELS / name
+def run_name(variant: str, seed: int) -> str:
+    """<variant>/s<seed>: one training run (a variant trained from one seed's collection)."""
+    return f"{variant}/{seed_dir(seed)}"
+
+
+def trajectories_dir(seed: int) -> Path:
+    """data/trajectories/s<seed>: what `collect@<seed>` played (trajectories, steps, tokens; replay/)."""
+    return TRAJECTORIES / seed_dir(seed)
+
+
+def replay_dir(folder: Path) -> Path:
+    """<folder>/replay: the same train tasks played greedily by the policy that collected or was trained there."""
+    return folder / "replay"
+
+
+def annotated_dir(seed: int) -> Path:
+    """data/annotated/s<seed>: `annotate@<seed>`'s steps.parquet and failed.json."""
+    return ANNOTATED / seed_dir(seed)
+
+
+def rounds_dir(variant: str, seed: int) -> Path:
+    """data/rounds/<variant>/s<seed>: one folder per PPO round r<k> (round_dir)."""
+    return ROUNDS / run_name(variant, seed)
+
+
+def round_dir(variant: str, seed: int, k: int) -> Path:
+    """data/rounds/<variant>/s<seed>/r<k>: round k's round.parquet (per step: reward, baseline, advantage as
+    trained), metrics.json, history.json, replay/ and, from round 2, its own annotated steps.parquet."""
+    return rounds_dir(variant, seed) / f"r{k}"
+
+
+def checkpoint_dir(variant: str, seed: int) -> Path:
+    """data/checkpoints/<variant>/s<seed>: the run's work while it trains (each round's data, model and trainer
+    checkpoints); removed when the run is done."""
+    return CHECKPOINTS / run_name(variant, seed)
+
+
+def model_dir(name: str, seed: int | None = None) -> Path:
+    """data/models/<name>: base or sft; data/models/<variant>/s<seed>: a training variant's run."""
+    return MODELS / name if seed is None else MODELS / name / seed_dir(seed)
 
 
 BASE_MODEL = model_dir("base")
@@ -55,21 +92,24 @@ SFT_MODEL = model_dir("sft")
 
 
 def table(folder: Path, name: str) -> Path:
-    """<folder>/<name>.parquet, e.g. table(TRAJECTORIES, "steps")."""
+    """<folder>/<name>.parquet, e.g. table(trajectories_dir(0), "steps")."""
     return folder / f"{name}.parquet"
 
 
-def advantages_file(variant: str) -> Path:
-    return table(ADVANTAGES, variant)
+def advantages_file(variant: str, seed: int) -> Path:
+    """data/advantages/<variant>/s<seed>.parquet."""
+    return ADVANTAGES / variant / f"{seed_dir(seed)}.parquet"
 
 
 def eval_dir(model: str, strategy: str) -> Path:
-    """data/eval/<model>-<strategy>: the trajectories, steps, tokens and results of one evaluation."""
+    """data/eval/<model>-<strategy>: results.parquet (every seed's rows) and the trajectories, steps and tokens
+    of one evaluation (a trained variant's under s<seed>/, one folder per seed)."""
     return EVAL / f"{model}-{strategy}"
 
 
 def metrics_file(stage: str, item: str | None = None) -> Path:
-    """data/metrics/<stage>.json, or data/metrics/<stage>/<item>.json for a foreach/matrix stage."""
+    """data/metrics/<stage>.json, or data/metrics/<stage>/<item>.json for a foreach/matrix stage (the item of
+    a per-seed stage is s<seed>, of a per-run stage <variant>/s<seed>)."""
     return METRICS / f"{stage}.json" if item is None else metrics_dir(stage) / f"{item}.json"
 
 
@@ -78,8 +118,9 @@ def metrics_dir(stage: str) -> Path:
     return METRICS / stage
 
 
-def train_plot(variant: str) -> Path:
-    return TRAIN_PLOTS / f"{variant}.json"
+def train_plot(variant: str, seed: int) -> Path:
+    """data/plots/train/<variant>/s<seed>.json: the run's training log, every round's updates in order."""
+    return TRAIN_PLOTS / f"{run_name(variant, seed)}.json"
 
 
 # what the `report` stage writes
@@ -90,16 +131,18 @@ PASS_RATE_CSV = REPORTS / "pass_rate.csv"
 WIN_RATE_CSV = REPORTS / "win_rate.csv"
 
 
-def dvc_paths(variants: list[str], models: list[str], strategies: list[str]) -> set[str]:
+def dvc_paths(variants: list[str], models: list[str], strategies: list[str], seeds: list[int]) -> set[str]:
     """Every path the DVC stages read or write, for the given foreach/matrix items (the layout test compares
     this with dvc.yaml)."""
-    paths = {tasks_file("train"), tasks_file("val"), tasks_file("test"), CATALOG, TRAJECTORIES, ANNOTATED,
-             table(ANNOTATED, "steps"), EVAL, TRAIN_PLOTS, ROUNDS, metrics_dir("train"), RESULTS_MD, FIGURES, REPORT_METRICS, PASS_RATE_CSV,
-             WIN_RATE_CSV}
-    paths |= {BASE_MODEL, SFT_MODEL, *(metrics_file(s) for s in ("warmstart", "collect", "annotate"))}
-    for v in variants:
-        paths |= {advantages_file(v), model_dir(v), metrics_file("advantages", v), metrics_file("train", v),
-                  train_plot(v), round_table(v)}
+    paths = {tasks_file("train"), tasks_file("val"), tasks_file("test"), CATALOG, EVAL, TRAIN_PLOTS, ROUNDS,
+             metrics_dir("train"), metrics_dir("collect"), RESULTS_MD, FIGURES, REPORT_METRICS, PASS_RATE_CSV, WIN_RATE_CSV}
+    paths |= {BASE_MODEL, SFT_MODEL, metrics_file("warmstart")}
+    for seed in seeds:
+        paths |= {trajectories_dir(seed), annotated_dir(seed), table(annotated_dir(seed), "steps"),
+                  metrics_file("collect", seed_dir(seed)), metrics_file("annotate", seed_dir(seed))}
+        for v in variants:
+            paths |= {advantages_file(v, seed), model_dir(v, seed), metrics_file("advantages", run_name(v, seed)),
+                      metrics_file("train", run_name(v, seed)), train_plot(v, seed), rounds_dir(v, seed)}
     for m in models:
         paths.add(model_dir(m))
         for s in strategies:

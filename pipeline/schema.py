@@ -161,7 +161,7 @@ ADVANTAGES = _schema(
 )
 
 ROUND_STEPS = _schema(
-    "Per step, what one PPO round trained on (data/rounds/<variant>.parquet): the trainer's baseline and advantage.",
+    "Per step, what one PPO round trained on (data/rounds/<variant>/s<seed>/r<k>/round.parquet): the trainer's baseline and advantage.",
     _f("traj_id", pa.string(), "Trajectory id.", False),
     _f("task_id", pa.string(), "The task (samples of one task share the rloo baseline).", False),
     _f("step_idx", pa.int32(), "0-based step index.", False),
@@ -180,7 +180,9 @@ EVAL_RESULTS = _schema(
     _f("strategy", pa.string(), "cot or dfsdt.", False),
     _f("task_id", pa.string(), "Test task.", False),
     _f("level", pa.string(), "I1, I2 or I3."),
-    _f("sample_idx", pa.int32(), "Sample index (the 'seed' axis of mean +- std)."),
+    _f("seed", pa.int32(), "Training seed of the checkpoint (train.seeds; data/models/<model>/s<seed>); null for "
+                           "base and sft, which have one checkpoint."),
+    _f("sample_idx", pa.int32(), "Sample index (the sampling axis of mean +- std)."),
     _f("traj_id", pa.string(), "The trajectory in trajectories.parquet / steps.parquet."),
     _f("judge", pa.string(), "rule (ToolWorld gold facts) or openai."),
     _f("statuses", pa.list_(pa.string()), "One answer status per judging run: Solved, Unsure or Unsolved."),

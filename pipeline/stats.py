@@ -2,10 +2,12 @@
 sign test, and the sentence a report may write from them (docs/architecture.md, "Evaluation").
 
 A task's score is the mean of its pass scores (Solved 1, Unsure 0.5, Unsolved 0) over its samples and
-judging runs. A level's pass rate is 100 × the mean over its tasks; the average is the mean of the levels,
-as the paper averages I1/I2/I3. The bootstrap resamples tasks within each level (so every resample keeps
-every level), `n_boot` times with a fixed seed, and reports the 2.5th and 97.5th percentiles: the spread
-that comes from which tasks happened to be drawn, the only one a single greedy sample per task has.
+judging runs, per training seed (`seed_scores`: a trained variant has one checkpoint per seed; base and sft
+have one, seed None). A level's pass rate is 100 × the mean over its tasks of the mean over seeds; the
+average is the mean of the levels, as the paper averages I1/I2/I3. The bootstrap resamples tasks within each
+level (so every resample keeps every level) and, where there are several, the seeds (one draw of seeds per
+resample, shared by the levels), `n_boot` times with a fixed seed, and reports the 2.5th and 97.5th
+percentiles: the spread from which tasks happened to be drawn and from which training runs.
 """
 from __future__ import annotations
 
@@ -28,17 +30,46 @@ def task_scores(rows: list[dict]) -> dict[str, tuple[str, float]]:
     return {t: (level[t], sum(v) / len(v)) for t, v in acc.items()}
 
 
-def _by_level(scores: dict[str, tuple[str, float]]) -> dict[str, np.ndarray]:
-    out: dict[str, list[float]] = defaultdict(list)
+def seed_scores(rows: list[dict]) -> dict[str, tuple[str, dict]]:
+    """task_id -> (level, {seed: mean pass score over that seed's samples and judging runs}) from EVAL_RESULTS
+    rows; seed None for a model without training seeds."""
+    acc: dict[str, dict] = defaultdict(lambda: defaultdict(list))
+    level = {}
+    for r in rows:
+        acc[r["task_id"]][r.get("seed")].append(float(r["pass_score"]))
+        level[r["task_id"]] = r["level"]
+    return {t: (level[t], {s: sum(v) / len(v) for s, v in by_seed.items()}) for t, by_seed in acc.items()}
+
+
+def _seeds(score) -> dict:
+    """A task's scores by seed: a plain number is one seed (None)."""
+    return score if isinstance(score, dict) else {None: score}
+
+
+def _by_level(scores: dict[str, tuple]) -> dict[str, np.ndarray]:
+    """level -> [tasks, seeds] scores. Every task must have the same seeds (each checkpoint played every task)."""
+    seeds = {frozenset(_seeds(s)) for _, s in scores.values()}
+    if len(seeds) > 1:
+        raise ValueError(f"tasks were played by different seeds: {sorted(map(sorted, seeds), key=str)}")
+    order = sorted(next(iter(seeds)), key=lambda x: (x is None, x)) if seeds else []
+    out: dict[str, list[list[float]]] = defaultdict(list)
     for _, (lv, s) in sorted(scores.items()):
-        out[lv].append(s)
-    return {lv: np.asarray(v, dtype=np.float64) for lv, v in sorted(out.items())}
+        out[lv].append([_seeds(s)[k] for k in order])
+    return {lv: np.asarray(v, dtype=np.float64).reshape(len(v), -1) for lv, v in sorted(out.items())}
 
 
 def _stratified(levels: dict[str, np.ndarray], n_boot: int, seed: int) -> dict[str, np.ndarray]:
-    """[n_boot] resampled means (×100) per level, and their mean over levels under 'average'."""
+    """[n_boot] resampled means (×100) per level, and their mean over levels under 'average'. `levels`: level ->
+    [tasks, seeds]; with several seeds each resample draws the seeds (with replacement) once, for every level."""
     rng = np.random.default_rng(seed)
-    boots = {lv: 100.0 * v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(1) for lv, v in levels.items()}
+    n_seeds = next(iter(levels.values())).shape[1]
+    seed_idx = rng.integers(0, n_seeds, size=(n_boot, n_seeds)) if n_seeds > 1 else None
+    boots = {}
+    for lv, v in levels.items():
+        # [n_boot, tasks]: each task's mean over the resample's seeds
+        per_task = np.broadcast_to(v[:, 0], (n_boot, len(v))) if seed_idx is None else v[:, seed_idx].mean(-1).T
+        idx = rng.integers(0, len(v), size=(n_boot, len(v)))
+        boots[lv] = 100.0 * np.take_along_axis(per_task, idx, 1).mean(1)
     boots["average"] = np.mean(list(boots.values()), axis=0)
     return boots
 
@@ -55,7 +86,7 @@ def pass_rate_ci(scores: dict[str, tuple[str, float]], n_boot: int = 10000, seed
     if not levels:
         return {}
     boots = _stratified(levels, n_boot, seed)
-    points = {lv: 100.0 * float(v.mean()) for lv, v in levels.items()}
+    points = {lv: 100.0 * float(v.mean()) for lv, v in levels.items()}  # equal seeds per task: mean of means
     out = {lv: _cell(points[lv], boots[lv], len(v)) for lv, v in levels.items()}
     out["average"] = _cell(float(np.mean(list(points.values()))), boots["average"], len(scores))
     return out
@@ -71,15 +102,22 @@ def sign_test(wins: int, losses: int) -> float:
     return min(1.0, 2.0 * sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n)
 
 
-def paired_difference(cand: dict[str, tuple[str, float]], ref: dict[str, tuple[str, float]], n_boot: int = 10000,
-                      seed: int = 0) -> dict:
+def paired_difference(cand: dict[str, tuple], ref: dict[str, tuple], n_boot: int = 10000, seed: int = 0) -> dict:
     """The candidate minus the reference on the tasks both played, in points of the average pass rate: the
     difference, its 95% bootstrap CI (tasks resampled within levels, both models' scores of a task kept
-    together), the sign test's p-value, and wins / ties / losses counted per task."""
+    together; seeds resampled too where the candidate has several), the sign test's p-value, and wins / ties /
+    losses counted per task (on the task's mean over seeds).
+
+    Scores are `task_scores` or `seed_scores` values. Against a model without seeds (sft) every seed of the
+    candidate is paired with its one score; two models with the same seeds are paired seed by seed (they
+    trained on the same collection); otherwise each is averaged over its seeds first. With several seeds,
+    `sd_between` and `sd_within` split the spread of per-task differences into tasks and training seeds
+    (`variance_components`)."""
     common = sorted(set(cand) & set(ref))
-    diffs = {t: (cand[t][0], cand[t][1] - ref[t][1]) for t in common}
-    wins = sum(d > 0 for _, d in diffs.values())
-    losses = sum(d < 0 for _, d in diffs.values())
+    diffs = {t: (cand[t][0], _paired(_seeds(cand[t][1]), _seeds(ref[t][1]))) for t in common}
+    means = {t: sum(d.values()) / len(d) for t, (_, d) in diffs.items()}
+    wins = sum(d > 0 for d in means.values())
+    losses = sum(d < 0 for d in means.values())
     out = {"tasks": len(common), "wins": wins, "ties": len(common) - wins - losses, "losses": losses,
            "p_value": round(sign_test(wins, losses), 6)}
     if not common:
@@ -88,9 +126,41 @@ def paired_difference(cand: dict[str, tuple[str, float]], ref: dict[str, tuple[s
     boot = _stratified(levels, n_boot, seed)["average"]
     point = float(np.mean([100.0 * v.mean() for v in levels.values()]))
     cell = _cell(point, boot, len(common))
-    sd = difference_sd(levels)
-    return {**out, "diff": cell["mean"], "lo": cell["lo"], "hi": cell["hi"],
-            "sd": None if sd is None else round(sd, 3)}
+    sd = difference_sd({lv: v.mean(1) for lv, v in levels.items()})
+    out = {**out, "diff": cell["mean"], "lo": cell["lo"], "hi": cell["hi"], "sd": None if sd is None else round(sd, 3)}
+    seeds = next(iter(levels.values())).shape[1]
+    if seeds > 1:
+        between, within = variance_components(levels)
+        out.update(seeds=seeds, sd_between=round(between, 3), sd_within=round(within, 3))
+    return out
+
+
+def _paired(c: dict, r: dict) -> dict:
+    """Per seed, candidate minus reference (see paired_difference for the pairing)."""
+    if list(r) == [None]:
+        return {k: v - r[None] for k, v in c.items()}
+    if set(c) == set(r):
+        return {k: c[k] - r[k] for k in c}
+    return {None: sum(c.values()) / len(c) - sum(r.values()) / len(r)}
+
+
+def variance_components(levels: dict[str, np.ndarray]) -> tuple[float, float]:
+    """(sd between tasks, sd within a task across seeds), in points, of per-(task, seed) differences
+    `levels`: level -> [tasks, seeds >= 2]. Within: the pooled per-task variance over seeds; between: the
+    variance of the per-task means less within/seeds (one-way random effects, method of moments, floored at
+    0), pooled over levels like `difference_sd`. A study with n tasks and m seeds then has per-task
+    variance between² + within²/m."""
+    within_parts, between_parts = [], []
+    for v in levels.values():
+        n, m = v.shape
+        w = float(v.var(axis=1, ddof=1).mean())
+        within_parts.append((n * (m - 1), w))
+        if n >= 2:
+            between_parts.append((n - 1, max(0.0, float(v.mean(1).var(ddof=1)) - w / m)))
+    within = sum(d * x for d, x in within_parts) / sum(d for d, _ in within_parts)
+    dof = sum(d for d, _ in between_parts)
+    between = sum(d * x for d, x in between_parts) / dof if dof else 0.0
+    return 100.0 * math.sqrt(between), 100.0 * math.sqrt(within)
 
 
 def difference_sd(levels: dict[str, np.ndarray]) -> float | None:

@@ -1,31 +1,31 @@
-"""Stage `collect`: the warm-started policy plays the train tasks -> data/trajectories/{trajectories,steps,tokens}.parquet.
+"""Stage `collect SEED` (one per `train.seeds`): the warm-started policy plays the train tasks ->
+data/trajectories/s<SEED>/{trajectories,steps,tokens}.parquet (and replay/ with `collect.replay`).
 
-Resumable: a killed run keeps its finished chunks and the rerun goes on from there.
+The seed picks the tasks (`collect.max_tasks` of the train split) and every sampling decision, so each seed's
+run trains on its own collection. Resumable: a killed run keeps its finished chunks and the rerun goes on
+from there.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import layout
-from pipeline.agent.play import play
+from pipeline import layout, rounds
 from pipeline.config import Params
 from pipeline.fsutil import write_json
 from pipeline.runner import run_stage
-from pipeline.task_files import load_tasks
 
-ARGS = ()
+ARGS = (("seed", dict(nargs="?", type=int, default=0, help="the training seed (one of train.seeds)")),)
 
 
-def run(params: Params, root: Path = Path(".")) -> str:
-    c = params.collect
-    tasks = load_tasks(root, "train", c.max_tasks, f"collect-tasks:{c.seed}")
-    summary = play(params, root, tasks, root / layout.SFT_MODEL, root / layout.TRAJECTORIES, strategy=c.strategy,
-                   n_samples=c.n_samples, temperature=c.temperature, top_p=c.top_p, seed=c.seed,
-                   chunk_size=c.chunk_size, policy_name="sft")
-    write_json(root / layout.metrics_file("collect"), summary)
-    return (f"collect: {summary['trajectories']} trajectories, {summary['steps']} steps, parse success "
-            f"{summary['parse_success']:.1%}, rule pass rate {summary['pass_rate']:.1%} "
-            f"({summary['trajectories_per_min']} traj/min) -> {layout.TRAJECTORIES}")
+def run(params: Params, root: Path = Path("."), seed: int = 0) -> str:
+    out = layout.trajectories_dir(seed)
+    summary = rounds.collect(params, root, root / layout.SFT_MODEL, root / out, seed, policy_name="sft")
+    write_json(root / layout.metrics_file("collect", layout.seed_dir(seed)), summary)
+    replay = summary.get("replay")
+    extra = f"; greedy replay pass rate {replay['pass_rate']:.1f}%" if replay else ""
+    return (f"collect (seed {seed}): {summary['trajectories']} trajectories, {summary['steps']} steps, parse "
+            f"success {summary['parse_success']:.1%}, rule pass rate {summary['pass_rate']:.1%} "
+            f"({summary['trajectories_per_min']} traj/min){extra} -> {out}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,11 @@
-"""Stage `evaluate MODEL STRATEGY`: play the test tasks with data/models/MODEL and judge the answers.
+"""Stage `evaluate MODEL STRATEGY`: play the test tasks with data/models/MODEL (a trained variant: every
+checkpoint data/models/MODEL/s<seed> of `train.seeds`) and judge the answers.
 
-Writes data/eval/MODEL-STRATEGY/{trajectories,steps,results}.parquet (results: one row per trajectory with
-the judge's statuses, see `steptool describe`) and data/metrics/eval/MODEL-STRATEGY.json (pass rate per level
-and average as mean +- std over samples and judging runs, tool-invocation success rate, average steps,
-give-up rate). Resumable like collect: a killed run keeps its finished chunks.
+Writes data/eval/MODEL-STRATEGY/results.parquet (one row per trajectory with its seed and the judge's
+statuses, see `steptool describe`), the trajectories and steps beside it (a trained variant's under s<seed>/)
+and data/metrics/eval/MODEL-STRATEGY.json (pass rate per level and average as mean +- std over seeds, samples
+and judging runs, tool-invocation success rate, average steps, give-up rate). Resumable like collect: a killed
+run keeps its finished chunks.
 """
 from __future__ import annotations
 
@@ -23,26 +25,43 @@ ARGS = (("model", dict(help="a name under data/models (base, sft, or a training 
         ("strategy", dict(choices=list(STRATEGIES), help="search strategy")))
 
 
+def checkpoints(params: Params, model: str) -> list[tuple[int | None, Path]]:
+    """(seed, data/models/...) of every checkpoint of `model`: one per training seed for a variant, else one."""
+    if model in params.variants:
+        return [(s, layout.model_dir(model, s)) for s in params.train.seeds]
+    return [(None, layout.model_dir(model))]
+
+
 def evaluate(params: Params, root: Path, model: str, strategy: str) -> dict:
     e = params.evaluate
-    model_dir = root / layout.model_dir(model)
-    if not (model_dir / "config.json").exists():
-        raise SteptoolError(f"{model_dir}: not a checkpoint directory (run the stage that writes it: dvc repro)")
+    found = checkpoints(params, model)
+    for _, model_dir in found:
+        if not (root / model_dir / "config.json").exists():
+            raise SteptoolError(f"{root / model_dir}: not a checkpoint directory (run the stage that writes it: "
+                                "dvc repro)")
     tasks = first_per_level(load_tasks(root, e.split), getattr(e.tasks_per_level, strategy))
+    if not tasks:
+        raise SteptoolError(f"{root / layout.tasks_file(e.split)}: no task to evaluate on")
     out = root / layout.eval_dir(model, strategy)
-    play(params, root, tasks, model_dir, out, strategy=strategy, n_samples=e.samples, temperature=e.temperature,
-         top_p=1.0, seed=e.seed, chunk_size=16, policy_name=model)
-    trajs = read_table(layout.table(out, "trajectories"), TRAJECTORIES).to_pylist()
-    steps = read_table(layout.table(out, "steps"), STEPS).to_pylist()
-    statuses = None
-    if e.judge == "openai":
-        from pipeline.evaluate.llm_pass_rate import judge_answers
+    by_id = {t.task_id: t for t in tasks}
+    rows, stats = [], {}
+    for seed, model_dir in found:
+        played = out if seed is None else out / layout.seed_dir(seed)
+        play(params, root, tasks, root / model_dir, played, strategy=strategy, n_samples=e.samples,
+             temperature=e.temperature, top_p=1.0, seed=e.seed, chunk_size=16, policy_name=model)
+        trajs = read_table(layout.table(played, "trajectories"), TRAJECTORIES).to_pylist()
+        steps = read_table(layout.table(played, "steps"), STEPS).to_pylist()
+        statuses = None
+        if e.judge == "openai":
+            from pipeline.evaluate.llm_pass_rate import judge_answers
 
-        statuses, stats = judge_answers(trajs, steps, {t.task_id: t for t in tasks}, params)
-    rows = result_rows(model, strategy, trajs, steps, {t.task_id: t for t in tasks}, statuses)
+            statuses, seed_stats = judge_answers(trajs, steps, by_id, params)
+            for k, v in seed_stats.items():
+                stats[k] = stats.get(k, 0) + v if isinstance(v, (int, float)) else v
+        rows += result_rows(model, strategy, trajs, steps, by_id, statuses, seed=seed)
     write_table(rows, layout.table(out, "results"), EVAL_RESULTS)
     summary = {"model": model, "strategy": strategy, "split": e.split, "judge": e.judge, **summarize(rows)}
-    if statuses is not None:
+    if e.judge == "openai":
         summary["judge_stats"] = stats
     write_json(root / layout.metrics_file("eval", f"{model}-{strategy}"), summary)
     return summary
@@ -54,7 +73,8 @@ def run(params: Params, root: Path, model: str, strategy: str) -> str:
     s = evaluate(params, root, model, strategy)
     pr = s["pass_rate"]
     levels = ", ".join(f"{k} {v['mean']:.1f}" for k, v in pr.items() if k != "average" and v["mean"] is not None)
-    return (f"evaluate {model} {strategy}: {s['tasks']} tasks x {s['samples']} samples, pass rate "
+    seeds = f" x {len(s['seeds'])} seeds" if s["seeds"] else ""
+    return (f"evaluate {model} {strategy}: {s['tasks']} tasks{seeds} x {s['samples']} samples, pass rate "
             f"{pr['average']['mean']:.1f} ({levels}), tool success {s['tool_success_rate']}, "
             f"avg steps {s['avg_steps']}, give-up {s['give_up_rate']:.1%} -> {layout.eval_dir(model, strategy)}")
 

@@ -22,7 +22,7 @@ from pipeline.evaluate.results import summarize, win_rate
 from pipeline.fsutil import atomic_path, write_json
 from pipeline.runner import run_stage
 from pipeline.schema import EVAL_RESULTS, ROUND_STEPS, read_table
-from pipeline.stats import paired_difference, pass_rate_ci, task_scores, tasks_needed, verdict
+from pipeline.stats import paired_difference, pass_rate_ci, seed_scores, tasks_needed, verdict
 
 ARGS = ()
 
@@ -51,7 +51,7 @@ def build(results: dict[tuple[str, str], list[dict]], reference: str, trained: l
           train_logs: dict[str, list[dict]], split: str = "test") -> tuple[dict, list[str]]:
     """(metrics, markdown lines) from the results of every model x strategy on `split`."""
     metrics: dict = {}
-    scores = {key: task_scores(rows) for key, rows in results.items()}
+    scores = {key: seed_scores(rows) for key, rows in results.items()}
     for (m, s), rows in results.items():
         summary = summarize(rows)
         summary["pass_rate_ci"] = pass_rate_ci(scores[(m, s)])
@@ -63,19 +63,24 @@ def build(results: dict[tuple[str, str], list[dict]], reference: str, trained: l
         metrics[f"{m}-{s}"] = summary
     any_rows = next(iter(results.values()), [])
     first = metrics[next(iter(metrics))] if metrics else {}
-    per_level = ", ".join(f"{lv} {sum(r['level'] == lv for r in any_rows if r['sample_idx'] == 0)}" for lv in LEVELS)
-    single = first.get("samples", 0) == 1 and first.get("judge_runs", 0) == 1
+    per_level = ", ".join(f"{lv} {len({r['task_id'] for r in any_rows if r['level'] == lv})}" for lv in LEVELS)
+    seeds = max((len(s.get("seeds", [])) for s in metrics.values()), default=0)
+    single = first.get("samples", 0) == 1 and first.get("judge_runs", 0) == 1 and seeds <= 1
     md = ["# StepTool results", "",
           f"Every number below comes from the **{split}** split (`evaluate.split`; "
           + ("read only for these tables, never to tune anything): " if split == "test" else
              "the split to tune on; the final tables come from `test`): ")
           + f"{first.get('tasks', 0)} tasks ({per_level}), "
           f"{first.get('samples', 0)} sample(s) per task, judge `{any_rows[0]['judge'] if any_rows else '?'}` "
-          f"with {first.get('judge_runs', 0)} judging run(s). Pass rate in % (Solved = 1, Unsure = 0.5) with its "
-          "95% bootstrap confidence interval over tasks in brackets (tasks resampled within each level); Average "
-          "is the mean of the levels, as in the paper. Every test task counts: an answer never given is Unsolved."
-          + (" One sample and one judging run per task: n = 1, so no spread over samples or judgings was measured; "
-             "the intervals say only how much the figure depends on which tasks were drawn." if single else ""), "",
+          f"with {first.get('judge_runs', 0)} judging run(s)"
+          + (f"; every trained variant is {seeds} training runs (seeds), each evaluated" if seeds > 1 else
+             "; one training run (seed) per trained variant") + ". Pass rate in % (Solved = 1, Unsure = 0.5) with "
+          "its 95% bootstrap confidence interval in brackets (tasks resampled within each level"
+          + (", and the training seeds" if seeds > 1 else "") + "); Average is the mean of the levels, as in the "
+          "paper. Every test task counts: an answer never given is Unsolved."
+          + (" One sample, one judging run and one training seed: n = 1, so no spread over samples, judgings or "
+             "training runs was measured; the intervals say only how much the figure depends on which tasks were "
+             "drawn." if single else ""), "",
           "## Main table", "",
           f"| model | strategy | I1 | I2 | I3 | Average | tool success | avg steps | give-up | win / tie / loss vs {reference} |",
           "|---|---|---|---|---|---|---|---|---|---|"]
@@ -99,7 +104,7 @@ def build(results: dict[tuple[str, str], list[dict]], reference: str, trained: l
                "|---|---|---|---|---|---|---|---|---|---|"]
         for k in abl:
             v, strat = k.rsplit("-", 1)
-            log = train_logs.get(v) or []
+            log = [h for run, hs in train_logs.items() if run.split("/")[0] == v for h in hs]  # every seed and round
             rew = sum(h.get("reward_mean", 0.0) for h in log) / len(log) if log else None
             md.append(f"| {v} | {strat} | {_ci(metrics[k]['pass_rate_ci'].get('average'))} | "
                       + " | ".join(_diff(metrics[k].get(f"vs_{reference}")) + _diff(metrics[k].get(f"vs_{base}")))
@@ -136,48 +141,107 @@ def power_section(metrics: dict, runs: list[str], others: tuple[str, ...]) -> li
                         + " | ".join(cells) + " |")
     if not rows:
         return []
+    seeds = _seed_power(metrics, runs, others)
     return ["", "## How many tasks would tell", "",
             "Tasks a paired comparison needs to detect a true difference of 5 or 10 points (or the one observed) "
             "at 80% power with a two-sided 5% test, from the per-task standard deviation of the differences "
-            "measured here (normal approximation, tasks spread evenly over the levels). Spread over training "
-            "seeds is not included unless several seeds were run; it can only add to these numbers.", "",
+            "measured here (normal approximation, tasks spread evenly over the levels). With one training seed "
+            "the spread between training runs is not measured; it can only add to these numbers.", "",
             "| comparison | strategy | tasks now | sd of per-task Δ (points) | observed Δ | tasks for 5 points | "
             "tasks for 10 points | tasks for the observed Δ |",
-            "|---|---|---|---|---|---|---|---|", *rows]
+            "|---|---|---|---|---|---|---|---|", *rows, *seeds]
 
 
-def learning_signal(rounds: dict[str, list[dict]], train_metrics: dict[str, dict],
-                    train_logs: dict[str, list[dict]]) -> list[str]:
-    """What each variant's round trained on and how far it moved: separate from generalisation to new tasks."""
-    if not rounds:
+def _seed_power(metrics: dict, runs: list[str], others: tuple[str, ...]) -> list[str]:
+    """With several training seeds: the per-task spread split into tasks and seeds, and the tasks a 5-point
+    difference needs at 1, 3 and 5 seeds (per-task sd² = between² + within²/seeds, pipeline.stats)."""
+    rows = []
+    for k in runs:
+        v, strat = k.rsplit("-", 1)
+        for other in others:
+            d = metrics[k].get(f"vs_{other}") or {}
+            if "sd_within" not in d:
+                continue
+            need = [tasks_needed((d["sd_between"] ** 2 + d["sd_within"] ** 2 / m) ** 0.5, 5.0) for m in (1, 3, 5)]
+            rows.append(f"| {v} vs {other} | {strat} | {d['seeds']} | {d['sd_between']:.1f} | {d['sd_within']:.1f} | "
+                        + " | ".join("–" if n is None else str(n) for n in need) + " |")
+    if not rows:
+        return []
+    return ["", "Measured over several training seeds, the spread of a task's difference splits into the part "
+            "that comes from the task and the part that comes from the training run (seed); more seeds shrink "
+            "only the second:", "",
+            "| comparison | strategy | seeds now | sd between tasks | sd within a task (seeds) | tasks for 5 points "
+            "at 1 seed | at 3 seeds | at 5 seeds |", "|---|---|---|---|---|---|---|---|", *rows]
+
+
+def load_rounds(root: Path, params: Params) -> list[dict]:
+    """Every trained round: variant, seed, round, its table (data/rounds/<variant>/s<seed>/r<k>/round.parquet),
+    its metrics, and the greedy replay of the train tasks before (the collecting policy: collect@<seed>'s for
+    round 1, the previous round's after) and after it, where `collect.replay` made them."""
+    out = []
+    for v in params.variants:
+        for seed in params.train.seeds:
+            collect_file = root / layout.metrics_file("collect", layout.seed_dir(seed))
+            before = json.loads(collect_file.read_text()).get("replay") if collect_file.exists() else None
+            for k in range(1, params.train.rounds + 1):
+                folder = root / layout.round_dir(v, seed, k)
+                if not (folder / "round.parquet").exists():
+                    break
+                m = json.loads((folder / "metrics.json").read_text())
+                out.append({"variant": v, "seed": seed, "round": k, "metrics": m, "before": before,
+                            "after": m.get("replay"),
+                            "rows": read_table(folder / "round.parquet", ROUND_STEPS).to_pylist()})
+                before = m.get("replay")
+    return out
+
+
+def learning_signal(runs: list[dict]) -> list[str]:
+    """What each variant's rounds trained on and how far they moved: separate from generalisation to new tasks."""
+    if not runs:
         return []
     base = variants.OUTCOME_BASELINE
-    ref_sign = {(r["traj_id"], r["step_idx"]): _sign(r["advantage"]) for r in rounds.get(base, [])}
-    lines = ["", "## Learning signal (training round)", "",
-             "Per variant, from its round table (data/rounds/<variant>.parquet) and training log: the steps it "
-             "trained on, the share pushed up / left alone / pushed down (advantage > 0, = 0, < 0 after the "
-             "baseline), the baseline's explained variance on the round's returns (leave-out for rloo and "
-             f"crossfit), the share of steps whose advantage sign differs from {base}'s on the same step, and how "
-             "far the policy moved: approx KL(π_old‖π_θ) averaged over the updates and KL(π_θ‖π_ref) per action "
-             "token at the end (both ≥ 0 estimators on the collected tokens).", "",
-             f"| variant | steps | up / zero / down | baseline EV (rloo, crossfit) | sign differs from {base} | "
-             "mean approx KL | final KL to ref per token |",
-             "|---|---|---|---|---|---|---|"]
-    for v, rows in rounds.items():
-        signs = [_sign(r["advantage"]) for r in rows]
+    ref_sign = {(r["seed"], r["round"], x["traj_id"], x["step_idx"]): _sign(x["advantage"])
+                for r in runs if r["variant"] == base for x in r["rows"]}
+    replay = any(r["after"] for r in runs)
+    lines = ["", "## Learning signal (training rounds)", "",
+             "Per variant, seed and round, from its round table (data/rounds/<variant>/s<seed>/r<k>) and training "
+             "log: the steps it trained on, the share pushed up / left alone / pushed down (advantage > 0, = 0, < 0 "
+             "after the baseline), the baseline's explained variance on the round's returns (leave-out for rloo and "
+             f"crossfit), the share of steps whose advantage sign differs from {base}'s on the same step (round 1: "
+             "both trained on the same collection), and how far the policy moved: approx KL(π_old‖π_θ) averaged "
+             "over the updates and KL(π_θ‖π_ref) per action token at the end (both ≥ 0 estimators on the collected "
+             "tokens; π_ref is the round's starting policy)."
+             + (" Replay: the round's train tasks played greedily before → after the round (pass rate in %, the "
+                "share of tool calls that failed, tool calls per task): what optimisation did on the tasks it "
+                "learned from." if replay else
+                " (`collect.replay: true` adds a greedy replay of the train tasks before and after each round.)"), ""]
+    head = (f"| variant | seed | round | steps | up / zero / down | baseline EV (rloo, crossfit) | sign differs from "
+            f"{base} | mean approx KL | final KL to ref per token |")
+    rule = "|---|---|---|---|---|---|---|---|---|"
+    if replay:
+        head += " replay pass rate | failed-call rate | calls per task |"
+        rule += "---|---|---|"
+    lines += [head, rule]
+    for r in runs:
+        v, m = r["variant"], r["metrics"]
+        signs = [_sign(x["advantage"]) for x in r["rows"]]
         n = max(1, len(signs))
         share = " / ".join(f"{sum(s == k for s in signs) / n:.0%}" for k in (1, 0, -1))
-        m = train_metrics.get(v, {})
         ev = ", ".join(_num(m.get(f"round_baseline_ev_{k}")) for k in ("rloo", "crossfit"))
-        common = [(_sign(r["advantage"]), ref_sign[(r["traj_id"], r["step_idx"])]) for r in rows
-                  if (r["traj_id"], r["step_idx"]) in ref_sign]
+        common = [(_sign(x["advantage"]), ref_sign[key]) for x in r["rows"]
+                  if (key := (r["seed"], r["round"], x["traj_id"], x["step_idx"])) in ref_sign]
         differs = "–" if v == base or not common else f"{sum(a != b for a, b in common) / len(common):.0%}"
-        log = train_logs.get(v) or []
-        kl = [h["approx_kl"] for h in log if h.get("approx_kl") == h.get("approx_kl") and "approx_kl" in h]
-        last = next((h["kl_ref_token"] for h in reversed(log) if "kl_ref_token" in h), None)
-        lines.append(f"| {v} | {len(rows)} | {share} | {ev} | {differs} | "
-                     f"{_num(sum(kl) / len(kl) if kl else None, 4)} | {_num(last, 4)} |")
+        line = (f"| {v} | {r['seed']} | {r['round']} | {len(r['rows'])} | {share} | {ev} | {differs} | "
+                f"{_num(m.get('mean_approx_kl'), 4)} | {_num(m.get('final_kl_ref_token'), 4)} |")
+        if replay:
+            line += " " + " | ".join(_before_after(r["before"], r["after"], k, d) for k, d in
+                                     (("pass_rate", 1), ("failed_call_rate", 2), ("calls_per_task", 2))) + " |"
+        lines.append(line)
     return lines
+
+
+def _before_after(before: dict | None, after: dict | None, key: str, digits: int) -> str:
+    return f"{_num((before or {}).get(key), digits)} → {_num((after or {}).get(key), digits)}"
 
 
 def _sign(x: float, eps: float = 1e-9) -> int:
@@ -205,10 +269,11 @@ def protocol(params: Params, root: Path) -> list[str]:
             f"- Warm start (sft): {ws.get('paths', '?')} expert paths from {p.warmstart.max_tasks or 'all'} train tasks, "
             f"{p.warmstart.epochs:g} epoch(s), lr {p.warmstart.learning_rate:g}, `warmstart.seed` {p.warmstart.seed}.",
             f"- Collection: {p.collect.strategy}, {p.collect.max_tasks or 'all'} train tasks x {p.collect.n_samples} "
-            f"samples at temperature {p.collect.temperature:g}, `collect.seed` {p.collect.seed}; annotator "
+            f"samples at temperature {p.collect.temperature:g}, sampled with each training seed; annotator "
             f"`{p.annotate.annotator}`.",
-            f"- Training: one PPO round per variant, lr {p.train.learning_rate:g}, kl_coef {p.train.kl_coef:g}, "
-            f"`train.seed` {p.train.seed}.",
+            f"- Training: {p.train.rounds} PPO round(s) per run, one run per variant and training seed "
+            f"(`train.seeds` {p.train.seeds}: each seed collects, annotates and trains its own chain), lr "
+            f"{p.train.learning_rate:g}, kl_coef {p.train.kl_coef:g}, baseline `{p.train.baseline}`.",
             f"- Evaluation: {p.evaluate.samples} sample(s) per task at temperature {p.evaluate.temperature:g}, "
             f"`evaluate.seed` {p.evaluate.seed}; prompt `{p.agent.prompt_format}`, at most {p.agent.max_steps} "
             f"actions of {p.agent.max_new_tokens} tokens, DFSDT width {p.agent.dfsdt_width} and budget "
@@ -281,20 +346,15 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 def run(params: Params, root: Path = Path(".")) -> str:
     e = params.evaluate
     results = load_results(root, params)
-    train_logs = {}
+    train_logs = {}  # run name (<variant>/s<seed>) -> its log, every round
     for v in params.variants:
-        f = root / layout.train_plot(v)
-        if f.exists():
-            train_logs[v] = json.loads(f.read_text())
+        for seed in params.train.seeds:
+            f = root / layout.train_plot(v, seed)
+            if f.exists():
+                train_logs[layout.run_name(v, seed)] = json.loads(f.read_text())
     metrics, md = build(results, e.reference_model, list(params.variants), train_logs, e.split)
-    rounds, train_metrics = {}, {}
-    for v in params.variants:
-        if (root / layout.round_table(v)).exists():
-            rounds[v] = read_table(root / layout.round_table(v), ROUND_STEPS).to_pylist()
-        if (root / layout.metrics_file("train", v)).exists():
-            train_metrics[v] = json.loads((root / layout.metrics_file("train", v)).read_text())
     at = md.index("## Figures")
-    md[at:at] = learning_signal(rounds, train_metrics, train_logs) + [""] + protocol(params, root)
+    md[at:at] = learning_signal(load_rounds(root, params)) + [""] + protocol(params, root)
     figures(metrics, e.reference_model, train_logs, root / layout.FIGURES)
     with atomic_path(root / layout.RESULTS_MD) as tmp:
         tmp.write_text("\n".join(md) + "\n", encoding="utf-8")

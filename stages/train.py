@@ -1,10 +1,16 @@
-"""Stage `train` (one per variant): step-grained PPO of the warm-started policy on the collected
-trajectories with the variant's rewards -> data/models/<variant>, metrics, a training log for plots and the
-round's table (per step: reward, baseline, advantage as trained) in data/rounds/<variant>.parquet.
+"""Stage `train VARIANT SEED` (one per variant and seed): `train.rounds` rounds of step-grained PPO from the
+warm-started policy -> data/models/<VARIANT>/s<SEED>, the run's metrics and training log, and per round
+data/rounds/<VARIANT>/s<SEED>/r<k>/ (round.parquet: per step, the reward, baseline and advantage as trained;
+metrics.json; history.json; replay/ with `collect.replay`; from round 2 the round's annotated steps).
 
-Resumable: checkpoints go to data/checkpoints/<variant> every `train.save_steps` optimizer steps; a
-rerun with the same inputs resumes from the last one (optimizer, scheduler and RNG state included) and
-ends with the weights an uninterrupted run would have.
+Round 1 trains on collect@SEED's trajectories with advantages@VARIANT-SEED's rewards. Round k >= 2 first
+collects the same train tasks with round k-1's policy, annotates them and computes the variant's rewards
+(pipeline/rounds.py, the code of those stages), then trains from that policy.
+
+Resumable: the run's work lives in data/checkpoints/<VARIANT>/s<SEED> until it is done (each finished round's
+data and model; the running round's trainer checkpoints every `train.save_steps` optimizer steps, optimizer,
+scheduler and RNG state included). A rerun with the same inputs skips finished rounds, resumes the running one
+and ends with the weights an uninterrupted run would have; other inputs start over.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import layout, variants
+from pipeline import layout, rounds, variants
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.config import Params, to_dict
 from pipeline.devices import resolve_device, resolve_precision
@@ -25,13 +31,21 @@ from pipeline.runner import run_stage
 from pipeline.schema import ADVANTAGES, ROUND_STEPS, STEPS, TOKENS, read_table, write_table
 
 ARGS = (("variant", dict(nargs="?", default=variants.DEFAULT, choices=list(variants.NAMES),
-                         help="training variant: " + variants.describe())),)
+                         help="training variant: " + variants.describe())),
+        ("seed", dict(nargs="?", type=int, default=0, help="the training seed (one of train.seeds)")))
 LOGGED = ("policy_loss", "value_loss", "approx_kl", "clipfrac", "explained_variance", "reward_mean",
           "advantage_mean", "kl_ref", "kl_ref_token", "entropy", "tokens_per_s", "loss", "grad_norm", "learning_rate")
+# what a finished round leaves in its work folder and the stage publishes under data/rounds/<variant>/s<seed>/r<k>
+ROUND_FILES = ("round.parquet", "metrics.json", "history.json")
+DONE = "metrics.json"  # written last: its presence marks the round as finished
 
 
-def _run_key(params: Params, variant: str, files: list[Path]) -> str:
-    h = hashlib.sha256(json.dumps([variant, to_dict(params.train), params.agent.prompt_format]).encode())
+def _run_key(params: Params, variant: str, seed: int, files: list[Path]) -> str:
+    """What the run's work depends on: the params that shape any round, and the round-1 inputs' contents."""
+    p = params
+    train = {k: v for k, v in to_dict(p.train).items() if k != "seeds"}  # adding a seed keeps the others' work
+    h = hashlib.sha256(json.dumps([variant, seed, train, to_dict(p.collect), to_dict(p.annotate),
+                                   to_dict(p.rewards), to_dict(p.agent), to_dict(p.env)], sort_keys=True).encode())
     for f in files:
         h.update(f.name.encode())
         h.update(str(f.stat().st_size).encode())
@@ -39,7 +53,10 @@ def _run_key(params: Params, variant: str, files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def run(params: Params, root: Path = Path("."), variant: str = variants.DEFAULT) -> str:
+def train_round(params: Params, variant: str, seed: int, start: Path, trajectories: Path, adv_file: Path,
+                work: Path) -> tuple[dict, list[dict]]:
+    """One PPO round from the checkpoint `start` on the trajectories in `trajectories` with the rewards of
+    `adv_file`: the model -> `work`/model, the round table -> `work`/round.parquet. Returns (metrics, history)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -50,11 +67,10 @@ def run(params: Params, root: Path = Path("."), variant: str = variants.DEFAULT)
     from trainer.step_ppo import StepPPOTrainer
 
     t = params.train
-    sft, trajectories, adv_file = root / layout.SFT_MODEL, root / layout.TRAJECTORIES, root / layout.advantages_file(variant)
     steps = pl.from_arrow(read_table(layout.table(trajectories, "steps"), STEPS))
     tokens = pl.from_arrow(read_table(layout.table(trajectories, "tokens"), TOKENS))
     rewards = pl.from_arrow(read_table(adv_file, ADVANTAGES))
-    tok = AutoTokenizer.from_pretrained(sft)
+    tok = AutoTokenizer.from_pretrained(start)
     examples, stats = examples_from_tables(steps, tokens, rewards, ChatRenderer(tok, params.agent.prompt_format),
                                            t.max_length)
     if not examples:
@@ -62,50 +78,118 @@ def run(params: Params, root: Path = Path("."), variant: str = variants.DEFAULT)
                             f"{stats['too_long']} longer than train.max_length = {t.max_length} even with every "
                             f"observation shortened)")
     device = resolve_device(params.agent.device)
-    model = AutoModelForCausalLM.from_pretrained(sft, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32)
     if t.lora:
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=t.lora_r, lora_alpha=2 * t.lora_r, target_modules="all-linear",
                                                  task_type="CAUSAL_LM"))
     wrapped = PolicyWithValue(model, value_grad_to_trunk=t.value_grad_to_trunk)
-    ckpt = root / layout.CHECKPOINTS / variant
-    key = _run_key(params, variant, [sft / "model.safetensors", layout.table(trajectories, "tokens"), adv_file])
-    key_file = ckpt / "run_key.txt"
-    if ckpt.exists() and (not key_file.exists() or key_file.read_text() != key):
-        shutil.rmtree(ckpt)  # checkpoints of other inputs: start over
-    ckpt.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(key)
+    ckpt = work / "trainer"
     resume = any(ckpt.glob("checkpoint-*/trainer_state.json"))
     # the section as is (its keys are TrainingArguments' names), plus what the stage decides
     cfg = StepPPOConfig(
-        **to_dict(t), variant=variant, output_dir=str(ckpt), report_to=[], use_cpu=device == "cpu",
+        **to_dict(t), variant=variant, seed=seed, output_dir=str(ckpt), report_to=[], use_cpu=device == "cpu",
         bf16=resolve_precision(t.precision, device) == "bf16", lr_scheduler_type="constant", warmup_steps=0,
-        data_seed=t.seed, save_strategy="steps", logging_steps=1, disable_tqdm=False, dataloader_num_workers=0,
+        data_seed=seed, save_strategy="steps", logging_steps=1, disable_tqdm=False, dataloader_num_workers=0,
         train_sampling_strategy="group_by_length")  # similar lengths: less padding
     trainer = StepPPOTrainer(wrapped, cfg, examples, pad_id=tok.pad_token_id)
     result = trainer.train(resume_from_checkpoint=True if resume else None)
-    with atomic_path(root / layout.model_dir(variant)) as tmp:
+    with atomic_path(work / "model") as tmp:
         tmp.mkdir()
         wrapped.save_policy(tmp, tok)
+    write_table(round_table(examples, trainer.train_dataset.items, variant), work / "round.parquet", ROUND_STEPS)
     history = [{k: h[k] for k in ("step", *LOGGED) if k in h} for h in trainer.state.log_history if "policy_loss" in h]
-    write_json(root / layout.train_plot(variant), history)
-    write_table(round_table(examples, trainer.train_dataset.items, variant), root / layout.round_table(variant),
-                ROUND_STEPS)
     last = history[-1] if history else {}
-    metrics = {"variant": variant, **stats, "examples": len(examples), "optimizer_steps": trainer.state.global_step,
+    metrics = {"variant": variant, "seed": seed, **stats, "examples": len(examples),
+               "optimizer_steps": trainer.state.global_step,
                "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 1), "resumed": resume,
                **{k: round(v, 6) if isinstance(v, float) else v for k, v in trainer.round_stats.items()},
                **{f"final_{k}": last[k] for k in LOGGED if k in last}}
-    if history:
-        for k in ("reward_mean", "approx_kl", "clipfrac", "explained_variance", "kl_ref"):
-            vals = [h[k] for h in history if k in h and h[k] == h[k]]
-            if vals:
-                metrics[f"mean_{k}"] = round(sum(vals) / len(vals), 6)
-    write_json(root / layout.metrics_file("train", variant), metrics)
-    shutil.rmtree(ckpt, ignore_errors=True)  # done: the model is in data/models/<variant>
-    return (f"train ({variant}): {len(examples)} trajectories, {trainer.state.global_step} optimizer steps"
-            f"{' (resumed)' if resume else ''}, {metrics['train_runtime_s']} s -> {layout.model_dir(variant)}")
+    for k in ("reward_mean", "approx_kl", "clipfrac", "explained_variance", "kl_ref"):
+        vals = [h[k] for h in history if k in h and h[k] == h[k]]
+        if vals:
+            metrics[f"mean_{k}"] = round(sum(vals) / len(vals), 6)
+    shutil.rmtree(ckpt, ignore_errors=True)
+    return metrics, history
+
+
+def run_round(params: Params, root: Path, variant: str, seed: int, k: int, start: Path, work: Path) -> dict:
+    """Round k of the run in its work folder: (from round 2) collect, annotate and the rewards with the policy
+    at `start`, then the PPO round, then (with `collect.replay`) the trained policy's greedy replay."""
+    work.mkdir(parents=True, exist_ok=True)
+    extra: dict = {"round": k}
+    if k == 1:
+        trajectories, adv_file = root / layout.trajectories_dir(seed), root / layout.advantages_file(variant, seed)
+    else:
+        trajectories, annotated, adv_file = work / "trajectories", work / "annotated", work / "advantages.parquet"
+        extra["collect"] = rounds.collect(params, root, start, trajectories, seed, f"{variant}-r{k - 1}",
+                                          replay=False)  # the previous round's replay is this policy's
+        extra["annotate"] = rounds.annotate(params, root, trajectories, annotated, work / "annotate.json")
+        extra["advantages"] = rounds.advantages(params, layout.table(annotated, "steps"), adv_file, variant)
+    metrics, history = train_round(params, variant, seed, start, trajectories, adv_file, work)
+    if params.collect.replay:
+        extra["replay"] = rounds.replay_tasks(params, root, rounds.collect_tasks(params, root, seed), work / "model",
+                                        layout.replay_dir(work), f"{variant}-r{k}")
+    write_json(work / "history.json", history)
+    metrics = {**extra, **metrics}
+    write_json(work / DONE, metrics)
+    return metrics
+
+
+def publish_round(work: Path, out: Path) -> None:
+    """The small artifacts of a finished round -> `out` (data/rounds/<variant>/s<seed>/r<k>); weights stay behind."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ROUND_FILES:
+        shutil.copy2(work / name, out / name)
+    for sub in ("annotated", "replay"):
+        for name in ("steps.parquet", rounds.FAILED, "results.parquet"):
+            if (work / sub / name).exists():
+                (out / sub).mkdir(exist_ok=True)
+                shutil.copy2(work / sub / name, out / sub / name)
+
+
+def run(params: Params, root: Path = Path("."), variant: str = variants.DEFAULT, seed: int = 0) -> str:
+    t = params.train
+    if seed not in t.seeds:
+        raise SteptoolError(f"seed {seed} is not one of train.seeds {t.seeds}")
+    sft, work = root / layout.SFT_MODEL, root / layout.checkpoint_dir(variant, seed)
+    key = _run_key(params, variant, seed, [sft / "model.safetensors",
+                                          root / layout.table(layout.trajectories_dir(seed), "tokens"),
+                                          root / layout.advantages_file(variant, seed)])
+    key_file = work / "run_key.txt"
+    if work.exists() and (not key_file.exists() or key_file.read_text() != key):
+        shutil.rmtree(work)  # the work of other inputs: start over
+    work.mkdir(parents=True, exist_ok=True)
+    key_file.write_text(key)
+    start, per_round, history, resumed = sft, [], [], []
+    for k in range(1, t.rounds + 1):
+        rwork = work / f"r{k}"
+        if (rwork / DONE).exists():
+            metrics = json.loads((rwork / DONE).read_text())
+            resumed.append(k)
+        else:
+            metrics = run_round(params, root, variant, seed, k, start, rwork)
+        offset = history[-1]["step"] if history else 0  # one x axis over the rounds
+        history += [{**h, "step": h["step"] + offset, "round": k}
+                    for h in json.loads((rwork / "history.json").read_text())]
+        per_round.append(metrics)
+        start = rwork / "model"
+    with atomic_path(root / layout.rounds_dir(variant, seed)) as tmp:
+        for k in range(1, t.rounds + 1):
+            publish_round(work / f"r{k}", tmp / f"r{k}")
+    with atomic_path(root / layout.model_dir(variant, seed)) as tmp:
+        shutil.copytree(start, tmp)
+    write_json(root / layout.train_plot(variant, seed), history)
+    last = per_round[-1]
+    summary = {k: v for k, v in last.items() if k not in ("collect", "annotate", "advantages", "replay")}
+    summary.update(rounds=t.rounds, resumed_rounds=resumed, optimizer_steps=sum(m["optimizer_steps"] for m in per_round),
+                   train_runtime_s=round(sum(m["train_runtime_s"] for m in per_round), 1))
+    write_json(root / layout.metrics_file("train", layout.run_name(variant, seed)), summary)
+    shutil.rmtree(work, ignore_errors=True)  # done: the model is in data/models/<variant>/s<seed>
+    return (f"train ({variant}, seed {seed}): {t.rounds} round(s), {last['examples']} trajectories in the last, "
+            f"{summary['optimizer_steps']} optimizer steps{f' (rounds {resumed} were done)' if resumed else ''}, "
+            f"{summary['train_runtime_s']} s -> {layout.model_dir(variant, seed)}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -330,8 +330,8 @@ def test_annotate_fails_above_max_failed_fraction_with_the_reasons_counted(playe
     monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", "k")
     server = JudgeServer(answer=answer)
     root = tmp_path / "root"
-    write_table(trajs, root / layout.table(layout.TRAJECTORIES, "trajectories"), TRAJECTORIES)
-    write_table(steps, root / layout.table(layout.TRAJECTORIES, "steps"), STEPS)
+    write_table(trajs, root / layout.table(layout.trajectories_dir(0), "trajectories"), TRAJECTORIES)
+    write_table(steps, root / layout.table(layout.trajectories_dir(0), "steps"), STEPS)
     _write_tasks(root, tasks)
     cfg = {"annotator": "openai", "base_url": server.url, "api_key_env": "STEPTOOL_TEST_JUDGE_KEY", "n_votes": 2,
            "max_invalid_retries": 0, "cache_path": str(tmp_path / "judge.sqlite")}
@@ -340,7 +340,7 @@ def test_annotate_fails_above_max_failed_fraction_with_the_reasons_counted(playe
             annotate.run(parse_params({"annotate": {**cfg, "max_failed_fraction": 0.0}}), root)
         n_failed = int(str(e.value).split(" of 24")[0].rsplit(" ", 1)[-1])
         assert 0 < n_failed < 24
-        assert len(json.loads((root / layout.ANNOTATED / "failed.json").read_text())) == n_failed
+        assert len(json.loads((root / layout.annotated_dir(0) / "failed.json").read_text())) == n_failed
         msg = annotate.run(parse_params({"annotate": {**cfg, "max_failed_fraction": 0.9}}), root)
         assert f"{24 - n_failed} trajectories" in msg and f"{n_failed} failed" in msg
     finally:
@@ -453,9 +453,9 @@ def test_annotate_fails_loudly_when_the_judge_labels_nothing(played, tmp_path, m
     secret = "sk-never-in-a-file-77"
     monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", secret)
     root = tmp_path
-    write_table(trajs[:2], root / layout.table(layout.TRAJECTORIES, "trajectories"), TRAJECTORIES)
+    write_table(trajs[:2], root / layout.table(layout.trajectories_dir(0), "trajectories"), TRAJECTORIES)
     write_table([s for s in steps if s["traj_id"] in {t["traj_id"] for t in trajs[:2]}],
-                root / layout.table(layout.TRAJECTORIES, "steps"), STEPS)
+                root / layout.table(layout.trajectories_dir(0), "steps"), STEPS)
     _write_tasks(root, tasks)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -465,7 +465,7 @@ def test_annotate_fails_loudly_when_the_judge_labels_nothing(played, tmp_path, m
                                         "timeout_s": 1.0, "cache_path": str(tmp_path / "judge.sqlite")}})
     with pytest.raises(SteptoolError, match=r"2 of 2 trajectories not labelled .*2 x APIConnectionError"):
         annotate.run(params, root)
-    failed = (root / layout.ANNOTATED / "failed.json").read_text()
+    failed = (root / layout.annotated_dir(0) / "failed.json").read_text()
     assert "APIConnectionError" in failed and secret not in failed
 
 
@@ -506,8 +506,8 @@ def test_an_endpoint_that_echoes_the_key_in_its_401_puts_it_in_no_file(played, t
     monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", canary)
     root = tmp_path / "root"
     keep = {t["traj_id"] for t in trajs[:2]}
-    write_table(trajs[:2], root / layout.table(layout.TRAJECTORIES, "trajectories"), TRAJECTORIES)
-    write_table([s for s in steps if s["traj_id"] in keep], root / layout.table(layout.TRAJECTORIES, "steps"), STEPS)
+    write_table(trajs[:2], root / layout.table(layout.trajectories_dir(0), "trajectories"), TRAJECTORIES)
+    write_table([s for s in steps if s["traj_id"] in keep], root / layout.table(layout.trajectories_dir(0), "steps"), STEPS)
     _write_tasks(root, tasks)
     params = parse_params({"annotate": {"annotator": "openai", "base_url": f"http://127.0.0.1:{server.server_port}/v1",
                                         "api_key_env": "STEPTOOL_TEST_JUDGE_KEY", "n_votes": 1, "max_retries": 1,

@@ -124,8 +124,23 @@ def test_the_console_script_is_the_cli():
 
 
 def _dvc_paths(params) -> set[str]:
-    """Every data/ and reports/ path in dvc.yaml, with ${item} expanded for the params' variants and models."""
+    """Every data/ and reports/ path in dvc.yaml, with ${item} and ${item.key} expanded for the foreach lists and
+    matrices the params give (variants, train.seeds, evaluate.models, evaluate.strategies)."""
+    import itertools
+
+    from pipeline.config import to_dict
+
+    raw = to_dict(params)
     out = set()
+
+    def resolve(ref):  # "${train.seeds}" -> the params' list
+        value = raw
+        for key in re.fullmatch(r"\$\{([\w.]+)\}", ref).group(1).split("."):
+            value = value[key]
+        return value
+
+    def expand(node, item):
+        return re.sub(r"\$\{item(?:\.(\w+))?\}", lambda m: str(item[m.group(1)] if m.group(1) else item), node)
 
     def walk(node, items):
         if isinstance(node, dict):
@@ -136,15 +151,15 @@ def _dvc_paths(params) -> set[str]:
             for v in node:
                 walk(v, items)
         elif isinstance(node, str) and re.match(r"^(data|reports)(/|$)", node):
-            for item in items:
-                out.add(re.sub(r"\$\{item(?:\.(\w+))?\}", lambda m: item[m.group(1)] if m.group(1) else item, node))
+            out.update(expand(node, item) for item in items)
 
     for name, stage in _dvc()["stages"].items():
         if "foreach" in stage:
-            walk({k: v for k, v in stage["do"].items() if k != "cmd"}, params.variants)
+            walk({k: v for k, v in stage["do"].items() if k != "cmd"}, resolve(stage["foreach"]))
         elif "matrix" in stage:
-            walk({k: v for k, v in stage.items() if k not in ("cmd", "matrix")},
-                 [{"model": m, "strategy": s} for m in params.evaluate.models for s in params.evaluate.strategies])
+            axes = {k: resolve(v) for k, v in stage["matrix"].items()}
+            items = [dict(zip(axes, combo)) for combo in itertools.product(*axes.values())]
+            walk({k: v for k, v in stage.items() if k not in ("cmd", "matrix")}, items)
         else:
             walk({k: v for k, v in stage.items() if k != "cmd"}, [None])
     walk(_dvc().get("plots", []), [None])
@@ -156,7 +171,8 @@ def test_dvc_yaml_paths_are_the_layout_paths():
     from pipeline.config import load_params
 
     params = load_params(REPO / "params.yaml")
-    ours = layout.dvc_paths(params.variants, params.evaluate.models, params.evaluate.strategies)
+    ours = layout.dvc_paths(params.variants, params.evaluate.models, params.evaluate.strategies,
+                             params.train.seeds)
     theirs = _dvc_paths(params)
     assert theirs - ours == set(), "dvc.yaml names paths that pipeline/layout.py does not hold"
     assert ours - theirs == set(), "pipeline/layout.py holds paths that dvc.yaml does not name"

@@ -58,10 +58,10 @@ def test_advantages_refuses_bad_annotations_inone_error_line(tmp_path, name, row
     from pipeline.errors import SteptoolError
     from stages import advantages
 
-    src = tmp_path / layout.table(layout.ANNOTATED, "steps")
+    src = tmp_path / layout.table(layout.annotated_dir(0), "steps")
     src.parent.mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=ANNOTATED_STEPS), src)  # written around the checks, as a
-    out = tmp_path / layout.advantages_file("steptool")                      # hand-edited or foreign file would be
+    out = tmp_path / layout.advantages_file("steptool", 0)                      # hand-edited or foreign file would be
     out.parent.mkdir(parents=True)
     out.write_bytes(b"previous output")
     if name == "nan contribution":
@@ -79,7 +79,7 @@ def test_advantages_refuses_bad_annotations_inone_error_line(tmp_path, name, row
 
 
 def test_good_annotations_pass_and_empty_ones_are_an_error(tmp_path):
-    src = tmp_path / layout.table(layout.ANNOTATED, "steps")
+    src = tmp_path / layout.table(layout.annotated_dir(0), "steps")
     write_table(_rows(), src, ANNOTATED_STEPS)
     assert read_table(src, ANNOTATED_STEPS).num_rows == 3
     proc = _cli("advantages", "steptool", cwd=tmp_path)

@@ -45,11 +45,11 @@ def repo(tmp_path_factory, tiny_model_dir):
     params["base_model"]["source"] = str(tiny_model_dir)  # the real GGUF conversion has its own test
     params["warmstart"].update(max_tasks=4, batch_size=4, max_length=4096)
     params["agent"].update(max_steps=2, max_new_tokens=8)
-    params["collect"].update(max_tasks=3, n_samples=2, chunk_size=2)
+    params["collect"].update(max_tasks=3, n_samples=2, chunk_size=2, replay=True)
     # the default variants (steptool, ppo_outcome: step and token level); the others differ only in the reward
-    # table and the registry's flags, which tests/test_trainer.py checks by hand
-    params["evaluate"].update(models=["sft", "steptool"], strategies=["cot", "dfsdt"],
-                              tasks_per_level={"cot": 1, "dfsdt": 1})
+    # table and the registry's flags, which tests/test_trainer.py checks by hand. Two seeds x two rounds each.
+    params["train"].update(seeds=[0, 1], rounds=2)
+    params["evaluate"].update(models=["sft", "steptool"], strategies=["cot"], tasks_per_level={"cot": 1, "dfsdt": 1})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                PYTHONPATH=str(dest), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
@@ -66,33 +66,48 @@ def repo(tmp_path_factory, tiny_model_dir):
 def test_repro_builds_every_stage(repo):
     dest, env, out = repo
     dvc = DVC
-    for stage in ("tasks", "base_model", "warmstart", "collect", "annotate", "advantages@steptool",
-                  "train@steptool", "train@ppo_outcome"):
+    for stage in ("tasks", "base_model", "warmstart", "collect@0", "collect@1", "annotate@0", "annotate@1",
+                  "advantages@steptool-0", "advantages@ppo_outcome-1", "train@steptool-0", "train@steptool-1",
+                  "train@ppo_outcome-0", "train@ppo_outcome-1", "evaluate@sft-cot", "evaluate@steptool-cot", "report"):
         assert f"Running stage '{stage}'" in out
     for variant in ("steptool", "ppo_outcome"):
-        assert (dest / layout.model_dir(variant) / "model.safetensors").exists()
-        assert (dest / layout.model_dir(variant) / "value_head.pt").exists()
-        train_metrics = json.loads((dest / layout.metrics_file("train", variant)).read_text())
-        assert train_metrics["optimizer_steps"] >= 1 and "round_baseline_ev_rloo" in train_metrics
-        rounds = pl.read_parquet(dest / layout.round_table(variant))
-        assert rounds.height == pl.read_parquet(dest / layout.advantages_file(variant)).height
+        for seed in (0, 1):
+            assert (dest / layout.model_dir(variant, seed) / "model.safetensors").exists()
+            assert (dest / layout.model_dir(variant, seed) / "value_head.pt").exists()
+            train_metrics = json.loads((dest / layout.metrics_file("train", layout.run_name(variant, seed))).read_text())
+            assert train_metrics["rounds"] == 2 and train_metrics["round"] == 2
+            assert train_metrics["optimizer_steps"] >= 2 and "round_baseline_ev_rloo" in train_metrics
+            # round 1 trained on the collect stage's trajectories, round 2 on its own collection, annotated
+            r1 = pl.read_parquet(dest / layout.round_dir(variant, seed, 1) / "round.parquet")
+            assert r1.height == pl.read_parquet(dest / layout.advantages_file(variant, seed)).height
+            r2 = dest / layout.round_dir(variant, seed, 2)
+            annotated = pl.read_parquet(r2 / "annotated" / "steps.parquet")
+            assert set(annotated["traj_id"]) == set(pl.read_parquet(r2 / "round.parquet")["traj_id"])
+            assert not set(annotated["traj_id"]) & set(r1["traj_id"])
+            round2 = json.loads((r2 / "metrics.json").read_text())
+            assert round2["collect"]["trajectories"] == 6 and round2["replay"]["tasks"] == 3
+            log = json.loads((dest / layout.train_plot(variant, seed)).read_text())
+            assert [h["round"] for h in log] == sorted(h["round"] for h in log) and {1, 2} <= {h["round"] for h in log}
+            assert [h["step"] for h in log] == sorted(h["step"] for h in log)
+        assert not (dest / layout.checkpoint_dir(variant, 0)).exists()  # the work is removed when done
+    # each seed collected its own trajectories (the sampling seed) from the same sft
+    t0, t1 = (pl.read_parquet(dest / layout.table(layout.trajectories_dir(s), "trajectories")) for s in (0, 1))
+    assert t0.height == t1.height == 6 and set(t0["traj_id"]).isdisjoint(t1["traj_id"])
+    assert json.loads((dest / layout.metrics_file("collect", "s0")).read_text())["replay"]["tasks"] == 3
     plots = _run(dvc + ["plots", "show", "--json"], dest, env)
     assert "policy_loss" in plots and str(layout.FIGURES / "pass_rate.png") in plots and str(layout.WIN_RATE_CSV) in plots
-    for model in ("sft", "steptool"):
-        for strategy in ("cot", "dfsdt"):
-            assert f"Running stage 'evaluate@{model}-{strategy}'" in out
-            assert pl.read_parquet(dest / layout.table(layout.eval_dir(model, strategy), "results")).height == 3
-    assert "Running stage 'report'" in out
+    results = pl.read_parquet(dest / layout.table(layout.eval_dir("steptool", "cot"), "results"))
+    assert results.height == 6 and sorted(results["seed"]) == [0, 0, 0, 1, 1, 1]
+    assert pl.read_parquet(dest / layout.table(layout.eval_dir("sft", "cot"), "results")).height == 3
     md = (dest / layout.RESULTS_MD).read_text()
-    assert "| steptool | dfsdt |" in md and "## Ablation" in md
-    assert "## Learning signal" in md and "comes from the **test** split" in md
+    assert "| steptool | cot |" in md and "## Ablation" in md and "2 training runs (seeds)" in md
+    assert "## Learning signal" in md and "comes from the **test** split" in md and "| steptool | 1 | 2 |" in md
+    assert "replay pass rate" in md
     assert pl.read_parquet(dest / layout.tasks_file("val")).height > 0
-    annotated = pl.read_parquet(dest / layout.table(layout.ANNOTATED, "steps"))
-    assert annotated.height == pl.read_parquet(dest / layout.table(layout.TRAJECTORIES, "steps")).height
+    annotated = pl.read_parquet(dest / layout.table(layout.annotated_dir(0), "steps"))
+    assert annotated.height == pl.read_parquet(dest / layout.table(layout.trajectories_dir(0), "steps")).height
     assert set(annotated["annotator"]) == {"oracle"}
     train = pl.read_parquet(dest / layout.tasks_file("train"))
-    trajs = pl.read_parquet(dest / layout.table(layout.TRAJECTORIES, "trajectories"))
-    assert trajs.height == 6 and trajs["traj_id"].n_unique() == 6
     assert (dest / layout.SFT_MODEL / "model.safetensors").exists()
     metrics = _run(dvc + ["metrics", "show"], dest, env)
     assert "parse_success" in metrics and "train_loss" in metrics
@@ -121,15 +136,15 @@ def test_exp_run_with_the_openai_judge_then_a_rerun_makes_no_call(repo):
     server = JudgeServer(Faults(p_429=0.1, p_malformed=0.05, seed=2))
     try:
         sets = ["-S", "annotate.annotator=openai", "-S", f"annotate.base_url={server.url}", "-S", "annotate.n_votes=2"]
-        out = _run(dvc + ["exp", "run", "annotate"] + sets, dest, env)
-        assert "Running stage 'annotate'" in out
-        metrics = json.loads((dest / layout.metrics_file("annotate")).read_text())
+        out = _run(dvc + ["exp", "run", "annotate@0"] + sets, dest, env)
+        assert "Running stage 'annotate@0'" in out
+        metrics = json.loads((dest / layout.metrics_file("annotate", "s0")).read_text())
         assert metrics["annotator"] == "openai" and metrics["judge_calls"] > 0
         assert metrics["annotated"] + metrics["failed"] == 6
         calls = server.http_calls
-        out = _run(dvc + ["exp", "run", "-f", "-s", "annotate"] + sets, dest, env)  # annotate alone
-        assert "Running stage 'annotate'" in out
-        metrics = json.loads((dest / layout.metrics_file("annotate")).read_text())
+        out = _run(dvc + ["exp", "run", "-f", "-s", "annotate@0"] + sets, dest, env)  # annotate alone
+        assert "Running stage 'annotate@0'" in out
+        metrics = json.loads((dest / layout.metrics_file("annotate", "s0")).read_text())
         assert metrics["judge_calls"] == 0 and metrics["cache_hits"] > 0 and server.http_calls == calls
     finally:
         server.close()
@@ -146,7 +161,7 @@ def test_a_changed_param_reruns_only_what_it_touches(repo):
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["toolworld"]["seed"] = 99
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = _run(dvc + ["repro", "annotate"], dest, env)  # (the rest of the chain is the same work again)
+    out = _run(dvc + ["repro", "annotate@0"], dest, env)  # (the rest of the chain is the same work again)
     assert "Running stage 'tasks'" in out and "Running stage 'base_model'" not in out
-    assert "Running stage 'collect'" in out
+    assert "Running stage 'collect@0'" in out and "Running stage 'collect@1'" not in out
     assert not pl.read_parquet(dest / layout.tasks_file("train"))["query"].equals(train["query"])

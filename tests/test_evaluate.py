@@ -99,11 +99,12 @@ def eval_root(tmp_path, tiny_model_dir):
     raw["agent"].update(max_steps=2, max_new_tokens=8, dfsdt_budget=3)
     raw["evaluate"].update(models=["sft", "steptool"], strategies=["cot", "dfsdt"],
                            tasks_per_level={"cot": 1, "dfsdt": 1})
+    raw["train"]["seeds"] = [0, 1]  # a trained variant: one checkpoint per seed, each evaluated
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     params = load_params(tmp_path / "params.yaml")
     tasks_stage.run(params, tmp_path)
-    for name in ("sft", "steptool"):
-        shutil.copytree(tiny_model_dir, tmp_path / layout.model_dir(name))
+    for d in (layout.model_dir("sft"), layout.model_dir("steptool", 0), layout.model_dir("steptool", 1)):
+        shutil.copytree(tiny_model_dir, tmp_path / d)
     return tmp_path, params
 
 
@@ -114,9 +115,12 @@ def test_evaluate_then_report(eval_root):
     for model in ("sft", "steptool"):
         for strategy in ("cot", "dfsdt"):
             msg = evaluate.run(params, root, model, strategy)
-            assert msg.startswith(f"evaluate {model} {strategy}: 3 tasks")
+            assert msg.startswith(f"evaluate {model} {strategy}: 3 tasks" + (" x 2 seeds" if model != "sft" else " x"))
     res = pl.read_parquet(root / layout.table(layout.eval_dir("sft", "dfsdt"), "results"))
-    assert res.height == 3 and sorted(res["level"]) == ["I1", "I2", "I3"]
+    assert res.height == 3 and sorted(res["level"]) == ["I1", "I2", "I3"] and res["seed"].is_null().all()
+    seeded = pl.read_parquet(root / layout.table(layout.eval_dir("steptool", "cot"), "results"))
+    assert seeded.height == 6 and sorted(seeded["seed"]) == [0, 0, 0, 1, 1, 1]
+    assert (root / layout.eval_dir("steptool", "cot") / layout.seed_dir(1) / "steps.parquet").exists()
     assert (res["actions_generated"] >= res["n_steps"]).all()
     metrics = json.loads((root / layout.metrics_file("eval", "steptool-cot")).read_text())
     assert set(metrics["pass_rate"]) == {"I1", "I2", "I3", "average"} and metrics["judge"] == "rule"
@@ -128,13 +132,15 @@ def test_evaluate_then_report(eval_root):
         assert line in md
     assert "## Ablation" in md and "| steptool | cot |" in md.split("## Ablation")[1]
     protocol = md.split("## Protocol and seeds")[1].split("## Figures")[0]
-    for seed in (f"`toolworld.seed` {params.toolworld.seed}", f"`collect.seed` {params.collect.seed}",
-                 f"`train.seed` {params.train.seed}", f"`evaluate.seed` {params.evaluate.seed}"):
+    assert "every trained variant is 2 training runs (seeds)" in md
+    for seed in (f"`toolworld.seed` {params.toolworld.seed}", "`train.seeds` [0, 1]",
+                 f"`evaluate.seed` {params.evaluate.seed}"):
         assert seed in protocol
     for fig in ("pass_rate.png", "win_rate.png"):
         assert (root / layout.FIGURES / fig).read_bytes()[:4] == b"\x89PNG"
     m = json.loads((root / layout.REPORT_METRICS).read_text())
-    assert m["sft-cot"]["win_rate_vs_sft"] is None and m["steptool-cot"]["win_rate_vs_sft"]["tasks"] == 3
+    assert m["sft-cot"]["win_rate_vs_sft"] is None and m["steptool-cot"]["win_rate_vs_sft"]["tasks"] == 6
+    assert m["steptool-cot"]["vs_sft"]["tasks"] == 3 and m["steptool-cot"]["vs_sft"]["seeds"] == 2
     assert (root / layout.WIN_RATE_CSV).read_text().startswith("run,win,tie,loss\nsteptool-cot,")
 
 
@@ -143,8 +149,8 @@ def test_evaluate_names_a_missing_checkpoint(eval_root):
     from stages import evaluate
 
     root, params = eval_root
-    shutil.rmtree(root / layout.model_dir("steptool"))
-    with pytest.raises(SteptoolError, match=f"{layout.model_dir('steptool')}: not a checkpoint"):
+    shutil.rmtree(root / layout.model_dir("steptool", 1))
+    with pytest.raises(SteptoolError, match=f"{layout.model_dir('steptool', 1)}: not a checkpoint"):
         evaluate.run(params, root, "steptool", "cot")
 
 
@@ -282,12 +288,24 @@ def test_learning_signal_table_by_hand():
         return [{"traj_id": "t", "task_id": "x", "step_idx": i, "reward": 0.0, "baseline": 0.0, "advantage": a,
                  "variant": v} for i, a in enumerate(advs)]
 
-    rounds = {"steptool": rows("steptool", [0.5, -0.2, 0.0, 0.3]), "ppo_outcome": rows("ppo_outcome", [0.1, 0.4, 0.0, -1.0])}
-    metrics = {"steptool": {"round_baseline_ev_rloo": 0.25, "round_baseline_ev_crossfit": -0.5}}
-    logs = {"steptool": [{"step": 1, "approx_kl": 0.01, "kl_ref_token": 0.001},
-                         {"step": 2, "approx_kl": 0.03, "kl_ref_token": 0.004}]}
-    text = "\n".join(learning_signal(rounds, metrics, logs))
-    # steptool: up 2 of 4, zero 1, down 1; signs differ from ppo_outcome's on steps 1 and 3 -> 50%
-    assert "| steptool | 4 | 50% / 25% / 25% | 0.25, -0.50 | 50% | 0.0200 | 0.0040 |" in text
-    assert "| ppo_outcome | 4 | 50% / 25% / 25% | –, – | – | – | – |" in text
-    assert learning_signal({}, {}, {}) == []
+    def run(v, seed, k, advs, metrics=None, before=None, after=None):
+        return {"variant": v, "seed": seed, "round": k, "rows": rows(v, advs), "metrics": metrics or {},
+                "before": before, "after": after}
+
+    steptool = {"round_baseline_ev_rloo": 0.25, "round_baseline_ev_crossfit": -0.5, "mean_approx_kl": 0.02,
+                "final_kl_ref_token": 0.004}
+    runs = [run("steptool", 0, 1, [0.5, -0.2, 0.0, 0.3], steptool),
+            run("ppo_outcome", 0, 1, [0.1, 0.4, 0.0, -1.0]),
+            run("steptool", 0, 2, [0.5, 0.5, 0.5, 0.5])]
+    text = "\n".join(learning_signal(runs))
+    # steptool round 1: up 2 of 4, zero 1, down 1; signs differ from ppo_outcome's on steps 1 and 3 -> 50%
+    assert "| steptool | 0 | 1 | 4 | 50% / 25% / 25% | 0.25, -0.50 | 50% | 0.0200 | 0.0040 |" in text
+    assert "| ppo_outcome | 0 | 1 | 4 | 50% / 25% / 25% | –, – | – | – | – |" in text
+    # round 2 trained on its own collection: no step in common with ppo_outcome's round 2 (there is none)
+    assert "| steptool | 0 | 2 | 4 | 100% / 0% / 0% | –, – | – | – | – |" in text
+    assert "replay pass rate" not in text and "collect.replay: true" in text
+    replayed = [run("steptool", 0, 1, [1.0], before={"pass_rate": 25.0, "failed_call_rate": 0.5, "calls_per_task": 3},
+                    after={"pass_rate": 50.0, "failed_call_rate": 0.25, "calls_per_task": 2.5})]
+    text = "\n".join(learning_signal(replayed))
+    assert "| 25.0 → 50.0 | 0.50 → 0.25 | 3.00 → 2.50 |" in text
+    assert learning_signal([]) == []

@@ -112,3 +112,64 @@ def test_power_estimate_holds_in_simulation():
         d = (u < p_win).astype(float) - ((u >= p_win) & (u < p_win + p_loss)).astype(float)
         hits += stats.ttest_1samp(d, 0.0).pvalue < 0.05
     assert 0.76 < hits / 2000 < 0.84, (n, hits)
+
+
+def _seeded(level_scores: dict[str, list[list[float]]], seeds=(0, 1)) -> dict[str, tuple[str, dict]]:
+    """Per task, one score per training seed."""
+    return {f"t{lv}-{i}": (lv, dict(zip(seeds, ss))) for lv, ss in level_scores.items() for i, ss in enumerate(ss)}
+
+
+def test_seed_scores_keep_each_seed_apart():
+    from pipeline.stats import seed_scores
+
+    rows = [{"task_id": "a", "level": "I1", "seed": 0, "pass_score": 1.0},
+            {"task_id": "a", "level": "I1", "seed": 0, "pass_score": 0.0},
+            {"task_id": "a", "level": "I1", "seed": 1, "pass_score": 0.5},
+            {"task_id": "b", "level": "I2", "pass_score": 1.0}]   # no seed column: sft's one checkpoint
+    assert seed_scores(rows) == {"a": ("I1", {0: 0.5, 1: 0.5}), "b": ("I2", {None: 1.0})}
+
+
+def test_the_bootstrap_resamples_seeds_too():
+    """Seed 0 solves every task, seed 1 none: the point is 50, and the interval spans both training runs. Of the
+    resampled seed pairs a quarter are (0, 0) -> 100, a quarter (1, 1) -> 0, so the 2.5th and 97.5th
+    percentiles are 0 and 100. Over tasks alone (one seed's view) there would be no spread at all."""
+    ci = pass_rate_ci(_seeded({"I1": [[1.0, 0.0]] * 8}), n_boot=4000)["I1"]
+    assert ci == {"mean": 50.0, "lo": 0.0, "hi": 100.0, "n": 8}
+    assert pass_rate_ci(_seeded({"I1": [[1.0, 1.0]] * 8}), n_boot=4000)["I1"] == {"mean": 100.0, "lo": 100.0,
+                                                                                 "hi": 100.0, "n": 8}
+
+
+def test_a_seeded_variant_pairs_each_seed_with_sfts_one_checkpoint():
+    cand = _seeded({"I1": [[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]]})
+    ref = _scores({"I1": [0.5, 0.0, 0.0]})
+    d = paired_difference(cand, ref, n_boot=2000)
+    # per task, the mean over seeds of (seed score - sft): 0, +1, 0 -> +33.3 points; one win, two ties
+    assert d["diff"] == pytest.approx(100 / 3, abs=1e-3)
+    assert (d["wins"], d["ties"], d["losses"]) == (1, 2, 0)
+    assert d["seeds"] == 2
+
+
+def test_two_seeded_variants_are_paired_seed_by_seed():
+    """steptool and ppo_outcome of one seed trained on the same collection: their difference is taken per seed."""
+    a = _seeded({"I1": [[1.0, 0.0], [0.0, 1.0]]})
+    b = _seeded({"I1": [[1.0, 0.0], [0.0, 1.0]]})
+    d = paired_difference(a, b, n_boot=500)
+    assert d["diff"] == 0 and d["lo"] == 0 and d["hi"] == 0 and d["sd_within"] == 0
+
+
+def test_variance_components_by_hand():
+    """Differences per (task, seed) [[0, 1], [1, 1], [0, 0], [1, 1]]: the within-task variances over the two
+    seeds are 0.5, 0, 0, 0 (mean 0.125, sd 35.36 points); the task means 0.5, 1, 0, 1 have variance
+    0.6875 / 3 = 0.22917, less 0.125 / 2 -> 0.16667 between (sd 40.82 points)."""
+    import numpy as np
+
+    from pipeline.stats import variance_components
+
+    between, within = variance_components({"I1": np.array([[0, 1], [1, 1], [0, 0], [1, 1]], dtype=float)})
+    assert within == pytest.approx(100 * 0.125 ** 0.5)
+    assert between == pytest.approx(100 * (0.6875 / 3 - 0.0625) ** 0.5)
+
+
+def test_tasks_played_by_different_seeds_are_an_error():
+    with pytest.raises(ValueError, match="different seeds"):
+        pass_rate_ci({"a": ("I1", {0: 1.0, 1: 0.0}), "b": ("I1", {0: 1.0})})

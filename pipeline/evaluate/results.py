@@ -1,8 +1,8 @@
 """Per-task evaluation results and their summary: pass rate, tool-invocation success, steps, give-ups.
 
-One result row per trajectory (a task played with one sample index); `statuses` holds one judge status
-per judging run. The pass rate follows StableToolBench (`pipeline.evaluate.passrate`): for every
-(sample, judging run) pair the share (#Solved + 0.5 #Unsure) / #tasks of a level, then mean and population
+One result row per trajectory (a task played by one checkpoint, its training seed, with one sample index);
+`statuses` holds one judge status per judging run. The pass rate follows StableToolBench
+(`pipeline.evaluate.passrate`): for every (seed, sample, judging run) the share (#Solved + 0.5 #Unsure) / #tasks of a level, then mean and population
 std over those pairs; the overall figure is the mean of the levels present, as the paper averages
 I1/I2/I3. Every test task counts: a trajectory that never finished is Unsolved, not left out.
 """
@@ -18,8 +18,9 @@ from pipeline.toolworld.fact_judge import UNSOLVED, fact_stated, rule_judge
 
 
 def result_rows(model: str, strategy: str, trajectories: list[dict], steps: list[dict], tasks: dict[str, Task],
-                statuses: dict[str, list[str]] | None = None) -> list[dict]:
-    """Rows of EVAL_RESULTS. `statuses`: traj_id -> judge statuses (openai); None: the rule judge."""
+                statuses: dict[str, list[str]] | None = None, seed: int | None = None) -> list[dict]:
+    """Rows of EVAL_RESULTS. `statuses`: traj_id -> judge statuses (openai); None: the rule judge. `seed`: the
+    checkpoint's training seed (None for base and sft)."""
     by_traj: dict[str, list[dict]] = defaultdict(list)
     for s in steps:
         by_traj[s["traj_id"]].append(s)
@@ -38,7 +39,7 @@ def result_rows(model: str, strategy: str, trajectories: list[dict], steps: list
         else:
             st = statuses.get(t["traj_id"]) or [UNSOLVED]
         rows.append({
-            "model": model, "strategy": strategy, "task_id": t["task_id"], "level": task.level,
+            "model": model, "strategy": strategy, "task_id": t["task_id"], "level": task.level, "seed": seed,
             "sample_idx": t["sample_idx"], "traj_id": t["traj_id"], "judge": "rule" if statuses is None else "openai",
             "statuses": st, "pass_score": statistics.fmean(STATUS_VALUE[s] for s in st),
             "finish_type": t["finish_type"], "final_answer": t["final_answer"], "n_steps": t["n_steps"],
@@ -57,11 +58,11 @@ def _facts_stated(facts: list[str] | None, answer: str, finish_type: str) -> int
 
 
 def _rates(rows: list[dict]) -> list[float]:
-    """Pass rate in percent for every (sample, judging run) pair."""
-    cells: dict[tuple[int, int], list[float]] = defaultdict(list)
+    """Pass rate in percent for every (seed, sample, judging run)."""
+    cells: dict[tuple, list[float]] = defaultdict(list)
     for r in rows:
         for run, s in enumerate(r["statuses"]):
-            cells[(r["sample_idx"], run)].append(STATUS_VALUE[s])
+            cells[(r.get("seed"), r["sample_idx"], run)].append(STATUS_VALUE[s])
     return [100.0 * statistics.fmean(v) for v in cells.values()]
 
 
@@ -85,6 +86,7 @@ def summarize(rows: list[dict]) -> dict:
         "tasks": len({r["task_id"] for r in rows}),
         "trajectories": len(rows),
         "samples": len({r["sample_idx"] for r in rows}),
+        "seeds": sorted({r["seed"] for r in rows if r.get("seed") is not None}),
         "judge_runs": max((len(r["statuses"]) for r in rows), default=0),
         "pass_rate": {**levels, "average": {"mean": round(statistics.fmean(means), 3) if means else None,
                                             "std": round(statistics.fmean(stds), 3) if stds else None}},
@@ -118,13 +120,14 @@ def compare_round(cand: dict, ref: dict, run: int) -> int:
 
 
 def win_rate(cand_rows: list[dict], ref_rows: list[dict]) -> dict:
-    """Win / tie / loss shares of the candidate against the reference over the tasks (and samples) both
-    played. A task is won when the candidate wins more judging rounds than it loses; ties are their own
-    share, never counted as half wins."""
-    ref = {(r["task_id"], r["sample_idx"]): r for r in ref_rows}
+    """Win / tie / loss shares of the candidate against the reference over the tasks (and seeds and samples)
+    both played; a candidate's seed meets the reference's same seed, or its only checkpoint (sft). A task is
+    won when the candidate wins more judging rounds than it loses; ties are their own share, never counted as
+    half wins."""
+    ref = {(r["task_id"], r.get("seed"), r["sample_idx"]): r for r in ref_rows}
     wins = ties = losses = 0
     for c in cand_rows:
-        r = ref.get((c["task_id"], c["sample_idx"]))
+        r = ref.get((c["task_id"], c.get("seed"), c["sample_idx"])) or ref.get((c["task_id"], None, c["sample_idx"]))
         if r is None:
             continue
         runs = min(len(c["statuses"]), len(r["statuses"]))
