@@ -74,7 +74,7 @@ TASKS = _schema(
 )
 
 TRAJECTORIES = _schema(
-    "One row per trajectory (data/trajectories/trajectories.parquet).",
+    "One row per trajectory (data/trajectories/s<seed>/trajectories.parquet).",
     _f("traj_id", pa.string(), "Stable hash of task, policy, strategy, sample index and seed.", False),
     _f("task_id", pa.string(), "The task this trajectory attempts.", False),
     _f("policy", pa.string(), "Model that acted."),
@@ -93,7 +93,7 @@ TRAJECTORIES = _schema(
 )
 
 STEPS = _schema(
-    "One row per step, i.e. one action and what the environment answered (data/trajectories/steps.parquet).",
+    "One row per step, i.e. one action and what the environment answered (data/trajectories/s<seed>/steps.parquet).",
     _f("traj_id", pa.string(), "Trajectory id.", False),
     _f("task_id", pa.string(), "Task id.", False),
     _f("step_idx", pa.int32(), "0-based; the Finish step is the last.", False),
@@ -117,7 +117,7 @@ STEPS = _schema(
 )
 
 TOKENS = _schema(
-    "Per-token side file of the actions (data/trajectories/tokens.parquet): exactly what was sampled.",
+    "Per-token side file of the actions (data/trajectories/s<seed>/tokens.parquet): exactly what was sampled.",
     _f("traj_id", pa.string(), "Trajectory id.", False),
     _f("step_idx", pa.int32(), "0-based step index.", False),
     _f("action_ids", pa.list_(pa.int32()), "Token ids the policy generated (end-of-turn token included if generated)."),
@@ -127,7 +127,7 @@ TOKENS = _schema(
 )
 
 ANNOTATED_STEPS = _schema(
-    "Steps with their step-grained rewards (data/annotated/steps.parquet).",
+    "Steps with their step-grained rewards (data/annotated/s<seed>/steps.parquet).",
     *STEPS,
     _f("succ_calling", pa.float64(), "SuccCalling in [0, 1]: the rule's 0/1, or the mean of the judge's votes; "
        "null on Finish steps.", range=(0, 1)),
@@ -149,7 +149,7 @@ ANNOTATED_STEPS = _schema(
 )
 
 ADVANTAGES = _schema(
-    "Per-step reward, return and advantage of one training variant (data/advantages/<variant>.parquet).",
+    "Per-step reward, return and advantage of one training variant (data/advantages/<variant>/s<seed>.parquet).",
     _f("traj_id", pa.string(), "Trajectory id.", False),
     _f("step_idx", pa.int32(), "0-based step index.", False),
     _f("reward", pa.float64(), "r_t of the variant (see params annotate/advantages).", range=(-FINITE, FINITE)),

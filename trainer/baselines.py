@@ -26,8 +26,6 @@ from collections import defaultdict
 
 import torch
 
-CHOICES = ("rloo", "crossfit", "zero", "fit_returns")
-
 
 def rloo(targets: list[list[float]], unit_step: list[list[int]], groups: list[str]) -> list[list[float]]:
     """Leave-one-out baseline per unit.

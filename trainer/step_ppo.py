@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import Trainer
 
+from trainer.baselines import explained_variance
 from trainer.config import StepPPOConfig
 from trainer.data import Example
 from trainer.model import PolicyWithValue
@@ -136,11 +137,9 @@ class StepPPOTrainer(Trainer):
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if self._ev_pairs:
-            r = torch.cat([p[0] for p in self._ev_pairs])
-            v = torch.cat([p[1] for p in self._ev_pairs])
-            var = r.var(unbiased=False)
-            self._metrics["explained_variance"].append(float(1 - (r - v).var(unbiased=False) / var) if var > 1e-8
-                                                       else float("nan"))
+            r = torch.cat([p[0] for p in self._ev_pairs]).tolist()
+            v = torch.cat([p[1] for p in self._ev_pairs]).tolist()
+            self._metrics["explained_variance"].append(explained_variance([r], [v]))  # the value head's, on R
             self._ev_pairs = []
         if self._metrics:
             for k, v in self._metrics.items():

@@ -1,0 +1,108 @@
+"""Several PPO rounds in one train stage (docs/architecture.md, "Seeds and rounds"): round 2 collects with round
+1's policy, a run killed between rounds keeps the finished round and the rerun does only what is left, and
+a changed param starts the run's work over."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import polars as pl
+import pytest
+import yaml
+
+from pipeline import layout
+
+
+@pytest.fixture()
+def round1(tmp_path, tiny_model_dir):
+    """A root where collect@0, annotate@0 and advantages@steptool-0 have run with a tiny sft."""
+    from pipeline.config import load_params
+    from stages import advantages, annotate, collect
+    from stages import tasks as tasks_stage
+    from tests.conftest import REPO
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["tasks"].update(train={"I1": 2, "I2": 1, "I3": 1}, test={"I1": 1, "I2": 1, "I3": 1})
+    raw["agent"].update(max_steps=2, max_new_tokens=8)
+    raw["collect"].update(max_tasks=2, n_samples=2, chunk_size=2)
+    raw["train"].update(rounds=2, seeds=[0], save_steps=100)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = load_params(tmp_path / "params.yaml")
+    tasks_stage.run(params, tmp_path)
+    shutil.copytree(tiny_model_dir, tmp_path / layout.SFT_MODEL)
+    collect.run(params, tmp_path, 0)
+    annotate.run(params, tmp_path, 0)
+    advantages.run(params, tmp_path, "steptool", 0)
+    return tmp_path, params
+
+
+def test_a_kill_between_rounds_keeps_round_one(round1, monkeypatch):
+    from pipeline.errors import SteptoolError
+    from stages import train
+
+    root, params = round1
+    real, calls, kill = train.train_round, [], [True]
+
+    def dies_in_round_two(params, variant, seed, start, trajectories, adv_file, work):
+        calls.append(work.name)
+        if work.name == "r2" and kill[0]:
+            raise SteptoolError("killed")
+        return real(params, variant, seed, start, trajectories, adv_file, work)
+
+    monkeypatch.setattr(train, "train_round", dies_in_round_two)
+    with pytest.raises(SteptoolError, match="killed"):
+        train.run(params, root, "steptool", 0)
+    work = root / layout.checkpoint_dir("steptool", 0)
+    assert (work / "r1" / "metrics.json").exists() and (work / "r1" / "model" / "config.json").exists()
+    # round 2 had collected and annotated with round 1's policy before it died: kept for the rerun
+    assert (work / "r2" / "trajectories" / "trajectories.parquet").exists()
+    assert not (root / layout.model_dir("steptool", 0)).exists()
+
+    kill[0] = False
+    msg = train.run(params, root, "steptool", 0)
+    assert calls == ["r1", "r2", "r2"] and "rounds [1] were done" in msg
+    metrics = json.loads((root / layout.metrics_file("train", layout.run_name("steptool", 0))).read_text())
+    assert metrics["rounds"] == 2 and metrics["resumed_rounds"] == [1] and metrics["round"] == 2
+    r1 = pl.read_parquet(root / layout.round_dir("steptool", 0, 1) / "round.parquet")
+    r2 = pl.read_parquet(root / layout.round_dir("steptool", 0, 2) / "round.parquet")
+    sft_ids = set(pl.read_parquet(root / layout.table(layout.trajectories_dir(0), "trajectories"))["traj_id"])
+    assert set(r1["traj_id"]) <= sft_ids and not set(r2["traj_id"]) & sft_ids  # round 2 played by round 1's policy
+    annotated = pl.read_parquet(root / layout.round_dir("steptool", 0, 2) / "annotated" / "steps.parquet")
+    assert set(annotated["traj_id"]) == set(r2["traj_id"])
+    assert (root / layout.model_dir("steptool", 0) / "model.safetensors").exists()
+    assert not work.exists()
+
+
+def test_a_changed_param_starts_the_runs_work_over(tmp_path, monkeypatch):
+    from pipeline.config import parse_params, to_dict
+    from pipeline.errors import SteptoolError
+    from stages import train
+
+    root, params = tmp_path, parse_params({"train": {"rounds": 2}})
+    for f in (layout.SFT_MODEL / "model.safetensors", layout.table(layout.trajectories_dir(0), "tokens"),
+              layout.advantages_file("steptool", 0)):  # the run key reads these inputs (their bytes only)
+        (root / f).parent.mkdir(parents=True, exist_ok=True)
+        (root / f).write_bytes(b"x")
+
+    def dies(*args, **kwargs):
+        raise SteptoolError("killed")
+
+    monkeypatch.setattr(train, "run_round", dies)
+    work = root / layout.checkpoint_dir("steptool", 0)
+    (work / "r1").mkdir(parents=True)
+    (work / "run_key.txt").write_text("of other params")
+    (work / "r1" / "metrics.json").write_text("{}")  # a finished round of another run
+    with pytest.raises(SteptoolError, match="killed"):
+        train.run(params, root, "steptool", 0)
+    assert not (work / "r1").exists()  # not mistaken for this run's round 1
+    raw = to_dict(params)
+    raw["train"]["seeds"] = [0, 3]  # another seed joins: seed 0's work is still its own
+    key = (work / "run_key.txt").read_text()
+    (work / "r1").mkdir()
+    (work / "r1" / "metrics.json").write_text("{}")  # this run's finished round 1: skipped, round 2 is next
+    (work / "r1" / "history.json").write_text("[]")
+    with pytest.raises(SteptoolError, match="killed"):
+        train.run(parse_params(raw), root, "steptool", 0)
+    assert (work / "run_key.txt").read_text() == key and (work / "r1" / "metrics.json").exists()
+    with pytest.raises(SteptoolError, match="not one of train.seeds"):
+        train.run(params, root, "steptool", 5)
