@@ -478,14 +478,16 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Check `value` against annotation `tp`; build nested dataclasses. Raise ConfigError naming `key`."""
+def _coerce(value: Any, tp: Any, key: str, source: str, base: Any = None) -> Any:
+    """Check `value` against annotation `tp`; build nested dataclasses (keys not given keep `base`'s values: the
+    parent's default, so `tasks_per_level: {cot: 0}` leaves dfsdt at the section's default). Raise ConfigError
+    naming `key`."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key} must be a mapping of {[f.name for f in dataclasses.fields(tp)]}, "
                               f"got {type(value).__name__} {value!r}")
-        return _build(tp, value, key, source)
+        return _build(tp, value, key, source, base)
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
@@ -530,17 +532,21 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     return value
 
 
-def _build(cls: type, raw: dict, prefix: str, source: str) -> Any:
+def _build(cls: type, raw: dict, prefix: str, source: str, base: Any = None) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
             where = f"{prefix}.{key}" if prefix else str(key)
             raise ConfigError(f"{source}: unknown key '{where}' (allowed: {', '.join(names)})")
+    base = cls() if base is None else base
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in raw:
-            kwargs[f.name] = _coerce(raw[f.name], hints[f.name], f"{prefix}.{f.name}" if prefix else f.name, source)
+            kwargs[f.name] = _coerce(raw[f.name], hints[f.name], f"{prefix}.{f.name}" if prefix else f.name, source,
+                                     getattr(base, f.name))
+        else:
+            kwargs[f.name] = getattr(base, f.name)
     obj = cls(**kwargs)
     try:
         obj.check(prefix or "params")

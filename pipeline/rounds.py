@@ -38,6 +38,8 @@ def collect(params, root: Path, model_dir: Path, out_dir: Path, seed: int, polic
 
     c = params.collect
     tasks = collect_tasks(params, root, seed)
+    if not tasks:
+        raise SteptoolError(f"{root / layout.tasks_file('train')}: no train task to play (tasks.train sizes)")
     summary = play(params, root, tasks, model_dir, out_dir, strategy=c.strategy, n_samples=c.n_samples,
                    temperature=c.temperature, top_p=c.top_p, seed=seed, chunk_size=c.chunk_size,
                    policy_name=policy_name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -64,8 +65,19 @@ def add_stage_arguments(parser: argparse.ArgumentParser, run: Callable, position
 def run_parsed(run: Callable, args: argparse.Namespace, names: tuple[str, ...] = ()) -> int:
     """Load the params, run the stage with its positional arguments by name, print its summary and time."""
     from pipeline.config import load_params
+    from pipeline.errors import ConfigError
 
-    params = load_params(args.params)
+    try:
+        params = load_params(args.params)
+    except ConfigError as e:
+        stage, dvc_root = os.environ.get("DVC_STAGE"), os.environ.get("DVC_ROOT")
+        if stage and dvc_root:  # DVC removed this stage's outputs before running it: put them back
+            from pipeline.dvc_restore import restore_outputs
+
+            restored = restore_outputs(Path(dvc_root), stage)
+            if restored:
+                raise ConfigError(f"{e} (the previous outputs are back: {', '.join(restored)})") from None
+        raise
     t0 = time.perf_counter()
     summary = run(params, Path(args.root), **{n: getattr(args, n) for n in names})
     print(f"{summary} [{time.perf_counter() - t0:.1f}s]")

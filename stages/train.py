@@ -86,7 +86,8 @@ def train_round(params: Params, variant: str, seed: int, start: Path, trajectori
                                                  task_type="CAUSAL_LM"))
     wrapped = PolicyWithValue(model, value_grad_to_trunk=t.value_grad_to_trunk)
     ckpt = work / "trainer"
-    resume = any(ckpt.glob("checkpoint-*/trainer_state.json"))
+    whole = complete_checkpoints(ckpt)
+    resume = bool(whole)
     # the section as is (its keys are TrainingArguments' names), plus what the stage decides
     cfg = StepPPOConfig(
         **to_dict(t), variant=variant, seed=seed, output_dir=str(ckpt), report_to=[], use_cpu=device == "cpu",
@@ -94,7 +95,7 @@ def train_round(params: Params, variant: str, seed: int, start: Path, trajectori
         data_seed=seed, save_strategy="steps", logging_steps=1, disable_tqdm=False, dataloader_num_workers=0,
         train_sampling_strategy="group_by_length")  # similar lengths: less padding
     trainer = StepPPOTrainer(wrapped, cfg, examples, pad_id=tok.pad_token_id)
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    result = trainer.train(resume_from_checkpoint=str(whole[-1]) if whole else None)
     with atomic_path(work / "model") as tmp:
         tmp.mkdir()
         wrapped.save_policy(tmp, tok)
@@ -112,6 +113,20 @@ def train_round(params: Params, variant: str, seed: int, start: Path, trajectori
             metrics[f"mean_{k}"] = round(sum(vals) / len(vals), 6)
     shutil.rmtree(ckpt, ignore_errors=True)
     return metrics, history
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """The trainer checkpoints under `folder` that a kill left whole, oldest first. transformers writes
+    trainer_state.json last, so a checkpoint without it (or with half of it) was cut short: it is removed,
+    and the run resumes from the one before instead of failing to load it."""
+    whole = []
+    for d in folder.glob("checkpoint-*"):
+        try:
+            json.loads((d / "trainer_state.json").read_text())
+            whole.append(d)
+        except (OSError, ValueError):
+            shutil.rmtree(d, ignore_errors=True)
+    return sorted(whole, key=lambda d: int(d.name.rsplit("-", 1)[1]))
 
 
 def run_round(params: Params, root: Path, variant: str, seed: int, k: int, start: Path, work: Path) -> dict:

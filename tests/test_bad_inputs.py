@@ -240,3 +240,22 @@ def test_non_utf8_pass_rate_and_import_files_areone_error_line(tmp_path):
     run.mkdir(parents=True)
     (run / "G1_instruction.json").write_bytes(b'{"q": "\xff"}')
     assert "not UTF-8 text" in one_error_line(steptool("pass-rate", str(run)))
+
+
+def test_collect_and_evaluate_refuse_an_empty_task_list(tmp_path):
+    """A task file with no row (params cannot ask for one; a hand-made or foreign file can be): one line naming
+    the file, before any model is loaded."""
+    from pipeline.config import parse_params
+    from pipeline.errors import SteptoolError
+    from pipeline.schema import TASKS
+    from stages import collect, evaluate
+
+    params = parse_params({})
+    for split in ("train", "test"):
+        write_table([], tmp_path / layout.tasks_file(split), TASKS)
+    with pytest.raises(SteptoolError, match=r"train\.parquet: no train task to play"):
+        collect.run(params, tmp_path, 0)
+    (tmp_path / layout.SFT_MODEL).mkdir(parents=True)
+    (tmp_path / layout.SFT_MODEL / "config.json").write_text("{}")
+    with pytest.raises(SteptoolError, match=r"test\.parquet: no task to evaluate on"):
+        evaluate.run(params, tmp_path, "sft", "cot")

@@ -124,3 +124,11 @@ def test_variants_and_train_keys_are_checked(raw, message):
     with pytest.raises(ConfigError) as e:
         parse_params(raw, "params.yaml")
     assert message in str(e.value)
+
+
+def test_a_nested_mapping_given_in_part_keeps_the_other_keys_defaults():
+    """`tasks_per_level: {cot: 0}` changes CoT only: DFSDT keeps the section's default (4), not the nested class's."""
+    from pipeline.config import PerStrategy, parse_params
+
+    assert parse_params({"evaluate": {"tasks_per_level": {"cot": 0}}}).evaluate.tasks_per_level == PerStrategy(0, 4)
+    assert parse_params({}).evaluate.tasks_per_level == PerStrategy(12, 4)

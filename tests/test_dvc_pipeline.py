@@ -124,6 +124,26 @@ def test_a_second_repro_does_nothing(repo):
     assert "Running stage" not in out and "up to date" in out
 
 
+def test_a_bad_param_under_dvc_repro_leaves_the_previous_outputs(repo):
+    """DVC removes a stage's outputs before running it; the stage that refuses its params puts them back from the
+    DVC cache (pipeline/dvc_restore.py), so a typo costs nothing."""
+    dest, env, _ = repo
+    before = {split: (dest / layout.tasks_file(split)).read_bytes() for split in ("train", "test")}
+    text = (dest / "params.yaml").read_text()
+    params = yaml.safe_load(text)
+    params["toolworld"]["rate_limit_prob"] = 1.5
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    try:
+        proc = subprocess.run(DVC + ["repro", "tasks"], cwd=dest, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0
+        assert "toolworld.rate_limit_prob must be in [0, 1), got 1.5" in proc.stderr
+        assert "the previous outputs are back" in proc.stderr and "Traceback" not in proc.stderr
+        assert {s: (dest / layout.tasks_file(s)).read_bytes() for s in before} == before
+    finally:
+        (dest / "params.yaml").write_text(text)
+    assert "Running stage" not in _run(DVC + ["repro"], dest, env)  # nothing to redo: the outputs are the same
+
+
 def test_exp_run_with_the_openai_judge_then_a_rerun_makes_no_call(repo):
     """`dvc exp run annotate -S annotate.annotator=openai ...` against the scripted judge (faults on), then a
     forced rerun answered from the cache; the key is in no file."""

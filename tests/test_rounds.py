@@ -106,3 +106,20 @@ def test_a_changed_param_starts_the_runs_work_over(tmp_path, monkeypatch):
     assert (work / "run_key.txt").read_text() == key and (work / "r1" / "metrics.json").exists()
     with pytest.raises(SteptoolError, match="not one of train.seeds"):
         train.run(params, root, "steptool", 5)
+
+
+def test_a_half_written_trainer_checkpoint_is_dropped_not_loaded(tmp_path):
+    """A kill while transformers saves leaves a checkpoint folder without trainer_state.json (written last) or with
+    half of it: resuming from it would fail. The run resumes from the last whole one."""
+    from stages.train import complete_checkpoints
+
+    for step, state in ((20, '{"global_step": 20}'), (40, '{"global_step": 40}'), (60, '{"global_st'), (80, None)):
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"weights")
+        if state is not None:
+            (d / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-100").mkdir()  # the folder made, nothing in it yet
+    assert [d.name for d in complete_checkpoints(tmp_path)] == ["checkpoint-20", "checkpoint-40"]
+    assert sorted(d.name for d in tmp_path.iterdir()) == ["checkpoint-20", "checkpoint-40"]
+    assert complete_checkpoints(tmp_path / "none") == []
