@@ -30,7 +30,7 @@ repro: $(STAMP)
 
 # Two workers (CI has two cores); a test file stays on one worker, so the dvc tests share one pipeline run.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -6,7 +6,9 @@
    as the pipeline does: without it, re-running the whole context at every step (prefill, ~1x batched or
    not on a CPU) dominates and hides what batching buys.
 2. what the prefix KV cache buys: the same calls, batched, without it.
-3. end-to-end collection rate (trajectories/min, cot, the collect params) on the same tasks.
+3. what retiring finished rows buys: the same calls, batched, with a row leaving the batch when it writes its
+   end-of-turn token, against keeping it in until the longest row ends (same tokens; tested).
+4. end-to-end collection rate (trajectories/min, cot, the collect params) on the same tasks.
 
 BENCH_PROMPTS (8), BENCH_STEPS (4) and BENCH_NEW_TOKENS (96) size it; BENCH_PRECISION (fp32|bf16) overrides
 the pipeline's 'auto' precision (bf16 on an AMX CPU).
@@ -103,6 +105,12 @@ def main() -> None:
     print(f"prefix KV cache (batched, same calls): {gen_b / t_b:.1f} tok/s with, {gen_n / t_n:.1f} tok/s without, "
           f"ratio {(gen_b / t_b) / (gen_n / t_n):.2f}x; {reuse['reused_tokens'] / max(reuse['prompt_tokens'], 1):.0%} "
           f"of context tokens reused")
+    kept = HFPolicy(batched.model, batched.tok, sampling, batch_size=n, kv_cache_tokens=kv)
+    kept.retire_finished = False
+    gen_k, t_k = _replay(kept, calls)
+    gen_r, t_r = _replay(batched, calls)
+    print(f"finished rows leave the batch (batched, same calls): {gen_r / t_r:.1f} tok/s, kept until the longest row "
+          f"ends {gen_k / t_k:.1f} tok/s, ratio {(gen_r / t_r) / (gen_k / t_k):.2f}x")
     policy = HFPolicy(batched.model, batched.tok, SamplingConfig(max_new_tokens=new_tokens, temperature=0.8),
                       batch_size=8, kv_cache_tokens=kv)
     with tempfile.TemporaryDirectory() as tmp:

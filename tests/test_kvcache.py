@@ -96,3 +96,31 @@ def test_a_tiny_budget_still_gives_the_same_generations(world, splits, tokenizer
     small = _policy(tokenizer, 700, 0.0)  # room for about one chain: most lookups miss or hit partially
     _same(plain, run_cot(jobs, small, renderer, lambda: ToolWorldEnv(world), max_steps=2))
     assert small.prefix_cache.tokens <= 700
+
+
+def test_finished_rows_leave_the_batch_without_changing_any_generation(tokenizer):
+    """A row that wrote its end-of-turn token leaves the batch (retire_finished). Every row's tokens and log-probs
+    are those of the run that keeps finished rows in until the longest ends, and the prefix cache holds the
+    same sequences. The random model rarely ends a row, so a token it writes early is made the end token."""
+    prompts = [tokenizer.encode(f"question {i}: " + "word " * (3 * i)) for i in range(6)]
+    seeds = list(range(6))
+    probe = _policy(tokenizer, 0, 0.9)
+    probe.sampling = SamplingConfig(24, 0.9, 1.0)
+    first = probe.generate(prompts, seeds)
+    eos = first[0].token_ids[2]  # row 0 ends at its 3rd token; others end wherever they write it, or run to 24
+
+    def run(retire: bool):
+        policy = _policy(tokenizer, 100_000, 0.9)
+        policy.sampling = SamplingConfig(24, 0.9, 1.0)
+        policy.eos_id, policy.retire_finished = eos, retire
+        return policy, policy.generate(prompts, seeds)
+
+    kept_policy, kept = run(False)
+    retired_policy, retired = run(True)
+    lengths = sorted(len(g.token_ids) for g in retired)
+    assert lengths[0] <= 3 and lengths[-1] == 24  # some rows left early, one ran to the limit
+    for a, b in zip(kept, retired):
+        assert a.token_ids == b.token_ids and a.ended == b.ended
+        assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
+    stored = lambda p: sorted(e.ids.tolist() for e in p.prefix_cache.entries.values())  # noqa: E731
+    assert stored(kept_policy) == stored(retired_policy) and len(stored(retired_policy)) == 6

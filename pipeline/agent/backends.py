@@ -50,6 +50,10 @@ class HFPolicy:
         self.eos_id = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
         self.stats = {"prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0}
+        # A row that wrote its end-of-turn token leaves the batch (its states are stored first): the rest stop
+        # paying for its attention and matmuls. False keeps it in until the longest row ends (bench/agent.py
+        # compares the two on the same prompts).
+        self.retire_finished = True
         # transformers 5 calls the KV cache `cache`; 4.x called it `past_key_values`.
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -109,18 +113,28 @@ class HFPolicy:
         cache, logits = self._forward(past, input_ids=ids, attention_mask=mask, position_ids=positions)
         return cache, logits, mask, positions[:, -1] + 1
 
-    def _store(self, cache, mask: torch.Tensor, prompts: list[list[int]], tokens: list[list[int]]) -> None:
-        """Keep each row's states for prompt + generated tokens (all but the last, which never ran)."""
+    def _store(self, cache, mask: torch.Tensor, rows: list[tuple[int, list[int]]]) -> None:
+        """Keep the states of each (batch position, prompt + generated tokens but the last, which never ran)."""
         layers = self._cache_layers(cache)
         if layers is None:
             return
-        for r, (p, t) in enumerate(zip(prompts, tokens)):
-            seq = p + t[:-1]
-            where = mask[r].nonzero().view(-1)[:len(seq)]
+        for b, seq in rows:
+            where = mask[b].nonzero().view(-1)[:len(seq)]
             if where.numel() != len(seq):
                 continue
-            self.prefix_cache.store(seq, [(k[r].index_select(1, where), v[r].index_select(1, where))
+            self.prefix_cache.store(seq, [(k[b].index_select(1, where), v[b].index_select(1, where))
                                           for k, v in layers])
+
+    @staticmethod
+    def _keep_rows(cache, keep: torch.Tensor) -> None:
+        """Shrink the cache to the batch rows `keep` (finished rows leave the batch: the attention and the
+        matmuls of later tokens stop paying for them)."""
+        for layer in cache.layers:
+            if getattr(layer, "_k", None) is not None:  # kvcache.growing_cache's preallocated buffers
+                layer._k, layer._v = layer._k.index_select(0, keep), layer._v.index_select(0, keep)
+                layer.keys, layer.values = layer._k[:, :, :layer._n], layer._v[:, :, :layer._n]
+            else:
+                layer.keys, layer.values = layer.keys.index_select(0, keep), layer.values.index_select(0, keep)
 
     def generate(self, prompts: list[list[int]], seeds: list[int],
                  slots: list[NameSlot | None] | None = None) -> list[Generation]:
@@ -177,32 +191,43 @@ class HFPolicy:
         tokens: list[list[int]] = [[] for _ in range(bsz)]
         logps: list[list[float]] = [[] for _ in range(bsz)]
         done = [False] * bsz
-        for _ in range(s.max_new_tokens):
+        rows = list(range(bsz))  # the prompt each batch row holds; finished rows leave (retire_finished)
+        retire = self.retire_finished and self._cache_layers(cache) is not None
+        for step in range(s.max_new_tokens):
             masked = None
-            for r, slot in enumerate(slots):
-                if slot is not None and not done[r]:
-                    allowed = self.allowed_tokens(tokens[r], slot)
+            for b, r in enumerate(rows):
+                if slots[r] is not None and not done[r]:
+                    allowed = self.allowed_tokens(tokens[r], slots[r])
                     if allowed is not None:
                         if masked is None:
                             masked = logits.clone()
-                        keep = torch.full_like(logits[r], float("-inf"))
+                        keep = torch.full_like(logits[b], float("-inf"))
                         keep[allowed] = 0.0
-                        masked[r] += keep
-            chosen, chosen_lp = self._sample(logits, gens, masked)
-            for r in range(bsz):
+                        masked[b] += keep
+            chosen, chosen_lp = self._sample(logits, [gens[r] for r in rows], masked)
+            for b, r in enumerate(rows):
                 if not done[r]:
-                    tokens[r].append(int(chosen[r]))
-                    logps[r].append(float(chosen_lp[r]))
-                    done[r] = int(chosen[r]) == self.eos_id
-            if all(done):
-                break
-            step_ids = chosen.view(bsz, 1).to(self.device)
-            mask = torch.cat([mask, torch.ones((bsz, 1), dtype=mask.dtype, device=self.device)], dim=1)
+                    tokens[r].append(int(chosen[b]))
+                    logps[r].append(float(chosen_lp[b]))
+                    done[r] = int(chosen[b]) == self.eos_id
+            if all(done[r] for r in rows) or step == s.max_new_tokens - 1:
+                break  # (the last token sampled never needs to run)
+            if retire and any(done[r] for r in rows):
+                if self.prefix_cache is not None:
+                    self._store(cache, mask, [(b, prompts[r] + tokens[r][:-1]) for b, r in enumerate(rows)
+                                              if done[r]])
+                keep = [b for b, r in enumerate(rows) if not done[r]]
+                idx = torch.tensor(keep, device=mask.device)
+                self._keep_rows(cache, idx)
+                mask, next_pos, chosen = mask[idx], next_pos[idx], chosen[torch.tensor(keep)]
+                rows = [rows[b] for b in keep]
+            step_ids = chosen.view(len(rows), 1).to(self.device)
+            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=self.device)], dim=1)
             cache, logits = self._forward(cache, input_ids=step_ids, attention_mask=mask,
-                                          position_ids=next_pos.view(bsz, 1))
+                                          position_ids=next_pos.view(len(rows), 1))
             next_pos = next_pos + 1
         if self.prefix_cache is not None:
-            self._store(cache, mask, prompts, tokens)
+            self._store(cache, mask, [(b, prompts[r] + tokens[r][:-1]) for b, r in enumerate(rows)])
         self.stats["prompt_tokens"] += sum(len(p) for p in prompts)
         self.stats["generated_tokens"] += sum(len(t) for t in tokens)
         self.stats["seconds"] += time.perf_counter() - t0
