@@ -415,7 +415,8 @@ class EvaluateConfig(_Checked):
         "Tasks per level I1/I2/I3 for each strategy, the first ones of the split (0: all). DFSDT costs about "
         "twice CoT per task.", factory=lambda: PerStrategy(12, 4))
     samples: int = _help(
-        "Plays per task (the 'seeds' of mean +- std); with temperature 0 they are identical, so keep 1.", 1)
+        "Plays per task and checkpoint (mean +- std over them); with temperature 0 they are identical, so keep 1. "
+        "The spread over training runs comes from train.seeds.", 1)
     temperature: float = _help("Sampling temperature of the agent (0: greedy, as StableToolBench evaluates).", 0.0)
     seed: int = _help("Sampling seed (with temperature > 0).", 0)
     judge: Literal["rule", "openai"] = _help(

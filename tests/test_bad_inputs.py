@@ -259,3 +259,55 @@ def test_collect_and_evaluate_refuse_an_empty_task_list(tmp_path):
     (tmp_path / layout.SFT_MODEL / "config.json").write_text("{}")
     with pytest.raises(SteptoolError, match=r"test\.parquet: no task to evaluate on"):
         evaluate.run(params, tmp_path, "sft", "cot")
+
+
+def test_annotate_refuses_a_trajectory_of_an_unknown_task(tmp_path):
+    """Trajectories whose task is in no task file (collected against other tasks): one line, nothing written."""
+    from pipeline.config import parse_params
+    from pipeline.schema import STEPS, TRAJECTORIES
+    from stages import tasks as tasks_stage
+
+    tasks_stage.run(parse_params({}), tmp_path)
+    traj = {"traj_id": "t1", "task_id": "no-such-task", "policy": "sft", "strategy": "cot", "sample_idx": 0, "seed": 0,
+            "n_steps": 1, "finish_type": "give_answer", "final_answer": "x", "split": "train", "level": "I1",
+            "actions_generated": 1, "tree_json": None}
+    step = {k: v for k, v in _rows()[2].items() if k in STEPS.names} | {"traj_id": "t1", "task_id": "no-such-task",
+                                                                         "api_name": "Finish", "is_finish": True}
+    folder = tmp_path / layout.trajectories_dir(0)
+    write_table([traj], layout.table(folder, "trajectories"), TRAJECTORIES)
+    write_table([step], layout.table(folder, "steps"), STEPS)
+    line = one_error_line(_cli("annotate", "0", cwd=tmp_path))
+    assert "not in the task files" in line and "no-such-task" in line
+    assert not (tmp_path / layout.annotated_dir(0)).exists()
+
+
+def test_train_refuses_an_empty_advantages_table(tmp_path, tiny_model_dir):
+    import shutil
+
+    from pipeline.config import parse_params
+    from pipeline.errors import SteptoolError
+    from pipeline.schema import ADVANTAGES, STEPS, TOKENS, TRAJECTORIES
+    from stages import train
+
+    shutil.copytree(tiny_model_dir, tmp_path / layout.SFT_MODEL)
+    folder = tmp_path / layout.trajectories_dir(0)
+    for name, schema in (("trajectories", TRAJECTORIES), ("steps", STEPS), ("tokens", TOKENS)):
+        write_table([], layout.table(folder, name), schema)
+    write_table([], tmp_path / layout.advantages_file("steptool", 0), ADVANTAGES)
+    with pytest.raises(SteptoolError, match=r"steptool/s0\.parquet: no trajectory to train on \(0 read"):
+        train.run(parse_params({}), tmp_path, "steptool", 0)
+    assert not (tmp_path / layout.model_dir("steptool", 0)).exists()
+
+
+def test_params_into_a_closed_pipe_is_quiet():
+    """`steptool params | head -1`: the reader leaves early; no BrokenPipeError traceback, exit 0."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "steptool", "params"], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.stdout.readline()
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and b"Traceback" not in err and b"BrokenPipe" not in err, err
