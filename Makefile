@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup repro test bench clean-venv
+.PHONY: setup repro test bench study clean-venv
 
 setup: $(STAMP)
 
@@ -34,6 +34,22 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The study (profiles/study.yaml, about 90 min on 2 AMX cores): the committed code in a fresh clone under
+# build/study (so this workspace's params.yaml and dvc.lock stay the default's), then its report, figures and
+# metrics into reports/study/ with RUN.md: commit, profile, wall time, machine, torch.
+STUDY := build/study
+study: $(STAMP)
+	rm -rf $(STUDY) && git clone -q . $(STUDY)
+	cd $(STUDY) && PYTHONPATH="$(CURDIR)/$(STUDY)" $(CURDIR)/$(BIN)/python -m steptool params --profile profiles/study.yaml --write params.yaml
+	start=$$(date +%s); cd $(STUDY) && PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH="$(CURDIR)/$(STUDY)" $(CURDIR)/$(BIN)/dvc repro \
+	  && end=$$(date +%s) && cd $(CURDIR) && rm -rf reports/study && mkdir -p reports/study \
+	  && cp -r $(STUDY)/reports/results.md $(STUDY)/reports/metrics.json $(STUDY)/reports/*.csv $(STUDY)/reports/figures reports/study/ \
+	  && { echo "# How reports/study/ was made"; echo; \
+	       echo "- commit $$(git -C $(STUDY) rev-parse --short HEAD), params: profiles/study.yaml over the defaults"; \
+	       echo "- wall time $$(( (end - start) / 60 )) min $$(( (end - start) % 60 )) s (dvc repro, venv excluded), finished $$(date -u +%Y-%m-%dT%H:%MZ)"; \
+	       echo "- machine: $$(nproc) cores, $$(lscpu | sed -n 's/^Model name: *//p'), AMX: $$(grep -q amx_tile /proc/cpuinfo && echo yes || echo no)"; \
+	       echo "- torch $$($(BIN)/python -c 'import torch; print(torch.__version__)'), precision auto"; } > reports/study/RUN.md
 
 clean-venv:
 	rm -rf $(VENV)
