@@ -523,3 +523,41 @@ def test_an_endpoint_that_echoes_the_key_in_its_401_puts_it_in_no_file(played, t
     for f in tmp_path.rglob("*"):
         if f.is_file():
             assert canary.encode() not in f.read_bytes(), f
+
+
+def test_retry_after_is_read_from_seconds_milliseconds_and_dates():
+    import email.utils
+    from types import SimpleNamespace
+
+    from pipeline.annotate.llm_judge import MAX_RETRY_AFTER_S, retry_after_s
+
+    def err(**headers):
+        return SimpleNamespace(response=SimpleNamespace(headers=headers))
+
+    assert retry_after_s(err(**{"retry-after": "2"})) == 2.0
+    assert retry_after_s(err(**{"retry-after-ms": "1500", "retry-after": "9"})) == 1.5  # the finer one wins
+    date = email.utils.formatdate(1_000_030.0, usegmt=True)
+    assert retry_after_s(err(**{"retry-after": date}), now=1_000_000.0) == pytest.approx(30.0)
+    assert retry_after_s(err(**{"retry-after": "86400"})) == MAX_RETRY_AFTER_S
+    for bad in ("soon", "-3", "nan", ""):
+        assert retry_after_s(err(**{"retry-after": bad})) == 0.0
+    assert retry_after_s(err()) == 0.0 and retry_after_s(None) == 0.0 and retry_after_s(ValueError("x")) == 0.0
+
+
+def test_a_429_with_retry_after_is_waited_out(played, tmp_path, monkeypatch):
+    """The loopback judge answers the first call 429 with `Retry-After: 1`: the client's retry comes at least a
+    second later (the backoff alone would retry after ~0.1 s, as it does without the header)."""
+    trajs, steps, tasks = played
+    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", "k")
+    gaps = {}
+    for retry_after in ("1", None):
+        server = JudgeServer(Faults(first_429=1, retry_after=retry_after))
+        try:
+            cfg = _judge_cfg(server.url, n_votes=1, concurrency=1)
+            labels, stats = label_trajectories(trajs[:1], steps, tasks, cfg, str(tmp_path / f"c{retry_after}.sqlite"),
+                                               progress=False)
+            assert not labels[0].failed and stats["transport_retries"] == 1
+            gaps[retry_after] = server.call_times[1] - server.call_times[0]
+        finally:
+            server.close()
+    assert gaps["1"] >= 1.0 and gaps[None] < 0.6, gaps

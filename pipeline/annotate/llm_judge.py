@@ -12,7 +12,8 @@ Unlike the reference (no cache, no validation, no resume, crashes on slow answer
   `max_invalid_retries`, then the vote fails with its reason, never padded; a trajectory is labelled from
   the votes that came back when there are at least `min_votes` of them (the failed ones are listed), and
   is recorded as failed with the reasons otherwise;
-- 429, 5xx, timeouts and dropped connections are retried with exponential backoff (tenacity); when
+- 429, 5xx, timeouts and dropped connections are retried with exponential backoff (tenacity), waiting at
+  least what a 429's `Retry-After` asks (capped at MAX_RETRY_AFTER_S); when
   retries run out the trajectory is failed with the reason and the next run tries again;
 - requests go out `concurrency` at a time (asyncio), at most `requests_per_minute`;
 - every answer goes through the content-addressed `JudgeCache`, so nothing is paid for twice.
@@ -74,6 +75,35 @@ TOOL = {
 
 
 _SECRET_LIKE = re.compile(r"(?i)(bearer\s+)[^\s'\",}]+|\bsk-[A-Za-z0-9_\-]{6,}")
+
+
+MAX_RETRY_AFTER_S = 120.0  # a longer Retry-After (a day's quota gone) is capped: the run fails, a rerun resumes
+
+
+def retry_after_s(exc: BaseException | None, now: float | None = None) -> float:
+    """Seconds the server asked to wait in the error's `Retry-After-Ms` or `Retry-After` header (seconds or an
+    HTTP date), capped at MAX_RETRY_AFTER_S; 0 when it gave none or gave nonsense."""
+    import email.utils
+    import time
+
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    if not headers:
+        return 0.0
+    try:
+        if headers.get("retry-after-ms") is not None:
+            value = float(headers["retry-after-ms"]) / 1000.0
+        else:
+            raw = headers.get("retry-after")
+            if raw is None:
+                return 0.0
+            try:
+                value = float(raw)
+            except ValueError:
+                when = email.utils.parsedate_to_datetime(raw)
+                value = when.timestamp() - (time.time() if now is None else now)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    return min(MAX_RETRY_AFTER_S, value) if value == value and value > 0 else 0.0
 
 
 def redact(text: str, key: str = "") -> str:
@@ -257,10 +287,16 @@ class JudgeClient:
         def count(state):
             self.stats["transport_retries"] += 1
 
+        backoff = wait_exponential(multiplier=0.1, max=10.0) + wait_random(0, 0.1)
+
+        def wait(state) -> float:  # the server's Retry-After when it gives one (at least the backoff)
+            exc = state.outcome.exception() if state.outcome else None
+            return max(backoff(state), retry_after_s(exc))
+
         retrying = AsyncRetrying(
             retry=retry_if_exception_type((openai.RateLimitError, openai.APIConnectionError, openai.APITimeoutError,
                                            openai.InternalServerError)),
-            wait=wait_exponential(multiplier=0.1, max=10.0) + wait_random(0, 0.1),
+            wait=wait,
             stop=stop_after_attempt(self.cfg.max_retries), before_sleep=count, reraise=True)
         async for attempt in retrying:
             with attempt:

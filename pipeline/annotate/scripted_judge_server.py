@@ -16,6 +16,7 @@ import random
 import re
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 
@@ -38,6 +39,8 @@ class Faults:
     p_malformed: float = 0.0
     p_wrong_length: float = 0.0
     seed: int = 0
+    first_429: int = 0  # the first N calls are answered 429 whatever the draw (a deterministic rate limit)
+    retry_after: str | None = None  # the Retry-After header of every 429 (seconds or an HTTP date), as OpenAI sends
 
 
 def called_function(request: dict) -> str:
@@ -86,6 +89,7 @@ class JudgeServer:
         self.model = model
         self.lock = threading.Lock()
         self.http_calls = 0
+        self.call_times: deque[float] = deque(maxlen=1000)  # monotonic times of the last calls (bounded)
         self.answered = 0
         # sha256 of each distinct Authorization header: enough for a test to check which key was sent, without
         # the server holding the key itself, and bounded by the number of keys rather than of requests
@@ -127,13 +131,15 @@ class JudgeServer:
                 f = outer.faults
                 with outer.lock:
                     outer.http_calls += 1
+                    outer.call_times.append(time.monotonic())
                     outer.auth_digests.add(auth_digest(self.headers.get("Authorization", "")))
-                    u = outer._rng.random()
+                    u = -1.0 if outer.http_calls <= f.first_429 else outer._rng.random()
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     send_json(self, 404, {"error": {"message": "only /v1/chat/completions", "type": "not_found"}})
                     return
                 if u < f.p_429:
-                    send_json(self, 429, {"error": {"message": "injected rate limit", "type": "rate_limit"}})
+                    send_json(self, 429, {"error": {"message": "injected rate limit", "type": "rate_limit"}},
+                              headers={"Retry-After": f.retry_after} if f.retry_after is not None else None)
                     return
                 if u < f.p_429 + f.p_500:
                     send_json(self, 500, {"error": {"message": "injected server error", "type": "server"}})
