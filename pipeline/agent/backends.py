@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from pipeline.agent.kvcache import PrefixCache, batch_past, growing_cache
+from pipeline.agent.kvcache import PrefixCache, batch_past, growing_cache, keep_rows
 from pipeline.agent.policy import Generation, NameSlot, Policy, SamplingConfig, ScriptedPolicy, slot_remainders
 
 __all__ = ["Generation", "HFPolicy", "NameSlot", "OpenAIPolicy", "Policy", "SamplingConfig", "ScriptedPolicy",
@@ -125,17 +125,6 @@ class HFPolicy:
             self.prefix_cache.store(seq, [(k[b].index_select(1, where), v[b].index_select(1, where))
                                           for k, v in layers])
 
-    @staticmethod
-    def _keep_rows(cache, keep: torch.Tensor) -> None:
-        """Shrink the cache to the batch rows `keep` (finished rows leave the batch: the attention and the
-        matmuls of later tokens stop paying for them)."""
-        for layer in cache.layers:
-            if getattr(layer, "_k", None) is not None:  # kvcache.growing_cache's preallocated buffers
-                layer._k, layer._v = layer._k.index_select(0, keep), layer._v.index_select(0, keep)
-                layer.keys, layer.values = layer._k[:, :, :layer._n], layer._v[:, :, :layer._n]
-            else:
-                layer.keys, layer.values = layer.keys.index_select(0, keep), layer.values.index_select(0, keep)
-
     def generate(self, prompts: list[list[int]], seeds: list[int],
                  slots: list[NameSlot | None] | None = None) -> list[Generation]:
         if len(prompts) != len(seeds) or (slots is not None and len(slots) != len(prompts)):
@@ -218,7 +207,7 @@ class HFPolicy:
                                               if done[r]])
                 keep = [b for b, r in enumerate(rows) if not done[r]]
                 idx = torch.tensor(keep, device=mask.device)
-                self._keep_rows(cache, idx)
+                keep_rows(cache, idx)
                 mask, next_pos, chosen = mask[idx], next_pos[idx], chosen[torch.tensor(keep)]
                 rows = [rows[b] for b in keep]
             step_ids = chosen.view(len(rows), 1).to(self.device)
