@@ -347,6 +347,12 @@ class TrainConfig(_Checked):
     lora: bool = _help("Train LoRA adapters (merged into the saved model; lora_alpha = 2·r) instead of all "
                        "weights.", False)
     lora_r: int = _help("LoRA rank.", 16)
+    gradient_checkpointing: bool = _help(
+        "Recompute the trunk's activations in the backward pass instead of keeping them: activation memory of one "
+        "layer instead of all, for about one more forward pass of compute (with LoRA too).", False)
+    per_device_eval_batch_size: int = _help(
+        "Trajectories per forward pass of the round's precompute (reference/old log-probs and value features, "
+        "no gradients, so larger than the training batch fits).", 8)
     old_logprobs: Literal["behaviour", "recompute"] = _help(
         "π_old of the ratio: the log-probs recorded at collection ('behaviour'; truncated or imported trajectories "
         "fall back to recompute) or a recompute at the start of the round.", "recompute")
@@ -378,10 +384,18 @@ class TrainConfig(_Checked):
         "round's starting policy. Every round's table, metrics and annotated steps are kept, one folder per "
         "round (r<k>) of the run's rounds folder.", 1)
     save_steps: int = _help("Checkpoint every this many optimizer steps (a killed run resumes from the last).", 20)
+    launcher: str = _help(
+        "How the DVC command starts the train stage: 'python' (one process) or an accelerate line, e.g. "
+        "'accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 8' (configs/accelerate/: "
+        "single, ddp, zero2, zero3, fsdp). Every process trains; the main one collects, annotates and writes.",
+        "python")
 
     def check(self, where: str) -> None:
+        if not (self.launcher == "python" or self.launcher.startswith("python ")
+                or self.launcher.startswith("accelerate launch")):
+            self._fail(where, "launcher", f"must be 'python' or start with 'accelerate launch', got {self.launcher!r}")
         self._at_least(where, 1, "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
-                       "lora_r", "max_length", "logits_chunk", "save_steps", "rounds")
+                       "per_device_eval_batch_size", "lora_r", "max_length", "logits_chunk", "save_steps", "rounds")
         if not self.seeds:
             self._fail(where, "seeds", "must hold at least one seed")
         if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
