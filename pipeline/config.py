@@ -276,6 +276,18 @@ class AnnotateConfig(_Checked):
     temperature: float = _help("openai: judge sampling temperature.", 0.7)
     concurrency: int = _help("openai: requests in flight at once.", 32)
     requests_per_minute: int = _help("openai: most requests started per minute (0: no limit).", 0)
+    tokens_per_minute: int = _help(
+        "openai: most estimated tokens (prompt + completion_tokens_per_call) started per minute, spread evenly "
+        "(0: no limit); set it a little under the provider's TPM limit.", 0)
+    price_input_usd_per_mtok: float = _help("openai: USD per million prompt tokens, for the estimate and the cost "
+                                            "in the metrics (gpt-4o-mini's list price; 0 for a local server).", 0.15)
+    price_output_usd_per_mtok: float = _help("openai: USD per million completion tokens (gpt-4o-mini's).", 0.60)
+    completion_tokens_per_call: int = _help(
+        "openai: completion tokens expected per judge call, for the estimate and the TPM limit (a step-grained "
+        "verdict of a 6-step trajectory is ~100).", 200)
+    max_cost_usd: float = _help(
+        "openai: before any call, the stage prints the calls the cache does not hold and their estimated tokens "
+        "and cost, and stops without calling if the estimate exceeds this (0: no cap).", 5.0)
     timeout_s: float = _help("openai: seconds to wait for one answer before retrying.", 60.0)
     max_retries: int = _help("openai: tries per request on 429, 5xx, timeouts (exponential backoff).", 6)
     max_invalid_retries: int = _help(
@@ -297,7 +309,11 @@ class AnnotateConfig(_Checked):
         if not 1 <= self.min_votes <= self.n_votes:
             self._fail(where, "min_votes", f"must be in [1, n_votes = {self.n_votes}], got {self.min_votes}")
         self._at_least(where, 1, "n_votes", "concurrency", "max_retries", "max_prompt_tokens", "max_response_chars")
-        self._at_least(where, 0, "requests_per_minute", "max_invalid_retries")
+        self._at_least(where, 0, "requests_per_minute", "tokens_per_minute", "max_invalid_retries",
+                       "completion_tokens_per_call")
+        for key in ("price_input_usd_per_mtok", "price_output_usd_per_mtok", "max_cost_usd"):
+            if getattr(self, key) < 0:
+                self._fail(where, key, f"must be >= 0, got {getattr(self, key)}")
         if self.timeout_s <= 0:
             self._fail(where, "timeout_s", f"must be > 0, got {self.timeout_s}")
         if not 0 < self.heuristic_threshold <= 1:

@@ -561,3 +561,73 @@ def test_a_429_with_retry_after_is_waited_out(played, tmp_path, monkeypatch):
         finally:
             server.close()
     assert gaps["1"] >= 1.0 and gaps[None] < 0.6, gaps
+
+
+def test_the_estimate_is_logged_and_a_run_over_max_cost_usd_calls_nothing(played, tmp_path, monkeypatch, caplog):
+    """Before any call the judge counts the calls the cache does not hold and prices them; above the cap it
+    stops with nothing called. The estimate's call count is exact when every answer is valid, its cost is
+    tokens x prices, and a rerun whose answers are all cached costs nothing (so the cap does not bite)."""
+    import logging
+
+    from pipeline.annotate.llm_judge import BudgetExceeded
+
+    trajs, steps, tasks = played
+    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", "k")
+    caplog.set_level(logging.INFO, logger="steptool.annotate")
+    server = JudgeServer()
+    cache = str(tmp_path / "judge.sqlite")
+    prices = dict(price_input_usd_per_mtok=1.0, price_output_usd_per_mtok=2.0, completion_tokens_per_call=100)
+    try:
+        with pytest.raises(BudgetExceeded, match=r"\$0\.0001 per M|nothing was called") as err:
+            label_trajectories(trajs[:6], steps, tasks, _judge_cfg(server.url, max_cost_usd=1e-6, **prices), cache,
+                               progress=False)
+        assert server.http_calls == 0 and "to pay" in str(err.value)
+        assert "to pay" in caplog.text
+        labels, stats = label_trajectories(trajs[:6], steps, tasks, _judge_cfg(server.url, max_cost_usd=0, **prices),
+                                           cache, progress=False)
+        answered = [t for t in trajs[:6] if t.get("finish_type") == "give_answer"
+                    or any(s["traj_id"] == t["traj_id"] and s["api_name"] and not s["is_finish"] for s in steps)]
+        assert stats["planned_calls"] == stats["planned_uncached"] == stats["judge_calls"] == 3 * len(answered)
+        assert stats["estimated_completion_tokens"] == 100 * stats["planned_uncached"]
+        assert stats["estimated_cost_usd"] == pytest.approx(
+            (stats["estimated_prompt_tokens"] * 1.0 + stats["estimated_completion_tokens"] * 2.0) / 1e6, abs=1e-4)
+        # the loopback server reports usage as characters / 4 of the raw body, as the estimate counts the prompt:
+        # the two agree within the request's envelope (model name, tool_choice, seed, temperature)
+        assert stats["prompt_tokens"] == pytest.approx(stats["estimated_prompt_tokens"], rel=0.1)
+        assert stats["cost_usd"] == pytest.approx((stats["prompt_tokens"] + 2 * stats["completion_tokens"]) / 1e6)
+        calls = server.http_calls
+        _, again = label_trajectories(trajs[:6], steps, tasks, _judge_cfg(server.url, max_cost_usd=1e-6, **prices),
+                                      cache, progress=False)
+        assert again["planned_uncached"] == 0 and again["estimated_cost_usd"] == 0 and server.http_calls == calls
+    finally:
+        server.close()
+
+
+def test_tokens_per_minute_spreads_the_calls(played, tmp_path, monkeypatch):
+    """With `tokens_per_minute` a call of n estimated tokens holds the next start back by n * 60 / TPM seconds;
+    without it the same calls start together."""
+    from pipeline.annotate.cache import JudgeCache
+    from pipeline.annotate.llm_judge import OpenAIJudge, estimated_tokens
+    from pipeline.annotate.run import group_steps
+
+    trajs, steps, tasks = played
+    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", "k")
+    by = group_steps(steps)
+    items = [(t, by[t["traj_id"]], tasks[t["task_id"]].query) for t in trajs[:4]]
+    probe = OpenAIJudge(_judge_cfg("http://127.0.0.1:9/v1", n_votes=1), JudgeCache(tmp_path / "probe.sqlite"))
+    sizes = [estimated_tokens(r) + 200 for r in probe.first_requests(items)]
+    assert len(sizes) >= 3
+    tpm = int(max(sizes) * 60 / 0.4)  # the largest call holds the next one back 0.4 s
+    starts = {}
+    for limit in (tpm, 0):
+        server = JudgeServer()
+        try:
+            cfg = _judge_cfg(server.url, n_votes=1, concurrency=8, tokens_per_minute=limit)
+            label_trajectories(trajs[:4], steps, tasks, cfg, str(tmp_path / f"tpm{limit}.sqlite"), progress=False)
+            starts[limit] = sorted(server.call_times)
+        finally:
+            server.close()
+    spread = starts[tpm][-1] - starts[tpm][0]
+    floor = sum(sorted(s * 60 / tpm for s in sizes)[:len(sizes) - 1])  # every gap but the last call's
+    assert spread >= 0.9 * floor and floor > 0.6, (spread, floor)
+    assert starts[0][-1] - starts[0][0] < 0.3

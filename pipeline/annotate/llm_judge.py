@@ -15,7 +15,9 @@ Unlike the reference (no cache, no validation, no resume, crashes on slow answer
 - 429, 5xx, timeouts and dropped connections are retried with exponential backoff (tenacity), waiting at
   least what a 429's `Retry-After` asks (capped at MAX_RETRY_AFTER_S); when
   retries run out the trajectory is failed with the reason and the next run tries again;
-- requests go out `concurrency` at a time (asyncio), at most `requests_per_minute`;
+- requests go out `concurrency` at a time (asyncio), at most `requests_per_minute` and `tokens_per_minute`;
+- before any call the calls the cache does not hold are counted and their tokens and cost estimated (prices
+  are params); above `max_cost_usd` the run stops before its first call (`BudgetExceeded`);
 - every answer goes through the content-addressed `JudgeCache`, so nothing is paid for twice.
 The key comes from the environment variable named in params; it is never logged or written.
 """
@@ -196,19 +198,37 @@ class JudgeAuthError(SteptoolError):
     """The endpoint refused the key (401/403): the run stops at the first such answer."""
 
 
+class BudgetExceeded(SteptoolError):
+    """The estimated cost of the calls the cache does not hold is above `max_cost_usd`: nothing was called."""
+
+
+def estimated_tokens(request: dict) -> int:
+    """Prompt tokens of a chat request, estimated from its characters (messages and tool schemas)."""
+    return len(json.dumps([request.get("messages"), request.get("tools")], ensure_ascii=False)) // CHARS_PER_TOKEN
+
+
+def cost_usd(prompt_tokens: float, completion_tokens: float, cfg: AnnotateConfig) -> float:
+    return (prompt_tokens * cfg.price_input_usd_per_mtok + completion_tokens * cfg.price_output_usd_per_mtok) / 1e6
+
+
 class _RateLimiter:
-    def __init__(self, per_minute: int):
+    """Starts requests evenly: one every 60/`per_minute` s, and a request of n estimated tokens holds the next
+    start back by n·60/`tokens_per_minute` s (no burst, so a provider's per-minute window is never exceeded)."""
+
+    def __init__(self, per_minute: int, tokens_per_minute: int = 0):
         self.interval = 60.0 / per_minute if per_minute > 0 else 0.0
+        self.per_token = 60.0 / tokens_per_minute if tokens_per_minute > 0 else 0.0
         self.next = 0.0
         self.lock = asyncio.Lock()
 
-    async def wait(self):
-        if not self.interval:
+    async def wait(self, tokens: int = 0):
+        gap = max(self.interval, tokens * self.per_token)
+        if not gap:
             return
         async with self.lock:
             now = time.monotonic()
             start = max(now, self.next)
-            self.next = start + self.interval
+            self.next = start + gap
         await asyncio.sleep(max(0.0, start - now))
 
 
@@ -227,6 +247,34 @@ class JudgeClient:
                       "prompt_tokens": 0, "completion_tokens": 0, "failed_trajectories": 0,
                       "partial_trajectories": 0}
 
+    def first_requests(self, items: list) -> list[dict]:
+        """The requests a run over `items` makes at least (first attempts); subclasses say which."""
+        raise NotImplementedError
+
+    def check_budget(self, items: list) -> dict:
+        """Count the first-attempt calls the cache does not hold, estimate their tokens and cost, log it, and
+        raise BudgetExceeded (before any call) when the cost is above `max_cost_usd`. Retries of invalid
+        answers and second calls are not counted: the estimate is a floor on calls, not on the bill."""
+        cfg = self.cfg
+        requests = self.first_requests(items)
+        new = [r for r in requests
+               if not self.cache.has(request_key(cfg.model, self.prompt_version, r, endpoint=cfg.base_url))]
+        prompt = sum(estimated_tokens(r) for r in new)
+        completion = len(new) * cfg.completion_tokens_per_call
+        cost = cost_usd(prompt, completion, cfg)
+        plan = {"planned_calls": len(requests), "planned_uncached": len(new), "estimated_prompt_tokens": prompt,
+                "estimated_completion_tokens": completion, "estimated_cost_usd": round(cost, 4)}
+        line = (f"{self.desc}: {len(requests)} judge calls planned, {len(requests) - len(new)} in the cache, "
+                f"{len(new)} to pay: ~{prompt:,} prompt + ~{completion:,} completion tokens ~ ${cost:.4f} at "
+                f"${cfg.price_input_usd_per_mtok}/${cfg.price_output_usd_per_mtok} per M tokens "
+                f"(annotate.max_cost_usd {cfg.max_cost_usd or 'none'})")
+        log.info(line)
+        self.stats.update(plan)
+        if cfg.max_cost_usd and cost > cfg.max_cost_usd:
+            raise BudgetExceeded(f"{line}: the estimate is above the cap, nothing was called; raise "
+                                 "annotate.max_cost_usd (0: no cap) or annotate fewer trajectories")
+        return plan
+
     def run_all(self, items: list, one, progress: bool = True) -> list:
         """`await one(client, item)` for every item, `concurrency` requests at a time; results in order."""
         return asyncio.run(self._run_all(items, one, progress))
@@ -238,7 +286,7 @@ class JudgeClient:
         client = AsyncOpenAI(base_url=self.cfg.base_url, api_key=os.environ.get(self.cfg.api_key_env) or "EMPTY",
                              timeout=self.cfg.timeout_s, max_retries=0)  # retries are ours: counted and bounded
         self._sem = asyncio.Semaphore(self.cfg.concurrency)
-        self._limiter = _RateLimiter(self.cfg.requests_per_minute)
+        self._limiter = _RateLimiter(self.cfg.requests_per_minute, self.cfg.tokens_per_minute)
         bar = tqdm(total=len(items), desc=self.desc, unit="traj", disable=not progress)
 
         async def each(item):
@@ -300,7 +348,7 @@ class JudgeClient:
             stop=stop_after_attempt(self.cfg.max_retries), before_sleep=count, reraise=True)
         async for attempt in retrying:
             with attempt:
-                await self._limiter.wait()
+                await self._limiter.wait(estimated_tokens(request) + self.cfg.completion_tokens_per_call)
                 async with self._sem:
                     # the raw body: it is what the cache keeps, and skipping the pydantic models saves ~1 ms a call
                     raw = await client.chat.completions.with_raw_response.create(model=self.cfg.model, **request)
@@ -312,6 +360,8 @@ class JudgeClient:
         usage = body.get("usage") or {}
         self.stats["prompt_tokens"] += usage.get("prompt_tokens") or 0
         self.stats["completion_tokens"] += usage.get("completion_tokens") or 0
+        self.stats["cost_usd"] = round(cost_usd(self.stats["prompt_tokens"], self.stats["completion_tokens"],
+                                                self.cfg), 6)
         return body
 
 
@@ -321,16 +371,37 @@ class OpenAIJudge(JudgeClient):
     desc = "annotate"
 
     def annotate(self, items: list[tuple[dict, list[dict], str]], progress: bool = True) -> list[TrajLabel]:
-        """`items`: (trajectory row, its step rows, query). Returns one label per item, in order."""
+        """`items`: (trajectory row, its step rows, query). Returns one label per item, in order. Stops before
+        any call when the estimate is above `max_cost_usd` (check_budget)."""
+        self.check_budget(items)
         return self.run_all(items, lambda client, it: self._trajectory(client, *it), progress)
+
+    def _messages(self, traj: dict, steps: list[dict], query: str) -> tuple[list[dict], list[dict]]:
+        """(the judged calls, the prompt); no prompt when there is nothing to judge (no call and no answer)."""
+        calls = judge_steps(steps)
+        finish = traj.get("finish_type") or "none"
+        if not calls and finish != "give_answer":
+            return calls, []
+        return calls, build_messages(query, calls, traj.get("final_answer") or "", finish, self.cfg)
+
+    def _request(self, messages: list[dict], vote: int, attempt: int) -> dict:
+        return {"messages": messages, "tools": [TOOL],
+                "tool_choice": {"type": "function", "function": {"name": "evaluate_process_reward"}},
+                "temperature": self.cfg.temperature, "seed": vote * 1000 + attempt}
+
+    def first_requests(self, items: list) -> list[dict]:
+        out = []
+        for traj, steps, query in items:
+            _, messages = self._messages(traj, steps, query)
+            if messages:
+                out += [self._request(messages, v, 0) for v in range(self.cfg.n_votes)]
+        return out
 
     async def _trajectory(self, client, traj: dict, steps: list[dict], query: str) -> TrajLabel:
         cfg = self.cfg
-        calls = judge_steps(steps)
-        finish = traj.get("finish_type") or "none"
-        messages = build_messages(query, calls, traj.get("final_answer") or "", finish, cfg)
+        calls, messages = self._messages(traj, steps, query)
         label = TrajLabel(traj["traj_id"], [], "Unsolved", 0.0, "openai", PROMPT_VERSION, cfg.model, cfg.n_votes)
-        if not calls and finish != "give_answer":  # nothing to judge: no call and no answer
+        if not messages:  # nothing to judge: no call and no answer
             label.steps = [StepLabel(None, None) for _ in steps]
             label.votes = 0
             return label
@@ -368,10 +439,7 @@ class OpenAIJudge(JudgeClient):
         hits = 0
         reasons = []
         for attempt in range(self.cfg.max_invalid_retries + 1):
-            request = {"messages": messages, "tools": [TOOL],
-                       "tool_choice": {"type": "function", "function": {"name": "evaluate_process_reward"}},
-                       "temperature": self.cfg.temperature, "seed": vote * 1000 + attempt}
-            body, hit, failure = await self.ask(client, request)
+            body, hit, failure = await self.ask(client, self._request(messages, vote, attempt))
             hits += hit
             if failure:
                 return None, hits, f"vote {vote}: {failure}"
