@@ -285,6 +285,13 @@ class AnnotateConfig(_Checked):
     completion_tokens_per_call: int = _help(
         "openai: completion tokens expected per judge call, for the estimate and the TPM limit (a step-grained "
         "verdict of a 6-step trajectory is ~100).", 200)
+    mode: Literal["online", "batch"] = _help(
+        "openai: 'online' (chat completions, `concurrency` at a time) or 'batch': the first attempt of every "
+        "uncached call goes through the OpenAI Batch API (half price, answered within 24 h) into the cache, and "
+        "the online run that follows pays only for retries of invalid answers.", "online")
+    batch_poll_s: float = _help("openai batch: seconds between polls of the batch's status.", 60.0)
+    batch_max_wait_h: float = _help("openai batch: hours to wait for the batch before the stage stops (a rerun "
+                                    "resumes waiting for the same batch).", 24.0)
     max_cost_usd: float = _help(
         "openai: before any call, the stage prints the calls the cache does not hold and their estimated tokens "
         "and cost, and stops without calling if the estimate exceeds this (0: no cap).", 5.0)
@@ -311,7 +318,8 @@ class AnnotateConfig(_Checked):
         self._at_least(where, 1, "n_votes", "concurrency", "max_retries", "max_prompt_tokens", "max_response_chars")
         self._at_least(where, 0, "requests_per_minute", "tokens_per_minute", "max_invalid_retries",
                        "completion_tokens_per_call")
-        for key in ("price_input_usd_per_mtok", "price_output_usd_per_mtok", "max_cost_usd"):
+        for key in ("price_input_usd_per_mtok", "price_output_usd_per_mtok", "max_cost_usd", "batch_poll_s",
+                    "batch_max_wait_h"):
             if getattr(self, key) < 0:
                 self._fail(where, key, f"must be >= 0, got {getattr(self, key)}")
         if self.timeout_s <= 0:

@@ -24,7 +24,7 @@ from pipeline.annotate.oracle import oracle_label
 from pipeline.annotate.run import annotated_rows, group_steps, label_trajectories, summarize
 from pipeline.annotate.succ_calling import succ_calling
 from pipeline.config import AnnotateConfig
-from pipeline.errors import SchemaError
+from pipeline.errors import SchemaError, SteptoolError
 from pipeline.formats.stabletoolbench import parse_answer_steps
 from pipeline.schema import ANNOTATED_STEPS, write_table
 from tests.support.annotate_data import play_scripted
@@ -631,3 +631,43 @@ def test_tokens_per_minute_spreads_the_calls(played, tmp_path, monkeypatch):
     floor = sum(sorted(s * 60 / tpm for s in sizes)[:len(sizes) - 1])  # every gap but the last call's
     assert spread >= 0.9 * floor and floor > 0.6, (spread, floor)
     assert starts[0][-1] - starts[0][0] < 0.3
+
+
+def test_batch_mode_round_trips_through_the_batch_api_and_resumes_its_batch(played, tmp_path, monkeypatch):
+    """annotate.mode: batch uploads the first attempts as JSONL, creates one batch, polls it until completed,
+    caches its answers; the labels equal the online run's, and the online path is called only for retries of
+    invalid answers. A run that stops while the batch is in progress leaves its id beside the cache: the rerun
+    retrieves that batch instead of paying for a second."""
+    from pipeline.annotate.batch import _state_file
+
+    trajs, steps, tasks = played
+    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", "k")
+    online = JudgeServer()
+    try:
+        ref, _ = label_trajectories(trajs[:6], steps, tasks, _judge_cfg(online.url, max_cost_usd=0),
+                                    str(tmp_path / "online.sqlite"), progress=False)
+    finally:
+        online.close()
+    server = JudgeServer(Faults(batch_polls=3))
+    cache = tmp_path / "batch.sqlite"
+    try:
+        # the first run gives up while the batch is in progress (a wait of ~0 h), keeping its id
+        cfg = _judge_cfg(server.url, max_cost_usd=0, mode="batch", batch_poll_s=0.05, batch_max_wait_h=1e-9)
+        with pytest.raises(SteptoolError, match="still (validating|in_progress)"):
+            label_trajectories(trajs[:6], steps, tasks, cfg, str(cache), progress=False)
+        assert len(server.batches) == 1 and json.loads(_state_file(cache).read_text())
+        cfg = _judge_cfg(server.url, max_cost_usd=0, mode="batch", batch_poll_s=0.05)
+        labels, stats = label_trajectories(trajs[:6], steps, tasks, cfg, str(cache), progress=False)
+        assert len(server.batches) == 1, "the rerun submitted a second batch"
+        assert stats["batch_status"] == "completed" and stats["batch_answered"] == stats["batch_requests"] > 0
+        assert stats["judge_calls"] == 0 and stats["cache_hits"] == stats["batch_requests"]
+        assert json.loads(_state_file(cache).read_text()) == {}
+        assert stats["batch_cost_usd"] == pytest.approx(
+            0.5 * (stats["batch_prompt_tokens"] * 0.15 + stats["batch_completion_tokens"] * 0.60) / 1e6, rel=1e-6)
+        rows = _without_hits(annotated_rows(group_steps(steps), labels))
+        assert rows == _without_hits(annotated_rows(group_steps(steps), ref))
+        # everything cached: a third run neither submits nor calls
+        _, again = label_trajectories(trajs[:6], steps, tasks, cfg, str(cache), progress=False)
+        assert again["batch_requests"] == 0 and len(server.batches) == 1 and again["judge_calls"] == 0
+    finally:
+        server.close()

@@ -261,12 +261,14 @@ class JudgeClient:
                if not self.cache.has(request_key(cfg.model, self.prompt_version, r, endpoint=cfg.base_url))]
         prompt = sum(estimated_tokens(r) for r in new)
         completion = len(new) * cfg.completion_tokens_per_call
-        cost = cost_usd(prompt, completion, cfg)
+        from pipeline.annotate import batch
+
+        cost = cost_usd(prompt, completion, cfg) * (batch.PRICE_FACTOR if cfg.mode == "batch" else 1.0)
         plan = {"planned_calls": len(requests), "planned_uncached": len(new), "estimated_prompt_tokens": prompt,
                 "estimated_completion_tokens": completion, "estimated_cost_usd": round(cost, 4)}
         line = (f"{self.desc}: {len(requests)} judge calls planned, {len(requests) - len(new)} in the cache, "
                 f"{len(new)} to pay: ~{prompt:,} prompt + ~{completion:,} completion tokens ~ ${cost:.4f} at "
-                f"${cfg.price_input_usd_per_mtok}/${cfg.price_output_usd_per_mtok} per M tokens "
+                f"${cfg.price_input_usd_per_mtok}/${cfg.price_output_usd_per_mtok} per M tokens{' x 0.5 (batch)' if cfg.mode == 'batch' else ''} "
                 f"(annotate.max_cost_usd {cfg.max_cost_usd or 'none'})")
         log.info(line)
         self.stats.update(plan)
@@ -274,6 +276,14 @@ class JudgeClient:
             raise BudgetExceeded(f"{line}: the estimate is above the cap, nothing was called; raise "
                                  "annotate.max_cost_usd (0: no cap) or annotate fewer trajectories")
         return plan
+
+    def prepare(self, items: list) -> None:
+        """Before the run: the budget check, then (mode batch) the first attempts through the Batch API."""
+        self.check_budget(items)
+        if self.cfg.mode == "batch":
+            from pipeline.annotate import batch
+
+            self.stats.update(batch.prefill(self, items))
 
     def run_all(self, items: list, one, progress: bool = True) -> list:
         """`await one(client, item)` for every item, `concurrency` requests at a time; results in order."""
@@ -373,7 +383,7 @@ class OpenAIJudge(JudgeClient):
     def annotate(self, items: list[tuple[dict, list[dict], str]], progress: bool = True) -> list[TrajLabel]:
         """`items`: (trajectory row, its step rows, query). Returns one label per item, in order. Stops before
         any call when the estimate is above `max_cost_usd` (check_budget)."""
-        self.check_budget(items)
+        self.prepare(items)
         return self.run_all(items, lambda client, it: self._trajectory(client, *it), progress)
 
     def _messages(self, traj: dict, steps: list[dict], query: str) -> tuple[list[dict], list[dict]]:

@@ -3,6 +3,10 @@ judge, for tests, benchmarks and offline demos of the `openai` annotator. It ans
 `evaluate_process_reward` call with values derived from the request (the SuccCalling rule on each
 step's response, contribution 3 for a good call, Solved when there is an answer), or with a script.
 
+It also serves the OpenAI Batch API's endpoints as OpenAI does (POST /v1/files with a JSONL file,
+POST /v1/batches, GET /v1/batches/{id}, GET /v1/files/{id}/content), answering each line as
+/v1/chat/completions would; a batch reports `in_progress` for its first `batch_polls` retrievals.
+
 Faults can be injected: latency, 429 / 500 answers, timeouts (a sleep longer than the client waits),
 malformed JSON arguments and arrays of the wrong length. Transport faults (429, 500, timeout) are
 drawn per HTTP call; content faults (malformed, wrong length) are a function of the request, so the
@@ -41,6 +45,7 @@ class Faults:
     seed: int = 0
     first_429: int = 0  # the first N calls are answered 429 whatever the draw (a deterministic rate limit)
     retry_after: str | None = None  # the Retry-After header of every 429 (seconds or an HTTP date), as OpenAI sends
+    batch_polls: int = 1  # retrievals of a batch that answer `in_progress` before it is `completed`
 
 
 def called_function(request: dict) -> str:
@@ -95,6 +100,8 @@ class JudgeServer:
         # the server holding the key itself, and bounded by the number of keys rather than of requests
         self.auth_digests: set[str] = set()
         self._rng = random.Random(self.faults.seed)
+        self.files: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}
         self.server = bind("127.0.0.1", port, self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -112,6 +119,81 @@ class JudgeServer:
         if u < f.p_malformed + f.p_wrong_length:
             return "wrong_length"
         return ""
+
+    def complete(self, raw: bytes) -> tuple[int, dict]:
+        """(status, body) of /v1/chat/completions for the request body `raw` (content faults included)."""
+        try:
+            req = json.loads(raw)
+            args = self.answer(req)
+        except Exception as e:  # a bad request is the client's bug: say so, as a real server would
+            return 400, {"error": {"message": f"bad request: {e}", "type": "invalid_request"}}
+        fault = self._content_fault(raw)
+        if fault == "wrong_length" and "contribution_to_final_answer" in args:
+            args = dict(args, contribution_to_final_answer=list(args["contribution_to_final_answer"]) + [5])
+        text = json.dumps(args)
+        if fault == "malformed":
+            text = text[: len(text) // 2]
+        with self.lock:
+            self.answered += 1
+        return 200, {
+            "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": req.get("model", self.model),
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": None,
+                "tool_calls": [{"id": "call_0", "type": "function",
+                                "function": {"name": called_function(req), "arguments": text}}]}}],
+            "usage": {"prompt_tokens": len(raw) // 4, "completion_tokens": len(text) // 4,
+                      "total_tokens": len(raw) // 4 + len(text) // 4}}
+
+    # ---- the Batch API ----------------------------------------------------------------------------------------
+    def upload(self, content_type: str, raw: bytes) -> tuple[int, dict]:
+        from email.parser import BytesParser
+        from email.policy import HTTP
+
+        if not content_type.startswith("multipart/form-data"):
+            return 400, {"error": {"message": "files: multipart/form-data expected", "type": "invalid_request"}}
+        msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw)
+        fields = {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+                  for part in msg.iter_parts()}
+        if "file" not in fields:
+            return 400, {"error": {"message": "files: no file field", "type": "invalid_request"}}
+        with self.lock:
+            fid = f"file-{len(self.files) + 1}"
+            self.files[fid] = fields["file"]
+        return 200, {"id": fid, "object": "file", "bytes": len(fields["file"]), "created_at": int(time.time()),
+                     "filename": "batch.jsonl", "purpose": (fields.get("purpose") or b"").decode()}
+
+    def create_batch(self, raw: bytes) -> tuple[int, dict]:
+        req = json.loads(raw)
+        if req.get("input_file_id") not in self.files:
+            return 400, {"error": {"message": "unknown input_file_id", "type": "invalid_request"}}
+        with self.lock:
+            bid = f"batch_{len(self.batches) + 1}"
+            self.batches[bid] = {"id": bid, "object": "batch", "endpoint": req.get("endpoint"),
+                                 "input_file_id": req["input_file_id"], "completion_window": req.get("completion_window"),
+                                 "status": "validating", "created_at": int(time.time()), "output_file_id": None,
+                                 "error_file_id": None, "metadata": req.get("metadata"), "_polls": 0,
+                                 "request_counts": {"total": 0, "completed": 0, "failed": 0}}
+            return 200, {k: v for k, v in self.batches[bid].items() if not k.startswith("_")}
+
+    def poll_batch(self, bid: str) -> dict:
+        b = self.batches[bid]
+        b["_polls"] += 1
+        if b["status"] != "completed" and b["_polls"] > self.faults.batch_polls:
+            lines = [json.loads(x) for x in self.files[b["input_file_id"]].splitlines() if x.strip()]
+            out = []
+            for line in lines:
+                code, body = self.complete(json.dumps(line["body"]).encode())
+                out.append({"id": f"batch_req_{len(out)}", "custom_id": line["custom_id"],
+                            "response": {"status_code": code, "request_id": "req", "body": body}, "error": None})
+            with self.lock:
+                fid = f"file-{len(self.files) + 1}"
+                self.files[fid] = "".join(json.dumps(o) + "\n" for o in out).encode()
+            b.update(status="completed", output_file_id=fid,
+                     request_counts={"total": len(out), "completed": sum(o["response"]["status_code"] == 200 for o in out),
+                                     "failed": sum(o["response"]["status_code"] != 200 for o in out)})
+        elif b["status"] == "validating":
+            b["status"] = "in_progress"
+        return {k: v for k, v in b.items() if not k.startswith("_")}
 
     def _handler(self):
         outer = self
@@ -134,8 +216,15 @@ class JudgeServer:
                     outer.call_times.append(time.monotonic())
                     outer.auth_digests.add(auth_digest(self.headers.get("Authorization", "")))
                     u = -1.0 if outer.http_calls <= f.first_429 else outer._rng.random()
-                if not self.path.rstrip("/").endswith("/chat/completions"):
-                    send_json(self, 404, {"error": {"message": "only /v1/chat/completions", "type": "not_found"}})
+                path = self.path.rstrip("/")
+                if path.endswith("/files"):
+                    send_json(self, *outer.upload(self.headers.get("Content-Type", ""), raw))
+                    return
+                if path.endswith("/batches"):
+                    send_json(self, *outer.create_batch(raw))
+                    return
+                if not path.endswith("/chat/completions"):
+                    send_json(self, 404, {"error": {"message": "no such endpoint", "type": "not_found"}})
                     return
                 if u < f.p_429:
                     send_json(self, 429, {"error": {"message": "injected rate limit", "type": "rate_limit"}},
@@ -147,27 +236,23 @@ class JudgeServer:
                 if u < f.p_429 + f.p_500 + f.p_timeout:
                     time.sleep(f.timeout_sleep_s)
                 time.sleep(f.latency_s)
-                try:
-                    req = json.loads(raw)
-                    args = outer.answer(req)
-                except Exception as e:  # a bad request is the client's bug: say so, as a real server would
-                    send_json(self, 400, {"error": {"message": f"bad request: {e}", "type": "invalid_request"}})
-                    return
-                fault = outer._content_fault(raw)
-                if fault == "wrong_length" and "contribution_to_final_answer" in args:
-                    args = dict(args, contribution_to_final_answer=list(args["contribution_to_final_answer"]) + [5])
-                text = json.dumps(args)
-                if fault == "malformed":
-                    text = text[: len(text) // 2]
+                code, body = outer.complete(raw)
+                send_json(self, code, body)
+
+            def do_GET(self):
                 with outer.lock:
-                    outer.answered += 1
-                send_json(self, 200, {
-                    "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": req.get("model", outer.model),
-                    "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
-                        "role": "assistant", "content": None,
-                        "tool_calls": [{"id": "call_0", "type": "function",
-                                        "function": {"name": called_function(req), "arguments": text}}]}}],
-                    "usage": {"prompt_tokens": len(raw) // 4, "completion_tokens": len(text) // 4,
-                              "total_tokens": len(raw) // 4 + len(text) // 4}})
+                    outer.http_calls += 1
+                parts = self.path.rstrip("/").split("/")
+                if len(parts) >= 2 and parts[-2] == "batches" and parts[-1] in outer.batches:
+                    send_json(self, 200, outer.poll_batch(parts[-1]))
+                elif len(parts) >= 3 and parts[-1] == "content" and parts[-2] in outer.files:
+                    body = outer.files[parts[-2]]
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/octet-stream")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                else:
+                    send_json(self, 404, {"error": {"message": f"no such resource {self.path}", "type": "not_found"}})
 
         return H

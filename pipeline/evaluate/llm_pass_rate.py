@@ -99,7 +99,7 @@ class PassRateJudge(JudgeClient):
     def judge(self, items: list[tuple[dict, list[dict], str]], progress: bool = True) -> list[list[str]]:
         """`items`: (trajectory row, its steps, query). Returns the statuses of every judging run, in order.
         Stops before any call when the estimate is above `max_cost_usd` (check_budget)."""
-        self.check_budget(items)
+        self.prepare(items)
         return self.run_all(items, lambda client, it: self._answer(client, *it), progress)
 
     def _request(self, messages: list[dict], tool: dict, run: int, attempt: int) -> dict:
