@@ -191,15 +191,49 @@ class AgentConfig(_Checked):
     precision: Literal["auto", "fp32", "bf16"] = _help(
         "hf backend weights: 'auto' is bf16 on a bf16 GPU or an AMX CPU (several times faster there), else fp32.",
         "auto")
+    backend: Literal["hf", "openai"] = _help(
+        "Who writes the actions in collect, evaluate and `steptool play`: 'hf' (transformers in the stage's "
+        "process) or 'openai': an OpenAI-compatible completions server at base_url that takes token ids (vLLM, "
+        "SGLang), serving each checkpoint under its folder's path as `vllm serve data/models/sft` names it (or "
+        "served_model). Prompts go as ids, ids and log-probs come back; names are constrained through the "
+        "server's structured output (server_constraint).", "hf")
+    base_url: str = _help("openai backend: the server, e.g. http://127.0.0.1:8001/v1 (`vllm serve ... --port 8001`).",
+                          "http://127.0.0.1:8001/v1")
+    api_key_env: str = _help("openai backend: environment variable holding the server's key (vLLM's --api-key "
+                             "reads VLLM_API_KEY); unset sends 'EMPTY'. Never written anywhere.", "VLLM_API_KEY")
+    served_model: str = _help("openai backend: the model name to request; empty: the checkpoint's path relative to "
+                              "the repository (data/models/sft, data/models/steptool/s0, ...).", "")
+    concurrency: int = _help("openai backend: requests in flight at once (the server batches them).", 32)
+    server_constraint: Literal["structured_outputs", "guided_choice", "none"] = _help(
+        "openai backend, with constrain_names: how the server is asked for a function name: 'structured_outputs' "
+        "(vLLM >= 0.10.2), 'guided_choice' (older vLLM), 'none' (unconstrained, one request per action).",
+        "structured_outputs")
     dfsdt_width: int = _help("DFSDT: children sampled per expanded node.", 2)
     dfsdt_budget: int = _help("DFSDT: most actions sampled per task, dead ends included.", 8)
     backtrack_on_error: bool = _help("DFSDT: treat a failed call as a dead end and backtrack.", True)
 
     def check(self, where: str) -> None:
-        self._at_least(where, 1, "max_steps", "max_new_tokens", "batch_size", "dfsdt_width", "dfsdt_budget")
+        self._at_least(where, 1, "max_steps", "max_new_tokens", "batch_size", "dfsdt_width", "dfsdt_budget",
+                       "concurrency")
         self._at_least(where, 0, "kv_cache_tokens")
+        if self.backend == "openai" and not re.match(r"https?://", self.base_url):
+            self._fail(where, "base_url", f"must be an http(s) URL for the openai backend, got {self.base_url!r}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             self._fail(where, "device", f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+
+
+REPORT_TO = ("none", "dvclive", "tensorboard", "trackio", "wandb")
+REPORT_TO_HELP = (
+    "Experiment trackers for the training curves, through the Trainer's own integrations: none, dvclive (into "
+    "dvclive/<stage>/..., with its own dvc.yaml: `dvc exp show` and `dvc plots show` list them), tensorboard "
+    "(data/logs/...), trackio, wandb (these two need their package and, for wandb, an account and the network). "
+    "'none' keeps the run offline and fast.")
+
+
+def _check_report_to(section, where: str) -> None:
+    names = [section.report_to] if isinstance(section.report_to, str) else section.report_to
+    if [r for r in names if r not in REPORT_TO]:  # [] is none (TrainingArguments normalises 'none' to it)
+        section._fail(where, "report_to", f"must be a list of {', '.join(REPORT_TO)}, got {section.report_to}")
 
 
 @dataclass
@@ -219,8 +253,10 @@ class WarmstartConfig(_Checked):
     precision: Literal["auto", "fp32", "bf16"] = _help(
         "bf16 autocast over fp32 master weights, or fp32; 'auto': bf16 on a bf16 GPU or an AMX CPU.", "auto")
     seed: int = _help("Seed of path sampling and training.", 0)
+    report_to: list[str] = _help(REPORT_TO_HELP, factory=lambda: ["none"])
 
     def check(self, where: str) -> None:
+        _check_report_to(self, where)
         if not 0 <= self.error_rate <= 1:
             self._fail(where, "error_rate", f"must be in [0, 1], got {self.error_rate}")
         if self.epochs <= 0 or self.learning_rate <= 0:
@@ -408,6 +444,7 @@ class TrainConfig(_Checked):
         "round's starting policy. Every round's table, metrics and annotated steps are kept, one folder per "
         "round (r<k>) of the run's rounds folder.", 1)
     save_steps: int = _help("Checkpoint every this many optimizer steps (a killed run resumes from the last).", 20)
+    report_to: list[str] = _help(REPORT_TO_HELP, factory=lambda: ["none"])
     launcher: str = _help(
         "How the DVC command starts the train stage: 'python' (one process) or an accelerate line, e.g. "
         "'accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 8' (configs/accelerate/: "
@@ -415,6 +452,7 @@ class TrainConfig(_Checked):
         "python")
 
     def check(self, where: str) -> None:
+        _check_report_to(self, where)
         if not (self.launcher == "python" or self.launcher.startswith("python ")
                 or self.launcher.startswith("accelerate launch")):
             self._fail(where, "launcher", f"must be 'python' or start with 'accelerate launch', got {self.launcher!r}")
@@ -511,6 +549,9 @@ class Params(_Checked):
                                   "(nothing would write data/models/" + m + ")")
         if len(set(self.evaluate.models)) != len(self.evaluate.models):
             raise ConfigError(f"evaluate.models: each model at most once, got {self.evaluate.models}")
+        if self.agent.backend == "openai" and self.train.rounds > 1:
+            raise ConfigError("train.rounds > 1 needs agent.backend hf: round k collects with round k-1's new "
+                              "checkpoint inside the train stage, which no running server serves")
 
 
 def _type_name(tp: Any) -> str:

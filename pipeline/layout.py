@@ -123,6 +123,22 @@ def train_plot(variant: str, seed: int) -> Path:
     return TRAIN_PLOTS / f"{run_name(variant, seed)}.json"
 
 
+# experiment trackers (train.report_to / warmstart.report_to): outside data/, which git ignores, so that DVC finds
+# the dvc.yaml DVCLive writes beside its files
+DVCLIVE = Path("dvclive")
+LOGS = DATA / "logs"
+
+
+def dvclive_dir(stage: str, item: str | None = None) -> Path:
+    """dvclive/<stage>[/<item>]: DVCLive's metrics.json, plots/metrics/*.tsv and dvc.yaml of one training run."""
+    return DVCLIVE / stage if item is None else DVCLIVE / stage / item
+
+
+def logs_dir(stage: str, item: str | None = None) -> Path:
+    """data/logs/<stage>[/<item>]: the Trainer's logging_dir (tensorboard event files)."""
+    return LOGS / stage if item is None else LOGS / stage / item
+
+
 # what the `report` stage writes
 RESULTS_MD = REPORTS / "results.md"
 FIGURES = REPORTS / "figures"

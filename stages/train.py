@@ -29,6 +29,7 @@ from pipeline.errors import SteptoolError
 from pipeline.fsutil import atomic_path, write_json
 from pipeline.runner import run_stage
 from pipeline.schema import ADVANTAGES, ROUND_STEPS, STEPS, TOKENS, read_table, write_table
+from pipeline.tracking import reporting
 
 ARGS = (("variant", dict(nargs="?", default=variants.DEFAULT, choices=list(variants.NAMES),
                          help="training variant: " + variants.describe())),
@@ -53,8 +54,8 @@ def _run_key(params: Params, variant: str, seed: int, files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def train_round(params: Params, variant: str, seed: int, start: Path, trajectories: Path, adv_file: Path,
-                work: Path) -> tuple[dict, list[dict]]:
+def train_round(params: Params, root: Path, variant: str, seed: int, start: Path, trajectories: Path,
+                adv_file: Path, work: Path) -> tuple[dict, list[dict]]:
     """One PPO round from the checkpoint `start` on the trajectories in `trajectories` with the rewards of
     `adv_file`: the model -> `work`/model, the round table -> `work`/round.parquet. Returns (metrics, history)."""
     import torch
@@ -89,12 +90,15 @@ def train_round(params: Params, variant: str, seed: int, start: Path, trajectori
     whole = complete_checkpoints(ckpt)
     resume = bool(whole)
     # the section as is (its keys are TrainingArguments' names), plus what the stage decides
+    procs = Processes(device)
+    tracking, callbacks = reporting(t.report_to, root, "train", f"{layout.run_name(variant, seed)}/{work.name}",
+                                    main=procs.main, resume=resume)
     cfg = StepPPOConfig(
-        **to_dict(t), variant=variant, seed=seed, output_dir=str(ckpt), report_to=[], use_cpu=device == "cpu",
+        **{**to_dict(t), **tracking}, variant=variant, seed=seed, output_dir=str(ckpt), use_cpu=device == "cpu",
         bf16=resolve_precision(t.precision, device) == "bf16", lr_scheduler_type="constant", warmup_steps=0,
         data_seed=seed, save_strategy="steps", logging_steps=1, disable_tqdm=False, dataloader_num_workers=0,
         train_sampling_strategy="group_by_length")  # similar lengths: less padding
-    trainer = StepPPOTrainer(wrapped, cfg, examples, pad_id=tok.pad_token_id)
+    trainer = StepPPOTrainer(wrapped, cfg, examples, pad_id=tok.pad_token_id, callbacks=callbacks)
     result = trainer.train(resume_from_checkpoint=str(whole[-1]) if whole else None)
     trainer.save_policy(work / "model", tok)  # gathered from every process, written by the main one
     if trainer.accelerator.is_main_process:
@@ -147,7 +151,7 @@ def run_round(params: Params, root: Path, variant: str, seed: int, k: int, start
             extra["annotate"] = rounds.annotate(params, root, trajectories, annotated, work / "annotate.json")
             extra["advantages"] = rounds.advantages(params, layout.table(annotated, "steps"), adv_file, variant)
         procs.wait()
-    metrics, history = train_round(params, variant, seed, start, trajectories, adv_file, work)
+    metrics, history = train_round(params, root, variant, seed, start, trajectories, adv_file, work)
     metrics = {**extra, **metrics}
     if procs.main:
         if params.collect.replay:

@@ -34,7 +34,8 @@ def run(params: Params, root: Path = Path(".")) -> str:
     device = resolve_device(params.agent.device)
     metrics = train_sft(base, rows, out, epochs=ws.epochs, learning_rate=ws.learning_rate,
                         batch_size=ws.batch_size, seed=ws.seed, lora=ws.lora, lora_r=ws.lora_r,
-                        device=device, max_length=ws.max_length, bf16=resolve_precision(ws.precision, device) == "bf16")
+                        device=device, max_length=ws.max_length, bf16=resolve_precision(ws.precision, device) == "bf16",
+                        report_to=ws.report_to, root=root)
     write_json(metrics_file, {"enabled": True, **stats, **metrics})
     return (f"warmstart: {stats['paths']} expert paths ({stats['mistakes']} recoverable mistakes, "
             f"{stats['tokens']} tokens), loss {metrics['first_loss']} -> {metrics['last_loss']} in "

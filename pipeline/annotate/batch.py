@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 
 from pipeline.annotate.cache import request_key
+from pipeline.annotate.pricing import BATCH_PRICE_FACTOR, cost_usd
 from pipeline.errors import SteptoolError
 from pipeline.fsutil import write_json
 
 log = logging.getLogger("steptool.annotate")
-PRICE_FACTOR = 0.5  # OpenAI's Batch API bills half the online price (platform.openai.com/docs/guides/batch)
 RUNNING = ("validating", "in_progress", "finalizing")
 
 
@@ -61,7 +61,7 @@ def prefill(judge, items: list) -> dict:
         upload = client.files.create(file=("steptool-judge.jsonl", io.BytesIO(lines.encode("utf-8"))),
                                      purpose="batch")
         batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
-                                      completion_window="24h", metadata={"steptool": judge.desc})
+                                      completion_window="24h", metadata={"purpose": f"judge calls ({judge.desc})"})
         state[digest] = batch.id
         write_json(state_path, state)
         log.info("%s: batch %s submitted, %d requests", judge.desc, batch.id, len(pending))
@@ -94,10 +94,8 @@ def prefill(judge, items: list) -> dict:
                     answered)
     state.pop(digest, None)  # done: a rerun with new requests submits a new batch
     write_json(state_path, state)
-    from pipeline.annotate.llm_judge import cost_usd
-
     stats.update(batch_id=batch.id, batch_status=batch.status, batch_answered=answered,
                  batch_failed=len(pending) - answered, batch_prompt_tokens=prompt, batch_completion_tokens=completion,
-                 batch_cost_usd=round(PRICE_FACTOR * cost_usd(prompt, completion, cfg), 8))
+                 batch_cost_usd=round(BATCH_PRICE_FACTOR * cost_usd(prompt, completion, cfg), 8))
     log.info("%s: batch %s %s: %d of %d answered", judge.desc, batch.id, batch.status, answered, len(pending))
     return stats

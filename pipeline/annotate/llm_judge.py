@@ -32,6 +32,7 @@ import time
 
 from pipeline.annotate.base import StepLabel, TrajLabel, status_of, step_is_call
 from pipeline.annotate.cache import JudgeCache, request_key
+from pipeline.annotate.pricing import BATCH_PRICE_FACTOR, CHARS_PER_TOKEN, cost_usd, estimated_tokens
 from pipeline.annotate.succ_calling import read_envelope
 from pipeline.config import AnnotateConfig
 from pipeline.errors import SteptoolError
@@ -39,7 +40,6 @@ from pipeline.formats.stabletoolbench import STATUS_VALUE
 
 log = logging.getLogger("steptool.annotate")
 PROMPT_VERSION = "steptool-judge-v1"
-CHARS_PER_TOKEN = 4  # the judge's tokenizer is unknown: budgets are in estimated tokens
 
 SYSTEM = (
     "You are an expert evaluator of AI agents that use tools (APIs) to answer a user's query. You will see the "
@@ -202,15 +202,6 @@ class BudgetExceeded(SteptoolError):
     """The estimated cost of the calls the cache does not hold is above `max_cost_usd`: nothing was called."""
 
 
-def estimated_tokens(request: dict) -> int:
-    """Prompt tokens of a chat request, estimated from its characters (messages and tool schemas)."""
-    return len(json.dumps([request.get("messages"), request.get("tools")], ensure_ascii=False)) // CHARS_PER_TOKEN
-
-
-def cost_usd(prompt_tokens: float, completion_tokens: float, cfg: AnnotateConfig) -> float:
-    return (prompt_tokens * cfg.price_input_usd_per_mtok + completion_tokens * cfg.price_output_usd_per_mtok) / 1e6
-
-
 class _RateLimiter:
     """Starts requests evenly: one every 60/`per_minute` s, and a request of n estimated tokens holds the next
     start back by n·60/`tokens_per_minute` s (no burst, so a provider's per-minute window is never exceeded)."""
@@ -261,9 +252,7 @@ class JudgeClient:
                if not self.cache.has(request_key(cfg.model, self.prompt_version, r, endpoint=cfg.base_url))]
         prompt = sum(estimated_tokens(r) for r in new)
         completion = len(new) * cfg.completion_tokens_per_call
-        from pipeline.annotate import batch
-
-        cost = cost_usd(prompt, completion, cfg) * (batch.PRICE_FACTOR if cfg.mode == "batch" else 1.0)
+        cost = cost_usd(prompt, completion, cfg) * (BATCH_PRICE_FACTOR if cfg.mode == "batch" else 1.0)
         plan = {"planned_calls": len(requests), "planned_uncached": len(new), "estimated_prompt_tokens": prompt,
                 "estimated_completion_tokens": completion, "estimated_cost_usd": round(cost, 4)}
         line = (f"{self.desc}: {len(requests)} judge calls planned, {len(requests) - len(new)} in the cache, "
