@@ -237,18 +237,22 @@ class HFPolicy:
         """Sample from `masked` (constrained rows) or `logits`; the log-prob is always from `logits`."""
         s = self.sampling
         draw = logits if masked is None else masked
-        logp = torch.log_softmax(logits.float(), dim=-1).cpu()  # the recorded log-prob: T = 1, unmasked
+        logp = torch.log_softmax(logits.float(), dim=-1)  # the recorded log-prob: T = 1, unmasked
+
+        def recorded(chosen: torch.Tensor) -> torch.Tensor:  # gathered where the logits are (no [B, V] copy)
+            return logp.gather(-1, chosen.to(logp.device).view(-1, 1)).view(-1).cpu()
+
         if s.temperature <= 0:
             chosen = draw.argmax(dim=-1).cpu()
-            return chosen, logp.gather(-1, chosen.view(-1, 1)).view(-1)
-        probs = torch.softmax(draw.float() / s.temperature, dim=-1).cpu()
+            return chosen, recorded(chosen)
+        probs = torch.softmax(draw.float() / s.temperature, dim=-1).cpu()  # sampled on the CPU: a generator per row
         if s.top_p < 1.0:
             sorted_p, sorted_i = probs.sort(dim=-1, descending=True)
             keep = sorted_p.cumsum(-1) - sorted_p < s.top_p  # always keeps the most likely token
             sorted_p = sorted_p * keep
             probs = torch.zeros_like(probs).scatter(-1, sorted_i, sorted_p)
         chosen = torch.stack([torch.multinomial(probs[r], 1, generator=g)[0] for r, g in enumerate(gens)])
-        return chosen, logp.gather(-1, chosen.view(-1, 1)).view(-1)
+        return chosen, recorded(chosen)
 
 
 class OpenAIPolicy:
