@@ -142,11 +142,14 @@ def power_section(metrics: dict, runs: list[str], others: tuple[str, ...]) -> li
     if not rows:
         return []
     seeds = _seed_power(metrics, runs, others)
+    spread = ("A task's difference is its mean over the training seeds, so the spread between training runs is in "
+              "these numbers; the second table splits it." if seeds else
+              "With one training seed the spread between training runs is not measured; it can only add to these "
+              "numbers.")
     return ["", "## How many tasks would tell", "",
             "Tasks a paired comparison needs to detect a true difference of 5 or 10 points (or the one observed) "
             "at 80% power with a two-sided 5% test, from the per-task standard deviation of the differences "
-            "measured here (normal approximation, tasks spread evenly over the levels). With one training seed "
-            "the spread between training runs is not measured; it can only add to these numbers.", "",
+            "measured here (normal approximation, tasks spread evenly over the levels). " + spread, "",
             "| comparison | strategy | tasks now | sd of per-task Δ (points) | observed Δ | tasks for 5 points | "
             "tasks for 10 points | tasks for the observed Δ |",
             "|---|---|---|---|---|---|---|---|", *rows, *seeds]
