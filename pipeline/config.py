@@ -549,9 +549,11 @@ class Params(_Checked):
                                   "(nothing would write data/models/" + m + ")")
         if len(set(self.evaluate.models)) != len(self.evaluate.models):
             raise ConfigError(f"evaluate.models: each model at most once, got {self.evaluate.models}")
-        if self.agent.backend == "openai" and self.train.rounds > 1:
-            raise ConfigError("train.rounds > 1 needs agent.backend hf: round k collects with round k-1's new "
-                              "checkpoint inside the train stage, which no running server serves")
+        if self.agent.backend == "openai" and (self.train.rounds > 1 or self.collect.replay):
+            key = "train.rounds > 1" if self.train.rounds > 1 else "collect.replay: true"
+            raise ConfigError(f"{key} needs agent.backend hf: the train stage would play its new checkpoint "
+                              "(the next round's collection, the replay after training), which no running server "
+                              "serves")
 
 
 def _type_name(tp: Any) -> str:

@@ -173,11 +173,15 @@ def test_exp_run_with_the_openai_judge_then_a_rerun_makes_no_call(repo):
             assert secret.encode() not in f.read_bytes(), f
 
 
-def test_exp_run_with_the_openai_backend_collects_and_evaluates_through_a_server(repo, tokenizer):
-    """`agent.backend: openai` in `dvc exp run` against the loopback completions server serving the repository's
-    checkpoints by path (as `vllm serve data/models/sft` does): collect@0 and evaluate@sft-cot play through it,
-    prompts go as token ids, names through the trigger's stop string (and the structured-output choice when
-    the model reaches it), and the server's log-probs are the recorded behaviour log-probs."""
+def test_exp_run_with_the_openai_backend_and_dvclive(repo, tokenizer):
+    """One `dvc exp run` (one run: the suite's time is bounded) with two of the scale-out paths:
+    - `agent.backend: openai` against the loopback completions server serving the repository's checkpoints by
+      path (as `vllm serve data/models/sft` does): collect@0 and evaluate@sft-cot play through it, prompts go
+      as token ids, names through the trigger's stop string (and the structured-output choice when the model
+      reaches it), and the server's log-probs are the recorded behaviour log-probs;
+    - `train.report_to: [dvclive]`: train@steptool-0 (on that collection) logs through the Trainer's DVCLive
+      callback into dvclive/train/steptool/s0/r1 with its own dvc.yaml, so `dvc plots show` has the curves and
+      `dvc exp show` the values; the pipeline's dvc.yaml is untouched."""
     import math
 
     from transformers import AutoModelForCausalLM
@@ -187,49 +191,39 @@ def test_exp_run_with_the_openai_backend_collects_and_evaluates_through_a_server
     dest, env, _ = repo
     secret = "vllm-key-3e9a"
     env = dict(env, VLLM_API_KEY=secret)
+    before = (dest / "dvc.yaml").read_text()
     server = CompletionServer({}, tokenizer, load=lambda name: AutoModelForCausalLM.from_pretrained(dest / name))
     try:
-        sets = ["-S", "agent.backend=openai", "-S", f"agent.base_url={server.url}", "-S", "train.rounds=1"]
-        out = _run(DVC + ["exp", "run", "collect@0", "evaluate@sft-cot"] + sets, dest, env)
-        assert "Running stage 'collect@0'" in out and "Running stage 'evaluate@sft-cot'" in out
+        sets = ["-S", "agent.backend=openai", "-S", f"agent.base_url={server.url}", "-S", "train.rounds=1",
+                "-S", "collect.replay=false", "-S", "train.report_to=[dvclive]"]
+        out = _run(DVC + ["exp", "run", "evaluate@sft-cot", "train@steptool-0"] + sets, dest, env)
+        for stage in ("collect@0", "evaluate@sft-cot", "train@steptool-0"):
+            assert f"Running stage '{stage}'" in out, stage
         reqs = list(server.requests_seen)
     finally:
         server.close()
+    # the backend
     assert set(server.models) == {str(layout.SFT_MODEL)}, server.models.keys()
     assert reqs and all(isinstance(r["prompt"], list) and all(isinstance(t, int) for t in r["prompt"]) for r in reqs)
     assert all(r["return_tokens_as_token_ids"] and r["logprobs"] is not None for r in reqs)
     assert any(r.get("stop") == ["\nAction:"] for r in reqs)  # the name slot's first request
-    named = [r for r in reqs if "structured_outputs" in r]
-    assert all(set(r["structured_outputs"]["choice"]) for r in named)
+    assert all(set(r["structured_outputs"]["choice"]) for r in reqs if "structured_outputs" in r)
     tokens = pl.read_parquet(dest / layout.table(layout.trajectories_dir(0), "tokens"))
     lps = [x for row in tokens["logprobs"].to_list() for x in row]
     assert lps and all(math.isfinite(x) and x <= 0 for x in lps)  # the server's, none missing
     assert sum(len(r) for r in tokens["action_ids"].to_list()) == len(lps)
     assert list((dest / layout.eval_dir("sft", "cot")).glob("*.parquet")), "evaluate wrote nothing"
+    # the tracker
+    assert (dest / "dvc.yaml").read_text() == before
+    run = dest / layout.dvclive_dir("train", "steptool/s0") / "r1"
+    assert (run / "dvc.yaml").exists() and (run / "metrics.json").exists()
+    assert list((run / "plots" / "metrics").rglob("*.tsv"))
+    plots = _run(DVC + ["plots", "show", "--json"], dest, env)
+    assert "dvclive/train/steptool/s0/r1/plots/metrics" in plots and "policy_loss" in plots
+    assert "dvclive/train/steptool/s0/r1/metrics.json" in _run(DVC + ["exp", "show", "--json"], dest, env)
     for f in dest.rglob("*"):  # the server's key is in no file
         if f.is_file() and ".git" not in f.parts:
             assert secret.encode() not in f.read_bytes(), f
-    _run(["git", "checkout", "--", "params.yaml", "dvc.lock"], dest, env)
-    _run(DVC + ["checkout", "-f"], dest, env)
-
-
-def test_exp_run_with_dvclive_shows_the_training_curves(repo):
-    """`train.report_to: [dvclive]`: each round of a run logs through the Trainer's DVCLive callback into
-    dvclive/train/<variant>/s<seed>/r<k>, with its own dvc.yaml, so `dvc plots show` has the curves and
-    `dvc exp show` the experiment's last values; the pipeline's dvc.yaml is untouched."""
-    dest, env, _ = repo
-    before = (dest / "dvc.yaml").read_text()
-    out = _run(DVC + ["exp", "run", "train@steptool-0", "-S", "train.report_to=[dvclive]"], dest, env)
-    assert "Running stage 'train@steptool-0'" in out
-    assert (dest / "dvc.yaml").read_text() == before
-    run = dest / layout.dvclive_dir("train", "steptool/s0")
-    for k in (1, 2):
-        assert (run / f"r{k}" / "dvc.yaml").exists() and (run / f"r{k}" / "metrics.json").exists()
-        assert list((run / f"r{k}" / "plots" / "metrics").rglob("*.tsv"))
-    plots = _run(DVC + ["plots", "show", "--json"], dest, env)
-    assert "dvclive/train/steptool/s0/r1/plots/metrics" in plots and "policy_loss" in plots
-    shown = _run(DVC + ["exp", "show", "--json"], dest, env)
-    assert "dvclive/train/steptool/s0/r2/metrics.json" in shown
     _run(["git", "checkout", "--", "params.yaml", "dvc.lock"], dest, env)
     _run(DVC + ["checkout", "-f"], dest, env)
 
