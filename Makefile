@@ -35,7 +35,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-# The study (profiles/study.yaml, about 90 min on 2 AMX cores): the committed code in a fresh clone under
+# The study (profiles/study.yaml, about 105 min on 2 quiet AMX cores, reports/study/RUN.md): the committed code in a fresh clone under
 # build/study (so this workspace's params.yaml and dvc.lock stay the default's), then its report, figures and
 # metrics into reports/study/ with RUN.md: commit, profile, wall time, machine, torch.
 STUDY := build/study
