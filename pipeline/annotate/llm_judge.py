@@ -238,6 +238,13 @@ class JudgeClient:
                       "prompt_tokens": 0, "completion_tokens": 0, "failed_trajectories": 0,
                       "partial_trajectories": 0}
 
+    def request(self, messages: list[dict], tool: dict, run: int, attempt: int) -> dict:
+        """A chat request forcing `tool`; the seed tells votes/judging runs and their retries apart (and keys the
+        cache, so it must stay as it is)."""
+        return {"messages": messages, "tools": [tool],
+                "tool_choice": {"type": "function", "function": {"name": tool["function"]["name"]}},
+                "temperature": self.cfg.temperature, "seed": run * 1000 + attempt}
+
     def first_requests(self, items: list) -> list[dict]:
         """The requests a run over `items` makes at least (first attempts); subclasses say which."""
         raise NotImplementedError
@@ -383,17 +390,12 @@ class OpenAIJudge(JudgeClient):
             return calls, []
         return calls, build_messages(query, calls, traj.get("final_answer") or "", finish, self.cfg)
 
-    def _request(self, messages: list[dict], vote: int, attempt: int) -> dict:
-        return {"messages": messages, "tools": [TOOL],
-                "tool_choice": {"type": "function", "function": {"name": "evaluate_process_reward"}},
-                "temperature": self.cfg.temperature, "seed": vote * 1000 + attempt}
-
     def first_requests(self, items: list) -> list[dict]:
         out = []
         for traj, steps, query in items:
             _, messages = self._messages(traj, steps, query)
             if messages:
-                out += [self._request(messages, v, 0) for v in range(self.cfg.n_votes)]
+                out += [self.request(messages, TOOL, v, 0) for v in range(self.cfg.n_votes)]
         return out
 
     async def _trajectory(self, client, traj: dict, steps: list[dict], query: str) -> TrajLabel:
@@ -438,7 +440,7 @@ class OpenAIJudge(JudgeClient):
         hits = 0
         reasons = []
         for attempt in range(self.cfg.max_invalid_retries + 1):
-            body, hit, failure = await self.ask(client, self._request(messages, vote, attempt))
+            body, hit, failure = await self.ask(client, self.request(messages, TOOL, vote, attempt))
             hits += hit
             if failure:
                 return None, hits, f"vote {vote}: {failure}"

@@ -102,11 +102,6 @@ class PassRateJudge(JudgeClient):
         self.prepare(items)
         return self.run_all(items, lambda client, it: self._answer(client, *it), progress)
 
-    def _request(self, messages: list[dict], tool: dict, run: int, attempt: int) -> dict:
-        return {"messages": messages, "tools": [tool],
-                "tool_choice": {"type": "function", "function": {"name": tool["function"]["name"]}},
-                "temperature": self.cfg.temperature, "seed": run * 1000 + attempt}
-
     def first_requests(self, items: list) -> list[dict]:
         """The answer check of every judging run of every answered trajectory (an Unsure answer's second call,
         on the whole trajectory, is not counted)."""
@@ -114,7 +109,7 @@ class PassRateJudge(JudgeClient):
         for traj, _, query in items:
             answer = (traj.get("final_answer") or "").strip()
             if traj.get("finish_type") == "give_answer" and answer:
-                out += [self._request(check_messages(query, answer), CHECK_TOOL, r, 0) for r in range(self.n_judgings)]
+                out += [self.request(check_messages(query, answer), CHECK_TOOL, r, 0) for r in range(self.n_judgings)]
         return out
 
     async def _answer(self, client, traj: dict, steps: list[dict], query: str) -> list[str]:
@@ -130,7 +125,7 @@ class PassRateJudge(JudgeClient):
     async def _ask_status(self, client, messages, tool, run: int) -> tuple[str | None, str]:
         reasons = []
         for attempt in range(self.cfg.max_invalid_retries + 1):
-            body, _, failure = await self.ask(client, self._request(messages, tool, run, attempt))
+            body, _, failure = await self.ask(client, self.request(messages, tool, run, attempt))
             if failure:
                 return None, failure
             try:
