@@ -97,7 +97,14 @@ class SplitSizes(_Checked):
 
 @dataclass
 class TasksConfig(_Checked):
-    seed: int = _help("Seed of task sampling (which entities, intents and phrasings).", 7)
+    source: Literal["toolworld", "stabletoolbench"] = _help(
+        "Where the train/val/test tasks come from: 'toolworld' (generated, with gold plans and facts) or "
+        "'stabletoolbench' (StableToolBench's solvable queries from stabletoolbench_path, split per level by "
+        "seed into the sizes below; no gold: annotate with openai or heuristic, evaluate with the openai "
+        "judge, and play them through env.kind replay or http). The warm start imitates ToolWorld expert "
+        "paths either way (data/tasks/warmstart.parquet).", "toolworld")
+    seed: int = _help("Seed of task sampling (which entities, intents and phrasings; with stabletoolbench, which "
+                      "queries go to which split).", 7)
     train: SplitSizes = _help("Number of train tasks per level.", factory=lambda: SplitSizes(80, 40, 40))
     val: SplitSizes = _help("Number of validation tasks per level: what anything tuned is tuned on.",
                             factory=lambda: SplitSizes(30, 25, 25))
@@ -110,7 +117,19 @@ class TasksConfig(_Checked):
         1,
     )
 
+    stabletoolbench_path: str = _help(
+        "stabletoolbench: the folder of solvable query files <subset>.json (StableToolBench's "
+        "solvable_queries/test_instruction).",
+        "../shared/external/stabletoolbench/solvable_queries/test_instruction")
+    stabletoolbench_subsets: list[str] = _help(
+        "stabletoolbench: the subsets to draw from (G1_* are I1, G2_* I2, G3_* I3).",
+        factory=lambda: ["G1_instruction", "G1_category", "G1_tool", "G2_instruction", "G2_category",
+                         "G3_instruction"])
+
     def check(self, where: str) -> None:
+        for subset in self.stabletoolbench_subsets:
+            if not re.fullmatch(r"G[123]_[A-Za-z]+", subset):
+                self._fail(where, "stabletoolbench_subsets", f"entries are subset names like G1_instruction, got {subset!r}")
         if not 1 <= self.max_gold_calls <= 5:
             self._fail(where, "max_gold_calls", f"must be in 1..5, got {self.max_gold_calls}")
         if not 0 <= self.distractor_tools <= 3:
@@ -499,13 +518,17 @@ class EvaluateConfig(_Checked):
         "Pass-rate judge: rule (ToolWorld gold facts: all -> Solved, some -> Unsure) or openai (StableToolBench's "
         "criteria through the annotate section's endpoint, client, cache and fault handling).", "rule")
     n_judgings: int = _help("openai: judging runs per answer (StableToolBench: 3); the rule judge runs once.", 3)
+    judge_temperature: float = _help(
+        "openai: the pass-rate judge's sampling temperature (StableToolBench's evaluator: 0; its runs differ by "
+        "their seed).", 0.0)
     reference_model: str = _help("Win rate: every model's answers are compared with this model's, same strategy.",
                                  "sft")
 
     def check(self, where: str) -> None:
         self._at_least(where, 1, "samples", "n_judgings")
-        if self.temperature < 0:
-            self._fail(where, "temperature", f"must be >= 0, got {self.temperature}")
+        for key in ("temperature", "judge_temperature"):
+            if getattr(self, key) < 0:
+                self._fail(where, key, f"must be >= 0, got {getattr(self, key)}")
         if not self.models:
             self._fail(where, "models", "must name at least one model")
         for m in self.models:
@@ -549,6 +572,21 @@ class Params(_Checked):
                                   "(nothing would write data/models/" + m + ")")
         if len(set(self.evaluate.models)) != len(self.evaluate.models):
             raise ConfigError(f"evaluate.models: each model at most once, got {self.evaluate.models}")
+        if self.tasks.source == "stabletoolbench":
+            # StableToolBench queries have no gold plan or facts: every part that reads them is refused here,
+            # before a stage spends minutes and fails on the first task
+            if self.env.kind == "toolworld":
+                raise ConfigError("tasks.source: stabletoolbench needs env.kind replay or http (ToolWorld cannot "
+                                  "answer StableToolBench's APIs), got env.kind toolworld")
+            if self.annotate.annotator == "oracle":
+                raise ConfigError("tasks.source: stabletoolbench needs annotate.annotator openai or heuristic (the "
+                                  "oracle reads ToolWorld's gold plans), got oracle")
+            if self.evaluate.judge == "rule":
+                raise ConfigError("tasks.source: stabletoolbench needs evaluate.judge openai (the rule judge reads "
+                                  "ToolWorld's gold facts), got rule")
+            if self.collect.replay:
+                raise ConfigError("tasks.source: stabletoolbench needs collect.replay false (the replay is judged "
+                                  "by the rule, which reads ToolWorld's gold facts)")
         if self.agent.backend == "openai" and (self.train.rounds > 1 or self.collect.replay):
             key = "train.rounds > 1" if self.train.rounds > 1 else "collect.replay: true"
             raise ConfigError(f"{key} needs agent.backend hf: the train stage would play its new checkpoint "

@@ -14,6 +14,9 @@ REPORTS = Path("reports")
 
 # stage `tasks`
 TASKS = DATA / "tasks"
+# the ToolWorld train tasks the warm start imitates expert paths on, whatever tasks.source is (under toolworld
+# the same tasks as train.parquet; StableToolBench queries have no gold plan to imitate)
+WARMSTART_TASKS = TASKS / "warmstart.parquet"
 CATALOG = DATA / "tools" / "catalog.json"
 # stages `base_model`, `warmstart`, `train@<variant>`: one checkpoint directory per model name
 MODELS = DATA / "models"
@@ -150,7 +153,7 @@ WIN_RATE_CSV = REPORTS / "win_rate.csv"
 def dvc_paths(variants: list[str], models: list[str], strategies: list[str], seeds: list[int]) -> set[str]:
     """Every path the DVC stages read or write, for the given foreach/matrix items (the layout test compares
     this with dvc.yaml)."""
-    paths = {tasks_file("train"), tasks_file("val"), tasks_file("test"), CATALOG, EVAL, TRAIN_PLOTS, ROUNDS,
+    paths = {tasks_file("train"), tasks_file("val"), tasks_file("test"), WARMSTART_TASKS, CATALOG, EVAL, TRAIN_PLOTS, ROUNDS,
              metrics_dir("train"), metrics_dir("collect"), RESULTS_MD, FIGURES, REPORT_METRICS, PASS_RATE_CSV, WIN_RATE_CSV}
     paths |= {BASE_MODEL, SFT_MODEL, metrics_file("warmstart")}
     for seed in seeds:

@@ -194,7 +194,7 @@ def test_openai_pass_rate_judge_follows_the_protocol(tmp_path, monkeypatch):
         return {"traj_id": traj, "step_idx": i, "api_name": "height_for_towers", "arguments_json": "{}",
                 "parse_ok": True, "is_finish": False, "env_status": "ok", "observation": obs}
     steps = [step("words-ok", 0, bad), step("words-ok", 1, ok), step("words-bad", 0, bad), step("num", 0, ok)]
-    server = JudgeServer(Faults(p_429=0.2, p_500=0.1, p_malformed=0.1, seed=5))
+    server = JudgeServer(Faults(p_429=0.2, p_500=0.1, p_malformed=0.1, seed=6))
     try:
         params = _judge_params(tmp_path, server.url)
         statuses, stats = judge_answers(trajs, steps, {"t": task}, params, progress=False)

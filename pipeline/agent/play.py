@@ -24,11 +24,13 @@ from pipeline import layout
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.agent.records import rollout_rows
 from pipeline.agent.rollout import run_cot, run_dfsdt_batch, traj_id
+from pipeline.replay import MISS_ERROR
 from pipeline.schema import STEPS, TOKENS, TRAJECTORIES, write_table
 from pipeline.task import Task
 from pipeline.toolworld.fact_judge import pass_score, rule_judge
 
 log = logging.getLogger("steptool.collect")
+REPLAY_MISS = MISS_ERROR.split("{")[0]  # "Replay miss: no recorded response of "
 FILES = {"trajectories": TRAJECTORIES, "steps": STEPS, "tokens": TOKENS}
 
 
@@ -152,6 +154,8 @@ def summarize(trajectories: pa.Table, steps: pa.Table, tasks: dict[str, Task], e
     """Parse-success rate over steps, and the rule judge's pass rate over trajectories of tasks with gold."""
     trajs = trajectories.to_pylist()
     parse_ok = steps.column("parse_ok").to_pylist()
+    calls = [o or "" for o, fin in zip(steps.column("observation").to_pylist(), steps.column("is_finish").to_pylist())
+             if not fin]
     scores, solved = [], 0
     for t in trajs:
         task = tasks.get(t["task_id"])
@@ -165,6 +169,9 @@ def summarize(trajectories: pa.Table, steps: pa.Table, tasks: dict[str, Task], e
         "steps": len(parse_ok),
         "parse_success": round(sum(parse_ok) / len(parse_ok), 4) if parse_ok else 0.0,
         "finished": round(sum(t["finish_type"] == "give_answer" for t in trajs) / max(len(trajs), 1), 4),
+        "tool_calls": len(calls),
+        # env.kind replay: calls answered with the miss error, not a recorded response (0 for the other kinds)
+        "replay_misses": sum(REPLAY_MISS in o for o in calls),
         "pass_rate": round(sum(scores) / len(scores), 4) if scores else None,
         "solved": round(solved / len(scores), 4) if scores else None,
         "trajectories_per_min": round(len(trajs) / elapsed * 60, 2) if elapsed > 0 else None,

@@ -62,20 +62,39 @@ def default_answer(request: dict) -> dict:
       good call, Solved when there is an answer;
     - check_answer_status (pass rate, answer only): Solved when the answer holds a number, Unsure when it is
       a sentence without one, else Unsolved;
-    - parse_answer_status (pass rate, whole trajectory): Solved when some call succeeded, else Unsolved."""
+    - parse_answer_status (pass rate, the converted answer): Solved when some call succeeded, else Unsolved.
+    The pass-rate answers carry `answer_status` only, as StableToolBench's functions declare."""
     user = request["messages"][-1]["content"]
-    final = user.rsplit("\nFinal answer:\n", 1)[-1]
     name = called_function(request)
-    if name == "check_answer_status":
-        status = "Solved" if re.search(r"\d", final) else "Unsure" if len(final.split()) >= 3 else "Unsolved"
-        return {"answer_status": status, "reason": "test judge: answer only"}
+    if name in ("check_answer_status", "parse_answer_status"):
+        return _pass_rate_answer(name, user)
+    final = user.rsplit("\nFinal answer:\n", 1)[-1]
     steps = _STEP.findall(user)
     sc = [succ_calling(fn, True, resp)[0] or 0 for fn, resp in steps]
-    if name == "parse_answer_status":
-        return {"answer_status": "Solved" if any(sc) else "Unsolved", "reason": "test judge: from the responses"}
     status = "Unsolved" if final.startswith("(the agent") else "Solved"
     return {"succeed_tool_calling": sc, "contribution_to_final_answer": [3 if x else 0 for x in sc],
             "final_answer_status": status}
+
+
+def _pass_rate_answer(name: str, user: str) -> dict:
+    """StableToolBench's criteria prompts end in `Answer:\n{answer}\n\nNow ...`: the Finish arguments (check) or
+    the whole converted answer (parse), both JSON text."""
+    m = re.search(r"\nAnswer:\n(.*)\n\nNow (?:give|you are)", user, re.S)
+    try:
+        answer = json.loads(m.group(1)) if m else {}
+    except json.JSONDecodeError:
+        answer = {}
+    if name == "check_answer_status":
+        final = str(answer.get("final_answer", "")) if isinstance(answer, dict) else ""
+        status = "Solved" if re.search(r"\d", final) else "Unsure" if len(final.split()) >= 3 else "Unsolved"
+        return {"answer_status": status}
+    sc, node = [], (answer.get("answer_details") or [None])[0] if isinstance(answer, dict) else None
+    while isinstance(node, dict):
+        msg = node.get("message")
+        if node.get("role") == "tool" and isinstance(msg, dict) and msg.get("name") != "Finish":
+            sc.append(succ_calling(str(msg.get("name")), True, str(msg.get("response", "")))[0] or 0)
+        node = (node.get("next") or [None])[0]
+    return {"answer_status": "Solved" if any(sc) else "Unsolved"}
 
 
 def auth_digest(header: str) -> str:
