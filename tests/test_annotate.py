@@ -227,7 +227,7 @@ def test_openai_judge_under_faults_then_a_free_rerun(played, tmp_path, monkeypat
     secret = "sk-test-SECRET-5f3a"
     monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", secret)
     server = JudgeServer(Faults(p_429=0.10, p_500=0.10, p_malformed=0.05, p_timeout=0.02, timeout_sleep_s=1.0,
-                                seed=3))
+                                seed=4))
     try:
         cfg = _judge_cfg(server.url)
         cache = tmp_path / "judge.sqlite"
