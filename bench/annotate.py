@@ -2,7 +2,10 @@
 
 The ideal is concurrency / latency answers per second (every slot always busy, zero overhead); the
 benchmark prints what the annotator reaches as a ratio of it (target >= 0.8 at concurrency 32), and
-that a second run over the same trajectories is served from the cache (zero calls).
+that a second run over the same trajectories is served from the cache (zero calls). The judge runs in
+this process first (its threads share the interpreter with the client: the ratio measured since the
+start), then in a process of its own, as a remote endpoint does, where the client's CPU time per call
+is measured alone.
 """
 from __future__ import annotations
 
@@ -70,6 +73,44 @@ def main() -> None:
           f"concurrency {CONCURRENCY} and {LATENCY_S * 1000:.0f} ms latency {ideal:.0f} calls/s; ratio "
           f"{rate / ideal:.2f} (target >= 0.8); failed {sum(1 for lab in labels if lab.failed)}")
     print(f"annotate: rerun from the cache: {again['judge_calls']} calls, {again['cache_hits']} hits, {cached_s:.2f} s")
+    calls, seconds, cpu = judge_in_its_own_process(trajs, steps, tasks)
+    print(f"annotate: judge in its own process: {calls / seconds / ideal:.2f} of the ideal; the client's CPU "
+          f"{cpu / calls * 1000:.2f} ms per call ({cpu:.2f} s for {calls} calls)")
+
+
+def judge_in_its_own_process(trajs, steps, tasks) -> tuple[int, float, float]:
+    """(calls, wall seconds, this process's CPU seconds) of one annotation run against `steptool serve-judge` in
+    a child process."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    server = subprocess.Popen([sys.executable, "-m", "steptool", "serve-judge", "--port", str(port), "--latency",
+                               str(LATENCY_S)], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise RuntimeError("steptool serve-judge did not start") from None
+                time.sleep(0.1)
+        cfg = AnnotateConfig(annotator="openai", base_url=f"http://127.0.0.1:{port}/v1", model="bench", n_votes=1,
+                             concurrency=CONCURRENCY, timeout_s=30.0)
+        with tempfile.TemporaryDirectory() as tmp:
+            label_trajectories(trajs[:CONCURRENCY], steps, tasks, cfg, str(Path(tmp) / "warm.sqlite"), progress=False)
+            t0, c0 = time.perf_counter(), time.process_time()
+            _, stats = label_trajectories(trajs, steps, tasks, cfg, str(Path(tmp) / "judge.sqlite"), progress=False)
+            return stats["judge_calls"], time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

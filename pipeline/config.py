@@ -97,7 +97,14 @@ class SplitSizes(_Checked):
 
 @dataclass
 class TasksConfig(_Checked):
-    seed: int = _help("Seed of task sampling (which entities, intents and phrasings).", 7)
+    source: Literal["toolworld", "stabletoolbench"] = _help(
+        "Where the train/val/test tasks come from: 'toolworld' (generated, with gold plans and facts) or "
+        "'stabletoolbench' (StableToolBench's solvable queries from stabletoolbench_path, split per level by "
+        "seed into the sizes below; no gold: annotate with openai or heuristic, evaluate with the openai "
+        "judge, and play them through env.kind replay or http). The warm start imitates ToolWorld expert "
+        "paths either way (data/tasks/warmstart.parquet).", "toolworld")
+    seed: int = _help("Seed of task sampling (which entities, intents and phrasings; with stabletoolbench, which "
+                      "queries go to which split).", 7)
     train: SplitSizes = _help("Number of train tasks per level.", factory=lambda: SplitSizes(80, 40, 40))
     val: SplitSizes = _help("Number of validation tasks per level: what anything tuned is tuned on.",
                             factory=lambda: SplitSizes(30, 25, 25))
@@ -110,7 +117,19 @@ class TasksConfig(_Checked):
         1,
     )
 
+    stabletoolbench_path: str = _help(
+        "stabletoolbench: the folder of solvable query files <subset>.json (StableToolBench's "
+        "solvable_queries/test_instruction).",
+        "../shared/external/stabletoolbench/solvable_queries/test_instruction")
+    stabletoolbench_subsets: list[str] = _help(
+        "stabletoolbench: the subsets to draw from (G1_* are I1, G2_* I2, G3_* I3).",
+        factory=lambda: ["G1_instruction", "G1_category", "G1_tool", "G2_instruction", "G2_category",
+                         "G3_instruction"])
+
     def check(self, where: str) -> None:
+        for subset in self.stabletoolbench_subsets:
+            if not re.fullmatch(r"G[123]_[A-Za-z]+", subset):
+                self._fail(where, "stabletoolbench_subsets", f"entries are subset names like G1_instruction, got {subset!r}")
         if not 1 <= self.max_gold_calls <= 5:
             self._fail(where, "max_gold_calls", f"must be in 1..5, got {self.max_gold_calls}")
         if not 0 <= self.distractor_tools <= 3:
@@ -191,15 +210,49 @@ class AgentConfig(_Checked):
     precision: Literal["auto", "fp32", "bf16"] = _help(
         "hf backend weights: 'auto' is bf16 on a bf16 GPU or an AMX CPU (several times faster there), else fp32.",
         "auto")
+    backend: Literal["hf", "openai"] = _help(
+        "Who writes the actions in collect, evaluate and `steptool play`: 'hf' (transformers in the stage's "
+        "process) or 'openai': an OpenAI-compatible completions server at base_url that takes token ids (vLLM, "
+        "SGLang), serving each checkpoint under its folder's path as `vllm serve data/models/sft` names it (or "
+        "served_model). Prompts go as ids, ids and log-probs come back; names are constrained through the "
+        "server's structured output (server_constraint).", "hf")
+    base_url: str = _help("openai backend: the server, e.g. http://127.0.0.1:8001/v1 (`vllm serve ... --port 8001`).",
+                          "http://127.0.0.1:8001/v1")
+    api_key_env: str = _help("openai backend: environment variable holding the server's key (vLLM's --api-key "
+                             "reads VLLM_API_KEY); unset sends 'EMPTY'. Never written anywhere.", "VLLM_API_KEY")
+    served_model: str = _help("openai backend: the model name to request; empty: the checkpoint's path relative to "
+                              "the repository (data/models/sft, data/models/steptool/s0, ...).", "")
+    concurrency: int = _help("openai backend: requests in flight at once (the server batches them).", 32)
+    server_constraint: Literal["structured_outputs", "guided_choice", "none"] = _help(
+        "openai backend, with constrain_names: how the server is asked for a function name: 'structured_outputs' "
+        "(vLLM >= 0.10.2), 'guided_choice' (older vLLM), 'none' (unconstrained, one request per action).",
+        "structured_outputs")
     dfsdt_width: int = _help("DFSDT: children sampled per expanded node.", 2)
     dfsdt_budget: int = _help("DFSDT: most actions sampled per task, dead ends included.", 8)
     backtrack_on_error: bool = _help("DFSDT: treat a failed call as a dead end and backtrack.", True)
 
     def check(self, where: str) -> None:
-        self._at_least(where, 1, "max_steps", "max_new_tokens", "batch_size", "dfsdt_width", "dfsdt_budget")
+        self._at_least(where, 1, "max_steps", "max_new_tokens", "batch_size", "dfsdt_width", "dfsdt_budget",
+                       "concurrency")
         self._at_least(where, 0, "kv_cache_tokens")
+        if self.backend == "openai" and not re.match(r"https?://", self.base_url):
+            self._fail(where, "base_url", f"must be an http(s) URL for the openai backend, got {self.base_url!r}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             self._fail(where, "device", f"must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+
+
+REPORT_TO = ("none", "dvclive", "tensorboard", "trackio", "wandb")
+REPORT_TO_HELP = (
+    "Experiment trackers for the training curves, through the Trainer's own integrations: none, dvclive (into "
+    "dvclive/<stage>/..., with its own dvc.yaml: `dvc exp show` and `dvc plots show` list them), tensorboard "
+    "(data/logs/...), trackio, wandb (these two need their package and, for wandb, an account and the network). "
+    "'none' keeps the run offline and fast.")
+
+
+def _check_report_to(section, where: str) -> None:
+    names = [section.report_to] if isinstance(section.report_to, str) else section.report_to
+    if [r for r in names if r not in REPORT_TO]:  # [] is none (TrainingArguments normalises 'none' to it)
+        section._fail(where, "report_to", f"must be a list of {', '.join(REPORT_TO)}, got {section.report_to}")
 
 
 @dataclass
@@ -219,8 +272,10 @@ class WarmstartConfig(_Checked):
     precision: Literal["auto", "fp32", "bf16"] = _help(
         "bf16 autocast over fp32 master weights, or fp32; 'auto': bf16 on a bf16 GPU or an AMX CPU.", "auto")
     seed: int = _help("Seed of path sampling and training.", 0)
+    report_to: list[str] = _help(REPORT_TO_HELP, factory=lambda: ["none"])
 
     def check(self, where: str) -> None:
+        _check_report_to(self, where)
         if not 0 <= self.error_rate <= 1:
             self._fail(where, "error_rate", f"must be in [0, 1], got {self.error_rate}")
         if self.epochs <= 0 or self.learning_rate <= 0:
@@ -276,6 +331,25 @@ class AnnotateConfig(_Checked):
     temperature: float = _help("openai: judge sampling temperature.", 0.7)
     concurrency: int = _help("openai: requests in flight at once.", 32)
     requests_per_minute: int = _help("openai: most requests started per minute (0: no limit).", 0)
+    tokens_per_minute: int = _help(
+        "openai: most estimated tokens (prompt + completion_tokens_per_call) started per minute, spread evenly "
+        "(0: no limit); set it a little under the provider's TPM limit.", 0)
+    price_input_usd_per_mtok: float = _help("openai: USD per million prompt tokens, for the estimate and the cost "
+                                            "in the metrics (gpt-4o-mini's list price; 0 for a local server).", 0.15)
+    price_output_usd_per_mtok: float = _help("openai: USD per million completion tokens (gpt-4o-mini's).", 0.60)
+    completion_tokens_per_call: int = _help(
+        "openai: completion tokens expected per judge call, for the estimate and the TPM limit (a step-grained "
+        "verdict of a 6-step trajectory is ~100).", 200)
+    mode: Literal["online", "batch"] = _help(
+        "openai: 'online' (chat completions, `concurrency` at a time) or 'batch': the first attempt of every "
+        "uncached call goes through the OpenAI Batch API (half price, answered within 24 h) into the cache, and "
+        "the online run that follows pays only for retries of invalid answers.", "online")
+    batch_poll_s: float = _help("openai batch: seconds between polls of the batch's status.", 60.0)
+    batch_max_wait_h: float = _help("openai batch: hours to wait for the batch before the stage stops (a rerun "
+                                    "resumes waiting for the same batch).", 24.0)
+    max_cost_usd: float = _help(
+        "openai: before any call, the stage prints the calls the cache does not hold and their estimated tokens "
+        "and cost, and stops without calling if the estimate exceeds this (0: no cap).", 5.0)
     timeout_s: float = _help("openai: seconds to wait for one answer before retrying.", 60.0)
     max_retries: int = _help("openai: tries per request on 429, 5xx, timeouts (exponential backoff).", 6)
     max_invalid_retries: int = _help(
@@ -297,7 +371,12 @@ class AnnotateConfig(_Checked):
         if not 1 <= self.min_votes <= self.n_votes:
             self._fail(where, "min_votes", f"must be in [1, n_votes = {self.n_votes}], got {self.min_votes}")
         self._at_least(where, 1, "n_votes", "concurrency", "max_retries", "max_prompt_tokens", "max_response_chars")
-        self._at_least(where, 0, "requests_per_minute", "max_invalid_retries")
+        self._at_least(where, 0, "requests_per_minute", "tokens_per_minute", "max_invalid_retries",
+                       "completion_tokens_per_call")
+        for key in ("price_input_usd_per_mtok", "price_output_usd_per_mtok", "max_cost_usd", "batch_poll_s",
+                    "batch_max_wait_h"):
+            if getattr(self, key) < 0:
+                self._fail(where, key, f"must be >= 0, got {getattr(self, key)}")
         if self.timeout_s <= 0:
             self._fail(where, "timeout_s", f"must be > 0, got {self.timeout_s}")
         if not 0 < self.heuristic_threshold <= 1:
@@ -347,6 +426,12 @@ class TrainConfig(_Checked):
     lora: bool = _help("Train LoRA adapters (merged into the saved model; lora_alpha = 2·r) instead of all "
                        "weights.", False)
     lora_r: int = _help("LoRA rank.", 16)
+    gradient_checkpointing: bool = _help(
+        "Recompute the trunk's activations in the backward pass instead of keeping them: activation memory of one "
+        "layer instead of all, for about one more forward pass of compute (with LoRA too).", False)
+    per_device_eval_batch_size: int = _help(
+        "Trajectories per forward pass of the round's precompute (reference/old log-probs and value features, "
+        "no gradients, so larger than the training batch fits).", 8)
     old_logprobs: Literal["behaviour", "recompute"] = _help(
         "π_old of the ratio: the log-probs recorded at collection ('behaviour'; truncated or imported trajectories "
         "fall back to recompute) or a recompute at the start of the round.", "recompute")
@@ -378,10 +463,20 @@ class TrainConfig(_Checked):
         "round's starting policy. Every round's table, metrics and annotated steps are kept, one folder per "
         "round (r<k>) of the run's rounds folder.", 1)
     save_steps: int = _help("Checkpoint every this many optimizer steps (a killed run resumes from the last).", 20)
+    report_to: list[str] = _help(REPORT_TO_HELP, factory=lambda: ["none"])
+    launcher: str = _help(
+        "How the DVC command starts the train stage: 'python' (one process) or an accelerate line, e.g. "
+        "'accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 8' (configs/accelerate/: "
+        "single, ddp, zero2, zero3, fsdp). Every process trains; the main one collects, annotates and writes.",
+        "python")
 
     def check(self, where: str) -> None:
+        _check_report_to(self, where)
+        if not (self.launcher == "python" or self.launcher.startswith("python ")
+                or self.launcher.startswith("accelerate launch")):
+            self._fail(where, "launcher", f"must be 'python' or start with 'accelerate launch', got {self.launcher!r}")
         self._at_least(where, 1, "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
-                       "lora_r", "max_length", "logits_chunk", "save_steps", "rounds")
+                       "per_device_eval_batch_size", "lora_r", "max_length", "logits_chunk", "save_steps", "rounds")
         if not self.seeds:
             self._fail(where, "seeds", "must hold at least one seed")
         if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
@@ -423,13 +518,17 @@ class EvaluateConfig(_Checked):
         "Pass-rate judge: rule (ToolWorld gold facts: all -> Solved, some -> Unsure) or openai (StableToolBench's "
         "criteria through the annotate section's endpoint, client, cache and fault handling).", "rule")
     n_judgings: int = _help("openai: judging runs per answer (StableToolBench: 3); the rule judge runs once.", 3)
+    judge_temperature: float = _help(
+        "openai: the pass-rate judge's sampling temperature (StableToolBench's evaluator: 0; its runs differ by "
+        "their seed).", 0.0)
     reference_model: str = _help("Win rate: every model's answers are compared with this model's, same strategy.",
                                  "sft")
 
     def check(self, where: str) -> None:
         self._at_least(where, 1, "samples", "n_judgings")
-        if self.temperature < 0:
-            self._fail(where, "temperature", f"must be >= 0, got {self.temperature}")
+        for key in ("temperature", "judge_temperature"):
+            if getattr(self, key) < 0:
+                self._fail(where, key, f"must be >= 0, got {getattr(self, key)}")
         if not self.models:
             self._fail(where, "models", "must name at least one model")
         for m in self.models:
@@ -473,6 +572,26 @@ class Params(_Checked):
                                   "(nothing would write data/models/" + m + ")")
         if len(set(self.evaluate.models)) != len(self.evaluate.models):
             raise ConfigError(f"evaluate.models: each model at most once, got {self.evaluate.models}")
+        if self.tasks.source == "stabletoolbench":
+            # StableToolBench queries have no gold plan or facts: every part that reads them is refused here,
+            # before a stage spends minutes and fails on the first task
+            if self.env.kind == "toolworld":
+                raise ConfigError("tasks.source: stabletoolbench needs env.kind replay or http (ToolWorld cannot "
+                                  "answer StableToolBench's APIs), got env.kind toolworld")
+            if self.annotate.annotator == "oracle":
+                raise ConfigError("tasks.source: stabletoolbench needs annotate.annotator openai or heuristic (the "
+                                  "oracle reads ToolWorld's gold plans), got oracle")
+            if self.evaluate.judge == "rule":
+                raise ConfigError("tasks.source: stabletoolbench needs evaluate.judge openai (the rule judge reads "
+                                  "ToolWorld's gold facts), got rule")
+            if self.collect.replay:
+                raise ConfigError("tasks.source: stabletoolbench needs collect.replay false (the replay is judged "
+                                  "by the rule, which reads ToolWorld's gold facts)")
+        if self.agent.backend == "openai" and (self.train.rounds > 1 or self.collect.replay):
+            key = "train.rounds > 1" if self.train.rounds > 1 else "collect.replay: true"
+            raise ConfigError(f"{key} needs agent.backend hf: the train stage would play its new checkpoint "
+                              "(the next round's collection, the replay after training), which no running server "
+                              "serves")
 
 
 def _type_name(tp: Any) -> str:

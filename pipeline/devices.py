@@ -47,3 +47,26 @@ def resolve_precision(precision: str, device: str) -> str:
     if device.startswith("cuda"):
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if _cpu_has_fast_bf16() else "fp32"
+
+
+class Processes:
+    """This process's place among the processes `accelerate launch` (or torchrun) started for a stage: `rank`,
+    `world`, `main` and `wait()` (a barrier). One process without a launcher: rank 0 of 1, `wait` does nothing.
+    Stages do their file writes and their non-training work (collection, annotation) on the main process and
+    let the others wait, so a multi-process train stage writes each output once."""
+
+    def __init__(self, device: str):
+        import os
+
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self._state = None
+        if self.world > 1:
+            from accelerate import PartialState
+
+            self._state = PartialState(cpu=device == "cpu")  # the one the Trainer will share
+        self.rank = self._state.process_index if self._state else 0
+        self.main = self.rank == 0
+
+    def wait(self) -> None:
+        if self._state is not None:
+            self._state.wait_for_everyone()

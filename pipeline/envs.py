@@ -165,7 +165,9 @@ class ToolWorldEnv(ApiListEnv):
 class HttpToolEnv(ApiListEnv):
     """Calls go to a StableToolBench-style server: POST {category, tool_name, api_name, tool_input, strip,
     toolbench_key} to `url`, answer {error, response}. `episode` and `attempt` ride along as extra fields
-    (ignored by servers that do not know them)."""
+    (ignored by servers that do not know them). The calls of a batch's chains go out at once (rollout.py)."""
+
+    parallel_calls = True  # network-bound: the agent loop calls the chains' environments concurrently
 
     def __init__(self, url: str, max_observation_length: int = 1024, timeout_s: float = 30.0,
                  toolbench_key: str = ""):

@@ -31,11 +31,13 @@ def bind(host: str, port: int, handler) -> BusyHTTPServer:
         raise SteptoolError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
-def send_json(handler, code: int, obj) -> None:
-    """Answer a `BaseHTTPRequestHandler` request with `obj` as JSON."""
+def send_json(handler, code: int, obj, headers: dict | None = None) -> None:
+    """Answer a `BaseHTTPRequestHandler` request with `obj` as JSON (and any extra `headers`)."""
     body = json.dumps(obj, ensure_ascii=False).encode("utf-8")
     try:
         handler.send_response(code)
+        for name, value in (headers or {}).items():
+            handler.send_header(name, value)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()

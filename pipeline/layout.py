@@ -14,6 +14,9 @@ REPORTS = Path("reports")
 
 # stage `tasks`
 TASKS = DATA / "tasks"
+# the ToolWorld train tasks the warm start imitates expert paths on, whatever tasks.source is (under toolworld
+# the same tasks as train.parquet; StableToolBench queries have no gold plan to imitate)
+WARMSTART_TASKS = TASKS / "warmstart.parquet"
 CATALOG = DATA / "tools" / "catalog.json"
 # stages `base_model`, `warmstart`, `train@<variant>`: one checkpoint directory per model name
 MODELS = DATA / "models"
@@ -123,6 +126,22 @@ def train_plot(variant: str, seed: int) -> Path:
     return TRAIN_PLOTS / f"{run_name(variant, seed)}.json"
 
 
+# experiment trackers (train.report_to / warmstart.report_to): outside data/, which git ignores, so that DVC finds
+# the dvc.yaml DVCLive writes beside its files
+DVCLIVE = Path("dvclive")
+LOGS = DATA / "logs"
+
+
+def dvclive_dir(stage: str, item: str | None = None) -> Path:
+    """dvclive/<stage>[/<item>]: DVCLive's metrics.json, plots/metrics/*.tsv and dvc.yaml of one training run."""
+    return DVCLIVE / stage if item is None else DVCLIVE / stage / item
+
+
+def logs_dir(stage: str, item: str | None = None) -> Path:
+    """data/logs/<stage>[/<item>]: the Trainer's logging_dir (tensorboard event files)."""
+    return LOGS / stage if item is None else LOGS / stage / item
+
+
 # what the `report` stage writes
 RESULTS_MD = REPORTS / "results.md"
 FIGURES = REPORTS / "figures"
@@ -134,7 +153,7 @@ WIN_RATE_CSV = REPORTS / "win_rate.csv"
 def dvc_paths(variants: list[str], models: list[str], strategies: list[str], seeds: list[int]) -> set[str]:
     """Every path the DVC stages read or write, for the given foreach/matrix items (the layout test compares
     this with dvc.yaml)."""
-    paths = {tasks_file("train"), tasks_file("val"), tasks_file("test"), CATALOG, EVAL, TRAIN_PLOTS, ROUNDS,
+    paths = {tasks_file("train"), tasks_file("val"), tasks_file("test"), WARMSTART_TASKS, CATALOG, EVAL, TRAIN_PLOTS, ROUNDS,
              metrics_dir("train"), metrics_dir("collect"), RESULTS_MD, FIGURES, REPORT_METRICS, PASS_RATE_CSV, WIN_RATE_CSV}
     paths |= {BASE_MODEL, SFT_MODEL, metrics_file("warmstart")}
     for seed in seeds:

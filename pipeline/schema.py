@@ -121,7 +121,7 @@ TOKENS = _schema(
     _f("traj_id", pa.string(), "Trajectory id.", False),
     _f("step_idx", pa.int32(), "0-based step index.", False),
     _f("action_ids", pa.list_(pa.int32()), "Token ids the policy generated (end-of-turn token included if generated)."),
-    _f("logprobs", pa.list_(pa.float32()), "Behaviour log-prob of each id: log_softmax(logits / temperature)."),
+    _f("logprobs", pa.list_(pa.float32()), "Behaviour log-prob of each id: log_softmax(logits) at temperature 1, unmasked (every backend)."),
     _f("ended", pa.bool_(), "The action ended with the end-of-turn token (else max_new_tokens cut it)."),
     unique=("traj_id", "step_idx"),
 )

@@ -88,7 +88,8 @@ def _action_only_trainer():
 
 def train_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, *, epochs: float, learning_rate: float,
               batch_size: int, seed: int, lora: bool = False, lora_r: int = 16, device: str = "auto",
-              max_length: int = 2048, bf16: bool = False) -> dict:
+              max_length: int = 2048, bf16: bool = False, report_to: list[str] | None = None,
+              root: Path = Path(".")) -> dict:
     """Fine-tune the checkpoint at `base_dir` on `rows`; save the result (LoRA merged) to `out_dir`.
     `bf16`: autocast over fp32 master weights (the saved weights stay fp32)."""
     import torch
@@ -106,16 +107,20 @@ def train_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, *, ep
         peft_config = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, task_type="CAUSAL_LM",
                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                  "down_proj"])
+    from pipeline.tracking import reporting
+
+    tracking, callbacks = reporting(report_to or ["none"], root, "warmstart")
     with atomic_path(out_dir) as tmp:
         args = SFTConfig(
             output_dir=str(tmp / "_run"), num_train_epochs=epochs, learning_rate=learning_rate,
             per_device_train_batch_size=1, gradient_accumulation_steps=batch_size,
             lr_scheduler_type="linear", warmup_steps=0.05,
-            logging_steps=1, save_strategy="no", report_to=[], seed=seed, data_seed=seed, max_length=max_length,
+            logging_steps=1, save_strategy="no", seed=seed, data_seed=seed, max_length=max_length,
             use_cpu=use_cpu, dataloader_num_workers=0, gradient_checkpointing=False, disable_tqdm=False, bf16=bf16, fp16=False,
+            **tracking,
         )
         trainer = _action_only_trainer()(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                             peft_config=peft_config)
+                             peft_config=peft_config, callbacks=callbacks)
         result = trainer.train()
         trained = trainer.model
         if lora:

@@ -20,16 +20,6 @@ import numpy as np
 ALPHA = 0.05
 
 
-def task_scores(rows: list[dict]) -> dict[str, tuple[str, float]]:
-    """task_id -> (level, mean pass score over the task's samples and judging runs), from EVAL_RESULTS rows."""
-    acc: dict[str, list[float]] = defaultdict(list)
-    level = {}
-    for r in rows:
-        acc[r["task_id"]].append(float(r["pass_score"]))
-        level[r["task_id"]] = r["level"]
-    return {t: (level[t], sum(v) / len(v)) for t, v in acc.items()}
-
-
 def seed_scores(rows: list[dict]) -> dict[str, tuple[str, dict]]:
     """task_id -> (level, {seed: mean pass score over that seed's samples and judging runs}) from EVAL_RESULTS
     rows; seed None for a model without training seeds."""
@@ -108,7 +98,7 @@ def paired_difference(cand: dict[str, tuple], ref: dict[str, tuple], n_boot: int
     together; seeds resampled too where the candidate has several), the sign test's p-value, and wins / ties /
     losses counted per task (on the task's mean over seeds).
 
-    Scores are `task_scores` or `seed_scores` values. Against a model without seeds (sft) every seed of the
+    Scores are `seed_scores` values (or task -> (level, score) for one checkpoint). Against a model without seeds (sft) every seed of the
     candidate is paired with its one score; two models with the same seeds are paired seed by seed (they
     trained on the same collection); otherwise each is averaged over its seeds first. With several seeds,
     `sd_between` and `sd_within` split the spread of per-task differences into tasks and training seeds

@@ -12,7 +12,12 @@ from pipeline.task import Task
 def load_tasks(root: Path, split: str, max_tasks: int = 0, sample_key: str | None = None) -> list[Task]:
     """The tasks of `split`; with `max_tasks`, a seeded sample keyed by `sample_key` (or the first `max_tasks`
     when no key is given)."""
-    tasks = [Task.from_row(r) for r in read_table(root / layout.tasks_file(split), TASKS).to_pylist()]
+    return load_task_file(root / layout.tasks_file(split), max_tasks, sample_key)
+
+
+def load_task_file(path: Path, max_tasks: int = 0, sample_key: str | None = None) -> list[Task]:
+    """The tasks of one TASKS file (a split, or data/tasks/warmstart.parquet); `max_tasks` as in `load_tasks`."""
+    tasks = [Task.from_row(r) for r in read_table(path, TASKS).to_pylist()]
     if max_tasks and len(tasks) > max_tasks:
         tasks = random.Random(sample_key).sample(tasks, max_tasks) if sample_key else tasks[:max_tasks]
     return tasks

@@ -27,7 +27,8 @@ def run(params: Params, root: Path = Path("."), seed: int = 0) -> str:
                               root / layout.metrics_file("annotate", layout.seed_dir(seed)))
     extra = ""
     if cfg.annotator == "openai":
-        extra = f", {summary.get('judge_calls', 0)} judge calls, {summary.get('cache_hits', 0)} cache hits"
+        extra = (f", {summary.get('judge_calls', 0)} judge calls, {summary.get('cache_hits', 0)} cache hits, "
+                 f"${summary.get('cost_usd', 0.0):.4f} paid (estimated ${summary.get('estimated_cost_usd', 0.0):.4f})")
     if summary["partial_votes"]:
         extra += f", {summary['partial_votes']} labelled from fewer than {cfg.n_votes} votes"
     return (f"annotate ({cfg.annotator}, seed {seed}): {summary['annotated']} trajectories, {summary['steps']} steps "

@@ -23,9 +23,13 @@ def run(params: Params, root: Path = Path("."), seed: int = 0) -> str:
     write_json(root / layout.metrics_file("collect", layout.seed_dir(seed)), summary)
     replay = summary.get("replay")
     extra = f"; greedy replay pass rate {replay['pass_rate']:.1f}%" if replay else ""
+    rule = (f"rule pass rate {summary['pass_rate']:.1%}" if summary["pass_rate"] is not None else
+            "no gold to judge by rule")
+    if params.env.kind == "replay":
+        extra += f"; {summary['replay_misses']} of {summary['tool_calls']} tool calls missed the replay"
     return (f"collect (seed {seed}): {summary['trajectories']} trajectories, {summary['steps']} steps, parse "
-            f"success {summary['parse_success']:.1%}, rule pass rate {summary['pass_rate']:.1%} "
-            f"({summary['trajectories_per_min']} traj/min){extra} -> {out}")
+            f"success {summary['parse_success']:.1%}, {rule} ({summary['trajectories_per_min']} traj/min){extra} "
+            f"-> {out}")
 
 
 def main(argv: list[str] | None = None) -> int:

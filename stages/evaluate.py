@@ -73,8 +73,10 @@ def run(params: Params, root: Path, model: str, strategy: str) -> str:
     s = evaluate(params, root, model, strategy)
     pr = s["pass_rate"]
     levels = ", ".join(f"{k} {v['mean']:.1f}" for k, v in pr.items() if k != "average" and v["mean"] is not None)
-    seeds = f" x {len(s['seeds'])} seeds" if s["seeds"] else ""
-    return (f"evaluate {model} {strategy}: {s['tasks']} tasks{seeds} x {s['samples']} samples, pass rate "
+    n = len(s["seeds"] or [])
+    seeds = f" x {n} seed{'s' if n != 1 else ''}" if n else ""
+    samples = f"{s['samples']} sample{'s' if s['samples'] != 1 else ''}"
+    return (f"evaluate {model} {strategy}: {s['tasks']} tasks{seeds} x {samples}, pass rate "
             f"{pr['average']['mean']:.1f} ({levels}), tool success {s['tool_success_rate']}, "
             f"avg steps {s['avg_steps']}, give-up {s['give_up_rate']:.1%} -> {layout.eval_dir(model, strategy)}")
 

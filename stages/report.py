@@ -142,11 +142,14 @@ def power_section(metrics: dict, runs: list[str], others: tuple[str, ...]) -> li
     if not rows:
         return []
     seeds = _seed_power(metrics, runs, others)
+    spread = ("A task's difference is its mean over the training seeds, so the spread between training runs is in "
+              "these numbers; the second table splits it." if seeds else
+              "With one training seed the spread between training runs is not measured; it can only add to these "
+              "numbers.")
     return ["", "## How many tasks would tell", "",
             "Tasks a paired comparison needs to detect a true difference of 5 or 10 points (or the one observed) "
             "at 80% power with a two-sided 5% test, from the per-task standard deviation of the differences "
-            "measured here (normal approximation, tasks spread evenly over the levels). With one training seed "
-            "the spread between training runs is not measured; it can only add to these numbers.", "",
+            "measured here (normal approximation, tasks spread evenly over the levels). " + spread, "",
             "| comparison | strategy | tasks now | sd of per-task Δ (points) | observed Δ | tasks for 5 points | "
             "tasks for 10 points | tasks for the observed Δ |",
             "|---|---|---|---|---|---|---|---|", *rows, *seeds]
@@ -263,8 +266,11 @@ def protocol(params: Params, root: Path) -> list[str]:
 
     device = resolve_device(p.agent.device)
     return ["## Protocol and seeds", "",
-            f"- World and tasks: `toolworld.seed` {p.toolworld.seed}, `tasks.seed` {p.tasks.seed}; train, val and "
-            "test tasks never share an entity. Tune on `val` (`dvc exp run -S evaluate.split=val`); `test` is read "
+            (f"- World and tasks: `toolworld.seed` {p.toolworld.seed}, `tasks.seed` {p.tasks.seed}; train, val and "
+             "test tasks never share an entity." if p.tasks.source == "toolworld" else
+             f"- Tasks: StableToolBench queries split by `tasks.seed` {p.tasks.seed}; train, val and test never share "
+             f"a query; the warm start's expert paths are ToolWorld's (`toolworld.seed` {p.toolworld.seed}).")
+            + " Tune on `val` (`dvc exp run -S evaluate.split=val`); `test` is read "
             "for the final tables only.",
             f"- Warm start (sft): {ws.get('paths', '?')} expert paths from {p.warmstart.max_tasks or 'all'} train tasks, "
             f"{p.warmstart.epochs:g} epoch(s), lr {p.warmstart.learning_rate:g}, `warmstart.seed` {p.warmstart.seed}.",
@@ -279,6 +285,26 @@ def protocol(params: Params, root: Path) -> list[str]:
             f"actions of {p.agent.max_new_tokens} tokens, DFSDT width {p.agent.dfsdt_width} and budget "
             f"{p.agent.dfsdt_budget}; device {device}, precision {resolve_precision(p.agent.precision, device)}.",
             ""]
+
+
+def benchmark(p: Params) -> str:
+    """The report's first sentence: which benchmark every number comes from, and how far it compares with
+    published ones."""
+    judge = (f"by `openai` with StableToolBench's criteria text, {p.evaluate.n_judgings} run(s) at temperature "
+             f"{p.evaluate.judge_temperature:g} ({p.annotate.model} at `{p.annotate.base_url}`)"
+             if p.evaluate.judge == "openai" else "against each task's gold facts (`rule`)")
+    if p.tasks.source != "stabletoolbench":
+        return ("**Benchmark: ToolWorld** (`tasks.source: toolworld`): the embedded tool world's generated tasks, "
+                f"tools answered by `env.kind` {p.env.kind}, answers judged {judge}. These numbers compare variants "
+                "with each other, not with published StableToolBench pass rates.")
+    tools = {"replay": f"replayed from the real responses recorded in `{p.env.replay_path}` (a call never recorded "
+                       "answers an error and counts as a failed call)",
+             "http": f"answered by the StableToolBench-style server at `{p.env.url}`"}.get(p.env.kind, p.env.kind)
+    return ("**Benchmark: StableToolBench** (`tasks.source: stabletoolbench`): solvable queries of "
+            f"{', '.join(p.tasks.stabletoolbench_subsets)}, split by `tasks.seed` {p.tasks.seed} into train, val and "
+            f"test; tools {tools}; answers judged {judge}. Published StableToolBench figures are whole subsets judged by GPT-4-class "
+            "models with the real tool server: these compare with them only as far as the test split, the judge "
+            "and the tool answers do.")
 
 
 def figures(metrics: dict, reference: str, train_logs: dict[str, list[dict]], out: Path) -> None:
@@ -353,6 +379,7 @@ def run(params: Params, root: Path = Path(".")) -> str:
             if f.exists():
                 train_logs[layout.run_name(v, seed)] = json.loads(f.read_text())
     metrics, md = build(results, e.reference_model, list(params.variants), train_logs, e.split)
+    md[2:2] = [benchmark(params), ""]
     at = md.index("## Figures")
     md[at:at] = learning_signal(load_rounds(root, params)) + [""] + protocol(params, root)
     figures(metrics, e.reference_model, train_logs, root / layout.FIGURES)

@@ -24,11 +24,12 @@ import polars as pl
 from pipeline import layout, rounds, variants
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.config import Params, to_dict
-from pipeline.devices import resolve_device, resolve_precision
+from pipeline.devices import Processes, resolve_device, resolve_precision
 from pipeline.errors import SteptoolError
 from pipeline.fsutil import atomic_path, write_json
 from pipeline.runner import run_stage
 from pipeline.schema import ADVANTAGES, ROUND_STEPS, STEPS, TOKENS, read_table, write_table
+from pipeline.tracking import reporting
 
 ARGS = (("variant", dict(nargs="?", default=variants.DEFAULT, choices=list(variants.NAMES),
                          help="training variant: " + variants.describe())),
@@ -53,8 +54,8 @@ def _run_key(params: Params, variant: str, seed: int, files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def train_round(params: Params, variant: str, seed: int, start: Path, trajectories: Path, adv_file: Path,
-                work: Path) -> tuple[dict, list[dict]]:
+def train_round(params: Params, root: Path, variant: str, seed: int, start: Path, trajectories: Path,
+                adv_file: Path, work: Path) -> tuple[dict, list[dict]]:
     """One PPO round from the checkpoint `start` on the trajectories in `trajectories` with the rewards of
     `adv_file`: the model -> `work`/model, the round table -> `work`/round.parquet. Returns (metrics, history)."""
     import torch
@@ -89,17 +90,19 @@ def train_round(params: Params, variant: str, seed: int, start: Path, trajectori
     whole = complete_checkpoints(ckpt)
     resume = bool(whole)
     # the section as is (its keys are TrainingArguments' names), plus what the stage decides
+    procs = Processes(device)
+    tracking, callbacks = reporting(t.report_to, root, "train", f"{layout.run_name(variant, seed)}/{work.name}",
+                                    main=procs.main, resume=resume)
     cfg = StepPPOConfig(
-        **to_dict(t), variant=variant, seed=seed, output_dir=str(ckpt), report_to=[], use_cpu=device == "cpu",
+        **{**to_dict(t), **tracking}, variant=variant, seed=seed, output_dir=str(ckpt), use_cpu=device == "cpu",
         bf16=resolve_precision(t.precision, device) == "bf16", lr_scheduler_type="constant", warmup_steps=0,
         data_seed=seed, save_strategy="steps", logging_steps=1, disable_tqdm=False, dataloader_num_workers=0,
         train_sampling_strategy="group_by_length")  # similar lengths: less padding
-    trainer = StepPPOTrainer(wrapped, cfg, examples, pad_id=tok.pad_token_id)
+    trainer = StepPPOTrainer(wrapped, cfg, examples, pad_id=tok.pad_token_id, callbacks=callbacks)
     result = trainer.train(resume_from_checkpoint=str(whole[-1]) if whole else None)
-    with atomic_path(work / "model") as tmp:
-        tmp.mkdir()
-        wrapped.save_policy(tmp, tok)
-    write_table(round_table(examples, trainer.train_dataset.items, variant), work / "round.parquet", ROUND_STEPS)
+    trainer.save_policy(work / "model", tok)  # gathered from every process, written by the main one
+    if trainer.accelerator.is_main_process:
+        write_table(round_table(examples, trainer.train_dataset.items, variant), work / "round.parquet", ROUND_STEPS)
     history = [{k: h[k] for k in ("step", *LOGGED) if k in h} for h in trainer.state.log_history if "policy_loss" in h]
     last = history[-1] if history else {}
     metrics = {"variant": variant, "seed": seed, **stats, "examples": len(examples),
@@ -111,7 +114,9 @@ def train_round(params: Params, variant: str, seed: int, start: Path, trajectori
         vals = [h[k] for h in history if k in h and h[k] == h[k]]
         if vals:
             metrics[f"mean_{k}"] = round(sum(vals) / len(vals), 6)
-    shutil.rmtree(ckpt, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    if trainer.accelerator.is_main_process:
+        shutil.rmtree(ckpt, ignore_errors=True)
     return metrics, history
 
 
@@ -129,26 +134,32 @@ def complete_checkpoints(folder: Path) -> list[Path]:
     return sorted(whole, key=lambda d: int(d.name.rsplit("-", 1)[1]))
 
 
-def run_round(params: Params, root: Path, variant: str, seed: int, k: int, start: Path, work: Path) -> dict:
+def run_round(params: Params, root: Path, variant: str, seed: int, k: int, start: Path, work: Path,
+              procs: Processes) -> dict:
     """Round k of the run in its work folder: (from round 2) collect, annotate and the rewards with the policy
-    at `start`, then the PPO round, then (with `collect.replay`) the trained policy's greedy replay."""
+    at `start`, then the PPO round, then (with `collect.replay`) the trained policy's greedy replay. Under a
+    multi-process launcher only the training runs on every process; the rest runs on the main one."""
     work.mkdir(parents=True, exist_ok=True)
     extra: dict = {"round": k}
     if k == 1:
         trajectories, adv_file = root / layout.trajectories_dir(seed), root / layout.advantages_file(variant, seed)
     else:
         trajectories, annotated, adv_file = work / "trajectories", work / "annotated", work / "advantages.parquet"
-        extra["collect"] = rounds.collect(params, root, start, trajectories, seed, f"{variant}-r{k - 1}",
-                                          replay=False)  # the previous round's replay is this policy's
-        extra["annotate"] = rounds.annotate(params, root, trajectories, annotated, work / "annotate.json")
-        extra["advantages"] = rounds.advantages(params, layout.table(annotated, "steps"), adv_file, variant)
-    metrics, history = train_round(params, variant, seed, start, trajectories, adv_file, work)
-    if params.collect.replay:
-        extra["replay"] = rounds.replay_tasks(params, root, rounds.collect_tasks(params, root, seed), work / "model",
-                                        layout.replay_dir(work), f"{variant}-r{k}")
-    write_json(work / "history.json", history)
+        if procs.main:
+            extra["collect"] = rounds.collect(params, root, start, trajectories, seed, f"{variant}-r{k - 1}",
+                                              replay=False)  # the previous round's replay is this policy's
+            extra["annotate"] = rounds.annotate(params, root, trajectories, annotated, work / "annotate.json")
+            extra["advantages"] = rounds.advantages(params, layout.table(annotated, "steps"), adv_file, variant)
+        procs.wait()
+    metrics, history = train_round(params, root, variant, seed, start, trajectories, adv_file, work)
     metrics = {**extra, **metrics}
-    write_json(work / DONE, metrics)
+    if procs.main:
+        if params.collect.replay:
+            metrics["replay"] = rounds.replay_tasks(params, root, rounds.collect_tasks(params, root, seed),
+                                                    work / "model", layout.replay_dir(work), f"{variant}-r{k}")
+        write_json(work / "history.json", history)
+        write_json(work / DONE, metrics)
+    procs.wait()
     return metrics
 
 
@@ -173,10 +184,13 @@ def run(params: Params, root: Path = Path("."), variant: str = variants.DEFAULT,
                                           root / layout.table(layout.trajectories_dir(seed), "tokens"),
                                           root / layout.advantages_file(variant, seed)])
     key_file = work / "run_key.txt"
-    if work.exists() and (not key_file.exists() or key_file.read_text() != key):
-        shutil.rmtree(work)  # the work of other inputs: start over
-    work.mkdir(parents=True, exist_ok=True)
-    key_file.write_text(key)
+    procs = Processes(resolve_device(params.agent.device))
+    if procs.main:
+        if work.exists() and (not key_file.exists() or key_file.read_text() != key):
+            shutil.rmtree(work)  # the work of other inputs: start over
+        work.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(key)
+    procs.wait()
     start, per_round, history, resumed = sft, [], [], []
     for k in range(1, t.rounds + 1):
         rwork = work / f"r{k}"
@@ -184,12 +198,14 @@ def run(params: Params, root: Path = Path("."), variant: str = variants.DEFAULT,
             metrics = json.loads((rwork / DONE).read_text())
             resumed.append(k)
         else:
-            metrics = run_round(params, root, variant, seed, k, start, rwork)
+            metrics = run_round(params, root, variant, seed, k, start, rwork, procs)
         offset = history[-1]["step"] if history else 0  # one x axis over the rounds
         history += [{**h, "step": h["step"] + offset, "round": k}
                     for h in json.loads((rwork / "history.json").read_text())]
         per_round.append(metrics)
         start = rwork / "model"
+    if not procs.main:
+        return f"train ({variant}, seed {seed}): process {procs.rank} of {procs.world} done"
     with atomic_path(root / layout.rounds_dir(variant, seed)) as tmp:
         for k in range(1, t.rounds + 1):
             publish_round(work / f"r{k}", tmp / f"r{k}")

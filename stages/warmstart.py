@@ -1,4 +1,6 @@
-"""Stage `warmstart`: SFT of the base model on ToolWorld expert paths -> data/models/sft (the SFT baseline too)."""
+"""Stage `warmstart`: SFT of the base model on ToolWorld expert paths -> data/models/sft (the SFT baseline too).
+
+The paths are played on data/tasks/warmstart.parquet (ToolWorld's train tasks, whatever tasks.source is)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +13,7 @@ from pipeline.fsutil import write_json
 from pipeline.models import load_tokenizer
 from pipeline.runner import run_stage
 from pipeline.sft import expert_dataset, link_or_copy_model, train_sft
-from pipeline.task_files import load_tasks
+from pipeline.task_files import load_task_file
 from pipeline.toolworld.world import ToolWorld
 
 ARGS = ()
@@ -25,7 +27,7 @@ def run(params: Params, root: Path = Path(".")) -> str:
         write_json(metrics_file, {"enabled": False})
         return f"warmstart: disabled, {layout.SFT_MODEL} is the base model"
     world = ToolWorld.from_catalog(root / layout.CATALOG)
-    tasks = load_tasks(root, "train", ws.max_tasks, f"warmstart-tasks:{ws.seed}")
+    tasks = load_task_file(root / layout.WARMSTART_TASKS, ws.max_tasks, f"warmstart-tasks:{ws.seed}")
     renderer = ChatRenderer(load_tokenizer(str(base)), params.agent.prompt_format)
     rows, stats = expert_dataset(tasks, world, renderer, paths_per_task=ws.paths_per_task, error_rate=ws.error_rate,
                                  max_length=ws.max_length, seed=ws.seed,
@@ -34,7 +36,8 @@ def run(params: Params, root: Path = Path(".")) -> str:
     device = resolve_device(params.agent.device)
     metrics = train_sft(base, rows, out, epochs=ws.epochs, learning_rate=ws.learning_rate,
                         batch_size=ws.batch_size, seed=ws.seed, lora=ws.lora, lora_r=ws.lora_r,
-                        device=device, max_length=ws.max_length, bf16=resolve_precision(ws.precision, device) == "bf16")
+                        device=device, max_length=ws.max_length, bf16=resolve_precision(ws.precision, device) == "bf16",
+                        report_to=ws.report_to, root=root)
     write_json(metrics_file, {"enabled": True, **stats, **metrics})
     return (f"warmstart: {stats['paths']} expert paths ({stats['mistakes']} recoverable mistakes, "
             f"{stats['tokens']} tokens), loss {metrics['first_loss']} -> {metrics['last_loss']} in "

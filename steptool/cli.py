@@ -259,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_import_annotations)
     p = sub.add_parser("serve-judge", help="serve a scripted OpenAI-compatible judge (tests, demos, benchmarks)",
                        description="An OpenAI-compatible /v1/chat/completions judge on 127.0.0.1 that answers "
-                                   "evaluate_process_reward from the request, with injectable faults.")
+                                   "evaluate_process_reward (the annotator), check_answer_status and "
+                                   "parse_answer_status (the pass-rate judge) from the request, with injectable faults.")
     p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
     for name in ("429", "500", "timeout", "malformed", "wrong-length"):

@@ -24,7 +24,7 @@ from pipeline.annotate.oracle import oracle_label
 from pipeline.annotate.run import annotated_rows, group_steps, label_trajectories, summarize
 from pipeline.annotate.succ_calling import succ_calling
 from pipeline.config import AnnotateConfig
-from pipeline.errors import SchemaError
+from pipeline.errors import SchemaError, SteptoolError
 from pipeline.formats.stabletoolbench import parse_answer_steps
 from pipeline.schema import ANNOTATED_STEPS, write_table
 from tests.support.annotate_data import play_scripted
@@ -227,7 +227,7 @@ def test_openai_judge_under_faults_then_a_free_rerun(played, tmp_path, monkeypat
     secret = "sk-test-SECRET-5f3a"
     monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", secret)
     server = JudgeServer(Faults(p_429=0.10, p_500=0.10, p_malformed=0.05, p_timeout=0.02, timeout_sleep_s=1.0,
-                                seed=3))
+                                seed=4))
     try:
         cfg = _judge_cfg(server.url)
         cache = tmp_path / "judge.sqlite"
@@ -523,3 +523,151 @@ def test_an_endpoint_that_echoes_the_key_in_its_401_puts_it_in_no_file(played, t
     for f in tmp_path.rglob("*"):
         if f.is_file():
             assert canary.encode() not in f.read_bytes(), f
+
+
+def test_retry_after_is_read_from_seconds_milliseconds_and_dates():
+    import email.utils
+    from types import SimpleNamespace
+
+    from pipeline.annotate.llm_judge import MAX_RETRY_AFTER_S, retry_after_s
+
+    def err(**headers):
+        return SimpleNamespace(response=SimpleNamespace(headers=headers))
+
+    assert retry_after_s(err(**{"retry-after": "2"})) == 2.0
+    assert retry_after_s(err(**{"retry-after-ms": "1500", "retry-after": "9"})) == 1.5  # the finer one wins
+    date = email.utils.formatdate(1_000_030.0, usegmt=True)
+    assert retry_after_s(err(**{"retry-after": date}), now=1_000_000.0) == pytest.approx(30.0)
+    assert retry_after_s(err(**{"retry-after": "86400"})) == MAX_RETRY_AFTER_S
+    for bad in ("soon", "-3", "nan", ""):
+        assert retry_after_s(err(**{"retry-after": bad})) == 0.0
+    assert retry_after_s(err()) == 0.0 and retry_after_s(None) == 0.0 and retry_after_s(ValueError("x")) == 0.0
+
+
+def test_a_429_with_retry_after_is_waited_out(played, tmp_path, monkeypatch):
+    """The loopback judge answers the first call 429 with `Retry-After: 1`: the client's retry comes at least a
+    second later (the backoff alone would retry after ~0.1 s, as it does without the header)."""
+    trajs, steps, tasks = played
+    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", "k")
+    gaps = {}
+    for retry_after in ("1", None):
+        server = JudgeServer(Faults(first_429=1, retry_after=retry_after))
+        try:
+            cfg = _judge_cfg(server.url, n_votes=1, concurrency=1)
+            labels, stats = label_trajectories(trajs[:1], steps, tasks, cfg, str(tmp_path / f"c{retry_after}.sqlite"),
+                                               progress=False)
+            assert not labels[0].failed and stats["transport_retries"] == 1
+            gaps[retry_after] = server.call_times[1] - server.call_times[0]
+        finally:
+            server.close()
+    assert gaps["1"] >= 1.0 and gaps[None] < 0.6, gaps
+
+
+def test_the_estimate_is_logged_and_a_run_over_max_cost_usd_calls_nothing(played, tmp_path, monkeypatch, caplog):
+    """Before any call the judge counts the calls the cache does not hold and prices them; above the cap it
+    stops with nothing called. The estimate's call count is exact when every answer is valid, its cost is
+    tokens x prices, and a rerun whose answers are all cached costs nothing (so the cap does not bite)."""
+    import logging
+
+    from pipeline.annotate.llm_judge import BudgetExceeded
+
+    trajs, steps, tasks = played
+    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", "k")
+    caplog.set_level(logging.INFO, logger="steptool.annotate")
+    server = JudgeServer()
+    cache = str(tmp_path / "judge.sqlite")
+    prices = dict(price_input_usd_per_mtok=1.0, price_output_usd_per_mtok=2.0, completion_tokens_per_call=100)
+    try:
+        with pytest.raises(BudgetExceeded, match=r"\$0\.0001 per M|nothing was called") as err:
+            label_trajectories(trajs[:6], steps, tasks, _judge_cfg(server.url, max_cost_usd=1e-6, **prices), cache,
+                               progress=False)
+        assert server.http_calls == 0 and "to pay" in str(err.value)
+        assert "to pay" in caplog.text
+        labels, stats = label_trajectories(trajs[:6], steps, tasks, _judge_cfg(server.url, max_cost_usd=0, **prices),
+                                           cache, progress=False)
+        answered = [t for t in trajs[:6] if t.get("finish_type") == "give_answer"
+                    or any(s["traj_id"] == t["traj_id"] and s["api_name"] and not s["is_finish"] for s in steps)]
+        assert stats["planned_calls"] == stats["planned_uncached"] == stats["judge_calls"] == 3 * len(answered)
+        assert stats["estimated_completion_tokens"] == 100 * stats["planned_uncached"]
+        assert stats["estimated_cost_usd"] == pytest.approx(
+            (stats["estimated_prompt_tokens"] * 1.0 + stats["estimated_completion_tokens"] * 2.0) / 1e6, abs=1e-4)
+        # the loopback server reports usage as characters / 4 of the raw body, as the estimate counts the prompt:
+        # the two agree within the request's envelope (model name, tool_choice, seed, temperature)
+        assert stats["prompt_tokens"] == pytest.approx(stats["estimated_prompt_tokens"], rel=0.1)
+        assert stats["cost_usd"] == pytest.approx((stats["prompt_tokens"] + 2 * stats["completion_tokens"]) / 1e6)
+        calls = server.http_calls
+        _, again = label_trajectories(trajs[:6], steps, tasks, _judge_cfg(server.url, max_cost_usd=1e-6, **prices),
+                                      cache, progress=False)
+        assert again["planned_uncached"] == 0 and again["estimated_cost_usd"] == 0 and server.http_calls == calls
+    finally:
+        server.close()
+
+
+def test_tokens_per_minute_spreads_the_calls(played, tmp_path, monkeypatch):
+    """With `tokens_per_minute` a call of n estimated tokens holds the next start back by n * 60 / TPM seconds;
+    without it the same calls start together."""
+    from pipeline.annotate.cache import JudgeCache
+    from pipeline.annotate.llm_judge import OpenAIJudge, estimated_tokens
+    from pipeline.annotate.run import group_steps
+
+    trajs, steps, tasks = played
+    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", "k")
+    by = group_steps(steps)
+    items = [(t, by[t["traj_id"]], tasks[t["task_id"]].query) for t in trajs[:4]]
+    probe = OpenAIJudge(_judge_cfg("http://127.0.0.1:9/v1", n_votes=1), JudgeCache(tmp_path / "probe.sqlite"))
+    sizes = [estimated_tokens(r) + 200 for r in probe.first_requests(items)]
+    assert len(sizes) >= 3
+    tpm = int(max(sizes) * 60 / 0.4)  # the largest call holds the next one back 0.4 s
+    starts = {}
+    for limit in (tpm, 0):
+        server = JudgeServer()
+        try:
+            cfg = _judge_cfg(server.url, n_votes=1, concurrency=8, tokens_per_minute=limit)
+            label_trajectories(trajs[:4], steps, tasks, cfg, str(tmp_path / f"tpm{limit}.sqlite"), progress=False)
+            starts[limit] = sorted(server.call_times)
+        finally:
+            server.close()
+    spread = starts[tpm][-1] - starts[tpm][0]
+    floor = sum(sorted(s * 60 / tpm for s in sizes)[:len(sizes) - 1])  # every gap but the last call's
+    assert spread >= 0.9 * floor and floor > 0.6, (spread, floor)
+    assert starts[0][-1] - starts[0][0] < 0.3
+
+
+def test_batch_mode_round_trips_through_the_batch_api_and_resumes_its_batch(played, tmp_path, monkeypatch):
+    """annotate.mode: batch uploads the first attempts as JSONL, creates one batch, polls it until completed,
+    caches its answers; the labels equal the online run's, and the online path is called only for retries of
+    invalid answers. A run that stops while the batch is in progress leaves its id beside the cache: the rerun
+    retrieves that batch instead of paying for a second."""
+    from pipeline.annotate.batch import _state_file
+
+    trajs, steps, tasks = played
+    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", "k")
+    online = JudgeServer()
+    try:
+        ref, _ = label_trajectories(trajs[:6], steps, tasks, _judge_cfg(online.url, max_cost_usd=0),
+                                    str(tmp_path / "online.sqlite"), progress=False)
+    finally:
+        online.close()
+    server = JudgeServer(Faults(batch_polls=3))
+    cache = tmp_path / "batch.sqlite"
+    try:
+        # the first run gives up while the batch is in progress (a wait of ~0 h), keeping its id
+        cfg = _judge_cfg(server.url, max_cost_usd=0, mode="batch", batch_poll_s=0.05, batch_max_wait_h=1e-9)
+        with pytest.raises(SteptoolError, match="still (validating|in_progress)"):
+            label_trajectories(trajs[:6], steps, tasks, cfg, str(cache), progress=False)
+        assert len(server.batches) == 1 and json.loads(_state_file(cache).read_text())
+        cfg = _judge_cfg(server.url, max_cost_usd=0, mode="batch", batch_poll_s=0.05)
+        labels, stats = label_trajectories(trajs[:6], steps, tasks, cfg, str(cache), progress=False)
+        assert len(server.batches) == 1, "the rerun submitted a second batch"
+        assert stats["batch_status"] == "completed" and stats["batch_answered"] == stats["batch_requests"] > 0
+        assert stats["judge_calls"] == 0 and stats["cache_hits"] == stats["batch_requests"]
+        assert json.loads(_state_file(cache).read_text()) == {}
+        assert stats["batch_cost_usd"] == pytest.approx(
+            0.5 * (stats["batch_prompt_tokens"] * 0.15 + stats["batch_completion_tokens"] * 0.60) / 1e6, rel=1e-6)
+        rows = _without_hits(annotated_rows(group_steps(steps), labels))
+        assert rows == _without_hits(annotated_rows(group_steps(steps), ref))
+        # everything cached: a third run neither submits nor calls
+        _, again = label_trajectories(trajs[:6], steps, tasks, cfg, str(cache), progress=False)
+        assert again["batch_requests"] == 0 and len(server.batches) == 1 and again["judge_calls"] == 0
+    finally:
+        server.close()

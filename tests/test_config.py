@@ -132,3 +132,16 @@ def test_a_nested_mapping_given_in_part_keeps_the_other_keys_defaults():
 
     assert parse_params({"evaluate": {"tasks_per_level": {"cot": 0}}}).evaluate.tasks_per_level == PerStrategy(0, 4)
     assert parse_params({}).evaluate.tasks_per_level == PerStrategy(12, 4)
+
+
+def test_the_openai_backend_refuses_what_plays_checkpoints_inside_the_train_stage(tmp_path):
+    import yaml
+
+    from pipeline.config import load_params
+    from pipeline.errors import ConfigError
+
+    for extra, key in (({"train": {"rounds": 2}}, "train.rounds > 1"), ({"collect": {"replay": True}}, "collect.replay")):
+        f = tmp_path / "params.yaml"
+        f.write_text(yaml.safe_dump({"agent": {"backend": "openai"}, **extra}))
+        with pytest.raises(ConfigError, match=key):
+            load_params(f)

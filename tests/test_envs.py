@@ -200,3 +200,40 @@ def test_an_exception_inside_an_environment_is_an_error_observation(world, split
     res = env.step(task.gold_calls[0].function_name, task.gold_calls[0].arguments)
     assert res.status == "env_error" and not res.done
     assert "Environment error" in res.observation and "ValueError: the tool blew up" in res.observation
+
+
+def test_the_tool_calls_of_a_batch_go_out_together_over_http(world, splits, server, tokenizer):
+    """Chains advancing together call their HTTP environments at once: 4 chains x 3 steps with 0.2 s of latency
+    per call take about 3 x 0.2 s, not 12 x 0.2 s, and play exactly what one-at-a-time calls play."""
+    import time
+
+    from pipeline.agent.policy import ScriptedPolicy
+    from pipeline.agent.prompts import ChatRenderer, format_action
+    from pipeline.agent.rollout import run_cot
+
+    tasks = splits["train"][:4]
+
+    class Slow(HttpToolEnv):
+        def _call(self, doc, arguments, attempt):
+            time.sleep(0.2)
+            return super()._call(doc, arguments, attempt)
+
+    class SlowSerial(Slow):
+        parallel_calls = False
+
+    def script(prompt, seed):
+        text = tokenizer.decode(prompt)
+        task = next(t for t in tasks if t.query in text)
+        call = task.gold_calls[0]
+        return format_action("I call it.", call.function_name, call.arguments)
+
+    renderer = ChatRenderer(tokenizer)
+    played, took = {}, {}
+    for env_cls in (Slow, SlowSerial):
+        t0 = time.perf_counter()
+        rollouts = run_cot([(t, 0) for t in tasks], ScriptedPolicy(tokenizer, script), renderer,
+                           lambda: env_cls(server), max_steps=3)
+        took[env_cls.__name__] = time.perf_counter() - t0
+        played[env_cls.__name__] = [[(s.parsed.api_name, s.result.observation) for s in r.steps] for r in rollouts]
+    assert played["Slow"] == played["SlowSerial"] and all(len(p) == 3 for p in played["Slow"])
+    assert took["SlowSerial"] >= 12 * 0.2 and took["Slow"] < 0.5 * took["SlowSerial"], took

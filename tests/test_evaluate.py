@@ -194,7 +194,7 @@ def test_openai_pass_rate_judge_follows_the_protocol(tmp_path, monkeypatch):
         return {"traj_id": traj, "step_idx": i, "api_name": "height_for_towers", "arguments_json": "{}",
                 "parse_ok": True, "is_finish": False, "env_status": "ok", "observation": obs}
     steps = [step("words-ok", 0, bad), step("words-ok", 1, ok), step("words-bad", 0, bad), step("num", 0, ok)]
-    server = JudgeServer(Faults(p_429=0.2, p_500=0.1, p_malformed=0.1, seed=5))
+    server = JudgeServer(Faults(p_429=0.2, p_500=0.1, p_malformed=0.1, seed=6))
     try:
         params = _judge_params(tmp_path, server.url)
         statuses, stats = judge_answers(trajs, steps, {"t": task}, params, progress=False)
@@ -277,6 +277,7 @@ def test_report_sentences_follow_synthetic_results():
     from pipeline.stats import tasks_needed
     assert f"| steptool vs sft | cot | 40 | {sd:.1f} | +50.0 | {tasks_needed(sd, 5)} | {tasks_needed(sd, 10)} |" in power
     assert "| no_step_opt vs sft | cot | 40 | – (no task differed) | +0.0 | – | – | – |" in power
+    assert "With one training seed the spread between training runs is not measured" in power
     _, md = build(few, "sft", ["steptool"], {}, split="val")
     assert "comes from the **val** split" in "\n".join(md)
 
@@ -309,3 +310,20 @@ def test_learning_signal_table_by_hand():
     text = "\n".join(learning_signal(replayed))
     assert "| 25.0 → 50.0 | 0.50 → 0.25 | 3.00 → 2.50 |" in text
     assert learning_signal([]) == []
+
+
+def test_the_power_text_says_whether_training_seeds_are_in_the_spread():
+    """With several seeds the spread between training runs is measured (and split); the one-seed caveat goes."""
+    from stages.report import build
+
+    n = 40
+    sft = [dict(r, seed=None) for r in _synthetic("sft", "cot", [1 if i % 4 == 0 else 0 for i in range(n)])]
+    steptool = []
+    for seed, solved in ((0, [1 if i % 4 in (0, 1) else 0 for i in range(n)]),
+                         (1, [1 if i % 4 in (0, 2) else 0 for i in range(n)])):
+        steptool += [dict(r, seed=seed, traj_id=f"{r['traj_id']}-s{seed}")
+                     for r in _synthetic("steptool", "cot", solved)]
+    _, md = build({("sft", "cot"): sft, ("steptool", "cot"): steptool}, "sft", ["steptool"], {})
+    power = "\n".join(md).split("## How many tasks would tell")[1]
+    assert "the spread between training runs is in these numbers" in power
+    assert "With one training seed" not in power and "sd within a task (seeds)" in power

@@ -43,11 +43,11 @@ def test_a_kill_between_rounds_keeps_round_one(round1, monkeypatch):
     root, params = round1
     real, calls, kill = train.train_round, [], [True]
 
-    def dies_in_round_two(params, variant, seed, start, trajectories, adv_file, work):
+    def dies_in_round_two(params, root, variant, seed, start, trajectories, adv_file, work):
         calls.append(work.name)
         if work.name == "r2" and kill[0]:
             raise SteptoolError("killed")
-        return real(params, variant, seed, start, trajectories, adv_file, work)
+        return real(params, root, variant, seed, start, trajectories, adv_file, work)
 
     monkeypatch.setattr(train, "train_round", dies_in_round_two)
     with pytest.raises(SteptoolError, match="killed"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.stats import (min_decisive_tasks, paired_difference, pass_rate_ci, sign_test, task_scores,
+from pipeline.stats import (min_decisive_tasks, paired_difference, pass_rate_ci, seed_scores, sign_test,
                                      verdict)
 
 
@@ -28,9 +28,10 @@ def test_sign_test_matches_scipy():
 
 
 def test_task_scores_average_samples_and_runs():
+    """(sft's rows carry no seed: one checkpoint, seed None)"""
     rows = [{"task_id": "a", "level": "I1", "pass_score": 1.0}, {"task_id": "a", "level": "I1", "pass_score": 0.5},
             {"task_id": "b", "level": "I2", "pass_score": 0.0}]
-    assert task_scores(rows) == {"a": ("I1", 0.75), "b": ("I2", 0.0)}
+    assert seed_scores(rows) == {"a": ("I1", {None: 0.75}), "b": ("I2", {None: 0.0})}
 
 
 def test_pass_rate_ci_point_is_the_mean_of_levels_and_the_interval_holds_it():

@@ -21,6 +21,9 @@ class StepPPOConfig(TrainConfig, TrainingArguments):
                                                                + variants.describe() + "."})
 
     def __post_init__(self):
+        if "activation_checkpointing" in self.__dataclass_fields__ and self.activation_checkpointing is None:
+            # transformers >= 5 renamed the field; the params keep the name users know (and 4.x reads)
+            self.activation_checkpointing = self.gradient_checkpointing
         super().__post_init__()
         variants.get(self.variant)
         self.check("train")

@@ -14,11 +14,13 @@ import csv
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import polars as pl
+from typing import TYPE_CHECKING
 
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.errors import SchemaError
+
+if TYPE_CHECKING:
+    import polars as pl  # imported where the tables are read: the trainer itself runs without it (bench/gpu.py)
 
 CUT_OBSERVATION = "(observation removed to fit the context)"
 

@@ -28,6 +28,37 @@ class PolicyWithValue(nn.Module):
         nn.init.zeros_(self.v_head.bias)
         self.config = _base(policy).config  # Trainer reads a few fields from it
 
+    supports_gradient_checkpointing = True
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, every_n_layers: int = 1,
+                                        offload: bool = False) -> None:
+        """The Trainer's hook for `gradient_checkpointing` (transformers >= 5): checkpoint the trunk's layers.
+        Non-reentrant, so the recomputation needs no input that requires grad; LoRA's frozen embeddings get
+        one all the same (peft's remedy), for a caller that asks for reentrant checkpoints."""
+        kwargs = activation_checkpointing_kwargs or {"use_reentrant": False}
+        base = _base(self.policy)
+        if hasattr(base, "activation_checkpointing_enable"):
+            base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers,
+                                                 offload=offload)
+        else:  # transformers 4.x
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        if base is not self.policy or kwargs.get("use_reentrant"):
+            base.enable_input_require_grads()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs) -> None:
+        """transformers 4.x's name of the same hook."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        _base(self.policy).gradient_checkpointing_disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        base = _base(self.policy)
+        name = "is_activation_checkpointing" if hasattr(base, "is_activation_checkpointing") \
+            else "is_gradient_checkpointing"  # transformers 4.x
+        return bool(getattr(base, name, False))
+
     @property
     def trunk(self):
         return _base(self.policy).get_decoder()
@@ -36,15 +67,26 @@ class PolicyWithValue(nn.Module):
     def lm_head(self):
         return _base(self.policy).get_output_embeddings()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hidden [B, L, H], values [B, L]): V at every position (the state after that token)."""
+    @property
+    def _no_split_modules(self):  # FSDP's transformer-based auto wrap reads the decoder layer class from here
+        return getattr(_base(self.policy), "_no_split_modules", None)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor | None = None,
+                positions: torch.Tensor | None = None, chunk: int = 1024, with_entropy: bool = False):
+        """(hidden [B, L, H], values [B, L]): V at every position (the state after that token); with `rows` and
+        `positions` [N] also (log π of the token at each (row, position) [N], its entropy [N] or None). The
+        log-probs are computed inside forward so a distributed wrapper (DDP, FSDP, DeepSpeed) sees the lm_head
+        used within its forward, where its parameters are gathered."""
         out = self.trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         h = out.last_hidden_state
         # The value head stays fp32 under bf16 autocast: a head fitted to the returns (ridge, at the round's start)
         # has large weights that cancel, and bf16 rounding put its values off by ~10 (explained variance -4000).
         with torch.autocast(h.device.type, enabled=False):
             feats = h if self.value_grad_to_trunk else h.detach()
-            return h, self.v_head(feats.to(self.v_head.weight.dtype)).squeeze(-1)
+            values = self.v_head(feats.to(self.v_head.weight.dtype)).squeeze(-1)
+        if rows is None:
+            return h, values
+        return (h, values, *self.token_logprobs(h, rows, positions, input_ids, chunk, with_entropy))
 
     def token_logprobs(self, hidden: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
                        input_ids: torch.Tensor, chunk: int = 1024, with_entropy: bool = False):
@@ -61,9 +103,24 @@ class PolicyWithValue(nn.Module):
         ent = torch.cat(ents) if ents else None
         return lp, ent
 
-    def save_policy(self, out_dir: str | Path, tokenizer=None) -> None:
-        """The trained policy as a plain checkpoint (LoRA merged), and the value head beside it."""
+    def save_policy(self, out_dir: str | Path, tokenizer=None, state_dict: dict | None = None) -> None:
+        """The trained policy as a plain checkpoint (LoRA merged), and the value head beside it. `state_dict`:
+        this module's full weights as the accelerator gathered them (ZeRO-3 / FSDP leave this process only a
+        shard); without it, the weights this process holds."""
         out_dir = Path(out_dir)
+        if state_dict is not None:
+            if not hasattr(self.policy, "merge_and_unload"):
+                # full fine-tuning: the gathered weights are the checkpoint
+                sub = {k[len("policy."):]: v for k, v in state_dict.items() if k.startswith("policy.")}
+                self.policy.save_pretrained(out_dir, state_dict=sub)
+                if tokenizer is not None:
+                    tokenizer.save_pretrained(out_dir)
+                torch.save({k[len("v_head."):]: v.cpu() for k, v in state_dict.items() if k.startswith("v_head.")},
+                           out_dir / "value_head.pt")
+                return
+            if any(p.numel() == 0 for p in self.parameters()):
+                raise NotImplementedError("LoRA under ZeRO-3 / sharded FSDP: merging needs the full weights on one "
+                                          "process; use ZeRO-2 or DDP with LoRA (configs/accelerate/)")
         policy = self.policy.merge_and_unload() if hasattr(self.policy, "merge_and_unload") else self.policy
         policy.save_pretrained(out_dir)
         if tokenizer is not None:

@@ -45,6 +45,13 @@ def action_token_steps(ex: Example) -> list[int]:
     return [k for k, (a, b) in enumerate(ex.step_bounds) for _ in range(b - a)]
 
 
+def value_positions(ex: Example, token_level: bool) -> list[int]:
+    """Where V is read, [U]: the position before each action token (token level) or before each action."""
+    if token_level:
+        return [p - 1 for p, m in enumerate(ex.action_mask) if m]
+    return [a - 1 for a, _ in ex.step_bounds]
+
+
 def unit_rewards(ex: Example, token_level: bool) -> list[float]:
     """Rewards per unit: per step, or per action token with each step's reward on its action's last token."""
     if not token_level:
@@ -66,8 +73,53 @@ def mc_returns(rewards: list[float], gamma: float) -> list[float]:
 
 # ---- phase 1 -------------------------------------------------------------------------------------------------
 
+def _shard_forward(model: PolicyWithValue, examples: list[Example], cfg, rank: int, world: int,
+                   progress: bool) -> dict[int, tuple[list[float], torch.Tensor]]:
+    """This rank's share of the precompute forward passes: {index: (ref log-probs [N], trunk features at the
+    value states [U, H] fp32 on the CPU)} for examples rank, rank + world, ... Batches of
+    `cfg.per_device_eval_batch_size` trajectories of similar length (sorted, so little padding), right-padded:
+    a causal model's hidden states at real positions do not depend on the padding after them."""
+    from tqdm.auto import tqdm
+
+    v = variants.get(cfg.variant)
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16))
+    mine = sorted(range(rank, len(examples), world), key=lambda i: len(examples[i].input_ids))
+    size = max(1, int(cfg.per_device_eval_batch_size))
+    out: dict[int, tuple[list[float], torch.Tensor]] = {}
+    bar = tqdm(total=len(mine), desc="precompute (ref/old log-probs, values)", unit="traj",
+               disable=not progress, leave=False)
+    for s in range(0, len(mine), size):
+        batch = mine[s:s + size]
+        exs = [examples[i] for i in batch]
+        ids = pad([e.input_ids for e in exs], 0, torch.long).to(device)
+        att = pad([[1] * len(e.input_ids) for e in exs], 0, torch.long).to(device)
+        act = pad([e.action_mask for e in exs], 0, torch.long).to(device)
+        rows, pos = torch.nonzero(act, as_tuple=True)
+        with autocast:
+            h, _, lp, _ = model(ids, att, rows, pos, cfg.logits_chunk)
+        lp, rows_cpu = lp.float().cpu(), rows.cpu()
+        for r, (i, e) in enumerate(zip(batch, exs)):
+            out[i] = (lp[rows_cpu == r].tolist(), h[r, value_positions(e, v.token_level)].float().cpu())
+        bar.update(len(batch))
+    bar.close()
+    return out
+
+
+def _gather(part: dict, world: int) -> dict:
+    """Every rank's shard, on every rank (the baselines and the scaling need the whole round)."""
+    if world <= 1:
+        return part
+    import torch.distributed as dist
+
+    parts: list = [None] * world
+    dist.all_gather_object(parts, part)
+    return {k: v for p in parts for k, v in p.items()}
+
+
 @torch.no_grad()
-def precompute(model: PolicyWithValue, examples: list[Example], cfg) -> tuple[list[dict], dict]:
+def precompute(model: PolicyWithValue, examples: list[Example], cfg, rank: int = 0, world: int = 1,
+               progress: bool = False) -> tuple[list[dict], dict]:
     """Per trajectory, with the model as it is now (the start of the round; `cfg` a StepPPOConfig):
 
         ref_logprobs [N]  log π_ref of each action token (the policy before training; with LoRA, the same
@@ -81,32 +133,29 @@ def precompute(model: PolicyWithValue, examples: list[Example], cfg) -> tuple[li
 
     and the round's baseline diagnostics: the explained variance of each baseline choice on the round's
     Monte-Carlo returns (leave-out for rloo and crossfit, in-sample for fit_returns).
-    Runs under the same autocast as the loss's forward, so the first ratio is 1 up to rounding."""
+    Runs under the same autocast as the loss's forward, so the first ratio is 1 up to rounding; batched,
+    on the model's device; with `world` > 1 (distributed training) each rank runs every world-th trajectory
+    and the shards are gathered, so every rank continues with the same round."""
     v = variants.get(cfg.variant)
     gamma = cfg.gamma if v.credit_across_steps else 0.0
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16))
+    fwd = _gather(_shard_forward(model, examples, cfg, rank, world, progress), world)
     items, feats, targets, unit_step = [], [], [], []
-    for ex in examples:
-        ids = torch.tensor([ex.input_ids], device=device)
-        pos = torch.nonzero(torch.tensor(ex.action_mask, device=device)).flatten()
-        with autocast:
-            h, _ = model(ids, torch.ones_like(ids))
-            ref_lp, _ = model.token_logprobs(h, torch.zeros_like(pos), pos, ids, cfg.logits_chunk)
-        ref = ref_lp.float().cpu().tolist()
+    for i, ex in enumerate(examples):
+        ref, f = fwd[i]
         old = ref
         if cfg.old_logprobs == "behaviour" and ex.behaviour_logprobs is not None \
                 and len(ex.behaviour_logprobs) == len(ref) and not any(math.isnan(x) for x in ex.behaviour_logprobs):
             old = list(ex.behaviour_logprobs)
-        value_pos = (pos - 1).cpu().tolist() if v.token_level else [a - 1 for a, _ in ex.step_bounds]
-        feats.append(h[0, value_pos].float().cpu())
+        n_act = len(ref)
+        value_pos = value_positions(ex, v.token_level)
+        feats.append(f)
         targets.append(mc_returns(unit_rewards(ex, v.token_level), gamma))
         unit_step.append(action_token_steps(ex) if v.token_level else list(range(len(ex.step_bounds))))
         items.append({"input_ids": ex.input_ids, "action_mask": ex.action_mask, "rewards": list(ex.rewards),
                       "unit_rewards": unit_rewards(ex, v.token_level),
-                      "token_unit": list(range(len(pos))) if v.token_level else action_token_steps(ex),
+                      "token_unit": list(range(n_act)) if v.token_level else action_token_steps(ex),
                       "value_pos": value_pos, "old_logprobs": old, "ref_logprobs": ref})
     model.train(was_training)
     if not items:
@@ -180,11 +229,13 @@ def advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, 
     return step_gae(rewards, values, mask, g, lam)
 
 
-def prepare_round(model: PolicyWithValue, examples: list[Example], cfg) -> tuple[list[dict], dict]:
+def prepare_round(model: PolicyWithValue, examples: list[Example], cfg, rank: int = 0, world: int = 1,
+                  progress: bool = False) -> tuple[list[dict], dict]:
     """Phases 1-4. Returns the items the update epochs train on (each with per-action-token `advantages`,
     per-value-state `returns` (Monte-Carlo, of the KL-shaped rewards: the value head's target) and
-    `old_values`) and the round's statistics (advantages before the scaling)."""
-    items, stats = precompute(model, examples, cfg)                                 # 1
+    `old_values`) and the round's statistics (advantages before the scaling). `rank`/`world`: this
+    process's share of the precompute under distributed training (`precompute`)."""
+    items, stats = precompute(model, examples, cfg, rank, world, progress)          # 1
     if not items:
         return items, {}
     token_level = variants.get(cfg.variant).token_level

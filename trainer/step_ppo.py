@@ -82,7 +82,9 @@ class StepPPOTrainer(Trainer):
     def train(self, *args, **kwargs):
         # Phases 1-4 with the weights of the start of the round: a resumed run computes them from the same
         # initial weights before its checkpoint is loaded, so it sees the same round as an uninterrupted one.
-        items, self.round_stats = prepare_round(self.model, self.examples, self.ppo)
+        acc = self.accelerator
+        items, self.round_stats = prepare_round(self.model, self.examples, self.ppo, acc.process_index,
+                                                acc.num_processes, progress=acc.is_local_main_process)
         self.train_dataset = _Rollouts(items)
         return super().train(*args, **kwargs)
 
@@ -90,10 +92,8 @@ class StepPPOTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         a = self.ppo
         ids, att = inputs["input_ids"], inputs["attention_mask"]
-        h, values = model(ids, att)
-        unwrapped = self.accelerator.unwrap_model(model)
         rows, pos = torch.nonzero(inputs["action_mask"], as_tuple=True)
-        logp, entropy = unwrapped.token_logprobs(h, rows, pos, ids, a.logits_chunk, a.entropy_coef > 0)
+        _, values, logp, entropy = model(ids, att, rows, pos, a.logits_chunk, a.entropy_coef > 0)
         tok = inputs["tok_mask"] > 0
         adv, old_lp = inputs["advantages"][tok], inputs["old_logprobs"][tok]
 
@@ -151,15 +151,31 @@ class StepPPOTrainer(Trainer):
             self._tokens, self._t_last = 0, now
         super().log(logs, *args, **kwargs)
 
-    # ---- checkpoints: tied embeddings share storage, which plain safetensors.save_file refuses --------
+    # ---- saving: through the accelerator, so ZeRO-3 / FSDP shards are gathered ----------------------------
+    def save_policy(self, out_dir, tokenizer=None) -> None:
+        """The trained policy as a plain checkpoint folder (PolicyWithValue.save_policy), written atomically by
+        the main process from the accelerator's full state dict. Every rank must call it (the gather is
+        collective)."""
+        from pipeline.fsutil import atomic_path
+
+        state = self.accelerator.get_state_dict(self.model_wrapped)
+        if self.accelerator.is_main_process:
+            with atomic_path(out_dir) as tmp:
+                tmp.mkdir()
+                self.accelerator.unwrap_model(self.model).save_policy(tmp, tokenizer, state_dict=state)
+        self.accelerator.wait_for_everyone()
+
+    # tied embeddings share storage, which plain safetensors.save_file refuses: keep one name per storage
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         import os
 
-        from safetensors.torch import save_model
+        from safetensors.torch import save_file
 
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
-        save_model(self.accelerator.unwrap_model(self.model), os.path.join(output_dir, "model.safetensors"))
+        if state_dict is None:  # DDP or one process (ZeRO-3 / FSDP: the Trainer passes the gathered dict)
+            state_dict = self.accelerator.unwrap_model(self.model).state_dict()
+        save_file(unique_storage(state_dict), os.path.join(output_dir, "model.safetensors"))
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
@@ -169,3 +185,16 @@ class StepPPOTrainer(Trainer):
 
         load_model(self.accelerator.unwrap_model(model or self.model),
                    os.path.join(resume_from_checkpoint, "model.safetensors"), strict=False)
+
+
+def unique_storage(state_dict: dict) -> dict:
+    """The state dict with one name per shared storage (tied embeddings: the first name wins; loading with
+    strict=False restores the tie), contiguous CPU tensors as safetensors wants them."""
+    out, seen = {}, set()
+    for k, v in state_dict.items():
+        key = (v.device, v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        if v.numel() and key in seen:
+            continue
+        seen.add(key)
+        out[k] = v.detach().contiguous().cpu()
+    return out

@@ -2,9 +2,14 @@
 
 ``HFPolicy`` samples from a transformers model: many prompts at once (left padding, KV cache),
 temperature / top-p, a seed per row (a row's sample does not depend on what else is in the batch),
-stop at the end-of-turn token, and the behaviour log-prob of every generated token, i.e.
-``log_softmax(logits / temperature)`` of the sampled token before top-p truncation, which is what
-the trainer recomputes. The torch-free parts (the `Policy` protocol, `Generation`, `NameSlot`,
+stop at the end-of-turn token, and the behaviour log-prob of every generated token.
+
+**The behaviour log-prob, one definition for every backend**: ``log_softmax(logits)`` of the sampled token, at
+temperature 1, before top-p and before the name mask: the model's own probability, which is what the trainer
+computes (trainer/model.py, token_logprobs) and what vLLM returns by default (its "raw" log-probs). So with
+`train.old_logprobs: behaviour` the first PPO ratio is 1 whatever the sampling temperature. The sampling
+distribution (tempered, truncated, masked) differs from that π_old; like TRL and verl at T != 1 the trainer
+treats the samples as if drawn from π_old. The torch-free parts (the `Policy` protocol, `Generation`, `NameSlot`,
 ``ScriptedPolicy``, which replays fixed texts) are in pipeline/agent/policy.py.
 
 Constrained function names (`NameSlot`): right after an action's name trigger (``\nAction:`` in the
@@ -21,7 +26,7 @@ import time
 
 import torch
 
-from pipeline.agent.kvcache import PrefixCache, batch_past, growing_cache
+from pipeline.agent.kvcache import PrefixCache, batch_past, growing_cache, keep_rows
 from pipeline.agent.policy import Generation, NameSlot, Policy, SamplingConfig, ScriptedPolicy, slot_remainders
 
 __all__ = ["Generation", "HFPolicy", "NameSlot", "OpenAIPolicy", "Policy", "SamplingConfig", "ScriptedPolicy",
@@ -125,17 +130,6 @@ class HFPolicy:
             self.prefix_cache.store(seq, [(k[b].index_select(1, where), v[b].index_select(1, where))
                                           for k, v in layers])
 
-    @staticmethod
-    def _keep_rows(cache, keep: torch.Tensor) -> None:
-        """Shrink the cache to the batch rows `keep` (finished rows leave the batch: the attention and the
-        matmuls of later tokens stop paying for them)."""
-        for layer in cache.layers:
-            if getattr(layer, "_k", None) is not None:  # kvcache.growing_cache's preallocated buffers
-                layer._k, layer._v = layer._k.index_select(0, keep), layer._v.index_select(0, keep)
-                layer.keys, layer.values = layer._k[:, :, :layer._n], layer._v[:, :, :layer._n]
-            else:
-                layer.keys, layer.values = layer.keys.index_select(0, keep), layer.values.index_select(0, keep)
-
     def generate(self, prompts: list[list[int]], seeds: list[int],
                  slots: list[NameSlot | None] | None = None) -> list[Generation]:
         if len(prompts) != len(seeds) or (slots is not None and len(slots) != len(prompts)):
@@ -218,7 +212,7 @@ class HFPolicy:
                                               if done[r]])
                 keep = [b for b, r in enumerate(rows) if not done[r]]
                 idx = torch.tensor(keep, device=mask.device)
-                self._keep_rows(cache, idx)
+                keep_rows(cache, idx)
                 mask, next_pos, chosen = mask[idx], next_pos[idx], chosen[torch.tensor(keep)]
                 rows = [rows[b] for b in keep]
             step_ids = chosen.view(len(rows), 1).to(self.device)
@@ -243,66 +237,121 @@ class HFPolicy:
         """Sample from `masked` (constrained rows) or `logits`; the log-prob is always from `logits`."""
         s = self.sampling
         draw = logits if masked is None else masked
+        logp = torch.log_softmax(logits.float(), dim=-1)  # the recorded log-prob: T = 1, unmasked
+
+        def recorded(chosen: torch.Tensor) -> torch.Tensor:  # gathered where the logits are (no [B, V] copy)
+            return logp.gather(-1, chosen.to(logp.device).view(-1, 1)).view(-1).cpu()
+
         if s.temperature <= 0:
-            logp = torch.log_softmax(logits, dim=-1)
-            chosen = draw.argmax(dim=-1)
-            return chosen.cpu(), logp.gather(-1, chosen.view(-1, 1)).view(-1).cpu()
-        logp = torch.log_softmax(logits / s.temperature, dim=-1).cpu()
-        probs = logp.exp() if masked is None else torch.softmax(draw / s.temperature, dim=-1).cpu()
+            chosen = draw.argmax(dim=-1).cpu()
+            return chosen, recorded(chosen)
+        probs = torch.softmax(draw.float() / s.temperature, dim=-1).cpu()  # sampled on the CPU: a generator per row
         if s.top_p < 1.0:
             sorted_p, sorted_i = probs.sort(dim=-1, descending=True)
             keep = sorted_p.cumsum(-1) - sorted_p < s.top_p  # always keeps the most likely token
             sorted_p = sorted_p * keep
             probs = torch.zeros_like(probs).scatter(-1, sorted_i, sorted_p)
         chosen = torch.stack([torch.multinomial(probs[r], 1, generator=g)[0] for r, g in enumerate(gens)])
-        return chosen, logp.gather(-1, chosen.view(-1, 1)).view(-1)
+        return chosen, recorded(chosen)
 
 
 class OpenAIPolicy:
-    """Any OpenAI-compatible completions server (vLLM, `transformers serve`, hosted APIs).
+    """Any OpenAI-compatible completions server that takes token ids (vLLM, SGLang; `vllm serve DIR` names the
+    model DIR).
 
-    Prompts are sent as text: the exact decoding of the rendered ids, special tokens included, so the
-    server sees the chat the way the HF backend would. Requests run `concurrency` at a time with tenacity
-    retries (exponential backoff) on 429, 5xx, timeouts and dropped connections. The API key comes from
-    the environment variable named by `api_key_env` and is never logged or written.
+    Prompts go as token ids, the rendered ids themselves, so the server conditions on exactly what the HF
+    backend would; ids come back as ids (vLLM's `return_tokens_as_token_ids`) with the server's log-probs,
+    which vLLM computes at temperature 1 before any processing ("raw"), this project's behaviour log-prob
+    (see the module doc). A server that returns text tokens instead gets its text re-encoded; log-probs that
+    do not align with those ids are NaN (the trainer then recomputes them) and counted (`misaligned`).
 
-    Token ids are the re-encoding of the returned text (plus the end-of-turn token when the server
-    stopped on it); per-token log-probs are the server's when they align with those ids, else NaN
-    (the trainer then recomputes them: `old_logprobs: recompute`).
+    Constrained names (`NameSlot`): an action is generated in up to three requests, as the HF backend masks
+    only the name: free text until the slot's trigger (a stop string, kept in the output), then the name as a
+    structured-output choice among the slot's choices (`constraint`: 'structured_outputs' for vLLM >= 0.10.2,
+    'guided_choice' for older vLLM, 'none' to send one free request), then the rest, free. The three parts'
+    ids and log-probs are concatenated; the token budget is shared.
+
+    The prompts of a call run `concurrency` at a time, with tenacity retries (exponential backoff) on 429, 5xx,
+    timeouts and dropped connections. The API key comes from the environment variable `api_key_env` and is
+    never logged or written.
     """
 
     def __init__(self, base_url: str, model: str, tokenizer, sampling: SamplingConfig, *, concurrency: int = 8,
                  api_key_env: str = "OPENAI_API_KEY", max_retries: int = 6, timeout_s: float = 120.0,
-                 name: str | None = None):
+                 name: str | None = None, constraint: str = "structured_outputs"):
         import os
 
         from openai import OpenAI
 
+        if constraint not in ("structured_outputs", "guided_choice", "none"):
+            raise ValueError(f"constraint must be structured_outputs, guided_choice or none, got {constraint!r}")
         self.tok = tokenizer
         self.sampling = sampling
         self.model = model
         self.concurrency = concurrency
         self.max_retries = max_retries
+        self.constraint = constraint
         self.name = name or model
-        self.eos = tokenizer.eos_token
+        self.eos_id = tokenizer.eos_token_id
         self.client = OpenAI(base_url=base_url, api_key=os.environ.get(api_key_env) or "EMPTY", timeout=timeout_s,
                              max_retries=0)  # retries are ours (tenacity), so they are counted and bounded
-        self.stats = {"prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0, "retries": 0, "misaligned": 0}
+        self.stats = {"prompt_tokens": 0, "generated_tokens": 0, "seconds": 0.0, "retries": 0, "misaligned": 0,
+                      "requests": 0, "constrained_names": 0}
 
-    def generate(self, prompts: list[list[int]], seeds: list[int], slots=None) -> list[Generation]:
-        """`slots` are ignored: a plain completions API cannot constrain (use the server's guided decoding)."""
+    def generate(self, prompts: list[list[int]], seeds: list[int],
+                 slots: list[NameSlot | None] | None = None) -> list[Generation]:
         from concurrent.futures import ThreadPoolExecutor
 
+        if len(prompts) != len(seeds) or (slots is not None and len(slots) != len(prompts)):
+            raise ValueError("one seed (and one slot, when given) per prompt")
         t0 = time.perf_counter()
-        texts = [self.tok.decode(p, skip_special_tokens=False) for p in prompts]
+        slots = slots or [None] * len(prompts)
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            out = list(pool.map(self._one, texts, seeds))
+            out = list(pool.map(self._one, prompts, seeds, slots))
         self.stats["prompt_tokens"] += sum(len(p) for p in prompts)
         self.stats["generated_tokens"] += sum(len(g.token_ids) for g in out)
         self.stats["seconds"] += time.perf_counter() - t0
         return out
 
-    def _one(self, prompt: str, seed: int) -> Generation:
+    def _one(self, prompt: list[int], seed: int, slot: NameSlot | None) -> Generation:
+        budget = self.sampling.max_new_tokens
+        if slot is None or self.constraint == "none":
+            ids, lps, finish = self._complete(prompt, seed, budget)
+            return self._generation(ids, lps, finish == "stop")
+        ids: list[int] = []
+        lps: list[float] = []
+        finish = "length"
+        if slot.trigger:  # 1: free text up to the trigger
+            ids, lps, finish = self._complete(prompt, seed, budget, stop=slot.trigger)
+            if (ids and ids[-1] == self.eos_id) or len(ids) >= budget:
+                return self._generation(ids, lps, finish == "stop")
+        # 2: the name: what may still follow (the trigger's last token can carry a character of it) as the
+        # server's structured-output choice; a closing end-of-turn token the grammar forces is not the action's
+        rests = slot_remainders(self.tok.decode(ids, skip_special_tokens=False), slot)
+        if rests is None:  # stopped before the trigger (a stop string cannot be missed: it ended otherwise)
+            return self._generation(ids, lps, finish == "stop")
+        name_ids, name_lps, _ = self._complete(prompt + ids, seed + 1, budget - len(ids), choices=tuple(sorted(rests)))
+        if name_ids and name_ids[-1] == self.eos_id:
+            name_ids, name_lps = name_ids[:-1], name_lps[:-1]
+        ids, lps = ids + name_ids, lps + name_lps
+        self.stats["constrained_names"] += 1
+        if len(ids) >= budget:
+            return self._generation(ids, lps, False)
+        rest_ids, rest_lps, finish = self._complete(prompt + ids, seed + 2, budget - len(ids))  # 3: the rest
+        return self._generation(ids + rest_ids, lps + rest_lps, finish == "stop")
+
+    def _generation(self, ids: list[int], lps: list[float], stopped: bool) -> Generation:
+        import math
+
+        ended = bool(ids) and ids[-1] == self.eos_id
+        if stopped and not ended:  # the server stopped on end-of-turn without returning it
+            ids, lps, ended = ids + [self.eos_id], lps + [math.nan], True
+        text = self.tok.decode(ids[:-1] if ended else ids, skip_special_tokens=False)
+        return Generation(ids, lps, text, ended)
+
+    def _complete(self, prompt: list[int], seed: int, max_tokens: int, stop: str | None = None,
+                  choices: tuple[str, ...] | None = None) -> tuple[list[int], list[float], str]:
+        """One completion request: (generated ids, their log-probs, finish reason)."""
         import math
 
         import openai
@@ -312,23 +361,31 @@ class OpenAIPolicy:
             self.stats["retries"] += 1
 
         s = self.sampling
+        extra: dict = {"return_tokens_as_token_ids": True, "skip_special_tokens": False,
+                       "stop_token_ids": [self.eos_id], "include_stop_str_in_output": True}
+        if choices is not None:
+            extra.update({"structured_outputs": {"choice": list(choices)}} if self.constraint == "structured_outputs"
+                         else {"guided_choice": list(choices)})
         retrying = Retrying(
             retry=retry_if_exception_type((openai.RateLimitError, openai.APIConnectionError, openai.APITimeoutError,
                                            openai.InternalServerError)),
             wait=wait_exponential(multiplier=0.05, max=8.0) + wait_random(0, 0.05),
             stop=stop_after_attempt(self.max_retries),
             before_sleep=count_retry, reraise=True)
-        resp = retrying(self.client.completions.create, model=self.model, prompt=prompt,
-                        max_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-                        seed=int(seed) % (2**31), stop=[self.eos], logprobs=1)
+        resp = retrying(self.client.completions.create, model=self.model, prompt=prompt, max_tokens=max_tokens,
+                        temperature=s.temperature, top_p=s.top_p, seed=int(seed) % (2**31), logprobs=1,
+                        stop=[stop] if stop else None, extra_body=extra)
+        self.stats["requests"] += 1
         choice = resp.choices[0]
-        text = choice.text or ""
-        ended = choice.finish_reason == "stop"
-        ids = self.tok(text, add_special_tokens=False)["input_ids"] + ([self.tok.eos_token_id] if ended else [])
+        tokens = list(getattr(choice.logprobs, "tokens", None) or []) if choice.logprobs else []
         server_lp = list(getattr(choice.logprobs, "token_logprobs", None) or []) if choice.logprobs else []
-        if len(server_lp) == len(ids):
-            logprobs = [float(x) for x in server_lp]
+        if tokens and all(isinstance(t, str) and t.startswith("token_id:") for t in tokens):
+            ids = [int(t.split(":", 1)[1]) for t in tokens]
+        else:  # a server without token-id output: re-encode its text
+            ids = self.tok(choice.text or "", add_special_tokens=False)["input_ids"]
+        if len(server_lp) == len(ids) and all(x is not None for x in server_lp):
+            lps = [float(x) for x in server_lp]
         else:
             self.stats["misaligned"] += 1
-            logprobs = [math.nan] * len(ids)
-        return Generation(ids, logprobs, text, ended)
+            lps = [math.nan] * len(ids)
+        return ids, lps, choice.finish_reason or "length"

@@ -146,3 +146,14 @@ def growing_cache(reserve: int, past: list[tuple[torch.Tensor, torch.Tensor]] | 
         layer.update(k, v)
         cache.layers.append(layer)
     return cache
+
+
+def keep_rows(cache, keep: torch.Tensor) -> None:
+    """Shrink a dynamic cache (`growing_cache`'s or transformers' plain one) to the batch rows `keep`: a finished
+    row leaves the batch, so the attention and matmuls of later tokens stop paying for it."""
+    for layer in cache.layers:
+        if getattr(layer, "_k", None) is not None:  # growing_cache's preallocated buffers
+            layer._k, layer._v = layer._k.index_select(0, keep), layer._v.index_select(0, keep)
+            layer.keys, layer.values = layer._k[:, :, :layer._n], layer._v[:, :, :layer._n]
+        else:
+            layer.keys, layer.values = layer.keys.index_select(0, keep), layer.values.index_select(0, keep)

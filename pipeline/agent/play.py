@@ -24,11 +24,13 @@ from pipeline import layout
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.agent.records import rollout_rows
 from pipeline.agent.rollout import run_cot, run_dfsdt_batch, traj_id
+from pipeline.replay import MISS_ERROR
 from pipeline.schema import STEPS, TOKENS, TRAJECTORIES, write_table
 from pipeline.task import Task
 from pipeline.toolworld.fact_judge import pass_score, rule_judge
 
 log = logging.getLogger("steptool.collect")
+REPLAY_MISS = MISS_ERROR.split("{")[0]  # "Replay miss: no recorded response of "
 FILES = {"trajectories": TRAJECTORIES, "steps": STEPS, "tokens": TOKENS}
 
 
@@ -44,11 +46,21 @@ def model_fingerprint(model_dir: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def served_name(model_dir: Path, root: Path) -> str:
+    """The name a server gives the checkpoint at `model_dir`: its path relative to the repository, as
+    `vllm serve data/models/sft` (run from the repository) names it."""
+    try:
+        return str(Path(model_dir).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(model_dir)
+
+
 def play(params, root: Path, tasks: list[Task], model_dir: Path, out_dir: Path, *, strategy: str,
          n_samples: int, temperature: float, top_p: float, seed: int, chunk_size: int, policy_name: str) -> dict:
     """Run the agent of `params` (a pipeline.config.Params) over `tasks` with the model at `model_dir`, writing
     to `out_dir`; returns `collect`'s summary."""
-    from pipeline.agent.backends import HFPolicy, SamplingConfig
+    from pipeline.agent.backends import HFPolicy, OpenAIPolicy, SamplingConfig
+    from pipeline.models import load_tokenizer
     from pipeline.config import to_dict
     from pipeline.devices import resolve_device, weights_dtype
     from pipeline.envs import make_env
@@ -57,11 +69,17 @@ def play(params, root: Path, tasks: list[Task], model_dir: Path, out_dir: Path, 
     a = params.agent
     world = ToolWorld.from_catalog(root / layout.CATALOG) if params.env.kind == "toolworld" else None
     device = resolve_device(a.device)
-    policy = HFPolicy.from_pretrained(str(model_dir), SamplingConfig(a.max_new_tokens, temperature, top_p),
-                                      a.batch_size, device, kv_cache_tokens=a.kv_cache_tokens,
-                                      dtype=weights_dtype(a.precision, device))
+    sampling = SamplingConfig(a.max_new_tokens, temperature, top_p)
+    if a.backend == "openai":
+        policy = OpenAIPolicy(a.base_url, a.served_model or served_name(model_dir, root), load_tokenizer(str(model_dir)),
+                              sampling, concurrency=a.concurrency, api_key_env=a.api_key_env, name=policy_name,
+                              constraint=a.server_constraint)
+    else:
+        policy = HFPolicy.from_pretrained(str(model_dir), sampling, a.batch_size, device,
+                                          kv_cache_tokens=a.kv_cache_tokens, dtype=weights_dtype(a.precision, device))
     policy.name = policy_name
-    agent_key = {k: v for k, v in to_dict(a).items() if k != "kv_cache_tokens"}  # speed only: same trajectories
+    # speed only, same trajectories: the KV cache, the server's concurrency
+    agent_key = {k: v for k, v in to_dict(a).items() if k not in ("kv_cache_tokens", "concurrency")}
     run_key = hashlib.sha256(json.dumps([model_fingerprint(model_dir), agent_key, strategy, n_samples, temperature,
                                          top_p, seed, [t.task_id for t in tasks]]).encode()).hexdigest()[:16]
     return collect(tasks, policy, ChatRenderer(policy.tok, a.prompt_format),
@@ -136,6 +154,8 @@ def summarize(trajectories: pa.Table, steps: pa.Table, tasks: dict[str, Task], e
     """Parse-success rate over steps, and the rule judge's pass rate over trajectories of tasks with gold."""
     trajs = trajectories.to_pylist()
     parse_ok = steps.column("parse_ok").to_pylist()
+    calls = [o or "" for o, fin in zip(steps.column("observation").to_pylist(), steps.column("is_finish").to_pylist())
+             if not fin]
     scores, solved = [], 0
     for t in trajs:
         task = tasks.get(t["task_id"])
@@ -149,6 +169,9 @@ def summarize(trajectories: pa.Table, steps: pa.Table, tasks: dict[str, Task], e
         "steps": len(parse_ok),
         "parse_success": round(sum(parse_ok) / len(parse_ok), 4) if parse_ok else 0.0,
         "finished": round(sum(t["finish_type"] == "give_answer" for t in trajs) / max(len(trajs), 1), 4),
+        "tool_calls": len(calls),
+        # env.kind replay: calls answered with the miss error, not a recorded response (0 for the other kinds)
+        "replay_misses": sum(REPLAY_MISS in o for o in calls),
         "pass_rate": round(sum(scores) / len(scores), 4) if scores else None,
         "solved": round(solved / len(scores), 4) if scores else None,
         "trajectories_per_min": round(len(trajs) / elapsed * 60, 2) if elapsed > 0 else None,

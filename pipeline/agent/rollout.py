@@ -87,10 +87,27 @@ def _known_functions(env: ApiListEnv) -> set[str]:
     return {f["name"] for f in env.functions()}
 
 
-def _act(chain: _Chain, gen: Generation, renderer: ChatRenderer, max_steps: int) -> bool:
-    """Apply one generated action; grow the context. Returns whether the chain is finished."""
+def _call(chain: _Chain, gen: Generation, renderer: ChatRenderer) -> tuple[ParsedAction, StepResult]:
     parsed = parse_action(gen.text, renderer.fmt, chain.known)
-    result = chain.env.step(parsed.api_name, parsed.arguments)
+    return parsed, chain.env.step(parsed.api_name, parsed.arguments)
+
+
+def _call_all(chains: list[_Chain], gens: list[Generation], renderer: ChatRenderer):
+    """Each chain's tool call for its new action: at once for environments behind a network (each chain has its
+    own environment, so the calls are independent), one after the other in process."""
+    if len(chains) > 1 and any(getattr(c.env, "parallel_calls", False) for c in chains):
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(32, len(chains))) as pool:
+            return list(pool.map(_call, chains, gens, [renderer] * len(chains)))
+    return [_call(c, g, renderer) for c, g in zip(chains, gens)]
+
+
+def _act(chain: _Chain, gen: Generation, renderer: ChatRenderer, max_steps: int,
+         called: tuple[ParsedAction, StepResult] | None = None) -> bool:
+    """Apply one generated action (its tool call made here, or `called` already); grow the context. Returns
+    whether the chain is finished."""
+    parsed, result = called or _call(chain, gen, renderer)
     r = chain.rollout
     r.steps.append(AgentStep(len(chain.ids), gen, parsed, result))
     if result.done or len(r.steps) >= max_steps:
@@ -131,9 +148,9 @@ def run_cot(jobs: list[tuple[Task, int]], policy: Policy, renderer: ChatRenderer
         seeds = [step_seed(seed, c.rollout.task.task_id, c.rollout.sample_idx, len(c.rollout.steps)) for c in active]
         gens = _generate(policy, [c.ids for c in active], seeds, [c.slot for c in active])
         still = []
-        for chain, gen in zip(active, gens):
+        for chain, gen, called in zip(active, gens, _call_all(active, gens, renderer)):
             chain.rollout.actions_generated += 1
-            if _act(chain, gen, renderer, max_steps):
+            if _act(chain, gen, renderer, max_steps, called):
                 if on_done:
                     on_done(chain.rollout)
             else:

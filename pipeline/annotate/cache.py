@@ -43,6 +43,10 @@ class JudgeCache:
             row = self._db.execute("SELECT response FROM calls WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def has(self, key: str) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM calls WHERE key = ?", (key,)).fetchone() is not None
+
     def put(self, key: str, model: str, prompt_version: str, request: dict, response: dict) -> None:
         usage = response.get("usage") or {}
         with self._lock:

@@ -12,15 +12,19 @@ Unlike the reference (no cache, no validation, no resume, crashes on slow answer
   `max_invalid_retries`, then the vote fails with its reason, never padded; a trajectory is labelled from
   the votes that came back when there are at least `min_votes` of them (the failed ones are listed), and
   is recorded as failed with the reasons otherwise;
-- 429, 5xx, timeouts and dropped connections are retried with exponential backoff (tenacity); when
+- 429, 5xx, timeouts and dropped connections are retried with exponential backoff (tenacity), waiting at
+  least what a 429's `Retry-After` asks (capped at MAX_RETRY_AFTER_S); when
   retries run out the trajectory is failed with the reason and the next run tries again;
-- requests go out `concurrency` at a time (asyncio), at most `requests_per_minute`;
+- requests go out `concurrency` at a time (asyncio), at most `requests_per_minute` and `tokens_per_minute`;
+- before any call the calls the cache does not hold are counted and their tokens and cost estimated (prices
+  are params); above `max_cost_usd` the run stops before its first call (`BudgetExceeded`);
 - every answer goes through the content-addressed `JudgeCache`, so nothing is paid for twice.
 The key comes from the environment variable named in params; it is never logged or written.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -29,6 +33,7 @@ import time
 
 from pipeline.annotate.base import StepLabel, TrajLabel, status_of, step_is_call
 from pipeline.annotate.cache import JudgeCache, request_key
+from pipeline.annotate.pricing import BATCH_PRICE_FACTOR, CHARS_PER_TOKEN, cost_usd, estimated_tokens
 from pipeline.annotate.succ_calling import read_envelope
 from pipeline.config import AnnotateConfig
 from pipeline.errors import SteptoolError
@@ -36,7 +41,6 @@ from pipeline.formats.stabletoolbench import STATUS_VALUE
 
 log = logging.getLogger("steptool.annotate")
 PROMPT_VERSION = "steptool-judge-v1"
-CHARS_PER_TOKEN = 4  # the judge's tokenizer is unknown: budgets are in estimated tokens
 
 SYSTEM = (
     "You are an expert evaluator of AI agents that use tools (APIs) to answer a user's query. You will see the "
@@ -76,6 +80,35 @@ TOOL = {
 _SECRET_LIKE = re.compile(r"(?i)(bearer\s+)[^\s'\",}]+|\bsk-[A-Za-z0-9_\-]{6,}")
 
 
+MAX_RETRY_AFTER_S = 120.0  # a longer Retry-After (a day's quota gone) is capped: the run fails, a rerun resumes
+
+
+def retry_after_s(exc: BaseException | None, now: float | None = None) -> float:
+    """Seconds the server asked to wait in the error's `Retry-After-Ms` or `Retry-After` header (seconds or an
+    HTTP date), capped at MAX_RETRY_AFTER_S; 0 when it gave none or gave nonsense."""
+    import email.utils
+    import time
+
+    headers = getattr(getattr(exc, "response", None), "headers", None)
+    if not headers:
+        return 0.0
+    try:
+        if headers.get("retry-after-ms") is not None:
+            value = float(headers["retry-after-ms"]) / 1000.0
+        else:
+            raw = headers.get("retry-after")
+            if raw is None:
+                return 0.0
+            try:
+                value = float(raw)
+            except ValueError:
+                when = email.utils.parsedate_to_datetime(raw)
+                value = when.timestamp() - (time.time() if now is None else now)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    return min(MAX_RETRY_AFTER_S, value) if value == value and value > 0 else 0.0
+
+
 def redact(text: str, key: str = "") -> str:
     """`text` (an error message that goes to failed.json and the logs) without the API key: the key's value,
     any `Bearer <token>` and anything shaped like an OpenAI key, replaced before the text is cut, so an
@@ -83,6 +116,18 @@ def redact(text: str, key: str = "") -> str:
     if key:
         text = text.replace(key, "[redacted]")
     return _SECRET_LIKE.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
+
+
+@functools.cache
+def sdk_http_response() -> type:
+    """The Response class of the HTTP library the installed openai SDK sends with (httpx, or httpx2 from openai
+    3): asked for as `cast_to`, the SDK returns the raw response."""
+    import importlib
+
+    import openai
+
+    lib = next(c.__module__ for c in openai.DefaultAsyncHttpxClient.__mro__ if c.__module__.split(".")[0] != "openai")
+    return importlib.import_module(lib.split(".")[0]).Response
 
 
 class InvalidAnswer(ValueError):
@@ -166,19 +211,28 @@ class JudgeAuthError(SteptoolError):
     """The endpoint refused the key (401/403): the run stops at the first such answer."""
 
 
+class BudgetExceeded(SteptoolError):
+    """The estimated cost of the calls the cache does not hold is above `max_cost_usd`: nothing was called."""
+
+
 class _RateLimiter:
-    def __init__(self, per_minute: int):
+    """Starts requests evenly: one every 60/`per_minute` s, and a request of n estimated tokens holds the next
+    start back by n·60/`tokens_per_minute` s (no burst, so a provider's per-minute window is never exceeded)."""
+
+    def __init__(self, per_minute: int, tokens_per_minute: int = 0):
         self.interval = 60.0 / per_minute if per_minute > 0 else 0.0
+        self.per_token = 60.0 / tokens_per_minute if tokens_per_minute > 0 else 0.0
         self.next = 0.0
         self.lock = asyncio.Lock()
 
-    async def wait(self):
-        if not self.interval:
+    async def wait(self, tokens: int = 0):
+        gap = max(self.interval, tokens * self.per_token)
+        if not gap:
             return
         async with self.lock:
             now = time.monotonic()
             start = max(now, self.next)
-            self.next = start + self.interval
+            self.next = start + gap
         await asyncio.sleep(max(0.0, start - now))
 
 
@@ -197,6 +251,49 @@ class JudgeClient:
                       "prompt_tokens": 0, "completion_tokens": 0, "failed_trajectories": 0,
                       "partial_trajectories": 0}
 
+    def request(self, messages: list[dict], tool: dict, run: int, attempt: int) -> dict:
+        """A chat request forcing `tool`; the seed tells votes/judging runs and their retries apart (and keys the
+        cache, so it must stay as it is)."""
+        return {"messages": messages, "tools": [tool],
+                "tool_choice": {"type": "function", "function": {"name": tool["function"]["name"]}},
+                "temperature": self.cfg.temperature, "seed": run * 1000 + attempt}
+
+    def first_requests(self, items: list) -> list[dict]:
+        """The requests a run over `items` makes at least (first attempts); subclasses say which."""
+        raise NotImplementedError
+
+    def check_budget(self, items: list) -> dict:
+        """Count the first-attempt calls the cache does not hold, estimate their tokens and cost, log it, and
+        raise BudgetExceeded (before any call) when the cost is above `max_cost_usd`. Retries of invalid
+        answers and second calls are not counted: the estimate is a floor on calls, not on the bill."""
+        cfg = self.cfg
+        requests = self.first_requests(items)
+        new = [r for r in requests
+               if not self.cache.has(request_key(cfg.model, self.prompt_version, r, endpoint=cfg.base_url))]
+        prompt = sum(estimated_tokens(r) for r in new)
+        completion = len(new) * cfg.completion_tokens_per_call
+        cost = cost_usd(prompt, completion, cfg) * (BATCH_PRICE_FACTOR if cfg.mode == "batch" else 1.0)
+        plan = {"planned_calls": len(requests), "planned_uncached": len(new), "estimated_prompt_tokens": prompt,
+                "estimated_completion_tokens": completion, "estimated_cost_usd": round(cost, 4)}
+        line = (f"{self.desc}: {len(requests)} judge calls planned, {len(requests) - len(new)} in the cache, "
+                f"{len(new)} to pay: ~{prompt:,} prompt + ~{completion:,} completion tokens ~ ${cost:.4f} at "
+                f"${cfg.price_input_usd_per_mtok}/${cfg.price_output_usd_per_mtok} per M tokens{' x 0.5 (batch)' if cfg.mode == 'batch' else ''} "
+                f"(annotate.max_cost_usd {cfg.max_cost_usd or 'none'})")
+        log.info(line)
+        self.stats.update(plan)
+        if cfg.max_cost_usd and cost > cfg.max_cost_usd:
+            raise BudgetExceeded(f"{line}: the estimate is above the cap, nothing was called; raise "
+                                 "annotate.max_cost_usd (0: no cap) or annotate fewer trajectories")
+        return plan
+
+    def prepare(self, items: list) -> None:
+        """Before the run: the budget check, then (mode batch) the first attempts through the Batch API."""
+        self.check_budget(items)
+        if self.cfg.mode == "batch":
+            from pipeline.annotate import batch
+
+            self.stats.update(batch.prefill(self, items))
+
     def run_all(self, items: list, one, progress: bool = True) -> list:
         """`await one(client, item)` for every item, `concurrency` requests at a time; results in order."""
         return asyncio.run(self._run_all(items, one, progress))
@@ -208,7 +305,7 @@ class JudgeClient:
         client = AsyncOpenAI(base_url=self.cfg.base_url, api_key=os.environ.get(self.cfg.api_key_env) or "EMPTY",
                              timeout=self.cfg.timeout_s, max_retries=0)  # retries are ours: counted and bounded
         self._sem = asyncio.Semaphore(self.cfg.concurrency)
-        self._limiter = _RateLimiter(self.cfg.requests_per_minute)
+        self._limiter = _RateLimiter(self.cfg.requests_per_minute, self.cfg.tokens_per_minute)
         bar = tqdm(total=len(items), desc=self.desc, unit="traj", disable=not progress)
 
         async def each(item):
@@ -257,17 +354,30 @@ class JudgeClient:
         def count(state):
             self.stats["transport_retries"] += 1
 
+        backoff = wait_exponential(multiplier=0.1, max=10.0) + wait_random(0, 0.1)
+
+        def wait(state) -> float:  # the server's Retry-After when it gives one (at least the backoff)
+            exc = state.outcome.exception() if state.outcome else None
+            return max(backoff(state), retry_after_s(exc))
+
         retrying = AsyncRetrying(
             retry=retry_if_exception_type((openai.RateLimitError, openai.APIConnectionError, openai.APITimeoutError,
                                            openai.InternalServerError)),
-            wait=wait_exponential(multiplier=0.1, max=10.0) + wait_random(0, 0.1),
+            wait=wait,
             stop=stop_after_attempt(self.cfg.max_retries), before_sleep=count, reraise=True)
         async for attempt in retrying:
             with attempt:
-                await self._limiter.wait()
+                if self._limiter.per_token:  # the estimate is a JSON encoding of the request: only when it counts
+                    await self._limiter.wait(estimated_tokens(request) + self.cfg.completion_tokens_per_call)
+                else:
+                    await self._limiter.wait()
                 async with self._sem:
-                    # the raw body: it is what the cache keeps, and skipping the pydantic models saves ~1 ms a call
-                    raw = await client.chat.completions.with_raw_response.create(model=self.cfg.model, **request)
+                    # The SDK's own POST with the request as the JSON body, answered as the raw HTTP response: the
+                    # status errors, headers and connection pool are the SDK's, but neither the request's walk
+                    # against the SDK's TypedDicts (~1/3 of the client's CPU per call, measured in bench annotate)
+                    # nor the pydantic response models run; the raw body is what the cache keeps.
+                    raw = await client.post("/chat/completions", body={"model": self.cfg.model, **request},
+                                            cast_to=sdk_http_response())
         self.stats["judge_calls"] += 1
         try:
             body = json.loads(raw.text)
@@ -276,6 +386,8 @@ class JudgeClient:
         usage = body.get("usage") or {}
         self.stats["prompt_tokens"] += usage.get("prompt_tokens") or 0
         self.stats["completion_tokens"] += usage.get("completion_tokens") or 0
+        self.stats["cost_usd"] = round(cost_usd(self.stats["prompt_tokens"], self.stats["completion_tokens"],
+                                                self.cfg), 6)
         return body
 
 
@@ -285,16 +397,32 @@ class OpenAIJudge(JudgeClient):
     desc = "annotate"
 
     def annotate(self, items: list[tuple[dict, list[dict], str]], progress: bool = True) -> list[TrajLabel]:
-        """`items`: (trajectory row, its step rows, query). Returns one label per item, in order."""
+        """`items`: (trajectory row, its step rows, query). Returns one label per item, in order. Stops before
+        any call when the estimate is above `max_cost_usd` (check_budget)."""
+        self.prepare(items)
         return self.run_all(items, lambda client, it: self._trajectory(client, *it), progress)
+
+    def _messages(self, traj: dict, steps: list[dict], query: str) -> tuple[list[dict], list[dict]]:
+        """(the judged calls, the prompt); no prompt when there is nothing to judge (no call and no answer)."""
+        calls = judge_steps(steps)
+        finish = traj.get("finish_type") or "none"
+        if not calls and finish != "give_answer":
+            return calls, []
+        return calls, build_messages(query, calls, traj.get("final_answer") or "", finish, self.cfg)
+
+    def first_requests(self, items: list) -> list[dict]:
+        out = []
+        for traj, steps, query in items:
+            _, messages = self._messages(traj, steps, query)
+            if messages:
+                out += [self.request(messages, TOOL, v, 0) for v in range(self.cfg.n_votes)]
+        return out
 
     async def _trajectory(self, client, traj: dict, steps: list[dict], query: str) -> TrajLabel:
         cfg = self.cfg
-        calls = judge_steps(steps)
-        finish = traj.get("finish_type") or "none"
-        messages = build_messages(query, calls, traj.get("final_answer") or "", finish, cfg)
+        calls, messages = self._messages(traj, steps, query)
         label = TrajLabel(traj["traj_id"], [], "Unsolved", 0.0, "openai", PROMPT_VERSION, cfg.model, cfg.n_votes)
-        if not calls and finish != "give_answer":  # nothing to judge: no call and no answer
+        if not messages:  # nothing to judge: no call and no answer
             label.steps = [StepLabel(None, None) for _ in steps]
             label.votes = 0
             return label
@@ -332,10 +460,7 @@ class OpenAIJudge(JudgeClient):
         hits = 0
         reasons = []
         for attempt in range(self.cfg.max_invalid_retries + 1):
-            request = {"messages": messages, "tools": [TOOL],
-                       "tool_choice": {"type": "function", "function": {"name": "evaluate_process_reward"}},
-                       "temperature": self.cfg.temperature, "seed": vote * 1000 + attempt}
-            body, hit, failure = await self.ask(client, request)
+            body, hit, failure = await self.ask(client, self.request(messages, TOOL, vote, attempt))
             hits += hit
             if failure:
                 return None, hits, f"vote {vote}: {failure}"

@@ -120,6 +120,49 @@ def load_solvable_queries(path: str | Path, max_tasks: int = 0):
     return tasks
 
 
+SUBSETS = ("G1_instruction", "G1_category", "G1_tool", "G2_instruction", "G2_category", "G3_instruction")
+
+
+def split_solvable_queries(folder: str | Path, subsets: list[str], sizes: dict[str, dict[str, int]],
+                           seed: int) -> dict[str, list]:
+    """`{split: tasks}` from the solvable queries of `subsets` under `folder` (a `solvable_queries/test_instruction`
+    directory), `sizes[split][level]` queries each. A level's queries (its subsets' files, in the order given) are
+    shuffled once with `seed`; test takes the first ones, then val, then train, so the splits share no query and
+    a larger train split never changes the test split. Asking a level for more queries than its subsets hold is
+    a SchemaError naming the level, the subsets and both numbers. Every task carries its split."""
+    import dataclasses
+    import random
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SchemaError(f"{folder}: no such folder (tasks.stabletoolbench_path: StableToolBench's "
+                          "solvable_queries/test_instruction)")
+    pools: dict[str, list] = {}
+    used: dict[str, list[str]] = {}
+    for subset in subsets:
+        f = folder / f"{subset}.json"
+        if not f.exists():
+            raise SchemaError(f"{f}: no such file (tasks.stabletoolbench_subsets names {subset!r})")
+        level = subset_level(subset)
+        pools.setdefault(level, []).extend(load_solvable_queries(f))
+        used.setdefault(level, []).append(subset)
+    out: dict[str, list] = {split: [] for split in sizes}
+    order = [s for s in ("test", "val", "train") if s in sizes] + [s for s in sizes if s not in ("test", "val", "train")]
+    for level in sorted({lv for per in sizes.values() for lv, n in per.items() if n}):
+        pool = list(pools.get(level, []))
+        wanted = {split: sizes[split].get(level, 0) for split in order}
+        if sum(wanted.values()) > len(pool):
+            asks = " + ".join(f"{n} {split}" for split, n in wanted.items() if n)
+            have = f"{', '.join(used[level])} hold {len(pool)}" if level in used else "no subset of tasks.stabletoolbench_subsets is of this level"
+            raise SchemaError(f"{folder}: {level} asks for {asks} = {sum(wanted.values())} StableToolBench queries; {have}")
+        random.Random(f"stabletoolbench:{seed}:{level}").shuffle(pool)
+        start = 0
+        for split in order:
+            out[split] += [dataclasses.replace(t, split=split) for t in pool[start:start + wanted[split]]]
+            start += wanted[split]
+    return out
+
+
 # --- converted answers (what StableToolBench's evaluator reads) --------------------------------------
 
 def _finish_arguments(finish_type: str, final_answer: str | None) -> str:
@@ -137,6 +180,14 @@ def converted_answer(task, trajectory: dict, steps: list[dict], method: str | No
     system -> user -> one `tool` node per action ({name, arguments, response}) nested through `next`."""
     from pipeline.apidoc import function_specs
 
+    return {"query": task.query,
+            "available_tools": [{"type": "function", "function": f} for f in function_specs(task.api_list)],
+            "answer": converted_answer_body(trajectory, steps, method)}
+
+
+def converted_answer_body(trajectory: dict, steps: list[dict], method: str | None = None) -> dict:
+    """The `answer` of a converted-answer record (what StableToolBench's evaluator reads and its
+    parse_answer_status prompt shows as JSON): `method`, `total_steps`, `final_answer`, `answer_details`."""
     method = method or ("DFS_woFilter_w2" if trajectory.get("strategy") == "dfsdt" else "CoT@1")
     nodes = [{"role": "system", "message": "", "next": []}, {"role": "user", "message": "", "next": []}]
     for s in sorted(steps, key=lambda s: s["step_idx"]):
@@ -148,12 +199,9 @@ def converted_answer(task, trajectory: dict, steps: list[dict], method: str | No
         nodes.append({"role": "tool", "message": node, "next": []})
     for parent, child in zip(nodes, nodes[1:]):
         parent["next"].append(child)
-    return {"query": task.query,
-            "available_tools": [{"type": "function", "function": f} for f in function_specs(task.api_list)],
-            "answer": {"method": method, "total_steps": len(nodes),
-                       "final_answer": _finish_arguments(trajectory.get("finish_type") or "none",
-                                                         trajectory.get("final_answer")),
-                       "answer_details": [nodes[0]]}}
+    return {"method": method, "total_steps": len(nodes),
+            "final_answer": _finish_arguments(trajectory.get("finish_type") or "none", trajectory.get("final_answer")),
+            "answer_details": [nodes[0]]}
 
 
 def converted_answers(tasks: dict, trajectories: list[dict], steps: list[dict]) -> dict:

@@ -1,5 +1,17 @@
 """An OpenAI-compatible /v1/completions server on 127.0.0.1 for tests: a real HTTP server that samples from
-a real (tiny) HF model, with injectable faults (429, 500, slow answers)."""
+real (tiny) HF models and answers the options this project sends as vLLM does:
+
+- `prompt` as token ids (or text); `max_tokens`, `temperature`, `top_p`, `seed`;
+- `logprobs`: each generated token's log-prob at temperature 1, before any processing (vLLM's default "raw"
+  log-probs); `return_tokens_as_token_ids`: tokens as "token_id:N";
+- `stop` strings (with `include_stop_str_in_output`), `stop_token_ids`; the end-of-turn token is returned
+  among the tokens when it ends the answer;
+- `structured_outputs: {"choice": [...]}` (vLLM >= 0.10.2) and `guided_choice` (older): the output is one
+  of the choices, sampled under the HF backend's constrained decoding, then ends (finish_reason "stop");
+- the `model` field picks the model: `models` maps names to models, or `load(name)` loads one on first use
+  (`vllm serve DIR` serves DIR under the name DIR).
+
+Faults: HTTP codes answered, in order, before real answers. `requests_seen` keeps every request body."""
 from __future__ import annotations
 
 import json
@@ -9,12 +21,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class CompletionServer:
-    def __init__(self, policy, tokenizer, faults: list[int] | None = None, delay_s: float = 0.0):
-        self.policy, self.tok = policy, tokenizer
+    def __init__(self, policy_or_models, tokenizer, faults: list[int] | None = None, delay_s: float = 0.0,
+                 load=None):
+        if hasattr(policy_or_models, "model"):  # an HFPolicy: its model, under any name
+            self.models, self.default = {}, policy_or_models.model
+        else:
+            self.models, self.default = dict(policy_or_models or {}), None
+        self.load = load
+        self.tok = tokenizer
         self.faults = list(faults or [])  # HTTP codes answered, in order, before real answers
         self.delay_s = delay_s
         self.requests = 0
         self.keys_seen: list[str] = []
+        self.requests_seen: list[dict] = []
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
@@ -23,6 +42,62 @@ class CompletionServer:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+    def _model(self, name: str):
+        if name in self.models:
+            return self.models[name]
+        if self.load is not None:
+            self.models[name] = self.load(name)
+            return self.models[name]
+        if self.default is not None:
+            return self.default
+        raise KeyError(f"model {name!r} is not served")
+
+    def complete(self, req: dict) -> dict:
+        from pipeline.agent.backends import HFPolicy
+        from pipeline.agent.policy import NameSlot, SamplingConfig
+
+        tok = self.tok
+        prompt = req["prompt"]
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
+            prompt = prompt[0]
+        ids = prompt if isinstance(prompt, list) else tok(prompt, add_special_tokens=False)["input_ids"]
+        choices = (req.get("structured_outputs") or {}).get("choice") or req.get("guided_choice")
+        sampling = SamplingConfig(int(req.get("max_tokens") or 16), float(req.get("temperature", 1.0)),
+                                  float(req.get("top_p", 1.0)))
+        with self.lock:  # one forward at a time
+            policy = HFPolicy(self._model(req["model"]), tok, sampling, batch_size=1)
+            g = policy.generate([ids], [int(req.get("seed") or 0)],
+                                [NameSlot("", tuple(choices))] if choices else None)[0]
+        out, lps, finish = list(g.token_ids), list(g.logprobs), "stop" if g.ended else "length"
+        eos = tok.eos_token_id
+        stops = [s for s in (req.get("stop") or []) if s]
+        if choices:  # the choice is complete: the grammar allows nothing more
+            for k in range(1, len(out) + 1):
+                if tok.decode(out[:k], skip_special_tokens=False) in choices:
+                    out, lps, finish = out[:k], lps[:k], "stop"
+                    break
+        elif stops:
+            for k in range(1, len(out) + 1):
+                if any(s in tok.decode([t for t in out[:k] if t != eos], skip_special_tokens=False) for s in stops):
+                    out, lps, finish = out[:k], lps[:k], "stop"
+                    break
+        if eos in (req.get("stop_token_ids") or []) and eos in out:
+            k = out.index(eos) + 1
+            out, lps, finish = out[:k], lps[:k], "stop"
+        text = tok.decode([t for t in out if t != eos], skip_special_tokens=True)
+        for s in stops:
+            if s in text and not choices:
+                i = text.index(s)
+                text = text[: i + len(s)] if req.get("include_stop_str_in_output") else text[:i]
+        tokens = [f"token_id:{t}" for t in out] if req.get("return_tokens_as_token_ids") \
+            else [tok.decode([t], skip_special_tokens=False) for t in out]
+        choice = {"index": 0, "text": text, "finish_reason": finish}
+        if req.get("logprobs") is not None:
+            choice["logprobs"] = {"tokens": tokens, "token_logprobs": lps}
+        return {"id": "cmpl-test", "object": "text_completion", "created": 0, "model": req["model"],
+                "choices": [choice],
+                "usage": {"prompt_tokens": len(ids), "completion_tokens": len(out), "total_tokens": len(ids) + len(out)}}
 
     def _handler(self):
         outer = self
@@ -44,21 +119,15 @@ class CompletionServer:
                 with outer.lock:
                     outer.requests += 1
                     outer.keys_seen.append(self.headers.get("Authorization", ""))
+                    outer.requests_seen.append(req)
                     fault = outer.faults.pop(0) if outer.faults else None
                 if fault:
                     self._send(fault, {"error": {"message": f"injected {fault}", "type": "test"}})
                     return
                 time.sleep(outer.delay_s)
-                ids = outer.tok(req["prompt"], add_special_tokens=False)["input_ids"]
-                with outer.lock:  # one model, one forward at a time
-                    g = outer.policy.generate([ids], [int(req.get("seed") or 0)])[0]
-                tokens = [outer.tok.decode([t]) for t in g.token_ids if t != outer.tok.eos_token_id]
-                lps = g.logprobs if g.ended else g.logprobs
-                self._send(200, {
-                    "id": "cmpl-test", "object": "text_completion", "created": 0, "model": req["model"],
-                    "choices": [{"index": 0, "text": g.text, "finish_reason": "stop" if g.ended else "length",
-                                 "logprobs": {"tokens": tokens, "token_logprobs": lps}}],
-                    "usage": {"prompt_tokens": len(ids), "completion_tokens": len(g.token_ids),
-                              "total_tokens": len(ids) + len(g.token_ids)}})
+                try:
+                    self._send(200, outer.complete(req))
+                except KeyError as e:
+                    self._send(404, {"error": {"message": str(e), "type": "not_found"}})
 
         return H

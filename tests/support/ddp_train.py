@@ -1,0 +1,53 @@
+"""One small PPO round of the tiny model on the toy environment, for the multi-process test: the same global
+batch (4 trajectories) whatever the number of processes. Run it as
+
+    python -m tests.support.ddp_train OUT                                   (one process)
+    accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2 -m tests.support.ddp_train OUT
+
+OUT gets model/ (the trained policy, written by the main process) and round.json (the precompute's reference
+log-probs, the optimizer steps, the world size)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+GLOBAL_BATCH = 4
+
+
+def main(out: Path) -> None:
+    from accelerate import PartialState
+    from safetensors.torch import save_file
+
+    from pipeline.models import SMOLLM2, load_tokenizer
+    from tests.support.tiny_model import make_tiny_model
+    from tests.support.toy_env import play
+    from trainer.config import StepPPOConfig
+    from trainer.model import PolicyWithValue
+    from trainer.step_ppo import StepPPOTrainer
+
+    world = PartialState(cpu=True).num_processes
+    tok = load_tokenizer(SMOLLM2)
+    model = make_tiny_model(tok, seed=5)
+    examples, _ = play(model, tok, 8, 3, 21, "steptool")  # same length each: per-process means average exactly
+    cfg = StepPPOConfig(output_dir=str(out / "ckpt"), report_to=[], use_cpu=True, variant="steptool",
+                        num_train_epochs=1, per_device_train_batch_size=GLOBAL_BATCH // world,
+                        per_device_eval_batch_size=3, gradient_accumulation_steps=1, learning_rate=1e-3,
+                        save_strategy="no", seed=0, data_seed=0, disable_tqdm=True, logging_steps=1,
+                        lr_scheduler_type="constant")
+    trainer = StepPPOTrainer(PolicyWithValue(model), cfg, examples, pad_id=tok.pad_token_id)
+    if trainer.accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"},
+                  out / "start.safetensors")
+    trainer.train()
+    trainer.save_policy(out / "model", tok)
+    if trainer.accelerator.is_main_process:
+        (out / "round.json").write_text(json.dumps({
+            "world": world, "steps": trainer.state.global_step,
+            "ref_logprobs": [it["ref_logprobs"] for it in trainer.train_dataset.items],
+            "advantages": [it["advantages"] for it in trainer.train_dataset.items]}))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

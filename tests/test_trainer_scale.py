@@ -1,0 +1,175 @@
+"""The trainer's scale-out pieces (issue 12, item 1): the round's precompute on the trainer's device, batched,
+equal to one trajectory at a time; gradient checkpointing (full and LoRA) giving the same gradients while
+actually recomputing the layers."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cfg(name: str, **kw):
+    from trainer.config import StepPPOConfig
+
+    base = dict(output_dir=str(REPO / ".pytest_cache" / name), report_to=[], use_cpu=True, variant="steptool",
+                num_train_epochs=1, per_device_train_batch_size=4, gradient_accumulation_steps=1,
+                learning_rate=1e-4, save_strategy="no", seed=0, disable_tqdm=True, logging_steps=1,
+                lr_scheduler_type="constant")
+    base.update(kw)
+    return StepPPOConfig(**base)
+
+
+def test_the_precompute_runs_on_the_trainers_device_after_it_placed_the_model(tokenizer):
+    """Every forward of the round's precompute (reference/old log-probs, value features) sees the model and all
+    of its inputs on `args.device`, and none runs before `Trainer.__init__` has placed the model there (the
+    old trainer ran it in its own `__init__`, on the CPU of a GPU host). bench/gpu.py runs the same check on
+    CUDA."""
+    from tests.support.device_check import record_forward_devices
+    from tests.support.tiny_model import make_tiny_model
+    from tests.support.toy_env import play
+    from trainer.model import PolicyWithValue
+    from trainer.step_ppo import StepPPOTrainer
+
+    model = make_tiny_model(tokenizer, seed=3)
+    examples, _ = play(model, tokenizer, 6, 3, 11, "steptool")
+    wrapped = PolicyWithValue(model)
+    seen = record_forward_devices(wrapped)
+    trainer = StepPPOTrainer(wrapped, _cfg("scale-device"), examples, pad_id=tokenizer.pad_token_id)
+    assert seen == [], "a forward pass ran before the Trainer placed the model"
+    trainer.train()
+    want = torch.device(trainer.args.device).type
+    precompute = [s for s in seen if not s["training"]]
+    assert precompute, "the precompute never ran a forward pass"
+    for s in seen:
+        assert s["params"] == {want} and s["inputs"] == {want}, s
+
+
+def test_the_batched_precompute_equals_one_trajectory_at_a_time(tokenizer):
+    """Right-padded batches of similar lengths: the same reference log-probs and value features as each
+    trajectory alone (fp32), in the examples' order, for step- and token-level variants."""
+    from tests.support.tiny_model import make_tiny_model
+    from tests.support.toy_env import play
+    from trainer.model import PolicyWithValue
+    from trainer.ppo_round import precompute
+
+    model = make_tiny_model(tokenizer, seed=4)
+    full, _ = play(model, tokenizer, 7, 4, 5, "steptool")
+    examples = [_first_steps(e, 1 + i % 4) for i, e in enumerate(full)]
+    assert len({len(e.input_ids) for e in examples}) == 4, "the check needs trajectories of different lengths"
+    wrapped = PolicyWithValue(model)
+    for variant in ("steptool", "ppo_outcome"):
+        one, _ = precompute(wrapped, examples, _cfg("scale-pre", variant=variant, per_device_eval_batch_size=1,
+                                                    baseline="zero"))
+        many, _ = precompute(wrapped, examples, _cfg("scale-pre", variant=variant, per_device_eval_batch_size=5,
+                                                     baseline="zero"))
+        for a, b, e in zip(one, many, examples):
+            assert a["input_ids"] == e.input_ids == b["input_ids"]
+            assert a["ref_logprobs"] == pytest.approx(b["ref_logprobs"], abs=1e-5)
+            assert a["old_values"] == pytest.approx(b["old_values"], abs=1e-4)
+            assert len(a["ref_logprobs"]) == sum(e.action_mask)
+
+
+def _first_steps(ex, k: int):
+    """The trajectory cut after its k-th action (a shorter trajectory of the same kind)."""
+    from trainer.data import Example
+
+    end = ex.step_bounds[k - 1][1]
+    return Example(f"{ex.traj_id}-{k}", ex.input_ids[:end], ex.action_mask[:end], ex.step_bounds[:k],
+                   ex.rewards[:k], group=ex.group)
+
+
+def _grads(model, tokenizer, lora: bool, checkpointing: bool):
+    """Gradients of a loss on log-probs and values of two padded sequences, and how often layer 0 ran forward."""
+    from tests.support.tiny_model import make_tiny_model
+    from trainer.model import PolicyWithValue
+
+    policy = make_tiny_model(tokenizer, seed=7)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(0)
+        policy = get_peft_model(policy, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                   task_type="CAUSAL_LM", init_lora_weights=False))
+    m = PolicyWithValue(policy, value_grad_to_trunk=True)
+    if checkpointing:
+        m.gradient_checkpointing_enable()
+        assert m.is_gradient_checkpointing
+    m.train()
+    calls = []
+    # a pre-hook on a submodule: transformers checkpoints the layer's forward (hooks on the layer itself run once),
+    # and torch's recompute stops early, after the last tensor it needs (a post-hook on the MLP never fires)
+    m.trunk.layers[0].self_attn.register_forward_pre_hook(lambda *a: calls.append(1))
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 2, 2, 2]])
+    att = torch.tensor([[1] * 6, [1, 1, 1, 0, 0, 0]])
+    rows, pos = torch.tensor([0, 0, 1]), torch.tensor([3, 4, 2])
+    _, v, lp, _ = m(ids, att, rows, pos)
+    (lp.sum() + v[att > 0].pow(2).sum()).backward()
+    return {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}, len(calls)
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_gradient_checkpointing_recomputes_the_layers_and_keeps_the_gradients(tokenizer, lora):
+    plain, n_plain = _grads(None, tokenizer, lora, checkpointing=False)
+    ckpt, n_ckpt = _grads(None, tokenizer, lora, checkpointing=True)
+    assert n_plain == 1 and n_ckpt == 2, "checkpointing should run layer 0's attention again in the backward pass"
+    assert set(plain) == set(ckpt) and plain
+    if lora:
+        assert all("lora_" in n or "v_head" in n for n in plain), "LoRA should train the adapters only"
+    for n in plain:
+        torch.testing.assert_close(ckpt[n], plain[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_train_gradient_checkpointing_reaches_the_model_through_the_trainer(tokenizer):
+    """`train.gradient_checkpointing: true` in the params turns it on through the Trainer's own hook."""
+    from tests.support.tiny_model import make_tiny_model
+    from tests.support.toy_env import play
+    from trainer.model import PolicyWithValue
+    from trainer.step_ppo import StepPPOTrainer
+
+    model = make_tiny_model(tokenizer, seed=3)
+    examples, _ = play(model, tokenizer, 4, 2, 11, "steptool")
+    wrapped = PolicyWithValue(model)
+    trainer = StepPPOTrainer(wrapped, _cfg("scale-gc", gradient_checkpointing=True), examples,
+                             pad_id=tokenizer.pad_token_id)
+    trainer.train()
+    assert wrapped.is_gradient_checkpointing and trainer.state.global_step == 1
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate_launch_match_one(tmp_path):
+    """`accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2` on the CPU (gloo): each
+    process precomputes half the round (gathered, so both train on the same advantages) and takes half of
+    each global batch of 4; the trained weights equal one process's with batches of 4 (float tolerance:
+    the gradient all-reduce sums in another order)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, "-m", "tests.support.ddp_train", str(one)], cwd=REPO, env=env, check=True,
+                   timeout=300)
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    subprocess.run([accelerate, "launch", "--config_file", "configs/accelerate/ddp.yaml", "--num_processes", "2",
+                    "--mixed_precision", "no", "-m", "tests.support.ddp_train", str(two)], cwd=REPO, env=env,
+                   check=True, timeout=300)
+    r1, r2 = (json.loads((d / "round.json").read_text()) for d in (one, two))
+    assert (r1["world"], r2["world"]) == (1, 2)
+    assert r1["steps"] == r2["steps"] == 2
+    for a, b in zip(r1["ref_logprobs"], r2["ref_logprobs"], strict=True):
+        assert a == pytest.approx(b, abs=1e-5)
+    for a, b in zip(r1["advantages"], r2["advantages"], strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+    w1, w2 = (load_file(d / "model" / "model.safetensors") for d in (one, two))
+    start = load_file(one / "start.safetensors")
+    assert set(w1) == set(w2) and set(start) >= set(w1)
+    assert max(float((w1[k] - start[k]).abs().max()) for k in w1) > 1e-4, "training did not move the weights"
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6, msg=k)
