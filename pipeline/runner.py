@@ -25,7 +25,7 @@ Positional = tuple[tuple[str, dict], ...]
 def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("urllib3", "httpx", "filelock"):
+    for noisy in ("urllib3", "httpx", "httpx2", "filelock"):  # httpx2: the openai SDK's transport from 3.0
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
