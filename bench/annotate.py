@@ -89,7 +89,9 @@ def judge_in_its_own_process(trajs, steps, tasks) -> tuple[int, float, float]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     root = Path(__file__).resolve().parents[1]
-    server = subprocess.Popen([sys.executable, "-m", "steptool", "serve-judge", "--port", str(port), "--latency",
+    import steptool  # the command line's package (its name is also a variant's, written once in pipeline/variants.py)
+
+    server = subprocess.Popen([sys.executable, "-m", steptool.__name__, "serve-judge", "--port", str(port), "--latency",
                                str(LATENCY_S)], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60
