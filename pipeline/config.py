@@ -19,6 +19,7 @@ import yaml
 
 from pipeline import variants as variant_registry
 from pipeline.errors import ConfigError
+from pipeline.formats.stabletoolbench import SUBSETS as STABLETOOLBENCH_SUBSETS
 
 LEVELS = ("I1", "I2", "I3")
 STRATEGIES = ("cot", "dfsdt")
@@ -123,8 +124,7 @@ class TasksConfig(_Checked):
         "../shared/external/stabletoolbench/solvable_queries/test_instruction")
     stabletoolbench_subsets: list[str] = _help(
         "stabletoolbench: the subsets to draw from (G1_* are I1, G2_* I2, G3_* I3).",
-        factory=lambda: ["G1_instruction", "G1_category", "G1_tool", "G2_instruction", "G2_category",
-                         "G3_instruction"])
+        factory=lambda: list(STABLETOOLBENCH_SUBSETS))
 
     def check(self, where: str) -> None:
         for subset in self.stabletoolbench_subsets:
