@@ -56,6 +56,29 @@ def test_replay_env_answers_recorded_calls_and_counts_misses():
                                              "b": {"calls": 1, "hits": 0, "hit_rate": 0.0}}
 
 
+def test_the_collect_summary_counts_the_replay_misses_among_the_tool_calls():
+    """Three calls (one hit, two misses) and a Finish, as the steps of a trajectory played through the replay env:
+    the summary counts 3 tool calls and 2 misses, the Finish in neither."""
+    import pyarrow as pa
+
+    from pipeline.agent.play import summarize
+    from pipeline.schema import STEPS, TRAJECTORIES
+
+    env = ReplayEnv(ReplayCache.from_rows(_rows()))
+    env.reset(Task("1", "test", "I1", "q", [DOC]))
+    observations = [env.step(NAME, args).observation for args in ('{"id_conc": "x"}', '{"id_conc": "z"}', "{}")]
+    assert (env.hits, env.misses) == (1, 2)
+    steps = [{"traj_id": "t", "step_idx": i, "parse_ok": True, "is_finish": False, "observation": o}
+             for i, o in enumerate(observations)]
+    steps.append({"traj_id": "t", "step_idx": 3, "parse_ok": True, "is_finish": True, "observation": ""})
+    trajs = [{"traj_id": "t", "task_id": "1", "finish_type": "give_answer", "final_answer": "Hall"}]
+    table = lambda rows, schema: pa.Table.from_pylist(  # noqa: E731
+        [{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
+    summary = summarize(table(trajs, TRAJECTORIES), table(steps, STEPS), {})
+    assert summary["tool_calls"] == 3 and summary["replay_misses"] == 2 and summary["steps"] == 4
+    assert summary["pass_rate"] is None  # no task with gold
+
+
 def test_http_server_serves_the_replay_cache_like_the_replay_env():
     cache = ReplayCache.from_rows(_rows())
     server, url = serve_in_thread(cache)
