@@ -78,32 +78,25 @@ def main() -> None:
           f"{cpu / calls * 1000:.2f} ms per call ({cpu:.2f} s for {calls} calls)")
 
 
+def _serve_judge(conn) -> None:
+    """The child process: the test judge until the parent says stop."""
+    server = JudgeServer(Faults(latency_s=LATENCY_S))
+    conn.send(server.url)
+    conn.recv()
+    server.close()
+
+
 def judge_in_its_own_process(trajs, steps, tasks) -> tuple[int, float, float]:
-    """(calls, wall seconds, this process's CPU seconds) of one annotation run against `steptool serve-judge` in
-    a child process."""
-    import socket
-    import subprocess
-    import sys
+    """(calls, wall seconds, this process's CPU seconds) of one annotation run against the test judge in a child
+    process (spawned: this one has imported torch)."""
+    import multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    root = Path(__file__).resolve().parents[1]
-    import steptool  # the command line's package (its name is also a variant's, written once in pipeline/variants.py)
-
-    server = subprocess.Popen([sys.executable, "-m", steptool.__name__, "serve-judge", "--port", str(port), "--latency",
-                               str(LATENCY_S)], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ctx = mp.get_context("spawn")
+    here, there = ctx.Pipe()
+    child = ctx.Process(target=_serve_judge, args=(there,), daemon=True)
+    child.start()
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError("steptool serve-judge did not start") from None
-                time.sleep(0.1)
-        cfg = AnnotateConfig(annotator="openai", base_url=f"http://127.0.0.1:{port}/v1", model="bench", n_votes=1,
+        cfg = AnnotateConfig(annotator="openai", base_url=here.recv(), model="bench", n_votes=1,
                              concurrency=CONCURRENCY, timeout_s=30.0)
         with tempfile.TemporaryDirectory() as tmp:
             label_trajectories(trajs[:CONCURRENCY], steps, tasks, cfg, str(Path(tmp) / "warm.sqlite"), progress=False)
@@ -111,9 +104,8 @@ def judge_in_its_own_process(trajs, steps, tasks) -> tuple[int, float, float]:
             _, stats = label_trajectories(trajs, steps, tasks, cfg, str(Path(tmp) / "judge.sqlite"), progress=False)
             return stats["judge_calls"], time.perf_counter() - t0, time.process_time() - c0
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-
+        here.send("stop")
+        child.join(timeout=30)
 
 if __name__ == "__main__":
     main()
