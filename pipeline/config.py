@@ -385,17 +385,58 @@ class AnnotateConfig(_Checked):
 
 @dataclass
 class RewardsConfig(_Checked):
-    alpha: float = _help("α of r_t = (α·SC + Con/5) / (α + 1) for intermediate steps (1 reproduces the reference).", 1.0)
-    gamma: float = _help("Discount of the Monte-Carlo returns in data/advantages (the trainer has its own γ).", 1.0)
+    """What a step earns and how returns add up (pipeline/rewards.py; docs/architecture.md, "Rewards"): the reward
+    the advantages table holds and the trainer trains on, and the audit that checks what it pays for."""
+
+    shaping: Literal["paper", "progress", "min_form"] = _help(
+        "The step part s_t of r_t = step_scale·s_t − call_cost·call − failed_call_cost·failed + IsSolved (last "
+        "step). 'paper': s_t = (α·SC + Con/5)/(α+1), the paper's §4.1 reward with the reference's normalisation "
+        "(a call that brings nothing new has Con 0). 'progress': s_t = γ·Φ(s_t+1) − Φ(s_t), potential-based "
+        "shaping (Ng, Harada & Russell 1999) with Φ the share of needed facts known (the oracle's `progress`) and "
+        "0 at the end: it moves credit between steps and cannot change the optimal policy. 'min_form': s_t = "
+        "m_t − m_t+1 with m_t the minimum of the process rewards from t on ((α·SC + Con/5)/(α+1) for calls, "
+        "IsSolved for the last step): at γ = 1 a step's credit is the minimum of its future process rewards "
+        "(PURE, arXiv 2504.15275), so padding can only lower it and never answering earns none. The default: of "
+        "the three, the reward audit finds 'paper' paying for padding (α = 1: a repeat still earns SC/2 = 0.5), "
+        "and 'progress' needs the oracle.", "min_form")
+    alpha: float = _help("α of the process reward (α·SC + Con/5) / (α + 1) ('paper' and 'min_form'; 1 reproduces "
+                         "the reference's equal weights).", 1.0)
+    gamma: float = _help(
+        "The discount γ, the only one: of the returns-to-go in data/advantages, of the trainer's advantages and "
+        "value targets (per step; per action token for a token-level variant) and of the 'progress' shaping.", 1.0)
+    step_scale: float = _help(
+        "Weight of the step part s_t against IsSolved (worth 1). The paper's 'normalization for consistency' "
+        "(§4.1) puts both on [0, 1]; summed over several calls the step rewards can still outweigh the answer, "
+        "which this scales down (our reading of it: choose it on val with the audit).", 1.0)
+    call_cost: float = _help("Subtracted from the reward of every tool call (not the Finish), whatever its outcome "
+                             "(variants with step rewards only).", 0.0)
+    failed_call_cost: float = _help("Subtracted, on top of call_cost, from the reward of a call that failed (scaled "
+                                    "by 1 − SC; variants with step rewards only).", 0.0)
     normalize: Literal["none", "whiten"] = _help(
         "Rewards as they are, or whitened over the whole table (mean 0, std 1) before returns: the rewards the "
         "variant gives (only the last step's for one without step rewards; its other steps stay 0).", "none")
+    audit: Literal["warn", "strict"] = _help(
+        "The reward audit (run by the advantages stage and `steptool audit-rewards`): canonical archetypes of every "
+        "train task played through the environment and the annotator (direct solve, one redundant repeat, one "
+        "irrelevant call, calls until the cut, a partial answer, an early give-up). 'warn' reports the share of "
+        "tasks where a padded or non-answering archetype earns more than the direct solve; 'strict' also refuses "
+        "to write the advantages when that share, or the share where another call beats Finish right after the gold "
+        "plan, is above audit_max_share.", "strict")
+    audit_max_share: float = _help("'strict' audit: the largest share of train tasks on which an archetype that "
+                                   "pads or never answers may out-earn the direct solve.", 0.0)
+    audit_max_tasks: int = _help("Train tasks the audit plays (0: all; the first of each level, in file order).", 0)
 
     def check(self, where: str) -> None:
         if self.alpha < 0:
             self._fail(where, "alpha", f"must be >= 0, got {self.alpha}")
         if not 0 <= self.gamma <= 1:
             self._fail(where, "gamma", f"must be in [0, 1], got {self.gamma}")
+        for key in ("step_scale", "call_cost", "failed_call_cost"):
+            if getattr(self, key) < 0:
+                self._fail(where, key, f"must be >= 0, got {getattr(self, key)}")
+        if not 0 <= self.audit_max_share <= 1:
+            self._fail(where, "audit_max_share", f"must be in [0, 1], got {self.audit_max_share}")
+        self._at_least(where, 0, "audit_max_tasks")
 
 
 @dataclass
@@ -403,13 +444,18 @@ class TrainConfig(_Checked):
     """Keys shared with `transformers.TrainingArguments` carry its names, so the trainer's config is this section
     as is (`trainer.config.StepPPOConfig` is a TrainingArguments with these fields)."""
 
-    gamma: float = _help("Discount γ per step (per action token for a token-level variant).", 1.0)
     lam: float = _help("GAE λ.", 0.95)
     cliprange: float = _help("PPO ratio clip ε.", 0.2)
     cliprange_value: float = _help("Value clip around the round's old values (0: off).", 0.2)
     vf_coef: float = _help("Weight of the value loss.", 0.5)
-    kl_coef: float = _help("β of the per-step KL penalty to the reference policy, subtracted from each step's "
-                           "reward.", 0.02)
+    kl_coef: float = _help("β of the KL penalty to the reference policy (the round's starting policy): in the loss "
+                           "(per action token) or in each step's reward, as kl_in says.", 0.02)
+    kl_in: Literal["loss", "reward"] = _help(
+        "Where the KL to the reference acts. 'loss' (as GRPO): β·KL(π_θ‖π_ref) per action token, estimated on the "
+        "collected tokens (importance-weighted: k3 while π_θ = π_old), added to the loss, so it acts from the "
+        "second optimizer step of the first round on. 'reward' (the reference's PPO): r_t − β·KL(π_old‖π_ref) "
+        "summed over action t's tokens (kl_estimator), which is zero in a first round with old_logprobs "
+        "recompute (π_old = π_ref).", "loss")
     kl_estimator: Literal["k1", "k3"] = _help(
         "Per-token estimator of the penalty KL(π_old‖π_ref) on tokens sampled from π_old, d = log π_old − "
         "log π_ref: k1 = d (unbiased, one token can be negative), k3 = exp(−d) + d − 1 (unbiased, never "
@@ -481,9 +527,8 @@ class TrainConfig(_Checked):
             self._fail(where, "seeds", "must hold at least one seed")
         if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             self._fail(where, "seeds", f"must be distinct integers >= 0, got {self.seeds}")
-        for key in ("gamma", "lam"):
-            if not 0 <= getattr(self, key) <= 1:
-                self._fail(where, key, f"must be in [0, 1], got {getattr(self, key)}")
+        if not 0 <= self.lam <= 1:
+            self._fail(where, "lam", f"must be in [0, 1], got {self.lam}")
         if self.learning_rate <= 0:
             self._fail(where, "learning_rate", f"must be > 0, got {self.learning_rate}")
         if self.cliprange <= 0:
@@ -587,6 +632,10 @@ class Params(_Checked):
             if self.collect.replay:
                 raise ConfigError("tasks.source: stabletoolbench needs collect.replay false (the replay is judged "
                                   "by the rule, which reads ToolWorld's gold facts)")
+        if self.rewards.shaping == "progress" and self.annotate.annotator != "oracle":
+            raise ConfigError(f"rewards.shaping: progress needs the share of needed facts each step has made known, "
+                              f"which only annotate.annotator oracle gives (got {self.annotate.annotator}): use "
+                              "paper or min_form")
         if self.agent.backend == "openai" and (self.train.rounds > 1 or self.collect.replay):
             key = "train.rounds > 1" if self.train.rounds > 1 else "collect.replay: true"
             raise ConfigError(f"{key} needs agent.backend hf: the train stage would play its new checkpoint "

@@ -154,7 +154,7 @@ def dvc_paths(variants: list[str], models: list[str], strategies: list[str], see
     """Every path the DVC stages read or write, for the given foreach/matrix items (the layout test compares
     this with dvc.yaml)."""
     paths = {tasks_file("train"), tasks_file("val"), tasks_file("test"), WARMSTART_TASKS, CATALOG, EVAL, TRAIN_PLOTS, ROUNDS,
-             metrics_dir("train"), metrics_dir("collect"), RESULTS_MD, FIGURES, REPORT_METRICS, PASS_RATE_CSV, WIN_RATE_CSV}
+             metrics_dir("train"), metrics_dir("collect"), metrics_dir("advantages"), RESULTS_MD, FIGURES, REPORT_METRICS, PASS_RATE_CSV, WIN_RATE_CSV}
     paths |= {BASE_MODEL, SFT_MODEL, metrics_file("warmstart")}
     for seed in seeds:
         paths |= {trajectories_dir(seed), annotated_dir(seed), table(annotated_dir(seed), "steps"),

@@ -1,47 +1,120 @@
-"""Step rewards, returns-to-go and Monte-Carlo advantages, vectorised with polars (pure functions).
+"""Step rewards and returns-to-go (pure functions; docs/architecture.md, "Rewards").
 
-Step reward (docs/architecture.md, "Rewards"; paper §4.1 with the reference's normalisation), for step t:
+For a trajectory with steps t = 0..T (T the last: the Finish, or the call the action budget cut), with
+SuccCalling SC_t ∈ [0, 1] and Contribution Con_t ∈ [0, 5] (means over the judge's votes) on tool calls:
 
-    intermediate step:  r_t = (α·SC_t + Con_t / 5) / (α + 1)      SC ∈ [0, 1], Con ∈ [0, 5]  ->  r_t ∈ [0, 1]
-    last step:          r_T = IsSolved  (Solved 1, Unsure 0.5, Unsolved 0; a trajectory cut before Finish: 0)
+    r_t = step_scale·s_t − call_cost·[t is a call] − failed_call_cost·[t is a call]·(1 − SC_t) + [t = T]·IsSolved
 
-SC and Con are already means over the judge's votes; r is linear in both, so this equals averaging the
-normalised reward of each vote (the reference's 0.9333 = mean of 1, 1, 0.8). A variant without
-`step_rewards` (pipeline.variants) has intermediate r_t = 0 and r_T = IsSolved; one without
-`credit_across_steps` has G_t = r_t.
+IsSolved: Solved 1, Unsure 0.5, Unsolved 0 (no Finish: 0). The step part s_t depends on `shaping`:
 
-Returns-to-go G_t = Σ_{k≥t} γ^{k−t} r_k within a trajectory. The Monte-Carlo advantage is
-A_t = G_t − b with b the mean return over all steps (a batch baseline; the trainer's step-level GAE with a
-value head replaces it). `normalize: whiten` whitens the rewards the variant gives over the whole table
-first (mean 0, std 1): every step's, or the last step's only for a variant without step rewards.
+    paper      s_t = p_t for t < T, s_T = 0, with p_t = (α·SC_t + Con_t / 5) / (α + 1) ∈ [0, 1]: the paper's
+               §4.1 reward with the reference's normalisation (α = 1: its equal weights). Contribution is judged
+               against the final answer, so a call that brings nothing new earns Con 0 (the oracle says so).
+    progress   s_t = γ·Φ_{t+1} − Φ_t for t < T, s_T = −Φ_T: potential-based shaping (Ng, Harada & Russell 1999,
+               "Policy invariance under reward transformations") with Φ_t the share of the needed facts known
+               before step t (Φ_0 = 0; the annotator's `progress` column, the oracle's) and the episode's end a
+               state of potential 0. Over a whole trajectory the shaping sums to (γ-discounted) zero, so it moves
+               credit between steps but cannot change which policy is optimal.
+    min_form   s_t = m_t − m_{t+1} (m_{T+1} = 0) with m_t = min_{k ≥ t} q_k, q_k = p_k for k < T and q_T = IsSolved
+               (the answer, judged, is the last step's process reward): PURE's min-form credit (Cheng et al.,
+               arXiv 2504.15275). At γ = 1 the step part of the return-to-go is step_scale·m_t, the minimum of the
+               future process rewards, so one poor step lowers the credit of every step before it, padding can
+               only lower it, and a trajectory that never answers (q_T = 0) earns no step credit at all.
+
+A variant without `step_rewards` (pipeline.variants) gets r_t = [t = T]·IsSolved alone; one without
+`credit_across_steps` has γ = 0 (G_t = r_t). Returns-to-go G_t = Σ_{k≥t} γ^{k−t} r_k (`discounted_returns`, the one
+implementation: the advantages table and the trainer both call it). `normalize: whiten` whitens the rewards a
+variant gives over the table (every step's, or only the last step's for a variant without step rewards).
+
+SC and Con are already means over the votes; p is linear in both, so this equals averaging the normalised
+reward of each vote (the reference's 0.9333 = mean of 1, 1, 0.8).
 """
 from __future__ import annotations
 
-import math
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, Sequence
 
 import numpy as np
 import polars as pl
 
 from pipeline import variants
 
+SHAPINGS = ("paper", "progress", "min_form")
 
-def step_rewards(steps: pl.DataFrame, alpha: float = 1.0, variant: str = variants.DEFAULT,
-                 normalize: Literal["none", "whiten"] = "none") -> pl.DataFrame:
-    """steps: one row per step with traj_id, step_idx, succ_calling, contribution, is_solved_score (last step).
-    Returns traj_id, step_idx, reward, is_last (sorted by trajectory and step)."""
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """What a step earns: the `rewards` section of params.yaml as the reward functions read it (`RewardSpec.of`).
+    Its own defaults are the paper's reward as the reference computes it; the pipeline's are params.yaml's."""
+
+    shaping: Literal["paper", "progress", "min_form"] = "paper"
+    alpha: float = 1.0
+    gamma: float = 1.0
+    step_scale: float = 1.0
+    call_cost: float = 0.0
+    failed_call_cost: float = 0.0
+    normalize: Literal["none", "whiten"] = "none"
+
+    @classmethod
+    def of(cls, rewards_cfg, **changes) -> "RewardSpec":
+        """From a `rewards` config section (any object with these attributes), with `changes` applied."""
+        fields = {k: getattr(rewards_cfg, k) for k in cls.__dataclass_fields__}
+        return cls(**{**fields, **changes})
+
+    def check(self) -> None:
+        if self.shaping not in SHAPINGS:
+            raise ValueError(f"shaping must be one of {', '.join(SHAPINGS)}, got {self.shaping!r}")
+        if self.alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
+        if min(self.step_scale, self.call_cost, self.failed_call_cost) < 0:
+            raise ValueError("step_scale, call_cost and failed_call_cost must be >= 0")
+        if self.normalize not in ("none", "whiten"):
+            raise ValueError(f"normalize must be none or whiten, got {self.normalize!r}")
+
+
+def step_rewards(steps: pl.DataFrame, variant: str = variants.DEFAULT, spec: RewardSpec | None = None) -> pl.DataFrame:
+    """steps: one row per step with traj_id, step_idx, succ_calling, contribution (null on Finish),
+    is_solved_score (last step), and `progress` (share of needed facts known after the step) for the
+    `progress` shaping. `spec`: the reward (default: the paper's). Returns traj_id, step_idx, reward, is_last
+    (sorted by trajectory and step)."""
+    spec = spec or RewardSpec()
+    spec.check()
     v = variants.get(variant)
-    if alpha < 0:
-        raise ValueError(f"alpha must be >= 0, got {alpha}")
-    df = steps.select("traj_id", "step_idx", "succ_calling", "contribution", "is_solved_score").sort("traj_id", "step_idx")
-    is_last = pl.col("step_idx") == pl.col("step_idx").max().over("traj_id")
-    intermediate = (alpha * pl.col("succ_calling").fill_null(0.0) + pl.col("contribution").fill_null(0.0) / 5.0) / (alpha + 1.0)
+    cols = ["traj_id", "step_idx", "succ_calling", "contribution", "is_solved_score"]
+    if spec.shaping == "progress":
+        if "progress" not in steps.columns or steps["progress"].null_count() == steps.height:
+            raise ValueError("rewards.shaping progress needs each step's progress (the share of needed facts known), "
+                             "which only the oracle annotator gives: use shaping paper or min_form")
+        cols.append("progress")
+    df = steps.select(cols).sort("traj_id", "step_idx")
+    last = pl.col("step_idx") == pl.col("step_idx").max().over("traj_id")
+    sc = pl.col("succ_calling")
+    df = df.with_columns(last.alias("is_last"), sc.is_not_null().alias("_call"),
+                         ((spec.alpha * sc.fill_null(0.0) + pl.col("contribution").fill_null(0.0) / 5.0)
+                          / (spec.alpha + 1.0)).alias("_p"))
+    if spec.shaping == "paper":
+        part = pl.when(pl.col("is_last")).then(0.0).otherwise(pl.col("_p"))
+    elif spec.shaping == "progress":
+        # Φ_t: known before step t = the progress after step t−1 (0 before the first step)
+        phi = pl.col("progress").fill_null(strategy="forward").over("traj_id").fill_null(0.0)
+        df = df.with_columns(phi.shift(1).over("traj_id").fill_null(0.0).alias("_phi"), phi.alias("_phi_next"))
+        part = pl.when(pl.col("is_last")).then(-pl.col("_phi")).otherwise(
+            spec.gamma * pl.col("_phi_next") - pl.col("_phi"))
+    else:  # min_form: m_t = min of q over the steps from t on (q_T = IsSolved); s_t = m_t − m_{t+1}, m_{T+1} = 0
+        df = df.with_columns(pl.when(pl.col("is_last")).then(pl.col("is_solved_score").fill_null(0.0))
+                             .otherwise(pl.col("_p")).alias("_q"))
+        df = df.with_columns(pl.col("_q").cum_min(reverse=True).over("traj_id").alias("_m"))
+        part = pl.col("_m") - pl.col("_m").shift(-1).over("traj_id").fill_null(0.0)
+    call = pl.col("_call").cast(pl.Float64)
+    step_part = (spec.step_scale * part - spec.call_cost * call
+                 - spec.failed_call_cost * call * (1.0 - sc.fill_null(1.0)))
     if not v.step_rewards:
-        intermediate = pl.lit(0.0)
-    df = df.with_columns(is_last.alias("is_last")).with_columns(
-        pl.when(pl.col("is_last")).then(pl.col("is_solved_score").fill_null(0.0)).otherwise(intermediate)
-        .cast(pl.Float64).alias("reward"))
-    if normalize == "whiten":
+        step_part = pl.lit(0.0)
+    outcome = pl.when(pl.col("is_last")).then(pl.col("is_solved_score").fill_null(0.0)).otherwise(0.0)
+    df = df.with_columns((step_part + outcome).cast(pl.Float64).alias("reward"))
+    if spec.normalize == "whiten":
         # over the rewards the variant gives: every step's, or only the last step's for an outcome-only
         # variant, whose intermediate zeros mean "no reward here" and stay 0 (whitened, they would become a
         # per-step length penalty)
@@ -50,54 +123,53 @@ def step_rewards(steps: pl.DataFrame, alpha: float = 1.0, variant: str = variant
         mean, std = scored.mean() or 0.0, scored.std()
         std = std if std and std > 0 else 1.0
         df = df.with_columns(pl.when(given).then((pl.col("reward") - mean) / std).otherwise(0.0).alias("reward"))
-    elif normalize != "none":
-        raise ValueError(f"normalize must be none or whiten, got {normalize!r}")
     return df.select("traj_id", "step_idx", "reward", "is_last")
 
 
-def returns_to_go(rewards: pl.DataFrame, gamma: float) -> pl.DataFrame:
-    """Adds `return`: G_t = Σ_{k≥t} γ^{k−t} r_k per trajectory (rows sorted by traj_id, step_idx).
+def discounted_returns(rewards: np.ndarray | Sequence[float], lengths: np.ndarray | Sequence[int],
+                       gamma: float) -> np.ndarray:
+    """G_t = Σ_{k≥t} γ^{k−t} r_k within each segment.
 
-    Vectorised as a reverse cumulative sum of r_k·γ^{k−T} (T the last index), rescaled by γ^{T−t}; the
-    exponents are ≤ 0 relative to the end, so nothing overflows for long trajectories."""
+    Args:
+        rewards: [N] float, the segments one after the other (a trajectory's steps, or action tokens).
+        lengths: [S] int ≥ 0, the segments' lengths (sum N).
+        gamma: discount in [0, 1].
+    Returns:
+        [N] float64 returns-to-go. Every segment is swept from its end, all segments at once: the same
+        additions in the same order as the per-trajectory loop G = r + γ·G, so the result does not depend on how
+        segments are batched, and long segments neither overflow nor underflow."""
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}")
-    if gamma == 0.0:
-        return rewards.with_columns(pl.col("reward").alias("return"))
-    if gamma == 1.0:
-        return rewards.with_columns(pl.col("reward").cum_sum(reverse=True).over("traj_id").alias("return"))
-    # G_t = γ^{-t}·Σ_{k≥t} γ^k r_k, with t counted from the trajectory's first step. γ^t underflows only
-    # past ~700/ln(1/γ) steps (1000 steps at γ = 0.5); such tables take the exact per-trajectory loop.
-    longest = rewards.group_by("traj_id").len()["len"].max() or 0
-    if longest * math.log(1.0 / gamma) > 600:
-        return _returns_loop(rewards, gamma)
-    # u is materialised first: a window nested in another window is ~10x slower in polars
-    u = (pl.col("step_idx") - pl.col("step_idx").min().over("traj_id")).cast(pl.Float64)
-    scale = pl.lit(gamma).pow(pl.col("_u"))
-    return (rewards.with_columns(u.alias("_u"))
-            .with_columns(((pl.col("reward") * scale).cum_sum(reverse=True).over("traj_id") / scale).alias("return"))
-            .drop("_u"))
+    r = np.asarray(rewards, dtype=np.float64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if int(lengths.sum()) != len(r) or (lengths < 0).any():
+        raise ValueError(f"segment lengths {lengths.tolist()[:8]}... do not cover {len(r)} rewards")
+    out = r.copy()
+    if gamma == 0.0 or len(r) == 0:
+        return out
+    ends = np.cumsum(lengths)  # exclusive end of each segment
+    from_end = np.repeat(ends, lengths) - 1 - np.arange(len(r))  # 0 on each segment's last element
+    order = np.argsort(from_end, kind="stable")
+    counts = np.bincount(from_end)
+    start = counts[0]
+    for c in counts[1:]:
+        idx = order[start:start + c]
+        out[idx] = r[idx] + gamma * out[idx + 1]
+        start += c
+    return out
 
 
-def _returns_loop(rewards: pl.DataFrame, gamma: float) -> pl.DataFrame:
-    r = rewards["reward"].to_numpy()
-    ids = rewards["traj_id"].to_numpy()
-    out = np.empty_like(r, dtype=np.float64)
-    acc, prev = 0.0, None
-    for i in range(len(r) - 1, -1, -1):
-        if ids[i] != prev:
-            acc, prev = 0.0, ids[i]
-        acc = r[i] + gamma * acc
-        out[i] = acc
-    return rewards.with_columns(pl.Series("return", out))
+def returns_to_go(rewards: pl.DataFrame, gamma: float) -> pl.DataFrame:
+    """Adds `return`: G_t = Σ_{k≥t} γ^{k−t} r_k per trajectory (rows sorted by traj_id, step_idx)."""
+    lengths = rewards["traj_id"].rle()  # runs of one trajectory, in order
+    g = discounted_returns(rewards["reward"].to_numpy(), lengths.struct.field("len").to_numpy(), gamma)
+    return rewards.with_columns(pl.Series("return", g))
 
 
-def advantages(steps: pl.DataFrame, *, alpha: float = 1.0, gamma: float = 1.0, variant: str = variants.DEFAULT,
-               normalize: Literal["none", "whiten"] = "none") -> pl.DataFrame:
-    """traj_id, step_idx, reward, return, advantage, variant for every step (schema ADVANTAGES).
+def reward_table(steps: pl.DataFrame, spec: RewardSpec, variant: str = variants.DEFAULT) -> pl.DataFrame:
+    """traj_id, step_idx, reward, return, variant for every step (schema ADVANTAGES): what the trainer trains on.
     A variant without credit across steps (no_step_opt) has the step's own reward as its return."""
-    r = step_rewards(steps, alpha, variant, normalize)
-    g = returns_to_go(r, gamma if variants.get(variant).credit_across_steps else 0.0)
-    return g.with_columns((pl.col("return") - pl.col("return").mean()).alias("advantage"),
-                          pl.lit(variant).alias("variant")).select(
-        "traj_id", "step_idx", "reward", "return", "advantage", "variant")
+    r = step_rewards(steps, variant=variant, spec=spec)
+    g = returns_to_go(r, spec.gamma if variants.get(variant).credit_across_steps else 0.0)
+    return g.with_columns(pl.lit(variant).alias("variant")).select("traj_id", "step_idx", "reward", "return",
+                                                                   "variant")

@@ -109,16 +109,27 @@ def annotate(params, root: Path, traj_dir: Path, out_dir: Path, metrics: Path) -
     return summary
 
 
-def advantages(params, src: Path, out: Path, variant: str) -> dict:
-    """Step rewards, returns and Monte-Carlo advantages of the annotated steps in `src` -> `out`; the summary."""
-    from pipeline.rewards import advantages as compute
+def reward_table(params, src: Path, variant: str):
+    """The step rewards and returns of the annotated steps in `src` (polars, schema ADVANTAGES) and their summary;
+    nothing is written (the caller may still refuse them)."""
+    from pipeline.rewards import RewardSpec, reward_table as compute
 
     steps = pl.from_arrow(read_table(src, ANNOTATED_STEPS))  # ranges, unique steps, the outcome on the last: checked
     if steps.height == 0:
         raise SteptoolError(f"{src}: no annotated step, nothing to compute rewards for (see {src.parent / FAILED})")
     r = params.rewards
-    table = compute(steps, alpha=r.alpha, gamma=r.gamma, variant=variant, normalize=r.normalize)
+    try:
+        table = compute(steps, RewardSpec.of(r), variant)
+    except ValueError as e:
+        raise SteptoolError(f"{src}: {e}") from None
+    return table, {"variant": variant, "steps": table.height, "trajectories": table["traj_id"].n_unique(),
+                   "reward_mean": round(float(table["reward"].mean() or 0), 4),
+                   "return_mean": round(float(table["return"].mean() or 0), 4), "shaping": r.shaping,
+                   "normalize": r.normalize}
+
+
+def advantages(params, src: Path, out: Path, variant: str) -> dict:
+    """Step rewards and returns of the annotated steps in `src` -> `out` (what the trainer trains on); the summary."""
+    table, summary = reward_table(params, src, variant)
     write_table(table.to_arrow(), out, ADVANTAGES)
-    return {"variant": variant, "steps": table.height, "trajectories": table["traj_id"].n_unique(),
-            "reward_mean": round(float(table["reward"].mean() or 0), 4),
-            "return_mean": round(float(table["return"].mean() or 0), 4), "normalize": r.normalize}
+    return summary

@@ -67,8 +67,11 @@ def run_parsed(run: Callable, args: argparse.Namespace, names: tuple[str, ...] =
     from pipeline.config import load_params
     from pipeline.errors import ConfigError
 
+    t0 = time.perf_counter()
     try:
         params = load_params(args.params)
+        # a ConfigError from the stage itself is a refusal of its params too (e.g. a strict reward audit)
+        summary = run(params, Path(args.root), **{n: getattr(args, n) for n in names})
     except ConfigError as e:
         stage, dvc_root = os.environ.get("DVC_STAGE"), os.environ.get("DVC_ROOT")
         if stage and dvc_root:  # DVC removed this stage's outputs before running it: put them back
@@ -78,8 +81,6 @@ def run_parsed(run: Callable, args: argparse.Namespace, names: tuple[str, ...] =
             if restored:
                 raise ConfigError(f"{e} (the previous outputs are back: {', '.join(restored)})") from None
         raise
-    t0 = time.perf_counter()
-    summary = run(params, Path(args.root), **{n: getattr(args, n) for n in names})
     print(f"{summary} [{time.perf_counter() - t0:.1f}s]")
     return 0
 

@@ -133,6 +133,8 @@ ANNOTATED_STEPS = _schema(
        "null on Finish steps.", range=(0, 1)),
     _f("contribution", pa.float64(), "Contribution to the final answer, 0..5 (mean over votes); null on Finish steps.",
        range=(0, 5)),
+    _f("progress", pa.float64(), "Share of the task's needed facts known after this step (oracle annotator; null "
+       "for annotators that cannot tell): the potential of rewards.shaping progress.", range=(0, 1)),
     _f("is_solved", pa.string(), "Last step only: Solved, Unsure or Unsolved (a trajectory cut at max_steps is "
        "Unsolved); null elsewhere.", choices=("Solved", "Unsure", "Unsolved")),
     _f("is_solved_score", pa.float64(), "Last step only: mean over votes of Solved = 1, Unsure = 0.5, Unsolved = 0.",
@@ -149,13 +151,15 @@ ANNOTATED_STEPS = _schema(
 )
 
 ADVANTAGES = _schema(
-    "Per-step reward, return and advantage of one training variant (data/advantages/<variant>/s<seed>.parquet).",
+    "Per step, the reward and return-to-go one training variant trains on (data/advantages/<variant>/s<seed>.parquet; "
+    "pipeline/rewards.py, params `rewards`). The baseline and advantage need the round's policy: they are in the "
+    "round table (data/rounds/<variant>/s<seed>/r<k>/round.parquet), with the same reward and return.",
     _f("traj_id", pa.string(), "Trajectory id.", False),
     _f("step_idx", pa.int32(), "0-based step index.", False),
-    _f("reward", pa.float64(), "r_t of the variant (see params annotate/advantages).", range=(-FINITE, FINITE)),
-    _f("return", pa.float64(), "Return-to-go.", range=(-FINITE, FINITE)),
-    _f("advantage", pa.float64(), "Monte-Carlo advantage G_t − mean G, for inspection; the trainer's own, against "
-                                  "its baseline, are in data/rounds/<variant>.parquet."),
+    _f("reward", pa.float64(), "r_t of the variant (rewards.shaping, step_scale, call costs; IsSolved on the last "
+                               "step).", range=(-FINITE, FINITE)),
+    _f("return", pa.float64(), "Return-to-go G_t = Σ γ^(k−t) r_k (rewards.gamma; γ = 0 for a variant without credit "
+                               "across steps).", range=(-FINITE, FINITE)),
     _f("variant", pa.string(), "The training variant (pipeline/variants.py)."),
     unique=("traj_id", "step_idx"), steps_of="traj_id",
 )
@@ -166,6 +170,7 @@ ROUND_STEPS = _schema(
     _f("task_id", pa.string(), "The task (samples of one task share the rloo baseline).", False),
     _f("step_idx", pa.int32(), "0-based step index.", False),
     _f("reward", pa.float64(), "r_t as trained (before the KL penalty).", False),
+    _f("return", pa.float64(), "Return-to-go of r (rewards.gamma per step): the advantages table's `return`.", False),
     _f("baseline", pa.float64(), "b(s_t) at the step's value state (train.baseline; token level: the step's first "
                                  "token's).", False),
     _f("advantage", pa.float64(), "The advantage the step's action tokens were trained with, after the round's "

@@ -1,16 +1,22 @@
-"""Stage `advantages VARIANT SEED` (one per variant and seed): step rewards, returns and Monte-Carlo advantages
-of annotate@SEED's steps -> data/advantages/<VARIANT>/s<SEED>.parquet. The trainer reads the rewards from it;
-the returns and advantages are there to look at (the trainer's step-level GAE against its baseline replaces
-them). The input is checked against its schema's constraints first (pipeline/schema.py): values in range and
-finite, no duplicated step, the outcome on each trajectory's last step only; an empty table is an error."""
+"""Stage `advantages VARIANT SEED` (one per variant and seed): the step rewards and returns-to-go of annotate@SEED's
+steps -> data/advantages/<VARIANT>/s<SEED>.parquet, exactly what train@VARIANT-SEED trains on (the same reward and
+return; its round table adds the baseline and advantage, which need the round's policy). First the reward audit
+(pipeline/reward_audit.py): canonical trajectories of every train task (direct solve, a redundant repeat, an
+irrelevant call, calls until the cut, a partial answer, a give-up) played through ToolWorld, labelled by the
+configured annotator and scored by this reward; its numbers go to the stage metrics (`audit`), and with
+`rewards.audit: strict` a reward that padding out-earns on more than `rewards.audit_max_share` of the tasks is
+refused before anything is written. The input is checked against its schema's constraints first
+(pipeline/schema.py): values in range and finite, no duplicated step, the outcome on each trajectory's last step
+only; an empty table is an error."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import layout, rounds, variants
+from pipeline import layout, reward_audit, rounds, variants
 from pipeline.config import Params
 from pipeline.fsutil import write_json
 from pipeline.runner import run_stage
+from pipeline.schema import ADVANTAGES, write_table
 
 ARGS = (("variant", dict(nargs="?", default=variants.DEFAULT, choices=list(variants.NAMES),
                          help="training variant: " + variants.describe())),
@@ -19,11 +25,14 @@ ARGS = (("variant", dict(nargs="?", default=variants.DEFAULT, choices=list(varia
 
 def run(params: Params, root: Path = Path("."), variant: str = variants.DEFAULT, seed: int = 0) -> str:
     out = layout.advantages_file(variant, seed)
-    summary = rounds.advantages(params, root / layout.table(layout.annotated_dir(seed), "steps"), root / out,
-                                variant)
-    write_json(root / layout.metrics_file("advantages", layout.run_name(variant, seed)), summary)
+    table, summary = rounds.reward_table(params, root / layout.table(layout.annotated_dir(seed), "steps"), variant)
+    audit, _ = reward_audit.run(params, root, variant)
+    reward_audit.enforce(audit, params, f"advantages ({variant}, seed {seed})")  # strict: before anything is written
+    write_table(table.to_arrow(), root / out, ADVANTAGES)
+    write_json(root / layout.metrics_file("advantages", layout.run_name(variant, seed)), {**summary, "audit": audit})
+    said = "" if "skipped" in audit else "; audit: " + reward_audit.one_line(audit)
     return (f"advantages ({variant}, seed {seed}): {summary['steps']} steps of {summary['trajectories']} "
-            f"trajectories, mean reward {summary['reward_mean']} -> {out}")
+            f"trajectories, mean reward {summary['reward_mean']}{said} -> {out}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -369,6 +369,29 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
         tmp.write_text("\n".join(",".join(str(c) for c in r) for r in [header, *rows]) + "\n")
 
 
+def reward_audit_section(root: Path, params: Params) -> list[str]:
+    """What each variant's reward pays for (the advantages stage's audit, first seed: it does not depend on it)."""
+    from pipeline.reward_audit import table_markdown
+
+    audits = []
+    for v in params.variants:
+        f = root / layout.metrics_file("advantages", layout.run_name(v, params.train.seeds[0]))
+        if f.exists():
+            audit = json.loads(f.read_text()).get("audit")
+            if audit and "skipped" not in audit:
+                audits.append(audit)
+    if not audits:
+        return []
+    a = audits[0]
+    return ["", "## Reward audit (what each variant's reward pays for)", "",
+            f"Scripted archetypes of {a['tasks']} train tasks, played through ToolWorld and labelled by the "
+            f"{a['annotator']} annotator, scored by each variant's reward (docs/architecture.md, \"Reward audit\"). "
+            "'X > direct' is the share of tasks where that archetype's return G_0 exceeds the direct solve's; "
+            "'Finish preferred' the share where, right after the gold plan, Finish has the larger return than one "
+            f"more call. With {a['max_steps']} actions, {a['tasks_without_slack']} tasks have no action to spare "
+            "after their gold plan and Finish.", "", table_markdown(audits), ""]
+
+
 def run(params: Params, root: Path = Path(".")) -> str:
     e = params.evaluate
     results = load_results(root, params)
@@ -381,7 +404,8 @@ def run(params: Params, root: Path = Path(".")) -> str:
     metrics, md = build(results, e.reference_model, list(params.variants), train_logs, e.split)
     md[2:2] = [benchmark(params), ""]
     at = md.index("## Figures")
-    md[at:at] = learning_signal(load_rounds(root, params)) + [""] + protocol(params, root)
+    md[at:at] = (reward_audit_section(root, params) + learning_signal(load_rounds(root, params)) + [""]
+                 + protocol(params, root))
     figures(metrics, e.reference_model, train_logs, root / layout.FIGURES)
     with atomic_path(root / layout.RESULTS_MD) as tmp:
         tmp.write_text("\n".join(md) + "\n", encoding="utf-8")

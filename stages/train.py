@@ -94,7 +94,7 @@ def train_round(params: Params, root: Path, variant: str, seed: int, start: Path
     tracking, callbacks = reporting(t.report_to, root, "train", f"{layout.run_name(variant, seed)}/{work.name}",
                                     main=procs.main, resume=resume)
     cfg = StepPPOConfig(
-        **{**to_dict(t), **tracking}, variant=variant, seed=seed, output_dir=str(ckpt), use_cpu=device == "cpu",
+        **{**to_dict(t), **tracking}, gamma=params.rewards.gamma, variant=variant, seed=seed, output_dir=str(ckpt), use_cpu=device == "cpu",
         bf16=resolve_precision(t.precision, device) == "bf16", lr_scheduler_type="constant", warmup_steps=0,
         data_seed=seed, save_strategy="steps", logging_steps=1, disable_tqdm=False, dataloader_num_workers=0,
         train_sampling_strategy="group_by_length")  # similar lengths: less padding

@@ -10,7 +10,7 @@ import argparse
 import importlib
 from pathlib import Path
 
-from pipeline import layout
+from pipeline import layout, variants
 from pipeline.errors import SteptoolError
 from pipeline.runner import add_common, add_stage_arguments, guard, setup_logging
 from pipeline.task import SPLITS
@@ -94,6 +94,54 @@ def _play(args: argparse.Namespace) -> int:
             summary["replay"] = {"calls": len(calls), "misses": misses,
                                  "hit_rate": round(1 - misses / len(calls), 4) if calls else None}
     print(json.dumps(summary))
+    return 0
+
+
+def _audit_rewards(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline import reward_audit
+    from pipeline.config import load_params
+    from pipeline.fsutil import atomic_path
+    from pipeline.rewards import SHAPINGS, RewardSpec
+
+    params = load_params(args.params)
+    root = Path(args.root)
+    changes = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in RewardSpec.__dataclass_fields__ or key == "shaping":
+            raise SteptoolError(f"--set {item!r}: expected KEY=VALUE with KEY one of alpha, gamma, step_scale, "
+                                "call_cost, failed_call_cost, normalize")
+        try:
+            changes[key] = value if key == "normalize" else float(value)
+        except ValueError:
+            raise SteptoolError(f"--set {item!r}: {value!r} is not a number") from None
+    shapings = list(SHAPINGS) if args.shaping == ["all"] else (args.shaping or [params.rewards.shaping])
+    if "progress" in shapings and params.annotate.annotator != "oracle":
+        shapings.remove("progress")  # it needs the oracle's progress; the others still say what they pay for
+    tasks = reward_audit.audit_tasks(params, root, args.max_tasks)
+    gold = [t for t in tasks if t.has_gold and t.gold_calls]
+    if not gold:
+        raise SteptoolError(f"{root / layout.tasks_file('train')}: no train task with a gold plan to script "
+                            "archetypes from (the audit needs ToolWorld tasks)")
+    labelled = reward_audit.label(params, root, gold)
+    summaries = []
+    for shaping in shapings:
+        spec = RewardSpec.of(params.rewards, shaping=shaping, **changes)
+        try:
+            spec.check()
+        except ValueError as e:
+            raise SteptoolError(f"--set: {e}") from None
+        for variant in args.variant or params.variants:
+            summaries.append(reward_audit.run(params, root, variant, spec, gold, labelled)[0])
+    if args.json:
+        print("\n".join(json.dumps(s) for s in summaries))
+    else:
+        print(reward_audit.table_markdown(summaries))
+    if args.out:
+        with atomic_path(Path(args.out)) as tmp:
+            tmp.write_text(reward_audit.table_markdown(summaries) + "\n", encoding="utf-8")
     return 0
 
 
@@ -240,6 +288,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--converted", help="also write the trajectories in StableToolBench's converted-answer format "
                                        "here (default with --queries: OUT/converted_answers.json)")
     p.set_defaults(func=_play)
+    p = sub.add_parser("audit-rewards", help="what a reward pays for: scripted archetypes' returns per shaping",
+                       description="The reward audit (docs/architecture.md, \"Reward audit\"): for every train task, "
+                                   "script a direct gold solve, one redundant repeat, one irrelevant call, calls until "
+                                   "the action budget ends, a partial answer and an early give-up; play them through "
+                                   "ToolWorld (data/tools/catalog.json), label them with the configured annotator "
+                                   "(an LLM judge through its cache and cost estimate) and score them by the reward "
+                                   "of params.yaml, or of each --shaping with --set changes. Prints one row per "
+                                   "shaping and variant: the share of tasks where padding or never answering "
+                                   "earns more than the direct solve, and where Finish beats one more call right "
+                                   "after the gold plan. Needs the tasks stage's outputs (dvc repro tasks).")
+    add_common(p)
+    p.add_argument("--variant", action="append", choices=list(variants.NAMES),
+                   help="a training variant (repeatable; default: params.yaml's variants)")
+    p.add_argument("--shaping", action="append", choices=["paper", "progress", "min_form", "all"],
+                   help="rewards.shaping to audit (repeatable; 'all': every one; default: params.yaml's)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="change a rewards key for the audit, e.g. --set step_scale=0.2 --set call_cost=0.05")
+    p.add_argument("--max-tasks", type=int, default=None,
+                   help="the first N train tasks of each level (default rewards.audit_max_tasks; 0: all)")
+    p.add_argument("--json", action="store_true", help="one JSON summary per line instead of the table")
+    p.add_argument("--out", help="also write the Markdown table to this file")
+    p.set_defaults(func=_audit_rewards)
     p = sub.add_parser("build-replay", help="index real StableToolBench responses for the replay environment",
                        description="Read every call in a pass_rate_results folder (<method>/<subset>.json answer_steps) "
                                    "into a Parquet table for env.kind=replay, and print how many calls of each "

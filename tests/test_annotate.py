@@ -117,13 +117,34 @@ def test_oracle_contributions_by_hand(world, splits, tokenizer):
                 assert sl.contribution == 5.0  # expert calls each bring an id or a fact the first time
         expected = "Solved" if t["finish_type"] == "give_answer" else "Unsolved"
         assert lab.is_solved == expected and lab.is_solved_score == {"Solved": 1.0, "Unsolved": 0.0}[expected]
-    # a repeated successful call brings nothing new: contribution 1
+    # A repeated successful call brings nothing new: Contribution 0 (it was 1, a reward of 0.6 at α = 1, and with
+    # γ = 1 every repeat then added to the return of every earlier step, so padding out-earned answering; the
+    # paper judges Contribution against the final answer: "minimal actions receive lower rewards")
     t, task = trajs[0], tasks[0]
     st = by[t["traj_id"]]
     first_ok = next(s for s in st if not s["is_finish"] and succ_calling(s["api_name"], s["parse_ok"], s["observation"])[0])
     repeated = st[:-1] + [dict(first_ok, step_idx=len(st) - 1)] + [dict(st[-1], step_idx=len(st))]
     lab = oracle_label(t, repeated, task)
-    assert lab.steps[-2].contribution == 1.0 and lab.steps[-2].succ_calling == 1.0
+    assert lab.steps[-2].contribution == 0.0 and lab.steps[-2].succ_calling == 1.0
+    # progress: the share of the needed items seen so far, 1 once the plan ran, unchanged by the repeat
+    assert lab.steps[-2].progress == lab.steps[-3].progress == lab.steps[-1].progress == 1.0
+    assert [sl.progress for sl in lab.steps] == sorted(sl.progress for sl in lab.steps)
+
+
+def test_heuristic_gives_a_repeat_nothing(world, splits, tokenizer):
+    """The heuristic's LCS rule would credit a repeat as much as the call it repeats (same response): a repeat
+    (same function, same arguments) gets Contribution 0."""
+    tasks = splits["train"][:3]
+    trajs, steps = play_scripted(world, tasks, tokenizer)
+    by = group_steps(steps)
+    t = next(t for t in trajs if t["finish_type"] == "give_answer")
+    st = by[t["traj_id"]]
+    base = heuristic_label(t, st, None, threshold=0.0)  # threshold 0: every successful call contributes
+    ok = [i for i, (s, sl) in enumerate(zip(st, base.steps)) if sl.succ_calling == 1.0]
+    assert ok and all(base.steps[i].contribution == 5.0 for i in ok)
+    again = dict(st[ok[0]], step_idx=len(st) - 1)
+    lab = heuristic_label(t, st[:-1] + [again, dict(st[-1], step_idx=len(st))], None, threshold=0.0)
+    assert lab.steps[-2].succ_calling == 1.0 and lab.steps[-2].contribution == 0.0
 
 
 def test_lcs_and_heuristic():

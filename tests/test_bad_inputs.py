@@ -20,7 +20,7 @@ def _rows():
                 "final_answer": "x" if last else None, "prompt_tokens": 1, "action_tokens": 1,
                 "behaviour_logprob": -1.0, "parse_error": "", "env_status": "ok",
                 "succ_calling": None if last and t == "a" else sc, "contribution": None if last and t == "a" else con,
-                "is_solved": status, "is_solved_score": score, "sc_rule": 1, "sc_reason": "", "annotator": "oracle",
+                "progress": None, "is_solved": status, "is_solved_score": score, "sc_rule": 1, "sc_reason": "", "annotator": "oracle",
                 "judge_model": None, "prompt_version": "v", "votes": 1, "vote_details": None, "cache_hits": 0}
     return [row("a", 0, False), row("a", 1, True, score=1.0, status="Solved"),
             row("b", 0, True, score=0.0, status="Unsolved")]
@@ -82,6 +82,7 @@ def test_good_annotations_pass_and_empty_ones_are_an_error(tmp_path):
     src = tmp_path / layout.table(layout.annotated_dir(0), "steps")
     write_table(_rows(), src, ANNOTATED_STEPS)
     assert read_table(src, ANNOTATED_STEPS).num_rows == 3
+    assert _cli("tasks", cwd=tmp_path).returncode == 0  # the reward audit scripts the train tasks in their world
     proc = _cli("advantages", "steptool", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     write_table([], src, ANNOTATED_STEPS)

@@ -16,16 +16,22 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_rloo_by_hand():
-    # task x: three samples with returns-to-go per step; task y: one sample
+    """A three-trajectory toy (task x) and a task played once (y). A sibling that ended before step t is left out
+    of step t's baseline: counted as a return of 0 (as before), it lowered the baseline of late steps, so a
+    trajectory that kept calling got a larger advantage there than one that answered."""
     targets = [[3.0, 2.0, 1.0], [1.0, 0.0], [2.0], [5.0, 4.0]]
     unit_step = [[0, 1, 2], [0, 1], [0], [0, 1]]
     groups = ["x", "x", "x", "y"]
     b = baselines.rloo(targets, unit_step, groups)
-    # sample 0, step 0: mean(1, 2) = 1.5; step 1: mean(0, 0 past the end of sample 2) = 0; step 2: both ended
+    # sample 0: step 0 mean(1, 2) = 1.5; step 1 only sample 1 reached it: 0 (sample 2 left out, the old rule gave
+    # mean(0, 0) = 0 too); step 2: no other sample reached it: 0
     assert b[0] == pytest.approx([1.5, 0.0, 0.0])
-    assert b[1] == pytest.approx([2.5, 1.0])  # step 0: mean(3, 2); step 1: mean(2, 0)
+    # sample 1: step 0 mean(3, 2) = 2.5; step 1 only sample 0 reached it: 2 (the old rule: mean(2, 0) = 1)
+    assert b[1] == pytest.approx([2.5, 2.0])
     assert b[2] == pytest.approx([2.0])  # mean(3, 1)
     assert b[3] == [0.0, 0.0]  # played once: no other sample
+    # so the long sample's step-1 advantage is G − b = 2 − 0 = 2 and the short one's 0 − 2 = −2: the baseline
+    # compares each with a sibling that is still playing, not with one that stopped
 
 
 def test_rloo_lines_up_token_units_by_step():
@@ -125,7 +131,7 @@ def test_round_logs_each_baselines_explained_variance(tokenizer):
     assert {"round_baseline_ev_rloo", "round_baseline_ev_crossfit", "round_baseline_ev_fit_returns"} <= set(stats)
     assert stats["round_tasks"] == 3
     # rloo's by hand, from the returns-to-go (γ = 1)
-    targets = [mc_returns(e.rewards, 1.0) for e in exs]
+    targets = mc_returns([e.rewards for e in exs], 1.0)
     expected = baselines.explained_variance(targets, baselines.rloo(
         targets, [list(range(len(t))) for t in targets], [e.group for e in exs]))
     assert stats["round_baseline_ev_rloo"] == pytest.approx(expected)

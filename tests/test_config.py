@@ -1,6 +1,8 @@
 """params.yaml: typed, with one-line errors that name the key."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -145,3 +147,24 @@ def test_the_openai_backend_refuses_what_plays_checkpoints_inside_the_train_stag
         f.write_text(yaml.safe_dump({"agent": {"backend": "openai"}, **extra}))
         with pytest.raises(ConfigError, match=key):
             load_params(f)
+
+
+def test_reward_params_are_checked_against_the_annotator():
+    """progress shaping reads the oracle's progress column: another annotator is refused with one line."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["rewards"]["shaping"] = "progress"
+    assert parse_params(raw, "params.yaml").rewards.shaping == "progress"  # with the oracle
+    raw["annotate"]["annotator"] = "heuristic"
+    with pytest.raises(ConfigError, match="rewards.shaping: progress needs .* oracle"):
+        parse_params(raw, "params.yaml")
+    for key, value, says in (("step_scale", -1.0, "rewards.step_scale must be >= 0"),
+                             ("audit_max_share", 1.5, "rewards.audit_max_share must be in [0, 1]"),
+                             ("shaping", "sum", "rewards.shaping must be one of")):
+        raw = yaml.safe_load((REPO / "params.yaml").read_text())
+        raw["rewards"][key] = value
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            parse_params(raw, "params.yaml")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["train"]["gamma"] = 0.9  # the one γ is rewards.gamma
+    with pytest.raises(ConfigError, match="unknown key 'train.gamma'"):
+        parse_params(raw, "params.yaml")

@@ -84,7 +84,14 @@ def test_repro_builds_every_stage(repo):
             # the round trained on the collect stage's trajectories, and replayed the train tasks after training
             # (round 2 and later, which collect and annotate inside the stage: tests/test_rounds.py)
             r1 = pl.read_parquet(dest / layout.round_dir(variant, seed, 1) / "round.parquet")
-            assert r1.height == pl.read_parquet(dest / layout.advantages_file(variant, seed)).height
+            adv = pl.read_parquet(dest / layout.advantages_file(variant, seed))
+            assert r1.height == adv.height
+            # data/advantages holds exactly what the round trained on: the same reward and return on every step
+            both = r1.join(adv, on=["traj_id", "step_idx"], suffix="_table")
+            assert both.height == r1.height
+            assert (both["reward"] == both["reward_table"]).all() and (both["return"] == both["return_table"]).all()
+            audit = json.loads((dest / layout.metrics_file("advantages", layout.run_name(variant, seed))).read_text())
+            assert audit["audit"]["tasks"] == 16 and audit["audit"]["padded_beats_direct"] == 0.0
             round1 = json.loads((dest / layout.round_dir(variant, seed, 1) / "metrics.json").read_text())
             assert round1["replay"]["tasks"] == 3
             log = json.loads((dest / layout.train_plot(variant, seed)).read_text())
@@ -103,7 +110,7 @@ def test_repro_builds_every_stage(repo):
     md = (dest / layout.RESULTS_MD).read_text()
     assert "| steptool | cot |" in md and "## Ablation" in md and "2 training runs (seeds)" in md
     assert "## Learning signal" in md and "comes from the **test** split" in md and "| steptool | 1 | 1 |" in md
-    assert "replay pass rate" in md
+    assert "replay pass rate" in md and "## Reward audit" in md and "| min_form | 1 |" in md
     assert pl.read_parquet(dest / layout.tasks_file("val")).height > 0
     annotated = pl.read_parquet(dest / layout.table(layout.annotated_dir(0), "steps"))
     assert annotated.height == pl.read_parquet(dest / layout.table(layout.trajectories_dir(0), "steps")).height

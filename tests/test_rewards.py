@@ -1,14 +1,15 @@
-"""Step rewards, returns and Monte-Carlo advantages (pipeline/rewards.py), with hand-computed values."""
+"""Step rewards and returns (pipeline/rewards.py), with hand-computed values for every shaping."""
 from __future__ import annotations
 
 import ast
 import csv
 
+import numpy as np
 import polars as pl
 import pytest
 
 from pipeline.annotate.importer import import_reference_annotations
-from pipeline.rewards import advantages, returns_to_go, step_rewards
+from pipeline.rewards import RewardSpec, discounted_returns, returns_to_go, reward_table, step_rewards
 
 
 def table(rows):
@@ -25,26 +26,29 @@ T = table([
 ])
 
 
+PAPER = RewardSpec(shaping="paper")
+
+
 def test_step_rewards_by_hand():
-    r = step_rewards(T, alpha=1.0)
+    r = step_rewards(T)  # the paper's reward by default
     assert r["reward"].round(4).to_list() == [1.0, 0.2, 0.5, 0.7667, 0.0]
     assert r["is_last"].to_list() == [False, False, True, False, True]
-    r2 = step_rewards(T, alpha=2.0)  # (2·SC + Con/5) / 3
+    r2 = step_rewards(T, spec=RewardSpec(shaping="paper", alpha=2.0))  # (2·SC + Con/5) / 3
     assert r2["reward"].round(4).to_list() == [1.0, 0.1333, 0.5, round((2 * 2 / 3 + 13 / 15) / 3, 4), 0.0]
     assert step_rewards(T, variant="no_step_reward")["reward"].to_list() == [0.0, 0.0, 0.5, 0.0, 0.0]
     assert step_rewards(T, variant="ppo_outcome")["reward"].to_list() == [0.0, 0.0, 0.5, 0.0, 0.0]
-    w = step_rewards(T, normalize="whiten")["reward"]
+    w = step_rewards(T, spec=RewardSpec(shaping="paper", normalize="whiten"))["reward"]
     assert abs(w.mean()) < 1e-12 and abs(w.std() - 1) < 1e-12
     # outcome-only: the final rewards 0.5 and 0.0 are whitened (±0.7071 with the sample std 0.3536); the
     # intermediate steps stay 0 rather than becoming a length penalty of −mean/std each
-    w = step_rewards(T, variant="no_step_reward", normalize="whiten")["reward"].round(4).to_list()
+    w = step_rewards(T, "no_step_reward", RewardSpec(normalize="whiten"))["reward"].round(4).to_list()
     assert w == [0.0, 0.0, 0.7071, 0.0, -0.7071]
     with pytest.raises(ValueError, match="unknown variant"):
         step_rewards(T, variant="nope")
 
 
 def test_returns_by_hand():
-    r = step_rewards(T)
+    r = step_rewards(T, spec=PAPER)
     g = returns_to_go(r, 0.9)["return"].round(6).to_list()
     # a: G2 = 0.5, G1 = 0.2 + 0.9·0.5 = 0.65, G0 = 1 + 0.9·0.65 = 1.585; b: G1 = 0, G0 = 0.766667
     assert g == [1.585, 0.65, 0.5, round(0.7666667, 6), 0.0]
@@ -59,19 +63,122 @@ def test_returns_of_long_trajectories_do_not_underflow():
     assert g[-1] == 1.0 and abs(g[0] - 2.0) < 1e-9 and all(x == x for x in g)
 
 
-def test_advantages_table():
-    a = advantages(T, gamma=1.0)
-    assert a.columns == ["traj_id", "step_idx", "reward", "return", "advantage", "variant"]
-    mean = sum([1.7, 0.7, 0.5, 0.7666667, 0.0]) / 5
-    assert a["advantage"].round(4).to_list() == [round(x - mean, 4) for x in [1.7, 0.7, 0.5, 0.7666667, 0.0]]
-    nso = advantages(T, gamma=1.0, variant="no_step_opt")  # no credit across steps: return = own reward
+def test_reward_table():
+    a = reward_table(T, RewardSpec(shaping="paper", gamma=1.0))
+    assert a.columns == ["traj_id", "step_idx", "reward", "return", "variant"]
+    assert a["return"].round(4).to_list() == [1.7, 0.7, 0.5, 0.7667, 0.0]
+    nso = reward_table(T, RewardSpec(shaping="paper", gamma=1.0), "no_step_opt")  # no credit across steps
     assert nso["return"].round(4).to_list() == [1.0, 0.2, 0.5, 0.7667, 0.0]
+
+
+# Three trajectories of one 2-fact task, oracle-style labels (SC, Con, progress after the step):
+#   d: two calls that each bring a fact, then a correct answer                  (the direct solve)
+#   r: the same, one repeat of the last call (SC 1, Con 0: nothing new), answer (padded)
+#   n: the two calls, then repeats until the budget: no Finish                   (never answers)
+S = pl.DataFrame(
+    [("d", 0, 1.0, 5.0, 0.5, None), ("d", 1, 1.0, 5.0, 1.0, None), ("d", 2, None, None, 1.0, 1.0),
+     ("r", 0, 1.0, 5.0, 0.5, None), ("r", 1, 1.0, 5.0, 1.0, None), ("r", 2, 1.0, 0.0, 1.0, None),
+     ("r", 3, None, None, 1.0, 1.0),
+     ("n", 0, 1.0, 5.0, 0.5, None), ("n", 1, 1.0, 5.0, 1.0, None), ("n", 2, 1.0, 0.0, 1.0, None),
+     ("n", 3, 1.0, 0.0, 1.0, 0.0)],
+    schema={"traj_id": pl.String, "step_idx": pl.Int32, "succ_calling": pl.Float64, "contribution": pl.Float64,
+            "progress": pl.Float64, "is_solved_score": pl.Float64}, orient="row")
+
+
+def _g0(spec, variant="steptool"):
+    t = reward_table(S, spec, variant)
+    return {tid: round(t.filter((pl.col("traj_id") == tid) & (pl.col("step_idx") == 0))["return"][0], 6)
+            for tid in ("d", "r", "n")}, {tid: [round(x, 6) for x in t.filter(pl.col("traj_id") == tid)["reward"]]
+                                          for tid in ("d", "r", "n")}
+
+
+def test_paper_shaping_pays_for_padding_by_hand():
+    """The paper's reward at α = 1, γ = 1: a repeat with Con 0 still earns SC/2 = 0.5, so the padded trajectory
+    earns 1 + 1 + 0.5 + 1 = 3.5 against the direct solve's 3 (the audit's finding)."""
+    g0, r = _g0(RewardSpec(shaping="paper"))
+    assert r["d"] == [1.0, 1.0, 1.0] and r["r"] == [1.0, 1.0, 0.5, 1.0] and r["n"] == [1.0, 1.0, 0.5, 0.0]
+    assert g0 == {"d": 3.0, "r": 3.5, "n": 2.5}
+    # α = 0 pays Contribution alone: the repeat earns 0, padding ties
+    assert _g0(RewardSpec(shaping="paper", alpha=0.0))[0] == {"d": 3.0, "r": 3.0, "n": 2.0}
+    # step_scale 0.5 and call_cost 0.3 (every call, the cut one too): d = [0.2, 0.2, 1] -> 1.4;
+    # r = [0.2, 0.2, 0.25 − 0.3, 1] -> 1.35; n = [0.2, 0.2, −0.05, 0 − 0.3] -> 0.05
+    g0, r = _g0(RewardSpec(shaping="paper", step_scale=0.5, call_cost=0.3))
+    assert g0 == {"d": 1.4, "r": 1.35, "n": 0.05}
+    assert r["n"] == [0.2, 0.2, -0.05, -0.3]
+
+
+def test_min_form_by_hand():
+    """q = process rewards (α·SC + Con/5)/(α + 1) on calls and IsSolved on the last step; m_t = min_{k≥t} q_k;
+    s_t = m_t − m_{t+1}: at γ = 1, G_t = step_scale·m_t + IsSolved."""
+    g0, r = _g0(RewardSpec(shaping="min_form"))
+    # d: q = [1, 1, 1], m = [1, 1, 1], s = [0, 0, 1]; r_T = 1 + 1 = 2        -> G_0 = 1 + 1 = 2
+    assert r["d"] == [0.0, 0.0, 2.0]
+    # r: q = [1, 1, 0.5, 1], m = [0.5, 0.5, 0.5, 1], s = [0, 0, −0.5, 1]; r_T = 1 + 1 -> G_0 = 0.5 + 1 = 1.5
+    assert r["r"] == [0.0, 0.0, -0.5, 2.0]
+    # n: q = [1, 1, 0.5, 0] (cut: IsSolved 0), m = [0, 0, 0, 0]                 -> G_0 = 0
+    assert r["n"] == [0.0, 0.0, 0.0, 0.0]
+    assert g0 == {"d": 2.0, "r": 1.5, "n": 0.0}
+    # right after the plan (step 2): Finish's return 2 against the repeat's −0.5 + 2 = 1.5
+    # with a call cost 0.1 per call: d 2 − 0.2, r 1.5 − 0.3
+    assert _g0(RewardSpec(shaping="min_form", call_cost=0.1))[0] == {"d": 1.8, "r": 1.2, "n": -0.4}
+
+
+def test_progress_shaping_by_hand():
+    """Φ_t = progress before step t (Φ_0 = 0), potential 0 at the end: r_t = γ·Φ_{t+1} − Φ_t (+ IsSolved on the last),
+    minus a failed call's cost. At γ = 1 the shaping telescopes: G_0 = IsSolved − costs."""
+    g0, r = _g0(RewardSpec(shaping="progress"))
+    # d: Φ = [0, 0.5, 1]: r = [0.5, 0.5, 1 − 1 = 0]...: r_T = −Φ_T + IsSolved = −1 + 1 = 0
+    assert r["d"] == [0.5, 0.5, 0.0]
+    assert r["r"] == [0.5, 0.5, 0.0, 0.0]
+    assert r["n"] == [0.5, 0.5, 0.0, -1.0]  # cut: −Φ_T = −1, no answer
+    assert g0 == {"d": 1.0, "r": 1.0, "n": 0.0}
+    # γ = 0.5: d: r_0 = 0.5·0.5 − 0 = 0.25, r_1 = 0.5·1 − 0.5 = 0, r_2 = −1 + 1 = 0 -> G_0 = 0.25
+    g0, r = _g0(RewardSpec(shaping="progress", gamma=0.5))
+    assert r["d"] == [0.25, 0.0, 0.0] and g0["d"] == 0.25
+    with pytest.raises(ValueError, match="progress"):
+        step_rewards(T, spec=RewardSpec(shaping="progress"))  # no progress column: only the oracle gives it
+
+
+def test_failed_call_cost_and_outcome_only_variants():
+    failed = S.with_columns(pl.when((pl.col("traj_id") == "d") & (pl.col("step_idx") == 0)).then(0.0)
+                            .otherwise(pl.col("succ_calling")).alias("succ_calling"))
+    t = reward_table(failed, RewardSpec(shaping="paper", failed_call_cost=0.25))
+    # d step 0: SC 0, Con 5 -> p = (0 + 1)/2 = 0.5, minus 0.25·(1 − 0) = 0.25
+    assert t.filter((pl.col("traj_id") == "d") & (pl.col("step_idx") == 0))["reward"][0] == pytest.approx(0.25)
+    for variant in ("no_step_reward", "ppo_outcome"):  # IsSolved alone, whatever the shaping and the costs
+        g0, r = _g0(RewardSpec(shaping="min_form", call_cost=0.5), variant)
+        assert r["d"] == [0.0, 0.0, 1.0] and g0 == {"d": 1.0, "r": 1.0, "n": 0.0}
+
+
+def test_discounted_returns_equal_the_loop_whatever_the_batching():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 9, size=200)
+    r = rng.normal(size=int(lengths.sum()))
+
+    def loop(rew, gamma):
+        out, acc = [], 0.0
+        for x in reversed(rew):
+            acc = x + gamma * acc
+            out.append(acc)
+        return out[::-1]
+
+    for gamma in (0.0, 0.5, 0.99, 1.0):
+        got = discounted_returns(r, lengths, gamma)
+        want, at = [], 0
+        for n in lengths:
+            want += loop(r[at:at + n], gamma)
+            at += n
+        assert got.tolist() == want  # the same additions in the same order: equal to the last bit
+        half = int(lengths[:100].sum())  # batching: the first 100 trajectories alone give the same numbers
+        assert discounted_returns(r[:half], lengths[:100], gamma).tolist() == want[:half]
+    with pytest.raises(ValueError, match="cover"):
+        discounted_returns([1.0, 2.0], [3], 1.0)
 
 
 def test_reference_rewards_reappear_in_its_training_csvs(external):
     """α = 1 and vote averaging on the reference's GPT-4 annotations give rewards its PPO CSVs contain."""
     _, rows = import_reference_annotations(external / "steptool/reward_annotation/qwen2_G123_example_5.json")
-    ours = set(step_rewards(pl.DataFrame(rows, infer_schema_length=None), alpha=1.0)["reward"].round(4).to_list())
+    ours = set(step_rewards(pl.DataFrame(rows, infer_schema_length=None), spec=PAPER)["reward"].round(4).to_list())
     csv.field_size_limit(1 << 30)
     theirs = set()
     for path in sorted((external / "steptool/data_train").glob("*_step_grained_for_ppo_example.csv")):

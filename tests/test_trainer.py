@@ -365,6 +365,45 @@ def test_round_scales_once_over_all_steps_and_shapes_rewards_with_the_kl(tokeniz
     for e, it in zip(ex, ref):
         e.behaviour_logprobs = [x + 0.1 for x in it["ref_logprobs"]]
     items, _ = prepare_round(model, ex, _round_cfg("steptool", old_logprobs="behaviour", kl_coef=0.5, lam=1.0,
-                                                   gamma=1.0))
+                                                   gamma=1.0, kl_in="reward"))
     assert items[0]["returns"] == pytest.approx([0.5 - 0.1 + 1.0 - 0.15, 1.0 - 0.15])
     assert items[1]["returns"] == pytest.approx([0.25 - 0.1])
+    # with the KL in the loss (the default) the rewards are not shaped: the returns are the rewards'
+    items, _ = prepare_round(model, ex, _round_cfg("steptool", old_logprobs="behaviour", kl_coef=0.5, lam=1.0,
+                                                   gamma=1.0))
+    assert items[0]["returns"] == pytest.approx([0.5 + 1.0, 1.0]) and items[1]["returns"] == pytest.approx([0.25])
+    assert items[0]["step_return"] == pytest.approx([1.5, 1.0])  # the round table's `return`
+
+
+def test_the_default_kl_acts_in_the_first_round(tokenizer):
+    """With kl_in: reward and recompute, the first round's penalty KL(π_old‖π_ref) is 0 (π_old = π_ref), so β did
+    nothing: the weights equal β = 0's to the last bit. With kl_in: loss (the default) β·KL(π_θ‖π_ref) acts from
+    the second optimizer step on (its gradient is 0 at π_θ = π_ref): the weights differ, and the policy ends
+    closer to the reference."""
+    from tests.support.tiny_model import make_tiny_model
+    from tests.support.toy_env import play
+    from trainer import step_ppo
+    from trainer.config import StepPPOConfig
+    from trainer.model import PolicyWithValue
+
+    examples, _ = play(make_tiny_model(tokenizer, seed=5), tokenizer, 8, 3, 21, "steptool")
+
+    def train(**kw):
+        model = make_tiny_model(tokenizer, seed=5)
+        cfg = StepPPOConfig(output_dir=str(REPO / ".pytest_cache" / "ppo-kl"), report_to=[], use_cpu=True,
+                            variant="steptool", num_train_epochs=2, per_device_train_batch_size=2,
+                            gradient_accumulation_steps=1, learning_rate=3e-3, save_strategy="no", seed=0,
+                            disable_tqdm=True, logging_steps=1, lr_scheduler_type="constant", **kw)
+        trainer = step_ppo.StepPPOTrainer(PolicyWithValue(model), cfg, examples, pad_id=tokenizer.pad_token_id)
+        trainer.train()
+        kl = [h["kl_ref_token"] for h in trainer.state.log_history if "kl_ref_token" in h]
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}, kl
+
+    free, kl_free = train(kl_coef=0.0)
+    as_reward, _ = train(kl_coef=5.0, kl_in="reward")
+    as_loss, kl_loss = train(kl_coef=5.0)
+    assert all(torch.equal(free[k], as_reward[k]) for k in free)
+    moved = max(float((free[k] - as_loss[k]).abs().max()) for k in free)
+    assert moved > 1e-4, moved
+    assert kl_loss[0] == pytest.approx(kl_free[0], abs=1e-9)  # the first step: same weights, same KL
+    assert kl_free[-1] > 0 and kl_loss[-1] < kl_free[-1]

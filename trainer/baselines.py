@@ -7,9 +7,11 @@ features fitted to ~90 returns and read back on the same states nearly interpola
 explained variance 0.86, leave-out −0.52 on the CPU default's trajectories), so G − b keeps only the fit's
 residue and a step with G = 3 gets A ≈ 0. The choices here never see their own targets:
 
-    rloo      per task, the mean over the *other* samples of the same task of their return-to-go at the same
-              step index (0 past a sample's end), as RLOO does per prompt; two samples that both earned
-              nothing get A = 0 exactly. A task played once gets b = 0.
+    rloo      per task, the mean over the *other* samples of the same task that reached the same step index
+              of their return-to-go there, as RLOO does per prompt; two samples that both earned nothing get
+              A = 0 exactly. A sample that had already ended is left out (counting it as a return of 0 would
+              lower the baseline of late steps and so favour long trajectories); a step no other sample
+              reached, and a task played once, get b = 0.
     crossfit  the ridge head fitted on the other folds of tasks (K folds), read on this fold.
     zero      b = 0.
 
@@ -35,9 +37,8 @@ def rloo(targets: list[list[float]], unit_step: list[list[int]], groups: list[st
         unit_step: per trajectory, the step index of each unit, [T_i] (non-decreasing).
         groups: per trajectory, its task (samples of one task share it).
     Returns:
-        per trajectory [T_i]: for a unit at step t, the mean over the other trajectories j of its group of
-        G^j at the first unit of step t of j (0 when j has fewer than t + 1 steps); 0 when the group has
-        no other trajectory."""
+        per trajectory [T_i]: for a unit at step t, the mean over the other trajectories j of its group that
+        have a step t of G^j at the first unit of step t of j; 0 when no other trajectory of the group has one."""
     at_step = []  # per trajectory: step index -> G at that step's first unit
     for g, s in zip(targets, unit_step):
         first: dict[int, float] = {}
@@ -53,7 +54,11 @@ def rloo(targets: list[list[float]], unit_step: list[list[int]], groups: list[st
         if not others:
             out.append([0.0] * len(g))
             continue
-        out.append([sum(at_step[j].get(k, 0.0) for j in others) / len(others) for k in s])
+        row = []
+        for k in s:
+            reached = [at_step[j][k] for j in others if k in at_step[j]]
+            row.append(sum(reached) / len(reached) if reached else 0.0)
+        out.append(row)
     return out
 
 

@@ -3,7 +3,8 @@
     1. precompute   per trajectory, with the policy at the start of the round: reference and old log-probs of
                     every action token, the value head (zero or fitted to the Monte-Carlo returns) and the old
                     values V(s) at the value states;
-    2. kl_shaped    r'_t = r_t − β·KL_t, KL_t the penalty of π_old against π_ref summed over action t's tokens;
+    2. kl_shaped    with train.kl_in: reward, r'_t = r_t − β·KL_t, KL_t the penalty of π_old against π_ref summed
+                    over action t's tokens (with kl_in: loss, the default, the KL is a loss term instead);
     3. advantages   GAE over steps (every token of action t gets A_t) or over action tokens (token-level
                     variants) against a baseline that never saw its own targets (trainer/baselines.py),
                     with γ = 0 for variants without credit across steps; the value head's target R is the
@@ -24,6 +25,7 @@ import math
 import torch
 
 from pipeline import variants
+from pipeline.rewards import discounted_returns
 from trainer import baselines
 from trainer.data import Example
 from trainer.gae import step_gae
@@ -62,13 +64,15 @@ def unit_rewards(ex: Example, token_level: bool) -> list[float]:
     return out
 
 
-def mc_returns(rewards: list[float], gamma: float) -> list[float]:
-    """G_t = Σ_{k≥t} γ^{k−t} r_k."""
-    out, acc = [], 0.0
-    for r in reversed(rewards):
-        acc = r + gamma * acc
-        out.append(acc)
-    return out[::-1]
+def mc_returns(rewards: list[list[float]], gamma: float) -> list[list[float]]:
+    """Per trajectory, G_t = Σ_{k≥t} γ^{k−t} r_k: `pipeline.rewards.discounted_returns`, the one implementation
+    (the advantages table's returns are the same numbers)."""
+    flat = discounted_returns([x for r in rewards for x in r], [len(r) for r in rewards], gamma).tolist()
+    out, at = [], 0
+    for r in rewards:
+        out.append(flat[at:at + len(r)])
+        at += len(r)
+    return out
 
 
 # ---- phase 1 -------------------------------------------------------------------------------------------------
@@ -141,7 +145,8 @@ def precompute(model: PolicyWithValue, examples: list[Example], cfg, rank: int =
     was_training = model.training
     model.eval()
     fwd = _gather(_shard_forward(model, examples, cfg, rank, world, progress), world)
-    items, feats, targets, unit_step = [], [], [], []
+    items, feats, unit_step = [], [], []
+    targets = mc_returns([unit_rewards(ex, v.token_level) for ex in examples], gamma)
     for i, ex in enumerate(examples):
         ref, f = fwd[i]
         old = ref
@@ -151,7 +156,6 @@ def precompute(model: PolicyWithValue, examples: list[Example], cfg, rank: int =
         n_act = len(ref)
         value_pos = value_positions(ex, v.token_level)
         feats.append(f)
-        targets.append(mc_returns(unit_rewards(ex, v.token_level), gamma))
         unit_step.append(action_token_steps(ex) if v.token_level else list(range(len(ex.step_bounds))))
         items.append({"input_ids": ex.input_ids, "action_mask": ex.action_mask, "rewards": list(ex.rewards),
                       "unit_rewards": unit_rewards(ex, v.token_level),
@@ -244,11 +248,15 @@ def prepare_round(model: PolicyWithValue, examples: list[Example], cfg, rank: in
     unit_mask = pad([[1] * len(it["unit_rewards"]) for it in items], 0, torch.float64)
     kl_tok = kl_per_token(pad([it["old_logprobs"] for it in items], 0.0, torch.float64),
                           pad([it["ref_logprobs"] for it in items], 0.0, torch.float64), cfg.kl_estimator)
+    # 2: the penalty in the reward only with kl_in: reward (with `recompute`, zero in a first round: π_old = π_ref);
+    # kl_in: loss puts β·KL(π_θ‖π_ref) in the loss instead (StepPPOTrainer.compute_loss)
     rewards = kl_shaped(pad([it["unit_rewards"] for it in items], 0.0, torch.float64), kl_tok, token_unit,
-                        tok_mask, cfg.kl_coef)                                      # 2
+                        tok_mask, cfg.kl_coef if cfg.kl_in == "reward" else 0.0)
     base = pad([it["baseline"] for it in items], 0.0, torch.float64)
     adv, _ = advantages(rewards, base, unit_mask, cfg.variant, cfg.gamma, cfg.lam)  # 3
-    ret, _ = advantages(rewards, torch.zeros_like(base), unit_mask, cfg.variant, cfg.gamma, 1.0)
+    gamma = cfg.gamma if variants.get(cfg.variant).credit_across_steps else 0.0
+    ret = mc_returns([rewards[i, :len(it["unit_rewards"])].tolist() for i, it in enumerate(items)], gamma)
+    step_ret = mc_returns([list(ex.rewards) for ex in examples], gamma)  # the advantages table's `return`
     valid = unit_mask > 0
     std = float(adv[valid].std()) if int(valid.sum()) > 1 else 0.0
     stats.update({"round_advantage_mean": float(adv[valid].mean()), "round_advantage_std": std,
@@ -262,7 +270,8 @@ def prepare_round(model: PolicyWithValue, examples: list[Example], cfg, rank: in
     for i, it in enumerate(items):
         n, u = len(it["old_logprobs"]), len(it["unit_rewards"])
         it["advantages"] = adv_tok[i, :n].tolist()
-        it["returns"] = ret[i, :u].tolist()
+        it["returns"] = ret[i]
+        it["step_return"] = step_ret[i]
         it["step_baseline"], it["step_advantage"] = _per_step(examples[i], it, adv[i, :u].tolist(), token_level)
         del it["unit_rewards"], it["token_unit"], it["baseline"]
     return items, stats
@@ -283,8 +292,9 @@ def _per_step(ex: Example, item: dict, unit_adv: list[float], token_level: bool)
 
 
 def round_table(examples: list[Example], items: list[dict], variant: str) -> list[dict]:
-    """Rows of schema ROUND_STEPS: per step, the reward, baseline and advantage this round trained with."""
-    return [{"traj_id": ex.traj_id, "task_id": ex.group, "step_idx": k, "reward": float(r), "baseline": float(b),
-             "advantage": float(a), "variant": variant}
+    """Rows of schema ROUND_STEPS: per step, the reward, return, baseline and advantage this round trained with."""
+    return [{"traj_id": ex.traj_id, "task_id": ex.group, "step_idx": k, "reward": float(r), "return": float(g),
+             "baseline": float(b), "advantage": float(a), "variant": variant}
             for ex, it in zip(examples, items)
-            for k, (r, b, a) in enumerate(zip(ex.rewards, it["step_baseline"], it["step_advantage"]))]
+            for k, (r, g, b, a) in enumerate(zip(ex.rewards, it["step_return"], it["step_baseline"],
+                                                 it["step_advantage"]))]

@@ -10,7 +10,8 @@ One PPO round = the trajectories given, read top to bottom as in CleanRL's ppo.p
              ratio = exp(log π_θ − log π_old) on action tokens, each token with its fixed advantage A
              L_pg  = mean max(−A·ratio, −A·clip(ratio, 1 ± ε))
              L_v   = ½ mean max((V − R)², (V_old + clip(V − V_old, ± ε_v) − R)²) at the value states
-             loss  = L_pg + c_v·L_v − c_H·entropy
+             L_kl  = mean over action tokens of KL(π_θ‖π_ref) (kl_in: loss; importance-weighted on tokens from π_old)
+             loss  = L_pg + c_v·L_v + β·L_kl − c_H·entropy
 
 Logged: policy/value loss, approx_kl (KL(π_old‖π_θ), k3 on tokens from π_old), clipfrac, explained_variance
 (of the value head), mean step reward, KL(π_θ‖π_ref) (per trajectory and per token, importance-weighted
@@ -110,6 +111,12 @@ class StepPPOTrainer(Trainer):
             v_err = torch.max(v_err, (v_clip - ret) ** 2)
         vf = 0.5 * v_err[valid].mean()
         loss = pg + a.vf_coef * vf
+        # KL(π_θ‖π_ref) per action token on the collected tokens (kl_to_ref: k3 while π_θ = π_old); as a loss term
+        # (kl_in: loss) it acts in the first round, where the reward's π_old-vs-π_ref penalty is zero
+        kl_tok = kl_to_ref(logp, inputs["ref_logprobs"][tok], old_lp)
+        kl_loss = kl_tok.mean() if kl_tok.numel() else logp.sum() * 0.0
+        if a.kl_in == "loss" and a.kl_coef > 0:
+            loss = loss + a.kl_coef * kl_loss
         if entropy is not None:
             loss = loss - a.entropy_coef * entropy.mean()
 
@@ -127,7 +134,7 @@ class StepPPOTrainer(Trainer):
             m["advantage_mean"].append(float(adv.mean()) if adv.numel() else 0.0)
             # KL(π_θ‖π_ref) on tokens sampled from π_old (trainer/ppo_round.py, kl_to_ref): kl_ref per trajectory
             # (summed over its ~100-300 action tokens, the penalty's scale), kl_ref_token per token
-            kl_tok = kl_to_ref(logp.detach(), inputs["ref_logprobs"][tok], old_lp)
+            kl_tok = kl_tok.detach()
             m["kl_ref"].append(float(kl_tok.sum() / max(1, int(ids.shape[0]))))
             m["kl_ref_token"].append(float(kl_tok.mean()) if kl_tok.numel() else 0.0)
             if entropy is not None:

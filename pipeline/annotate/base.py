@@ -1,6 +1,7 @@
 """What every annotator returns: one label per trajectory, one entry per step (the Finish step included)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from pipeline.toolworld.fact_judge import UNSOLVED, pass_score
@@ -11,6 +12,7 @@ class StepLabel:
     succ_calling: float | None  # [0, 1]; None on Finish
     contribution: float | None  # [0, 5]; None on Finish
     votes: list | None = None  # raw per-vote values, judge annotators only
+    progress: float | None = None  # share of the needed facts known after this step (oracle only)
 
 
 @dataclass
@@ -38,8 +40,20 @@ def status_of(score: float) -> str:
     return UNSOLVED
 
 
+def call_key(api_name: str | None, arguments: str | None) -> tuple[str, str]:
+    """A call's identity for "was it made before": the function and its arguments as canonical JSON (keys
+    sorted, values stripped and case-folded); arguments that are not a JSON object as their raw text."""
+    try:
+        obj = json.loads(arguments) if (arguments or "").strip() else {}
+    except (json.JSONDecodeError, TypeError, RecursionError):
+        obj = None
+    if not isinstance(obj, dict):
+        return (api_name or "", "raw:" + str(arguments or ""))
+    return (api_name or "", json.dumps({k: str(v).strip().casefold() for k, v in obj.items()}, sort_keys=True))
+
+
 def step_is_call(step: dict) -> bool:
     return not step.get("is_finish") and step.get("api_name") != "Finish"
 
 
-__all__ = ["StepLabel", "TrajLabel", "status_of", "step_is_call", "pass_score"]
+__all__ = ["StepLabel", "TrajLabel", "call_key", "status_of", "step_is_call", "pass_score"]

@@ -1,15 +1,16 @@
 """The `heuristic` annotator, for environments without gold: the reference implementation's rule.
 A successful call contributes (5) when the longest common subsequence of its response and the final
-answer covers at least `threshold` of the response, else 0. IsSolved: the rule judge when the task has
+answer covers at least `threshold` of the response, else 0; a repeat of an earlier call (same function, same
+arguments) brings nothing new and gets 0, as the paper's Contribution asks. IsSolved: the rule judge when the task has
 gold facts; otherwise a given answer is Unsure (nobody checked it) and no answer is Unsolved."""
 from __future__ import annotations
 
-from pipeline.annotate.base import StepLabel, TrajLabel, step_is_call
+from pipeline.annotate.base import StepLabel, TrajLabel, call_key, step_is_call
 from pipeline.annotate.succ_calling import read_envelope, succ_calling
 from pipeline.task import Task
 from pipeline.toolworld.fact_judge import pass_score, rule_judge
 
-PROMPT_VERSION = "heuristic-lcs-v1"
+PROMPT_VERSION = "heuristic-lcs-v2"  # v2: a repeated call contributes 0
 MAX_CHARS = 4000  # both texts are cut here: the bit-parallel LCS is O(n*m/64) and stays fast
 
 
@@ -38,13 +39,17 @@ def lcs_ratio(response: str, answer: str) -> float:
 def heuristic_label(traj: dict, steps: list[dict], task: Task | None, threshold: float = 0.5) -> TrajLabel:
     answer = traj.get("final_answer") or ""
     labels = []
+    made: set[tuple] = set()
     for st in steps:
         if not step_is_call(st):
             labels.append(StepLabel(None, None))
             continue
         sc, _ = succ_calling(st["api_name"], st["parse_ok"], st["observation"], env_status=st.get("env_status"))
         con = 0.0
-        if sc and answer:
+        key = call_key(st.get("api_name"), st.get("arguments_json"))
+        repeat = key in made
+        made.add(key)
+        if sc and answer and not repeat:
             _, response, _ = read_envelope(st["observation"] or "")
             text = response if isinstance(response, str) else str(response)
             con = 5.0 if lcs_ratio(text, answer) >= threshold else 0.0

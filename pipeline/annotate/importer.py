@@ -100,13 +100,13 @@ def import_reference_annotations(path: str | Path, policy: str = "reference") ->
                          "parse_ok": True, "observation": st.response, "is_finish": False, "finish_type": "none",
                          "final_answer": None, "env_status": "ok",
                          "succ_calling": sum(sc) / n_votes, "contribution": sum(con) / n_votes,
-                         "is_solved": None, "is_solved_score": None, "sc_rule": sc_rule, "sc_reason": reason,
+                         "progress": None, "is_solved": None, "is_solved_score": None, "sc_rule": sc_rule, "sc_reason": reason,
                          "vote_details": json.dumps([{"succeed_tool_calling": a, "contribution": b}
                                                      for a, b in zip(sc, con)])})
         rows.append({**common, "step_idx": len(steps), "api_name": "Finish", "arguments_json": finish_args,
                      "parse_ok": True, "observation": "", "is_finish": True, "finish_type": finish_type,
                      "final_answer": final_answer or None, "env_status": "finish", "succ_calling": None,
-                     "contribution": None, "is_solved": status_of(score), "is_solved_score": score,
+                     "contribution": None, "progress": None, "is_solved": status_of(score), "is_solved_score": score,
                      "sc_rule": None, "sc_reason": "finish", "vote_details": json.dumps(
                          [answer_status(s) for _, s in sorted(statuses.items())])})
     return trajs, rows

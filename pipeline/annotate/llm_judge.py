@@ -40,7 +40,7 @@ from pipeline.errors import SteptoolError
 from pipeline.formats.stabletoolbench import STATUS_VALUE
 
 log = logging.getLogger("steptool.annotate")
-PROMPT_VERSION = "steptool-judge-v1"
+PROMPT_VERSION = "steptool-judge-v2"  # v2: nothing new earns 0 (a repeat, a result the answer already had)
 
 SYSTEM = (
     "You are an expert evaluator of AI agents that use tools (APIs) to answer a user's query. You will see the "
@@ -49,7 +49,9 @@ SYSTEM = (
     "- succeed_tool_calling: 1 if the call was executed correctly and returned a valid result (not an error, not "
     "an empty result, not an error message), else 0.\n"
     "- contribution_to_final_answer: an integer from 0 to 5, how much the step's result contributed to the final "
-    "answer (0: nothing, 5: essential information that the final answer uses).\n"
+    "answer (0: nothing, 5: essential information that the final answer uses). A step that brings nothing new "
+    "gets 0: a repeat of an earlier call, or a result whose information earlier steps had already brought. Fewer "
+    "steps for the same answer is better.\n"
     "Then judge the final answer: final_answer_status is Solved if it fully answers every part of the query with "
     "information from the steps, Unsure if it answers part of it or cannot be verified, Unsolved if it does not "
     "answer, gives up, or is missing.\n"

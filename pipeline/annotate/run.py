@@ -71,6 +71,7 @@ def annotated_rows(steps_by_traj: dict[str, list[dict]], labels: list[TrajLabel]
                                            is_finish=bool(st["is_finish"]), env_status=st.get("env_status"))
             last = i == len(steps) - 1
             rows.append({**st, "succ_calling": sl.succ_calling, "contribution": sl.contribution,
+                         "progress": sl.progress,
                          "is_solved": lab.is_solved if last else None,
                          "is_solved_score": lab.is_solved_score if last else None,
                          "sc_rule": sc_rule, "sc_reason": reason, "annotator": lab.annotator,

@@ -1,0 +1,119 @@
+"""The reward audit (pipeline/reward_audit.py) on a hand-built two-task toy: the archetypes are played through the
+real ToolWorld and labelled by the real oracle, and every return is computed here by hand.
+
+Task A needs one call, task B two (a search that finds an id, then the call that takes it); the budget is 6
+actions. Under the oracle a gold call that brings something needed earns SC 1, Con 5 (p = 1 at α = 1), a repeat
+SC 1, Con 0 (p = 0.5), and the right answer IsSolved 1.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from pipeline import layout, reward_audit
+from pipeline.config import load_params
+from pipeline.errors import ConfigError
+from pipeline.fsutil import write_json
+from pipeline.rewards import RewardSpec
+from pipeline.schema import TASKS, write_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def toy(world, splits, tmp_path_factory):
+    train = splits["train"]
+    a = next(t for t in train if len(t.gold_calls) == 1 and len(t.gold_facts) >= 2)
+    b = next(t for t in train if len(t.gold_calls) == 2 and len(t.gold_facts) >= 2)
+    root = tmp_path_factory.mktemp("audit")
+    write_table([a.to_row(), b.to_row()], root / layout.tasks_file("train"), TASKS)
+    catalog = world.catalog()
+    catalog["max_observation_length"] = 1024
+    write_json(root / layout.CATALOG, catalog)
+    params = load_params(REPO / "params.yaml")
+    tasks = reward_audit.audit_tasks(params, root)
+    return params, root, tasks, reward_audit.label(params, root, tasks), a, b
+
+
+def _returns(toy, spec, variant="steptool"):
+    params, root, tasks, labelled, a, b = toy
+    summary, per_task = reward_audit.run(params, root, variant, spec, tasks, labelled)
+    rows = {r["task_id"]: r for r in per_task.to_dicts()}
+    return summary, rows[a.task_id], rows[b.task_id]
+
+
+def test_the_oracle_labels_the_archetypes_as_expected(toy):
+    _, _, _, (steps, _, gold_steps), a, b = toy
+    assert gold_steps == {a.task_id: 1, b.task_id: 2}
+    got = {(r["task_id"], r["archetype"]): r for r in steps.group_by("task_id", "archetype").agg(
+        pl.col("contribution"), pl.col("succ_calling"), pl.col("is_solved_score").last()).to_dicts()}
+    assert got[(a.task_id, "direct")]["contribution"] == [5.0, None]
+    assert got[(a.task_id, "redundant")]["contribution"] == [5.0, 0.0, None]  # the repeat brings nothing new
+    assert got[(a.task_id, "no_answer")]["contribution"] == [5.0] + [0.0] * 5  # 6 actions, cut, no Finish
+    assert got[(b.task_id, "no_answer")]["succ_calling"] == [1.0] * 6
+    assert got[(a.task_id, "direct")]["is_solved_score"] == 1.0
+    assert got[(a.task_id, "partial")]["is_solved_score"] == 0.5  # half the facts: Unsure
+    assert got[(a.task_id, "give_up")]["is_solved_score"] == 0.0
+    assert got[(b.task_id, "no_answer")]["is_solved_score"] == 0.0
+
+
+def test_the_old_reward_pays_for_padding(toy):
+    """The paper's shaping at α = 1, γ = 1, with a repeat credited Contribution 1 as the oracle did before:
+    A: direct 1 + 1 = 2; redundant 1 + 0.6 + 1 = 2.6; no answer 1 + 0.6·4 + 0 (the cut call earns IsSolved 0) = 3.4.
+    B: direct 1 + 1 + 1 = 3; redundant 3.6; no answer 1 + 1 + 0.6·3 + 0 = 3.8. Padding is ahead on both tasks."""
+    params, root, tasks, (steps, stats, gold), a, b = toy
+    old = steps.with_columns(pl.when(pl.col("archetype").is_in(["redundant", "no_answer"])
+                                     & (pl.col("contribution") == 0.0) & (pl.col("succ_calling") == 1.0))
+                             .then(1.0).otherwise(pl.col("contribution")).alias("contribution"))
+    summary, per_task = reward_audit.run(params, root, "steptool", RewardSpec(shaping="paper"), tasks,
+                                         (old, stats, gold))
+    rows = {r["task_id"]: r for r in per_task.to_dicts()}
+    assert rows[a.task_id]["G_direct"] == pytest.approx(2.0) and rows[a.task_id]["G_redundant"] == pytest.approx(2.6)
+    assert rows[a.task_id]["G_no_answer"] == pytest.approx(3.4)
+    assert rows[b.task_id]["G_direct"] == pytest.approx(3.0) and rows[b.task_id]["G_redundant"] == pytest.approx(3.6)
+    assert rows[b.task_id]["G_no_answer"] == pytest.approx(3.8)
+    assert summary["padded_beats_direct"] == 1.0 and summary["beats_no_answer"] == 1.0
+    # right after the plan: Finish 1 against the repeat's 0.6 + 1: another call is preferred on both tasks
+    assert rows[a.task_id]["finish_advantage"] == pytest.approx(-0.6) and summary["call_preferred"] == 1.0
+    params_strict = params  # the default audit is strict with audit_max_share 0: this reward is refused
+    with pytest.raises(ConfigError, match="refusing to train"):
+        reward_audit.enforce(summary, params_strict, "toy")
+
+
+def test_paper_without_the_repeat_credit_still_pays_sc(toy):
+    """Con 0 for a repeat is not enough at α = 1: SC alone earns 0.5. A: redundant 1 + 0.5 + 1 = 2.5 > 2."""
+    summary, a, b = _returns(toy, RewardSpec(shaping="paper"))
+    assert (a["G_direct"], a["G_redundant"], a["G_no_answer"]) == pytest.approx((2.0, 2.5, 3.0))
+    assert (b["G_direct"], b["G_redundant"], b["G_no_answer"]) == pytest.approx((3.0, 3.5, 3.5))
+    assert summary["beats_redundant"] == 1.0
+
+
+def test_every_shaping_the_default_may_choose_never_pays_for_a_redundant_call(toy):
+    """min_form (the default) and progress, by hand, on both tasks."""
+    # min_form, γ = 1: G_0 = min over the steps' q (p on calls, IsSolved on the last) + IsSolved
+    summary, a, b = _returns(toy, RewardSpec(shaping="min_form"))
+    assert (a["G_direct"], a["G_redundant"], a["G_no_answer"]) == pytest.approx((2.0, 1.5, 0.0))
+    assert (b["G_direct"], b["G_redundant"], b["G_no_answer"]) == pytest.approx((2.0, 1.5, 0.0))
+    assert a["G_partial"] == pytest.approx(0.5 + 0.5) and a["G_give_up"] == pytest.approx(0.0)
+    # right after the plan: Finish earns 1 + 1 = 2, one more call −0.5 + 2 = 1.5
+    assert a["finish_advantage"] == pytest.approx(0.5) and b["finish_advantage"] == pytest.approx(0.5)
+    assert summary["padded_beats_direct"] == 0.0 and summary["finish_preferred"] == 1.0
+    assert summary["direct_beats_all"] == 1.0
+    # progress, γ = 1, call cost 0.05: G_0 = IsSolved − 0.05 per call (the shaping telescopes to 0)
+    summary, a, b = _returns(toy, RewardSpec(shaping="progress", call_cost=0.05))
+    assert (a["G_direct"], a["G_redundant"], a["G_no_answer"]) == pytest.approx((0.95, 0.9, -0.3))
+    assert (b["G_direct"], b["G_redundant"], b["G_no_answer"]) == pytest.approx((0.9, 0.85, -0.3))
+    assert summary["padded_beats_direct"] == 0.0 and summary["finish_preferred"] == 1.0
+    for s in (RewardSpec(shaping="min_form"), RewardSpec(shaping="progress", call_cost=0.05)):
+        reward_audit.enforce(_returns(toy, s)[0], toy[0], "toy")  # strict, share 0: accepted
+
+
+def test_outcome_only_variants_tie_padding_and_no_step_opt_prefers_finish(toy):
+    summary, a, _ = _returns(toy, RewardSpec(shaping="paper"), "ppo_outcome")
+    assert (a["G_direct"], a["G_redundant"], a["G_no_answer"]) == pytest.approx((1.0, 1.0, 0.0))
+    assert summary["padded_beats_direct"] == 0.0 and summary["ties_redundant"] == 1.0
+    # no credit across steps: at the decision, Finish's own reward 1 against the repeat's 0.5
+    summary, a, _ = _returns(toy, RewardSpec(shaping="paper"), "no_step_opt")
+    assert a["finish_advantage"] == pytest.approx(0.5) and summary["finish_preferred"] == 1.0
