@@ -197,7 +197,10 @@ class AgentConfig(_Checked):
         "offers (or Finish); arguments stay free. Recorded log-probs stay the model's own (unconstrained).",
         True,
     )
-    max_steps: int = _help("Most actions in one trajectory (the Finish included).", 6)
+    max_steps: int = _help(
+        "Most actions in one trajectory (the Finish included), in collection and evaluation. The default leaves "
+        "slack: the longest gold plan (tasks.max_gold_calls 5) + Finish + 3 (at 6, the 36 of 160 default train "
+        "tasks with a 5-call plan had no action to spare; the reference's StableToolBench runs allow 12).", 9)
     max_new_tokens: int = _help("Most tokens of one action; a longer one is cut and recorded as not ended.", 128)
     batch_size: int = _help(
         "Prompts per forward pass of the hf backend. 16 generates 1.14x the tokens/s of 8 on 2 CPU cores (fp32, "

@@ -82,8 +82,9 @@ def build(results: dict[tuple[str, str], list[dict]], reference: str, trained: l
              "training runs was measured; the intervals say only how much the figure depends on which tasks were "
              "drawn." if single else ""), "",
           "## Main table", "",
-          f"| model | strategy | I1 | I2 | I3 | Average | tool success | avg steps | give-up | win / tie / loss vs {reference} |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          f"| model | strategy | I1 | I2 | I3 | Average | tool success | calls / task | no answer | give-up | "
+          f"win / tie / loss vs {reference} |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, s in metrics.items():
         m, strat = key.rsplit("-", 1)
         pr = s["pass_rate_ci"]
@@ -91,7 +92,8 @@ def build(results: dict[tuple[str, str], list[dict]], reference: str, trained: l
         wtl = f"{wr['win']:.0%} / {wr['tie']:.0%} / {wr['loss']:.0%}" if wr and wr["tasks"] else "–"
         ts = f"{s['tool_success_rate']:.1%}" if s["tool_success_rate"] is not None else "–"
         md.append(f"| {m} | {strat} | {_ci(pr.get('I1'))} | {_ci(pr.get('I2'))} | {_ci(pr.get('I3'))} | "
-                  f"**{_ci(pr.get('average'))}** | {ts} | {s['avg_steps']:.2f} | {s['give_up_rate']:.0%} | {wtl} |")
+                  f"**{_ci(pr.get('average'))}** | {ts} | {s.get('calls_per_task', 0):.2f} | {s['no_finish_rate']:.0%} | "
+                  f"{s['give_up_rate']:.0%} | {wtl} |")
     abl = [k for k in metrics if k.rsplit("-", 1)[0] in trained]
     base = variants.OUTCOME_BASELINE
     if abl:

@@ -94,6 +94,7 @@ def summarize(rows: list[dict]) -> dict:
                              / max(sum(len(r["statuses"]) for r in rows), 1), 4),
         "tool_success_rate": round(sum(r["n_calls_ok"] for r in rows) / calls, 4) if calls else None,
         "avg_steps": round(sum(r["n_steps"] for r in rows) / n, 3),
+        "calls_per_task": round(calls / n, 3),
         "avg_actions_generated": round(sum(r["actions_generated"] or 0 for r in rows) / n, 3),
         "give_up_rate": round(sum(r["finish_type"] == "give_up" for r in rows) / n, 4),
         "no_finish_rate": round(sum(r["finish_type"] not in ("give_answer", "give_up") for r in rows) / n, 4),
