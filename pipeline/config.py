@@ -451,7 +451,7 @@ class TrainConfig(_Checked):
     cliprange: float = _help("PPO ratio clip ε.", 0.2)
     cliprange_value: float = _help("Value clip around the round's old values (0: off).", 0.2)
     vf_coef: float = _help("Weight of the value loss.", 0.5)
-    kl_coef: float = _help("β of the KL penalty to the reference policy (the round's starting policy): in the loss "
+    kl_coef: float = _help("β of the KL penalty to the reference policy (the SFT policy, every round): in the loss "
                            "(per action token) or in each step's reward, as kl_in says.", 0.02)
     kl_in: Literal["loss", "reward"] = _help(
         "Where the KL to the reference acts. 'loss' (as GRPO): β·KL(π_θ‖π_ref) per action token, estimated on the "
@@ -508,8 +508,8 @@ class TrainConfig(_Checked):
         factory=lambda: [0])
     rounds: int = _help(
         "PPO rounds per run: round k collects the train tasks with round k-1's policy (round 1: the collect stage, "
-        "with sft), annotates, computes the rewards and trains from it. The reference of the KL penalty is each "
-        "round's starting policy. Every round's table, metrics and annotated steps are kept, one folder per "
+        "with sft), annotates, computes the rewards and trains from it. The reference of the KL is the SFT policy "
+        "in every round. Every round's table, metrics and annotated steps are kept, one folder per "
         "round (r<k>) of the run's rounds folder.", 1)
     save_steps: int = _help("Checkpoint every this many optimizer steps (a killed run resumes from the last).", 20)
     report_to: list[str] = _help(REPORT_TO_HELP, factory=lambda: ["none"])

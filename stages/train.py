@@ -55,9 +55,10 @@ def _run_key(params: Params, variant: str, seed: int, files: list[Path]) -> str:
 
 
 def train_round(params: Params, root: Path, variant: str, seed: int, start: Path, trajectories: Path,
-                adv_file: Path, work: Path) -> tuple[dict, list[dict]]:
+                adv_file: Path, work: Path, ref: Path | None = None) -> tuple[dict, list[dict]]:
     """One PPO round from the checkpoint `start` on the trajectories in `trajectories` with the rewards of
-    `adv_file`: the model -> `work`/model, the round table -> `work`/round.parquet. Returns (metrics, history)."""
+    `adv_file`, with the KL to `ref` (default: `start`): the model -> `work`/model, the round table ->
+    `work`/round.parquet. Returns (metrics, history)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -98,7 +99,11 @@ def train_round(params: Params, root: Path, variant: str, seed: int, start: Path
         bf16=resolve_precision(t.precision, device) == "bf16", lr_scheduler_type="constant", warmup_steps=0,
         data_seed=seed, save_strategy="steps", logging_steps=1, disable_tqdm=False, dataloader_num_workers=0,
         train_sampling_strategy="group_by_length")  # similar lengths: less padding
-    trainer = StepPPOTrainer(wrapped, cfg, examples, pad_id=tok.pad_token_id, callbacks=callbacks)
+    ref_model = None
+    if ref is not None and ref.resolve() != start.resolve():  # rounds 2+: the KL's reference stays the SFT policy
+        ref_model = PolicyWithValue(AutoModelForCausalLM.from_pretrained(ref, dtype=torch.float32))
+    trainer = StepPPOTrainer(wrapped, cfg, examples, pad_id=tok.pad_token_id, callbacks=callbacks,
+                             ref_model=ref_model)
     result = trainer.train(resume_from_checkpoint=str(whole[-1]) if whole else None)
     trainer.save_policy(work / "model", tok)  # gathered from every process, written by the main one
     if trainer.accelerator.is_main_process:
@@ -151,7 +156,8 @@ def run_round(params: Params, root: Path, variant: str, seed: int, k: int, start
             extra["annotate"] = rounds.annotate(params, root, trajectories, annotated, work / "annotate.json")
             extra["advantages"] = rounds.advantages(params, layout.table(annotated, "steps"), adv_file, variant)
         procs.wait()
-    metrics, history = train_round(params, root, variant, seed, start, trajectories, adv_file, work)
+    metrics, history = train_round(params, root, variant, seed, start, trajectories, adv_file, work,
+                                   ref=root / layout.SFT_MODEL)  # the KL's reference in every round
     metrics = {**extra, **metrics}
     if procs.main:
         if params.collect.replay:

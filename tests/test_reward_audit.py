@@ -7,6 +7,7 @@ SC 1, Con 0 (p = 0.5), and the right answer IsSolved 1.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import polars as pl
@@ -33,6 +34,7 @@ def toy(world, splits, tmp_path_factory):
     catalog["max_observation_length"] = 1024
     write_json(root / layout.CATALOG, catalog)
     params = load_params(REPO / "params.yaml")
+    params = dataclasses.replace(params, agent=dataclasses.replace(params.agent, max_steps=6))  # the budget by hand
     tasks = reward_audit.audit_tasks(params, root)
     return params, root, tasks, reward_audit.label(params, root, tasks), a, b
 

@@ -41,13 +41,14 @@ def test_a_kill_between_rounds_keeps_round_one(round1, monkeypatch):
     from stages import train
 
     root, params = round1
-    real, calls, kill = train.train_round, [], [True]
+    real, calls, kill, refs = train.train_round, [], [True], []
 
-    def dies_in_round_two(params, root, variant, seed, start, trajectories, adv_file, work):
+    def dies_in_round_two(params, root, variant, seed, start, trajectories, adv_file, work, ref=None):
         calls.append(work.name)
+        refs.append((work.name, start, ref))
         if work.name == "r2" and kill[0]:
             raise SteptoolError("killed")
-        return real(params, root, variant, seed, start, trajectories, adv_file, work)
+        return real(params, root, variant, seed, start, trajectories, adv_file, work, ref)
 
     monkeypatch.setattr(train, "train_round", dies_in_round_two)
     with pytest.raises(SteptoolError, match="killed"):
@@ -61,6 +62,9 @@ def test_a_kill_between_rounds_keeps_round_one(round1, monkeypatch):
     kill[0] = False
     msg = train.run(params, root, "steptool", 0)
     assert calls == ["r1", "r2", "r2"] and "rounds [1] were done" in msg
+    # round 2 starts from round 1's policy, but the KL's reference is the SFT policy in both rounds
+    assert all(ref == root / layout.SFT_MODEL for _, _, ref in refs)
+    assert refs[0][1] == root / layout.SFT_MODEL and refs[-1][1] == work / "r1" / "model"
     metrics = json.loads((root / layout.metrics_file("train", layout.run_name("steptool", 0))).read_text())
     assert metrics["rounds"] == 2 and metrics["resumed_rounds"] == [1] and metrics["round"] == 2
     r1 = pl.read_parquet(root / layout.round_dir("steptool", 0, 1) / "round.parquet")

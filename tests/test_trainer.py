@@ -407,3 +407,24 @@ def test_the_default_kl_acts_in_the_first_round(tokenizer):
     assert moved > 1e-4, moved
     assert kl_loss[0] == pytest.approx(kl_free[0], abs=1e-9)  # the first step: same weights, same KL
     assert kl_free[-1] > 0 and kl_loss[-1] < kl_free[-1]
+
+
+def test_the_reference_is_the_sft_policy_in_later_rounds(tokenizer):
+    """From the second round on the round starts from the previous round's policy, but the KL's reference stays
+    the SFT policy: precompute with `ref_model` takes the reference log-probs from it and π_old from the policy."""
+    from tests.support.tiny_model import make_tiny_model
+    from trainer.model import PolicyWithValue
+    from trainer.ppo_round import precompute, prepare_round
+
+    sft, later = PolicyWithValue(make_tiny_model(tokenizer, seed=1)), PolicyWithValue(make_tiny_model(tokenizer, seed=2))
+    ex = _round_examples(tokenizer)
+    own_sft, _ = precompute(sft, ex, _round_cfg("steptool"))
+    own_later, _ = precompute(later, ex, _round_cfg("steptool"))
+    items, _ = precompute(later, ex, _round_cfg("steptool"), ref_model=sft)
+    for it, s, l in zip(items, own_sft, own_later):
+        assert it["ref_logprobs"] == pytest.approx(s["ref_logprobs"], abs=1e-6)
+        assert it["old_logprobs"] == pytest.approx(l["old_logprobs"], abs=1e-6)
+        assert it["ref_logprobs"] != pytest.approx(it["old_logprobs"], abs=1e-3)
+    # the reward-side penalty KL(π_old‖π_ref) is no longer zero with recompute
+    _, stats = prepare_round(later, ex, _round_cfg("steptool", kl_in="reward", kl_coef=0.1), ref_model=sft)
+    assert abs(stats["round_kl_penalty_mean"]) > 1e-3

@@ -78,9 +78,11 @@ def mc_returns(rewards: list[list[float]], gamma: float) -> list[list[float]]:
 # ---- phase 1 -------------------------------------------------------------------------------------------------
 
 def _shard_forward(model: PolicyWithValue, examples: list[Example], cfg, rank: int, world: int,
-                   progress: bool) -> dict[int, tuple[list[float], torch.Tensor]]:
-    """This rank's share of the precompute forward passes: {index: (ref log-probs [N], trunk features at the
-    value states [U, H] fp32 on the CPU)} for examples rank, rank + world, ... Batches of
+                   progress: bool, ref_model: PolicyWithValue | None = None
+                   ) -> dict[int, tuple[list[float], list[float], torch.Tensor]]:
+    """This rank's share of the precompute forward passes: {index: (the model's log-probs [N], the reference's
+    log-probs [N] (`ref_model`'s, or the model's own without one), trunk features at the value states [U, H] fp32
+    on the CPU)} for examples rank, rank + world, ... Batches of
     `cfg.per_device_eval_batch_size` trajectories of similar length (sorted, so little padding), right-padded:
     a causal model's hidden states at real positions do not depend on the padding after them."""
     from tqdm.auto import tqdm
@@ -102,9 +104,11 @@ def _shard_forward(model: PolicyWithValue, examples: list[Example], cfg, rank: i
         rows, pos = torch.nonzero(act, as_tuple=True)
         with autocast:
             h, _, lp, _ = model(ids, att, rows, pos, cfg.logits_chunk)
-        lp, rows_cpu = lp.float().cpu(), rows.cpu()
+            ref_lp = lp if ref_model is None else ref_model(ids, att, rows, pos, cfg.logits_chunk)[2]
+        lp, ref_lp, rows_cpu = lp.float().cpu(), ref_lp.float().cpu(), rows.cpu()
         for r, (i, e) in enumerate(zip(batch, exs)):
-            out[i] = (lp[rows_cpu == r].tolist(), h[r, value_positions(e, v.token_level)].float().cpu())
+            mine_r = rows_cpu == r
+            out[i] = (lp[mine_r].tolist(), ref_lp[mine_r].tolist(), h[r, value_positions(e, v.token_level)].float().cpu())
         bar.update(len(batch))
     bar.close()
     return out
@@ -123,13 +127,13 @@ def _gather(part: dict, world: int) -> dict:
 
 @torch.no_grad()
 def precompute(model: PolicyWithValue, examples: list[Example], cfg, rank: int = 0, world: int = 1,
-               progress: bool = False) -> tuple[list[dict], dict]:
+               progress: bool = False, ref_model: PolicyWithValue | None = None) -> tuple[list[dict], dict]:
     """Per trajectory, with the model as it is now (the start of the round; `cfg` a StepPPOConfig):
 
-        ref_logprobs [N]  log π_ref of each action token (the policy before training; with LoRA, the same
-                          weights at the start of the first round)
-        old_logprobs [N]  π_old: `ref_logprobs` (recompute), or the behaviour log-probs recorded at collection
-                          when usable (same length, none NaN)
+        ref_logprobs [N]  log π_ref of each action token: `ref_model`'s (the SFT policy, from the second round
+                          on), or the model's own at the start of the round (the first round: the SFT policy)
+        old_logprobs [N]  π_old: the model's own log-probs (recompute), or the behaviour log-probs recorded at
+                          collection when usable (same length, none NaN)
         value_pos    [U]  the value states (U = steps, or N action tokens for a token-level variant)
         old_values   [U]  the value head there, after it is fitted (ridge) to the round's Monte-Carlo returns
                           (the value loss's clipping anchor, never the advantages' baseline)
@@ -144,12 +148,14 @@ def precompute(model: PolicyWithValue, examples: list[Example], cfg, rank: int =
     gamma = cfg.gamma if v.credit_across_steps else 0.0
     was_training = model.training
     model.eval()
-    fwd = _gather(_shard_forward(model, examples, cfg, rank, world, progress), world)
+    if ref_model is not None:
+        ref_model.eval()
+    fwd = _gather(_shard_forward(model, examples, cfg, rank, world, progress, ref_model), world)
     items, feats, unit_step = [], [], []
     targets = mc_returns([unit_rewards(ex, v.token_level) for ex in examples], gamma)
     for i, ex in enumerate(examples):
-        ref, f = fwd[i]
-        old = ref
+        cur, ref, f = fwd[i]
+        old = cur
         if cfg.old_logprobs == "behaviour" and ex.behaviour_logprobs is not None \
                 and len(ex.behaviour_logprobs) == len(ref) and not any(math.isnan(x) for x in ex.behaviour_logprobs):
             old = list(ex.behaviour_logprobs)
@@ -234,12 +240,12 @@ def advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, 
 
 
 def prepare_round(model: PolicyWithValue, examples: list[Example], cfg, rank: int = 0, world: int = 1,
-                  progress: bool = False) -> tuple[list[dict], dict]:
+                  progress: bool = False, ref_model: PolicyWithValue | None = None) -> tuple[list[dict], dict]:
     """Phases 1-4. Returns the items the update epochs train on (each with per-action-token `advantages`,
     per-value-state `returns` (Monte-Carlo, of the KL-shaped rewards: the value head's target) and
     `old_values`) and the round's statistics (advantages before the scaling). `rank`/`world`: this
     process's share of the precompute under distributed training (`precompute`)."""
-    items, stats = precompute(model, examples, cfg, rank, world, progress)          # 1
+    items, stats = precompute(model, examples, cfg, rank, world, progress, ref_model)  # 1
     if not items:
         return items, {}
     token_level = variants.get(cfg.variant).token_level

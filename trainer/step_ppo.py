@@ -68,10 +68,13 @@ def collate(items: list[dict], pad_id: int = 0) -> dict:
 
 class StepPPOTrainer(Trainer):
     def __init__(self, model: PolicyWithValue, args: StepPPOConfig, examples: list[Example], pad_id: int = 0,
-                 **kwargs):
+                 ref_model: PolicyWithValue | None = None, **kwargs):
+        """`ref_model`: the KL's reference when it is not the policy at the start of the round (the SFT policy in
+        rounds 2+); used once, in the round's precompute, then released."""
         args.remove_unused_columns = False
         self.ppo = args
         self.examples = examples
+        self.ref_model = ref_model
         self.round_stats: dict = {}
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._ev_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -84,8 +87,11 @@ class StepPPOTrainer(Trainer):
         # Phases 1-4 with the weights of the start of the round: a resumed run computes them from the same
         # initial weights before its checkpoint is loaded, so it sees the same round as an uninterrupted one.
         acc = self.accelerator
+        ref = self.ref_model.to(self.args.device) if self.ref_model is not None else None
         items, self.round_stats = prepare_round(self.model, self.examples, self.ppo, acc.process_index,
-                                                acc.num_processes, progress=acc.is_local_main_process)
+                                                acc.num_processes, progress=acc.is_local_main_process,
+                                                ref_model=ref)
+        self.ref_model = None  # its log-probs are in the items: the memory goes back
         self.train_dataset = _Rollouts(items)
         return super().train(*args, **kwargs)
 
