@@ -203,3 +203,24 @@ def verdict(name: str, ref: str, d: dict) -> str:
     if d["p_value"] < ALPHA and (d["lo"] > 0 or d["hi"] < 0):
         return f"{name} is {'better' if d['diff'] > 0 else 'worse'} than {ref}: {nums}."
     return f"{name} vs {ref}: no significant difference at the 5% level: {nums}."
+
+
+# Student's t quantile t_{0.975, df} for df = 1..30 (above 30 the normal's 1.96 is within 4%)
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def mean_ci(values: list[float]) -> dict:
+    """Mean of `values` (one per training seed) with its 95% Student-t interval: mean ± t_{0.975, n−1}·s/√n.
+    With one value the interval is not defined (lo = hi = None): the spread across seeds was not measured."""
+    xs = [float(x) for x in values if x is not None and x == x]
+    n = len(xs)
+    if not n:
+        return {"mean": None, "lo": None, "hi": None, "n": 0}
+    mean = sum(xs) / n
+    if n == 1:
+        return {"mean": mean, "lo": None, "hi": None, "n": 1}
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    t = _T975[n - 2] if n - 1 <= len(_T975) else NormalDist().inv_cdf(0.975)
+    half = t * sd / math.sqrt(n)
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n}

@@ -215,7 +215,7 @@ def learning_signal(runs: list[dict]) -> list[str]:
              f"crossfit), the share of steps whose advantage sign differs from {base}'s on the same step (round 1: "
              "both trained on the same collection), and how far the policy moved: approx KL(π_old‖π_θ) averaged "
              "over the updates and KL(π_θ‖π_ref) per action token at the end (both ≥ 0 estimators on the collected "
-             "tokens; π_ref is the round's starting policy)."
+             "tokens; π_ref is the SFT policy)."
              + (" Replay: the round's train tasks played greedily before → after the round (pass rate in %, the "
                 "share of tool calls that failed, tool calls per task): what optimisation did on the tasks it "
                 "learned from." if replay else
@@ -242,6 +242,67 @@ def learning_signal(runs: list[dict]) -> list[str]:
             line += " " + " | ".join(_before_after(r["before"], r["after"], k, d) for k, d in
                                      (("pass_rate", 1), ("failed_call_rate", 2), ("calls_per_task", 2))) + " |"
         lines.append(line)
+    return lines
+
+
+BEHAVIOUR = (("pass_rate", "replay pass rate (points)", 1), ("failed_call_rate", "failed-call rate", 3),
+             ("calls_per_task", "calls per task", 2), ("no_finish_rate", "no-answer rate", 3))
+
+
+def replay_behaviour(results: Path) -> dict | None:
+    """A greedy replay's readouts from its results.parquet: the replay summary's plus the no-answer rate."""
+    from pipeline.rounds import replay_summary
+
+    if not results.exists():
+        return None
+    rows = read_table(results, EVAL_RESULTS).to_pylist()
+    out = replay_summary(rows)
+    out["no_finish_rate"] = (round(sum(r["finish_type"] not in ("give_answer", "give_up") for r in rows) / len(rows), 4)
+                             if rows else None)
+    return out
+
+
+def behaviour_change(root: Path, params: Params) -> list[str]:
+    """Did training move each variant's behaviour on its own train tasks beyond the spread across seeds? Per
+    variant and readout: the change from the collecting policy's replay to the last round's, its mean over seeds
+    with a 95% t-interval over seeds, and whether that interval excludes 0."""
+    from pipeline.stats import mean_ci
+
+    k = params.train.rounds
+    table = []
+    for v in params.variants:
+        deltas: dict[str, list[float]] = {key: [] for key, _, _ in BEHAVIOUR}
+        for seed in params.train.seeds:
+            before = replay_behaviour(root / layout.replay_dir(layout.trajectories_dir(seed)) / "results.parquet")
+            after = replay_behaviour(root / layout.round_dir(v, seed, k) / "replay" / "results.parquet")
+            if before and after:
+                for key, _, _ in BEHAVIOUR:
+                    if before.get(key) is not None and after.get(key) is not None:
+                        deltas[key].append(after[key] - before[key])
+        table.append((v, {key: mean_ci(d) for key, d in deltas.items()}))
+    if not any(c["n"] for _, cells in table for c in cells.values()):
+        return []
+    lines = ["", "## Did training move the policy? (train tasks, greedy replay, change over the run)", "",
+             f"Per variant, the change from the collecting policy (sft) to the policy after round {k}, on the train "
+             "tasks it learned from, replayed greedily: the mean over training seeds with a 95% t-interval over "
+             "seeds. **moved** when the interval excludes 0, *within the seed spread* when it does not; with one "
+             "seed the spread is not measured.", "",
+             "| variant | seeds | " + " | ".join(label for _, label, _ in BEHAVIOUR) + " |",
+             "|---|---|" + "---|" * len(BEHAVIOUR)]
+    for v, cells in table:
+        n = max(c["n"] for c in cells.values())
+        out = []
+        for key, _, digits in BEHAVIOUR:
+            c = cells[key]
+            if c["mean"] is None:
+                out.append("–")
+            elif c["lo"] is None:
+                out.append(f"{c['mean']:+.{digits}f} (one seed)")
+            else:
+                moved = c["lo"] > 0 or c["hi"] < 0
+                out.append(f"{c['mean']:+.{digits}f} [{c['lo']:+.{digits}f}, {c['hi']:+.{digits}f}] "
+                           + ("**moved**" if moved else "*within the seed spread*"))
+        lines.append(f"| {v} | {n} | " + " | ".join(out) + " |")
     return lines
 
 
@@ -406,8 +467,8 @@ def run(params: Params, root: Path = Path(".")) -> str:
     metrics, md = build(results, e.reference_model, list(params.variants), train_logs, e.split)
     md[2:2] = [benchmark(params), ""]
     at = md.index("## Figures")
-    md[at:at] = (reward_audit_section(root, params) + learning_signal(load_rounds(root, params)) + [""]
-                 + protocol(params, root))
+    md[at:at] = (reward_audit_section(root, params) + learning_signal(load_rounds(root, params))
+                 + behaviour_change(root, params) + [""] + protocol(params, root))
     figures(metrics, e.reference_model, train_logs, root / layout.FIGURES)
     with atomic_path(root / layout.RESULTS_MD) as tmp:
         tmp.write_text("\n".join(md) + "\n", encoding="utf-8")

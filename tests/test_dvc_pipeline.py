@@ -111,6 +111,7 @@ def test_repro_builds_every_stage(repo):
     assert "| steptool | cot |" in md and "## Ablation" in md and "2 training runs (seeds)" in md
     assert "## Learning signal" in md and "comes from the **test** split" in md and "| steptool | 1 | 1 |" in md
     assert "replay pass rate" in md and "## Reward audit" in md and "| min_form | 1 |" in md
+    assert "## Did training move the policy?" in md and "| steptool | 2 |" in md  # two seeds: a t-interval
     assert pl.read_parquet(dest / layout.tasks_file("val")).height > 0
     annotated = pl.read_parquet(dest / layout.table(layout.annotated_dir(0), "steps"))
     assert annotated.height == pl.read_parquet(dest / layout.table(layout.trajectories_dir(0), "steps")).height

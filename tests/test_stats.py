@@ -174,3 +174,17 @@ def test_variance_components_by_hand():
 def test_tasks_played_by_different_seeds_are_an_error():
     with pytest.raises(ValueError, match="different seeds"):
         pass_rate_ci({"a": ("I1", {0: 1.0, 1: 0.0}), "b": ("I1", {0: 1.0})})
+
+
+def test_mean_ci_over_seeds_by_hand():
+    from pipeline.stats import mean_ci
+
+    # [1, 2, 3]: mean 2, s = 1, t_{0.975, 2} = 4.303: 2 ± 4.303/√3 = 2 ± 2.4843
+    c = mean_ci([1.0, 2.0, 3.0])
+    assert (c["mean"], c["n"]) == (2.0, 3) and c["lo"] == pytest.approx(-0.4843, abs=1e-4)
+    assert c["hi"] == pytest.approx(4.4843, abs=1e-4)
+    assert mean_ci([0.5]) == {"mean": 0.5, "lo": None, "hi": None, "n": 1}  # one seed: no spread measured
+    assert mean_ci([]) == {"mean": None, "lo": None, "hi": None, "n": 0}
+    # a shift every seed agrees on excludes 0: [-0.2, -0.25, -0.3] -> -0.25 ± 4.303·0.05/√3 = ±0.1242
+    c = mean_ci([-0.2, -0.25, -0.3])
+    assert c["hi"] == pytest.approx(-0.25 + 0.12421, abs=1e-4) and c["hi"] < 0
