@@ -119,3 +119,34 @@ def test_outcome_only_variants_tie_padding_and_no_step_opt_prefers_finish(toy):
     # no credit across steps: at the decision, Finish's own reward 1 against the repeat's 0.5
     summary, a, _ = _returns(toy, RewardSpec(shaping="paper"), "no_step_opt")
     assert a["finish_advantage"] == pytest.approx(0.5) and summary["finish_preferred"] == 1.0
+
+
+def test_the_audit_goes_through_the_llm_judges_cost_cap_and_cache(toy, tmp_path, monkeypatch):
+    """With the openai annotator the archetypes are judged by the LLM through the annotator's client: the cost
+    estimate stops an audit above annotate.max_cost_usd before any call, a run pays once, and a second audit is
+    answered from the judge's cache (no HTTP call)."""
+    from pipeline.annotate.llm_judge import BudgetExceeded
+    from pipeline.annotate.scripted_judge_server import JudgeServer
+
+    params, root, tasks, _, a, _ = toy
+    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", "k")
+    server = JudgeServer()
+    try:
+        def with_judge(**kw):
+            ann = dataclasses.replace(params.annotate, annotator="openai", base_url=server.url, model="judge-test",
+                                      api_key_env="STEPTOOL_TEST_JUDGE_KEY", n_votes=1, timeout_s=2.0,
+                                      cache_path=str(tmp_path / "judge.sqlite"), **kw)
+            return dataclasses.replace(params, annotate=ann)
+
+        with pytest.raises(BudgetExceeded):
+            reward_audit.run(with_judge(max_cost_usd=1e-9), root, "steptool", RewardSpec(shaping="min_form"), tasks)
+        assert server.http_calls == 0
+        summary, per_task = reward_audit.run(with_judge(max_cost_usd=0), root, "steptool",
+                                             RewardSpec(shaping="min_form"), tasks)
+        calls = server.http_calls
+        assert calls > 0 and summary["annotator"] == "openai" and per_task.height == 2
+        again, _ = reward_audit.run(with_judge(max_cost_usd=1e-9), root, "steptool", RewardSpec(shaping="min_form"),
+                                    tasks)
+        assert server.http_calls == calls and again["mean_return"] == summary["mean_return"]
+    finally:
+        server.close()
