@@ -1,0 +1,135 @@
+"""The PPO loss of one batch (`StepPPOTrainer.compute_loss`, docs/architecture.md, "Advantages and the PPO
+round", phase 5) on hand-computed numbers, as CleanRL's and TRL's reference values are: a batch whose
+log-probs, values and advantages are fixed (a module that returns them stands in for the network, so the loss's
+arithmetic is all that is tested), with ratios inside and outside the clip range, both signs of the advantage,
+a clipped value target on each side, and padding that must change nothing.
+
+Five action tokens (ε = 0.2), two in the second row plus one padding slot:
+
+    token  ratio  A    −A·r   −A·clip(r)  max (the pessimistic bound)   |r − 1| > ε
+    1      1.5    +1   −1.5   −1.2        −1.2  (clipped)               yes
+    2      0.5    +1   −0.5   −0.8        −0.5                          yes
+    3      1.1    −2   +2.2   +2.2        +2.2                          no
+    4      0.7    −1   +0.7   +0.8        +0.8  (clipped)               yes
+    5      1.3    −1   +1.3   +1.2        +1.3                          yes
+    L_pg = (−1.2 − 0.5 + 2.2 + 0.8 + 1.3) / 5 = 0.52, clipfrac 4/5
+
+Three value states (ε_v = 0.2): (V, V_old, R) = (0.5, 0.4, 1.0): both 0.25; (1.6, 1.0, 2.0): unclipped 0.16,
+clipped V_old + 0.2 = 1.2 -> 0.64, the larger 0.64; (0.0, 0.1, −0.5): both 0.25.
+L_v = ½·(0.25 + 0.64 + 0.25)/3 = 0.19, and loss = L_pg + 0.5·L_v = 0.615.
+
+approx_kl = mean((r − 1) − log r) = (0.0945349 + 0.1931472 + 0.0046898 + 0.0566749 + 0.0376357)/5 = 0.0773365.
+KL to the reference with log(π_ref/π_old) = (0, 0, 0, 0.2, −0.1): a·(log a − log b) − a + b per token =
+(0.1081977, 0.1534264, 0.0048412, 0.1317303, 0.0759110), mean 0.0948213; with kl_in loss and β = 0.1 the loss is
+0.615 + 0.0094821 = 0.6244821.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.conftest import REPO
+
+RATIOS = [1.5, 0.5, 1.1, 0.7, 1.3]
+ADV = [1.0, 1.0, -2.0, -1.0, -1.0]
+LOG_B = [0.0, 0.0, 0.0, 0.2, -0.1]  # log π_ref − log π_old per token
+
+
+class FixedOutputs(torch.nn.Module):
+    """Returns the batch's log-probs and values as given (with a parameter, so the loss has a gradient)."""
+
+    def __init__(self, logp: torch.Tensor, values: torch.Tensor):
+        super().__init__()
+        self.shift = torch.nn.Parameter(torch.zeros(()))
+        self.logp, self.values = logp, values
+
+    def forward(self, ids, att, rows, pos, chunk, want_entropy=False):
+        assert len(rows) == len(self.logp)  # one log-prob per action token, in row-major order
+        return None, self.values + self.shift, self.logp + self.shift, None
+
+
+def _batch(pad_advantage: float = 0.0, pad_value: float = 0.0):
+    old = [-1.0, -2.0, -0.5, -1.5, -0.7]
+    new = [o + math.log(r) for o, r in zip(old, RATIOS)]
+    ref = [o + b for o, b in zip(old, LOG_B)]
+    # row 0: 3 action tokens at positions 1-3, value states at positions 0 and 2; row 1: 2 action tokens at 2-3
+    action_mask = torch.tensor([[0, 1, 1, 1, 0], [0, 0, 1, 1, 0]])
+    values = torch.tensor([[0.5, 7.0, 1.6, 7.0, 7.0], [pad_value, 7.0, 0.0, 7.0, 7.0]])
+    inputs = {
+        "input_ids": torch.ones(2, 5, dtype=torch.long), "attention_mask": torch.ones(2, 5, dtype=torch.long),
+        "action_mask": action_mask,
+        "tok_mask": torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]]),
+        "old_logprobs": torch.tensor([old[:3], old[3:] + [-9.0]]),
+        "ref_logprobs": torch.tensor([ref[:3], ref[3:] + [-9.0]]),
+        "advantages": torch.tensor([ADV[:3], ADV[3:] + [pad_advantage]]),
+        "value_pos": torch.tensor([[0, 2], [2, 0]]),
+        "value_mask": torch.tensor([[1.0, 1.0], [1.0, 0.0]]),
+        "old_values": torch.tensor([[0.4, 1.0], [0.1, 0.0]]),
+        "returns": torch.tensor([[1.0, 2.0], [-0.5, 0.0]]),
+        "rewards": torch.tensor([[0.0, 1.0], [0.5, 0.0]]), "step_mask": torch.tensor([[1.0, 1.0], [1.0, 0.0]]),
+    }
+    return FixedOutputs(torch.tensor(new), values), inputs
+
+
+@pytest.fixture(scope="module")
+def trainer(tokenizer):
+    from tests.support.tiny_model import make_tiny_model
+    from trainer.config import StepPPOConfig
+    from trainer.model import PolicyWithValue
+    from trainer.step_ppo import StepPPOTrainer
+
+    cfg = StepPPOConfig(output_dir=str(REPO / ".pytest_cache" / "ppo-loss"), report_to=[], use_cpu=True,
+                        cliprange=0.2, cliprange_value=0.2, vf_coef=0.5, kl_coef=0.0, entropy_coef=0.0,
+                        save_strategy="no", disable_tqdm=True)
+    return StepPPOTrainer(PolicyWithValue(make_tiny_model(tokenizer)), cfg, [], pad_id=0)
+
+
+def _loss(trainer, model, inputs, **cfg):
+    saved = {k: getattr(trainer.ppo, k) for k in cfg}
+    for k, v in cfg.items():
+        setattr(trainer.ppo, k, v)
+    trainer._metrics.clear()
+    try:
+        loss = trainer.compute_loss(model, inputs)
+    finally:
+        for k, v in saved.items():
+            setattr(trainer.ppo, k, v)
+    return loss, {k: v[-1] for k, v in trainer._metrics.items()}
+
+
+def test_the_loss_equals_the_hand_computed_numbers(trainer):
+    model, inputs = _batch()
+    loss, m = _loss(trainer, model, inputs)
+    assert m["policy_loss"] == pytest.approx(0.52, abs=1e-6)
+    assert m["clipfrac"] == pytest.approx(0.8, abs=1e-6)
+    assert m["value_loss"] == pytest.approx(0.19, abs=1e-6)
+    assert float(loss.detach()) == pytest.approx(0.615, abs=1e-6)
+    assert m["approx_kl"] == pytest.approx(0.0773365, abs=1e-6)
+    assert m["kl_ref_token"] == pytest.approx(0.0948213, abs=1e-6)  # logged whatever β
+    # the KL in the loss (kl_in: loss, β = 0.1); in the reward instead, the batch's loss has no KL term
+    assert float(_loss(trainer, model, inputs, kl_coef=0.1)[0]) == pytest.approx(0.6244821, abs=1e-6)
+    assert float(_loss(trainer, model, inputs, kl_coef=0.1, kl_in="reward")[0]) == pytest.approx(0.615, abs=1e-6)
+
+
+def test_no_value_clipping_and_padding(trainer):
+    model, inputs = _batch()
+    # ε_v = 0: the plain squared error, ½·(0.25 + 0.16 + 0.25)/3 = 0.11
+    assert _loss(trainer, model, inputs, cliprange_value=0.0)[1]["value_loss"] == pytest.approx(0.11, abs=1e-6)
+    # padding (an advantage of 1000 on the padded token slot, a value of 100 read at the padded value state)
+    # changes nothing
+    model2, padded = _batch(pad_advantage=1000.0, pad_value=100.0)
+    assert float(_loss(trainer, model2, padded)[0]) == pytest.approx(0.615, abs=1e-6)
+
+
+def test_the_gradient_pushes_the_right_way(trainer):
+    """d loss / d shift, where `shift` adds to every log-prob and every value: the policy part is
+    −mean(A·r) over the unclipped tokens (tokens 2, 3, 5: clipped ones have no gradient), the value part
+    0.5·½·2·mean over states of (V − R) where the unclipped error is the larger (states 1 and 3; state 2 takes the
+    clipped one, whose gradient is 0): −(1·0.5 + (−2)·1.1 + (−1)·1.3)/5 + 0.5·((0.5 − 1) + (0 + 0.5))/3."""
+    model, inputs = _batch()
+    loss, _ = _loss(trainer, model, inputs)
+    loss.backward()
+    expected = -(1 * 0.5 + (-2) * 1.1 + (-1) * 1.3) / 5 + 0.5 * ((0.5 - 1.0) + (0.0 + 0.5)) / 3
+    assert float(model.shift.grad) == pytest.approx(expected, abs=1e-6)
