@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup repro test bench study clean-venv
+.PHONY: setup repro test bench study study-piece study-report clean-venv
 
 setup: $(STAMP)
 
@@ -50,6 +50,33 @@ study: $(STAMP)
 	       echo "- wall time $$(( (end - start) / 60 )) min $$(( (end - start) % 60 )) s (dvc repro, venv excluded), finished $$(date -u +%Y-%m-%dT%H:%MZ)"; \
 	       echo "- machine: $$(nproc) cores, $$(lscpu | sed -n 's/^Model name: *//p'), AMX: $$(grep -q amx_tile /proc/cpuinfo && echo yes || echo no)"; \
 	       echo "- torch $$($(BIN)/python -c 'import torch; print(torch.__version__)'), precision auto"; } > reports/study/RUN.md
+
+# The study in pieces, one training seed each, for when the whole does not fit one sitting (a session keeps only
+# what is committed): `make study-piece SEED=k` runs profiles/study.yaml with train.seeds [k] in a fresh clone
+# under build/study-s<k> and keeps what the report reads in reports/study/pieces/s<k>/ (pipeline/study.py) with
+# its RUN.md; `make study-report` merges every piece (sft must agree across them) and writes reports/study/.
+SEED ?= 0
+PIECE := reports/study/pieces/s$(SEED)
+study-piece: $(STAMP)
+	rm -rf $(STUDY)-s$(SEED) && git clone -q . $(STUDY)-s$(SEED)
+	cd $(STUDY)-s$(SEED) && $(CURDIR)/$(BIN)/python -c "import sys, yaml; p = yaml.safe_load(open('profiles/study.yaml')); \
+	  p.setdefault('train', {})['seeds'] = [int(sys.argv[1])]; yaml.safe_dump(p, open('piece.yaml', 'w'))" $(SEED) \
+	  && PYTHONPATH="$(CURDIR)/$(STUDY)-s$(SEED)" $(CURDIR)/$(BIN)/python -m steptool params --profile piece.yaml --write params.yaml
+	start=$$(date +%s); cd $(STUDY)-s$(SEED) && PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH="$(CURDIR)/$(STUDY)-s$(SEED)" $(CURDIR)/$(BIN)/dvc repro \
+	  && end=$$(date +%s) && PYTHONPATH="$(CURDIR)/$(STUDY)-s$(SEED)" $(CURDIR)/$(BIN)/python -m steptool study-save $(CURDIR)/$(PIECE) \
+	  && cd $(CURDIR) && { echo "# How $(PIECE) was made"; echo; \
+	       echo "- commit $$(git -C $(STUDY)-s$(SEED) rev-parse --short HEAD), params: profiles/study.yaml with train.seeds [$(SEED)]"; \
+	       echo "- wall time $$(( (end - start) / 60 )) min $$(( (end - start) % 60 )) s (dvc repro, venv excluded), finished $$(date -u +%Y-%m-%dT%H:%MZ)"; \
+	       echo "- machine: $$(nproc) cores, $$(lscpu | sed -n 's/^Model name: *//p'), AMX: $$(grep -q amx_tile /proc/cpuinfo && echo yes || echo no)"; \
+	       echo "- torch $$($(BIN)/python -c 'import torch; print(torch.__version__)'), precision auto"; } > $(PIECE)/RUN.md
+
+study-report: $(STAMP)
+	rm -rf $(STUDY)-merged && git clone -q . $(STUDY)-merged
+	cd $(STUDY)-merged && PYTHONPATH="$(CURDIR)/$(STUDY)-merged" $(CURDIR)/$(BIN)/python -m steptool params --profile profiles/study.yaml --write params.yaml \
+	  && PYTHONPATH="$(CURDIR)/$(STUDY)-merged" $(CURDIR)/$(BIN)/python -m steptool study-merge $(CURDIR)/reports/study/pieces/s* \
+	  && PYTHONPATH="$(CURDIR)/$(STUDY)-merged" $(CURDIR)/$(BIN)/python -m stages.report
+	rm -rf reports/study/figures reports/study/results.md reports/study/metrics.json
+	cp -r $(STUDY)-merged/reports/results.md $(STUDY)-merged/reports/metrics.json $(STUDY)-merged/reports/*.csv $(STUDY)-merged/reports/figures reports/study/
 
 clean-venv:
 	rm -rf $(VENV)

@@ -145,6 +145,31 @@ def _audit_rewards(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_save(args: argparse.Namespace) -> int:
+    from pipeline.study import save_piece
+
+    files = save_piece(Path(args.root), Path(args.dest))
+    print(f"study piece: {len(files)} files -> {args.dest}")
+    return 0
+
+
+def _study_merge(args: argparse.Namespace) -> int:
+    import yaml
+
+    from pipeline.study import merge_pieces
+
+    root = Path(args.root)
+    seeds = merge_pieces([Path(p) for p in args.pieces], root)
+    trained = sorted({s for v in seeds.values() for s in v})
+    params = root / "params.yaml"
+    raw = yaml.safe_load(params.read_text(encoding="utf-8")) if params.exists() else {}
+    raw.setdefault("train", {})["seeds"] = trained  # the report reads every merged seed, no other
+    params.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    print(f"study: {len(args.pieces)} pieces merged into {root / 'data'}; seeds {trained}; "
+          + ", ".join(f"{k}: {v or 'no seed'}" for k, v in sorted(seeds.items())))
+    return 0
+
+
 def _build_replay(args: argparse.Namespace) -> int:
     import json
 
@@ -310,6 +335,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON summary per line instead of the table")
     p.add_argument("--out", help="also write the Markdown table to this file")
     p.set_defaults(func=_audit_rewards)
+    p = sub.add_parser("study-save", help="keep a finished study piece's report inputs (make study-piece)",
+                       description="Copy what the report stage reads (evaluation results, round tables, metrics, "
+                                   "training curves, greedy replays; no models or trajectories) from a finished "
+                                   "run's workspace to DEST, replacing it whole (pipeline/study.py).")
+    p.add_argument("dest", help="e.g. reports/study/pieces/s0")
+    p.add_argument("--root", default=".", help="the run's workspace (default: the current folder)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_study_save)
+    p = sub.add_parser("study-merge", help="lay several study pieces out as one run, for the report stage",
+                       description="Copy the pieces' files into ROOT/data side by side (one training seed each), "
+                                   "concatenate their evaluation results (sft once: the pieces must agree on it) "
+                                   "and set ROOT/params.yaml's train.seeds to the merged seeds; then "
+                                   "`python -m stages.report` there reports over every seed (make study-report).")
+    p.add_argument("pieces", nargs="+", help="piece folders (reports/study/pieces/s<k>)")
+    p.add_argument("--root", default=".", help="the workspace to merge into (default: the current folder)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_study_merge)
     p = sub.add_parser("build-replay", help="index real StableToolBench responses for the replay environment",
                        description="Read every call in a pass_rate_results folder (<method>/<subset>.json answer_steps) "
                                    "into a Parquet table for env.kind=replay, and print how many calls of each "

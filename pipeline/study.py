@@ -1,0 +1,92 @@
+"""A study too long for one sitting, in pieces: one training seed per piece, each run in its own fresh clone
+(`make study-piece SEED=k`), its small outputs kept under reports/study/pieces/s<k>/ (committed: DVC's cache and
+data/ do not outlive a session), and the report made over all pieces at the end (`make study-report`).
+
+A piece keeps exactly what the report stage reads (stages/report.py): every evaluation's results.parquet, the
+per-seed round tables, metrics, training curves and greedy replays. Everything else (models, trajectories,
+annotations) stays behind. Merging concatenates the evaluation results of the trained variants over the pieces;
+a model evaluated by every piece without a training seed (base, sft: the same checkpoint, greedy, so the same
+answers) is taken once, and pieces that disagree on it are refused rather than averaged.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import polars as pl
+
+from pipeline import layout
+from pipeline.errors import SteptoolError
+from pipeline.fsutil import atomic_path
+from pipeline.schema import EVAL_RESULTS, read_table, write_table
+
+# what the report reads, relative to the workspace (glob patterns)
+PIECE_FILES = (
+    "data/eval/*/results.parquet",
+    "data/rounds/*/s*/r*/round.parquet", "data/rounds/*/s*/r*/metrics.json", "data/rounds/*/s*/r*/history.json",
+    "data/rounds/*/s*/r*/replay/results.parquet",
+    "data/metrics/*.json", "data/metrics/*/*.json", "data/metrics/*/*/*.json",
+    "data/plots/train/*/*.json",
+    "data/trajectories/s*/replay/results.parquet",
+    "reports/results.md", "reports/metrics.json", "dvc.lock", "params.yaml",
+)
+
+
+def save_piece(workspace: Path, dest: Path) -> list[str]:
+    """Copy a finished piece's report inputs from `workspace` to `dest` (replaced whole, atomically); the paths."""
+    files = sorted({p for pattern in PIECE_FILES for p in workspace.glob(pattern) if p.is_file()})
+    if not any(p.match("data/eval/*/results.parquet") for p in files):
+        raise SteptoolError(f"{workspace}: no data/eval/*/results.parquet: the piece has not been evaluated")
+    with atomic_path(dest) as tmp:
+        for p in files:
+            rel = p.relative_to(workspace)
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, tmp / rel)
+    return [str(p.relative_to(workspace)) for p in files]
+
+
+def per_seed(rel: Path) -> bool:
+    """Whether a path belongs to one training seed (a part named s<k>, or a file s<k>.json / s<k>.parquet)."""
+    return any(re.fullmatch(r"s\d+(\.json|\.parquet)?", part) for part in rel.parts)
+
+
+def merge_pieces(pieces: list[Path], workspace: Path) -> dict:
+    """Lay the pieces' files out in `workspace`'s data/ as one run with every seed would have: per-seed files side
+    by side, evaluation results concatenated (a seedless model once). Returns {model-strategy: seeds}."""
+    if not pieces:
+        raise SteptoolError("no study piece to merge (reports/study/pieces/s<k>/ from `make study-piece SEED=k`)")
+    evals: dict[str, list[pl.DataFrame]] = {}
+    for piece in pieces:
+        for p in sorted(piece.glob("data/**/*")):
+            rel = p.relative_to(piece)
+            if not p.is_file() or rel.match("data/eval/*/results.parquet"):
+                continue
+            out = workspace / rel
+            if out.exists():
+                if per_seed(rel):
+                    raise SteptoolError(f"{p}: {rel} is in another piece too (two pieces of the same seed?)")
+                continue  # shared by the pieces (the warm start's metrics, ...): the first piece's
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, out)
+        for p in sorted(piece.glob("data/eval/*/results.parquet")):
+            evals.setdefault(p.parent.name, []).append(pl.from_arrow(read_table(p, EVAL_RESULTS)))
+    seeds = {}
+    for name, frames in evals.items():
+        seedless = [f for f in frames if f["seed"].null_count() == f.height]
+        if seedless and len(seedless) == len(frames):  # base / sft: the same checkpoint in every piece
+            key = ["task_id", "sample_idx"]
+            first = seedless[0].sort(key).select("task_id", "sample_idx", "statuses")
+            for other, piece in zip(seedless[1:], pieces[1:]):
+                if not other.sort(key).select("task_id", "sample_idx", "statuses").equals(first):
+                    raise SteptoolError(f"{piece}: {name}'s judged answers differ from {pieces[0]}'s (the pieces did "
+                                        "not evaluate the same checkpoint: another machine kind or code?)")
+            merged = seedless[0]
+        else:
+            merged = pl.concat(frames, how="vertical_relaxed")
+            dup = merged.group_by("seed", "task_id", "sample_idx").len().filter(pl.col("len") > 1)
+            if dup.height:
+                raise SteptoolError(f"{name}: seed {dup['seed'][0]} is in more than one piece")
+        write_table(merged.to_arrow(), workspace / layout.table(layout.EVAL / name, "results"), EVAL_RESULTS)
+        seeds[name] = sorted(s for s in merged["seed"].unique().to_list() if s is not None)
+    return seeds

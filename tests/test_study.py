@@ -1,0 +1,62 @@
+"""A study in pieces (pipeline/study.py): one piece per training seed keeps the report's inputs, and the merge lays
+them out as one run with every seed; a seedless model (sft) is taken once and must agree across pieces."""
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+
+from pipeline.errors import SteptoolError
+from pipeline.schema import EVAL_RESULTS, write_table
+from pipeline.study import merge_pieces, save_piece
+
+
+def _results(model, seed, statuses):
+    return [{"model": model, "strategy": "cot", "task_id": f"t{i}", "level": "I1", "seed": seed, "sample_idx": 0,
+             "traj_id": f"{model}-{seed}-{i}", "judge": "rule", "statuses": [s], "pass_score": 1.0 if s == "Solved" else 0.0,
+             "finish_type": "give_answer", "final_answer": "x", "n_steps": 2, "n_calls": 1, "n_calls_ok": 1,
+             "facts_stated": 1, "n_facts": 1, "actions_generated": 2} for i, s in enumerate(statuses)]
+
+
+def _workspace(root, seed, sft=("Solved", "Unsolved")):
+    write_table(_results("sft", None, sft), root / "data/eval/sft-cot/results.parquet", EVAL_RESULTS)
+    write_table(_results("steptool", seed, ("Solved", "Solved")), root / "data/eval/steptool-cot/results.parquet",
+                EVAL_RESULTS)
+    for rel, text in ((f"data/rounds/steptool/s{seed}/r1/metrics.json", {"round": 1, "seed": seed}),
+                      (f"data/metrics/train/steptool/s{seed}.json", {"seed": seed}),
+                      ("data/metrics/warmstart.json", {"seconds": 900 + seed})):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(json.dumps(text))
+    (root / "data/models/sft").mkdir(parents=True)
+    (root / "data/models/sft/model.safetensors").write_bytes(b"weights stay behind")
+    return root
+
+
+def test_pieces_save_and_merge(tmp_path):
+    pieces = []
+    for seed in (0, 1):
+        ws = _workspace(tmp_path / f"ws{seed}", seed)
+        files = save_piece(ws, tmp_path / f"pieces/s{seed}")
+        assert "data/eval/steptool-cot/results.parquet" in files and not any("models" in f for f in files)
+        pieces.append(tmp_path / f"pieces/s{seed}")
+    out = tmp_path / "merged"
+    seeds = merge_pieces(pieces, out)
+    assert seeds == {"sft-cot": [], "steptool-cot": [0, 1]}
+    steptool = pl.read_parquet(out / "data/eval/steptool-cot/results.parquet")
+    assert sorted(steptool["seed"].to_list()) == [0, 0, 1, 1]
+    assert pl.read_parquet(out / "data/eval/sft-cot/results.parquet").height == 2  # once, not per piece
+    assert (out / "data/rounds/steptool/s1/r1/metrics.json").exists()
+    assert json.loads((out / "data/metrics/warmstart.json").read_text())["seconds"] == 900  # the first piece's
+    with pytest.raises(SteptoolError, match="another piece too|more than one piece"):
+        merge_pieces([pieces[0], pieces[0]], tmp_path / "twice")
+
+
+def test_pieces_that_disagree_on_sft_are_refused(tmp_path):
+    a = save_piece(_workspace(tmp_path / "a", 0), tmp_path / "p/s0")
+    b = save_piece(_workspace(tmp_path / "b", 1, sft=("Solved", "Solved")), tmp_path / "p/s1")
+    assert a and b
+    with pytest.raises(SteptoolError, match="sft-cot's judged answers differ"):
+        merge_pieces([tmp_path / "p/s0", tmp_path / "p/s1"], tmp_path / "merged")
+    with pytest.raises(SteptoolError, match="not been evaluated"):
+        save_piece(tmp_path / "nothing", tmp_path / "p/s9")
