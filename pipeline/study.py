@@ -21,23 +21,25 @@ from pipeline.errors import SteptoolError
 from pipeline.fsutil import atomic_path
 from pipeline.schema import EVAL_RESULTS, read_table, write_table
 
-# what the report reads, relative to the workspace (glob patterns)
+# what the report reads, relative to the workspace (glob patterns over the layout's folders)
+_RESULTS = layout.table(Path(""), "results").name
 PIECE_FILES = (
-    "data/eval/*/results.parquet",
-    "data/rounds/*/s*/r*/round.parquet", "data/rounds/*/s*/r*/metrics.json", "data/rounds/*/s*/r*/history.json",
-    "data/rounds/*/s*/r*/replay/results.parquet",
-    "data/metrics/*.json", "data/metrics/*/*.json", "data/metrics/*/*/*.json",
-    "data/plots/train/*/*.json",
-    "data/trajectories/s*/replay/results.parquet",
-    "reports/results.md", "reports/metrics.json", "dvc.lock", "params.yaml",
+    str(layout.EVAL / "*" / _RESULTS),
+    *(str(layout.ROUNDS / "*" / "s*" / "r*" / name) for name in ("round.parquet", "metrics.json", "history.json")),
+    str(layout.replay_dir(layout.ROUNDS / "*" / "s*" / "r*") / _RESULTS),
+    str(layout.METRICS / "*.json"), str(layout.METRICS / "*" / "*.json"), str(layout.METRICS / "*" / "*" / "*.json"),
+    str(layout.TRAIN_PLOTS / "*" / "*.json"),
+    str(layout.replay_dir(layout.TRAJECTORIES / "s*") / _RESULTS),
+    str(layout.RESULTS_MD), str(layout.REPORT_METRICS), "dvc.lock", "params.yaml",
 )
+_EVAL_RESULTS = str(layout.EVAL / "*" / _RESULTS)
 
 
 def save_piece(workspace: Path, dest: Path) -> list[str]:
     """Copy a finished piece's report inputs from `workspace` to `dest` (replaced whole, atomically); the paths."""
     files = sorted({p for pattern in PIECE_FILES for p in workspace.glob(pattern) if p.is_file()})
-    if not any(p.match("data/eval/*/results.parquet") for p in files):
-        raise SteptoolError(f"{workspace}: no data/eval/*/results.parquet: the piece has not been evaluated")
+    if not any(p.match(_EVAL_RESULTS) for p in files):
+        raise SteptoolError(f"{workspace}: no {_EVAL_RESULTS}: the piece has not been evaluated")
     with atomic_path(dest) as tmp:
         for p in files:
             rel = p.relative_to(workspace)
@@ -58,9 +60,9 @@ def merge_pieces(pieces: list[Path], workspace: Path) -> dict:
         raise SteptoolError("no study piece to merge (reports/study/pieces/s<k>/ from `make study-piece SEED=k`)")
     evals: dict[str, list[pl.DataFrame]] = {}
     for piece in pieces:
-        for p in sorted(piece.glob("data/**/*")):
+        for p in sorted(piece.glob(f"{layout.DATA}/**/*")):
             rel = p.relative_to(piece)
-            if not p.is_file() or rel.match("data/eval/*/results.parquet"):
+            if not p.is_file() or rel.match(_EVAL_RESULTS):
                 continue
             out = workspace / rel
             if out.exists():
@@ -69,7 +71,7 @@ def merge_pieces(pieces: list[Path], workspace: Path) -> dict:
                 continue  # shared by the pieces (the warm start's metrics, ...): the first piece's
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(p, out)
-        for p in sorted(piece.glob("data/eval/*/results.parquet")):
+        for p in sorted(piece.glob(_EVAL_RESULTS)):
             evals.setdefault(p.parent.name, []).append(pl.from_arrow(read_table(p, EVAL_RESULTS)))
     seeds = {}
     for name, frames in evals.items():

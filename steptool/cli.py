@@ -165,7 +165,7 @@ def _study_merge(args: argparse.Namespace) -> int:
     raw = yaml.safe_load(params.read_text(encoding="utf-8")) if params.exists() else {}
     raw.setdefault("train", {})["seeds"] = trained  # the report reads every merged seed, no other
     params.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
-    print(f"study: {len(args.pieces)} pieces merged into {root / 'data'}; seeds {trained}; "
+    print(f"study: {len(args.pieces)} pieces merged into {root / layout.DATA}; seeds {trained}; "
           + ", ".join(f"{k}: {v or 'no seed'}" for k, v in sorted(seeds.items())))
     return 0
 

@@ -7,6 +7,7 @@ import json
 import polars as pl
 import pytest
 
+from pipeline import layout
 from pipeline.errors import SteptoolError
 from pipeline.schema import EVAL_RESULTS, write_table
 from pipeline.study import merge_pieces, save_piece
@@ -20,16 +21,16 @@ def _results(model, seed, statuses):
 
 
 def _workspace(root, seed, sft=("Solved", "Unsolved")):
-    write_table(_results("sft", None, sft), root / "data/eval/sft-cot/results.parquet", EVAL_RESULTS)
-    write_table(_results("steptool", seed, ("Solved", "Solved")), root / "data/eval/steptool-cot/results.parquet",
-                EVAL_RESULTS)
-    for rel, text in ((f"data/rounds/steptool/s{seed}/r1/metrics.json", {"round": 1, "seed": seed}),
-                      (f"data/metrics/train/steptool/s{seed}.json", {"seed": seed}),
-                      ("data/metrics/warmstart.json", {"seconds": 900 + seed})):
+    for model, s, statuses in (("sft", None, sft), ("steptool", seed, ("Solved", "Solved"))):
+        write_table(_results(model, s, statuses), root / layout.table(layout.eval_dir(model, "cot"), "results"),
+                    EVAL_RESULTS)
+    for rel, text in ((layout.round_dir("steptool", seed, 1) / "metrics.json", {"round": 1, "seed": seed}),
+                      (layout.metrics_file("train", layout.run_name("steptool", seed)), {"seed": seed}),
+                      (layout.metrics_file("warmstart"), {"seconds": 900 + seed})):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(json.dumps(text))
-    (root / "data/models/sft").mkdir(parents=True)
-    (root / "data/models/sft/model.safetensors").write_bytes(b"weights stay behind")
+    (root / layout.SFT_MODEL).mkdir(parents=True)
+    (root / layout.SFT_MODEL / "model.safetensors").write_bytes(b"weights stay behind")
     return root
 
 
@@ -38,16 +39,17 @@ def test_pieces_save_and_merge(tmp_path):
     for seed in (0, 1):
         ws = _workspace(tmp_path / f"ws{seed}", seed)
         files = save_piece(ws, tmp_path / f"pieces/s{seed}")
-        assert "data/eval/steptool-cot/results.parquet" in files and not any("models" in f for f in files)
+        assert str(layout.table(layout.eval_dir("steptool", "cot"), "results")) in files
+        assert not any(f.startswith(str(layout.MODELS)) for f in files)
         pieces.append(tmp_path / f"pieces/s{seed}")
     out = tmp_path / "merged"
     seeds = merge_pieces(pieces, out)
     assert seeds == {"sft-cot": [], "steptool-cot": [0, 1]}
-    steptool = pl.read_parquet(out / "data/eval/steptool-cot/results.parquet")
+    steptool = pl.read_parquet(out / layout.table(layout.eval_dir("steptool", "cot"), "results"))
     assert sorted(steptool["seed"].to_list()) == [0, 0, 1, 1]
-    assert pl.read_parquet(out / "data/eval/sft-cot/results.parquet").height == 2  # once, not per piece
-    assert (out / "data/rounds/steptool/s1/r1/metrics.json").exists()
-    assert json.loads((out / "data/metrics/warmstart.json").read_text())["seconds"] == 900  # the first piece's
+    assert pl.read_parquet(out / layout.table(layout.eval_dir("sft", "cot"), "results")).height == 2  # once
+    assert (out / layout.round_dir("steptool", 1, 1) / "metrics.json").exists()
+    assert json.loads((out / layout.metrics_file("warmstart")).read_text())["seconds"] == 900  # the first piece's
     with pytest.raises(SteptoolError, match="another piece too|more than one piece"):
         merge_pieces([pieces[0], pieces[0]], tmp_path / "twice")
 
