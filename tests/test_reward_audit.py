@@ -138,15 +138,16 @@ def test_the_audit_goes_through_the_llm_judges_cost_cap_and_cache(toy, tmp_path,
                                       cache_path=str(tmp_path / "judge.sqlite"), **kw)
             return dataclasses.replace(params, annotate=ann)
 
+        one = tasks[:1]  # the 1-call task: six archetypes, six judge calls
         with pytest.raises(BudgetExceeded):
-            reward_audit.run(with_judge(max_cost_usd=1e-9), root, "steptool", RewardSpec(shaping="min_form"), tasks)
+            reward_audit.run(with_judge(max_cost_usd=1e-9), root, "steptool", RewardSpec(shaping="min_form"), one)
         assert server.http_calls == 0
         summary, per_task = reward_audit.run(with_judge(max_cost_usd=0), root, "steptool",
-                                             RewardSpec(shaping="min_form"), tasks)
+                                             RewardSpec(shaping="min_form"), one)
         calls = server.http_calls
-        assert calls > 0 and summary["annotator"] == "openai" and per_task.height == 2
+        assert calls > 0 and summary["annotator"] == "openai" and per_task.height == 1
         again, _ = reward_audit.run(with_judge(max_cost_usd=1e-9), root, "steptool", RewardSpec(shaping="min_form"),
-                                    tasks)
+                                    one)
         assert server.http_calls == calls and again["mean_return"] == summary["mean_return"]
     finally:
         server.close()
