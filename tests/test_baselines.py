@@ -205,3 +205,16 @@ def test_round_table_holds_what_each_step_was_trained_with(tokenizer):
     assert all(r["advantage"] == 0 and r["baseline"] == 0 for r in round_table(exs, items, "steptool")
                if r["task_id"] == "z")
 
+
+
+def test_ridge_fit_has_the_intercept_of_least_squares():
+    """With a vanishing ridge the fit is ordinary least squares with an intercept (numpy's lstsq on [x, 1])."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 3, generator=g, dtype=torch.float64)
+    y = x @ torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64) + 7.0 + 0.1 * torch.randn(40, generator=g,
+                                                                                          dtype=torch.float64)
+    w, b = baselines.ridge_fit(x, y, ridge=1e-9)
+    coef, *_ = np.linalg.lstsq(np.hstack([x.numpy(), np.ones((40, 1))]), y.numpy(), rcond=None)
+    assert w.numpy() == pytest.approx(coef[:3], abs=1e-6) and b == pytest.approx(coef[3], abs=1e-6)

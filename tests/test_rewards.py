@@ -47,6 +47,15 @@ def test_step_rewards_by_hand():
         step_rewards(T, variant="nope")
 
 
+def test_a_missing_outcome_earns_nothing():
+    """A last step without IsSolved (a trajectory the judge gave no status) earns 0, not Unsure's 0.5."""
+    missing = T.with_columns(pl.when(pl.col("traj_id") == "a").then(None).otherwise(pl.col("is_solved_score"))
+                             .alias("is_solved_score"))
+    for shaping in ("paper", "min_form"):
+        r = step_rewards(missing, spec=RewardSpec(shaping=shaping))
+        assert r.filter(pl.col("traj_id") == "a")["reward"][-1] == 0.0
+
+
 def test_returns_by_hand():
     r = step_rewards(T, spec=PAPER)
     g = returns_to_go(r, 0.9)["return"].round(6).to_list()

@@ -188,3 +188,14 @@ def test_mean_ci_over_seeds_by_hand():
     # a shift every seed agrees on excludes 0: [-0.2, -0.25, -0.3] -> -0.25 ± 4.303·0.05/√3 = ±0.1242
     c = mean_ci([-0.2, -0.25, -0.3])
     assert c["hi"] == pytest.approx(-0.25 + 0.12421, abs=1e-4) and c["hi"] < 0
+
+
+def test_the_verdict_needs_both_the_interval_and_the_sign_test():
+    """'better' only when the CI excludes 0 AND p < 0.05: either alone is 'no significant difference' (the default
+    run's steptool vs sft was the first case: +11.1 [+2.8, +20.8], p = 0.065)."""
+    base = {"tasks": 36, "wins": 9, "ties": 25, "losses": 2, "diff": 11.1}
+    assert "no significant difference" in verdict("a", "b", {**base, "lo": 2.8, "hi": 20.8, "p_value": 0.0654})
+    assert "no significant difference" in verdict("a", "b", {**base, "lo": -0.5, "hi": 20.8, "p_value": 0.01})
+    assert verdict("a", "b", {**base, "lo": 2.8, "hi": 20.8, "p_value": 0.049}).startswith("a is better than b")
+    assert verdict("a", "b", {**base, "diff": -11.1, "lo": -20.8, "hi": -2.8, "p_value": 0.049}).startswith(
+        "a is worse than b")

@@ -62,6 +62,9 @@ def test_padding_is_ignored_and_value_after_the_last_step_is_zero():
     assert ret[1, 2] == 0 and adv[1, 2] == 0
     solo, _ = step_gae(r[:1], v[:1], m[:1], 0.9, 0.5)
     assert torch.allclose(adv[0], solo[0])  # rows do not mix
+    # a reward at a padded step changes nothing either (the mask, not a zero reward, ends the recursion)
+    noisy, _ = step_gae(t([[0.5, 0, 1], [1.0, 0.5, 5.0]]), v, m, 0.9, 0.5)
+    assert torch.allclose(noisy, adv)
 
 
 def _classic_token_gae(rewards, values, gamma, lam):
