@@ -23,7 +23,7 @@ import torch
 from pipeline import layout, variants
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.config import load_params
-from pipeline.rewards import RewardSpec, reward_table
+from pipeline.rewards import PAPER, reward_table
 from trainer.config import StepPPOConfig
 from trainer.data import examples_from_tables
 from trainer.model import PolicyWithValue
@@ -40,7 +40,7 @@ def _real(n: int):
     tokens = pl.read_parquet(layout.table(layout.trajectories_dir(0), "tokens"))
     keep = steps["traj_id"].unique(maintain_order=True).head(n)
     annotated = pl.read_parquet(layout.table(layout.annotated_dir(0), "steps")).filter(pl.col("traj_id").is_in(keep))
-    rewards = reward_table(annotated, RewardSpec())
+    rewards = reward_table(annotated, PAPER)
     params = load_params("params.yaml")
     ex, _ = examples_from_tables(steps.filter(pl.col("traj_id").is_in(keep)), tokens, rewards,
                                  ChatRenderer(tok, params.agent.prompt_format), params.train.max_length)

@@ -30,7 +30,8 @@ import polars as pl
 from pipeline import layout
 from pipeline.envs import FINISH, ApiListEnv
 from pipeline.errors import ConfigError
-from pipeline.rewards import RewardSpec, reward_table
+from pipeline.config import RewardsConfig
+from pipeline.rewards import reward_table
 from pipeline.task import Task
 
 log = logging.getLogger("steptool.audit")
@@ -178,7 +179,7 @@ def label(params, root: Path, tasks: list[Task]) -> tuple[pl.DataFrame, dict, di
     return pl.DataFrame(rows, schema=schema, orient="row"), stats, gold_steps
 
 
-def score(annotated: pl.DataFrame, gold_steps: dict[str, int], spec: RewardSpec, variant: str) -> pl.DataFrame:
+def score(annotated: pl.DataFrame, gold_steps: dict[str, int], spec: RewardsConfig, variant: str) -> pl.DataFrame:
     """One row per task: each archetype's return G_0 (`G_<archetype>`) and `finish_advantage`, the return of
     Finish minus that of one more call right after the gold plan (G_direct − G_redundant at that step)."""
     table = reward_table(annotated.drop("archetype", "task_id"), spec, variant).join(
@@ -239,12 +240,12 @@ def _round(x) -> float | None:
     return None if x is None else round(float(x), 4)
 
 
-def run(params, root: Path, variant: str, spec: RewardSpec | None = None, tasks: list[Task] | None = None,
+def run(params, root: Path, variant: str, spec: RewardsConfig | None = None, tasks: list[Task] | None = None,
         annotated: tuple | None = None) -> tuple[dict, pl.DataFrame]:
     """The audit of `variant` under `spec` (default: the params' `rewards`): (summary, per-task table). Tasks
     without gold (StableToolBench queries) cannot be scripted: the summary says so and holds no numbers.
     `annotated` reuses the output of `label` (to score several rewards on one labelling)."""
-    spec = spec or RewardSpec.of(params.rewards)
+    spec = spec or params.rewards
     tasks = audit_tasks(params, root) if tasks is None else tasks
     gold = [t for t in tasks if t.has_gold and t.gold_calls]
     if not gold:
@@ -277,11 +278,15 @@ def enforce(summary: dict, params, where: str) -> None:
         log.warning("%s", msg)
 
 
+def _pct(summary: dict, key: str) -> str:
+    return "n/a" if summary.get(key) is None else f"{100 * summary[key]:.0f}%"
+
+
 def one_line(summary: dict) -> str:
     """The audit in one sentence, for the stage's summary line."""
-    pct = lambda k: "n/a" if summary.get(k) is None else f"{100 * summary[k]:.0f}%"  # noqa: E731
-    return (f"padding or no answer out-earns the direct solve on {pct('padded_beats_direct')} of {summary.get('tasks')} "
-            f"train tasks, Finish beats one more call after the gold plan on {pct('finish_preferred')}")
+    return (f"padding or no answer out-earns the direct solve on {_pct(summary, 'padded_beats_direct')} of "
+            f"{summary.get('tasks')} train tasks, Finish beats one more call after the gold plan on "
+            f"{_pct(summary, 'finish_preferred')}")
 
 
 def table_markdown(summaries: list[dict]) -> str:
@@ -294,7 +299,7 @@ def table_markdown(summaries: list[dict]) -> str:
         if "skipped" in s:
             continue
         m = s.get("mean_return", {})
-        pct = lambda k: "n/a" if s.get(k) is None else f"{100 * s[k]:.0f}%"  # noqa: E731
+        pct = lambda k: _pct(s, k)  # noqa: E731
         lines.append(f"| {s['shaping']} | {s['gamma']:g} | {s['alpha']:g} | {s['step_scale']:g} | {s['call_cost']:g} "
                      f"| {s['variant']} | {pct('beats_redundant')} | {pct('beats_irrelevant')} | "
                      f"{pct('beats_no_answer')} | {pct('finish_preferred')} | {pct('direct_beats_all')} | "

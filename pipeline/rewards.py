@@ -31,56 +31,29 @@ reward of each vote (the reference's 0.9333 = mean of 1, 1, 0.8).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Sequence
+import typing
+from typing import Sequence
 
 import numpy as np
 import polars as pl
 
 from pipeline import variants
+from pipeline.config import RewardsConfig
 
-SHAPINGS = ("paper", "progress", "min_form")
-
-
-@dataclass(frozen=True)
-class RewardSpec:
-    """What a step earns: the `rewards` section of params.yaml as the reward functions read it (`RewardSpec.of`).
-    Its own defaults are the paper's reward as the reference computes it; the pipeline's are params.yaml's."""
-
-    shaping: Literal["paper", "progress", "min_form"] = "paper"
-    alpha: float = 1.0
-    gamma: float = 1.0
-    step_scale: float = 1.0
-    call_cost: float = 0.0
-    failed_call_cost: float = 0.0
-    normalize: Literal["none", "whiten"] = "none"
-
-    @classmethod
-    def of(cls, rewards_cfg, **changes) -> "RewardSpec":
-        """From a `rewards` config section (any object with these attributes), with `changes` applied."""
-        fields = {k: getattr(rewards_cfg, k) for k in cls.__dataclass_fields__}
-        return cls(**{**fields, **changes})
-
-    def check(self) -> None:
-        if self.shaping not in SHAPINGS:
-            raise ValueError(f"shaping must be one of {', '.join(SHAPINGS)}, got {self.shaping!r}")
-        if self.alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ValueError(f"gamma must be in [0, 1], got {self.gamma}")
-        if min(self.step_scale, self.call_cost, self.failed_call_cost) < 0:
-            raise ValueError("step_scale, call_cost and failed_call_cost must be >= 0")
-        if self.normalize not in ("none", "whiten"):
-            raise ValueError(f"normalize must be none or whiten, got {self.normalize!r}")
+# the paper's reward as the reference computes it (α = 1, γ = 1, no scale or costs): these functions' default;
+# the pipeline's reward is params.yaml's `rewards` section, the same dataclass
+PAPER = RewardsConfig(shaping="paper")
+SHAPINGS: tuple[str, ...] = typing.get_args(typing.get_type_hints(RewardsConfig)["shaping"])
 
 
-def step_rewards(steps: pl.DataFrame, variant: str = variants.DEFAULT, spec: RewardSpec | None = None) -> pl.DataFrame:
+def step_rewards(steps: pl.DataFrame, variant: str = variants.DEFAULT,
+                 spec: RewardsConfig | None = None) -> pl.DataFrame:
     """steps: one row per step with traj_id, step_idx, succ_calling, contribution (null on Finish),
     is_solved_score (last step), and `progress` (share of needed facts known after the step) for the
-    `progress` shaping. `spec`: the reward (default: the paper's). Returns traj_id, step_idx, reward, is_last
+    `progress` shaping. `spec`: the reward, a `rewards` section (default: the paper's, `PAPER`). Returns traj_id, step_idx, reward, is_last
     (sorted by trajectory and step)."""
-    spec = spec or RewardSpec()
-    spec.check()
+    spec = spec or PAPER
+    spec.check("rewards")
     v = variants.get(variant)
     cols = ["traj_id", "step_idx", "succ_calling", "contribution", "is_solved_score"]
     if spec.shaping == "progress":
@@ -166,7 +139,7 @@ def returns_to_go(rewards: pl.DataFrame, gamma: float) -> pl.DataFrame:
     return rewards.with_columns(pl.Series("return", g))
 
 
-def reward_table(steps: pl.DataFrame, spec: RewardSpec, variant: str = variants.DEFAULT) -> pl.DataFrame:
+def reward_table(steps: pl.DataFrame, spec: RewardsConfig, variant: str = variants.DEFAULT) -> pl.DataFrame:
     """traj_id, step_idx, reward, return, variant for every step (schema ADVANTAGES): what the trainer trains on.
     A variant without credit across steps (no_step_opt) has the step's own reward as its return."""
     r = step_rewards(steps, variant=variant, spec=spec)

@@ -112,14 +112,14 @@ def annotate(params, root: Path, traj_dir: Path, out_dir: Path, metrics: Path) -
 def reward_table(params, src: Path, variant: str):
     """The step rewards and returns of the annotated steps in `src` (polars, schema ADVANTAGES) and their summary;
     nothing is written (the caller may still refuse them)."""
-    from pipeline.rewards import RewardSpec, reward_table as compute
+    from pipeline.rewards import reward_table as compute
 
     steps = pl.from_arrow(read_table(src, ANNOTATED_STEPS))  # ranges, unique steps, the outcome on the last: checked
     if steps.height == 0:
         raise SteptoolError(f"{src}: no annotated step, nothing to compute rewards for (see {src.parent / FAILED})")
     r = params.rewards
     try:
-        table = compute(steps, RewardSpec.of(r), variant)
+        table = compute(steps, r, variant)
     except ValueError as e:
         raise SteptoolError(f"{src}: {e}") from None
     return table, {"variant": variant, "steps": table.height, "trajectories": table["traj_id"].n_unique(),

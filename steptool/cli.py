@@ -98,21 +98,23 @@ def _play(args: argparse.Namespace) -> int:
 
 
 def _audit_rewards(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
 
     from pipeline import reward_audit
     from pipeline.config import load_params
     from pipeline.fsutil import atomic_path
-    from pipeline.rewards import SHAPINGS, RewardSpec
+    from pipeline.rewards import SHAPINGS
+
+    settable = ("alpha", "gamma", "step_scale", "call_cost", "failed_call_cost", "normalize")
 
     params = load_params(args.params)
     root = Path(args.root)
     changes = {}
     for item in args.set or []:
         key, sep, value = item.partition("=")
-        if not sep or key not in RewardSpec.__dataclass_fields__ or key == "shaping":
-            raise SteptoolError(f"--set {item!r}: expected KEY=VALUE with KEY one of alpha, gamma, step_scale, "
-                                "call_cost, failed_call_cost, normalize")
+        if not sep or key not in settable:
+            raise SteptoolError(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(settable)}")
         try:
             changes[key] = value if key == "normalize" else float(value)
         except ValueError:
@@ -128,11 +130,8 @@ def _audit_rewards(args: argparse.Namespace) -> int:
     labelled = reward_audit.label(params, root, gold)
     summaries = []
     for shaping in shapings:
-        spec = RewardSpec.of(params.rewards, shaping=shaping, **changes)
-        try:
-            spec.check()
-        except ValueError as e:
-            raise SteptoolError(f"--set: {e}") from None
+        spec = dataclasses.replace(params.rewards, shaping=shaping, **changes)
+        spec.check("--set rewards")  # one line naming the key (ConfigError)
         for variant in args.variant or params.variants:
             summaries.append(reward_audit.run(params, root, variant, spec, gold, labelled)[0])
     if args.json:

@@ -14,10 +14,9 @@ import polars as pl
 import pytest
 
 from pipeline import layout, reward_audit
-from pipeline.config import load_params
+from pipeline.config import RewardsConfig, load_params
 from pipeline.errors import ConfigError
 from pipeline.fsutil import write_json
-from pipeline.rewards import RewardSpec
 from pipeline.schema import TASKS, write_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +68,7 @@ def test_the_old_reward_pays_for_padding(toy):
     old = steps.with_columns(pl.when(pl.col("archetype").is_in(["redundant", "no_answer"])
                                      & (pl.col("contribution") == 0.0) & (pl.col("succ_calling") == 1.0))
                              .then(1.0).otherwise(pl.col("contribution")).alias("contribution"))
-    summary, per_task = reward_audit.run(params, root, "steptool", RewardSpec(shaping="paper"), tasks,
+    summary, per_task = reward_audit.run(params, root, "steptool", RewardsConfig(shaping="paper"), tasks,
                                          (old, stats, gold))
     rows = {r["task_id"]: r for r in per_task.to_dicts()}
     assert rows[a.task_id]["G_direct"] == pytest.approx(2.0) and rows[a.task_id]["G_redundant"] == pytest.approx(2.6)
@@ -86,7 +85,7 @@ def test_the_old_reward_pays_for_padding(toy):
 
 def test_paper_without_the_repeat_credit_still_pays_sc(toy):
     """Con 0 for a repeat is not enough at α = 1: SC alone earns 0.5. A: redundant 1 + 0.5 + 1 = 2.5 > 2."""
-    summary, a, b = _returns(toy, RewardSpec(shaping="paper"))
+    summary, a, b = _returns(toy, RewardsConfig(shaping="paper"))
     assert (a["G_direct"], a["G_redundant"], a["G_no_answer"]) == pytest.approx((2.0, 2.5, 3.0))
     assert (b["G_direct"], b["G_redundant"], b["G_no_answer"]) == pytest.approx((3.0, 3.5, 3.5))
     assert summary["beats_redundant"] == 1.0
@@ -95,7 +94,7 @@ def test_paper_without_the_repeat_credit_still_pays_sc(toy):
 def test_every_shaping_the_default_may_choose_never_pays_for_a_redundant_call(toy):
     """min_form (the default) and progress, by hand, on both tasks."""
     # min_form, γ = 1: G_0 = min over the steps' q (p on calls, IsSolved on the last) + IsSolved
-    summary, a, b = _returns(toy, RewardSpec(shaping="min_form"))
+    summary, a, b = _returns(toy, RewardsConfig(shaping="min_form"))
     assert (a["G_direct"], a["G_redundant"], a["G_no_answer"]) == pytest.approx((2.0, 1.5, 0.0))
     assert (b["G_direct"], b["G_redundant"], b["G_no_answer"]) == pytest.approx((2.0, 1.5, 0.0))
     assert a["G_partial"] == pytest.approx(0.5 + 0.5) and a["G_give_up"] == pytest.approx(0.0)
@@ -104,20 +103,20 @@ def test_every_shaping_the_default_may_choose_never_pays_for_a_redundant_call(to
     assert summary["padded_beats_direct"] == 0.0 and summary["finish_preferred"] == 1.0
     assert summary["direct_beats_all"] == 1.0
     # progress, γ = 1, call cost 0.05: G_0 = IsSolved − 0.05 per call (the shaping telescopes to 0)
-    summary, a, b = _returns(toy, RewardSpec(shaping="progress", call_cost=0.05))
+    summary, a, b = _returns(toy, RewardsConfig(shaping="progress", call_cost=0.05))
     assert (a["G_direct"], a["G_redundant"], a["G_no_answer"]) == pytest.approx((0.95, 0.9, -0.3))
     assert (b["G_direct"], b["G_redundant"], b["G_no_answer"]) == pytest.approx((0.9, 0.85, -0.3))
     assert summary["padded_beats_direct"] == 0.0 and summary["finish_preferred"] == 1.0
-    for s in (RewardSpec(shaping="min_form"), RewardSpec(shaping="progress", call_cost=0.05)):
+    for s in (RewardsConfig(shaping="min_form"), RewardsConfig(shaping="progress", call_cost=0.05)):
         reward_audit.enforce(_returns(toy, s)[0], toy[0], "toy")  # strict, share 0: accepted
 
 
 def test_outcome_only_variants_tie_padding_and_no_step_opt_prefers_finish(toy):
-    summary, a, _ = _returns(toy, RewardSpec(shaping="paper"), "ppo_outcome")
+    summary, a, _ = _returns(toy, RewardsConfig(shaping="paper"), "ppo_outcome")
     assert (a["G_direct"], a["G_redundant"], a["G_no_answer"]) == pytest.approx((1.0, 1.0, 0.0))
     assert summary["padded_beats_direct"] == 0.0 and summary["ties_redundant"] == 1.0
     # no credit across steps: at the decision, Finish's own reward 1 against the repeat's 0.5
-    summary, a, _ = _returns(toy, RewardSpec(shaping="paper"), "no_step_opt")
+    summary, a, _ = _returns(toy, RewardsConfig(shaping="paper"), "no_step_opt")
     assert a["finish_advantage"] == pytest.approx(0.5) and summary["finish_preferred"] == 1.0
 
 
@@ -140,13 +139,13 @@ def test_the_audit_goes_through_the_llm_judges_cost_cap_and_cache(toy, tmp_path,
 
         one = tasks[:1]  # the 1-call task: six archetypes, six judge calls
         with pytest.raises(BudgetExceeded):
-            reward_audit.run(with_judge(max_cost_usd=1e-9), root, "steptool", RewardSpec(shaping="min_form"), one)
+            reward_audit.run(with_judge(max_cost_usd=1e-9), root, "steptool", RewardsConfig(shaping="min_form"), one)
         assert server.http_calls == 0
         summary, per_task = reward_audit.run(with_judge(max_cost_usd=0), root, "steptool",
-                                             RewardSpec(shaping="min_form"), one)
+                                             RewardsConfig(shaping="min_form"), one)
         calls = server.http_calls
         assert calls > 0 and summary["annotator"] == "openai" and per_task.height == 1
-        again, _ = reward_audit.run(with_judge(max_cost_usd=1e-9), root, "steptool", RewardSpec(shaping="min_form"),
+        again, _ = reward_audit.run(with_judge(max_cost_usd=1e-9), root, "steptool", RewardsConfig(shaping="min_form"),
                                     one)
         assert server.http_calls == calls and again["mean_return"] == summary["mean_return"]
     finally:
