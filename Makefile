@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup repro test bench study study-piece study-report clean-venv
+.PHONY: setup repro test bench study study-val study-piece study-report clean-venv
 
 setup: $(STAMP)
 
@@ -50,6 +50,15 @@ study: $(STAMP)
 	       echo "- wall time $$(( (end - start) / 60 )) min $$(( (end - start) % 60 )) s (dvc repro, venv excluded), finished $$(date -u +%Y-%m-%dT%H:%MZ)"; \
 	       echo "- machine: $$(nproc) cores, $$(lscpu | sed -n 's/^Model name: *//p'), AMX: $$(grep -q amx_tile /proc/cpuinfo && echo yes || echo no)"; \
 	       echo "- torch $$($(BIN)/python -c 'import torch; print(torch.__version__)'), precision auto"; } > reports/study/RUN.md
+
+# The study's settings chosen on val (configs/study-val.yaml, pipeline/val_grid.py): every candidate of the grid
+# runs in one clone under build/study-val (DVC's cache there reuses what they share), its report inputs kept in
+# reports/study/val/<candidate>/ with RUN.md, and reports/study/val/selection.md picks by the grid's rule. A rerun
+# skips finished candidates (commit reports/study/val/ between sessions); the clone follows this repository's HEAD.
+study-val: $(STAMP)
+	test -d $(STUDY)-val || git clone -q . $(STUDY)-val
+	git -C $(STUDY)-val checkout -q -- . && git -C $(STUDY)-val pull -q --ff-only origin HEAD
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m steptool study-val configs/study-val.yaml --workspace $(STUDY)-val --out reports/study/val
 
 # The study in pieces, one training seed each, for when the whole does not fit one sitting (a session keeps only
 # what is committed): `make study-piece SEED=k` runs profiles/study.yaml with train.seeds [k] in a fresh clone

@@ -152,6 +152,18 @@ def _study_save(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_val(args: argparse.Namespace) -> int:
+    from pipeline.val_grid import run_grid, write_selection
+
+    if args.table_only:
+        chosen = write_selection(Path(args.grid), Path(args.out))
+    else:
+        run_grid(Path(args.grid), Path(args.workspace), Path(args.out), dvc=args.dvc)
+        chosen = write_selection(Path(args.grid), Path(args.out))
+    print(f"study-val: {Path(args.out) / 'selection.md'}; chosen: {chosen['candidate'] if chosen else 'none yet'}")
+    return 0
+
+
 def _study_merge(args: argparse.Namespace) -> int:
     import yaml
 
@@ -342,6 +354,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=".", help="the run's workspace (default: the current folder)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_study_save)
+    p = sub.add_parser("study-val", help="choose the study's settings on val: run a grid of candidates (make study-val)",
+                       description="Run every candidate of a grid file (configs/study-val.yaml: a base profile, the "
+                                   "keys all share, each candidate's changes; always evaluate.split val) through "
+                                   "`dvc repro` in WORKSPACE, a clone of this repository, one after the other so DVC's "
+                                   "cache there reuses what they share; keep each one's report inputs in "
+                                   "OUT/<candidate>/ with RUN.md (a finished candidate is skipped: rerun to resume) "
+                                   "and write OUT/selection.md and selection.json, the candidate chosen by the grid's "
+                                   "rule once all have run (pipeline/val_grid.py).")
+    p.add_argument("grid", help="the grid file, e.g. configs/study-val.yaml")
+    p.add_argument("--workspace", default="build/study-val", help="the clone the candidates run in")
+    p.add_argument("--out", default="reports/study/val", help="where the candidates' results and the table go")
+    p.add_argument("--dvc", default="dvc", help="the dvc executable")
+    p.add_argument("--table-only", action="store_true", help="only rewrite the selection table from OUT")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_study_val)
     p = sub.add_parser("study-merge", help="lay several study pieces out as one run, for the report stage",
                        description="Copy the pieces' files into ROOT/data side by side (one training seed each), "
                                    "concatenate their evaluation results (sft once: the pieces must agree on it) "
