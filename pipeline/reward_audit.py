@@ -163,6 +163,8 @@ def label(params, root: Path, tasks: list[Task]) -> tuple[pl.DataFrame, dict, di
     labels, stats = label_trajectories(trajs, steps, {t.task_id: t for t in tasks}, params.annotate,
                                        str(cache if cache.is_absolute() else root / cache), progress=False)
     rows = []
+    # an archetype the judge could not label is left out of every share; how many is in the summary
+    stats = {**stats, "unlabelled": sum(bool(lab.failed) for lab in labels)}
     for lab in labels:
         if lab.failed:
             continue
@@ -255,7 +257,8 @@ def run(params, root: Path, variant: str, spec: RewardsConfig | None = None, tas
     per_task = score(steps, gold_steps, spec, variant)
     summary = {"variant": variant, "shaping": spec.shaping, "gamma": spec.gamma, "alpha": spec.alpha,
                "step_scale": spec.step_scale, "call_cost": spec.call_cost, "failed_call_cost": spec.failed_call_cost,
-               "annotator": params.annotate.annotator, **summarize(per_task, gold_steps, params.agent.max_steps)}
+               "annotator": params.annotate.annotator, "unlabelled": stats.get("unlabelled", 0),
+               **summarize(per_task, gold_steps, params.agent.max_steps)}
     if stats.get("cost_usd"):
         summary["judge_cost_usd"] = stats["cost_usd"]
     return summary, per_task

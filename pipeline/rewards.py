@@ -143,6 +143,6 @@ def reward_table(steps: pl.DataFrame, spec: RewardsConfig, variant: str = varian
     """traj_id, step_idx, reward, return, variant for every step (schema ADVANTAGES): what the trainer trains on.
     A variant without credit across steps (no_step_opt) has the step's own reward as its return."""
     r = step_rewards(steps, variant=variant, spec=spec)
-    g = returns_to_go(r, spec.gamma if variants.get(variant).credit_across_steps else 0.0)
+    g = returns_to_go(r, variants.get(variant).discount(spec.gamma))
     return g.with_columns(pl.lit(variant).alias("variant")).select("traj_id", "step_idx", "reward", "return",
                                                                    "variant")

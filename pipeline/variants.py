@@ -12,13 +12,18 @@ from dataclasses import dataclass
 class Variant:
     name: str
     step_rewards: bool
-    """True: intermediate steps earn r_t = (α·SC + Con/5)/(α+1); False: only the last step's IsSolved counts."""
+    """True: intermediate steps earn the configured shaping's step reward (rewards.shaping: paper, progress or
+    min_form, pipeline/rewards.py); False: only the last step's IsSolved counts."""
     credit_across_steps: bool
     """True: a step's advantage includes later steps' rewards (γ as configured); False: γ = 0, each step alone."""
     token_level: bool
     """True: classic PPO, GAE over action tokens with the reward on each action's last token; False: GAE over
     steps, every token of action t gets A_t."""
     help: str
+
+    def discount(self, gamma: float) -> float:
+        """The γ this variant's credit uses: the configured one across steps, 0 when each step stands alone."""
+        return gamma if self.credit_across_steps else 0.0
 
 
 REGISTRY: dict[str, Variant] = {}

@@ -54,6 +54,25 @@ def env(error="", response=None):
     (env(response="False"), (1, "")),  # "contains profanity?" False is an answer
     (env(response={"data": "x" * 400, "note": "no error here, just data"}), (1, "")),
     ('{"error": "", "response": "{\\"items\\": [1, 2, 3], \\"more\\": tru...', (1, "")),  # cut envelope, still data
+    # hand-labelled at each branch's edge (what a loosened rule would get wrong)
+    (env(response={"results": [], "data": {"id": 7}}), (1, "")),  # empty only when ALL containers are empty
+    (env(response={"results": [], "summary": "Forty-one characters of text are data, ok"}), (1, "")),  # > 40
+    (env(response={"results": [], "summary": "none"}), (0, "empty result")),
+    (env(response={"status": 400, "message": "Bad"}), (0, "status 400")),  # the range starts at 400
+    (env(response={"status": 599, "data": [1]}), (0, "status 599")),
+    (env(response={"status": 600, "data": [1]}), (1, "")),
+    (env(response={"status": 399, "data": [1]}), (1, "")),
+    (env(response={"code": "404", "data": [1]}), (0, "status 404")),  # a status given as text
+    (env(response={"error": "None", "data": [1]}), (1, "")),  # an error field that says there is none
+    (env(response={"error": "null", "data": [1]}), (1, "")),
+    (env(response={"error": "quota", "data": [1]}), (0, "error field: quota")),
+    (env(response={"message": "Missing optional field 'year'", "results": [{"id": 1}]}), (1, "")),  # beside data
+    (env(response={"message": "Missing required field 'year'"}), (0, "error message: Missing required field 'year'")),
+    (env(response={"result": "Unable to resolve the host"}), (0, "error message: Unable to resolve the host")),
+    (env(response={"result": "Resolved"}), (1, "")),
+    (env(response="Found " + "x" * 300 + " without error"), (1, "")),  # a long text is data, words or not
+    (env(response="Request failed"), (0, "error message: Request failed")),
+    (env(response="<html><body>" + "x" * 300 + "</body><title>404</title></html>"), (0, "error page")),
 ])
 def test_succ_calling_rule(observation, expected):
     assert succ_calling("f_for_t", True, observation) == expected
@@ -692,3 +711,16 @@ def test_batch_mode_round_trips_through_the_batch_api_and_resumes_its_batch(play
         assert again["batch_requests"] == 0 and len(server.batches) == 1 and again["judge_calls"] == 0
     finally:
         server.close()
+
+
+def test_needed_items_skip_what_the_query_already_says_in_any_case():
+    """A gold argument the query already contains, in whatever case ("PARIS" in "weather in Paris"), is not an item
+    a call must reveal; an id the query does not contain is."""
+    from pipeline.annotate.oracle import needed_items
+    from pipeline.task import GoldCall, Task
+
+    call = GoldCall("Weather", "meteo", "forecast", "forecast_for_meteo", json.dumps({"city": "PARIS", "id": "c-17"}))
+    task = Task("t1", "train", "I1", "What is the weather in Paris?", [], gold_calls=[call], gold_facts=["12.5"])
+    assert needed_items(task) == ["12.5", "c-17"]
+    lower = Task("t2", "train", "I1", "what is the weather in paris?", [], gold_calls=[call], gold_facts=["12.5"])
+    assert needed_items(lower) == ["12.5", "c-17"]

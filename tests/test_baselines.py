@@ -40,6 +40,10 @@ def test_rloo_lines_up_token_units_by_step():
     unit_step = [[0, 0, 1], [0, 0, 1]]
     b = baselines.rloo(targets, unit_step, ["t", "t"])
     assert b == [[0.0, 0.0, 0.0], [1.0, 1.0, 0.5]]
+    # tokens of one step with different returns-to-go (a per-token KL in the reward): a sibling's step is worth
+    # its return at the step's FIRST token, 1.2 here, not its last 1.1
+    b = baselines.rloo([[1.2, 1.1, 0.5], [0.0, 0.0]], [[0, 0, 1], [0, 1]], ["t", "t"])
+    assert b == [[0.0, 0.0, 0.0], [1.2, 0.5]]
 
 
 def test_crossfit_never_sees_its_own_targets():
@@ -218,3 +222,17 @@ def test_ridge_fit_has_the_intercept_of_least_squares():
     w, b = baselines.ridge_fit(x, y, ridge=1e-9)
     coef, *_ = np.linalg.lstsq(np.hstack([x.numpy(), np.ones((40, 1))]), y.numpy(), rcond=None)
     assert w.numpy() == pytest.approx(coef[:3], abs=1e-6) and b == pytest.approx(coef[3], abs=1e-6)
+
+
+def test_kl_to_ref_per_token_by_hand():
+    """k = a·(log a − log b) − a + b with a = π_θ/π_old, b = π_ref/π_old at the sampled token. Token 1: π_θ = π_old
+    = 0.2, π_ref = 0.4: a = 1, b = 2, k = −log 2 − 1 + 2 = 0.306853 (with b read as 1 it would be −0.693147, a
+    negative KL). Token 2: π_θ = 0.4, π_old = 0.2, π_ref = 0.1: a = 2, b = 0.5, k = 2·log 4 − 2 + 0.5 = 1.272589."""
+    logp = torch.tensor([0.2, 0.4], dtype=torch.float64).log()
+    old = torch.tensor([0.2, 0.2], dtype=torch.float64).log()
+    ref = torch.tensor([0.4, 0.1], dtype=torch.float64).log()
+    assert kl_to_ref(logp, ref, old).tolist() == pytest.approx([0.306853, 1.272589], abs=1e-6)
+    # k1 and k3 of the penalty by hand at d = log 2: k1 = 0.693147, k3 = 1/2 + log 2 − 1 = 0.193147
+    d = torch.tensor([math.log(2.0)], dtype=torch.float64)
+    assert kl_per_token(d, torch.zeros(1, dtype=torch.float64), "k1").item() == pytest.approx(0.693147, abs=1e-6)
+    assert kl_per_token(d, torch.zeros(1, dtype=torch.float64), "k3").item() == pytest.approx(0.193147, abs=1e-6)

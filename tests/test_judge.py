@@ -35,3 +35,30 @@ def test_all_some_none():
     assert rule_judge(facts, "Rosa Okafor, 1994", "give_answer") == SOLVED
     assert rule_judge(facts, "Rosa Okafor, 1993", "give_answer") == UNSURE
     assert rule_judge(facts, "nobody, never", "give_answer") == UNSOLVED
+
+
+@pytest.mark.parametrize("fact, answer, expected", [
+    ("42", "The answer is 42.", True),
+    ("42", "The answer is 42.4", False),  # an integer fact allows no rounding (a tolerance of 0.5 would take it)
+    ("42", "The answer is 41.6", False),
+    ("3.5", "about 3.54", True),  # one decimal: within half its last digit
+    ("3.5", "about 3.56", False),
+    ("1234.50", "1,234.5 in total", True),
+    ("Paris", "PARIS, France", True),  # text case-insensitively, as whole words
+    ("Par", "Paris", False),
+])
+def test_fact_stated_tolerances(fact, answer, expected):
+    assert fact_stated(fact, answer) is expected
+
+
+def test_rule_judge_branches_and_scores():
+    """Each branch of rule_judge and pass_score by hand: Unsure is worth half (StableToolBench's pass rate), a
+    task without gold facts cannot be Solved by any answer (nothing shows it right), and no answer is Unsolved."""
+    from pipeline.toolworld.fact_judge import pass_score
+
+    assert [pass_score(s) for s in (SOLVED, UNSURE, UNSOLVED, "garbage")] == [1.0, 0.5, 0.0, 0.0]
+    assert rule_judge([], "Anything at all", "give_answer") == UNSOLVED
+    assert rule_judge(["42"], "42", "give_up") == UNSOLVED
+    assert rule_judge(["42"], "   ", "give_answer") == UNSOLVED
+    assert rule_judge(["42"], None, "give_answer") == UNSOLVED
+    assert rule_judge(["42", "Paris"], "42 and Lyon", "give_answer") == UNSURE

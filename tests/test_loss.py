@@ -133,3 +133,14 @@ def test_the_gradient_pushes_the_right_way(trainer):
     loss.backward()
     expected = -(1 * 0.5 + (-2) * 1.1 + (-1) * 1.3) / 5 + 0.5 * ((0.5 - 1.0) + (0.0 + 0.5)) / 3
     assert float(model.shift.grad) == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_ratio_on_the_clip_bound_is_not_counted_as_clipped(trainer):
+    """clamp(r, 1 − ε, 1 + ε) leaves r = 1 + ε as it is, so clipfrac (|r − 1| > ε, CleanRL's) does not count it:
+    with ε = 1, ratios (2, 2, 1, 1, 2) — exact in float32: exp(log 2) = 2 — clip nothing; ε = 0.5 clips the three 2s."""
+    model, inputs = _batch()
+    old = inputs["old_logprobs"][inputs["tok_mask"] > 0]
+    model.logp = old + torch.log(torch.tensor([2.0, 2.0, 1.0, 1.0, 2.0]))
+    assert torch.equal(torch.exp(model.logp - old), torch.tensor([2.0, 2.0, 1.0, 1.0, 2.0]))
+    assert _loss(trainer, model, inputs, cliprange=1.0)[1]["clipfrac"] == 0.0
+    assert _loss(trainer, model, inputs, cliprange=0.5)[1]["clipfrac"] == pytest.approx(0.6)

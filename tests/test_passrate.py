@@ -66,3 +66,13 @@ def test_other_methods_give_their_own_table(external):
     for g in ("I1", "I2"):
         assert table["steptool_cot"][g]["mean"] > table["toolllama_sft_cot"][g]["mean"]
     assert "G1_category" not in method_pass_rates(root / "baseline-eto_cot")["subsets"]  # a missing file is skipped
+
+
+def test_runs_are_read_in_numeric_order(tmp_path):
+    """Run "10" comes after run "2" (a text sort would put it third): statuses are [query][run] by run number."""
+    from pipeline.evaluate.passrate import subset_statuses
+
+    runs = {"10": "AnswerStatus.Unsolved", "2": "AnswerStatus.Unsure", "0": "AnswerStatus.Solved",
+            "1": "AnswerStatus.Solved"}
+    (tmp_path / "G1_tool.json").write_text(json.dumps({"7": {"is_solved": runs}}))
+    assert subset_statuses(tmp_path / "G1_tool.json") == [["Solved", "Solved", "Unsure", "Unsolved"]]

@@ -145,6 +145,7 @@ def test_the_audit_goes_through_the_llm_judges_cost_cap_and_cache(toy, tmp_path,
                                              RewardsConfig(shaping="min_form"), one)
         calls = server.http_calls
         assert calls > 0 and summary["annotator"] == "openai" and per_task.height == 1
+        assert summary["unlabelled"] == 0  # every archetype came back labelled
         again, _ = reward_audit.run(with_judge(max_cost_usd=1e-9), root, "steptool", RewardsConfig(shaping="min_form"),
                                     one)
         assert server.http_calls == calls and again["mean_return"] == summary["mean_return"]

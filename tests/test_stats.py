@@ -199,3 +199,18 @@ def test_the_verdict_needs_both_the_interval_and_the_sign_test():
     assert verdict("a", "b", {**base, "lo": 2.8, "hi": 20.8, "p_value": 0.049}).startswith("a is better than b")
     assert verdict("a", "b", {**base, "diff": -11.1, "lo": -20.8, "hi": -2.8, "p_value": 0.049}).startswith(
         "a is worse than b")
+
+
+def test_the_interval_is_the_95_percent_percentile_bootstrap():
+    """20 of 40 tasks solved: a resample's mean is Binomial(40, 0.5)/40, whose 2.5% and 97.5% quantiles are 14
+    and 26 (P(X ≤ 13) = 0.019, P(X ≤ 14) = 0.040; symmetric), so the 95% interval is exactly [35, 65]; a 90%
+    interval would be [37.5, 62.5] (the 5% quantile is 15: P(X ≤ 14) = 0.040 < 0.05 ≤ P(X ≤ 15) = 0.077).
+    scipy's percentile bootstrap gives the same interval."""
+    import numpy as np
+    from scipy import stats as sps
+
+    ci = pass_rate_ci(_scores({"I1": [1, 0] * 20}), n_boot=10000)["I1"]
+    assert (ci["lo"], ci["mean"], ci["hi"]) == (35.0, 50.0, 65.0)
+    ref = sps.bootstrap((100.0 * np.array([1, 0] * 20),), np.mean, n_resamples=10000, method="percentile",
+                        confidence_level=0.95, rng=np.random.default_rng(1)).confidence_interval
+    assert (ref.low, ref.high) == (35.0, 65.0)

@@ -145,7 +145,7 @@ def precompute(model: PolicyWithValue, examples: list[Example], cfg, rank: int =
     on the model's device; with `world` > 1 (distributed training) each rank runs every world-th trajectory
     and the shards are gathered, so every rank continues with the same round."""
     v = variants.get(cfg.variant)
-    gamma = cfg.gamma if v.credit_across_steps else 0.0
+    gamma = v.discount(cfg.gamma)
     was_training = model.training
     model.eval()
     if ref_model is not None:
@@ -235,7 +235,7 @@ def advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, 
     """GAE over units [B, U] (steps, or action tokens of a token-level variant: observations are the
     environment's transition, so the next value of an action token is the next action token's). A variant
     without credit across steps uses γ = 0: A_t = r_t − V(s_t). Returns (A, R = A + V), 0 on padding."""
-    g = gamma if variants.get(variant).credit_across_steps else 0.0
+    g = variants.get(variant).discount(gamma)
     return step_gae(rewards, values, mask, g, lam)
 
 
@@ -260,7 +260,7 @@ def prepare_round(model: PolicyWithValue, examples: list[Example], cfg, rank: in
                         tok_mask, cfg.kl_coef if cfg.kl_in == "reward" else 0.0)
     base = pad([it["baseline"] for it in items], 0.0, torch.float64)
     adv, _ = advantages(rewards, base, unit_mask, cfg.variant, cfg.gamma, cfg.lam)  # 3
-    gamma = cfg.gamma if variants.get(cfg.variant).credit_across_steps else 0.0
+    gamma = variants.get(cfg.variant).discount(cfg.gamma)
     ret = mc_returns([rewards[i, :len(it["unit_rewards"])].tolist() for i, it in enumerate(items)], gamma)
     step_ret = mc_returns([list(ex.rewards) for ex in examples], gamma)  # the advantages table's `return`
     valid = unit_mask > 0
