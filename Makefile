@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup repro test bench study study-val study-piece study-report clean-venv
+.PHONY: setup repro test bench mutation study study-val study-piece study-report clean-venv
 
 setup: $(STAMP)
 
@@ -34,6 +34,15 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Mutation testing (docs/mutation.md): mutmut mutates the core math and judgement ([tool.mutmut] in pyproject.toml)
+# and runs, per mutant, the fast tests that reach the mutated function; then the per-module scores. Not in
+# `make test`. Resumable (mutmut keeps its state in mutants/); MUTANTS="pipeline.stats*" runs only those.
+MUTANTS ?=
+mutation: $(STAMP)
+	$(BIN)/python -m pip install --quiet "mutmut>=3.8,<4"
+	$(BIN)/mutmut run $(MUTANTS)
+	$(BIN)/python scripts/mutation_scores.py
 
 # The study (profiles/study.yaml, about 105 min on 2 quiet AMX cores, reports/study/RUN.md): the committed code in a fresh clone under
 # build/study (so this workspace's params.yaml and dvc.lock stay the default's), then its report, figures and

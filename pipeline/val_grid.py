@@ -76,8 +76,8 @@ def _run(cmd: list[str], cwd: Path, env: dict) -> None:
 def run_grid(grid_path: Path, workspace: Path, out: Path, dvc: str = "dvc",
              runner: Callable[[list[str], Path, dict], None] = _run, log: Callable[[str], None] = print) -> list[str]:
     """Run every unfinished candidate in `workspace` (a clone of the repository), keep each one's report inputs
-    in `out`/<name>/ with RUN.md (wall time, stage by stage from DVC's log is not kept: the total), then write the
-    selection table. Returns the candidates run now."""
+    in `out`/<name>/ with RUN.md (the wall time of its `dvc repro`), and rewrite the selection table after each.
+    Returns the candidates run now."""
     grid = load_grid(grid_path)
     env = {**os.environ, "PYTHONPATH": str(workspace.resolve())}
     ran = []
@@ -102,6 +102,7 @@ def run_grid(grid_path: Path, workspace: Path, out: Path, dvc: str = "dvc",
             "(dvc repro; what earlier candidates computed came from DVC's cache)\n"
             f"- finished {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}\n", encoding="utf-8")
         ran.append(name)
+        write_selection(grid_path, out)  # the table so far: a session may stop before the next candidate ends
     write_selection(grid_path, out)
     return ran
 
@@ -138,7 +139,9 @@ def candidate_row(folder: Path, model: str, strategy: str) -> dict:
                                         seed_scores([{**r, "seed": None} for r in _rows(before_p)]))
     round_m = _load_json(folder / layout.round_dir(model, seed, rounds) / "metrics.json")
     audit = _load_json(folder / layout.metrics_file("advantages", layout.run_name(model, seed))).get("audit") or {}
+    ref_m = _load_json(folder / layout.REPORT_METRICS).get(f"{ref}-{strategy}") or {}
     return {"candidate": folder.name, "params": params, "pass": m["pass_rate_ci"]["average"],
+            "ref_pass": (ref_m.get("pass_rate_ci") or {}).get("average"),
             "vs_ref": m.get(f"vs_{ref}"), "reference": ref, "calls_per_task": m.get("calls_per_task"),
             "no_finish_rate": m.get("no_finish_rate"), "replay_before": before, "replay_after": after,
             "replay_diff": replay_diff, "kl_ref_token": round_m.get("final_kl_ref_token"),
@@ -200,6 +203,11 @@ def selection_markdown(grid_path: Path, rows: list[dict], chosen: dict | None, p
             f"{'–' if r['kl_ref_token'] is None else format(r['kl_ref_token'], '.4f')} | {audit} | "
             f"{r['wall'] or '–'} |")
     lines.append("")
+    refs = {(r["reference"], _ci(r["ref_pass"])) for r in rows}
+    if refs:
+        lines.append("The reference on val: " + "; ".join(f"{name} {ci}" for name, ci in sorted(refs))
+                     + " (the same checkpoint for every candidate: the warm start does not depend on them).")
+        lines.append("")
     if pending:
         lines.append(f"Not run yet: {', '.join(pending)}. No candidate is chosen until every one has run.")
     elif chosen is not None:

@@ -262,6 +262,7 @@ def played(world, splits, tokenizer):
     return trajs, steps, {t.task_id: t for t in tasks}
 
 
+@pytest.mark.long
 def test_openai_judge_under_faults_then_a_free_rerun(played, tmp_path, monkeypatch, caplog):
     trajs, steps, tasks = played
     secret = "sk-test-SECRET-5f3a"
@@ -296,6 +297,7 @@ def test_openai_judge_under_faults_then_a_free_rerun(played, tmp_path, monkeypat
         server.close()
 
 
+@pytest.mark.long
 def test_a_failed_vote_labels_from_the_others_and_is_counted_by_length(played, tmp_path, monkeypatch):
     """Vote 1 always comes back with the wrong number of values, and trajectories with 3+ calls get no valid
     vote at all. With min_votes 1 the others are labelled from votes 0 and 2 (listed as partial), the long
@@ -350,6 +352,7 @@ def _write_tasks(root, tasks):
                     TASKS)
 
 
+@pytest.mark.long
 def test_annotate_fails_above_max_failed_fraction_with_the_reasons_counted(played, tmp_path, monkeypatch):
     """Trajectories with 3+ calls always get answers of the wrong length: with 0 allowed the stage fails and
     counts them; with a fraction above their share it passes and writes the others."""
@@ -673,6 +676,7 @@ def test_tokens_per_minute_spreads_the_calls(played, tmp_path, monkeypatch):
     assert starts[0][-1] - starts[0][0] < 0.3
 
 
+@pytest.mark.long
 def test_batch_mode_round_trips_through_the_batch_api_and_resumes_its_batch(played, tmp_path, monkeypatch):
     """annotate.mode: batch uploads the first attempts as JSONL, creates one batch, polls it until completed,
     caches its answers; the labels equal the online run's, and the online path is called only for retries of

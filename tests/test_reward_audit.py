@@ -120,6 +120,7 @@ def test_outcome_only_variants_tie_padding_and_no_step_opt_prefers_finish(toy):
     assert a["finish_advantage"] == pytest.approx(0.5) and summary["finish_preferred"] == 1.0
 
 
+@pytest.mark.long
 def test_the_audit_goes_through_the_llm_judges_cost_cap_and_cache(toy, tmp_path, monkeypatch):
     """With the openai annotator the archetypes are judged by the LLM through the annotator's client: the cost
     estimate stops an audit above annotate.max_cost_usd before any call, a run pays once, and a second audit is

@@ -95,6 +95,7 @@ def test_difference_sd_pools_levels_by_hand():
     assert d["sd"] == pytest.approx(100 * (2.5 / 3) ** 0.5, abs=1e-3)
 
 
+@pytest.mark.long
 def test_power_estimate_holds_in_simulation():
     """Simulated paired comparisons with the number of tasks `tasks_needed` asks for detect the difference
     (a one-sample t-test on the per-task differences) in about 80% of trials."""
@@ -214,3 +215,43 @@ def test_the_interval_is_the_95_percent_percentile_bootstrap():
     ref = sps.bootstrap((100.0 * np.array([1, 0] * 20),), np.mean, n_resamples=10000, method="percentile",
                         confidence_level=0.95, rng=np.random.default_rng(1)).confidence_interval
     assert (ref.low, ref.high) == (35.0, 65.0)
+
+
+def test_mean_ci_at_the_ends_of_the_t_table():
+    """Half-widths by hand, t·s/√n: 30 values 0/1 (df 29, t 2.045, s = √(7.5/29) = 0.508548): 0.189873; 31 values
+    (one more 0.5; df 30, the table's last entry t 2.042, s = 0.5): 0.183377; 40 values (df 39: the normal's
+    1.959964, s = √(10/39) = 0.506370): 0.156923. A missing or NaN value is left out: [1, NaN, 3, None] is n = 2
+    with t 12.706 and s = √2: 2 ± 12.706."""
+    from pipeline.stats import mean_ci
+
+    for values, half in (([0.0, 1.0] * 15, 0.189873), ([0.0, 1.0] * 15 + [0.5], 0.183377),
+                         ([0.0, 1.0] * 20, 0.156923)):
+        c = mean_ci(values)
+        assert (c["mean"], c["n"]) == (0.5, len(values))
+        assert c["hi"] - 0.5 == pytest.approx(half, abs=1e-6) and 0.5 - c["lo"] == pytest.approx(half, abs=1e-6)
+    c = mean_ci([1.0, float("nan"), 3.0, None])
+    assert (c["mean"], c["n"]) == (2.0, 2) and c["lo"] == pytest.approx(-10.706) and c["hi"] == pytest.approx(14.706)
+
+
+def test_variance_components_pool_levels_of_two_and_one_task():
+    """Per level (tasks x 2 seeds), seeds agreeing within each task (within 0): [[0, 0], [1, 1]] has task means
+    0, 1, variance 0.5 on 1 dof; [[0, 0], [0, 0], [1, 1]] has means 0, 0, 1, variance 1/3 on 2 dof; pooled
+    (0.5 + 2/3) / 3 = 0.388889, sd 62.36 points. A level of one task has no between-task variance: [[0, 1]]
+    alone gives between 0 and within 0.5 (sd 70.71 points)."""
+    import numpy as np
+
+    from pipeline.stats import variance_components
+
+    two = np.array([[0, 0], [1, 1]], dtype=float)
+    assert variance_components({"I1": two}) == pytest.approx((100 * 0.5 ** 0.5, 0.0))
+    three = np.array([[0, 0], [0, 0], [1, 1]], dtype=float)
+    assert variance_components({"I1": two, "I2": three}) == pytest.approx((100 * (7 / 18) ** 0.5, 0.0))
+    assert variance_components({"I1": np.array([[0, 1]], dtype=float)}) == pytest.approx((0.0, 100 * 0.5 ** 0.5))
+
+
+def test_tasks_needed_is_at_least_two():
+    from pipeline.stats import tasks_needed
+
+    # ((1.959964 + 0.841621) · 5 / 50)² = 0.0785: one task by the formula, but a paired comparison needs two
+    assert tasks_needed(5.0, 50.0) == 2
+    assert tasks_needed(0.0, 5.0) is None and tasks_needed(20.0, 0.0) is None

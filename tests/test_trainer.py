@@ -210,6 +210,7 @@ def test_steptool_learns_the_right_actions_and_beats_outcome_only_ppo(tokenizer)
     assert mean["steptool"] > mean["ppo_outcome"] + 0.1, finals
 
 
+@pytest.mark.long
 def test_the_learning_test_fails_with_a_flipped_advantage_sign(tokenizer):
     start, end = _learn(tokenizer, "steptool", 0, rounds=3, flip_sign=True)
     assert end < start - 0.05
@@ -279,6 +280,7 @@ def test_resume_after_kill_ends_with_the_uninterrupted_weights(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.long
 def test_bf16_autocast_starts_the_round_at_ratio_one(tokenizer):
     """Under bf16 autocast the round's old log-probs are computed with the same autocast as the loss, so the
     first optimizer step sees ratio ~1 (approx_kl ~0) and no clipping, as in fp32."""
@@ -378,6 +380,7 @@ def test_round_scales_once_over_all_steps_and_shapes_rewards_with_the_kl(tokeniz
     assert items[0]["step_return"] == pytest.approx([1.5, 1.0])  # the round table's `return`
 
 
+@pytest.mark.long
 def test_the_default_kl_acts_in_the_first_round(tokenizer):
     """With kl_in: reward and recompute, the first round's penalty KL(π_old‖π_ref) is 0 (π_old = π_ref), so β did
     nothing: the weights equal β = 0's to the last bit. With kl_in: loss (the default) β·KL(π_θ‖π_ref) acts from

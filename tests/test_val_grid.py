@@ -101,6 +101,7 @@ def test_grid_runs_each_candidate_once_and_selects_by_the_rule(grid, tmp_path):
     md = (out / "selection.md").read_text()
     assert "**fast**" in md and "**Chosen: fast**" in md and "rewards.shaping=progress" in md
     assert "4.00 → 2.00" in md  # replay calls per task before -> after
+    assert "The reference on val: sft 25.0 [" in md
     assert (out / "fast" / "RUN.md").exists() and (out / "fast" / "params.yaml").exists()
 
     assert run_grid(grid, tmp_path / "ws", out, runner=runner, log=lambda s: None) == []  # resumes: nothing left
