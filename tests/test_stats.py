@@ -219,13 +219,13 @@ def test_the_interval_is_the_95_percent_percentile_bootstrap():
 
 def test_mean_ci_at_the_ends_of_the_t_table():
     """Half-widths by hand, t·s/√n: 30 values 0/1 (df 29, t 2.045, s = √(7.5/29) = 0.508548): 0.189873; 31 values
-    (one more 0.5; df 30, the table's last entry t 2.042, s = 0.5): 0.183377; 40 values (df 39: the normal's
-    1.959964, s = √(10/39) = 0.506370): 0.156923. A missing or NaN value is left out: [1, NaN, 3, None] is n = 2
+    (one more 0.5; df 30, the table's last entry t 2.042, s = 0.5): 0.183377; past the table the normal's 1.959964:
+    32 values (s = √(8/31) = 0.508001) 0.176010, 40 values (s = √(10/39) = 0.506370) 0.156923. A missing or NaN value is left out: [1, NaN, 3, None] is n = 2
     with t 12.706 and s = √2: 2 ± 12.706."""
     from pipeline.stats import mean_ci
 
     for values, half in (([0.0, 1.0] * 15, 0.189873), ([0.0, 1.0] * 15 + [0.5], 0.183377),
-                         ([0.0, 1.0] * 20, 0.156923)):
+                         ([0.0, 1.0] * 16, 0.176010), ([0.0, 1.0] * 20, 0.156923)):
         c = mean_ci(values)
         assert (c["mean"], c["n"]) == (0.5, len(values))
         assert c["hi"] - 0.5 == pytest.approx(half, abs=1e-6) and 0.5 - c["lo"] == pytest.approx(half, abs=1e-6)
@@ -255,3 +255,16 @@ def test_tasks_needed_is_at_least_two():
     # ((1.959964 + 0.841621) · 5 / 50)² = 0.0785: one task by the formula, but a paired comparison needs two
     assert tasks_needed(5.0, 50.0) == 2
     assert tasks_needed(0.0, 5.0) is None and tasks_needed(20.0, 0.0) is None
+
+
+def test_the_verdict_sentence_by_hand():
+    """Every number of the sentence, singular and plural: 1 win / 3 ties / 2 losses; and the bootstrap is
+    reproducible (a fixed seed: the same report twice)."""
+    d = {"tasks": 6, "wins": 1, "ties": 3, "losses": 2, "diff": -4.25, "lo": -12.5, "hi": 3.0, "p_value": 1.0}
+    assert verdict("a", "b", d) == ("a vs b: too few tasks to tell (3 of 6 differ; the sign test needs at least 6): "
+                                    "-4.2 points (95% CI [-12.5, +3.0]), 1 win / 3 ties / 2 losses over 6 tasks, "
+                                    "sign test p = 1.")
+    d = {"tasks": 9, "wins": 7, "ties": 1, "losses": 1, "diff": 33.3, "lo": 11.1, "hi": 55.6, "p_value": 0.0703}
+    assert verdict("a", "b", d).endswith("7 wins / 1 tie / 1 loss over 9 tasks, sign test p = 0.0703.")
+    s = _scores({"I1": [1, 0, 0, 1, 1], "I2": [0, 0, 1]})
+    assert pass_rate_ci(s) == pass_rate_ci(s)
