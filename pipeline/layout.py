@@ -148,6 +148,9 @@ FIGURES = REPORTS / "figures"
 REPORT_METRICS = REPORTS / "metrics.json"
 PASS_RATE_CSV = REPORTS / "pass_rate.csv"
 WIN_RATE_CSV = REPORTS / "win_rate.csv"
+# the study (not a stage: make study-val / study-piece / study-report)
+STUDY_REPORTS = REPORTS / "study"
+STUDY_VAL = STUDY_REPORTS / "val"
 
 
 def dvc_paths(variants: list[str], models: list[str], strategies: list[str], seeds: list[int]) -> set[str]:

@@ -77,6 +77,18 @@ def replay_summary(rows: list[dict]) -> dict:
             "calls_per_task": round(calls / len(rows), 3) if rows else None}
 
 
+def replay_behaviour(results: Path) -> dict | None:
+    """A greedy replay's readouts from its results.parquet (None when there is none): `replay_summary`'s plus the
+    no-answer rate (no Finish at all)."""
+    if not results.exists():
+        return None
+    rows = read_table(results, EVAL_RESULTS).to_pylist()
+    out = replay_summary(rows)
+    out["no_finish_rate"] = (round(sum(r["finish_type"] not in ("give_answer", "give_up") for r in rows) / len(rows), 4)
+                             if rows else None)
+    return out
+
+
 def annotate(params, root: Path, traj_dir: Path, out_dir: Path, metrics: Path) -> dict:
     """Label every trajectory of `traj_dir` (annotate section) -> `out_dir`/steps.parquet and failed.json, the
     summary -> `metrics` (and returned). Raises when more than `annotate.max_failed_fraction` could not be labelled (after

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from pipeline import layout
+from pipeline.config import parse_params, render_params
 from pipeline.errors import ConfigError
 from pipeline.fsutil import atomic_path
 from pipeline.schema import EVAL_RESULTS, read_table
@@ -87,9 +87,10 @@ def run_grid(grid_path: Path, workspace: Path, out: Path, dvc: str = "dvc",
             log(f"study-val: {name} already done ({dest}/RUN.md)")
             continue
         log(f"study-val: {name}: {json.dumps(grid['candidates'][name])}")
-        (workspace / "candidate.yaml").write_text(yaml.safe_dump(profile, sort_keys=False), encoding="utf-8")
-        runner([sys.executable, "-m", "steptool", "params", "--profile", "candidate.yaml", "--write", "params.yaml"],
-               workspace, env)
+        # the complete params file DVC needs, validated here (a bad candidate stops before anything runs)
+        params = parse_params(profile, f"{grid_path} candidate {name}")
+        with atomic_path(workspace / "params.yaml") as tmp:
+            tmp.write_text(render_params(params) + "\n", encoding="utf-8")
         start = time.time()
         runner([dvc, "repro"], workspace, env)
         wall = time.time() - start
@@ -120,8 +121,8 @@ def candidate_row(folder: Path, model: str, strategy: str) -> dict:
     tasks) and its paired difference to the reference, calls per task and no-answer rate on val, the change of its
     greedy replay of the train tasks (pass rate with a paired CI over tasks, calls per task, no-answer rate), the
     KL to the reference per token, and the reward audit's padding and Finish shares."""
+    from pipeline.rounds import replay_behaviour
     from pipeline.stats import paired_difference, seed_scores
-    from stages.report import replay_behaviour
 
     params = yaml.safe_load((folder / "params.yaml").read_text(encoding="utf-8"))
     seed = params["train"]["seeds"][0]

@@ -13,6 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pipeline import layout
+
 REPO = Path(__file__).resolve().parents[1]
 # (file, original text, mutant text, tests that must catch it)
 MUTANTS = [
@@ -59,7 +61,7 @@ def main(argv: list[str]) -> int:
     alive = 0
     with tempfile.TemporaryDirectory(prefix="hand-mutants-") as tmp:
         ws = Path(tmp) / "repo"
-        shutil.copytree(REPO, ws, ignore=shutil.ignore_patterns(".venv", ".git", "data", "build", "mutants",
+        shutil.copytree(REPO, ws, ignore=shutil.ignore_patterns(".venv", ".git", str(layout.DATA), "build", "mutants",
                                                                 ".dvc", ".hypothesis", ".pytest_cache", "*.egg-info"))
         env = {**os.environ, "STEPTOOL_EXTERNAL": os.environ.get("STEPTOOL_EXTERNAL",
                                                                  str(REPO.parent / "shared" / "external"))}

@@ -249,23 +249,11 @@ BEHAVIOUR = (("pass_rate", "replay pass rate (points)", 1), ("failed_call_rate",
              ("calls_per_task", "calls per task", 2), ("no_finish_rate", "no-answer rate", 3))
 
 
-def replay_behaviour(results: Path) -> dict | None:
-    """A greedy replay's readouts from its results.parquet: the replay summary's plus the no-answer rate."""
-    from pipeline.rounds import replay_summary
-
-    if not results.exists():
-        return None
-    rows = read_table(results, EVAL_RESULTS).to_pylist()
-    out = replay_summary(rows)
-    out["no_finish_rate"] = (round(sum(r["finish_type"] not in ("give_answer", "give_up") for r in rows) / len(rows), 4)
-                             if rows else None)
-    return out
-
-
 def behaviour_change(root: Path, params: Params) -> list[str]:
     """Did training move each variant's behaviour on its own train tasks beyond the spread across seeds? Per
     variant and readout: the change from the collecting policy's replay to the last round's, its mean over seeds
     with a 95% t-interval over seeds, and whether that interval excludes 0."""
+    from pipeline.rounds import replay_behaviour
     from pipeline.stats import mean_ci
 
     k = params.train.rounds

@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "rule once all have run (pipeline/val_grid.py).")
     p.add_argument("grid", help="the grid file, e.g. configs/study-val.yaml")
     p.add_argument("--workspace", default="build/study-val", help="the clone the candidates run in")
-    p.add_argument("--out", default="reports/study/val", help="where the candidates' results and the table go")
+    p.add_argument("--out", default=str(layout.STUDY_VAL), help="where the candidates' results and the table go")
     p.add_argument("--dvc", default="dvc", help="the dvc executable")
     p.add_argument("--table-only", action="store_true", help="only rewrite the selection table from OUT")
     p.add_argument("-v", "--verbose", action="store_true")

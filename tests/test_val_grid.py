@@ -1,11 +1,10 @@
 """Choosing the study's settings on val (pipeline/val_grid.py): candidates merged over the base profile, the test
 split refused, every candidate run once (a rerun resumes), and the selection by the grid's rule. `dvc repro` is
 replaced by a function that writes what the pipeline would (evaluation results, replays, metrics) from the
-candidate's params and then runs the real report stage on them; the params file is written by the real CLI."""
+candidate's params file (written by the grid from the real config code) and then runs the real report stage."""
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 import yaml
@@ -84,15 +83,12 @@ def test_grid_runs_each_candidate_once_and_selects_by_the_rule(grid, tmp_path):
     calls = []
 
     def runner(cmd, cwd, env):
-        calls.append(cmd[-2:] if cmd[-1] == "repro" else cmd[3])
-        if cmd[-1] == "repro":
-            _fake_repro(cwd)
-        else:  # the real CLI writes the candidate's complete params file
-            subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True)
+        calls.append(cmd)
+        _fake_repro(cwd)
 
     out = tmp_path / "val"
     assert run_grid(grid, tmp_path / "ws", out, runner=runner, log=lambda s: None) == ["slow", "fast"]
-    assert calls == ["params", ["dvc", "repro"]] * 2
+    assert calls == [["dvc", "repro"]] * 2
     sel = json.loads((out / "selection.json").read_text())
     assert sel["chosen"] == "fast" and sel["pending"] == []
     assert sel["candidates"]["slow"]["pass"]["mean"] == 50.0 and sel["candidates"]["fast"]["pass"]["mean"] == 75.0
@@ -108,3 +104,13 @@ def test_grid_runs_each_candidate_once_and_selects_by_the_rule(grid, tmp_path):
     (out / "slow" / "RUN.md").unlink()  # a candidate a stopped session never finished
     assert write_selection(grid, out) is None
     assert "Not run yet: slow" in (out / "selection.md").read_text()
+
+
+def test_a_bad_candidate_stops_before_anything_runs(grid, tmp_path):
+    bad = {**GRID, "candidates": {"odd": {"rewards": {"shaping": "everything"}}}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    ran = []
+    with pytest.raises(ConfigError, match="shaping"):
+        run_grid(tmp_path / "bad.yaml", tmp_path / "ws", tmp_path / "val", runner=lambda *a: ran.append(a),
+                 log=lambda s: None)
+    assert ran == [] and not (tmp_path / "val" / "odd").exists()
