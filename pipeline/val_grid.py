@@ -104,7 +104,6 @@ def run_grid(grid_path: Path, workspace: Path, out: Path, dvc: str = "dvc",
             f"- finished {time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}\n", encoding="utf-8")
         ran.append(name)
         write_selection(grid_path, out)  # the table so far: a session may stop before the next candidate ends
-    write_selection(grid_path, out)
     return ran
 
 

@@ -155,11 +155,9 @@ def _study_save(args: argparse.Namespace) -> int:
 def _study_val(args: argparse.Namespace) -> int:
     from pipeline.val_grid import run_grid, write_selection
 
-    if args.table_only:
-        chosen = write_selection(Path(args.grid), Path(args.out))
-    else:
+    if not args.table_only:
         run_grid(Path(args.grid), Path(args.workspace), Path(args.out), dvc=args.dvc)
-        chosen = write_selection(Path(args.grid), Path(args.out))
+    chosen = write_selection(Path(args.grid), Path(args.out))  # also when every candidate was already done
     print(f"study-val: {Path(args.out) / 'selection.md'}; chosen: {chosen['candidate'] if chosen else 'none yet'}")
     return 0
 
