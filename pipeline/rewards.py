@@ -40,9 +40,11 @@ import polars as pl
 from pipeline import variants
 from pipeline.config import RewardsConfig
 
-# the paper's reward as the reference computes it (α = 1, γ = 1, no scale or costs): these functions' default;
-# the pipeline's reward is params.yaml's `rewards` section, the same dataclass
-PAPER = RewardsConfig(shaping="paper")
+# the paper's reward as the reference computes it (α = 1, γ = 1, no scale or costs: every key that differs from
+# the config's defaults is set here): these functions' default; the pipeline's reward is params.yaml's `rewards`
+# section, the same dataclass
+PAPER = RewardsConfig(shaping="paper", alpha=1.0, gamma=1.0, step_scale=1.0, call_cost=0.0, failed_call_cost=0.0,
+                      normalize="none")
 SHAPINGS: tuple[str, ...] = typing.get_args(typing.get_type_hints(RewardsConfig)["shaping"])
 
 

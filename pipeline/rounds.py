@@ -34,24 +34,27 @@ def collect(params, root: Path, model_dir: Path, out_dir: Path, seed: int, polic
     """Play the run's train tasks with the model at `model_dir` (sampling per `collect`, seeded by `seed`) into
     `out_dir`; with `collect.replay` (and `replay`), also the greedy replay into `out_dir`/replay. Returns the
     summary."""
-    from pipeline.agent.play import play
+    from pipeline.agent.play import load_policy, play
 
     c = params.collect
     tasks = collect_tasks(params, root, seed)
     if not tasks:
         raise SteptoolError(f"{root / layout.tasks_file('train')}: no train task to play (tasks.train sizes)")
+    policy = load_policy(params, root, model_dir, policy_name)  # once for the collection and the replay
     summary = play(params, root, tasks, model_dir, out_dir, strategy=c.strategy, n_samples=c.n_samples,
                    temperature=c.temperature, top_p=c.top_p, seed=seed, chunk_size=c.chunk_size,
-                   policy_name=policy_name)
+                   policy_name=policy_name, policy=policy)
     if c.replay and replay:
-        summary["replay"] = replay_tasks(params, root, tasks, model_dir, layout.replay_dir(out_dir), policy_name)
+        summary["replay"] = replay_tasks(params, root, tasks, model_dir, layout.replay_dir(out_dir), policy_name,
+                                         policy)
     return summary
 
 
-def replay_tasks(params, root: Path, tasks: list[Task], model_dir: Path, out_dir: Path, policy_name: str) -> dict:
-    """Play `tasks` greedily (CoT, one sample) with the model at `model_dir`, judge them with the rule (the
-    ToolWorld's gold facts) and write results.parquet (EVAL_RESULTS rows) into `out_dir`; returns
-    `replay_summary` of them."""
+def replay_tasks(params, root: Path, tasks: list[Task], model_dir: Path, out_dir: Path, policy_name: str,
+                 policy=None) -> dict:
+    """Play `tasks` greedily (CoT, one sample) with the model at `model_dir` (or `policy`, loaded from it),
+    judge them with the rule (the ToolWorld's gold facts) and write results.parquet (EVAL_RESULTS rows) into
+    `out_dir`; returns `replay_summary` of them."""
     from pipeline.agent.play import play
     from pipeline.evaluate.results import result_rows
 
@@ -59,7 +62,7 @@ def replay_tasks(params, root: Path, tasks: list[Task], model_dir: Path, out_dir
         raise ConfigError("collect.replay judges the replayed train tasks with the ToolWorld's gold facts; these "
                           "tasks have none (env.kind http/replay): set collect.replay to false")
     play(params, root, tasks, model_dir, out_dir, strategy="cot", n_samples=1, temperature=0.0, top_p=1.0,
-         seed=0, chunk_size=params.collect.chunk_size, policy_name=policy_name)
+         seed=0, chunk_size=params.collect.chunk_size, policy_name=policy_name, policy=policy)
     trajs = read_table(layout.table(out_dir, "trajectories"), TRAJECTORIES).to_pylist()
     steps = read_table(layout.table(out_dir, "steps"), STEPS).to_pylist()
     rows = result_rows(policy_name, "cot", trajs, steps, {t.task_id: t for t in tasks})

@@ -209,6 +209,35 @@ def _import_annotations(args: argparse.Namespace) -> int:
     return 0
 
 
+REFERENCE_EXAMPLES = "../shared/external/steptool/reward_annotation/qwen2_G123_example_5.json"
+
+
+def _judge_agreement(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import json
+
+    from pipeline.annotate import agreement
+    from pipeline.config import load_params
+    from pipeline.fsutil import atomic_path
+
+    params = load_params(args.params)
+    path = Path(args.examples)
+    if not path.is_file():
+        raise SteptoolError(f"{path}: no such file (the StepTool reference's reward_annotation JSON)")
+    cfg = dataclasses.replace(params.annotate, annotator="openai",
+                              **({"n_votes": args.votes} if args.votes else {}))
+    cfg.check("annotate")
+    cache = Path(cfg.cache_path)
+    result = agreement.run(path, cfg, str(cache if cache.is_absolute() else Path(args.root) / cache))
+    table = agreement.markdown(result)
+    print(table, end="")
+    if args.out:
+        with atomic_path(Path(args.out)) as tmp:
+            tmp.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
 def _serve_judge(args: argparse.Namespace) -> int:
     from pipeline.annotate.scripted_judge_server import Faults, JudgeServer
 
@@ -393,6 +422,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="reference", help="name recorded as the acting policy")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_import_annotations)
+    p = sub.add_parser("judge-agreement", help="our judge prompt vs the reference's, against its released labels",
+                       description="Label the StepTool reference's released annotation examples (default: "
+                                   f"{REFERENCE_EXAMPLES}, 5 trajectories x 3 GPT-4 runs) with the openai "
+                                   "annotator of params.yaml twice, with our prompt (annotate.prompt ours) and "
+                                   "the reference's verbatim (reference), and print how far each agrees with the "
+                                   "released labels and with the other: SuccCalling agreement, Contribution mean "
+                                   "absolute difference and correlation, status agreement, and the released runs "
+                                   "with each other as a ceiling (pipeline/annotate/agreement.py). The endpoint, "
+                                   "model, key variable, cache and cost cap are annotate's; nothing is paid twice.")
+    add_common(p)
+    p.add_argument("examples", nargs="?", default=REFERENCE_EXAMPLES,
+                   help="a reward_annotation JSON of the reference (query, answer_steps, final_step, process_reward, "
+                        "is_solved per record)")
+    p.add_argument("--votes", type=int, default=0, help="judge calls per trajectory (default annotate.n_votes)")
+    p.add_argument("--out", help="also write the comparison as JSON to this file")
+    p.set_defaults(func=_judge_agreement)
     p = sub.add_parser("serve-judge", help="serve a scripted OpenAI-compatible judge (tests, demos, benchmarks)",
                        description="An OpenAI-compatible /v1/chat/completions judge on 127.0.0.1 that answers "
                                    "evaluate_process_reward (the annotator), check_answer_status and "

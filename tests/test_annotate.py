@@ -248,6 +248,9 @@ def _without_hits(rows):
     return [{k: v for k, v in r.items() if k != "cache_hits"} for r in rows]
 
 
+MIN_FORM = {"rewards": {"shaping": "min_form"}}  # the default shaping, 'progress', needs the oracle's facts
+
+
 def _judge_cfg(url, **kw) -> AnnotateConfig:
     base = dict(annotator="openai", base_url=url, model="judge-test", api_key_env="STEPTOOL_TEST_JUDGE_KEY",
                 n_votes=3, temperature=0.7, concurrency=16, timeout_s=0.5, max_retries=8, max_invalid_retries=2)
@@ -380,11 +383,11 @@ def test_annotate_fails_above_max_failed_fraction_with_the_reasons_counted(playe
            "max_invalid_retries": 0, "cache_path": str(tmp_path / "judge.sqlite")}
     try:
         with pytest.raises(SteptoolError, match=r"(\d+) of 24 trajectories not labelled .* x invalid answers") as e:
-            annotate.run(parse_params({"annotate": {**cfg, "max_failed_fraction": 0.0}}), root)
+            annotate.run(parse_params({"annotate": {**cfg, "max_failed_fraction": 0.0}, **MIN_FORM}), root)
         n_failed = int(str(e.value).split(" of 24")[0].rsplit(" ", 1)[-1])
         assert 0 < n_failed < 24
         assert len(json.loads((root / layout.annotated_dir(0) / "failed.json").read_text())) == n_failed
-        msg = annotate.run(parse_params({"annotate": {**cfg, "max_failed_fraction": 0.9}}), root)
+        msg = annotate.run(parse_params({"annotate": {**cfg, "max_failed_fraction": 0.9}, **MIN_FORM}), root)
         assert f"{24 - n_failed} trajectories" in msg and f"{n_failed} failed" in msg
     finally:
         server.close()
@@ -505,7 +508,8 @@ def test_annotate_fails_loudly_when_the_judge_labels_nothing(played, tmp_path, m
         port = s.getsockname()[1]
     params = parse_params({"annotate": {"annotator": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
                                         "api_key_env": "STEPTOOL_TEST_JUDGE_KEY", "n_votes": 1, "max_retries": 1,
-                                        "timeout_s": 1.0, "cache_path": str(tmp_path / "judge.sqlite")}})
+                                        "timeout_s": 1.0, "cache_path": str(tmp_path / "judge.sqlite")},
+                           **MIN_FORM})
     with pytest.raises(SteptoolError, match=r"2 of 2 trajectories not labelled .*2 x APIConnectionError"):
         annotate.run(params, root)
     failed = (root / layout.annotated_dir(0) / "failed.json").read_text()
@@ -554,7 +558,8 @@ def test_an_endpoint_that_echoes_the_key_in_its_401_puts_it_in_no_file(played, t
     _write_tasks(root, tasks)
     params = parse_params({"annotate": {"annotator": "openai", "base_url": f"http://127.0.0.1:{server.server_port}/v1",
                                         "api_key_env": "STEPTOOL_TEST_JUDGE_KEY", "n_votes": 1, "max_retries": 1,
-                                        "concurrency": 1, "cache_path": str(tmp_path / "judge.sqlite")}})
+                                        "concurrency": 1, "cache_path": str(tmp_path / "judge.sqlite")},
+                           **MIN_FORM})
     try:
         with pytest.raises(SteptoolError) as e:
             annotate.run(params, root)

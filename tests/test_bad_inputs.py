@@ -13,17 +13,17 @@ from tests.support.cli import one_error_line, steptool
 
 def _rows():
     """Two trajectories, annotated as the annotate stage writes them: a call then Finish, and one cut call."""
-    def row(t, k, last, sc=1.0, con=3.0, score=None, status=None):
+    def row(t, k, last, sc=1.0, con=3.0, score=None, status=None, progress=1.0):
         return {"traj_id": t, "task_id": "task", "step_idx": k, "prompt_text": "p", "action_text": "a", "thought": "",
                 "api_name": "Finish" if last and t == "a" else "f", "arguments_json": "{}", "parse_ok": True,
                 "observation": "{}", "is_finish": last and t == "a", "finish_type": "give_answer" if last else "none",
                 "final_answer": "x" if last else None, "prompt_tokens": 1, "action_tokens": 1,
                 "behaviour_logprob": -1.0, "parse_error": "", "env_status": "ok",
                 "succ_calling": None if last and t == "a" else sc, "contribution": None if last and t == "a" else con,
-                "progress": None, "is_solved": status, "is_solved_score": score, "sc_rule": 1, "sc_reason": "", "annotator": "oracle",
+                "progress": progress, "is_solved": status, "is_solved_score": score, "sc_rule": 1, "sc_reason": "", "annotator": "oracle",
                 "judge_model": None, "prompt_version": "v", "votes": 1, "vote_details": None, "cache_hits": 0}
     return [row("a", 0, False), row("a", 1, True, score=1.0, status="Solved"),
-            row("b", 0, True, score=0.0, status="Unsolved")]
+            row("b", 0, True, score=0.0, status="Unsolved", progress=0.0)]
 
 
 def _cli(*args, cwd):

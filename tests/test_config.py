@@ -99,7 +99,7 @@ def test_params_lists_the_true_defaults_of_nested_sections():
     rows = {key: default for key, _, default in describe()}
     assert rows["tasks.train.I1"] == Params().tasks.train.I1 == 80
     assert rows["tasks.test.I3"] == 25
-    assert rows["train.num_train_epochs"] == 1
+    assert rows["train.num_train_epochs"] == Params().train.num_train_epochs == 2
 
 
 def test_a_written_params_file_is_complete_and_loads_back(tmp_path):

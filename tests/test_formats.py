@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from pipeline.agent.backends import HFPolicy, NameSlot, SamplingConfig, ScriptedPolicy, slot_remainders
+from pipeline.agent.backends import HFPolicy, NameSlot, SamplingConfig, ScriptedPolicy, slot_remainders, token_texts
 from pipeline.agent.expert import expert_path
 from pipeline.agent.parse import parse_action, parse_tool_call
 from pipeline.agent.prompts import ChatRenderer, format_action, name_slot, system_prompt, user_message
@@ -119,6 +119,15 @@ def test_slot_remainders_chat_tools():
     slot = NameSlot(trigger, tuple(before + n + after for n in ("search_for_x", "Finish")))
     assert slot_remainders('ok\n<tool_call>\n{"name": "Fi', slot) == {'nish"'}
     assert slot_remainders('ok\n<tool_call>\n{"name": "Finish", "arguments"', slot) is None
+
+
+def test_token_texts_are_what_batch_decode_gives(tokenizer):
+    """The fast path of the name constraint's vocabulary index gives every token's text exactly as transformers'
+    own per-item decode does (byte-level pieces of a multi-byte character included)."""
+    fast = token_texts(tokenizer)
+    assert len(fast) == len(tokenizer) and fast == tokenizer.batch_decode([[i] for i in range(len(tokenizer))],
+                                                                          skip_special_tokens=False)
+    assert fast[tokenizer.eos_token_id] == tokenizer.eos_token and "\ufffd" in fast  # half a UTF-8 character
 
 
 def test_constrained_names_from_a_random_model(tokenizer):

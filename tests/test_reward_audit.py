@@ -68,7 +68,7 @@ def test_the_old_reward_pays_for_padding(toy):
     old = steps.with_columns(pl.when(pl.col("archetype").is_in(["redundant", "no_answer"])
                                      & (pl.col("contribution") == 0.0) & (pl.col("succ_calling") == 1.0))
                              .then(1.0).otherwise(pl.col("contribution")).alias("contribution"))
-    summary, per_task = reward_audit.run(params, root, "steptool", RewardsConfig(shaping="paper"), tasks,
+    summary, per_task = reward_audit.run(params, root, "steptool", RewardsConfig(shaping="paper", call_cost=0.0), tasks,
                                          (old, stats, gold))
     rows = {r["task_id"]: r for r in per_task.to_dicts()}
     assert rows[a.task_id]["G_direct"] == pytest.approx(2.0) and rows[a.task_id]["G_redundant"] == pytest.approx(2.6)
@@ -85,7 +85,7 @@ def test_the_old_reward_pays_for_padding(toy):
 
 def test_paper_without_the_repeat_credit_still_pays_sc(toy):
     """Con 0 for a repeat is not enough at α = 1: SC alone earns 0.5. A: redundant 1 + 0.5 + 1 = 2.5 > 2."""
-    summary, a, b = _returns(toy, RewardsConfig(shaping="paper"))
+    summary, a, b = _returns(toy, RewardsConfig(shaping="paper", call_cost=0.0))
     assert (a["G_direct"], a["G_redundant"], a["G_no_answer"]) == pytest.approx((2.0, 2.5, 3.0))
     assert (b["G_direct"], b["G_redundant"], b["G_no_answer"]) == pytest.approx((3.0, 3.5, 3.5))
     assert summary["beats_redundant"] == 1.0
@@ -94,7 +94,7 @@ def test_paper_without_the_repeat_credit_still_pays_sc(toy):
 def test_every_shaping_the_default_may_choose_never_pays_for_a_redundant_call(toy):
     """min_form (the default) and progress, by hand, on both tasks."""
     # min_form, γ = 1: G_0 = min over the steps' q (p on calls, IsSolved on the last) + IsSolved
-    summary, a, b = _returns(toy, RewardsConfig(shaping="min_form"))
+    summary, a, b = _returns(toy, RewardsConfig(shaping="min_form", call_cost=0.0))
     assert (a["G_direct"], a["G_redundant"], a["G_no_answer"]) == pytest.approx((2.0, 1.5, 0.0))
     assert (b["G_direct"], b["G_redundant"], b["G_no_answer"]) == pytest.approx((2.0, 1.5, 0.0))
     assert a["G_partial"] == pytest.approx(0.5 + 0.5) and a["G_give_up"] == pytest.approx(0.0)
@@ -107,16 +107,16 @@ def test_every_shaping_the_default_may_choose_never_pays_for_a_redundant_call(to
     assert (a["G_direct"], a["G_redundant"], a["G_no_answer"]) == pytest.approx((0.95, 0.9, -0.3))
     assert (b["G_direct"], b["G_redundant"], b["G_no_answer"]) == pytest.approx((0.9, 0.85, -0.3))
     assert summary["padded_beats_direct"] == 0.0 and summary["finish_preferred"] == 1.0
-    for s in (RewardsConfig(shaping="min_form"), RewardsConfig(shaping="progress", call_cost=0.05)):
+    for s in (RewardsConfig(shaping="min_form", call_cost=0.0), RewardsConfig(shaping="progress", call_cost=0.05)):
         reward_audit.enforce(_returns(toy, s)[0], toy[0], "toy")  # strict, share 0: accepted
 
 
 def test_outcome_only_variants_tie_padding_and_no_step_opt_prefers_finish(toy):
-    summary, a, _ = _returns(toy, RewardsConfig(shaping="paper"), "ppo_outcome")
+    summary, a, _ = _returns(toy, RewardsConfig(shaping="paper", call_cost=0.0), "ppo_outcome")
     assert (a["G_direct"], a["G_redundant"], a["G_no_answer"]) == pytest.approx((1.0, 1.0, 0.0))
     assert summary["padded_beats_direct"] == 0.0 and summary["ties_redundant"] == 1.0
     # no credit across steps: at the decision, Finish's own reward 1 against the repeat's 0.5
-    summary, a, _ = _returns(toy, RewardsConfig(shaping="paper"), "no_step_opt")
+    summary, a, _ = _returns(toy, RewardsConfig(shaping="paper", call_cost=0.0), "no_step_opt")
     assert a["finish_advantage"] == pytest.approx(0.5) and summary["finish_preferred"] == 1.0
 
 
@@ -140,14 +140,14 @@ def test_the_audit_goes_through_the_llm_judges_cost_cap_and_cache(toy, tmp_path,
 
         one = tasks[:1]  # the 1-call task: six archetypes, six judge calls
         with pytest.raises(BudgetExceeded):
-            reward_audit.run(with_judge(max_cost_usd=1e-9), root, "steptool", RewardsConfig(shaping="min_form"), one)
+            reward_audit.run(with_judge(max_cost_usd=1e-9), root, "steptool", RewardsConfig(shaping="min_form", call_cost=0.0), one)
         assert server.http_calls == 0
         summary, per_task = reward_audit.run(with_judge(max_cost_usd=0), root, "steptool",
-                                             RewardsConfig(shaping="min_form"), one)
+                                             RewardsConfig(shaping="min_form", call_cost=0.0), one)
         calls = server.http_calls
         assert calls > 0 and summary["annotator"] == "openai" and per_task.height == 1
         assert summary["unlabelled"] == 0  # every archetype came back labelled
-        again, _ = reward_audit.run(with_judge(max_cost_usd=1e-9), root, "steptool", RewardsConfig(shaping="min_form"),
+        again, _ = reward_audit.run(with_judge(max_cost_usd=1e-9), root, "steptool", RewardsConfig(shaping="min_form", call_cost=0.0),
                                     one)
         assert server.http_calls == calls and again["mean_return"] == summary["mean_return"]
     finally:

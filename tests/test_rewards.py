@@ -27,22 +27,22 @@ T = table([
 ])
 
 
-PAPER = RewardsConfig(shaping="paper")
+PAPER = RewardsConfig(shaping="paper", call_cost=0.0)
 
 
 def test_step_rewards_by_hand():
-    r = step_rewards(T)  # the paper's reward by default
+    r = step_rewards(T, spec=PAPER)
     assert r["reward"].round(4).to_list() == [1.0, 0.2, 0.5, 0.7667, 0.0]
     assert r["is_last"].to_list() == [False, False, True, False, True]
-    r2 = step_rewards(T, spec=RewardsConfig(shaping="paper", alpha=2.0))  # (2·SC + Con/5) / 3
+    r2 = step_rewards(T, spec=RewardsConfig(shaping="paper", alpha=2.0, call_cost=0.0))  # (2·SC + Con/5) / 3
     assert r2["reward"].round(4).to_list() == [1.0, 0.1333, 0.5, round((2 * 2 / 3 + 13 / 15) / 3, 4), 0.0]
     assert step_rewards(T, variant="no_step_reward")["reward"].to_list() == [0.0, 0.0, 0.5, 0.0, 0.0]
     assert step_rewards(T, variant="ppo_outcome")["reward"].to_list() == [0.0, 0.0, 0.5, 0.0, 0.0]
-    w = step_rewards(T, spec=RewardsConfig(shaping="paper", normalize="whiten"))["reward"]
+    w = step_rewards(T, spec=RewardsConfig(shaping="paper", normalize="whiten", call_cost=0.0))["reward"]
     assert abs(w.mean()) < 1e-12 and abs(w.std() - 1) < 1e-12
     # outcome-only: the final rewards 0.5 and 0.0 are whitened (±0.7071 with the sample std 0.3536); the
     # intermediate steps stay 0 rather than becoming a length penalty of −mean/std each
-    w = step_rewards(T, "no_step_reward", RewardsConfig(shaping="paper", normalize="whiten"))["reward"].round(4).to_list()
+    w = step_rewards(T, "no_step_reward", RewardsConfig(shaping="paper", normalize="whiten", call_cost=0.0))["reward"].round(4).to_list()
     assert w == [0.0, 0.0, 0.7071, 0.0, -0.7071]
     with pytest.raises(ValueError, match="unknown variant"):
         step_rewards(T, variant="nope")
@@ -53,7 +53,7 @@ def test_a_missing_outcome_earns_nothing():
     missing = T.with_columns(pl.when(pl.col("traj_id") == "a").then(None).otherwise(pl.col("is_solved_score"))
                              .alias("is_solved_score"))
     for shaping in ("paper", "min_form"):
-        r = step_rewards(missing, spec=RewardsConfig(shaping=shaping))
+        r = step_rewards(missing, spec=RewardsConfig(shaping=shaping, call_cost=0.0))
         assert r.filter(pl.col("traj_id") == "a")["reward"][-1] == 0.0
 
 
@@ -74,10 +74,10 @@ def test_returns_of_long_trajectories_do_not_underflow():
 
 
 def test_reward_table():
-    a = reward_table(T, RewardsConfig(shaping="paper", gamma=1.0))
+    a = reward_table(T, RewardsConfig(shaping="paper", gamma=1.0, call_cost=0.0))
     assert a.columns == ["traj_id", "step_idx", "reward", "return", "variant"]
     assert a["return"].round(4).to_list() == [1.7, 0.7, 0.5, 0.7667, 0.0]
-    nso = reward_table(T, RewardsConfig(shaping="paper", gamma=1.0), "no_step_opt")  # no credit across steps
+    nso = reward_table(T, RewardsConfig(shaping="paper", gamma=1.0, call_cost=0.0), "no_step_opt")  # no credit across steps
     assert nso["return"].round(4).to_list() == [1.0, 0.2, 0.5, 0.7667, 0.0]
 
 
@@ -105,11 +105,11 @@ def _g0(spec, variant="steptool"):
 def test_paper_shaping_pays_for_padding_by_hand():
     """The paper's reward at α = 1, γ = 1: a repeat with Con 0 still earns SC/2 = 0.5, so the padded trajectory
     earns 1 + 1 + 0.5 + 1 = 3.5 against the direct solve's 3 (the audit's finding)."""
-    g0, r = _g0(RewardsConfig(shaping="paper"))
+    g0, r = _g0(RewardsConfig(shaping="paper", call_cost=0.0))
     assert r["d"] == [1.0, 1.0, 1.0] and r["r"] == [1.0, 1.0, 0.5, 1.0] and r["n"] == [1.0, 1.0, 0.5, 0.0]
     assert g0 == {"d": 3.0, "r": 3.5, "n": 2.5}
     # α = 0 pays Contribution alone: the repeat earns 0, padding ties
-    assert _g0(RewardsConfig(shaping="paper", alpha=0.0))[0] == {"d": 3.0, "r": 3.0, "n": 2.0}
+    assert _g0(RewardsConfig(shaping="paper", alpha=0.0, call_cost=0.0))[0] == {"d": 3.0, "r": 3.0, "n": 2.0}
     # step_scale 0.5 and call_cost 0.3 (every call, the cut one too): d = [0.2, 0.2, 1] -> 1.4;
     # r = [0.2, 0.2, 0.25 − 0.3, 1] -> 1.35; n = [0.2, 0.2, −0.05, 0 − 0.3] -> 0.05
     g0, r = _g0(RewardsConfig(shaping="paper", step_scale=0.5, call_cost=0.3))
@@ -120,7 +120,7 @@ def test_paper_shaping_pays_for_padding_by_hand():
 def test_min_form_by_hand():
     """q = process rewards (α·SC + Con/5)/(α + 1) on calls and IsSolved on the last step; m_t = min_{k≥t} q_k;
     s_t = m_t − m_{t+1}: at γ = 1, G_t = step_scale·m_t + IsSolved."""
-    g0, r = _g0(RewardsConfig(shaping="min_form"))
+    g0, r = _g0(RewardsConfig(shaping="min_form", call_cost=0.0))
     # d: q = [1, 1, 1], m = [1, 1, 1], s = [0, 0, 1]; r_T = 1 + 1 = 2        -> G_0 = 1 + 1 = 2
     assert r["d"] == [0.0, 0.0, 2.0]
     # r: q = [1, 1, 0.5, 1], m = [0.5, 0.5, 0.5, 1], s = [0, 0, −0.5, 1]; r_T = 1 + 1 -> G_0 = 0.5 + 1 = 1.5
@@ -136,23 +136,23 @@ def test_min_form_by_hand():
 def test_progress_shaping_by_hand():
     """Φ_t = progress before step t (Φ_0 = 0), potential 0 at the end: r_t = γ·Φ_{t+1} − Φ_t (+ IsSolved on the last),
     minus a failed call's cost. At γ = 1 the shaping telescopes: G_0 = IsSolved − costs."""
-    g0, r = _g0(RewardsConfig(shaping="progress"))
+    g0, r = _g0(RewardsConfig(shaping="progress", call_cost=0.0))
     # d: Φ = [0, 0.5, 1]: r = [0.5, 0.5, 1 − 1 = 0]...: r_T = −Φ_T + IsSolved = −1 + 1 = 0
     assert r["d"] == [0.5, 0.5, 0.0]
     assert r["r"] == [0.5, 0.5, 0.0, 0.0]
     assert r["n"] == [0.5, 0.5, 0.0, -1.0]  # cut: −Φ_T = −1, no answer
     assert g0 == {"d": 1.0, "r": 1.0, "n": 0.0}
     # γ = 0.5: d: r_0 = 0.5·0.5 − 0 = 0.25, r_1 = 0.5·1 − 0.5 = 0, r_2 = −1 + 1 = 0 -> G_0 = 0.25
-    g0, r = _g0(RewardsConfig(shaping="progress", gamma=0.5))
+    g0, r = _g0(RewardsConfig(shaping="progress", gamma=0.5, call_cost=0.0))
     assert r["d"] == [0.25, 0.0, 0.0] and g0["d"] == 0.25
     with pytest.raises(ValueError, match="progress"):
-        step_rewards(T, spec=RewardsConfig(shaping="progress"))  # no progress column: only the oracle gives it
+        step_rewards(T, spec=RewardsConfig(shaping="progress", call_cost=0.0))  # no progress column: only the oracle gives it
 
 
 def test_failed_call_cost_and_outcome_only_variants():
     failed = S.with_columns(pl.when((pl.col("traj_id") == "d") & (pl.col("step_idx") == 0)).then(0.0)
                             .otherwise(pl.col("succ_calling")).alias("succ_calling"))
-    t = reward_table(failed, RewardsConfig(shaping="paper", failed_call_cost=0.25))
+    t = reward_table(failed, RewardsConfig(shaping="paper", failed_call_cost=0.25, call_cost=0.0))
     # d step 0: SC 0, Con 5 -> p = (0 + 1)/2 = 0.5, minus 0.25·(1 − 0) = 0.25
     assert t.filter((pl.col("traj_id") == "d") & (pl.col("step_idx") == 0))["reward"][0] == pytest.approx(0.25)
     for variant in ("no_step_reward", "ppo_outcome"):  # IsSolved alone, whatever the shaping and the costs

@@ -33,6 +33,18 @@ __all__ = ["Generation", "HFPolicy", "NameSlot", "OpenAIPolicy", "Policy", "Samp
            "slot_remainders"]
 
 
+def token_texts(tok) -> list[str]:
+    """The text of every token id alone (what `tok.batch_decode([[i] ...])` gives). The Rust tokenizer's own
+    batch decode is ~15x faster than transformers' per-item Python (0.09 s against 1.35 s for SmolLM2's 49k
+    tokens: once per policy, so once per collect or evaluate process); a tokenizer that post-processes decoded
+    text (`clean_up_tokenization_spaces`) or has no Rust backend goes through `batch_decode`."""
+    ids = [[i] for i in range(len(tok))]
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None and not getattr(tok, "clean_up_tokenization_spaces", False):
+        return backend.decode_batch(ids, skip_special_tokens=False)
+    return tok.batch_decode(ids, skip_special_tokens=False)
+
+
 class HFPolicy:
     """Batched sampling from a causal LM on CPU or GPU."""
 
@@ -147,7 +159,7 @@ class HFPolicy:
     def _vocab_index(self):
         """Each token's text, and the inverse map, built once (for constrained names)."""
         if not hasattr(self, "_token_text"):
-            texts = self.tok.batch_decode([[i] for i in range(len(self.tok))], skip_special_tokens=False)
+            texts = token_texts(self.tok)
             by_text: dict[str, list[int]] = {}
             for i, t in enumerate(texts):
                 if t and i != self.eos_id:

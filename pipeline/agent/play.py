@@ -55,21 +55,16 @@ def served_name(model_dir: Path, root: Path) -> str:
         return str(model_dir)
 
 
-def play(params, root: Path, tasks: list[Task], model_dir: Path, out_dir: Path, *, strategy: str,
-         n_samples: int, temperature: float, top_p: float, seed: int, chunk_size: int, policy_name: str) -> dict:
-    """Run the agent of `params` (a pipeline.config.Params) over `tasks` with the model at `model_dir`, writing
-    to `out_dir`; returns `collect`'s summary."""
+def load_policy(params, root: Path, model_dir: Path, policy_name: str):
+    """The agent backend of `params.agent` for the checkpoint at `model_dir` (weights loaded once: `play` can run
+    it several times, e.g. the sampled collection then the greedy replay)."""
     from pipeline.agent.backends import HFPolicy, OpenAIPolicy, SamplingConfig
-    from pipeline.models import load_tokenizer
-    from pipeline.config import to_dict
     from pipeline.devices import resolve_device, weights_dtype
-    from pipeline.envs import make_env
-    from pipeline.toolworld.world import ToolWorld
+    from pipeline.models import load_tokenizer
 
     a = params.agent
-    world = ToolWorld.from_catalog(root / layout.CATALOG) if params.env.kind == "toolworld" else None
     device = resolve_device(a.device)
-    sampling = SamplingConfig(a.max_new_tokens, temperature, top_p)
+    sampling = SamplingConfig(a.max_new_tokens)  # `play` sets each run's temperature and top-p
     if a.backend == "openai":
         policy = OpenAIPolicy(a.base_url, a.served_model or served_name(model_dir, root), load_tokenizer(str(model_dir)),
                               sampling, concurrency=a.concurrency, api_key_env=a.api_key_env, name=policy_name,
@@ -78,6 +73,24 @@ def play(params, root: Path, tasks: list[Task], model_dir: Path, out_dir: Path, 
         policy = HFPolicy.from_pretrained(str(model_dir), sampling, a.batch_size, device,
                                           kv_cache_tokens=a.kv_cache_tokens, dtype=weights_dtype(a.precision, device))
     policy.name = policy_name
+    return policy
+
+
+def play(params, root: Path, tasks: list[Task], model_dir: Path, out_dir: Path, *, strategy: str,
+         n_samples: int, temperature: float, top_p: float, seed: int, chunk_size: int, policy_name: str,
+         policy=None) -> dict:
+    """Run the agent of `params` (a pipeline.config.Params) over `tasks` with the model at `model_dir` (or
+    `policy`, `load_policy`'s for that model), writing to `out_dir`; returns `collect`'s summary."""
+    from pipeline.agent.backends import SamplingConfig
+    from pipeline.config import to_dict
+    from pipeline.envs import make_env
+    from pipeline.toolworld.world import ToolWorld
+
+    a = params.agent
+    world = ToolWorld.from_catalog(root / layout.CATALOG) if params.env.kind == "toolworld" else None
+    if policy is None:
+        policy = load_policy(params, root, model_dir, policy_name)
+    policy.sampling = SamplingConfig(a.max_new_tokens, temperature, top_p)
     # speed only, same trajectories: the KV cache, the server's concurrency
     agent_key = {k: v for k, v in to_dict(a).items() if k not in ("kv_cache_tokens", "concurrency")}
     run_key = hashlib.sha256(json.dumps([model_fingerprint(model_dir), agent_key, strategy, n_samples, temperature,

@@ -79,6 +79,57 @@ TOOL = {
 }
 
 
+# The reference's prompt (`annotate.prompt: reference`), as its annotator sends it: the `evaluate_process_reward`
+# template and function of yuyq18/StepTool at commit 121a6ac, src/reward/evaluators/gpt-4-turbo-2024-04-09/
+# template.txt and config.yaml (the text between <description> tags, filled by str.format as
+# OpenAINormalizedEvaluator.function_call in stabletoolbench/toolbench/tooleval/evaluators/registered_cls/
+# tooleval.py does: one user message, no system message, the function forced). `mid_steps` is the Python list of
+# "Step k: {...}" strings that get_steps (stabletoolbench/toolbench/tooleval/utils.py) builds from the converted
+# answer's tool messages, so it reaches the judge as the list's repr, as there. The text is kept letter for
+# letter, its "**" emphasis included: annotations with it are comparable with the reference's released ones.
+REFERENCE_PROMPT_VERSION = "reference-prompt-121a6ac"  # not "steptool-reference": the imported release (importer.py)
+REFERENCE_TEMPLATE = (
+    "\nQuery:\n{query}\n\nIntermediate Steps:\n{mid_steps}\n\nFinal Answer:\n{final_answer}\n\n"
+    "Based on the query, intermediate steps, and final answer, evaluate the entire task-solving process using the "
+    "following criteria:\n\n"
+    "1. **Successful Tool Calling**: For each intermediate step, indicate whether a tool was successfully called, "
+    "with a score of 0 (no) or 1 (yes).\n"
+    "2. **Contribution to Final Answer**: Rate the contribution of each intermediate step to the final answer on a "
+    "scale of 0 to 5.\n"
+    "3. **Final Answer Status**: Determine the final answer status as 'Solved', 'Unsure', or 'Unsolved'.\n\n"
+    "Please call the `evaluate_process_reward` function to return your evaluation.\n")
+REFERENCE_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "evaluate_process_reward",
+        "description": "Evaluate the entire task-solving process, including tool calls, the contribution of each "
+                       "intermediate step to the final answer, and the status of the final answer.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "succeed_tool_calling": {
+                    "type": "array",
+                    "description": "Provide a binary score (0 or 1) indicating whether **each intermediate step** "
+                                   "successfully called the tool.",
+                    "items": {"type": "number",
+                              "description": "0 for unsuccessful tool calls, 1 for successful tool calls"}},
+                "contribution_to_final_answer": {
+                    "type": "array",
+                    "description": "Provide a score (0 to 5) to assess how much **each intermediate step** "
+                                   "contributed to the final answer.",
+                    "items": {"type": "number",
+                              "description": "0 indicates no contribution, and 5 indicates maximum contribution."}},
+                "final_answer_status": {
+                    "type": "string", "enum": ["Unsure", "Unsolved", "Solved"],
+                    "description": "Indicate the status of the final answer. Choose from: 'Unsure', 'Unsolved', "
+                                   "or 'Solved'."},
+            },
+            "required": ["succeed_tool_calling", "contribution_to_final_answer", "final_answer_status"],
+        },
+    },
+}
+
+
 _SECRET_LIKE = re.compile(r"(?i)(bearer\s+)[^\s'\",}]+|\bsk-[A-Za-z0-9_\-]{6,}")
 
 
@@ -140,14 +191,20 @@ def _cut(text: str, n: int) -> str:
     return text if len(text) <= n else text[:n] + "..."
 
 
+def _response_chars(fixed_text: str, steps: list[dict], cfg: AnnotateConfig) -> int:
+    """Characters each tool response may keep: `max_response_chars`, less (evenly, at least 80) when the prompt's
+    estimate would not fit `max_prompt_tokens` otherwise."""
+    budget_chars = cfg.max_prompt_tokens * CHARS_PER_TOKEN - len(fixed_text) - 400
+    fixed = sum(len(s["name"]) + len(s["arguments"]) + 40 for s in steps)
+    if not steps:
+        return cfg.max_response_chars
+    return max(80, min(cfg.max_response_chars, (budget_chars - fixed) // len(steps)))
+
+
 def build_messages(query: str, steps: list[dict], final_answer: str, finish_type: str, cfg: AnnotateConfig) -> list[dict]:
     """The chat for one trajectory. `steps` are the intermediate steps (name, arguments, response text).
     Responses are cut to `max_response_chars`, then all of them evenly until the estimate fits the budget."""
-    budget_chars = cfg.max_prompt_tokens * CHARS_PER_TOKEN - len(SYSTEM) - len(query) - len(final_answer) - 400
-    fixed = sum(len(s["name"]) + len(s["arguments"]) + 40 for s in steps)
-    per_response = cfg.max_response_chars
-    if steps:
-        per_response = max(80, min(per_response, (budget_chars - fixed) // len(steps)))
+    per_response = _response_chars(SYSTEM + query + final_answer, steps, cfg)
     lines = [f"Query:\n{query}\n", f"Intermediate steps ({len(steps)}):"]
     for i, s in enumerate(steps, 1):
         lines.append(f"Step {i}: call {s['name']} with arguments {s['arguments']}\nResponse: "
@@ -158,6 +215,21 @@ def build_messages(query: str, steps: list[dict], final_answer: str, finish_type
         "(the agent gave up)" if finish_type == "give_up" else "(the agent gave no final answer)")
     lines.append(f"\nFinal answer:\n{answer}")
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n".join(lines)}]
+
+
+def build_reference_messages(query: str, steps: list[dict], final_answer: str, cfg: AnnotateConfig) -> list[dict]:
+    """The reference's chat for one trajectory (REFERENCE_TEMPLATE): each intermediate step as the converted
+    answer's tool message, `str({'name', 'arguments', 'response'})` after "Step k: ", the list's repr as
+    `mid_steps`, and the final answer text ("" without one, as the converted answer has). Unlike the reference
+    every call is a step even when the trajectory has no Finish (its get_steps()[:-1] would drop the last call,
+    whose label then has no step to go to); responses are cut as for our prompt (`_response_chars`; StableToolBench
+    observations, at most 1024 characters, fit whole)."""
+    per_response = _response_chars(REFERENCE_TEMPLATE + query + final_answer, steps, cfg)
+    mid_steps = [f"Step {i}: " + str({"name": s["name"], "arguments": s["arguments"],
+                                      "response": _cut(s["response"], per_response)})
+                 for i, s in enumerate(steps, 1)]
+    return [{"role": "user", "content": REFERENCE_TEMPLATE.format(query=query, mid_steps=mid_steps,
+                                                                  final_answer=final_answer)}]
 
 
 def judge_steps(steps: list[dict]) -> list[dict]:
@@ -398,6 +470,13 @@ class OpenAIJudge(JudgeClient):
 
     desc = "annotate"
 
+    def __init__(self, cfg: AnnotateConfig, cache: JudgeCache):
+        super().__init__(cfg, cache)
+        # the prompt is part of every cache key (through prompt_version): the two prompts never share answers
+        self.reference = cfg.prompt == "reference"
+        self.prompt_version = REFERENCE_PROMPT_VERSION if self.reference else PROMPT_VERSION
+        self.tool = REFERENCE_TOOL if self.reference else TOOL
+
     def annotate(self, items: list[tuple[dict, list[dict], str]], progress: bool = True) -> list[TrajLabel]:
         """`items`: (trajectory row, its step rows, query). Returns one label per item, in order. Stops before
         any call when the estimate is above `max_cost_usd` (check_budget)."""
@@ -410,6 +489,9 @@ class OpenAIJudge(JudgeClient):
         finish = traj.get("finish_type") or "none"
         if not calls and finish != "give_answer":
             return calls, []
+        if self.reference:
+            answer = traj.get("final_answer") or "" if finish == "give_answer" else ""
+            return calls, build_reference_messages(query, calls, answer, self.cfg)
         return calls, build_messages(query, calls, traj.get("final_answer") or "", finish, self.cfg)
 
     def first_requests(self, items: list) -> list[dict]:
@@ -417,13 +499,13 @@ class OpenAIJudge(JudgeClient):
         for traj, steps, query in items:
             _, messages = self._messages(traj, steps, query)
             if messages:
-                out += [self.request(messages, TOOL, v, 0) for v in range(self.cfg.n_votes)]
+                out += [self.request(messages, self.tool, v, 0) for v in range(self.cfg.n_votes)]
         return out
 
     async def _trajectory(self, client, traj: dict, steps: list[dict], query: str) -> TrajLabel:
         cfg = self.cfg
         calls, messages = self._messages(traj, steps, query)
-        label = TrajLabel(traj["traj_id"], [], "Unsolved", 0.0, "openai", PROMPT_VERSION, cfg.model, cfg.n_votes)
+        label = TrajLabel(traj["traj_id"], [], "Unsolved", 0.0, "openai", self.prompt_version, cfg.model, cfg.n_votes)
         if not messages:  # nothing to judge: no call and no answer
             label.steps = [StepLabel(None, None) for _ in steps]
             label.votes = 0
@@ -462,7 +544,7 @@ class OpenAIJudge(JudgeClient):
         hits = 0
         reasons = []
         for attempt in range(self.cfg.max_invalid_retries + 1):
-            body, hit, failure = await self.ask(client, self.request(messages, TOOL, vote, attempt))
+            body, hit, failure = await self.ask(client, self.request(messages, self.tool, vote, attempt))
             hits += hit
             if failure:
                 return None, hits, f"vote {vote}: {failure}"

@@ -68,12 +68,35 @@ def default_answer(request: dict) -> dict:
     name = called_function(request)
     if name in ("check_answer_status", "parse_answer_status"):
         return _pass_rate_answer(name, user)
-    final = user.rsplit("\nFinal answer:\n", 1)[-1]
-    steps = _STEP.findall(user)
+    if "\nIntermediate Steps:\n" in user:  # the reference's prompt (annotate.prompt: reference)
+        steps, final = _reference_steps(user)
+        status = "Solved" if final.strip() else "Unsolved"
+    else:
+        final = user.rsplit("\nFinal answer:\n", 1)[-1]
+        steps = _STEP.findall(user)
+        status = "Unsolved" if final.startswith("(the agent") else "Solved"
     sc = [succ_calling(fn, True, resp)[0] or 0 for fn, resp in steps]
-    status = "Unsolved" if final.startswith("(the agent") else "Solved"
     return {"succeed_tool_calling": sc, "contribution_to_final_answer": [3 if x else 0 for x in sc],
             "final_answer_status": status}
+
+
+def _reference_steps(user: str) -> tuple[list[tuple[str, str]], str]:
+    """((function, response) per step, final answer) of the reference's prompt: `mid_steps` is a Python list's
+    repr of "Step k: {'name': ..., 'arguments': ..., 'response': ...}" strings (read with ast.literal_eval,
+    never eval); anything unreadable counts as no step."""
+    import ast
+
+    head, _, rest = user.partition("\nIntermediate Steps:\n")
+    listing, _, tail = rest.partition("\n\nFinal Answer:\n")
+    final = tail.split("\n\nBased on the query, intermediate steps, and final answer", 1)[0]
+    steps = []
+    try:
+        for item in ast.literal_eval(listing):
+            call = ast.literal_eval(str(item).split(": ", 1)[1])
+            steps.append((str(call.get("name", "")), str(call.get("response", ""))))
+    except (ValueError, SyntaxError, IndexError, AttributeError, TypeError, MemoryError, RecursionError):
+        steps = []
+    return steps, final
 
 
 def _pass_rate_answer(name: str, user: str) -> dict:
