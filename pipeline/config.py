@@ -750,20 +750,67 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     return _build(Params, raw, "", source)
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate `path`. Raises ConfigError (one line) on any problem."""
+# YAML 1.2 floats: DVC writes params (`dvc exp run -S train.learning_rate=5e-6`) with ruamel, which spells small
+# floats `5e-06`; PyYAML's safe loader follows YAML 1.1, where a float needs a dot, and would read a string.
+_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                        |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                        |[-+]?\.(?:inf|Inf|INF)
+                        |\.(?:nan|NaN|NAN))$""", re.X)
+MAX_PARAMS_BYTES = 4 << 20  # a params file is a few kB; more is not a params file (and /dev/zero never ends)
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's float spellings (as DVC writes them) and duplicate keys refused (the
+    last one would silently win)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: the base constructor says so
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {first})", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+ParamsLoader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+                                        for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+ParamsLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def read_yaml(path: str | Path, what: str = "params") -> Any:
+    """The YAML document at `path` through ParamsLoader; ConfigError (one line naming the file, and the line
+    where it can) when it is missing, not a regular file, too big, not UTF-8, not YAML or empty."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such file (run from the repository root, or pass --params)")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a regular file (a {what} file is a YAML text file)")
+    with open(path, "rb") as f:
+        data = f.read(MAX_PARAMS_BYTES + 1)
+    if len(data) > MAX_PARAMS_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_PARAMS_BYTES >> 20} MiB: not a {what} file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(data.decode("utf-8"), Loader=ParamsLoader)
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}:{where} is not valid YAML: {getattr(e, 'problem', e)}") from None
-    return parse_params(raw, str(path))
+    if raw is None:
+        raise ConfigError(f"{path}: empty: a {what} file holds at least one section (`steptool params` lists them)")
+    return raw
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate `path`. Raises ConfigError (one line) on any problem."""
+    return parse_params(read_yaml(path), str(path))
 
 
 def to_dict(obj: Any) -> Any:

@@ -21,6 +21,7 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from pipeline import untrusted
 from pipeline.apidoc import function_spec, function_specs, render_observation
 from pipeline.errors import SteptoolError
 from pipeline.task import Task
@@ -52,7 +53,7 @@ class Environment(Protocol):
 def parse_finish(arguments: str) -> dict:
     """Finish's arguments as ToolBench reads them: JSON, else the same lenient string search it does."""
     try:
-        data = json.loads(arguments, strict=False)
+        data = untrusted.loads(arguments, strict=False)
         return data if isinstance(data, dict) else {}
     except (json.JSONDecodeError, TypeError, RecursionError):
         pass
@@ -111,7 +112,7 @@ class ApiListEnv:
             return StepResult(render_observation(envelope, self.max_observation_length), "no_such_function",
                               False, envelope)
         try:
-            key = canonical_json(json.loads(arguments)) if arguments.strip() else "{}"
+            key = canonical_json(untrusted.loads(arguments)) if arguments.strip() else "{}"
         except (json.JSONDecodeError, TypeError, ValueError, RecursionError):
             key = arguments
         attempt = self._attempts.get((function_name, key), 0)
@@ -189,7 +190,7 @@ class HttpToolEnv(ApiListEnv):
                                 stop=stop_after_attempt(3), before_sleep=count, reraise=True):
             with attempt:
                 with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                    return json.loads(resp.read().decode("utf-8"))
+                    return untrusted.loads(resp.read().decode("utf-8"))
         raise AssertionError("unreachable")
 
     def _call(self, doc: dict, arguments: str, attempt: int) -> dict:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from pipeline import untrusted
 from pipeline.annotate.succ_calling import read_envelope
 from pipeline.errors import SchemaError
 from pipeline.formats.stabletoolbench import load_json_records, parse_answer_steps
@@ -35,7 +36,7 @@ MISS_ERROR = "Replay miss: no recorded response of {name} for these arguments (o
 def args_key(arguments: str) -> str:
     """Canonical JSON of the arguments, or the stripped text when it is not JSON."""
     try:
-        return canonical_json(json.loads(arguments)) if arguments.strip() else "{}"
+        return canonical_json(untrusted.loads(arguments)) if arguments.strip() else "{}"
     except (json.JSONDecodeError, TypeError):
         return arguments.strip()
 

@@ -40,6 +40,12 @@ def save_piece(workspace: Path, dest: Path) -> list[str]:
     files = sorted({p for pattern in PIECE_FILES for p in workspace.glob(pattern) if p.is_file()})
     if not any(p.match(_EVAL_RESULTS) for p in files):
         raise SteptoolError(f"{workspace}: no {_EVAL_RESULTS}: the piece has not been evaluated")
+    if dest.is_dir():  # replaced whole: only a piece this command (and make study-piece's RUN.md) wrote
+        foreign = [p for p in sorted(dest.rglob("*")) if p.is_file() and p.relative_to(dest).as_posix() != "RUN.md"
+                   and not any(p.relative_to(dest).match(pattern) for pattern in PIECE_FILES)]
+        if foreign:
+            raise SteptoolError(f"{dest}: holds {foreign[0].relative_to(dest)}, which no study piece has: refusing to "
+                                "replace the folder (choose an empty or new one)")
     with atomic_path(dest) as tmp:
         for p in files:
             rel = p.relative_to(workspace)

@@ -19,10 +19,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import yaml
 
 from pipeline import layout
-from pipeline.config import parse_params, render_params
+from pipeline.config import parse_params, read_yaml, render_params
 from pipeline.errors import ConfigError
 from pipeline.fsutil import atomic_path
 from pipeline.schema import EVAL_RESULTS, read_table
@@ -42,14 +41,16 @@ def deep_merge(base: dict, changes: dict) -> dict:
 def load_grid(path: Path) -> dict:
     """The grid file, checked: {profile, common, candidates: {name: changes}, select: {model, strategy}}; each
     candidate's full profile (base profile + common + its changes) is returned under `profiles`."""
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw = read_yaml(path, "grid")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a grid is a mapping (profile, common, candidates, select)")
     for key in ("profile", "candidates", "select"):
         if key not in raw:
             raise ConfigError(f"{path}: no '{key}' (a grid names a base profile, its candidates and what selects)")
     base_path = Path(raw["profile"])  # relative to the repository root, where the command runs
     if not base_path.exists():
         raise ConfigError(f"{path}: profile {base_path}: no such file (a path from the repository root)")
-    base = yaml.safe_load(base_path.read_text(encoding="utf-8")) or {}
+    base = read_yaml(base_path, "profile")
     common = raw.get("common") or {}
     split = (common.get("evaluate") or {}).get("split")
     if split != "val":
@@ -123,7 +124,7 @@ def candidate_row(folder: Path, model: str, strategy: str) -> dict:
     from pipeline.rounds import replay_behaviour
     from pipeline.stats import paired_difference, seed_scores
 
-    params = yaml.safe_load((folder / "params.yaml").read_text(encoding="utf-8"))
+    params = read_yaml(folder / "params.yaml")
     seed = params["train"]["seeds"][0]
     rounds = params["train"].get("rounds", 1)
     ref = params["evaluate"]["reference_model"]
@@ -173,7 +174,7 @@ def _ba(before: dict | None, after: dict | None, key: str, digits: int) -> str:
 
 
 def selection_markdown(grid_path: Path, rows: list[dict], chosen: dict | None, pending: list[str]) -> str:
-    g = yaml.safe_load(grid_path.read_text(encoding="utf-8"))
+    g = read_yaml(grid_path, "grid")
     model, strategy = g["select"]["model"], g["select"]["strategy"]
     lines = [f"# Val selection ({grid_path})", "",
              f"Each candidate: the base profile `{g['profile']}` with the grid's common keys and its own changes, "

@@ -312,3 +312,61 @@ def test_params_into_a_closed_pipe_is_quiet():
     proc.stdout.close()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and b"Traceback" not in err and b"BrokenPipe" not in err, err
+
+
+# ---- writes that never destroy: an --out that is a user's folder (a canary inside) is refused, kept whole -----
+
+def _canary_folder(tmp_path):
+    folder = tmp_path / "mine"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "canary.txt").write_text("keep me")
+    return folder
+
+
+def _intact(folder) -> bool:
+    return (folder / "sub" / "canary.txt").read_text() == "keep me"
+
+
+def test_atomic_writes_replace_only_their_own_kind(tmp_path):
+    from pipeline.errors import SteptoolError
+    from pipeline.fsutil import atomic_path, write_json
+
+    folder = _canary_folder(tmp_path)
+    with pytest.raises(SteptoolError, match="is a folder, and this writes a file: refusing"):
+        write_json(folder, {"a": 1})
+    assert _intact(folder) and not [p for p in tmp_path.iterdir() if p.name.startswith(".mine")]  # no temporary left
+    f = tmp_path / "f.json"
+    f.write_text("{}")
+    with pytest.raises(SteptoolError, match="is a file, and this writes a folder"):
+        with atomic_path(f) as tmp:
+            tmp.mkdir()
+            (tmp / "x").write_text("y")
+    assert f.read_text() == "{}"
+    write_json(f, {"b": 2})  # a file over a file, as always
+    assert f.read_text().strip().startswith("{")
+    with pytest.raises(SteptoolError, match="neither a file nor a folder"):
+        write_json("/dev/null", {})
+
+
+@pytest.mark.parametrize("command", ["params", "build-replay", "study-save"])
+def test_commands_with_an_out_path_never_replace_a_users_folder(tmp_path, command):
+    """Before: `params --write DIR` and `build-replay ... --out DIR` exited 0 and replaced the folder (recursively)
+    with a file; `study-save` replaced any DEST whole."""
+    folder = _canary_folder(tmp_path)
+    if command == "params":
+        args = ["params", "--write", folder]
+    elif command == "build-replay":
+        rec = tmp_path / "rec" / "m"
+        rec.mkdir(parents=True)
+        (rec / "G1_instruction.json").write_text('{"1": {"query": "q", "answer_steps": "Step 1: {\'name\': \'f\', '
+                                                 '\'arguments\': \'{}\', \'response\': \'{\\"error\\": \\"\\", '
+                                                 '\\"response\\": 1}\'}", "final_step": "", "is_solved": {}}}')
+        args = ["build-replay", tmp_path / "rec", "--out", folder]
+    else:
+        ws = tmp_path / "ws"
+        (ws / layout.EVAL / "sft-cot").mkdir(parents=True)
+        (ws / layout.EVAL / "sft-cot" / "results.parquet").write_bytes(b"x")
+        args = ["study-save", folder, "--root", ws]
+    line = one_error_line(steptool(*args, cwd=REPO))
+    assert str(folder) in line and "refusing to replace" in line, line
+    assert _intact(folder)

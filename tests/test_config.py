@@ -168,3 +168,67 @@ def test_reward_params_are_checked_against_the_annotator():
     raw["train"]["gamma"] = 0.9  # the one γ is rewards.gamma
     with pytest.raises(ConfigError, match="unknown key 'train.gamma'"):
         parse_params(raw, "params.yaml")
+
+
+def _spellings(value: float) -> list[str]:
+    """`value` as YAML 1.2 and DVC (ruamel) may write it, none of which PyYAML's 1.1 safe loader reads as a float:
+    an integer mantissa with an exponent (0.15 -> 15e-2), the exponent upper-cased, and ruamel's own dump."""
+    import io
+    from decimal import Decimal
+
+    import ruamel.yaml
+
+    sign, digits, exp = Decimal(repr(value)).as_tuple()
+    mantissa = ("-" if sign else "") + ("".join(map(str, digits)) or "0")
+    buf = io.StringIO()
+    ruamel.yaml.YAML().dump({"v": value}, buf)
+    return [f"{mantissa}e{exp}", f"{mantissa}E{exp:+d}", buf.getvalue().split(":", 1)[1].strip()]
+
+
+def test_every_float_param_loads_in_any_yaml_spelling(tmp_path):
+    """`dvc exp run -S train.learning_rate=5e-6` writes `5e-06` (ruamel, YAML 1.2); every float key of every
+    section loads from that spelling and the others as the same float, not a string."""
+    import io
+
+    import ruamel.yaml
+
+    buf = io.StringIO()
+    ruamel.yaml.YAML().dump({"learning_rate": 5e-6}, buf)
+    assert buf.getvalue().strip() == "learning_rate: 5e-06"  # what DVC writes
+    floats = [(key, default) for key, _, default in describe() if isinstance(default, float)]
+    assert len(floats) > 20
+    f = tmp_path / "params.yaml"
+    for key, default in floats:
+        *path, leaf = key.split(".")
+        for spelling in _spellings(default):
+            text = "".join(f"{'  ' * i}{p}:\n" for i, p in enumerate(path)) + f"{'  ' * len(path)}{leaf}: {spelling}\n"
+            f.write_text(text)
+            node = load_params(f)
+            for part in key.split("."):
+                node = getattr(node, part)
+            assert node == default and isinstance(node, float), (key, spelling, node)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  seeds: [0]\n  learning_rate: 1e-5\ntrain:\n  rounds: 2\n", "line 4 is not valid YAML: duplicate key 'train' (first on line 1)"),
+    ("collect:\n  n_samples: 2\n  n_samples: 4\n", "line 3 is not valid YAML: duplicate key 'n_samples' (first on line 2)"),
+    ("", "empty: a params file holds at least one section (`steptool params` lists them)"),
+    ("# only a comment\n", "empty: a params file holds at least one section (`steptool params` lists them)"),
+])
+def test_duplicate_keys_and_empty_files_are_errors(tmp_path, text, message):
+    f = tmp_path / "params.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_params(f)
+    assert str(e.value) == f"{f}: {message}"
+
+
+def test_a_folder_or_a_device_is_not_a_params_file(tmp_path):
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_params(tmp_path)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_params("/dev/zero")  # would be read forever
+    big = tmp_path / "big.yaml"
+    big.write_text("a: 1\n" + "#" * (5 << 20))
+    with pytest.raises(ConfigError, match="larger than 4 MiB"):
+        load_params(big)

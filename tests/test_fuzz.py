@@ -73,3 +73,57 @@ def test_deeply_nested_action_input_is_a_parse_failure_not_a_crash():
     for fmt, text in (("compact", f"Thought: t\nAction: f\nAction Input: {deep}"),
                       ("chat_tools", f'<tool_call>{{"name": "f", "arguments": {deep}}}</tool_call>')):
         parse_action(text, fmt)  # must return, whatever it says
+
+
+# ---- text that is not UTF-8-encodable: lone surrogates through parser, environment and server ----------------
+
+surrogate_text = st.text(st.characters(categories=["Cs", "Ll", "Nd", "Zs"]), min_size=1, max_size=12)
+
+
+def _utf8(obj) -> None:
+    """What a tokenizer, Parquet and an HTTP answer need: the object's text encodes as UTF-8."""
+    json.dumps(obj, ensure_ascii=False).encode("utf-8")
+
+
+@settings(max_examples=150, deadline=None)
+@given(api=st.sampled_from(APIS), key=st.sampled_from(PARAMS), value=surrogate_text)
+def test_lone_surrogates_in_arguments_come_back_as_replacement_characters(api, key, value):
+    """`{"q": "\\ud800abc"}` is valid JSON whose string no UTF-8 writer accepts: the parsers and ToolWorld read it
+    with U+FFFD in the surrogate's place (pipeline/untrusted.py), so the observation and the arguments can be
+    tokenized and written."""
+    text = json.dumps({key: value})  # ensure_ascii: the surrogate travels as a \\udXXX escape, as a model writes it
+    for fmt, action in (("react", f"Thought: go\nAction: {api.function_name}\nAction Input: {text}"),
+                        ("chat_tools", f'<tool_call>{{"name": "{api.function_name}", "arguments": {text}}}</tool_call>')):
+        parsed = parse_action(action, fmt)
+        parsed.arguments.encode("utf-8")
+        out = WORLD.call(api.category, api.tool_name, api.api_name, parsed.arguments)
+        _utf8(out)
+
+
+def test_a_lone_surrogate_is_replaced_and_nothing_else_changes():
+    from pipeline import untrusted
+
+    clean = {"a": ["x", 1, {"b": "é✓"}], "c": None}
+    assert untrusted.scrub(clean) == clean
+    assert untrusted.loads('{"q\\udc00": ["\\ud800abc", "ok \\ud83d\\ude00"]}') == {"q\ufffd": ["\ufffdabc", "ok 😀"]}
+
+
+def test_serve_tools_answers_a_body_with_a_lone_surrogate():
+    """A request whose JSON holds a lone surrogate gets a JSON answer (before: a traceback and a dropped
+    connection)."""
+    import urllib.request
+
+    from pipeline.toolworld.server import serve_in_thread
+
+    server, url = serve_in_thread(WORLD)
+    try:
+        api = next(a for a in APIS if a.kind == "search")  # it echoes the query in its answer
+        body = json.dumps({"category": api.category, "tool_name": api.tool_name, "api_name": api.api_name,
+                           "tool_input": json.dumps({"query": "\ud800abc"}), "strip": "", "toolbench_key": ""})
+        req = urllib.request.Request(url, data=body.encode("ascii"), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            out = json.loads(resp.read().decode("utf-8"))
+        assert out["response"]["query"] == "\ufffdabc"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -14,6 +14,8 @@ import json
 import re
 from dataclasses import dataclass
 
+from pipeline import untrusted
+
 _ACTION = re.compile(r"(?:^|\n)\s*Action\s*:[ \t]*(.*)")
 _INPUT = re.compile(r"(?:^|\n)\s*Action Input\s*:[ \t]*", re.S)
 _THOUGHT = re.compile(r"^\s*Thought\s*:\s*", re.S)
@@ -80,13 +82,14 @@ def parse_tool_call(text: str, known_functions: set[str] | None = None) -> Parse
         return ParsedAction(thought, "", body.strip(), False, f"malformed JSON: {e.msg} at char {e.pos}")
     except RecursionError:
         return ParsedAction(thought, "", body.strip(), False, TOO_DEEP)
+    obj = untrusted.scrub(obj)  # re-dumped below: no lone surrogate may reach the tokenizer or a file
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return ParsedAction(thought, "", body[:end], False, 'malformed JSON: the call must be {"name": ..., "arguments": {...}}')
     name = obj["name"].strip()
     args = obj.get("arguments", {})
     if isinstance(args, str):
         try:
-            args = json.loads(args) if args.strip() else {}
+            args = untrusted.loads(args) if args.strip() else {}
         except json.JSONDecodeError as e:
             return ParsedAction(thought, name, args, False, f"malformed JSON: {e.msg} at char {e.pos}")
         except RecursionError:

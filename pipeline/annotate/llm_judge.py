@@ -31,6 +31,7 @@ import os
 import re
 import time
 
+from pipeline import untrusted
 from pipeline.annotate.base import StepLabel, TrajLabel, status_of, step_is_call
 from pipeline.annotate.cache import JudgeCache, request_key
 from pipeline.annotate.pricing import BATCH_PRICE_FACTOR, CHARS_PER_TOKEN, cost_usd, estimated_tokens
@@ -454,7 +455,7 @@ class JudgeClient:
                                             cast_to=sdk_http_response())
         self.stats["judge_calls"] += 1
         try:
-            body = json.loads(raw.text)
+            body = untrusted.loads(raw.text)  # cached: a lone surrogate would break the SQLite write
         except json.JSONDecodeError:
             body = {"unparsable_body": raw.text[:2000]}  # cached as is: parse_answer calls it invalid
         usage = body.get("usage") or {}

@@ -13,6 +13,7 @@ import logging
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer  # noqa: F401 (type hints)
 
+from pipeline import untrusted
 from pipeline.httputil import READ_TIMEOUT_S, bind, read_body, send_json
 from pipeline.toolworld.world import ToolWorld
 
@@ -47,7 +48,7 @@ def _handler(world) -> type[BaseHTTPRequestHandler]:
             if body is None:
                 return
             try:
-                info = json.loads(body.decode("utf-8"))
+                info = untrusted.loads(body.decode("utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
                 self._send(422, {"detail": "body is not JSON"})
                 return

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from pipeline import untrusted
 from pipeline.errors import SteptoolError
 from pipeline.task import SPLITS
 from pipeline.toolworld import spec as S
@@ -376,7 +377,7 @@ class ToolWorld:
             args = {}
         else:
             try:
-                args = json.loads(tool_input)
+                args = untrusted.loads(tool_input)
             except (json.JSONDecodeError, TypeError, RecursionError):
                 return {"error": PARSE_ERROR, "response": ""}
             if not isinstance(args, dict):
