@@ -2,6 +2,7 @@
 on a toy environment, and a resume after kill -9 that ends with the weights of an uninterrupted run."""
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -434,3 +435,48 @@ def test_the_reference_is_the_sft_policy_in_later_rounds(tokenizer):
     # the reward-side penalty KL(π_old‖π_ref) is no longer zero with recompute
     _, stats = prepare_round(later, ex, _round_cfg("steptool", kl_in="reward", kl_coef=0.1), ref_model=sft)
     assert abs(stats["round_kl_penalty_mean"]) > 1e-3
+
+
+# ---- finite or refuse ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [float("inf"), -float("inf")])
+def test_infinite_behaviour_logprobs_are_refused_naming_the_trajectory(tokenizer, bad):
+    """With old_logprobs: behaviour, ±inf in tokens.parquet made every weight NaN and the stage exit 0 (NaN was
+    already read as 'not recorded': recompute)."""
+    from pipeline.errors import SteptoolError
+    from tests.support.tiny_model import make_tiny_model
+    from trainer.model import PolicyWithValue
+    from trainer.ppo_round import prepare_round
+
+    model = PolicyWithValue(make_tiny_model(tokenizer))
+    a, b = _round_examples(tokenizer)
+    a.behaviour_logprobs = [-1.0, -2.0, bad, -1.5, -0.5]
+    b.behaviour_logprobs = [float("nan"), -1.0]  # not recorded: recomputed, as before
+    with pytest.raises(SteptoolError, match=r"trajectory a: behaviour log-prob -?inf at action token 2 .*not finite"):
+        prepare_round(model, [a, b], _round_cfg("steptool", old_logprobs="behaviour"))
+    a.behaviour_logprobs = [-1.0, -2.0, -3.0, -1.5, -0.5]
+    items, _ = prepare_round(model, [a, b], _round_cfg("steptool", old_logprobs="behaviour"))
+    assert items[0]["old_logprobs"] == a.behaviour_logprobs and all(math.isfinite(x) for x in items[1]["old_logprobs"])
+
+
+def test_a_non_finite_loss_stops_before_the_update_and_nan_weights_are_never_saved(tokenizer, tmp_path):
+    from pipeline.errors import SteptoolError
+    from tests.support.tiny_model import make_tiny_model
+    from trainer import step_ppo
+    from trainer.model import PolicyWithValue
+
+    model = PolicyWithValue(make_tiny_model(tokenizer))
+    trainer = step_ppo.StepPPOTrainer(model, _round_cfg("steptool"), _round_examples(tokenizer),
+                                      pad_id=tokenizer.pad_token_id)
+    items, _ = step_ppo.prepare_round(model, trainer.examples, trainer.ppo)
+    batch = step_ppo.collate(items, tokenizer.pad_token_id)
+    batch["advantages"][0, 1] = float("nan")
+    with pytest.raises(SteptoolError, match=r"optimizer step 1: NaN or inf in the advantages"):
+        trainer.compute_loss(model, batch)
+    batch = step_ppo.collate(items, tokenizer.pad_token_id)
+    assert torch.isfinite(trainer.compute_loss(model, batch))  # the same batch, finite: a loss
+    with torch.no_grad():
+        model.v_head.bias.fill_(float("inf"))
+    with pytest.raises(SteptoolError, match=r"the trained weight .*v_head.bias holds NaN or inf: not saved"):
+        trainer.save_policy(tmp_path / "model", tokenizer)
+    assert not (tmp_path / "model").exists()

@@ -25,6 +25,7 @@ import math
 import torch
 
 from pipeline import variants
+from pipeline.errors import SteptoolError
 from pipeline.rewards import discounted_returns
 from trainer import baselines
 from trainer.data import Example
@@ -158,6 +159,12 @@ def precompute(model: PolicyWithValue, examples: list[Example], cfg, rank: int =
         old = cur
         if cfg.old_logprobs == "behaviour" and ex.behaviour_logprobs is not None \
                 and len(ex.behaviour_logprobs) == len(ref) and not any(math.isnan(x) for x in ex.behaviour_logprobs):
+            # NaN marks a log-prob the backend did not give (recompute instead); ±inf is none a model gives
+            # (log_softmax is finite), so the recorded tokens are corrupt, and would make every weight NaN
+            bad = next((k for k, x in enumerate(ex.behaviour_logprobs) if not math.isfinite(x)), None)
+            if bad is not None:
+                raise SteptoolError(f"trajectory {ex.traj_id}: behaviour log-prob {ex.behaviour_logprobs[bad]} at "
+                                    f"action token {bad} (tokens.parquet, field logprobs): not finite; nothing trained")
             old = list(ex.behaviour_logprobs)
         n_act = len(ref)
         value_pos = value_positions(ex, v.token_level)

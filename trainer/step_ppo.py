@@ -29,6 +29,8 @@ import torch
 from torch.utils.data import Dataset
 from transformers import Trainer
 
+from pipeline.errors import SteptoolError
+
 from trainer.baselines import explained_variance
 from trainer.config import StepPPOConfig
 from trainer.data import Example
@@ -125,6 +127,13 @@ class StepPPOTrainer(Trainer):
             loss = loss + a.kl_coef * kl_loss
         if entropy is not None:
             loss = loss - a.entropy_coef * entropy.mean()
+        if not torch.isfinite(loss):  # one bad step makes every weight NaN: stop before the optimizer takes it
+            named = {"log-probs": logp, "old log-probs": old_lp, "reference log-probs": inputs["ref_logprobs"][tok],
+                     "advantages": adv, "ratio": ratio, "values": new_v, "returns": ret, "policy loss": pg,
+                     "value loss": vf, "KL": kl_tok}
+            first = next((k for k, t in named.items() if not torch.isfinite(t).all()), "loss")
+            raise SteptoolError(f"train: optimizer step {self.state.global_step + 1}: NaN or inf in the {first} "
+                                "(loss {:.4g}); stopped before the update, nothing saved from it".format(float(loss)))
 
         with torch.no_grad():
             m = self._metrics
@@ -172,6 +181,9 @@ class StepPPOTrainer(Trainer):
         from pipeline.fsutil import atomic_path
 
         state = self.accelerator.get_state_dict(self.model_wrapped)
+        bad = next((k for k, t in (state or {}).items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+        if bad is not None:  # checked on every rank, so all of them stop (none waits in the barrier below)
+            raise SteptoolError(f"train: the trained weight {bad} holds NaN or inf: not saved to {out_dir}")
         if self.accelerator.is_main_process:
             with atomic_path(out_dir) as tmp:
                 tmp.mkdir()
