@@ -31,6 +31,21 @@ def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclas
     return field(default=default, metadata={"help": text})
 
 
+def _check_url(section, where: str, key: str) -> None:
+    """`section.key` is an http(s) URL with a host (every call to anything else would fail, one by one)."""
+    from urllib.parse import urlsplit
+
+    value = getattr(section, key)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number or out of range
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(f"{where}.{key} must be an http(s) URL such as http://127.0.0.1:8080/virtual, got {value!r}")
+
+
 class _Checked:
     """Mixin: `check()` raises ConfigError naming `<section>.<key>` for impossible values."""
 
@@ -130,6 +145,9 @@ class TasksConfig(_Checked):
         for subset in self.stabletoolbench_subsets:
             if not re.fullmatch(r"G[123]_[A-Za-z]+", subset):
                 self._fail(where, "stabletoolbench_subsets", f"entries are subset names like G1_instruction, got {subset!r}")
+        twice = sorted({s for s in self.stabletoolbench_subsets if self.stabletoolbench_subsets.count(s) > 1})
+        if twice:  # a subset read twice puts the same query into two splits (train and test)
+            self._fail(where, "stabletoolbench_subsets", f"lists {', '.join(twice)} more than once")
         if not 1 <= self.max_gold_calls <= 5:
             self._fail(where, "max_gold_calls", f"must be in 1..5, got {self.max_gold_calls}")
         if not 0 <= self.distractor_tools <= 3:
@@ -181,6 +199,8 @@ class EnvConfig(_Checked):
     def check(self, where: str) -> None:
         if self.timeout_s <= 0:
             self._fail(where, "timeout_s", f"must be > 0, got {self.timeout_s}")
+        if self.kind == "http":  # every call goes there: a bad URL would make each one an error observation
+            _check_url(self, where, "url")
 
 
 @dataclass
@@ -283,6 +303,8 @@ class WarmstartConfig(_Checked):
             self._fail(where, "error_rate", f"must be in [0, 1], got {self.error_rate}")
         if self.epochs <= 0 or self.learning_rate <= 0:
             raise ConfigError(f"{where}.epochs and {where}.learning_rate must be > 0")
+        self._at_least(where, 0, "max_tasks")
+        self._at_least(where, 1, "paths_per_task", "batch_size", "max_length", "lora_r")
 
 
 @dataclass
@@ -589,6 +611,9 @@ class EvaluateConfig(_Checked):
         for key in ("temperature", "judge_temperature"):
             if getattr(self, key) < 0:
                 self._fail(where, key, f"must be >= 0, got {getattr(self, key)}")
+        if self.samples > 1 and self.temperature == 0:
+            self._fail(where, "samples", f"is {self.samples} with temperature 0: greedy plays are identical, so the "
+                                         "spread over samples would be 0 by construction (set temperature > 0)")
         if not self.models:
             self._fail(where, "models", "must name at least one model")
         for m in self.models:

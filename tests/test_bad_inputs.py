@@ -217,6 +217,15 @@ def test_serve_judge_on_a_port_in_use(tmp_path):
     ("tasks.max_gold_calls", 1, "tasks.max_gold_calls must be >= 2 when train asks for I2 or I3"),
     ("tasks.train.I1", 100000, "tasks.train.I1 must be at most 5000"),
     ("annotate.temperature", -1, "annotate.temperature must be in [0, 2]"),
+    # each passed the check before and then raised a traceback inside the warm start
+    ("warmstart.paths_per_task", 0, "warmstart.paths_per_task must be >= 1, got 0"),
+    ("warmstart.max_length", 0, "warmstart.max_length must be >= 1, got 0"),
+    ("warmstart.lora_r", 0, "warmstart.lora_r must be >= 1, got 0"),
+    ("warmstart.max_tasks", -5, "warmstart.max_tasks must be >= 0, got -5"),
+    ("warmstart.batch_size", 0, "warmstart.batch_size must be >= 1, got 0"),
+    # a subset read twice put the same query into train and test
+    ("tasks.stabletoolbench_subsets", ["G1_tool", "G2_category", "G1_tool"],
+     "tasks.stabletoolbench_subsets lists G1_tool more than once"),
 ])
 def test_params_that_make_no_sense_are_refused(key, value, says):
     from pipeline.config import parse_params
@@ -231,6 +240,23 @@ def test_params_that_make_no_sense_are_refused(key, value, says):
     with pytest.raises(ConfigError) as e:
         parse_params(raw)
     assert says in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("raw, says", [
+    ({"evaluate": {"samples": 3, "temperature": 0.0}}, "evaluate.samples is 3 with temperature 0: greedy plays are identical"),
+    ({"env": {"kind": "http", "url": "not a url"}}, "env.url must be an http(s) URL such as http://127.0.0.1:8080/virtual, got 'not a url'"),
+    ({"env": {"kind": "http", "url": "http://127.0.0.1:99999/virtual"}}, "env.url must be an http(s) URL"),
+])
+def test_keys_that_make_no_sense_together_are_refused(raw, says):
+    """Before: 3 identical greedy samples reported as a spread of 0; every call to 'not a url' an error observation."""
+    from pipeline.config import parse_params
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        parse_params(raw)
+    assert says in str(e.value) and "\n" not in str(e.value)
+    parse_params({**raw, **({"evaluate": {"samples": 3, "temperature": 0.7}} if "evaluate" in raw else
+                            {"env": {"kind": "toolworld", "url": raw["env"]["url"]}})})  # fine in another setting
 
 
 def test_non_utf8_pass_rate_and_import_files_areone_error_line(tmp_path):
