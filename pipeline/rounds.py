@@ -129,7 +129,7 @@ def reward_table(params, src: Path, variant: str):
     nothing is written (the caller may still refuse them)."""
     from pipeline.rewards import reward_table as compute
 
-    steps = pl.from_arrow(read_table(src, ANNOTATED_STEPS))  # ranges, unique steps, the outcome on the last: checked
+    steps = pl.from_arrow(read_table(src, ANNOTATED_STEPS))  # ranges, unique steps, outcome on the last, labelled calls
     if steps.height == 0:
         raise SteptoolError(f"{src}: no annotated step, nothing to compute rewards for (see {src.parent / FAILED})")
     r = params.rewards

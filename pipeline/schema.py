@@ -36,11 +36,15 @@ def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True, *, range:
 
 
 def _schema(doc: str, *fields: pa.Field, unique: tuple[str, ...] = (), steps_of: str = "",
-            last_only: tuple[str, ...] = ()) -> pa.Schema:
+            last_only: tuple[str, ...] = (), on_calls: tuple[str, ...] = ()) -> pa.Schema:
     """A table. `unique`: no two rows share these columns. `steps_of`: per value of this column (a trajectory),
     `step_idx` is 0..n−1; `last_only`: these columns are non-null on each trajectory's last step and null on
-    every other (the outcome belongs to the final step: a missing Finish row would give it to a tool call)."""
+    every other (the outcome belongs to the final step: a missing Finish row would give it to a tool call);
+    `on_calls`: these columns are non-null on every tool call (a step that is not a Finish: the rewards would
+    read a call without labels as no call)."""
     meta = {"description": doc}
+    if on_calls:
+        meta["on_calls"] = json.dumps(list(on_calls))
     if unique:
         meta["unique"] = json.dumps(list(unique))
     if steps_of:
@@ -148,6 +152,7 @@ ANNOTATED_STEPS = _schema(
     _f("vote_details", pa.string(), "JSON: every vote's raw values for this step (judge annotators)."),
     _f("cache_hits", pa.int32(), "Judge answers for this trajectory that came from the cache instead of a paid call."),
     unique=("traj_id", "step_idx"), steps_of="traj_id", last_only=("is_solved_score",),
+    on_calls=("succ_calling", "contribution"),
 )
 
 ADVANTAGES = _schema(
@@ -314,6 +319,15 @@ def check_table(table: pa.Table, schema: pa.Schema, where: str) -> None:
                 raise SchemaError(f"{where}: records {seen[key]} and {i} share {dict(zip(cols, key))} "
                                   f"(({', '.join(cols)}) must be unique)")
             seen[key] = i
+    if meta.get("on_calls"):
+        finish = [bool(f) or a == "Finish" for f, a in zip(table.column("is_finish").to_pylist(),
+                                                           table.column("api_name").to_pylist())]
+        for c in json.loads(meta["on_calls"]):
+            for i, v in enumerate(table.column(c).to_pylist()):
+                if v is None and not finish[i]:
+                    t, k = table.column("traj_id")[i].as_py(), table.column("step_idx")[i].as_py()
+                    raise SchemaError(f"{where}: record {i} (trajectory {t}, step {k}) field '{c}' is null on a tool "
+                                      "call: every call needs its labels (re-annotate: a rerun of annotate relabels it)")
     if meta.get("steps_of"):
         by: dict[str, list[tuple[int, int]]] = {}
         for i, (t, k) in enumerate(zip(table.column(meta["steps_of"]).to_pylist(), table.column("step_idx").to_pylist())):
