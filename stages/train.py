@@ -148,6 +148,7 @@ def run_round(params: Params, root: Path, variant: str, seed: int, k: int, start
     extra: dict = {"round": k}
     if k == 1:
         trajectories, adv_file = root / layout.trajectories_dir(seed), root / layout.advantages_file(variant, seed)
+        annotated = root / layout.annotated_dir(seed)
     else:
         trajectories, annotated, adv_file = work / "trajectories", work / "annotated", work / "advantages.parquet"
         if procs.main:
@@ -156,6 +157,7 @@ def run_round(params: Params, root: Path, variant: str, seed: int, k: int, start
             extra["annotate"] = rounds.annotate(params, root, trajectories, annotated, work / "annotate.json")
             extra["advantages"] = rounds.advantages(params, layout.table(annotated, "steps"), adv_file, variant)
         procs.wait()
+    check_rewards_match(adv_file, layout.table(annotated, "steps"), layout.table(trajectories, "steps"))
     metrics, history = train_round(params, root, variant, seed, start, trajectories, adv_file, work,
                                    ref=root / layout.SFT_MODEL)  # the KL's reference in every round
     metrics = {**extra, **metrics}
@@ -167,6 +169,25 @@ def run_round(params: Params, root: Path, variant: str, seed: int, k: int, start
         write_json(work / DONE, metrics)
     procs.wait()
     return metrics
+
+
+def check_rewards_match(adv_file: Path, annotated: Path, collected: Path) -> None:
+    """The rewards to train on are those of this round's annotation, every trajectory of it and nothing else, and
+    every one was collected: a stale or hand-made advantages table is refused before any training."""
+    import pyarrow.parquet as pq
+
+    def ids(path: Path) -> set[str]:
+        if not path.exists():
+            raise SteptoolError(f"{path}: no such file (run the stages before train: dvc repro)")
+        return set(pq.read_table(path, columns=["traj_id"]).column("traj_id").to_pylist())
+
+    have, labelled, played = ids(adv_file), ids(annotated), ids(collected)
+    for name, extra in (("not collected", sorted(have - played)), ("not annotated", sorted(have - labelled)),
+                        ("annotated but missing here", sorted(labelled - have))):
+        if extra:
+            raise SteptoolError(f"{adv_file}: {len(extra)} trajectories {name} ({', '.join(extra[:3])}"
+                                f"{', ...' if len(extra) > 3 else ''}; {annotated} has {len(labelled)}): the "
+                                "rewards do not belong to this round's annotation; rerun the advantages stage")
 
 
 def publish_round(work: Path, out: Path) -> None:

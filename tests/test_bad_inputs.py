@@ -326,9 +326,39 @@ def test_train_refuses_an_empty_advantages_table(tmp_path, tiny_model_dir):
     for name, schema in (("trajectories", TRAJECTORIES), ("steps", STEPS), ("tokens", TOKENS)):
         write_table([], layout.table(folder, name), schema)
     write_table([], tmp_path / layout.advantages_file("steptool", 0), ADVANTAGES)
+    write_table([], tmp_path / layout.table(layout.annotated_dir(0), "steps"), ANNOTATED_STEPS)
     with pytest.raises(SteptoolError, match=r"steptool/s0\.parquet: no trajectory to train on \(0 read"):
         train.run(parse_params({}), tmp_path, "steptool", 0)
     assert not (tmp_path / layout.model_dir("steptool", 0)).exists()
+
+
+@pytest.mark.parametrize("keep, says", [
+    ({"a"}, "1 trajectories annotated but missing here (b; "),
+    ({"a", "b", "z"}, "1 trajectories not collected (z; "),
+])
+def test_train_refuses_advantages_that_are_not_this_rounds_annotation(tmp_path, keep, says):
+    """Before: an advantages table holding 1 of the annotated trajectories, or one never collected, trained."""
+    import polars as pl
+
+    from pipeline import rounds
+    from pipeline.config import parse_params
+    from pipeline.errors import SteptoolError
+    from pipeline.schema import ADVANTAGES, STEPS
+    from stages import train
+
+    annotated = tmp_path / layout.table(layout.annotated_dir(0), "steps")
+    write_table(_rows(), annotated, ANNOTATED_STEPS)
+    write_table([{k: r[k] for k in STEPS.names} for r in _rows()], tmp_path / layout.table(layout.trajectories_dir(0), "steps"), STEPS)
+    table, _ = rounds.reward_table(parse_params({"rewards": {"shaping": "min_form"}}), annotated, "steptool")
+    if "z" in keep:
+        table = pl.concat([table, table.filter(pl.col("traj_id") == "b").with_columns(pl.lit("z").alias("traj_id"))])
+    adv = tmp_path / layout.advantages_file("steptool", 0)
+    write_table(table.filter(pl.col("traj_id").is_in(list(keep))).to_arrow(), adv, ADVANTAGES)
+    with pytest.raises(SteptoolError) as e:
+        train.check_rewards_match(adv, annotated, tmp_path / layout.table(layout.trajectories_dir(0), "steps"))
+    assert str(adv) in str(e.value) and says in str(e.value), str(e.value)
+    write_table(table.filter(pl.col("traj_id").is_in(["a", "b"])).to_arrow(), adv, ADVANTAGES)
+    train.check_rewards_match(adv, annotated, tmp_path / layout.table(layout.trajectories_dir(0), "steps"))
 
 
 def test_params_into_a_closed_pipe_is_quiet():
