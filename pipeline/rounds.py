@@ -101,6 +101,13 @@ def annotate(params, root: Path, traj_dir: Path, out_dir: Path, metrics: Path) -
 
     trajs = read_table(layout.table(traj_dir, "trajectories"), TRAJECTORIES).to_pylist()
     steps = read_table(layout.table(traj_dir, "steps"), STEPS).to_pylist()
+    counts = Counter(s["traj_id"] for s in steps)
+    for i, t in enumerate(trajs):  # a trajectory without (all) its steps would be written short, and not counted
+        if counts.get(t["traj_id"], 0) != t["n_steps"]:
+            raise SteptoolError(f"{layout.table(traj_dir, 'steps')}: trajectory {t['traj_id']} has "
+                                f"{counts.get(t['traj_id'], 0)} steps, {layout.table(traj_dir, 'trajectories')} "
+                                f"record {i} field 'n_steps' says {t['n_steps']}: the collection is incomplete "
+                                "(rerun collect)")
     tasks = {t.task_id: t for split in SPLITS for t in load_tasks(root, split)}
     cfg = params.annotate
     cache_path = Path(cfg.cache_path)

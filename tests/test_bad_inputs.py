@@ -313,6 +313,27 @@ def test_annotate_refuses_a_trajectory_of_an_unknown_task(tmp_path):
     assert not (tmp_path / layout.annotated_dir(0)).exists()
 
 
+def test_annotate_refuses_a_trajectory_whose_steps_are_missing(tmp_path):
+    """Before: "2 trajectories, 0 failed" with one trajectory's steps gone, and only the other written."""
+    from pipeline import rounds
+    from pipeline.config import parse_params
+    from pipeline.errors import SteptoolError
+    from pipeline.schema import STEPS, TRAJECTORIES
+
+    base = {"policy": "sft", "strategy": "cot", "sample_idx": 0, "seed": 0, "finish_type": "give_answer",
+            "final_answer": "x", "split": "train", "level": "I1", "actions_generated": 1, "tree_json": None}
+    trajs = [{**base, "traj_id": "t1", "task_id": "k1", "n_steps": 1}, {**base, "traj_id": "t2", "task_id": "k2", "n_steps": 2}]
+    step = {k: v for k, v in _rows()[1].items() if k in STEPS.names}
+    folder = tmp_path / layout.trajectories_dir(0)
+    write_table(trajs, layout.table(folder, "trajectories"), TRAJECTORIES)
+    write_table([step | {"traj_id": "t1", "task_id": "k1", "step_idx": 0},
+                 step | {"traj_id": "t2", "task_id": "k2", "step_idx": 0}], layout.table(folder, "steps"), STEPS)
+    with pytest.raises(SteptoolError, match=r"steps.parquet: trajectory t2 has 1 steps, .*trajectories.parquet record 1 "
+                                            r"field 'n_steps' says 2"):
+        rounds.annotate(parse_params({}), tmp_path, folder, tmp_path / "out", tmp_path / "m.json")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "m.json").exists()
+
+
 def test_train_refuses_an_empty_advantages_table(tmp_path, tiny_model_dir):
     import shutil
 
