@@ -1,9 +1,10 @@
-"""Putting back the outputs DVC removed before a stage that then refused its params.
+"""Putting back the outputs DVC removed before a stage that then refused its input or failed.
 
 `dvc repro` deletes a stage's (non-persistent) outputs before it runs the command, so a stage that exits at
 once on a bad param would leave its previous outputs gone (`make repro` checks the params before DVC runs, but
-`dvc repro` and `dvc exp run -S key=bad` do not). When a stage run by DVC (DVC sets DVC_STAGE and DVC_ROOT)
-refuses its params, `pipeline/runner.py` calls `restore_outputs`: every output dvc.lock records for the stage
+`dvc repro` and `dvc exp run -S key=bad` do not), and a stage that refuses its input or crashes midway would
+leave them gone too. When a stage run by DVC (DVC sets DVC_STAGE and DVC_ROOT) ends with any error, refusal or
+crash, `pipeline/runner.py` calls `restore_outputs`: every output dvc.lock records for the stage
 is copied back from the local DVC cache (a directory through its `.dir` manifest), so the workspace is as it
 was and only the refusal is new. Outputs not in the cache (`cache: false`, or never built) are left alone.
 """

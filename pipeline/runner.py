@@ -65,24 +65,35 @@ def add_stage_arguments(parser: argparse.ArgumentParser, run: Callable, position
 def run_parsed(run: Callable, args: argparse.Namespace, names: tuple[str, ...] = ()) -> int:
     """Load the params, run the stage with its positional arguments by name, print its summary and time."""
     from pipeline.config import load_params
-    from pipeline.errors import ConfigError
 
     t0 = time.perf_counter()
     try:
         params = load_params(args.params)
-        # a ConfigError from the stage itself is a refusal of its params too (e.g. a strict reward audit)
         summary = run(params, Path(args.root), **{n: getattr(args, n) for n in names})
-    except ConfigError as e:
-        stage, dvc_root = os.environ.get("DVC_STAGE"), os.environ.get("DVC_ROOT")
-        if stage and dvc_root:  # DVC removed this stage's outputs before running it: put them back
-            from pipeline.dvc_restore import restore_outputs
-
-            restored = restore_outputs(Path(dvc_root), stage)
-            if restored:
-                raise ConfigError(f"{e} (the previous outputs are back: {', '.join(restored)})") from None
+    except KeyboardInterrupt:
+        raise  # partial work stays where it is, for the rerun to continue
+    except BaseException as e:  # a refusal (SteptoolError) or a crash: nothing of the previous run is lost
+        restored = restore_after_failure()
+        if restored:
+            said = f"the previous outputs are back: {', '.join(restored)}"
+            if isinstance(e, SteptoolError):
+                e.args = (f"{e} ({said})",) + e.args[1:]
+            else:
+                print(f"steptool: {said}", file=sys.stderr)
         raise
     print(f"{summary} [{time.perf_counter() - t0:.1f}s]")
     return 0
+
+
+def restore_after_failure() -> list[str]:
+    """Under `dvc repro` (DVC_STAGE and DVC_ROOT set), the outputs DVC removed before running this stage, put back
+    from its cache when the stage fails (pipeline/dvc_restore.py); outside DVC nothing (nothing was removed)."""
+    stage, dvc_root = os.environ.get("DVC_STAGE"), os.environ.get("DVC_ROOT")
+    if not (stage and dvc_root):
+        return []
+    from pipeline.dvc_restore import restore_outputs
+
+    return restore_outputs(Path(dvc_root), stage)
 
 
 def run_stage(name: str, doc: str | None, run: Callable, argv: list[str] | None = None,

@@ -452,3 +452,53 @@ def test_commands_with_an_out_path_never_replace_a_users_folder(tmp_path, comman
     line = one_error_line(steptool(*args, cwd=REPO))
     assert str(folder) in line and "refusing to replace" in line, line
     assert _intact(folder)
+
+
+# ---- a stage that fails under DVC puts back what DVC removed ---------------------------------------------------
+
+@pytest.mark.parametrize("failure", ["refusal", "crash"])
+def test_a_stage_that_fails_under_dvc_restores_its_outputs(tmp_path, monkeypatch, failure):
+    """DVC deletes a stage's outputs before running it. Before, only a params refusal put them back: a refusal
+    or crash inside the stage (the annotate endpoint answering 401, warmstart dividing by zero) left them gone.
+    A file and a folder output, restored from the DVC cache as dvc.lock records them."""
+    import argparse
+    import hashlib
+    import json
+
+    from pipeline.errors import SteptoolError
+    from pipeline.runner import run_parsed
+
+    root = tmp_path / "repo"
+    cache = root / ".dvc" / "cache" / "files" / "md5"
+
+    def put(data: bytes) -> str:
+        md5 = hashlib.md5(data).hexdigest()
+        (cache / md5[:2]).mkdir(parents=True, exist_ok=True)
+        (cache / md5[:2] / md5[2:]).write_bytes(data)
+        return md5
+
+    manifest = json.dumps([{"md5": put(b"weights"), "relpath": "model.safetensors"}]).encode()
+    dir_md5 = hashlib.md5(manifest).hexdigest() + ".dir"
+    (cache / dir_md5[:2]).mkdir(parents=True, exist_ok=True)
+    (cache / dir_md5[:2] / dir_md5[2:]).write_bytes(manifest)
+    (root / "dvc.lock").write_text(json.dumps({"schema": "2.0", "stages": {"warmstart": {"outs": [
+        {"path": "data/models/sft", "md5": dir_md5}, {"path": "data/metrics/warmstart.json", "md5": put(b"{}")}]}}}))
+    (root / "params.yaml").write_text("warmstart:\n  max_tasks: 3\n")
+    monkeypatch.setenv("DVC_STAGE", "warmstart")
+    monkeypatch.setenv("DVC_ROOT", str(root))
+
+    def run(params, root_):
+        if failure == "refusal":
+            raise SteptoolError("warmstart: the endpoint refused the key")
+        return 1 / 0
+
+    args = argparse.Namespace(params=str(root / "params.yaml"), root=str(root))
+    if failure == "refusal":
+        with pytest.raises(SteptoolError, match=r"refused the key \(the previous outputs are back: data/models/sft, "
+                                                r"data/metrics/warmstart.json\)"):
+            run_parsed(run, args)
+    else:
+        with pytest.raises(ZeroDivisionError):
+            run_parsed(run, args)
+    assert (root / "data/models/sft/model.safetensors").read_bytes() == b"weights"
+    assert (root / "data/metrics/warmstart.json").read_bytes() == b"{}"
