@@ -243,6 +243,67 @@ def test_parse_answer_rejects_what_is_wrong():
     assert status_of(2 / 3) == "Unsure" and status_of(0.8) == "Solved" and status_of(0.25) == "Unsolved"
 
 
+@pytest.mark.parametrize("body, why", [
+    ({"choices": [{"message": "text"}]}, "no choices\\[0\\].message object"),
+    ({"choices": "x"}, "no choices\\[0\\].message object"),
+    ([1, 2], "no choices\\[0\\].message object"),
+    ({"choices": [{"message": {"tool_calls": {"function": {}}}}]}, "tool_calls is not a list of function calls"),
+    ({"choices": [{"message": {"tool_calls": ["evaluate_process_reward"]}}]}, "tool_calls is not a list"),
+    ({"choices": [{"message": {"tool_calls": [{"function": {"name": "evaluate_process_reward",
+                                                             "arguments": {"succeed_tool_calling": [1]}}}]}}]},
+     "arguments are not JSON text \\(a dict\\)"),
+    ({"choices": [{"message": {"tool_calls": [{"function": {"name": "evaluate_process_reward", "arguments": json.dumps(
+        {"succeed_tool_calling": [1], "contribution_to_final_answer": [3], "final_answer_status": "Garbage.Solved"})}}]}}]},
+     "final_answer_status: the status must be Solved, Unsure or Unsolved, got 'Garbage.Solved'"),
+])
+def test_answers_of_any_shape_are_invalid_never_a_crash(body, why):
+    """Before: a traceback (str has no .get, a dict of tool calls...), the bad answer already cached, so every
+    rerun crashed the same way; "Garbage.Solved" was read as Solved."""
+    from pipeline.annotate.llm_judge import InvalidAnswer, answer_status
+
+    with pytest.raises(InvalidAnswer, match=why):
+        parse_answer(body, 1)
+    assert answer_status("AnswerStatus.Unsure") == "Unsure" and answer_status("Solved") == "Solved"
+
+
+def test_odd_usage_costs_nothing_and_keeps_the_answer():
+    from pipeline.annotate.pricing import usage_tokens
+
+    assert usage_tokens({"usage": {"prompt_tokens": 120, "completion_tokens": 30}}) == (120, 30)
+    for usage, expected in (({"prompt_tokens": -18000, "completion_tokens": 5}, (0, 5)),
+                            ({"prompt_tokens": "12", "completion_tokens": None}, (0, 0)),
+                            ({"prompt_tokens": True, "completion_tokens": 1.5}, (0, 0)), ("lots", (0, 0)), (None, (0, 0))):
+        assert usage_tokens({"usage": usage}) == expected, usage
+
+
+def test_only_valid_answers_are_cached_and_a_stale_invalid_one_is_asked_again(played, tmp_path, monkeypatch):
+    """An invalid answer is retried and never cached; an invalid answer found in the cache (written by an older
+    version, or a batch) is dropped and asked again, then the valid one is kept."""
+    from pipeline.annotate.cache import request_key
+    from pipeline.annotate.llm_judge import TOOL, OpenAIJudge
+
+    trajs, steps, tasks = played
+    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", "k")
+    server = JudgeServer()
+    try:
+        cfg = _judge_cfg(server.url, n_votes=1)
+        cache = JudgeCache(tmp_path / "judge.sqlite")
+        judge = OpenAIJudge(cfg, cache)
+        item = (trajs[0], group_steps(steps)[trajs[0]["traj_id"]], tasks[trajs[0]["task_id"]].query)
+        request = judge.first_requests([item])[0]
+        key = request_key(cfg.model, judge.prompt_version, request, endpoint=cfg.base_url)
+        cache.put(key, cfg.model, judge.prompt_version, request, {"choices": [{"message": "garbage"}]})
+        [label] = judge.annotate([item], progress=False)
+        assert not label.failed and judge.stats["stale_cache_answers"] == 1 and judge.stats["judge_calls"] == 1
+        assert parse_answer(cache.get(key), sum(1 for s in item[1] if not s["is_finish"]))  # the valid one is kept
+        again = OpenAIJudge(cfg, cache)
+        again.annotate([item], progress=False)
+        assert again.stats["judge_calls"] == 0 and again.stats["cache_hits"] == 1
+        assert request["tools"] == [TOOL]
+    finally:
+        server.close()
+
+
 def _without_hits(rows):
     """Rows without `cache_hits`, which says how a run got its answers, not what they were."""
     return [{k: v for k, v in r.items() if k != "cache_hits"} for r in rows]
@@ -266,7 +327,7 @@ def played(world, splits, tokenizer):
 
 
 @pytest.mark.long
-def test_openai_judge_under_faults_then_a_free_rerun(played, tmp_path, monkeypatch, caplog):
+def test_openai_judge_under_faults_then_a_rerun_pays_only_for_invalid_answers(played, tmp_path, monkeypatch, caplog):
     trajs, steps, tasks = played
     secret = "sk-test-SECRET-5f3a"
     monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", secret)
@@ -285,9 +346,10 @@ def test_openai_judge_under_faults_then_a_free_rerun(played, tmp_path, monkeypat
         out = tmp_path / "annotated.parquet"
         write_table(rows, out, ANNOTATED_STEPS)
         assert server.auth_digests and all(h == auth_digest(f"Bearer {secret}") for h in server.auth_digests)
-        calls_before = server.http_calls
         labels2, stats2 = label_trajectories(trajs, steps, tasks, cfg, str(cache), progress=False)
-        assert stats2["judge_calls"] == 0 and server.http_calls == calls_before  # the rerun pays nothing
+        # the rerun pays only for the invalid answers, which are never cached (the scripted judge gives a request
+        # the same answer every time, so they are invalid again and the same retries follow)
+        assert stats2["judge_calls"] == stats["invalid_answers"] == stats2["invalid_answers"]
         assert _without_hits(annotated_rows(group_steps(steps), labels2)) == _without_hits(rows)
         assert all(r["cache_hits"] >= 3 for r in annotated_rows(group_steps(steps), labels2) if r["votes"])
         summary = summarize(labels, rows, stats)

@@ -163,7 +163,7 @@ def test_exp_run_with_the_openai_judge_then_a_rerun_makes_no_call(repo):
     dvc = DVC
     secret = "sk-dvc-test-7d1c"
     env = dict(env, OPENAI_API_KEY=secret)
-    server = JudgeServer(Faults(p_429=0.1, p_malformed=0.05, seed=2))
+    server = JudgeServer(Faults(p_429=0.1, seed=2))  # malformed answers are not cached: tests/test_annotate.py
     try:
         sets = ["-S", "annotate.annotator=openai", "-S", f"annotate.base_url={server.url}", "-S", "annotate.n_votes=2",
                 "-S", "rewards.shaping=min_form"]  # the default 'progress' reads the oracle's facts

@@ -175,7 +175,7 @@ def _judge_params(tmp_path, url, n_judgings=3):
 
 def test_openai_pass_rate_judge_follows_the_protocol(tmp_path, monkeypatch):
     """No answer -> Unsolved with no call; check_answer_status first; parse_answer_status only on Unsure;
-    faults retried; a rerun is free; the key is sent but never written."""
+    faults retried; a rerun pays only for the invalid answers, never cached; the key is sent but never written."""
     from pipeline.annotate.scripted_judge_server import Faults, JudgeServer, auth_digest
     from pipeline.evaluate.llm_pass_rate import judge_answers
 
@@ -207,7 +207,10 @@ def test_openai_pass_rate_judge_follows_the_protocol(tmp_path, monkeypatch):
         assert stats["transport_retries"] > 0 and stats["invalid_answers"] > 0  # the faults did happen
         calls = server.http_calls
         again, stats2 = judge_answers(trajs, steps, {"t": task}, params, progress=False)
-        assert again == statuses and stats2["judge_calls"] == 0 and server.http_calls == calls
+        # invalid answers are never cached: the rerun asks those again (the scripted judge answers a request the
+        # same way every time, as a replay would) and nothing else
+        assert again == statuses and stats2["judge_calls"] == stats["invalid_answers"] > 0
+        assert stats2["invalid_answers"] == stats["invalid_answers"]
         assert server.auth_digests and all(h == auth_digest("Bearer sk-eval-test-91") for h in server.auth_digests)
     finally:
         server.close()

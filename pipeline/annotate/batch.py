@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from pipeline.annotate.cache import request_key
-from pipeline.annotate.pricing import BATCH_PRICE_FACTOR, cost_usd
+from pipeline.annotate.pricing import BATCH_PRICE_FACTOR, cost_usd, usage_tokens
 from pipeline.errors import SteptoolError
 from pipeline.fsutil import write_json
 
@@ -85,9 +85,9 @@ def prefill(judge, items: list) -> dict:
             if key in pending and resp.get("status_code") == 200 and isinstance(resp.get("body"), dict):
                 body = resp["body"]
                 cache.put(key, cfg.model, judge.prompt_version, pending[key], body)
-                usage = body.get("usage") or {}
-                prompt += usage.get("prompt_tokens") or 0
-                completion += usage.get("completion_tokens") or 0
+                tokens = usage_tokens(body)
+                prompt += tokens[0]
+                completion += tokens[1]
                 answered += 1
     if batch.status != "completed":
         log.warning("%s: batch %s ended %s; %d answers kept, the rest go online", judge.desc, batch.id, batch.status,

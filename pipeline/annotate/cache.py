@@ -4,9 +4,10 @@ Key: sha256 of (endpoint, model, prompt version, the full request as sent: messa
 seed…): another endpoint serving a model of the same name never answers from this one's entries.
 Value: the raw response body. Every answer is committed the moment it arrives (WAL journal), so a
 killed run loses at most the calls in flight, and rerunning the stage, or running it after adding
-trajectories, pays only for requests never answered before. Invalid answers are cached too: a rerun
-replays the same answer and then the same retry request, so the output is the same and nothing is
-paid twice. Transport failures (429, 5xx, timeouts) are not answers and are never cached.
+trajectories, pays only for requests never answered before. Only answers that validate are cached (the
+caller's check, e.g. llm_judge.parse_answer): an invalid one is retried with a new request and, on a rerun,
+asked again; a cached answer that no longer validates is dropped. Transport failures (429, 5xx, timeouts)
+are not answers and are never cached.
 The API key is not part of a request and is never stored.
 """
 from __future__ import annotations
@@ -17,6 +18,8 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+
+from pipeline.annotate.pricing import usage_tokens
 
 
 def request_key(model: str, prompt_version: str, request: dict, endpoint: str = "") -> str:
@@ -48,12 +51,16 @@ class JudgeCache:
             return self._db.execute("SELECT 1 FROM calls WHERE key = ?", (key,)).fetchone() is not None
 
     def put(self, key: str, model: str, prompt_version: str, request: dict, response: dict) -> None:
-        usage = response.get("usage") or {}
+        prompt, completion = usage_tokens(response)
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                              (key, model, prompt_version, json.dumps(request, ensure_ascii=False),
                               json.dumps(response, ensure_ascii=False), time.time(),
-                              usage.get("prompt_tokens"), usage.get("completion_tokens")))
+                              prompt, completion))
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM calls WHERE key = ?", (key,))
 
     def __len__(self) -> int:
         with self._lock:

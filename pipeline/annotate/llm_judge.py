@@ -34,7 +34,7 @@ import time
 from pipeline import untrusted
 from pipeline.annotate.base import StepLabel, TrajLabel, status_of, step_is_call
 from pipeline.annotate.cache import JudgeCache, request_key
-from pipeline.annotate.pricing import BATCH_PRICE_FACTOR, CHARS_PER_TOKEN, cost_usd, estimated_tokens
+from pipeline.annotate.pricing import BATCH_PRICE_FACTOR, CHARS_PER_TOKEN, cost_usd, estimated_tokens, usage_tokens
 from pipeline.annotate.succ_calling import read_envelope
 from pipeline.config import AnnotateConfig
 from pipeline.errors import SteptoolError
@@ -247,24 +247,50 @@ def judge_steps(steps: list[dict]) -> list[dict]:
     return out
 
 
-def parse_answer(body: dict, n_steps: int) -> tuple[list[int], list[float], str]:
-    """Validate one raw chat-completion body; raises InvalidAnswer with the reason."""
-    try:
-        msg = body["choices"][0]["message"]
-    except (KeyError, IndexError, TypeError):
-        raise InvalidAnswer("no choices[0].message in the response") from None
-    calls = msg.get("tool_calls") or []
+_STATUS = re.compile(r"(?:AnswerStatus\.)?(Solved|Unsure|Unsolved)")
+
+
+def function_arguments(body, name: str) -> tuple[dict, dict]:
+    """(arguments, message) of the forced call `name` in a raw chat-completion body, checked at every level: the
+    body an object, choices[0].message an object, tool_calls a list whose first entry is an object with a
+    `function` object of that name, its `arguments` a JSON object in a string. Anything else is InvalidAnswer
+    with the reason (never another exception: an odd answer is a failed attempt, not a crash)."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    msg = choices[0].get("message") if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
+    if not isinstance(msg, dict):
+        raise InvalidAnswer("no choices[0].message object in the response")
+    calls = msg.get("tool_calls")
     if not calls:
         raise InvalidAnswer("no function call in the answer")
-    fn = calls[0].get("function") or {}
-    if fn.get("name") != "evaluate_process_reward":
-        raise InvalidAnswer(f"called {fn.get('name')!r}, not evaluate_process_reward")
+    if not isinstance(calls, list) or not isinstance(calls[0], dict) or not isinstance(calls[0].get("function"), dict):
+        raise InvalidAnswer(f"tool_calls is not a list of function calls: {str(calls)[:60]}")
+    fn = calls[0]["function"]
+    if fn.get("name") != name:
+        raise InvalidAnswer(f"called {fn.get('name')!r}, not {name}")
+    raw = fn.get("arguments")
+    if not isinstance(raw, str):
+        raise InvalidAnswer(f"arguments are not JSON text (a {type(raw).__name__})")
     try:
-        args = json.loads(fn.get("arguments") or "")
-    except json.JSONDecodeError as e:
-        raise InvalidAnswer(f"arguments are not JSON ({e.msg})") from None
+        args = json.loads(raw)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise InvalidAnswer(f"arguments are not JSON ({getattr(e, 'msg', 'nested too deeply')})") from None
     if not isinstance(args, dict):
         raise InvalidAnswer("arguments are not an object")
+    return args, msg
+
+
+def answer_status(value) -> str:
+    """Solved | Unsure | Unsolved from a judge's status, spelled exactly (or as StableToolBench's
+    `AnswerStatus.X`); InvalidAnswer otherwise ("Garbage.Solved" is not Solved)."""
+    m = _STATUS.fullmatch(value) if isinstance(value, str) else None
+    if m is None:
+        raise InvalidAnswer(f"the status must be Solved, Unsure or Unsolved, got {str(value)[:40]!r}")
+    return m.group(1)
+
+
+def parse_answer(body: dict, n_steps: int) -> tuple[list[int], list[float], str]:
+    """Validate one raw chat-completion body; raises InvalidAnswer with the reason."""
+    args, _ = function_arguments(body, "evaluate_process_reward")
     sc, con, status = (args.get("succeed_tool_calling"), args.get("contribution_to_final_answer"),
                        args.get("final_answer_status"))
     for name, values in (("succeed_tool_calling", sc), ("contribution_to_final_answer", con)):
@@ -276,9 +302,10 @@ def parse_answer(body: dict, n_steps: int) -> tuple[list[int], list[float], str]
         raise InvalidAnswer(f"succeed_tool_calling values must be 0 or 1: {sc}")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 5 for v in con):
         raise InvalidAnswer(f"contribution_to_final_answer values must be 0..5: {con}")
-    status = str(status).split(".")[-1]
-    if status not in STATUS_VALUE:
-        raise InvalidAnswer(f"final_answer_status must be Solved, Unsure or Unsolved: {args.get('final_answer_status')!r}")
+    try:
+        status = answer_status(status)
+    except InvalidAnswer as e:
+        raise InvalidAnswer(f"final_answer_status: {e}") from None
     return [int(v) for v in sc], [float(v) for v in con], status
 
 
@@ -395,15 +422,21 @@ class JudgeClient:
             bar.close()
             await client.close()
 
-    async def ask(self, client, request: dict) -> tuple[dict | None, bool, str]:
-        """(body, cache hit, failure reason): the cached answer to `request`, or a paid call that is cached."""
+    async def ask(self, client, request: dict, validate=None) -> tuple[dict | None, bool, str]:
+        """(body, cache hit, failure reason): the cached answer to `request`, or a paid call. With `validate` (a
+        function of the body that raises InvalidAnswer) only a valid answer is cached, and a cached one that does
+        not validate (an older version's, a batch's) is dropped and asked again; an invalid one comes back
+        uncached, for the caller to count and retry with a new request."""
         import openai
 
         key = request_key(self.cfg.model, self.prompt_version, request, endpoint=self.cfg.base_url)
         body = self.cache.get(key)
         if body is not None:
-            self.stats["cache_hits"] += 1
-            return body, True, ""
+            if _valid(validate, body):
+                self.stats["cache_hits"] += 1
+                return body, True, ""
+            self.cache.delete(key)
+            self.stats["stale_cache_answers"] = self.stats.get("stale_cache_answers", 0) + 1
         if self._auth_failed:
             raise JudgeAuthError(self._auth_failed)
         try:
@@ -419,7 +452,8 @@ class JudgeClient:
         except Exception as e:  # retries exhausted: a reason, not a crash; not cached, so a rerun retries
             reason = redact(f"{type(e).__name__}: {e}", os.environ.get(self.cfg.api_key_env, ""))
             return None, False, reason[:160]
-        self.cache.put(key, self.cfg.model, self.prompt_version, request, body)
+        if _valid(validate, body):
+            self.cache.put(key, self.cfg.model, self.prompt_version, request, body)
         return body, False, ""
 
     async def _call(self, client, request: dict) -> dict:
@@ -458,12 +492,22 @@ class JudgeClient:
             body = untrusted.loads(raw.text)  # cached: a lone surrogate would break the SQLite write
         except json.JSONDecodeError:
             body = {"unparsable_body": raw.text[:2000]}  # cached as is: parse_answer calls it invalid
-        usage = body.get("usage") or {}
-        self.stats["prompt_tokens"] += usage.get("prompt_tokens") or 0
-        self.stats["completion_tokens"] += usage.get("completion_tokens") or 0
+        prompt, completion = usage_tokens(body)
+        self.stats["prompt_tokens"] += prompt
+        self.stats["completion_tokens"] += completion
         self.stats["cost_usd"] = round(cost_usd(self.stats["prompt_tokens"], self.stats["completion_tokens"],
                                                 self.cfg), 6)
         return body
+
+
+def _valid(validate, body) -> bool:
+    if validate is None:
+        return True
+    try:
+        validate(body)
+    except InvalidAnswer:
+        return False
+    return True
 
 
 class OpenAIJudge(JudgeClient):
@@ -545,7 +589,8 @@ class OpenAIJudge(JudgeClient):
         hits = 0
         reasons = []
         for attempt in range(self.cfg.max_invalid_retries + 1):
-            body, hit, failure = await self.ask(client, self.request(messages, self.tool, vote, attempt))
+            body, hit, failure = await self.ask(client, self.request(messages, self.tool, vote, attempt),
+                                                validate=lambda b: parse_answer(b, n_steps))
             hits += hit
             if failure:
                 return None, hits, f"vote {vote}: {failure}"

@@ -15,3 +15,15 @@ def estimated_tokens(request: dict) -> int:
 def cost_usd(prompt_tokens: float, completion_tokens: float, cfg) -> float:
     """USD at `cfg`'s prices (an AnnotateConfig)."""
     return (prompt_tokens * cfg.price_input_usd_per_mtok + completion_tokens * cfg.price_output_usd_per_mtok) / 1e6
+
+
+def usage_tokens(body) -> tuple[int, int]:
+    """(prompt, completion) tokens of an answer's `usage`, each counted only when a non-negative integer (an
+    odd usage costs nothing rather than a negative or absurd amount; the answer itself stays valid)."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    usage = usage if isinstance(usage, dict) else {}
+
+    def count(v) -> int:
+        return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 10**9 else 0
+
+    return count(usage.get("prompt_tokens")), count(usage.get("completion_tokens"))

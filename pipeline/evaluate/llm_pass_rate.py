@@ -17,9 +17,9 @@ import json
 from collections import defaultdict
 
 from pipeline.annotate.cache import JudgeCache
-from pipeline.annotate.llm_judge import InvalidAnswer, JudgeClient
+from pipeline.annotate.llm_judge import InvalidAnswer, JudgeClient, answer_status, function_arguments
 from pipeline.config import Params
-from pipeline.formats.stabletoolbench import STATUS_VALUE, converted_answer_body
+from pipeline.formats.stabletoolbench import converted_answer_body
 from pipeline.task import Task
 
 PROMPT_VERSION = "stabletoolbench-tooleval-v1"
@@ -78,20 +78,11 @@ PARSE_TOOL = _tool("parse_answer_status")
 def parse_status(body: dict, name: str) -> tuple[str, str]:
     """(status, reason) from a forced `name` call (the reason is the message's content, where the criteria ask
     for it, or an argument); InvalidAnswer when the body is not one."""
+    args, message = function_arguments(body, name)
     try:
-        message = body["choices"][0]["message"]
-        call = message["tool_calls"][0]["function"]
-    except (KeyError, IndexError, TypeError):
-        raise InvalidAnswer(f"no {name} call in the answer") from None
-    if call.get("name") != name:
-        raise InvalidAnswer(f"called {call.get('name')!r}, not {name}")
-    try:
-        args = json.loads(call.get("arguments") or "")
-    except json.JSONDecodeError:
-        raise InvalidAnswer(f"{name} arguments are not JSON") from None
-    status = str(args.get("answer_status", "")).split(".")[-1] if isinstance(args, dict) else ""
-    if status not in STATUS_VALUE:
-        raise InvalidAnswer(f"answer_status must be Solved, Unsure or Unsolved, got {status!r}")
+        status = answer_status(args.get("answer_status"))
+    except InvalidAnswer as e:
+        raise InvalidAnswer(f"answer_status: {e}") from None
     return status, str(args.get("reason") or message.get("content") or "")[:300]
 
 
@@ -149,7 +140,8 @@ class PassRateJudge(JudgeClient):
     async def _ask_status(self, client, messages, tool, run: int) -> tuple[str | None, str]:
         reasons = []
         for attempt in range(self.cfg.max_invalid_retries + 1):
-            body, _, failure = await self.ask(client, self.request(messages, tool, run, attempt))
+            body, _, failure = await self.ask(client, self.request(messages, tool, run, attempt),
+                                              validate=lambda b: parse_status(b, tool["function"]["name"]))
             if failure:
                 return None, failure
             try:
