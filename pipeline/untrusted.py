@@ -29,5 +29,14 @@ def scrub(obj: Any) -> Any:
 
 
 def loads(text: str | bytes, **kw) -> Any:
-    """`json.loads(text, **kw)` with lone surrogates replaced (`scrub`); raises what json.loads raises."""
-    return scrub(json.loads(text, **kw))
+    """`json.loads(text, **kw)` with lone surrogates replaced (`scrub`). Every way untrusted JSON can fail is a
+    json.JSONDecodeError, which callers already handle: also a number of more than 4,300 digits (Python's int
+    conversion limit raises a plain ValueError) and nesting deeper than the interpreter's stack (RecursionError)."""
+    try:
+        return scrub(json.loads(text, **kw))
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", "", 0) from None
+    except ValueError as e:  # the integer digit limit
+        raise json.JSONDecodeError(f"a number too long to read ({str(e)[:40]}...)", "", 0) from None

@@ -281,6 +281,20 @@ def _leaves(tree: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _number(lo: float, hi: float):
+    """An argparse type: a finite number in [lo, hi] (argparse turns the ValueError into one usage line)."""
+    import math
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"number in [{lo:g}, {hi:g}]"
+    return parse
+
+
 def _port(text: str) -> int:
     """argparse type of a TCP port: 0 (any free one) to 65535."""
     try:
@@ -443,10 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "evaluate_process_reward (the annotator), check_answer_status and "
                                    "parse_answer_status (the pass-rate judge) from the request, with injectable faults.")
     p.add_argument("--port", type=_port, default=8000)
-    p.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
+    p.add_argument("--latency", type=_number(0.0, 600.0), default=0.0, help="seconds added to every answer (0-600)")
     for name in ("429", "500", "timeout", "malformed", "wrong-length"):
-        p.add_argument(f"--p-{name}", type=float, default=0.0, dest=f"p_{name.replace('-', '_')}",
-                       help=f"probability of a {name} fault per call")
+        p.add_argument(f"--p-{name}", type=_number(0.0, 1.0), default=0.0, dest=f"p_{name.replace('-', '_')}",
+                       help=f"probability of a {name} fault per call (0-1)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_serve_judge)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+import re
+
 import pytest
 
 from pipeline import layout
@@ -481,8 +483,9 @@ def test_a_stage_that_fails_under_dvc_restores_its_outputs(tmp_path, monkeypatch
     dir_md5 = hashlib.md5(manifest).hexdigest() + ".dir"
     (cache / dir_md5[:2]).mkdir(parents=True, exist_ok=True)
     (cache / dir_md5[:2] / dir_md5[2:]).write_bytes(manifest)
+    sft, metrics = str(layout.SFT_MODEL), str(layout.metrics_file("warmstart"))
     (root / "dvc.lock").write_text(json.dumps({"schema": "2.0", "stages": {"warmstart": {"outs": [
-        {"path": "data/models/sft", "md5": dir_md5}, {"path": "data/metrics/warmstart.json", "md5": put(b"{}")}]}}}))
+        {"path": sft, "md5": dir_md5}, {"path": metrics, "md5": put(b"{}")}]}}}))
     (root / "params.yaml").write_text("warmstart:\n  max_tasks: 3\n")
     monkeypatch.setenv("DVC_STAGE", "warmstart")
     monkeypatch.setenv("DVC_ROOT", str(root))
@@ -494,11 +497,77 @@ def test_a_stage_that_fails_under_dvc_restores_its_outputs(tmp_path, monkeypatch
 
     args = argparse.Namespace(params=str(root / "params.yaml"), root=str(root))
     if failure == "refusal":
-        with pytest.raises(SteptoolError, match=r"refused the key \(the previous outputs are back: data/models/sft, "
-                                                r"data/metrics/warmstart.json\)"):
+        with pytest.raises(SteptoolError, match=re.escape(f"refused the key (the previous outputs are back: {sft}, "
+                                                          f"{metrics})")):
             run_parsed(run, args)
     else:
         with pytest.raises(ZeroDivisionError):
             run_parsed(run, args)
-    assert (root / "data/models/sft/model.safetensors").read_bytes() == b"weights"
-    assert (root / "data/metrics/warmstart.json").read_bytes() == b"{}"
+    assert (root / sft / "model.safetensors").read_bytes() == b"weights"
+    assert (root / metrics).read_bytes() == b"{}"
+
+
+# ---- one line, never a traceback: huge numbers, deep nesting, broken caches, odd flags ---------------------------
+
+HUGE = "1" * 5000  # past Python's 4,300-digit int conversion limit: json raises a plain ValueError
+DEEP = "[" * 100_000 + "]" * 100_000  # past the interpreter's stack: RecursionError
+
+
+@pytest.mark.parametrize("value", [HUGE, DEEP])
+def test_huge_numbers_and_deep_nesting_are_parse_failures(tmp_path, world, value):
+    """Before: a ValueError / RecursionError traceback out of the parsers, the pass-rate reader and the servers."""
+    import json
+
+    from pipeline.agent.parse import parse_action
+    from pipeline.errors import SchemaError
+    from pipeline.formats.stabletoolbench import load_json_records
+
+    text = '{"query": ' + value + "}"
+    for fmt, action in (("react", f"Thought: t\nAction: f\nAction Input: {text}"),
+                        ("chat_tools", f'<tool_call>{{"name": "f", "arguments": {text}}}</tool_call>')):
+        parsed = parse_action(action, fmt)
+        assert not parsed.parse_ok and parsed.error.startswith("malformed JSON"), parsed.error
+    api = world.apis[0] if isinstance(world.apis, list) else next(iter(world.apis.values()))
+    out = world.call(api.category, api.tool_name, api.api_name, text)
+    assert set(out) == {"error", "response"} and out["error"]
+    f = tmp_path / "G1_instruction.json"
+    f.write_text('{"1": ' + text + "}")
+    with pytest.raises(SchemaError, match=f"{f}: cannot read JSON"):
+        load_json_records(f)
+    json.dumps(out)
+
+
+def test_a_broken_judge_cache_is_one_line(tmp_path):
+    from pipeline.annotate.cache import JudgeCache
+    from pipeline.errors import SteptoolError
+
+    with pytest.raises(SteptoolError, match="a folder, not a judge cache file"):
+        JudgeCache(tmp_path)
+    bad = tmp_path / "judge.sqlite"
+    bad.write_bytes(b"not a database " * 200)
+    with pytest.raises(SteptoolError, match="judge.sqlite: not a usable judge cache"):
+        JudgeCache(bad)
+    assert bad.read_bytes().startswith(b"not a database")  # left for the user to look at
+
+
+@pytest.mark.parametrize("flag, value", [("--latency", "-1"), ("--p-429", "5"), ("--p-malformed", "nan")])
+def test_serve_judge_refuses_impossible_fault_settings(flag, value):
+    proc = steptool("serve-judge", "--port", "0", flag, value, timeout=30)
+    assert proc.returncode == 2 and "invalid number in" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_judge_servers_batch_endpoints_answer_non_json_with_400():
+    import urllib.error
+    import urllib.request
+
+    from pipeline.annotate.scripted_judge_server import JudgeServer
+
+    server = JudgeServer()
+    try:
+        req = urllib.request.Request(f"{server.url}/batches", data=b"\xff not json {", method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=10)
+        assert e.value.code == 400 and b"not a JSON object" in e.value.read()
+    finally:
+        server.close()

@@ -22,6 +22,7 @@ _THOUGHT = re.compile(r"^\s*Thought\s*:\s*", re.S)
 
 
 TOO_DEEP = "malformed JSON: nested too deeply"
+TOO_LONG = "malformed JSON: a number too long to read"
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ def parse_react(text: str, known_functions: set[str] | None = None) -> ParsedAct
         return ParsedAction(thought, name, raw, False, f"malformed JSON: {e.msg} at char {e.pos}")
     except RecursionError:
         return ParsedAction(thought, name, raw, False, TOO_DEEP)
+    except ValueError:  # an integer of more than 4,300 digits
+        return ParsedAction(thought, name, raw, False, TOO_LONG)
     if not isinstance(obj, dict):
         return ParsedAction(thought, name, raw, False, f"malformed JSON: arguments must be an object, got {type(obj).__name__}")
     tail = raw[end:].strip()
@@ -82,6 +85,8 @@ def parse_tool_call(text: str, known_functions: set[str] | None = None) -> Parse
         return ParsedAction(thought, "", body.strip(), False, f"malformed JSON: {e.msg} at char {e.pos}")
     except RecursionError:
         return ParsedAction(thought, "", body.strip(), False, TOO_DEEP)
+    except ValueError:  # an integer of more than 4,300 digits
+        return ParsedAction(thought, "", body.strip(), False, TOO_LONG)
     obj = untrusted.scrub(obj)  # re-dumped below: no lone surrogate may reach the tokenizer or a file
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return ParsedAction(thought, "", body[:end], False, 'malformed JSON: the call must be {"name": ..., "arguments": {...}}')
@@ -92,8 +97,6 @@ def parse_tool_call(text: str, known_functions: set[str] | None = None) -> Parse
             args = untrusted.loads(args) if args.strip() else {}
         except json.JSONDecodeError as e:
             return ParsedAction(thought, name, args, False, f"malformed JSON: {e.msg} at char {e.pos}")
-        except RecursionError:
-            return ParsedAction(thought, name, args, False, TOO_DEEP)
     raw = json.dumps(args, ensure_ascii=False)
     if known_functions is not None and name not in known_functions and name != "Finish":
         return ParsedAction(thought, name, raw, False, f"unknown API: {name}")

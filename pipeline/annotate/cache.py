@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from pipeline.annotate.pricing import usage_tokens
+from pipeline.errors import SteptoolError
 
 
 def request_key(model: str, prompt_version: str, request: dict, endpoint: str = "") -> str:
@@ -32,19 +33,30 @@ def request_key(model: str, prompt_version: str, request: dict, endpoint: str = 
 class JudgeCache:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("""CREATE TABLE IF NOT EXISTS calls (
-            key TEXT PRIMARY KEY, model TEXT, prompt_version TEXT, request TEXT, response TEXT,
-            created REAL, prompt_tokens INTEGER, completion_tokens INTEGER)""")
+        if self.path.is_dir():
+            raise SteptoolError(f"{self.path}: a folder, not a judge cache file (annotate.cache_path names a file)")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("""CREATE TABLE IF NOT EXISTS calls (
+                key TEXT PRIMARY KEY, model TEXT, prompt_version TEXT, request TEXT, response TEXT,
+                created REAL, prompt_tokens INTEGER, completion_tokens INTEGER)""")
+            self._db.execute("SELECT key, response FROM calls LIMIT 1").fetchall()
+        except (sqlite3.Error, OSError) as e:
+            raise SteptoolError(f"{self.path}: not a usable judge cache ({e}): move it aside (annotate.cache_path), "
+                                "and the next run starts a new one") from None
 
     def get(self, key: str) -> dict | None:
+        """The cached answer, or None (also for an entry that is not JSON: it is asked again)."""
         with self._lock:
             row = self._db.execute("SELECT response FROM calls WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
+        try:
+            return json.loads(row[0]) if row else None
+        except (TypeError, ValueError, RecursionError):
+            return None
 
     def has(self, key: str) -> bool:
         with self._lock:

@@ -24,6 +24,7 @@ from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 
+from pipeline import untrusted
 from pipeline.annotate.succ_calling import succ_calling
 from pipeline.httputil import READ_TIMEOUT_S, bind, read_body, send_json
 
@@ -205,7 +206,12 @@ class JudgeServer:
                      "filename": "batch.jsonl", "purpose": (fields.get("purpose") or b"").decode()}
 
     def create_batch(self, raw: bytes) -> tuple[int, dict]:
-        req = json.loads(raw)
+        try:
+            req = untrusted.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            req = None
+        if not isinstance(req, dict):
+            return 400, {"error": {"message": "batches: the body is not a JSON object", "type": "invalid_request"}}
         if req.get("input_file_id") not in self.files:
             return 400, {"error": {"message": "unknown input_file_id", "type": "invalid_request"}}
         with self.lock:
@@ -221,11 +227,17 @@ class JudgeServer:
         b = self.batches[bid]
         b["_polls"] += 1
         if b["status"] != "completed" and b["_polls"] > self.faults.batch_polls:
-            lines = [json.loads(x) for x in self.files[b["input_file_id"]].splitlines() if x.strip()]
             out = []
-            for line in lines:
-                code, body = self.complete(json.dumps(line["body"]).encode())
-                out.append({"id": f"batch_req_{len(out)}", "custom_id": line["custom_id"],
+            for x in self.files[b["input_file_id"]].splitlines():
+                if not x.strip():
+                    continue
+                try:  # a line that is not a request is that line's 400, as OpenAI answers it; the batch goes on
+                    line = untrusted.loads(x)
+                    code, body = self.complete(json.dumps(line["body"]).encode())
+                    custom_id = str(line["custom_id"])
+                except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                    code, body, custom_id = 400, {"error": {"message": "not a batch request line"}}, None
+                out.append({"id": f"batch_req_{len(out)}", "custom_id": custom_id,
                             "response": {"status_code": code, "request_id": "req", "body": body}, "error": None})
             with self.lock:
                 fid = f"file-{len(self.files) + 1}"

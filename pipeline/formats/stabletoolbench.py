@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline import untrusted
 from pipeline.errors import SchemaError
 
 _STEP = re.compile(r"^\s*(?:Step \d+|Final step):\s*(\{.*\})\s*$", re.S)
@@ -72,7 +73,7 @@ def load_json(path: str | Path, kind: type, what: str):
     """The JSON value of `path`, which must be a `kind`; SchemaError naming the file otherwise."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = untrusted.loads(path.read_text(encoding="utf-8"))  # any failure is a JSONDecodeError
     except UnicodeDecodeError as e:
         raise SchemaError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except RecursionError:
