@@ -2,7 +2,6 @@
 (exit 2 from the CLI), nothing half-written, and the previous outputs intact (issue: 'nothing bad gets through')."""
 from __future__ import annotations
 
-
 import re
 
 import pytest
