@@ -280,16 +280,24 @@ def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
     return table
 
 
+def _shown(text: str | bytes) -> str:
+    """Text from a file someone else wrote, safe to print: bytes decoded with U+FFFD for what is not UTF-8, and
+    control characters (a terminal's escape codes among them) shown escaped (\\x1b) instead of acted on."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def describe(path: str | os.PathLike) -> str:
     """What each column of a Parquet artifact means, read from the file's own metadata."""
     try:
         schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise SchemaError(f"{path}: not a readable Parquet file ({e})") from None
-    lines = [(schema.metadata or {}).get(b"description", b"").decode()]
+    lines = [_shown((schema.metadata or {}).get(b"description", b""))]
     for fld in schema:
-        doc = (fld.metadata or {}).get(b"description", b"").decode()
-        lines.append(f"  {fld.name} ({fld.type}): {doc}")
+        doc = _shown((fld.metadata or {}).get(b"description", b""))
+        lines.append(f"  {_shown(fld.name)} ({_shown(str(fld.type))}): {doc}")
     return "\n".join(lines)
 
 

@@ -187,6 +187,21 @@ def test_describe_on_a_file_that_is_not_parquet(tmp_path, content, says):
     assert says in one_error_line(steptool("describe", str(f)))
 
 
+def test_describe_shows_foreign_metadata_without_crashing_or_driving_the_terminal(tmp_path):
+    """Before: a UnicodeDecodeError traceback on metadata that is not UTF-8, and a column name's escape codes
+    printed raw (they recolour or clear the user's terminal)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.schema import describe
+
+    f = tmp_path / "foreign.parquet"
+    field = pa.field("\x1b[2Jname", pa.int64(), metadata={b"description": b"caf\xe9 \xff"})
+    pq.write_table(pa.table({"\x1b[2Jname": [1]}, schema=pa.schema([field], metadata={b"description": b"\x1b]0;x\x07"})), f)
+    text = describe(f)
+    assert "\x1b" not in text and "\\x1b[2Jname" in text and "caf\ufffd \ufffd" in text and "\\x07" in text
+
+
 def test_non_utf8_params_and_bad_ports_areone_error_line(tmp_path):
     bad = tmp_path / "params.yaml"
     bad.write_bytes(b"toolworld:\n  seed: \xff\xfe\n")
