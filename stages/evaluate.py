@@ -42,6 +42,10 @@ def evaluate(params: Params, root: Path, model: str, strategy: str) -> dict:
     tasks = first_per_level(load_tasks(root, e.split), getattr(e.tasks_per_level, strategy))
     if not tasks:
         raise SteptoolError(f"{root / layout.tasks_file(e.split)}: no task to evaluate on")
+    no_gold = [t.task_id for t in tasks if not t.has_gold]
+    if e.judge == "rule" and no_gold:  # before any play: the rule judge reads the gold facts
+        raise SteptoolError(f"{root / layout.tasks_file(e.split)}: task {no_gold[0]} ({len(no_gold)} in all) has no "
+                            "gold facts, which evaluate.judge rule reads: use judge openai")
     out = root / layout.eval_dir(model, strategy)
     by_id = {t.task_id: t for t in tasks}
     rows, stats = [], {}

@@ -585,3 +585,31 @@ def test_the_judge_servers_batch_endpoints_answer_non_json_with_400():
         assert e.value.code == 400 and b"not a JSON object" in e.value.read()
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"api_list": "[{not json"}, "record 0 field 'api_list' is not JSON text"),
+    ({"api_list": '{"a": 1}'}, "record 0 field 'api_list' must be a JSON list of API objects"),
+    ({"gold": None}, "has no gold facts, which evaluate.judge rule reads: use judge openai"),
+])
+def test_evaluate_refuses_a_hand_edited_task_before_playing(tmp_path, tiny_model_dir, change, says):
+    """Before: a JSONDecodeError or TypeError traceback, the second after every task had been played."""
+    import shutil
+
+    import polars as pl
+
+    from pipeline.config import parse_params
+    from pipeline.errors import SteptoolError
+    from pipeline.schema import TASKS
+    from stages import evaluate
+    from stages import tasks as tasks_stage
+
+    tasks_stage.run(parse_params({}), tmp_path)
+    test = tmp_path / layout.tasks_file("test")
+    rows = pl.read_parquet(test).to_dicts()
+    rows[0].update(change)
+    write_table(rows, test, TASKS)
+    shutil.copytree(tiny_model_dir, tmp_path / layout.SFT_MODEL)
+    with pytest.raises(SteptoolError, match=re.escape(says)):
+        evaluate.run(parse_params({}), tmp_path, "sft", "cot")
+    assert not (tmp_path / layout.eval_dir("sft", "cot")).exists()  # nothing played

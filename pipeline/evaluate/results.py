@@ -12,6 +12,7 @@ import statistics
 from collections import defaultdict
 
 from pipeline.annotate.succ_calling import succ_calling
+from pipeline.errors import SteptoolError
 from pipeline.formats.stabletoolbench import STATUS_VALUE
 from pipeline.task import Task
 from pipeline.toolworld.fact_judge import UNSOLVED, fact_stated, rule_judge
@@ -34,7 +35,8 @@ def result_rows(model: str, strategy: str, trajectories: list[dict], steps: list
         facts = task.gold_facts if task.has_gold else None
         if statuses is None:
             if facts is None:
-                raise ValueError(f"task {task.task_id} has no gold facts: the rule judge needs them (use judge: openai)")
+                raise SteptoolError(f"task {task.task_id} has no gold facts: the rule judge needs them (use judge: "
+                                    "openai)")
             st = [rule_judge(facts, answer, t["finish_type"])]
         else:
             st = statuses.get(t["traj_id"]) or [UNSOLVED]
