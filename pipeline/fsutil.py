@@ -33,6 +33,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         if there is not None and made != there:
             raise SteptoolError(f"{path}: is a {there}, and this writes a {made}: refusing to replace it (choose "
                                 "another path, or remove it yourself)")
+        if made == "folder" and path.is_symlink():  # a link the user made to a folder they keep elsewhere
+            raise SteptoolError(f"{path}: is a link to a folder: refusing to replace it (choose another path, or "
+                                "remove the link yourself)")
         if path.is_dir() and not path.is_symlink():
             old = path.with_name(f".{path.name}.old")
             if old.exists():

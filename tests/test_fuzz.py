@@ -127,3 +127,80 @@ def test_serve_tools_answers_a_body_with_a_lone_surrogate():
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ---- judge answers of any shape, writes over any kind of path ---------------------------------------------------
+
+json_bodies = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["choices", "message", "tool_calls", "function", "name", "arguments", "usage", "x"]),
+        inner, max_size=3), max_leaves=12)
+arguments_text = st.builds(json.dumps, st.dictionaries(
+    st.sampled_from(["succeed_tool_calling", "contribution_to_final_answer", "final_answer_status", "answer_status"]),
+    json_values, max_size=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=json_bodies | st.builds(
+    lambda name, args, shape: shape(name, args),
+    st.sampled_from(["evaluate_process_reward", "check_answer_status", "other"]), arguments_text | json_values,
+    st.sampled_from([lambda n, a: {"choices": [{"message": {"tool_calls": [{"function": {"name": n, "arguments": a}}]}}]},
+                     lambda n, a: {"choices": [{"message": {"tool_calls": [{"function": {"name": n}}], "x": a}}]},
+                     lambda n, a: {"choices": [{"message": {"tool_calls": {"function": {"name": n, "arguments": a}}}}]}])))
+def test_any_judge_answer_is_valid_or_invalid_never_a_crash(body):
+    """Every shape an endpoint could send: parse_answer and parse_status either return a checked value or raise
+    InvalidAnswer (a failed attempt, retried, never cached), and usage never counts a negative amount."""
+    from pipeline.annotate.llm_judge import InvalidAnswer, parse_answer
+    from pipeline.annotate.pricing import usage_tokens
+    from pipeline.evaluate.llm_pass_rate import parse_status
+
+    try:
+        sc, con, status = parse_answer(body, 1)
+        assert sc[0] in (0, 1) and 0 <= con[0] <= 5 and status in ("Solved", "Unsure", "Unsolved")
+    except InvalidAnswer:
+        pass
+    try:
+        assert parse_status(body, "check_answer_status")[0] in ("Solved", "Unsure", "Unsolved")
+    except InvalidAnswer:
+        pass
+    assert min(usage_tokens(body)) >= 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(there=st.sampled_from(["absent", "file", "folder", "link-to-file", "link-to-folder"]),
+       writes=st.sampled_from(["file", "folder"]))
+def test_an_atomic_write_replaces_only_its_own_kind(tmp_path_factory, there, writes):
+    """Over every kind of existing path: the write lands when the kinds agree (or nothing is there), and is
+    refused otherwise with the path exactly as it was; no temporary is left beside it."""
+    from pipeline.errors import SteptoolError
+    from pipeline.fsutil import atomic_path
+
+    d = tmp_path_factory.mktemp("kinds")
+    target, other = d / "out", d / "other"
+    if there in ("file", "link-to-file"):
+        (other if there.startswith("link") else target).write_text("old")
+    if there in ("folder", "link-to-folder"):
+        (other if there.startswith("link") else target).mkdir()
+        ((other if there.startswith("link") else target) / "canary").write_text("old")
+    if there.startswith("link"):
+        target.symlink_to(other)
+    kind_there = {"absent": None, "file": "file", "link-to-file": "file"}.get(there, "folder")
+    try:
+        with atomic_path(target) as tmp:
+            if writes == "file":
+                tmp.write_text("new")
+            else:
+                tmp.mkdir()
+                (tmp / "canary").write_text("new")
+        landed = True
+    except SteptoolError as e:
+        assert "refusing to replace it" in str(e)
+        landed = False
+    assert landed == (kind_there in (None, writes) and there != "link-to-folder")  # a user's link stays a link
+    if landed:
+        assert (target.read_text() if writes == "file" else (target / "canary").read_text()) == "new"
+    else:
+        source = other if there.startswith("link") else target
+        assert (source.read_text() if kind_there == "file" else (source / "canary").read_text()) == "old"
+    assert sorted(p.name for p in d.iterdir() if p.name.startswith(".")) == []
