@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline import layout, variants
 from pipeline.config import LEVELS, Params
+from pipeline.errors import SteptoolError
 from pipeline.evaluate.results import summarize, win_rate
 from pipeline.fsutil import atomic_path, write_json
 from pipeline.runner import run_stage
@@ -42,9 +43,25 @@ def _diff(d: dict | None) -> tuple[str, str, str]:
 
 
 def load_results(root: Path, params: Params) -> dict[tuple[str, str], list[dict]]:
+    """Every evaluation's rows; an empty table or a status the pass rate has no value for is refused in one line
+    naming the file, record and field (a report over them would divide by zero or count it as nothing)."""
+    from pipeline.formats.stabletoolbench import STATUS_VALUE
+
     e = params.evaluate
-    return {(m, s): read_table(root / layout.table(layout.eval_dir(m, s), "results"), EVAL_RESULTS).to_pylist()
-            for m in e.models for s in e.strategies}
+    out = {}
+    for m in e.models:
+        for s in e.strategies:
+            path = root / layout.table(layout.eval_dir(m, s), "results")
+            rows = read_table(path, EVAL_RESULTS).to_pylist()
+            if not rows:
+                raise SteptoolError(f"{path}: no evaluated task (rerun the stage evaluate@{m}-{s})")
+            for i, r in enumerate(rows):
+                bad = next((x for x in r["statuses"] or [None] if x not in STATUS_VALUE), "")
+                if bad != "":
+                    raise SteptoolError(f"{path}: record {i} field 'statuses' holds {bad!r}, not Solved, Unsure or "
+                                        "Unsolved (one per judging run)")
+            out[(m, s)] = rows
+    return out
 
 
 def build(results: dict[tuple[str, str], list[dict]], reference: str, trained: list[str],

@@ -613,3 +613,29 @@ def test_evaluate_refuses_a_hand_edited_task_before_playing(tmp_path, tiny_model
     with pytest.raises(SteptoolError, match=re.escape(says)):
         evaluate.run(parse_params({}), tmp_path, "sft", "cot")
     assert not (tmp_path / layout.eval_dir("sft", "cot")).exists()  # nothing played
+
+
+@pytest.mark.parametrize("rows, says", [
+    ([], "no evaluated task (rerun the stage evaluate@sft-cot)"),
+    ([{"statuses": ["Solved", "Maybe"]}], "record 0 field 'statuses' holds 'Maybe', not Solved, Unsure or Unsolved"),
+    ([{"statuses": []}], "record 0 field 'statuses' holds None"),
+])
+def test_report_refuses_an_empty_or_unreadable_results_table(tmp_path, rows, says):
+    """Before: a ZeroDivisionError traceback on an empty table, and an unknown status counted as nothing."""
+    from pipeline.config import parse_params
+    from pipeline.errors import SteptoolError
+    from pipeline.schema import EVAL_RESULTS
+    from stages import report
+
+    base = {"model": "sft", "strategy": "cot", "task_id": "t", "level": "I1", "seed": None, "sample_idx": 0,
+            "traj_id": "x", "judge": "rule", "statuses": ["Solved"], "pass_score": 1.0, "finish_type": "give_answer",
+            "final_answer": "a", "n_steps": 2, "n_calls": 1, "n_calls_ok": 1, "facts_stated": 1, "n_facts": 1,
+            "actions_generated": 2}
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / layout.table(layout.eval_dir("sft", "cot"), "results")
+    path.parent.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([{**base, **r} for r in rows], schema=EVAL_RESULTS), path)
+    with pytest.raises(SteptoolError, match=re.escape(says)):
+        report.load_results(tmp_path, parse_params({"evaluate": {"models": ["sft"]}}))
