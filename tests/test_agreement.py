@@ -49,61 +49,58 @@ def _traj(final="Paris is sunny, 21 C."):
     return traj, steps
 
 
-def test_the_reference_prompt_is_sent_as_the_reference_sends_it(tmp_path, monkeypatch):
+@pytest.fixture
+def recording_judge(monkeypatch):
+    """(every request the scripted judge was sent, a reference-prompt annotate section pointed at it)."""
+    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", "k")
+    seen: list[dict] = []
+    server = JudgeServer(answer=lambda req: (seen.append(req), default_answer(req))[1])
+    yield seen, AnnotateConfig(annotator="openai", base_url=server.url, model="judge-test", n_votes=1,
+                               api_key_env="STEPTOOL_TEST_JUDGE_KEY", prompt="reference")
+    server.close()
+
+
+def test_the_reference_prompt_is_sent_as_the_reference_sends_it(tmp_path, recording_judge):
     """One user message: the template with the query, the Python repr of the list of "Step k: {name, arguments,
     response}" strings and the final answer; the reference's function, forced. Its answers are cached under
     their own prompt version, so our prompt on the same trajectory is asked anew."""
     from pipeline.annotate.cache import JudgeCache
 
-    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", "k")
-    seen = []
-    server = JudgeServer(answer=lambda req: (seen.append(req), default_answer(req))[1])
-    try:
-        cfg = AnnotateConfig(annotator="openai", base_url=server.url, model="judge-test", n_votes=1,
-                             api_key_env="STEPTOOL_TEST_JUDGE_KEY", prompt="reference")
-        traj, steps = _traj()
-        query = "What is the weather in Paris?"
-        cache = JudgeCache(tmp_path / "judge.sqlite")
-        [label] = OpenAIJudge(cfg, cache).annotate([(traj, steps, query)], progress=False)
-        assert [s.succ_calling for s in label.steps[:2]] == [1.0, 1.0] and label.is_solved == "Solved"
-        assert label.prompt_version == "reference-prompt-121a6ac"
-        [req] = seen
-        expected = ("\nQuery:\nWhat is the weather in Paris?\n\nIntermediate Steps:\n"
-                    "['Step 1: {\\'name\\': \\'geo_lookup\\', \\'arguments\\': \\'{\"city\": \"Paris\"}\\', "
-                    "\\'response\\': \\'{\"error\": \"\", \"response\": {\"id\": 7}}\\'}', "
-                    "'Step 2: {\\'name\\': \\'weather_now\\', \\'arguments\\': \\'{\"id\": 7}\\', "
-                    "\\'response\\': \\'{\"error\": \"\", \"response\": {\"sky\": \"sunny\", \"temp_c\": 21}}\\'}']"
-                    "\n\nFinal Answer:\nParis is sunny, 21 C.\n\n")
-        assert req["messages"] == [{"role": "user", "content": expected + REFERENCE_TEMPLATE[REFERENCE_TEMPLATE.index("Based on"):]}]
-        assert req["tools"] == [REFERENCE_TOOL] and req["tool_choice"]["function"]["name"] == "evaluate_process_reward"
-        ours = OpenAIJudge(dataclasses.replace(cfg, prompt="ours"), cache)
-        [mine] = ours.annotate([(traj, steps, query)], progress=False)
-        assert ours.stats["judge_calls"] == 1 and ours.stats["cache_hits"] == 0  # not the reference's answer
-        assert seen[1]["messages"][0]["role"] == "system" and seen[1]["tools"] == [TOOL]
-        assert [s.succ_calling for s in mine.steps[:2]] == [1.0, 1.0]
-    finally:
-        server.close()
+    seen, cfg = recording_judge
+    traj, steps = _traj()
+    query = "What is the weather in Paris?"
+    cache = JudgeCache(tmp_path / "judge.sqlite")
+    [label] = OpenAIJudge(cfg, cache).annotate([(traj, steps, query)], progress=False)
+    assert [s.succ_calling for s in label.steps[:2]] == [1.0, 1.0] and label.is_solved == "Solved"
+    assert label.prompt_version == "reference-prompt-121a6ac"
+    [req] = seen
+    expected = ("\nQuery:\nWhat is the weather in Paris?\n\nIntermediate Steps:\n"
+                "['Step 1: {\\'name\\': \\'geo_lookup\\', \\'arguments\\': \\'{\"city\": \"Paris\"}\\', "
+                "\\'response\\': \\'{\"error\": \"\", \"response\": {\"id\": 7}}\\'}', "
+                "'Step 2: {\\'name\\': \\'weather_now\\', \\'arguments\\': \\'{\"id\": 7}\\', "
+                "\\'response\\': \\'{\"error\": \"\", \"response\": {\"sky\": \"sunny\", \"temp_c\": 21}}\\'}']"
+                "\n\nFinal Answer:\nParis is sunny, 21 C.\n\n")
+    assert req["messages"] == [{"role": "user", "content": expected + REFERENCE_TEMPLATE[REFERENCE_TEMPLATE.index("Based on"):]}]
+    assert req["tools"] == [REFERENCE_TOOL] and req["tool_choice"]["function"]["name"] == "evaluate_process_reward"
+    ours = OpenAIJudge(dataclasses.replace(cfg, prompt="ours"), cache)
+    [mine] = ours.annotate([(traj, steps, query)], progress=False)
+    assert ours.stats["judge_calls"] == 1 and ours.stats["cache_hits"] == 0  # not the reference's answer
+    assert seen[1]["messages"][0]["role"] == "system" and seen[1]["tools"] == [TOOL]
+    assert [s.succ_calling for s in mine.steps[:2]] == [1.0, 1.0]
 
 
-def test_a_cut_trajectory_keeps_every_call_and_sends_no_answer(tmp_path, monkeypatch):
+def test_a_cut_trajectory_keeps_every_call_and_sends_no_answer(tmp_path, recording_judge):
     """Without a Finish the reference's get_steps()[:-1] would drop the last call; ours keeps both calls (one
     label per step) and sends the empty final answer the converted answer has."""
     from pipeline.annotate.cache import JudgeCache
 
-    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", "k")
-    seen = []
-    server = JudgeServer(answer=lambda req: (seen.append(req), default_answer(req))[1])
-    try:
-        cfg = AnnotateConfig(annotator="openai", base_url=server.url, model="judge-test", n_votes=1,
-                             api_key_env="STEPTOOL_TEST_JUDGE_KEY", prompt="reference")
-        traj, steps = _traj()
-        traj = dict(traj, finish_type="none", final_answer=None)
-        [label] = OpenAIJudge(cfg, JudgeCache(tmp_path / "j.sqlite")).annotate([(traj, steps[:2], "q")], progress=False)
-        content = seen[0]["messages"][0]["content"]
-        assert "'Step 2: " in content and "\n\nFinal Answer:\n\n\nBased on" in content
-        assert len(label.steps) == 2 and label.is_solved == "Unsolved"
-    finally:
-        server.close()
+    seen, cfg = recording_judge
+    traj, steps = _traj()
+    traj = dict(traj, finish_type="none", final_answer=None)
+    [label] = OpenAIJudge(cfg, JudgeCache(tmp_path / "j.sqlite")).annotate([(traj, steps[:2], "q")], progress=False)
+    content = seen[0]["messages"][0]["content"]
+    assert "'Step 2: " in content and "\n\nFinal Answer:\n\n\nBased on" in content
+    assert len(label.steps) == 2 and label.is_solved == "Unsolved"
 
 
 @pytest.mark.skipif(not EXAMPLES.exists(), reason=f"{EXAMPLES} absent (the shared external data)")
@@ -115,7 +112,7 @@ def test_judge_agreement_on_the_released_examples(tmp_path, monkeypatch):
     try:
         params = tmp_path / "params.yaml"
         params.write_text(json.dumps({"annotate": {"annotator": "openai", "base_url": server.url, "n_votes": 2,
-                                                   "api_key_env": "STEPTOOL_TEST_JUDGE_KEY", "concurrency": 4,
+                                                   "api_key_env": "STEPTOOL_TEST_JUDGE_KEY", "concurrency": 4, "max_retries": 12,
                                                    "cache_path": str(tmp_path / "judge.sqlite")},
                                       "rewards": {"shaping": "min_form"}}))
         monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", "k")
