@@ -81,6 +81,9 @@ def default_answer(request: dict) -> dict:
             "final_answer_status": status}
 
 
+_AST_LOCK = threading.Lock()
+
+
 def _reference_steps(user: str) -> tuple[list[tuple[str, str]], str]:
     """((function, response) per step, final answer) of the reference's prompt: `mid_steps` is a Python list's
     repr of "Step k: {'name': ..., 'arguments': ..., 'response': ...}" strings (read with ast.literal_eval,
@@ -92,8 +95,11 @@ def _reference_steps(user: str) -> tuple[list[tuple[str, str]], str]:
     final = tail.split("\n\nBased on the query, intermediate steps, and final answer", 1)[0]
     steps = []
     try:
-        for item in ast.literal_eval(listing):
-            call = ast.literal_eval(str(item).split(": ", 1)[1])
+        with _AST_LOCK:  # CPython 3.11's ast can fail with "recursion depth mismatch" when threads parse at once
+            items = ast.literal_eval(listing)
+        for item in items:
+            with _AST_LOCK:
+                call = ast.literal_eval(str(item).split(": ", 1)[1])
             steps.append((str(call.get("name", "")), str(call.get("response", ""))))
     except (ValueError, SyntaxError, IndexError, AttributeError, TypeError, MemoryError, RecursionError):
         steps = []
