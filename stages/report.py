@@ -56,9 +56,9 @@ def load_results(root: Path, params: Params) -> dict[tuple[str, str], list[dict]
             if not rows:
                 raise SteptoolError(f"{path}: no evaluated task (rerun the stage evaluate@{m}-{s})")
             for i, r in enumerate(rows):
-                bad = next((x for x in r["statuses"] or [None] if x not in STATUS_VALUE), "")
-                if bad != "":
-                    raise SteptoolError(f"{path}: record {i} field 'statuses' holds {bad!r}, not Solved, Unsure or "
+                bad = [x for x in r["statuses"] or [None] if x not in STATUS_VALUE]  # none at all counts as None
+                if bad:
+                    raise SteptoolError(f"{path}: record {i} field 'statuses' holds {bad[0]!r}, not Solved, Unsure or "
                                         "Unsolved (one per judging run)")
             out[(m, s)] = rows
     return out

@@ -76,8 +76,6 @@ def load_json(path: str | Path, kind: type, what: str):
         data = untrusted.loads(path.read_text(encoding="utf-8"))  # any failure is a JSONDecodeError
     except UnicodeDecodeError as e:
         raise SchemaError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
-    except RecursionError:
-        raise SchemaError(f"{path}: cannot read JSON: nested too deeply") from None
     except (OSError, json.JSONDecodeError) as e:
         raise SchemaError(f"{path}: cannot read JSON: {e}") from None
     if not isinstance(data, kind):
