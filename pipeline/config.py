@@ -481,6 +481,10 @@ class TrainConfig(_Checked):
     lam: float = _help("GAE λ.", 0.95)
     cliprange: float = _help("PPO ratio clip ε.", 0.2)
     cliprange_value: float = _help("Value clip around the round's old values (0: off).", 0.2)
+    dual_clip: float = _help(
+        "Dual-clip PPO (Ye et al. 2020, arXiv 1912.09729; verl's clip_ratio_c): a token with a negative advantage "
+        "loses at most −A·c, however far its ratio went up, so a rare token that other updates made likely "
+        "cannot fill an update with its own gradient. 0 = off; else > 1.", 3.0)
     vf_coef: float = _help("Weight of the value loss.", 0.5)
     kl_coef: float = _help("β of the KL penalty to the reference policy (the SFT policy, every round): in the loss "
                            "(per action token) or in each step's reward, as kl_in says.", 0.02)
@@ -490,6 +494,12 @@ class TrainConfig(_Checked):
         "second optimizer step of the first round on. 'reward' (the reference's PPO): r_t − β·KL(π_old‖π_ref) "
         "summed over action t's tokens (kl_estimator), which is zero in a first round with old_logprobs "
         "recompute (π_old = π_ref).", "loss")
+    kl_token_max: float = _help(
+        "Cap of each action token's KL(π_θ‖π_ref) estimate in the loss term (kl_in: loss), as verl clamps its "
+        "low_var_kl at 10; a capped token adds a constant, no gradient. The importance-weighted estimate grows as "
+        "a·log a in a = π_θ/π_old: on the default, one rare token whose probability rose e^12-fold gave a "
+        "per-token mean of 2,479 and a gradient norm of 1,507, so that one token made the whole clipped update. "
+        "The logged kl_ref is not capped. 0 = no cap.", 10.0)
     kl_estimator: Literal["k1", "k3"] = _help(
         "Per-token estimator of the penalty KL(π_old‖π_ref) on tokens sampled from π_old, d = log π_old − "
         "log π_ref: k1 = d (unbiased, one token can be negative), k3 = exp(−d) + d − 1 (unbiased, never "
@@ -570,9 +580,11 @@ class TrainConfig(_Checked):
             self._fail(where, "learning_rate", f"must be > 0, got {self.learning_rate}")
         if self.cliprange <= 0:
             self._fail(where, "cliprange", f"must be > 0, got {self.cliprange}")
-        for key in ("cliprange_value", "vf_coef", "kl_coef", "entropy_coef"):
+        for key in ("cliprange_value", "vf_coef", "kl_coef", "entropy_coef", "kl_token_max"):
             if getattr(self, key) < 0:
                 self._fail(where, key, f"must be >= 0, got {getattr(self, key)}")
+        if self.dual_clip != 0 and not self.dual_clip > 1:
+            self._fail(where, "dual_clip", f"must be 0 (off) or > 1, got {self.dual_clip}")
 
 
 @dataclass

@@ -144,3 +144,59 @@ def test_a_ratio_on_the_clip_bound_is_not_counted_as_clipped(trainer):
     assert torch.equal(torch.exp(model.logp - old), torch.tensor([2.0, 2.0, 1.0, 1.0, 2.0]))
     assert _loss(trainer, model, inputs, cliprange=1.0)[1]["clipfrac"] == 0.0
     assert _loss(trainer, model, inputs, cliprange=0.5)[1]["clipfrac"] == pytest.approx(0.6)
+
+
+def test_the_dual_clip_bounds_a_negative_advantage_token_by_hand(trainer):
+    """c = 1.05: a token with A < 0 loses at most −A·c. Token 3 (A = −2, r = 1.1): min(2.2, 2.1) = 2.1; token 5
+    (A = −1, r = 1.3): min(1.3, 1.05) = 1.05; token 4 (0.8) and the positive-advantage tokens keep theirs.
+    L_pg = (−1.2 − 0.5 + 2.1 + 0.8 + 1.05)/5 = 0.45. The bounded tokens are constants: the gradient is token 2's
+    alone, −(1·0.5)/5, plus the value part. The default c = 3 binds on none of these ratios (0.52 as before)."""
+    model, inputs = _batch()
+    assert _loss(trainer, model, inputs, dual_clip=1.05)[1]["policy_loss"] == pytest.approx(0.45, abs=1e-6)
+    assert _loss(trainer, model, inputs, dual_clip=3.0)[1]["policy_loss"] == pytest.approx(0.52, abs=1e-6)
+    assert _loss(trainer, model, inputs, dual_clip=0.0)[1]["policy_loss"] == pytest.approx(0.52, abs=1e-6)
+    loss, _ = _loss(trainer, model, inputs, dual_clip=1.05)
+    loss.backward()
+    expected = -(1 * 0.5) / 5 + 0.5 * ((0.5 - 1.0) + (0.0 + 0.5)) / 3
+    assert float(model.shift.grad) == pytest.approx(expected, abs=1e-6)
+
+
+def test_an_exploded_negative_advantage_token_cannot_make_the_loss(trainer):
+    """Token 5 (A = −1) with ratio e^12 (a rare token made likely by other updates): unbounded, its −A·r = 162,755
+    is the loss; with c = 3 it adds 3: L_pg = (−1.2 − 0.5 + 2.2 + 0.8 + 3)/5 = 0.86."""
+    model, inputs = _batch()
+    old = inputs["old_logprobs"][inputs["tok_mask"] > 0]
+    model.logp = old + torch.log(torch.tensor(RATIOS[:4] + [1.0])) + torch.tensor([0, 0, 0, 0, 12.0])
+    assert _loss(trainer, model, inputs, dual_clip=3.0)[1]["policy_loss"] == pytest.approx(0.86, abs=1e-5)
+    unbounded = _loss(trainer, model, inputs, dual_clip=0.0)[1]["policy_loss"]
+    assert unbounded == pytest.approx((-1.2 - 0.5 + 2.2 + 0.8 + math.exp(12)) / 5, rel=1e-5)
+
+
+def test_the_kl_term_is_capped_per_token_by_hand(trainer):
+    """Per-token KL (0.1081977, 0.1534264, 0.0048412, 0.1317303, 0.0759110) capped at 0.1: (0.1, 0.1, 0.0048412,
+    0.1, 0.0759110), mean 0.0761504; with β = 0.1 the loss is 0.615 + 0.0076150 = 0.6226150. The logged KL is
+    not capped (0.0948213). Capped tokens are constants: the KL part of the gradient is β/5 times the sum over
+    tokens 3 and 5 of a·(log a − log b) (d/d log π_θ of a·log(a/b) − a + b)."""
+    model, inputs = _batch()
+    loss, m = _loss(trainer, model, inputs, kl_coef=0.1, kl_token_max=0.1)
+    assert float(loss.detach()) == pytest.approx(0.6226150, abs=1e-6)
+    assert m["kl_ref_token"] == pytest.approx(0.0948213, abs=1e-6)
+    loss.backward()
+    pg_and_v = -(1 * 0.5 + (-2) * 1.1 + (-1) * 1.3) / 5 + 0.5 * ((0.5 - 1.0) + (0.0 + 0.5)) / 3
+    kl = 0.1 / 5 * (1.1 * (math.log(1.1) - 0.0) + 1.3 * (math.log(1.3) + 0.1))
+    assert float(model.shift.grad) == pytest.approx(pg_and_v + kl, abs=1e-6)
+
+
+def test_one_exploded_token_cannot_make_the_kl_term(trainer):
+    """The default's spike: token 1 rose e^12-fold (log a = 12, b = 1): its estimate a·log a − a + 1 = 1.79e6 made
+    the KL term alone. Capped at 10 it adds 10/5 = 2 to the mean KL: 0.615 + 0.1·(10 + 0.1534264 + 0.0048412 +
+    0.1317303 + 0.0759110)/5 = 0.8222218, and the logged per-token KL still shows the spike."""
+    model, inputs = _batch()
+    old = inputs["old_logprobs"][inputs["tok_mask"] > 0]
+    model.logp = old + torch.log(torch.tensor(RATIOS)) + torch.tensor([12.0 - math.log(1.5), 0, 0, 0, 0])
+    pg = (-1.2 - 0.5 + 2.2 + 0.8 + 1.3) / 5  # token 1 (A = +1) is clipped at 1.2 either way
+    loss, m = _loss(trainer, model, inputs, kl_coef=0.1, kl_token_max=10.0)
+    assert float(loss.detach()) == pytest.approx(pg + 0.5 * 0.19 + 0.1 * (10 + 0.1534264 + 0.0048412 + 0.1317303
+                                                                         + 0.0759110) / 5, abs=1e-5)
+    spike = math.exp(12) * 12 - math.exp(12) + 1
+    assert m["kl_ref_token"] == pytest.approx((spike + 0.1534264 + 0.0048412 + 0.1317303 + 0.0759110) / 5, rel=1e-5)

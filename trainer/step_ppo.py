@@ -8,9 +8,10 @@ One PPO round = the trajectories given, read top to bottom as in CleanRL's ppo.p
          (step or token level) → one scaling over the whole round;
     5.   update epochs (`num_train_epochs` passes over the round, Trainer's loop), each batch:
              ratio = exp(log π_θ − log π_old) on action tokens, each token with its fixed advantage A
-             L_pg  = mean max(−A·ratio, −A·clip(ratio, 1 ± ε))
+             L_pg  = mean max(−A·ratio, −A·clip(ratio, 1 ± ε)), at most −A·c where A < 0 (dual clip, c = dual_clip)
              L_v   = ½ mean max((V − R)², (V_old + clip(V − V_old, ± ε_v) − R)²) at the value states
-             L_kl  = mean over action tokens of KL(π_θ‖π_ref) (kl_in: loss; importance-weighted on tokens from π_old)
+             L_kl  = mean over action tokens of min(KL(π_θ‖π_ref), kl_token_max) (kl_in: loss; importance-weighted
+                     on tokens from π_old)
              loss  = L_pg + c_v·L_v + β·L_kl − c_H·entropy
 
 Logged: policy/value loss, approx_kl (KL(π_old‖π_θ), k3 on tokens from π_old), clipfrac, explained_variance
@@ -108,7 +109,10 @@ class StepPPOTrainer(Trainer):
 
         log_ratio = logp - old_lp
         ratio = torch.exp(log_ratio)
-        pg = torch.max(-adv * ratio, -adv * ratio.clamp(1.0 - a.cliprange, 1.0 + a.cliprange)).mean()
+        pg_tok = torch.max(-adv * ratio, -adv * ratio.clamp(1.0 - a.cliprange, 1.0 + a.cliprange))
+        if a.dual_clip > 0:  # dual clip: with A < 0 a token loses at most −A·c (its ratio may have exploded)
+            pg_tok = torch.where(adv < 0, torch.min(pg_tok, -adv * a.dual_clip), pg_tok)
+        pg = pg_tok.mean()
 
         valid = inputs["value_mask"] > 0
         new_v = values.gather(1, inputs["value_pos"])
@@ -122,7 +126,10 @@ class StepPPOTrainer(Trainer):
         # KL(π_θ‖π_ref) per action token on the collected tokens (kl_to_ref: k3 while π_θ = π_old); as a loss term
         # (kl_in: loss) it acts in the first round, where the reward's π_old-vs-π_ref penalty is zero
         kl_tok = kl_to_ref(logp, inputs["ref_logprobs"][tok], old_lp)
-        kl_loss = kl_tok.mean() if kl_tok.numel() else logp.sum() * 0.0
+        # capped per token (kl_token_max, verl's clamp): the estimate grows as a·log a, and one rare token whose
+        # probability rose e^12-fold would otherwise make the whole clipped update (docs/architecture.md)
+        kl_capped = kl_tok.clamp(max=a.kl_token_max) if a.kl_token_max > 0 else kl_tok
+        kl_loss = kl_capped.mean() if kl_tok.numel() else logp.sum() * 0.0
         if a.kl_in == "loss" and a.kl_coef > 0:
             loss = loss + a.kl_coef * kl_loss
         if entropy is not None:
