@@ -420,10 +420,14 @@ def figures(metrics: dict, reference: str, train_logs: dict[str, list[dict]], ou
                     ax.plot(*zip(*pts), label=v, marker=".")
                 ax.set_title(k)
                 ax.set_xlabel("optimizer step")
+                if k != "reward_mean":  # a KL spike spans orders of magnitude
+                    ax.set_yscale("symlog", linthresh=1e-3)
         axes[0].legend(fontsize=8)
         fig.tight_layout()
         _save(fig, out / "training.png")
         plt.close(fig)
+    else:  # the folder persists across runs (dvc.yaml): no stale curves of an earlier run
+        (out / "training.png").unlink(missing_ok=True)
 
 
 def _save(fig, path: Path) -> None:

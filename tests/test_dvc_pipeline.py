@@ -136,19 +136,22 @@ def test_a_second_repro_does_nothing(repo):
 
 def test_a_bad_param_under_dvc_repro_leaves_the_previous_outputs(repo):
     """DVC removes a stage's outputs before running it; the stage that refuses its params puts them back from the
-    DVC cache (pipeline/dvc_restore.py), so a typo costs nothing."""
+    DVC cache (pipeline/dvc_restore.py), and its metrics file, which DVC does not cache, DVC leaves in place
+    (persist), so a typo costs nothing."""
     dest, env, _ = repo
-    before = {split: (dest / layout.tasks_file(split)).read_bytes() for split in ("train", "test")}
+    files = [layout.advantages_file("steptool", 0), layout.metrics_file("advantages", layout.run_name("steptool", 0))]
+    before = {f: (dest / f).read_bytes() for f in files}
     text = (dest / "params.yaml").read_text()
     params = yaml.safe_load(text)
-    params["toolworld"]["rate_limit_prob"] = 1.5
+    params["rewards"]["alpha"] = -1.0
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     try:
-        proc = subprocess.run(DVC + ["repro", "tasks"], cwd=dest, env=env, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(DVC + ["repro", "advantages@steptool-0"], cwd=dest, env=env, capture_output=True,
+                              text=True, timeout=300)
         assert proc.returncode != 0
-        assert "toolworld.rate_limit_prob must be in [0, 1), got 1.5" in proc.stderr
+        assert "rewards.alpha must be >= 0, got -1.0" in proc.stderr
         assert "the previous outputs are back" in proc.stderr and "Traceback" not in proc.stderr
-        assert {s: (dest / layout.tasks_file(s)).read_bytes() for s in before} == before
+        assert {f: (dest / f).read_bytes() for f in files} == before
     finally:
         (dest / "params.yaml").write_text(text)
     assert "Running stage" not in _run(DVC + ["repro"], dest, env)  # nothing to redo: the outputs are the same
@@ -206,7 +209,8 @@ def test_exp_run_with_the_openai_backend_and_dvclive(repo, tokenizer):
     server = CompletionServer({}, tokenizer, load=lambda name: AutoModelForCausalLM.from_pretrained(dest / name))
     try:
         sets = ["-S", "agent.backend=openai", "-S", f"agent.base_url={server.url}", "-S", "train.rounds=1",
-                "-S", "collect.replay=false", "-S", "train.report_to=[dvclive]"]
+                "-S", "collect.replay=false", "-S", "train.report_to=[dvclive]",
+                "-S", "train.learning_rate=2e-5"]  # DVC writes 2e-05: a YAML 1.2 float that PyYAML reads as a string
         out = _run(DVC + ["exp", "run", "train@steptool-0"] + sets, dest, env)
         for stage in ("collect@0", "train@steptool-0"):
             assert f"Running stage '{stage}'" in out, stage
@@ -223,6 +227,10 @@ def test_exp_run_with_the_openai_backend_and_dvclive(repo, tokenizer):
     lps = [x for row in tokens["logprobs"].to_list() for x in row]
     assert lps and all(math.isfinite(x) and x <= 0 for x in lps)  # the server's, none missing
     assert sum(len(r) for r in tokens["action_ids"].to_list()) == len(lps)
+    # the numeric -S value reached the trainer as a number
+    assert "2e-05" in (dest / "params.yaml").read_text()
+    log = json.loads((dest / layout.train_plot("steptool", 0)).read_text())
+    assert log and all(h["learning_rate"] == pytest.approx(2e-5) for h in log)
     # the tracker
     assert (dest / "dvc.yaml").read_text() == before
     run = dest / layout.dvclive_dir("train", "steptool/s0") / "r1"

@@ -107,7 +107,6 @@ def judge_labelling(name: str, items: list, cfg, cache_path: str, progress: bool
 
     judge = OpenAIJudge(cfg, JudgeCache(cache_path))
     labels = judge.annotate(items, progress=progress)
-    judge.stats["vote_failures"] = [f"{lab.traj_id}: {lab.vote_failures}"[:200] for lab in labels if lab.vote_failures]
     failed = [lab for lab in labels if lab.failed]
     if failed:
         raise SteptoolError(f"judge-agreement: the {name} prompt left {len(failed)} of {len(labels)} trajectories "
@@ -119,7 +118,9 @@ def judge_labelling(name: str, items: list, cfg, cache_path: str, progress: bool
         out.sc.append([s.succ_calling for s in calls])
         out.con.append([s.contribution for s in calls])
         out.solved.append(lab.is_solved_score)
-    return out, dict(judge.stats)
+    # the judge's counters, and which trajectories were labelled from fewer votes than asked, and why
+    return out, {**judge.stats, "vote_failures": [f"{lab.traj_id}: {lab.vote_failures}"[:200]
+                                                  for lab in labels if lab.vote_failures]}
 
 
 def run(path: Path, cfg, cache_path: str, progress: bool = True) -> dict:

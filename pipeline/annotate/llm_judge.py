@@ -422,21 +422,24 @@ class JudgeClient:
             bar.close()
             await client.close()
 
-    async def ask(self, client, request: dict, validate=None) -> tuple[dict | None, bool, str]:
-        """(body, cache hit, failure reason): the cached answer to `request`, or a paid call. With `validate` (a
-        function of the body that raises InvalidAnswer) only a valid answer is cached, and a cached one that does
-        not validate (an older version's, a batch's) is dropped and asked again; an invalid one comes back
-        uncached, for the caller to count and retry with a new request."""
+    async def ask(self, client, request: dict, parse):
+        """(parse(body), cache hit, failure reason) for the cached answer to `request`, or a paid call. `parse` reads
+        an answer and raises InvalidAnswer on one it refuses: only an answer it reads is cached, a cached one it
+        refuses (an older version's, a batch's) is dropped and asked again, and a fresh one it refuses raises
+        InvalidAnswer, uncached, for the caller to count and retry with a new request. A transport failure is
+        (None, False, reason)."""
         import openai
 
         key = request_key(self.cfg.model, self.prompt_version, request, endpoint=self.cfg.base_url)
         body = self.cache.get(key)
         if body is not None:
-            if _valid(validate, body):
+            try:
+                parsed = parse(body)
                 self.stats["cache_hits"] += 1
-                return body, True, ""
-            self.cache.delete(key)
-            self.stats["stale_cache_answers"] = self.stats.get("stale_cache_answers", 0) + 1
+                return parsed, True, ""
+            except InvalidAnswer:
+                self.cache.delete(key)
+                self.stats["stale_cache_answers"] = self.stats.get("stale_cache_answers", 0) + 1
         if self._auth_failed:
             raise JudgeAuthError(self._auth_failed)
         try:
@@ -452,9 +455,9 @@ class JudgeClient:
         except Exception as e:  # retries exhausted: a reason, not a crash; not cached, so a rerun retries
             reason = redact(f"{type(e).__name__}: {e}", os.environ.get(self.cfg.api_key_env, ""))
             return None, False, reason[:160]
-        if _valid(validate, body):
-            self.cache.put(key, self.cfg.model, self.prompt_version, request, body)
-        return body, False, ""
+        parsed = parse(body)  # raises InvalidAnswer before the answer reaches the cache
+        self.cache.put(key, self.cfg.model, self.prompt_version, request, body)
+        return parsed, False, ""
 
     async def _call(self, client, request: dict) -> dict:
         import openai
@@ -498,16 +501,6 @@ class JudgeClient:
         self.stats["cost_usd"] = round(cost_usd(self.stats["prompt_tokens"], self.stats["completion_tokens"],
                                                 self.cfg), 6)
         return body
-
-
-def _valid(validate, body) -> bool:
-    if validate is None:
-        return True
-    try:
-        validate(body)
-    except InvalidAnswer:
-        return False
-    return True
 
 
 class OpenAIJudge(JudgeClient):
@@ -589,14 +582,13 @@ class OpenAIJudge(JudgeClient):
         hits = 0
         reasons = []
         for attempt in range(self.cfg.max_invalid_retries + 1):
-            body, hit, failure = await self.ask(client, self.request(messages, self.tool, vote, attempt),
-                                                validate=lambda b: parse_answer(b, n_steps))
-            hits += hit
-            if failure:
-                return None, hits, f"vote {vote}: {failure}"
             try:
-                return parse_answer(body, n_steps), hits, ""
+                answer, hit, failure = await self.ask(client, self.request(messages, self.tool, vote, attempt),
+                                                      parse=lambda b: parse_answer(b, n_steps))
             except InvalidAnswer as e:
                 self.stats["invalid_answers"] += 1
                 reasons.append(str(e))
+                continue
+            hits += hit
+            return (None, hits, f"vote {vote}: {failure}") if failure else (answer, hits, "")
         return None, hits, f"vote {vote}: invalid answers after {self.cfg.max_invalid_retries + 1} tries: " + " | ".join(reasons)

@@ -140,15 +140,14 @@ class PassRateJudge(JudgeClient):
     async def _ask_status(self, client, messages, tool, run: int) -> tuple[str | None, str]:
         reasons = []
         for attempt in range(self.cfg.max_invalid_retries + 1):
-            body, _, failure = await self.ask(client, self.request(messages, tool, run, attempt),
-                                              validate=lambda b: parse_status(b, tool["function"]["name"]))
-            if failure:
-                return None, failure
             try:
-                return parse_status(body, tool["function"]["name"])[0], ""
+                status, _, failure = await self.ask(client, self.request(messages, tool, run, attempt),
+                                                    parse=lambda b: parse_status(b, tool["function"]["name"])[0])
             except InvalidAnswer as e:
                 self.stats["invalid_answers"] += 1
                 reasons.append(str(e))
+                continue
+            return (None, failure) if failure else (status, "")
         return None, "invalid answers: " + " | ".join(reasons)
 
     async def _run(self, client, traj, answer: dict, query: str, run: int) -> str:
