@@ -47,12 +47,14 @@ def repo(tmp_path_factory, tiny_model_dir):
     params["agent"].update(max_steps=2, max_new_tokens=8)
     params["rewards"]["audit_max_tasks"] = 1  # the audit of the first train task of each level (its math: test_reward_audit)
     params["collect"].update(max_tasks=3, n_samples=2, chunk_size=2, replay=True)
-    # One variant (the suite's time is bounded): the others differ only in the reward table and the registry's
-    # flags, which tests/test_trainer.py (ppo_outcome's token-level GAE and learning) and tests/test_rewards.py
-    # check by hand, and tests/test_evaluate.py reports against ppo_outcome. Two seeds, one round each (several
-    # rounds inside a train stage: tests/test_rounds.py).
+    # One variant and one seed (the suite's time is bounded): the other variants differ only in the reward table
+    # and the registry's flags, which tests/test_trainer.py (ppo_outcome's token-level GAE and learning) and
+    # tests/test_rewards.py check by hand, and tests/test_evaluate.py reports against ppo_outcome; a second seed's
+    # chain is DVC's graph (the dry run of the last test) and its report tables are tests/test_evaluate.py's. One
+    # round (several rounds inside a train stage: tests/test_rounds.py). DVCLive logs the training (its files
+    # and `dvc plots show` are checked in the first test).
     params["variants"] = ["steptool"]
-    params["train"].update(seeds=[0, 1], rounds=1)
+    params["train"].update(seeds=[0], rounds=1, report_to=["dvclive"])
     params["evaluate"].update(models=["sft", "steptool"], strategies=["cot"], tasks_per_level={"cot": 1, "dfsdt": 1})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -70,13 +72,12 @@ def repo(tmp_path_factory, tiny_model_dir):
 def test_repro_builds_every_stage(repo):
     dest, env, out = repo
     dvc = DVC
-    for stage in ("tasks", "base_model", "warmstart", "collect@0", "collect@1", "annotate@0", "annotate@1",
-                  "advantages@steptool-0", "advantages@steptool-1", "train@steptool-0", "train@steptool-1",
-                  "evaluate@sft-cot", "evaluate@steptool-cot", "report"):
+    for stage in ("tasks", "base_model", "warmstart", "collect@0", "annotate@0", "advantages@steptool-0",
+                  "train@steptool-0", "evaluate@sft-cot", "evaluate@steptool-cot", "report"):
         assert f"Running stage '{stage}'" in out
-    assert "ppo_outcome" not in out
+    assert "ppo_outcome" not in out and "collect@1" not in out
     for variant in ("steptool",):
-        for seed in (0, 1):
+        for seed in (0,):
             assert (dest / layout.model_dir(variant, seed) / "model.safetensors").exists()
             assert (dest / layout.model_dir(variant, seed) / "value_head.pt").exists()
             train_metrics = json.loads((dest / layout.metrics_file("train", layout.run_name(variant, seed))).read_text())
@@ -99,20 +100,27 @@ def test_repro_builds_every_stage(repo):
             assert {h["round"] for h in log} == {1}
             assert [h["step"] for h in log] == sorted(h["step"] for h in log)
         assert not (dest / layout.checkpoint_dir(variant, 0)).exists()  # the work is removed when done
-    # each seed collected its own trajectories (the sampling seed) from the same sft
-    t0, t1 = (pl.read_parquet(dest / layout.table(layout.trajectories_dir(s), "trajectories")) for s in (0, 1))
-    assert t0.height == t1.height == 6 and set(t0["traj_id"]).isdisjoint(t1["traj_id"])
+    assert pl.read_parquet(dest / layout.table(layout.trajectories_dir(0), "trajectories")).height == 6
     assert json.loads((dest / layout.metrics_file("collect", "s0")).read_text())["replay"]["tasks"] == 3
     plots = _run(dvc + ["plots", "show", "--json"], dest, env)
     assert "policy_loss" in plots and str(layout.FIGURES / "pass_rate.png") in plots and str(layout.WIN_RATE_CSV) in plots
+    # DVCLive (train.report_to): train@steptool-0 logged through the Trainer's callback into
+    # dvclive/train/steptool/s0/r1 with its own dvc.yaml, so `dvc plots show` has its curves and `dvc exp show` its
+    # values; the pipeline's dvc.yaml is the committed one
+    run = dest / layout.dvclive_dir("train", "steptool/s0") / "r1"
+    assert (run / "dvc.yaml").exists() and (run / "metrics.json").exists()
+    assert list((run / "plots" / "metrics").rglob("*.tsv"))
+    assert "dvclive/train/steptool/s0/r1/plots/metrics" in plots
+    assert "dvclive/train/steptool/s0/r1/metrics.json" in _run(dvc + ["exp", "show", "--json"], dest, env)
+    assert (dest / "dvc.yaml").read_text() == (REPO / "dvc.yaml").read_text()
     results = pl.read_parquet(dest / layout.table(layout.eval_dir("steptool", "cot"), "results"))
-    assert results.height == 6 and sorted(results["seed"]) == [0, 0, 0, 1, 1, 1]
+    assert results.height == 3 and results["seed"].to_list() == [0, 0, 0]
     assert pl.read_parquet(dest / layout.table(layout.eval_dir("sft", "cot"), "results")).height == 3
     md = (dest / layout.RESULTS_MD).read_text()
-    assert "| steptool | cot |" in md and "## Ablation" in md and "2 training runs (seeds)" in md
-    assert "## Learning signal" in md and "comes from the **test** split" in md and "| steptool | 1 | 1 |" in md
+    assert "| steptool | cot |" in md and "## Ablation" in md and "one training run (seed) per trained variant" in md
+    assert "## Learning signal" in md and "comes from the **test** split" in md and "| steptool | 0 | 1 |" in md
     assert "replay pass rate" in md and "## Reward audit" in md and "| progress | 1 |" in md
-    assert "## Did training move the policy?" in md and "| steptool | 2 |" in md  # two seeds: a t-interval
+    assert "## Did training move the policy?" in md and "| steptool | 1 |" in md  # one seed: no interval
     assert pl.read_parquet(dest / layout.tasks_file("val")).height > 0
     annotated = pl.read_parquet(dest / layout.table(layout.annotated_dir(0), "steps"))
     assert annotated.height == pl.read_parquet(dest / layout.table(layout.trajectories_dir(0), "steps")).height
@@ -187,37 +195,32 @@ def test_exp_run_with_the_openai_judge_then_a_rerun_makes_no_call(repo):
             assert secret.encode() not in f.read_bytes(), f
 
 
-def test_exp_run_with_the_openai_backend_and_dvclive(repo, tokenizer):
-    """One `dvc exp run` (one run: the suite's time is bounded) with two of the scale-out paths:
-    - `agent.backend: openai` against the loopback completions server serving the repository's checkpoints by
-      path (as `vllm serve data/models/sft` does): collect@0 plays through it (evaluate calls the same `play`),
-      prompts go as token ids, names through the trigger's stop string (and the structured-output choice when
-      the model reaches it), and the server's log-probs are the recorded behaviour log-probs;
-    - `train.report_to: [dvclive]`: train@steptool-0 (on that collection) logs through the Trainer's DVCLive
-      callback into dvclive/train/steptool/s0/r1 with its own dvc.yaml, so `dvc plots show` has the curves and
-      `dvc exp show` the values; the pipeline's dvc.yaml is untouched."""
+def test_exp_run_with_the_openai_backend(repo, tokenizer):
+    """`dvc exp run collect@0 -S agent.backend=openai ...` against the loopback completions server serving the
+    repository's checkpoints by path (as `vllm serve data/models/sft` does): collect@0 plays through it (evaluate
+    calls the same `play`), prompts go as token ids, names through the trigger's stop string (and the
+    structured-output choice when the model reaches it), and the server's log-probs are the recorded behaviour
+    log-probs. A numeric `-S` value comes back from DVC's YAML writer as a number (DVC writes 2e-05, which PyYAML
+    reads as a string)."""
     import math
 
     from transformers import AutoModelForCausalLM
 
+    from pipeline.config import load_params
     from tests.support.openai_server import CompletionServer
 
     dest, env, _ = repo
     secret = "vllm-key-3e9a"
     env = dict(env, VLLM_API_KEY=secret)
-    before = (dest / "dvc.yaml").read_text()
     server = CompletionServer({}, tokenizer, load=lambda name: AutoModelForCausalLM.from_pretrained(dest / name))
     try:
-        sets = ["-S", "agent.backend=openai", "-S", f"agent.base_url={server.url}", "-S", "train.rounds=1",
-                "-S", "collect.replay=false", "-S", "train.report_to=[dvclive]",
-                "-S", "train.learning_rate=2e-5"]  # DVC writes 2e-05: a YAML 1.2 float that PyYAML reads as a string
-        out = _run(DVC + ["exp", "run", "train@steptool-0"] + sets, dest, env)
-        for stage in ("collect@0", "train@steptool-0"):
-            assert f"Running stage '{stage}'" in out, stage
+        sets = ["-S", "agent.backend=openai", "-S", f"agent.base_url={server.url}", "-S", "collect.replay=false",
+                "-S", "train.learning_rate=2e-5"]
+        out = _run(DVC + ["exp", "run", "collect@0"] + sets, dest, env)
+        assert "Running stage 'collect@0'" in out
         reqs = list(server.requests_seen)
     finally:
         server.close()
-    # the backend
     assert set(server.models) == {str(layout.SFT_MODEL)}, server.models.keys()
     assert reqs and all(isinstance(r["prompt"], list) and all(isinstance(t, int) for t in r["prompt"]) for r in reqs)
     assert all(r["return_tokens_as_token_ids"] and r["logprobs"] is not None for r in reqs)
@@ -227,18 +230,8 @@ def test_exp_run_with_the_openai_backend_and_dvclive(repo, tokenizer):
     lps = [x for row in tokens["logprobs"].to_list() for x in row]
     assert lps and all(math.isfinite(x) and x <= 0 for x in lps)  # the server's, none missing
     assert sum(len(r) for r in tokens["action_ids"].to_list()) == len(lps)
-    # the numeric -S value reached the trainer as a number
     assert "2e-05" in (dest / "params.yaml").read_text()
-    log = json.loads((dest / layout.train_plot("steptool", 0)).read_text())
-    assert log and all(h["learning_rate"] == pytest.approx(2e-5) for h in log)
-    # the tracker
-    assert (dest / "dvc.yaml").read_text() == before
-    run = dest / layout.dvclive_dir("train", "steptool/s0") / "r1"
-    assert (run / "dvc.yaml").exists() and (run / "metrics.json").exists()
-    assert list((run / "plots" / "metrics").rglob("*.tsv"))
-    plots = _run(DVC + ["plots", "show", "--json"], dest, env)
-    assert "dvclive/train/steptool/s0/r1/plots/metrics" in plots and "policy_loss" in plots
-    assert "dvclive/train/steptool/s0/r1/metrics.json" in _run(DVC + ["exp", "show", "--json"], dest, env)
+    assert load_params(dest / "params.yaml").train.learning_rate == 2e-5
     for f in dest.rglob("*"):  # the server's key is in no file
         if f.is_file() and ".git" not in f.parts:
             assert secret.encode() not in f.read_bytes(), f
@@ -247,9 +240,9 @@ def test_exp_run_with_the_openai_backend_and_dvclive(repo, tokenizer):
 
 
 def test_a_changed_param_reruns_only_what_it_touches(repo):
-    """A collect param makes `dvc repro annotate@0` rerun collect@0 and annotate@0, and nothing upstream or of
-    the other seed (a dry run: which stages run is DVC's graph of declared deps and params, and running them is
-    the same work as the first test's)."""
+    """A collect param makes `dvc repro annotate@0` rerun collect@0, and nothing upstream; a second
+    training seed adds its own chain and keeps the first seed's data (dry runs: which stages run is DVC's graph of
+    declared deps and params, and running them is the same work as the first test's)."""
     dest, env, _ = repo
     _run(["git", "checkout", "--", "params.yaml", "dvc.lock"], dest, env)  # undo the experiment's -S keys
     before = (dest / layout.table(layout.trajectories_dir(0), "trajectories")).read_bytes()
@@ -257,7 +250,20 @@ def test_a_changed_param_reruns_only_what_it_touches(repo):
     params["collect"]["temperature"] = 1.3
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     out = _run(DVC + ["repro", "--dry", "annotate@0"], dest, env)
-    assert "Running stage 'collect@0'" in out and "Running stage 'annotate@0'" in out
-    for untouched in ("tasks", "base_model", "warmstart", "collect@1", "annotate@1"):
+    assert "Running stage 'collect@0'" in out  # annotate@0 follows once collect's outputs change (not in a dry run)
+    for untouched in ("tasks", "base_model", "warmstart"):
         assert f"Running stage '{untouched}'" not in out, untouched
     assert (dest / layout.table(layout.trajectories_dir(0), "trajectories")).read_bytes() == before
+    # a second seed: its own chain, wired to its own files, and the evaluation of every seed's checkpoint; seed 0's
+    # collection, annotation and rewards are kept
+    params["collect"]["temperature"] = yaml.safe_load((REPO / "params.yaml").read_text())["collect"]["temperature"]
+    params["train"]["seeds"] = [0, 1]
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = json.loads(_run(DVC + ["status", "--json"], dest, env).splitlines()[-1])
+    for stage in ("collect@1", "annotate@1", "advantages@steptool-1", "train@steptool-1", "evaluate@steptool-cot"):
+        assert stage in status, stage
+    for kept in ("collect@0", "annotate@0", "advantages@steptool-0", "warmstart"):
+        assert kept not in status, kept  # the experiment's outputs came back with `dvc checkout`, metrics too
+    train1 = json.dumps(status["train@steptool-1"])
+    for path in (layout.trajectories_dir(1), layout.advantages_file("steptool", 1), layout.model_dir("steptool", 1)):
+        assert str(path) in train1, path

@@ -330,3 +330,31 @@ def test_the_power_text_says_whether_training_seeds_are_in_the_spread():
     power = "\n".join(md).split("## How many tasks would tell")[1]
     assert "the spread between training runs is in these numbers" in power
     assert "With one training seed" not in power and "sd within a task (seeds)" in power
+
+
+def test_did_training_move_the_policy_by_hand(tmp_path):
+    """The report's behaviour table over two seeds, on greedy-replay results written by hand (4 train tasks each,
+    one call per task unless said): seed 0 passes 1 task before and 3 after (+50 points), seed 1 1 and 2 (+25):
+    mean +37.5, s = 17.678, t(0.975, 1) = 12.706, half-width 12.706·17.678/√2 = 158.8 -> [-121.3, +196.3], within
+    the seed spread. Calls per task go from 1 to 2 on both seeds: +1.00 with s = 0, an interval of width 0 that
+    excludes 0: moved. One seed: the mean alone, '(one seed)'."""
+    from pipeline.schema import EVAL_RESULTS, write_table
+    from stages.report import behaviour_change
+    from tests.conftest import REPO
+
+    def rows(solved, calls):
+        out = _synthetic("steptool", "cot", [1 if i < solved else 0 for i in range(4)])
+        return [dict(r, n_calls=calls, n_calls_ok=calls, seed=None) for r in out]
+
+    for seed, before, after in ((0, 1, 3), (1, 1, 2)):
+        write_table(rows(before, 1), tmp_path / layout.replay_dir(layout.trajectories_dir(seed)) / "results.parquet",
+                    EVAL_RESULTS)
+        write_table(rows(after, 2), tmp_path / layout.round_dir("steptool", seed, 1) / "replay" / "results.parquet",
+                    EVAL_RESULTS)
+    params = load_params(REPO / "params.yaml")
+    params.variants, params.train.seeds, params.train.rounds = ["steptool"], [0, 1], 1
+    table = "\n".join(behaviour_change(tmp_path, params))
+    assert "| steptool | 2 | +37.5 [-121.3, +196.3] *within the seed spread* |" in table
+    assert "+1.00 [+1.00, +1.00] **moved**" in table
+    params.train.seeds = [0]
+    assert "| steptool | 1 | +50.0 (one seed) |" in "\n".join(behaviour_change(tmp_path, params))
