@@ -44,10 +44,13 @@ class FixedOutputs(torch.nn.Module):
         super().__init__()
         self.shift = torch.nn.Parameter(torch.zeros(()))
         self.logp, self.values = logp, values
+        self.entropy = torch.tensor([0.5, 1.0, 1.5, 2.0, 2.5])  # per action token, when asked for
+        self.seen_mask = None
 
     def forward(self, ids, att, rows, pos, chunk, want_entropy=False):
         assert len(rows) == len(self.logp)  # one log-prob per action token, in row-major order
-        return None, self.values + self.shift, self.logp + self.shift, None
+        self.seen_mask = att
+        return None, self.values + self.shift, self.logp + self.shift, (self.entropy if want_entropy else None)
 
 
 def _batch(pad_advantage: float = 0.0, pad_value: float = 0.0):
@@ -200,3 +203,29 @@ def test_one_exploded_token_cannot_make_the_kl_term(trainer):
                                                                          + 0.0759110) / 5, abs=1e-5)
     spike = math.exp(12) * 12 - math.exp(12) + 1
     assert m["kl_ref_token"] == pytest.approx((spike + 0.1534264 + 0.0048412 + 0.1317303 + 0.0759110) / 5, rel=1e-5)
+
+
+def test_the_entropy_bonus_by_hand_and_only_when_asked(trainer):
+    """entropy_coef 0.1 with per-token entropies (0.5, 1, 1.5, 2, 2.5), mean 1.5: loss = 0.615 − 0.1·1.5 = 0.465,
+    and the entropy is logged. At 0 the model is not asked for it (a [tokens, vocab] softmax saved) and nothing is
+    logged. The model gets the batch's attention mask."""
+    model, inputs = _batch()
+    loss, m = _loss(trainer, model, inputs, entropy_coef=0.1)
+    assert float(loss.detach()) == pytest.approx(0.465, abs=1e-6) and m["entropy"] == pytest.approx(1.5)
+    assert torch.equal(model.seen_mask, inputs["attention_mask"])
+    loss, m = _loss(trainer, model, inputs, entropy_coef=0.0)
+    assert float(loss.detach()) == pytest.approx(0.615, abs=1e-6) and "entropy" not in m
+    assert _loss(trainer, model, inputs, entropy_coef=1.0)[1]["entropy"] == pytest.approx(1.5)
+
+
+def test_both_clip_sides_by_hand(trainer):
+    """The value clip from below: state 3 with V_old = 0.5 (V = 0, R = −0.5): unclipped (0 + 0.5)² = 0.25, clipped
+    V_old − 0.2 = 0.3 -> 0.64, the larger 0.64: L_v = ½·(0.25 + 0.64 + 0.64)/3 = 0.255. The dual clip leaves a
+    positive advantage alone, below 1 too: token 2 with A = 0.5 (r = 0.5): max(−0.25, −0.4) = −0.25, so
+    L_pg = (−1.2 − 0.25 + 2.2 + 0.8 + 1.3)/5 = 0.57 at c = 3."""
+    model, inputs = _batch()
+    inputs["old_values"][1, 0] = 0.5
+    assert _loss(trainer, model, inputs)[1]["value_loss"] == pytest.approx(0.255, abs=1e-6)
+    model, inputs = _batch()
+    inputs["advantages"][0, 1] = 0.5
+    assert _loss(trainer, model, inputs, dual_clip=3.0)[1]["policy_loss"] == pytest.approx(0.57, abs=1e-6)
