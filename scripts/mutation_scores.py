@@ -18,7 +18,8 @@ MISSED = ("survived", "no tests", "suspicious", "segfault")
 def parse(text: str) -> dict[str, collections.Counter]:
     by_module: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for line in text.splitlines():
-        m = re.match(r"\s*([\w.]+)\.x_\w+__mutmut_\d+: (.+)$", line)
+        # functions are x_<name>, methods xǁ<Class>ǁ<name> (mutmut 3's trampolines)
+        m = re.match(r"\s*([\w.]+?)\.x[_ǁ]\S*?__mutmut_\d+: (.+)$", line)
         if m:
             by_module[m.group(1)][m.group(2).strip()] += 1
     return by_module

@@ -229,3 +229,29 @@ def test_both_clip_sides_by_hand(trainer):
     model, inputs = _batch()
     inputs["advantages"][0, 1] = 0.5
     assert _loss(trainer, model, inputs, dual_clip=3.0)[1]["policy_loss"] == pytest.approx(0.57, abs=1e-6)
+
+
+def test_kl_token_max_zero_means_no_cap(trainer):
+    """kl_token_max 0 turns the cap off: the loss is the uncapped 0.615 + 0.1·0.0948213 = 0.6244821 (not
+    0.615, which a cap at 0 would give)."""
+    model, inputs = _batch()
+    loss, _ = _loss(trainer, model, inputs, kl_coef=0.1, kl_token_max=0.0)
+    assert float(loss.detach()) == pytest.approx(0.6244821, abs=1e-6)
+
+
+@pytest.mark.parametrize("where, name", [("logp", "log-probs"), ("old_logprobs", "old log-probs"),
+                                         ("ref_logprobs", "reference log-probs"), ("advantages", "advantages"),
+                                         ("returns", "returns")])
+def test_a_non_finite_input_is_named_and_stops_the_step(trainer, where, name):
+    """One NaN in a tensor: the step stops before the update, and the message names the first non-finite tensor."""
+    from pipeline.errors import SteptoolError
+
+    model, inputs = _batch()
+    if where == "logp":
+        model.logp = model.logp.clone()
+        model.logp[2] = float("nan")
+    else:
+        inputs[where] = inputs[where].clone()
+        inputs[where][0, 0] = float("nan")
+    with pytest.raises(SteptoolError, match=f"NaN or inf in the {name} "):
+        _loss(trainer, model, inputs, kl_coef=0.1)
