@@ -255,3 +255,32 @@ def test_a_non_finite_input_is_named_and_stops_the_step(trainer, where, name):
         inputs[where][0, 0] = float("nan")
     with pytest.raises(SteptoolError, match=f"NaN or inf in the {name} "):
         _loss(trainer, model, inputs, kl_coef=0.1)
+
+
+def test_save_policy_writes_the_weights_it_holds(trainer, tokenizer, tmp_path):
+    """The trained policy as a plain checkpoint folder with its tokenizer and value head: loaded back, every weight
+    is the one the trainer holds; the folder is written whole (atomic) at the path given; NaN weights are refused
+    and write nothing."""
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.errors import SteptoolError
+
+    out = tmp_path / "policy"
+    trainer.save_policy(out, tokenizer)
+    held = trainer.model.policy.state_dict()
+    loaded = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert held.keys() == loaded.keys() and all(torch.equal(held[k], loaded[k]) for k in held)
+    head = torch.load(out / "value_head.pt")
+    assert all(torch.equal(head[k], v) for k, v in trainer.model.v_head.state_dict().items())
+    assert (out / "tokenizer_config.json").exists() and [p.name for p in tmp_path.iterdir()] == ["policy"]
+    weight = trainer.model.v_head.weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight[0, 0] = float("nan")
+        with pytest.raises(SteptoolError, match=r"the trained weight v_head.weight holds NaN or inf: not saved"):
+            trainer.save_policy(tmp_path / "nan", tokenizer)
+        assert not (tmp_path / "nan").exists()
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
