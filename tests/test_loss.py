@@ -241,7 +241,7 @@ def test_kl_token_max_zero_means_no_cap(trainer):
 
 @pytest.mark.parametrize("where, name", [("logp", "log-probs"), ("old_logprobs", "old log-probs"),
                                          ("ref_logprobs", "reference log-probs"), ("advantages", "advantages"),
-                                         ("returns", "returns")])
+                                         ("returns", "returns"), ("values", "values"), ("ratio", "ratio")])
 def test_a_non_finite_input_is_named_and_stops_the_step(trainer, where, name):
     """One NaN in a tensor: the step stops before the update, and the message names the first non-finite tensor."""
     from pipeline.errors import SteptoolError
@@ -250,6 +250,12 @@ def test_a_non_finite_input_is_named_and_stops_the_step(trainer, where, name):
     if where == "logp":
         model.logp = model.logp.clone()
         model.logp[2] = float("nan")
+    elif where == "values":
+        model.values = model.values.clone()
+        model.values[0, 2] = float("nan")
+    elif where == "ratio":  # every input finite, exp(100) is not (float32)
+        model.logp = model.logp.clone()
+        model.logp[0] = inputs["old_logprobs"][0, 0] + 100.0
     else:
         inputs[where] = inputs[where].clone()
         inputs[where][0, 0] = float("nan")
@@ -284,3 +290,21 @@ def test_save_policy_writes_the_weights_it_holds(trainer, tokenizer, tmp_path):
     finally:
         with torch.no_grad():
             weight.copy_(saved)
+
+
+def test_the_logged_diagnostics_by_hand(trainer):
+    """Per batch: reward_mean over the real steps ((0 + 1 + 0.5)/3 = 0.5), advantage_mean over the real action
+    tokens ((1 + 1 − 2 − 1 − 1)/5 = −0.4), kl_ref per trajectory (the per-token KLs sum to 0.4741066, over 2
+    rows: 0.2370533), kl_ref_token 0.0948213; the tokens seen (10 per batch, for tokens/s) and the (return,
+    value) pairs of the real value states for the explained variance."""
+    model, inputs = _batch()
+    trainer._ev_pairs.clear()
+    tokens = trainer._tokens
+    _, m = _loss(trainer, model, inputs)
+    assert m["reward_mean"] == pytest.approx(0.5, abs=1e-6)
+    assert m["advantage_mean"] == pytest.approx(-0.4, abs=1e-6)
+    assert m["kl_ref"] == pytest.approx(0.2370533, abs=1e-6)
+    assert m["kl_ref_token"] == pytest.approx(0.0948213, abs=1e-6)
+    assert trainer._tokens - tokens == 10
+    (ret, val), = trainer._ev_pairs
+    assert ret.tolist() == pytest.approx([1.0, 2.0, -0.5]) and val.tolist() == pytest.approx([0.5, 1.6, 0.0])
