@@ -480,3 +480,46 @@ def test_a_non_finite_loss_stops_before_the_update_and_nan_weights_are_never_sav
     with pytest.raises(SteptoolError, match=r"the trained weight .*v_head.bias holds NaN or inf: not saved"):
         trainer.save_policy(tmp_path / "model", tokenizer)
     assert not (tmp_path / "model").exists()
+
+
+def test_an_in_process_resume_ends_with_the_same_weights_and_logs_each_step(tokenizer, tmp_path):
+    """The trainer's own loop in one process, small enough for the fast tests (and so for `make mutation`): 4
+    trajectories, batches of 2, one epoch = 2 optimizer steps, a checkpoint every step. A second trainer resumed from
+    checkpoint-1 (safetensors with the tied embedding stored once, optimizer, scheduler, RNG) ends with the
+    uninterrupted run's weights to the last bit, and every step's log carries the PPO diagnostics with finite
+    values (the slow test kills a real process instead)."""
+    import math
+
+    from tests.support.tiny_model import make_tiny_model
+    from tests.support.toy_env import play
+    from trainer import step_ppo
+    from trainer.config import StepPPOConfig
+    from trainer.model import PolicyWithValue
+
+    examples, _ = play(make_tiny_model(tokenizer, seed=2), tokenizer, 4, 2, 13, "steptool")
+
+    def trainer_for(out, steps=None):
+        cfg = StepPPOConfig(output_dir=str(out), report_to=[], use_cpu=True, variant="steptool", num_train_epochs=1,
+                            per_device_train_batch_size=2, gradient_accumulation_steps=1, learning_rate=3e-3,
+                            save_strategy="steps", save_steps=1, seed=0, disable_tqdm=True, logging_steps=1,
+                            lr_scheduler_type="constant", max_steps=steps or -1)
+        return step_ppo.StepPPOTrainer(PolicyWithValue(make_tiny_model(tokenizer, seed=2)), cfg, examples,
+                                       pad_id=tokenizer.pad_token_id)
+
+    whole = trainer_for(tmp_path / "whole")
+    whole.train()
+    assert whole.state.global_step == 2
+    logs = [h for h in whole.state.log_history if "policy_loss" in h]
+    assert [h["step"] for h in logs] == [1, 2]
+    for h in logs:
+        for key in ("policy_loss", "value_loss", "approx_kl", "clipfrac", "explained_variance", "reward_mean",
+                    "advantage_mean", "kl_ref", "kl_ref_token", "tokens_per_s"):
+            assert math.isfinite(h[key]), (key, h)
+    assert logs[0]["approx_kl"] == pytest.approx(0.0, abs=1e-6) and logs[0]["clipfrac"] == 0.0  # ratio 1 at first
+    ckpt = tmp_path / "whole" / "checkpoint-1"
+    assert (ckpt / "model.safetensors").exists() and (ckpt / "trainer_state.json").exists()
+    resumed = trainer_for(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(ckpt))
+    assert resumed.state.global_step == 2
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
