@@ -174,20 +174,21 @@ def test_agent_plays_real_queries_through_replay_and_exports(external, tmp_path,
     raw = json.loads((out / "converted_answers.json").read_text())
     assert raw["588"]["available_tools"][-1]["function"]["name"] == "Finish"
 
-    # the same queries through the HTTP tool server serving the same recorded responses
+    # the same queries through the HTTP tool server serving the same recorded responses (the CLI in this process:
+    # the subprocess above already checked the entry point, and a second one costs ~10 s of imports)
+    from steptool.cli import main
+
     server, url = serve_in_thread(ReplayCache.load(external / "steptool/pass_rate_results"))
     try:
         raw_params = yaml.safe_load(params.read_text())
         raw_params["env"]["url"] = url
         params.write_text(yaml.safe_dump(raw_params))
-        proc = subprocess.run([sys.executable, "-m", "steptool", "play", "--params", str(params), "--model",
-                               str(tiny_model_dir), "--queries", str(queries), "--env", "http", "--max-tasks", "2",
-                               "--out", str(tmp_path / "http")], capture_output=True, text=True, cwd=tmp_path,
-                              env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+        rc = main(["play", "--params", str(params), "--model", str(tiny_model_dir), "--queries", str(queries),
+                   "--env", "http", "--max-tasks", "2", "--out", str(tmp_path / "http")])
     finally:
         server.shutdown()
         server.server_close()
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert rc == 0
     over_http = read_converted_answers(tmp_path / "http/converted_answers.json")
     assert set(over_http) == set(conv)
     # greedy: the same first action (later ones read observations whose JSON text may be spelt differently)
