@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import polars as pl
@@ -17,28 +16,28 @@ from pipeline.agent.prompts import ChatRenderer
 from pipeline.schema import STEPS, TOKENS, TRAJECTORIES, read_table
 from tests.conftest import REPO
 
-SCRIPT = textwrap.dedent("""
-    import sys, time
-    import pipeline
+def run_collect(model_dir, out, delay: float) -> None:
+    """Collect 6 train tasks x 2 samples in chunks of 2, sleeping `delay` s before each generation call (so a
+    kill lands mid-run). Run in a subprocess by the kill test, and in this process for its resume."""
     from pipeline.agent.backends import HFPolicy, SamplingConfig
-    from pipeline.agent.play import collect
-    from pipeline.agent.prompts import ChatRenderer
     from pipeline.envs import ToolWorldEnv
     from pipeline.toolworld.tasks import generate_tasks
     from pipeline.toolworld.world import ToolWorld
 
     class Slow(HFPolicy):
         def generate(self, prompts, seeds, slots=None):
-            time.sleep(float(sys.argv[3]))
+            time.sleep(delay)
             return super().generate(prompts, seeds, slots)
 
     world = ToolWorld(1234, 40, 0.03)
     tasks = generate_tasks(world, 7, {"train": {"I1": 6}})["train"]
-    policy = Slow.from_pretrained(sys.argv[1], SamplingConfig(max_new_tokens=8), batch_size=2)
+    policy = Slow.from_pretrained(str(model_dir), SamplingConfig(max_new_tokens=8), batch_size=2)
     policy.name = "tiny"
-    collect(tasks, policy, ChatRenderer(policy.tok), lambda: ToolWorldEnv(world), sys.argv[2], "run-1",
+    collect(tasks, policy, ChatRenderer(policy.tok), lambda: ToolWorldEnv(world), str(out), "run-1",
             n_samples=2, max_steps=2, chunk_size=2, progress=False)
-""")
+
+
+SCRIPT = "import sys\nfrom tests.test_collect import run_collect\nrun_collect(sys.argv[1], sys.argv[2], float(sys.argv[3]))\n"
 
 
 def _run_script(tmp_path, model_dir, out, delay):
@@ -65,8 +64,7 @@ def test_kill_then_resume_loses_nothing_and_repeats_nothing(tmp_path, tiny_model
     before_steps = pl.concat([pl.read_parquet(f) for f in sorted(parts.glob("steps-*.parquet"))
                               if f.name.replace("steps", "trajectories") in {c.name for c in committed}])
 
-    proc = _run_script(tmp_path, tiny_model_dir, out, delay=0.0)
-    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+    run_collect(tiny_model_dir, out, 0.0)  # the rerun, in this process (the kill needed a process of its own)
     assert not (out / ".parts").exists()
     trajs = pl.read_parquet(out / "trajectories.parquet")
     assert trajs.height == 12 and trajs["traj_id"].n_unique() == 12
