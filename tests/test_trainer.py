@@ -509,11 +509,11 @@ def test_an_in_process_resume_ends_with_the_same_weights_and_logs_each_step(toke
 
     examples, _ = play(make_tiny_model(tokenizer, seed=2), tokenizer, 4, 2, 13, "steptool")
 
-    def trainer_for(out, steps=None):
+    def trainer_for(out):
         cfg = StepPPOConfig(output_dir=str(out), report_to=[], use_cpu=True, variant="steptool", num_train_epochs=1,
                             per_device_train_batch_size=2, gradient_accumulation_steps=1, learning_rate=3e-3,
                             save_strategy="steps", save_steps=1, seed=0, disable_tqdm=True, logging_steps=1,
-                            lr_scheduler_type="constant", max_steps=steps or -1)
+                            lr_scheduler_type="constant")
         return step_ppo.StepPPOTrainer(PolicyWithValue(make_tiny_model(tokenizer, seed=2)), cfg, examples,
                                        pad_id=tokenizer.pad_token_id)
 

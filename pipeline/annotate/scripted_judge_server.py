@@ -93,14 +93,10 @@ def _reference_steps(user: str) -> tuple[list[tuple[str, str]], str]:
     head, _, rest = user.partition("\nIntermediate Steps:\n")
     listing, _, tail = rest.partition("\n\nFinal Answer:\n")
     final = tail.split("\n\nBased on the query, intermediate steps, and final answer", 1)[0]
-    steps = []
     try:
         with _AST_LOCK:  # CPython 3.11's ast can fail with "recursion depth mismatch" when threads parse at once
-            items = ast.literal_eval(listing)
-        for item in items:
-            with _AST_LOCK:
-                call = ast.literal_eval(str(item).split(": ", 1)[1])
-            steps.append((str(call.get("name", "")), str(call.get("response", ""))))
+            calls = [ast.literal_eval(str(item).split(": ", 1)[1]) for item in ast.literal_eval(listing)]
+        steps = [(str(call.get("name", "")), str(call.get("response", ""))) for call in calls]
     except (ValueError, SyntaxError, IndexError, AttributeError, TypeError, MemoryError, RecursionError):
         steps = []
     return steps, final
