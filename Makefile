@@ -73,17 +73,23 @@ study-val: $(STAMP)
 # what is committed): `make study-piece SEED=k` runs profiles/study.yaml with train.seeds [k] in a fresh clone
 # under build/study-s<k> and keeps what the report reads in reports/study/pieces/s<k>/ (pipeline/study.py) with
 # its RUN.md; `make study-report` merges every piece (sft must agree across them) and writes reports/study/.
+# Where one seed does not fit a sitting either, split it by variant: `make study-piece SEED=k VARIANTS="steptool
+# ppo_outcome"` trains and evaluates only those (with sft) into reports/study/pieces/s<k>-steptool-ppo_outcome/.
 SEED ?= 0
-PIECE := reports/study/pieces/s$(SEED)
+VARIANTS ?=
+PIECE_NAME := s$(SEED)$(if $(strip $(VARIANTS)),-$(subst $(eval) ,-,$(strip $(VARIANTS))))
+PIECE := reports/study/pieces/$(PIECE_NAME)
 study-piece: $(STAMP)
-	rm -rf $(STUDY)-s$(SEED) && git clone -q . $(STUDY)-s$(SEED)
-	cd $(STUDY)-s$(SEED) && $(CURDIR)/$(BIN)/python -c "import sys, yaml; p = yaml.safe_load(open('profiles/study.yaml')); \
-	  p.setdefault('train', {})['seeds'] = [int(sys.argv[1])]; yaml.safe_dump(p, open('piece.yaml', 'w'))" $(SEED) \
-	  && PYTHONPATH="$(CURDIR)/$(STUDY)-s$(SEED)" $(CURDIR)/$(BIN)/python -m steptool params --profile piece.yaml --write params.yaml
-	start=$$(date +%s); cd $(STUDY)-s$(SEED) && PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH="$(CURDIR)/$(STUDY)-s$(SEED)" $(CURDIR)/$(BIN)/dvc repro \
-	  && end=$$(date +%s) && PYTHONPATH="$(CURDIR)/$(STUDY)-s$(SEED)" $(CURDIR)/$(BIN)/python -m steptool study-save $(CURDIR)/$(PIECE) \
+	rm -rf $(STUDY)-$(PIECE_NAME) && git clone -q . $(STUDY)-$(PIECE_NAME)
+	cd $(STUDY)-$(PIECE_NAME) && $(CURDIR)/$(BIN)/python -c "import sys, yaml; p = yaml.safe_load(open('profiles/study.yaml')); \
+	  p.setdefault('train', {})['seeds'] = [int(sys.argv[1])]; v = sys.argv[2].split(); \
+	  p.update({'variants': v, 'evaluate': {**p.get('evaluate', {}), 'models': ['sft', *v]}} if v else {}); \
+	  yaml.safe_dump(p, open('piece.yaml', 'w'))" $(SEED) "$(VARIANTS)" \
+	  && PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/python -m steptool params --profile piece.yaml --write params.yaml
+	start=$$(date +%s); cd $(STUDY)-$(PIECE_NAME) && PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/dvc repro \
+	  && end=$$(date +%s) && PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/python -m steptool study-save $(CURDIR)/$(PIECE) \
 	  && cd $(CURDIR) && { echo "# How $(PIECE) was made"; echo; \
-	       echo "- commit $$(git -C $(STUDY)-s$(SEED) rev-parse --short HEAD), params: profiles/study.yaml with train.seeds [$(SEED)]"; \
+	       echo "- commit $$(git -C $(STUDY)-$(PIECE_NAME) rev-parse --short HEAD), params: profiles/study.yaml with train.seeds [$(SEED)]$(if $(strip $(VARIANTS)), and variants [$(strip $(VARIANTS))])"; \
 	       echo "- wall time $$(( (end - start) / 60 )) min $$(( (end - start) % 60 )) s (dvc repro, venv excluded), finished $$(date -u +%Y-%m-%dT%H:%MZ)"; \
 	       echo "- machine: $$(nproc) cores, $$(lscpu | sed -n 's/^Model name: *//p'), AMX: $$(grep -q amx_tile /proc/cpuinfo && echo yes || echo no)"; \
 	       echo "- torch $$($(BIN)/python -c 'import torch; print(torch.__version__)'), precision auto"; } > $(PIECE)/RUN.md

@@ -1,6 +1,10 @@
 """A study too long for one sitting, in pieces: one training seed per piece, each run in its own fresh clone
 (`make study-piece SEED=k`), its small outputs kept under reports/study/pieces/s<k>/ (committed: DVC's cache and
-data/ do not outlive a session), and the report made over all pieces at the end (`make study-report`).
+data/ do not outlive a session), and the report made over all pieces at the end (`make study-report`). A seed
+whose variants do not fit one sitting either is split further by variant (`make study-piece SEED=k
+VARIANTS="steptool ppo_outcome"`, kept in reports/study/pieces/s<k>-steptool-ppo_outcome/): each such piece
+repeats the seed's warm start and collection, and its variant-free per-seed outputs (the collection's metrics, the
+greedy replay before training) must then agree across the pieces, as sft's evaluation must.
 
 A piece keeps exactly what the report stage reads (stages/report.py): every evaluation's results.parquet, the
 per-seed round tables, metrics, training curves and greedy replays. Everything else (models, trajectories,
@@ -16,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import layout
+from pipeline import layout, variants
 from pipeline.errors import SteptoolError
 from pipeline.fsutil import atomic_path
 from pipeline.schema import EVAL_RESULTS, read_table, write_table
@@ -59,37 +63,55 @@ def per_seed(rel: Path) -> bool:
     return any(re.fullmatch(r"s\d+(\.json|\.parquet)?", part) for part in rel.parts)
 
 
+def per_variant(rel: Path) -> bool:
+    """Whether a path belongs to one trained variant (a part named after one: data/rounds/<variant>/...)."""
+    return any(part in variants.REGISTRY for part in rel.parts)
+
+
+def _same_answers(frames: list[pl.DataFrame], pieces: list[Path], what: str) -> pl.DataFrame:
+    """The first of `frames` (one per piece) when every piece judged the same answers; otherwise refused."""
+    key = ["task_id", "sample_idx"]
+    first = frames[0].sort(key).select("task_id", "sample_idx", "statuses")
+    for other, piece in zip(frames[1:], pieces[1:]):
+        if not other.sort(key).select("task_id", "sample_idx", "statuses").equals(first):
+            raise SteptoolError(f"{piece}: {what}'s judged answers differ from {pieces[0]}'s (the pieces did not "
+                                "evaluate the same checkpoint: another machine kind or code?)")
+    return frames[0]
+
+
 def merge_pieces(pieces: list[Path], workspace: Path) -> dict:
     """Lay the pieces' files out in `workspace`'s data/ as one run with every seed would have: per-seed files side
     by side, evaluation results concatenated (a seedless model once). Returns {model-strategy: seeds}."""
     if not pieces:
         raise SteptoolError("no study piece to merge (reports/study/pieces/s<k>/ from `make study-piece SEED=k`)")
     evals: dict[str, list[pl.DataFrame]] = {}
+    shared: dict[Path, tuple[list[pl.DataFrame], list[Path]]] = {}  # a seed's variant-free results, per piece
     for piece in pieces:
         for p in sorted(piece.glob(f"{layout.DATA}/**/*")):
             rel = p.relative_to(piece)
             if not p.is_file() or rel.match(_EVAL_RESULTS):
                 continue
             out = workspace / rel
+            if per_seed(rel) and not per_variant(rel) and rel.name == _RESULTS:  # the greedy replay before training
+                frames, where = shared.setdefault(rel, ([], []))
+                frames.append(pl.from_arrow(read_table(p, EVAL_RESULTS)))
+                where.append(piece)
             if out.exists():
-                if per_seed(rel):
-                    raise SteptoolError(f"{p}: {rel} is in another piece too (two pieces of the same seed?)")
-                continue  # shared by the pieces (the warm start's metrics, ...): the first piece's
+                if per_variant(rel):
+                    raise SteptoolError(f"{p}: {rel} is in another piece too (two pieces of the same seed and "
+                                        "variant?)")
+                continue  # shared by the pieces (the warm start's, a seed's collection metrics): the first piece's
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(p, out)
         for p in sorted(piece.glob(_EVAL_RESULTS)):
             evals.setdefault(p.parent.name, []).append(pl.from_arrow(read_table(p, EVAL_RESULTS)))
+    for rel, (frames, where) in shared.items():
+        _same_answers(frames, where, str(rel))
     seeds = {}
     for name, frames in evals.items():
         seedless = [f for f in frames if f["seed"].null_count() == f.height]
         if seedless and len(seedless) == len(frames):  # base / sft: the same checkpoint in every piece
-            key = ["task_id", "sample_idx"]
-            first = seedless[0].sort(key).select("task_id", "sample_idx", "statuses")
-            for other, piece in zip(seedless[1:], pieces[1:]):
-                if not other.sort(key).select("task_id", "sample_idx", "statuses").equals(first):
-                    raise SteptoolError(f"{piece}: {name}'s judged answers differ from {pieces[0]}'s (the pieces did "
-                                        "not evaluate the same checkpoint: another machine kind or code?)")
-            merged = seedless[0]
+            merged = _same_answers(seedless, pieces, name)
         else:
             merged = pl.concat(frames, how="vertical_relaxed")
             dup = merged.group_by("seed", "task_id", "sample_idx").len().filter(pl.col("len") > 1)

@@ -20,12 +20,15 @@ def _results(model, seed, statuses):
              "facts_stated": 1, "n_facts": 1, "actions_generated": 2} for i, s in enumerate(statuses)]
 
 
-def _workspace(root, seed, sft=("Solved", "Unsolved")):
-    for model, s, statuses in (("sft", None, sft), ("steptool", seed, ("Solved", "Solved"))):
+def _workspace(root, seed, sft=("Solved", "Unsolved"), variant="steptool", before=("Solved", "Unsolved")):
+    for model, s, statuses in (("sft", None, sft), (variant, seed, ("Solved", "Solved"))):
         write_table(_results(model, s, statuses), root / layout.table(layout.eval_dir(model, "cot"), "results"),
                     EVAL_RESULTS)
-    for rel, text in ((layout.round_dir("steptool", seed, 1) / "metrics.json", {"round": 1, "seed": seed}),
-                      (layout.metrics_file("train", layout.run_name("steptool", seed)), {"seed": seed}),
+    write_table(_results("sft", seed, before),  # the greedy replay of the train tasks before training
+                root / layout.table(layout.replay_dir(layout.trajectories_dir(seed)), "results"), EVAL_RESULTS)
+    for rel, text in ((layout.round_dir(variant, seed, 1) / "metrics.json", {"round": 1, "seed": seed}),
+                      (layout.metrics_file("train", layout.run_name(variant, seed)), {"seed": seed}),
+                      (layout.metrics_file("collect", layout.seed_dir(seed)), {"trajectories_per_min": len(str(root))}),
                       (layout.metrics_file("warmstart"), {"seconds": 900 + seed})):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(json.dumps(text))
@@ -62,3 +65,26 @@ def test_pieces_that_disagree_on_sft_are_refused(tmp_path):
         merge_pieces([tmp_path / "p/s0", tmp_path / "p/s1"], tmp_path / "merged")
     with pytest.raises(SteptoolError, match="not been evaluated"):
         save_piece(tmp_path / "nothing", tmp_path / "p/s9")
+
+
+def test_one_seed_split_by_variant(tmp_path):
+    """Two pieces of seed 0 with different variants merge into one run: each variant's rounds and evaluation once,
+    the seed's collection metrics from the first piece, its greedy replay before training only if both agree."""
+    a = tmp_path / "p/s0-steptool"
+    b = tmp_path / "p/s0-ppo_outcome"
+    save_piece(_workspace(tmp_path / "a", 0), a)
+    save_piece(_workspace(tmp_path / "bb", 0, variant="ppo_outcome"), b)
+    seeds = merge_pieces([a, b], tmp_path / "merged")
+    assert seeds == {"sft-cot": [], "steptool-cot": [0], "ppo_outcome-cot": [0]}
+    for v in ("steptool", "ppo_outcome"):
+        assert (tmp_path / "merged" / layout.round_dir(v, 0, 1) / "metrics.json").exists()
+    collect = json.loads((tmp_path / "merged" / layout.metrics_file("collect", layout.seed_dir(0))).read_text())
+    assert collect == {"trajectories_per_min": len(str(tmp_path / "a"))}  # the first piece's (timings differ)
+    c = tmp_path / "p/s0-ppo_outcome-again"
+    save_piece(_workspace(tmp_path / "c", 0, variant="ppo_outcome"), c)
+    with pytest.raises(SteptoolError, match="same seed and variant"):
+        merge_pieces([a, b, c], tmp_path / "thrice")
+    d = tmp_path / "p/s0-no_step_opt"
+    save_piece(_workspace(tmp_path / "d", 0, variant="no_step_opt", before=("Solved", "Solved")), d)
+    with pytest.raises(SteptoolError, match="replay.*judged answers differ"):
+        merge_pieces([a, d], tmp_path / "disagree")
