@@ -22,6 +22,12 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     if path.exists() and not (path.is_file() or path.is_dir()):
         raise SteptoolError(f"{path}: exists and is neither a file nor a folder (a device, a socket?): not replaced")
+    for above in path.parents:  # the nearest part that exists must be a folder to write under
+        if above.exists() or above.is_symlink():
+            if not above.is_dir():
+                raise SteptoolError(f"{above}: is not a folder, so {path} cannot be written under it (choose "
+                                    "another path)")
+            break
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
     os.close(fd)

@@ -37,7 +37,7 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def guard(fn: Callable[[], int | None]) -> int:
-    """Run `fn`; a SteptoolError becomes one line on stderr and exit status 2."""
+    """Run `fn`; a SteptoolError, or an OSError that names a path, becomes one line on stderr and exit status 2."""
     try:
         return fn() or 0
     except SteptoolError as e:
@@ -51,6 +51,13 @@ def guard(fn: Callable[[], int | None]) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # the machine refused (no space, no permission, a path in the way): one line, naming it
+        if e.filename is None:
+            raise
+        logging.getLogger("steptool").debug("the operating system's error", exc_info=True)  # -v shows where
+        where = f"{e.filename} -> {e.filename2}" if e.filename2 else e.filename
+        print(f"steptool: error: {where}: {e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 def add_stage_arguments(parser: argparse.ArgumentParser, run: Callable, positional: Positional = ()) -> None:

@@ -225,7 +225,6 @@ def write_selection(grid_path: Path, out: Path) -> dict | None:
     pending = [n for n in g["profiles"] if n not in done]
     rows = [candidate_row(out / n, model, strategy) for n in done]
     chosen = select(rows) if rows and not pending else None
-    out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "selection.md") as tmp:
         tmp.write_text(selection_markdown(grid_path, rows, chosen, pending), encoding="utf-8")
     summary = {"chosen": chosen["candidate"] if chosen else None, "pending": pending,
