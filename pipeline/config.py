@@ -11,6 +11,7 @@ import math
 import re
 import types
 import typing
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -885,22 +886,40 @@ def overrides(params: Params) -> dict:
 _SAME = object()
 
 
+_WIDTH = 118  # params.yaml's line width
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a help text, without its full stop: up to the first '. ' that is not part of an
+    abbreviation (e.g., i.e., vs., cf.), so 'the judge (e.g. gpt-4o). More ...' keeps its example."""
+    for m in re.finditer(r"\.\s", text):
+        before = text[:m.start()].rsplit(None, 1)[-1].lower().lstrip("(['\"") if text[:m.start()].strip() else ""
+        if before.rstrip(".") not in ("e.g", "i.e", "vs", "cf", "etc", "approx", "incl", "resp", "no", "fig"):
+            return text[:m.start()].strip()
+    return text.strip().rstrip(".")
+
+
 def render_params(params: Params) -> str:
-    """A complete params.yaml for `params`: every section and key, each with its help as a comment."""
-    lines = ["# steptool parameters, written by `steptool params --write`: one section per stage, every key with",
-             "# its help. `steptool params` lists them; `dvc exp run -S section.key=value` changes one.", ""]
+    """A complete params.yaml for `params`: every section and key, each with the first sentence of its help as a
+    comment (beside the key when the line fits in 118 characters, above it otherwise)."""
+    lines = ["# steptool parameters, written by `steptool params --write`: one section per stage, every key with the",
+             "# first sentence of its help (`steptool params` lists the whole help); `dvc exp run -S section.key=value`",
+             "# changes one for an experiment.", ""]
     for f in dataclasses.fields(params):
         value = getattr(params, f.name)
-        lines.append(f"# {f.metadata.get('help', '')}")
+        lines += textwrap.wrap(f.metadata.get("help", ""), _WIDTH, initial_indent="# ", subsequent_indent="# ")
         if not dataclasses.is_dataclass(value):
             lines += [f"{f.name}: {_flow(value)}", ""]
             continue
         lines.append(f"{f.name}:")
         for g in dataclasses.fields(value):
-            first = g.metadata.get("help", "").split(". ")[0].rstrip(".")
-            lines.append(f"  {g.name}: {_flow(to_dict(value)[g.name])}  # {first}")
+            entry, comment = f"  {g.name}: {_flow(to_dict(value)[g.name])}", first_sentence(g.metadata.get("help", ""))
+            if len(entry) + 4 + len(comment) <= _WIDTH:
+                lines.append(f"{entry}  # {comment}")
+            else:
+                lines += textwrap.wrap(comment, _WIDTH, initial_indent="  # ", subsequent_indent="  # ") + [entry]
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def _flow(value: Any) -> str:

@@ -91,7 +91,7 @@ def run_grid(grid_path: Path, workspace: Path, out: Path, dvc: str = "dvc",
         # the complete params file DVC needs, validated here (a bad candidate stops before anything runs)
         params = parse_params(profile, f"{grid_path} candidate {name}")
         with atomic_path(workspace / "params.yaml") as tmp:
-            tmp.write_text(render_params(params) + "\n", encoding="utf-8")
+            tmp.write_text(render_params(params), encoding="utf-8")
         start = time.time()
         runner([dvc, "repro"], workspace, env)
         wall = time.time() - start

@@ -258,7 +258,7 @@ def _params(args: argparse.Namespace) -> int:
         if params is None:
             raise SteptoolError(f"{source}: no such file")
         with atomic_path(Path(args.write)) as tmp:
-            tmp.write_text(render_params(params) + "\n", encoding="utf-8")
+            tmp.write_text(render_params(params), encoding="utf-8")
         changed = sorted(_leaves(overrides(params)))
         print(f"{args.write}: written from {source} ({len(changed)} keys differ from the defaults"
               f"{': ' + ', '.join(changed) if changed else ''})")

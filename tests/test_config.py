@@ -77,12 +77,29 @@ def test_gpu_profile_is_a_valid_params_file_at_scale():
 
 
 def test_params_yaml_states_the_dataclass_defaults():
-    """The dataclasses are the defaults; params.yaml writes every one of them out, with the same value."""
-    from pipeline.config import overrides, to_dict
+    """The dataclasses are the defaults; params.yaml writes every one of them out, with the same value, and is
+    exactly what `steptool params --write` renders from them (comments included: no second copy of the helps)."""
+    from pipeline.config import overrides, render_params, to_dict
 
     params = load_params(REPO / "params.yaml")
     assert overrides(params) == {}, "params.yaml and the dataclass defaults differ"
     assert to_dict(params) == to_dict(Params())
+    assert (REPO / "params.yaml").read_text(encoding="utf-8") == render_params(Params()), (
+        "params.yaml is not the rendered defaults: `steptool params --write params.yaml` renders it")
+
+
+@pytest.mark.parametrize("text, first", [
+    ("Seed of the world. More.", "Seed of the world"),
+    ("The judge (e.g. gpt-4o). Then more.", "The judge (e.g. gpt-4o)"),
+    ("Use i.e. this, vs. that. Next.", "Use i.e. this, vs. that"),
+    ("A rate of 0.5 per call. Next.", "A rate of 0.5 per call"),
+    ("One sentence only.", "One sentence only"),
+    ("No stop at all", "No stop at all"),
+])
+def test_first_sentence_of_a_help_keeps_abbreviations_and_numbers(text, first):
+    from pipeline.config import first_sentence
+
+    assert first_sentence(text) == first
 
 
 def test_profiles_hold_only_overrides_of_known_keys():
