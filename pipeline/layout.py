@@ -63,6 +63,9 @@ def replay_dir(folder: Path) -> Path:
     return folder / "replay"
 
 
+ANNOTATION_FAILURES = "failed.json"  # beside annotated steps: every trajectory not labelled, and why
+
+
 def annotated_dir(seed: int) -> Path:
     """data/annotated/s<seed>: `annotate@<seed>`'s steps.parquet and failed.json."""
     return ANNOTATED / seed_dir(seed)

@@ -54,7 +54,7 @@ def guard(fn: Callable[[], int | None]) -> int:
     except OSError as e:  # the machine refused (no space, no permission, a path in the way): one line, naming it
         if e.filename is None:
             raise
-        logging.getLogger("steptool").debug("the operating system's error", exc_info=True)  # -v shows where
+        logging.getLogger(__name__).debug("the operating system's error", exc_info=True)  # -v shows where
         where = f"{e.filename} -> {e.filename2}" if e.filename2 else e.filename
         print(f"steptool: error: {where}: {e.strerror or e}", file=sys.stderr)
         return 2

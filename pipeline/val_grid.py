@@ -121,7 +121,7 @@ def candidate_row(folder: Path, model: str, strategy: str) -> dict:
     tasks) and its paired difference to the reference, calls per task and no-answer rate on val, the change of its
     greedy replay of the train tasks (pass rate with a paired CI over tasks, calls per task, no-answer rate), the
     KL to the reference per token, and the reward audit's padding and Finish shares."""
-    from pipeline.rounds import replay_behaviour
+    from pipeline.evaluate.results import replay_behaviour
     from pipeline.stats import paired_difference, seed_scores
 
     params = read_yaml(folder / "params.yaml")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import layout, reward_audit, rounds, variants
+from pipeline import advantages, audit_table, layout, reward_audit, variants
 from pipeline.config import Params
 from pipeline.fsutil import write_json
 from pipeline.runner import run_stage
@@ -25,12 +25,12 @@ ARGS = (("variant", dict(nargs="?", default=variants.DEFAULT, choices=list(varia
 
 def run(params: Params, root: Path = Path("."), variant: str = variants.DEFAULT, seed: int = 0) -> str:
     out = layout.advantages_file(variant, seed)
-    table, summary = rounds.reward_table(params, root / layout.table(layout.annotated_dir(seed), "steps"), variant)
+    table, summary = advantages.reward_table(params, root / layout.table(layout.annotated_dir(seed), "steps"), variant)
     audit, _ = reward_audit.run(params, root, variant)
     reward_audit.enforce(audit, params, f"advantages ({variant}, seed {seed})")  # strict: before anything is written
     write_table(table.to_arrow(), root / out, ADVANTAGES)
     write_json(root / layout.metrics_file("advantages", layout.run_name(variant, seed)), {**summary, "audit": audit})
-    said = "" if "skipped" in audit else "; audit: " + reward_audit.one_line(audit)
+    said = "" if "skipped" in audit else "; audit: " + audit_table.one_line(audit)
     return (f"advantages ({variant}, seed {seed}): {summary['steps']} steps of {summary['trajectories']} "
             f"trajectories, mean reward {summary['reward_mean']}{said} -> {out}")
 

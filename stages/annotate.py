@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import layout, rounds
+from pipeline import layout
+from pipeline.annotate.run import annotate_folder
 from pipeline.config import Params
 from pipeline.runner import run_stage
 
@@ -23,7 +24,7 @@ ARGS = (("seed", dict(nargs="?", type=int, default=0, help="the training seed (o
 def run(params: Params, root: Path = Path("."), seed: int = 0) -> str:
     cfg = params.annotate
     out = layout.annotated_dir(seed)
-    summary = rounds.annotate(params, root, root / layout.trajectories_dir(seed), root / out,
+    summary = annotate_folder(params, root, root / layout.trajectories_dir(seed), root / out,
                               root / layout.metrics_file("annotate", layout.seed_dir(seed)))
     extra = ""
     if cfg.annotator == "openai":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import layout, rounds
+from pipeline import collection, layout
 from pipeline.config import Params
 from pipeline.fsutil import write_json
 from pipeline.runner import run_stage
@@ -19,7 +19,7 @@ ARGS = (("seed", dict(nargs="?", type=int, default=0, help="the training seed (o
 
 def run(params: Params, root: Path = Path("."), seed: int = 0) -> str:
     out = layout.trajectories_dir(seed)
-    summary = rounds.collect(params, root, root / layout.SFT_MODEL, root / out, seed, policy_name="sft")
+    summary = collection.collect(params, root, root / layout.SFT_MODEL, root / out, seed, policy_name="sft")
     write_json(root / layout.metrics_file("collect", layout.seed_dir(seed)), summary)
     replay = summary.get("replay")
     extra = f"; greedy replay pass rate {replay['pass_rate']:.1f}%" if replay else ""

@@ -270,7 +270,7 @@ def behaviour_change(root: Path, params: Params) -> list[str]:
     """Did training move each variant's behaviour on its own train tasks beyond the spread across seeds? Per
     variant and readout: the change from the collecting policy's replay to the last round's, its mean over seeds
     with a 95% t-interval over seeds, and whether that interval excludes 0."""
-    from pipeline.rounds import replay_behaviour
+    from pipeline.evaluate.results import replay_behaviour
     from pipeline.stats import mean_ci
 
     k = params.train.rounds
@@ -443,7 +443,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 def reward_audit_section(root: Path, params: Params) -> list[str]:
     """What each variant's reward pays for (the advantages stage's audit, first seed: it does not depend on it)."""
-    from pipeline.reward_audit import table_markdown
+    from pipeline.audit_table import table_markdown
 
     audits = []
     for v in params.variants:

@@ -5,7 +5,8 @@ metrics.json; history.json; replay/ with `collect.replay`; from round 2 the roun
 
 Round 1 trains on collect@SEED's trajectories with advantages@VARIANT-SEED's rewards. Round k >= 2 first
 collects the same train tasks with round k-1's policy, annotates them and computes the variant's rewards
-(pipeline/rounds.py, the code of those stages), then trains from that policy.
+(pipeline/collection.py, pipeline/annotate/run.py and pipeline/advantages.py: the code of those stages), then
+trains from that policy.
 
 Resumable: the run's work lives in data/checkpoints/<VARIANT>/s<SEED> until it is done (each finished round's
 data and model; the running round's trainer checkpoints every `train.save_steps` optimizer steps, optimizer,
@@ -21,7 +22,8 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import layout, rounds, variants
+from pipeline import advantages, collection, layout, variants
+from pipeline.annotate.run import annotate_folder
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.config import Params, to_dict
 from pipeline.devices import Processes, resolve_device, resolve_precision
@@ -152,10 +154,10 @@ def run_round(params: Params, root: Path, variant: str, seed: int, k: int, start
     else:
         trajectories, annotated, adv_file = work / "trajectories", work / "annotated", work / "advantages.parquet"
         if procs.main:
-            extra["collect"] = rounds.collect(params, root, start, trajectories, seed, f"{variant}-r{k - 1}",
+            extra["collect"] = collection.collect(params, root, start, trajectories, seed, f"{variant}-r{k - 1}",
                                               replay=False)  # the previous round's replay is this policy's
-            extra["annotate"] = rounds.annotate(params, root, trajectories, annotated, work / "annotate.json")
-            extra["advantages"] = rounds.advantages(params, layout.table(annotated, "steps"), adv_file, variant)
+            extra["annotate"] = annotate_folder(params, root, trajectories, annotated, work / "annotate.json")
+            extra["advantages"] = advantages.write_advantages(params, layout.table(annotated, "steps"), adv_file, variant)
         procs.wait()
     check_rewards_match(adv_file, layout.table(annotated, "steps"), layout.table(trajectories, "steps"))
     metrics, history = train_round(params, root, variant, seed, start, trajectories, adv_file, work,
@@ -163,7 +165,7 @@ def run_round(params: Params, root: Path, variant: str, seed: int, k: int, start
     metrics = {**extra, **metrics}
     if procs.main:
         if params.collect.replay:
-            metrics["replay"] = rounds.replay_tasks(params, root, rounds.collect_tasks(params, root, seed),
+            metrics["replay"] = collection.replay_tasks(params, root, collection.collect_tasks(params, root, seed),
                                                     work / "model", layout.replay_dir(work), f"{variant}-r{k}")
         write_json(work / "history.json", history)
         write_json(work / DONE, metrics)
@@ -196,7 +198,7 @@ def publish_round(work: Path, out: Path) -> None:
     for name in ROUND_FILES:
         shutil.copy2(work / name, out / name)
     for sub in ("annotated", "replay"):
-        for name in ("steps.parquet", rounds.FAILED, "results.parquet"):
+        for name in ("steps.parquet", layout.ANNOTATION_FAILURES, "results.parquet"):
             if (work / sub / name).exists():
                 (out / sub).mkdir(exist_ok=True)
                 shutil.copy2(work / sub / name, out / sub / name)

@@ -101,7 +101,7 @@ def _audit_rewards(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from pipeline import reward_audit
+    from pipeline import audit_table, reward_audit
     from pipeline.config import load_params
     from pipeline.fsutil import atomic_path
     from pipeline.rewards import SHAPINGS
@@ -137,10 +137,10 @@ def _audit_rewards(args: argparse.Namespace) -> int:
     if args.json:
         print("\n".join(json.dumps(s) for s in summaries))
     else:
-        print(reward_audit.table_markdown(summaries))
+        print(audit_table.table_markdown(summaries))
     if args.out:
         with atomic_path(Path(args.out)) as tmp:
-            tmp.write_text(reward_audit.table_markdown(summaries) + "\n", encoding="utf-8")
+            tmp.write_text(audit_table.table_markdown(summaries) + "\n", encoding="utf-8")
     return 0
 
 
@@ -316,6 +316,27 @@ def _describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dvc_deps(args: argparse.Namespace) -> int:
+    from pipeline.depgraph import closure, differences, rewrite
+    from pipeline.fsutil import atomic_path
+
+    dvc_yaml = Path(args.dvc_yaml)
+    if not dvc_yaml.is_file():
+        raise SteptoolError(f"{dvc_yaml}: no such file")
+    if args.module:
+        print("\n".join(closure(args.module, dvc_yaml.parent)))
+        return 0
+    if args.write:
+        with atomic_path(dvc_yaml) as tmp:
+            tmp.write_text(rewrite(dvc_yaml), encoding="utf-8")
+    lines = differences(dvc_yaml)
+    if lines:
+        raise SteptoolError("the code deps are not the stages' imports:\n" + "\n".join(lines)
+                            + "\n(`steptool dvc-deps --write` rewrites them)")
+    print(f"{dvc_yaml}: every stage's code deps are its import closure")
+    return 0
+
+
 def _pass_rate(args: argparse.Namespace) -> int:
     import json
 
@@ -488,6 +509,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "invalid): `make repro` runs it before DVC can remove outputs")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_params)
+    p = sub.add_parser("dvc-deps", help="check (or write) that each dvc.yaml stage lists exactly the code it imports",
+                       description="A stage's code deps in dvc.yaml must be exactly the repository files its process "
+                                   "may import: the static import closure of stages/<name>.py, every import counted "
+                                   "(module level or inside a function), packages' __init__.py included "
+                                   "(pipeline/depgraph.py). Without options, check and name every difference (exit "
+                                   "2); --write rewrites the code part of each stage's deps first (data and config "
+                                   "deps stay as written); --module prints one module's closure (the import graph).")
+    p.add_argument("--dvc-yaml", default="dvc.yaml", help="the pipeline file (default: dvc.yaml)")
+    p.add_argument("--write", action="store_true", help="rewrite the code deps, then check")
+    p.add_argument("--module", help="print this module's import closure instead, e.g. stages.collect")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_dvc_deps)
     p = sub.add_parser("describe", help="what each column of a Parquet artifact means")
     p.add_argument("file")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -8,47 +8,21 @@
 - the variant names are written once (pipeline/variants.py)."""
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
 import yaml
 
+from pipeline import depgraph
 from tests.conftest import REPO
 
 PACKAGES = ("pipeline", "trainer", "stages", "steptool")
 LAYER = {"pipeline": 0, "trainer": 1, "stages": 2, "steptool": 3}
 
 
-def _modules(root: Path) -> dict[str, Path]:
-    out = {}
-    for pkg in PACKAGES:
-        for f in sorted((root / pkg).rglob("*.py")):
-            parts = list(f.relative_to(root).with_suffix("").parts)
-            if parts[-1] == "__init__":
-                parts = parts[:-1]
-            out[".".join(parts)] = f
-    return out
-
-
 def import_graph(root: Path = REPO) -> dict[str, set[str]]:
     """First-party module -> the first-party modules it imports, at any depth of its code."""
-    modules = _modules(root)
-    graph: dict[str, set[str]] = {m: set() for m in modules}
-    for mod, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                         for a in node.names]
-            for name in names:
-                while name and name not in modules:
-                    name = name.rpartition(".")[0]
-                if name and name != mod:
-                    graph[mod].add(name)
-    return graph
+    return depgraph.import_graph(root, PACKAGES)
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -207,3 +181,46 @@ def test_variant_names_are_written_once():
             for m in re.finditer(rf"""(?<!prog=)["']{name}["']""", text):
                 offenders.append(f"{rel}:{text[:m.start()].count(chr(10)) + 1}: {name}")
     assert not offenders, "compare variant properties (pipeline/variants.py), not names:\n" + "\n".join(offenders)
+
+
+def test_dvc_code_deps_are_each_stages_import_closure():
+    """dvc.yaml's code deps are exactly what each stage's process may import (pipeline/depgraph.py): change the
+    rule judge and DVC reruns the stages that judge (tests/test_dvc_pipeline.py shows it), and nothing else."""
+    assert depgraph.differences(REPO / "dvc.yaml") == []
+    deps = {name: wanted for name, (_, wanted) in depgraph.stage_code_deps(REPO / "dvc.yaml").items()}
+    judges = sorted(name for name, files in deps.items() if "pipeline/toolworld/fact_judge.py" in files)
+    assert {"collect", "annotate", "advantages", "train", "evaluate"} <= set(judges)
+    assert "pipeline/annotate/llm_judge.py" not in deps["collect"]  # collect plays; it does not annotate
+    assert not any(f.startswith("pipeline/agent/") for f in deps["annotate"])
+
+
+def test_the_deps_check_names_a_missing_and_an_extra_dep(tmp_path):
+    for pkg in depgraph.PACKAGES:
+        (tmp_path / pkg).symlink_to(REPO / pkg, target_is_directory=True)
+    text = (REPO / "dvc.yaml").read_text()
+    evaluate = text.index("\n  evaluate:")
+    cut = text.index("      - pipeline/toolworld/fact_judge.py\n", evaluate)
+    text = text[:cut] + text[cut:].replace("      - pipeline/toolworld/fact_judge.py\n", "", 1)
+    text = text.replace("      - stages/report.py\n", "      - stages/report.py\n      - pipeline/sft.py\n", 1)
+    (tmp_path / "dvc.yaml").write_text(text)
+    lines = depgraph.differences(tmp_path / "dvc.yaml")
+    assert len(lines) == 2, lines
+    assert "stage evaluate: imports but does not list pipeline/toolworld/fact_judge.py" in lines[0]
+    assert "stage report: lists but does not import pipeline/sft.py" in lines[1]
+    (tmp_path / "dvc.yaml").write_text(depgraph.rewrite(tmp_path / "dvc.yaml"))
+    assert depgraph.differences(tmp_path / "dvc.yaml") == []
+    assert (tmp_path / "dvc.yaml").read_text() == (REPO / "dvc.yaml").read_text()  # comments and data deps kept
+
+
+def test_the_closure_follows_lazy_relative_and_package_imports(tmp_path):
+    files = {"stages/s.py": "def run():\n    from pipeline.sub import a\n",
+             "pipeline/__init__.py": "", "pipeline/sub/__init__.py": "from . import b\n",
+             "pipeline/sub/a.py": "from ..c import f\nimport json\n", "pipeline/sub/b.py": "",
+             "pipeline/c.py": "def f():\n    import trainer.t\n", "trainer/__init__.py": "", "trainer/t.py": "",
+             "pipeline/unused.py": "import pipeline.c\n"}
+    for rel, src in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(src)
+    assert depgraph.closure("stages.s", tmp_path) == [
+        "pipeline/__init__.py", "pipeline/c.py", "pipeline/sub/__init__.py", "pipeline/sub/a.py", "pipeline/sub/b.py",
+        "stages/s.py", "trainer/__init__.py", "trainer/t.py"]

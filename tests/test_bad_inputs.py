@@ -331,7 +331,7 @@ def test_annotate_refuses_a_trajectory_of_an_unknown_task(tmp_path):
 
 def test_annotate_refuses_a_trajectory_whose_steps_are_missing(tmp_path):
     """Before: "2 trajectories, 0 failed" with one trajectory's steps gone, and only the other written."""
-    from pipeline import rounds
+    from pipeline.annotate.run import annotate_folder
     from pipeline.config import parse_params
     from pipeline.errors import SteptoolError
     from pipeline.schema import STEPS, TRAJECTORIES
@@ -346,7 +346,7 @@ def test_annotate_refuses_a_trajectory_whose_steps_are_missing(tmp_path):
                  step | {"traj_id": "t2", "task_id": "k2", "step_idx": 0}], layout.table(folder, "steps"), STEPS)
     with pytest.raises(SteptoolError, match=r"steps.parquet: trajectory t2 has 1 steps, .*trajectories.parquet record 1 "
                                             r"field 'n_steps' says 2"):
-        rounds.annotate(parse_params({}), tmp_path, folder, tmp_path / "out", tmp_path / "m.json")
+        annotate_folder(parse_params({}), tmp_path, folder, tmp_path / "out", tmp_path / "m.json")
     assert not (tmp_path / "out").exists() and not (tmp_path / "m.json").exists()
 
 
@@ -377,7 +377,7 @@ def test_train_refuses_advantages_that_are_not_this_rounds_annotation(tmp_path, 
     """Before: an advantages table holding 1 of the annotated trajectories, or one never collected, trained."""
     import polars as pl
 
-    from pipeline import rounds
+    from pipeline import advantages
     from pipeline.config import parse_params
     from pipeline.errors import SteptoolError
     from pipeline.schema import ADVANTAGES, STEPS
@@ -386,7 +386,7 @@ def test_train_refuses_advantages_that_are_not_this_rounds_annotation(tmp_path, 
     annotated = tmp_path / layout.table(layout.annotated_dir(0), "steps")
     write_table(_rows(), annotated, ANNOTATED_STEPS)
     write_table([{k: r[k] for k in STEPS.names} for r in _rows()], tmp_path / layout.table(layout.trajectories_dir(0), "steps"), STEPS)
-    table, _ = rounds.reward_table(parse_params({"rewards": {"shaping": "min_form"}}), annotated, "steptool")
+    table, _ = advantages.reward_table(parse_params({"rewards": {"shaping": "min_form"}}), annotated, "steptool")
     if "z" in keep:
         table = pl.concat([table, table.filter(pl.col("traj_id") == "b").with_columns(pl.lit("z").alias("traj_id"))])
     adv = tmp_path / layout.advantages_file("steptool", 0)

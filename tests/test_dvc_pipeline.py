@@ -267,3 +267,19 @@ def test_a_changed_param_reruns_only_what_it_touches(repo):
     train1 = json.dumps(status["train@steptool-1"])
     for path in (layout.trajectories_dir(1), layout.advantages_file("steptool", 1), layout.model_dir("steptool", 1)):
         assert str(path) in train1, path
+    # code deps are the stages' imports (pipeline/depgraph.py): an edit to the rule judge reruns every stage that
+    # judges by it, and not the ones that cannot run it
+    params["train"]["seeds"] = [0]
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    judge = dest / "pipeline" / "toolworld" / "fact_judge.py"
+    source = judge.read_text()
+    judge.write_text(source + "\n# a changed rule\n")
+    try:
+        status = json.loads(_run(DVC + ["status", "--json"], dest, env).splitlines()[-1])
+    finally:
+        judge.write_text(source)
+    for stage in ("collect@0", "annotate@0", "advantages@steptool-0", "train@steptool-0", "evaluate@steptool-cot",
+                  "evaluate@sft-cot"):
+        assert stage in status, stage
+    for kept in ("tasks", "base_model", "warmstart", "report"):
+        assert kept not in status, kept

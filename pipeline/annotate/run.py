@@ -6,15 +6,20 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
+from pathlib import Path
 
+from pipeline import layout
 from pipeline.annotate.base import TrajLabel
 from pipeline.annotate.heuristic import heuristic_label
 from pipeline.annotate.oracle import oracle_label
 from pipeline.annotate.succ_calling import succ_calling
 from pipeline.config import AnnotateConfig
-from pipeline.errors import SchemaError
-from pipeline.task import Task
+from pipeline.errors import SchemaError, SteptoolError
+from pipeline.fsutil import write_json
+from pipeline.schema import ANNOTATED_STEPS, STEPS, TRAJECTORIES, read_table, write_table
+from pipeline.task import SPLITS, Task
+from pipeline.task_files import load_tasks
 
 log = logging.getLogger("steptool.annotate")
 
@@ -127,3 +132,40 @@ def summarize(labels: list[TrajLabel], rows: list[dict], stats: dict,
         if agree else None,
     }
     return out
+
+
+def annotate_folder(params, root: Path, traj_dir: Path, out_dir: Path, metrics: Path) -> dict:
+    """A round's annotation on folders (the `annotate@<seed>` stage, and each later round inside the train stage):
+    label every trajectory of `traj_dir` (annotate section) -> `out_dir`/steps.parquet and failed.json, the
+    summary -> `metrics` (and returned). Raises when more than `annotate.max_failed_fraction` could not be labelled (after
+    writing what was: a rerun retries only the rest, through the judge's cache)."""
+    trajs = read_table(layout.table(traj_dir, "trajectories"), TRAJECTORIES).to_pylist()
+    steps = read_table(layout.table(traj_dir, "steps"), STEPS).to_pylist()
+    counts = Counter(s["traj_id"] for s in steps)
+    for i, t in enumerate(trajs):  # a trajectory without (all) its steps would be written short, and not counted
+        if counts.get(t["traj_id"], 0) != t["n_steps"]:
+            raise SteptoolError(f"{layout.table(traj_dir, 'steps')}: trajectory {t['traj_id']} has "
+                                f"{counts.get(t['traj_id'], 0)} steps, {layout.table(traj_dir, 'trajectories')} "
+                                f"record {i} field 'n_steps' says {t['n_steps']}: the collection is incomplete "
+                                "(rerun collect)")
+    tasks = {t.task_id: t for split in SPLITS for t in load_tasks(root, split)}
+    cfg = params.annotate
+    cache_path = Path(cfg.cache_path)
+    labels, stats = label_trajectories(trajs, steps, tasks, cfg,
+                                       str(cache_path if cache_path.is_absolute() else root / cache_path))
+    by_traj = group_steps(steps)
+    rows = annotated_rows(by_traj, labels)
+    write_table(rows, layout.table(out_dir, "steps"), ANNOTATED_STEPS)
+    records = failure_records(labels, by_traj)
+    write_json(out_dir / layout.ANNOTATION_FAILURES, records)
+    failed = [r for r in records if not r["labelled"]]
+    summary = summarize(labels, rows, stats, by_traj)
+    write_json(metrics, summary)
+    if failed and (not summary["annotated"] or len(failed) > cfg.max_failed_fraction * len(labels)):
+        kinds = Counter(reason_kind(r["reason"]) for r in failed)
+        raise SteptoolError(
+            f"annotate ({cfg.annotator}): {len(failed)} of {len(labels)} trajectories not labelled (above "
+            f"annotate.max_failed_fraction = {cfg.max_failed_fraction:g}): "
+            + ", ".join(f"{n} x {k}" for k, n in kinds.most_common(5))
+            + f"; every reason is in {out_dir / layout.ANNOTATION_FAILURES}, and a rerun retries them")
+    return summary

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from pathlib import Path
 
 from pipeline.annotate.succ_calling import succ_calling
 from pipeline.errors import SteptoolError
 from pipeline.formats.stabletoolbench import STATUS_VALUE
+from pipeline.schema import EVAL_RESULTS, read_table
 from pipeline.task import Task
 from pipeline.toolworld.fact_judge import UNSOLVED, fact_stated, rule_judge
 
@@ -141,3 +143,25 @@ def win_rate(cand_rows: list[dict], ref_rows: list[dict]) -> dict:
     n = wins + ties + losses
     return {"tasks": n, "win": round(wins / n, 4) if n else None, "tie": round(ties / n, 4) if n else None,
             "loss": round(losses / n, 4) if n else None}
+
+
+def replay_summary(rows: list[dict]) -> dict:
+    """Of a greedy replay's EVAL_RESULTS rows: pass rate in % (Solved 1, Unsure 0.5), the share of tool calls
+    that failed (SuccCalling 0 by the rule) and tool calls per task."""
+    calls = sum(r["n_calls"] for r in rows)
+    return {"tasks": len(rows),
+            "pass_rate": round(100.0 * sum(r["pass_score"] for r in rows) / len(rows), 3) if rows else None,
+            "failed_call_rate": round(1 - sum(r["n_calls_ok"] for r in rows) / calls, 4) if calls else None,
+            "calls_per_task": round(calls / len(rows), 3) if rows else None}
+
+
+def replay_behaviour(results: Path) -> dict | None:
+    """A greedy replay's readouts from its results.parquet (None when there is none): `replay_summary`'s plus the
+    no-answer rate (no Finish at all)."""
+    if not results.exists():
+        return None
+    rows = read_table(results, EVAL_RESULTS).to_pylist()
+    out = replay_summary(rows)
+    out["no_finish_rate"] = (round(sum(r["finish_type"] not in ("give_answer", "give_up") for r in rows) / len(rows), 4)
+                             if rows else None)
+    return out
