@@ -6,7 +6,7 @@ VARIANTS="steptool ppo_outcome"`, kept in reports/study/pieces/s<k>-steptool-ppo
 repeats the seed's warm start and collection, and its variant-free per-seed outputs (the collection's metrics, the
 greedy replay before training) must then agree across the pieces, as sft's evaluation must.
 
-A piece keeps exactly what the report stage reads (stages/report.py): every evaluation's results.parquet, the
+A piece keeps exactly what the report stage reads (pipeline/report.py): every evaluation's results.parquet, the
 per-seed round tables, metrics, training curves and greedy replays. Everything else (models, trajectories,
 annotations) stays behind. Merging concatenates the evaluation results of the trained variants over the pieces;
 a model evaluated by every piece without a training seed (base, sft: the same checkpoint, greedy, so the same

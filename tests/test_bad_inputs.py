@@ -624,8 +624,8 @@ def test_report_refuses_an_empty_or_unreadable_results_table(tmp_path, rows, say
     """Before: a ZeroDivisionError traceback on an empty table, and an unknown status counted as nothing."""
     from pipeline.config import parse_params
     from pipeline.errors import SteptoolError
+    from pipeline import report
     from pipeline.schema import EVAL_RESULTS
-    from stages import report
 
     base = {"model": "sft", "strategy": "cot", "task_id": "t", "level": "I1", "seed": None, "sample_idx": 0,
             "traj_id": "x", "judge": "rule", "statuses": ["Solved"], "pass_score": 1.0, "finish_type": "give_answer",

@@ -250,7 +250,7 @@ def _synthetic(model: str, strategy: str, solved: list[int]) -> list[dict]:
 def test_report_sentences_follow_synthetic_results():
     """Clearly better, clearly equal and too few tasks: the report's sentences say which, every cell carries a
     CI, and no '± 0.0' is printed for a single sample."""
-    from stages.report import build
+    from pipeline.report import build
 
     n = 40
     results = {("sft", "cot"): _synthetic("sft", "cot", [1 if i % 4 == 0 else 0 for i in range(n)]),
@@ -286,7 +286,7 @@ def test_report_sentences_follow_synthetic_results():
 
 
 def test_learning_signal_table_by_hand():
-    from stages.report import learning_signal
+    from pipeline.report import learning_signal
 
     def rows(v, advs):
         return [{"traj_id": "t", "task_id": "x", "step_idx": i, "reward": 0.0, "baseline": 0.0, "advantage": a,
@@ -317,7 +317,7 @@ def test_learning_signal_table_by_hand():
 
 def test_the_power_text_says_whether_training_seeds_are_in_the_spread():
     """With several seeds the spread between training runs is measured (and split); the one-seed caveat goes."""
-    from stages.report import build
+    from pipeline.report import build
 
     n = 40
     sft = [dict(r, seed=None) for r in _synthetic("sft", "cot", [1 if i % 4 == 0 else 0 for i in range(n)])]
@@ -339,7 +339,7 @@ def test_did_training_move_the_policy_by_hand(tmp_path):
     the seed spread. Calls per task go from 1 to 2 on both seeds: +1.00 with s = 0, an interval of width 0 that
     excludes 0: moved. One seed: the mean alone, '(one seed)'."""
     from pipeline.schema import EVAL_RESULTS, write_table
-    from stages.report import behaviour_change
+    from pipeline.report import behaviour_change
     from tests.conftest import REPO
 
     def rows(solved, calls):

@@ -1,0 +1,433 @@
+"""The report: paper-style tables with their uncertainty, sentences generated from the numbers, figures, and
+DVC metrics and plots, from a run's evaluation results, round tables and training logs (the `report` stage
+writes them; docs/architecture.md, "Evaluation").
+
+Reads every data/eval/<model>-<strategy>/results.parquet of the models and strategies in `evaluate`, and
+the training logs data/plots/train/<variant>.json. Writes
+- reports/results.md: pass rate per level and average with a 95% bootstrap CI over tasks for every
+  model x strategy, tool-invocation success, average steps, give-up rate and win rate against
+  `evaluate.reference_model`; the ablation table of the training variants with paired differences (CI,
+  sign test, wins / ties / losses per task) against the reference model and the outcome-only baseline;
+  sentences generated from those numbers; how many tasks each comparison would need (power); the
+  split the numbers come from and the protocol used;
+- reports/figures/{pass_rate,win_rate,training}.png;
+- reports/metrics.json (`dvc metrics show`), reports/pass_rate.csv and reports/win_rate.csv (`dvc plots show`).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline import layout, variants
+from pipeline.config import LEVELS, Params
+from pipeline.errors import SteptoolError
+from pipeline.evaluate.results import summarize, win_rate
+from pipeline.figures import figures
+from pipeline.fsutil import atomic_path, write_json
+from pipeline.schema import EVAL_RESULTS, ROUND_STEPS, read_table
+from pipeline.stats import paired_difference, pass_rate_ci, seed_scores, tasks_needed, verdict
+
+
+def _ci(cell: dict | None) -> str:
+    if not cell or cell.get("mean") is None:
+        return "–"
+    return f"{cell['mean']:.1f} [{cell['lo']:.1f}, {cell['hi']:.1f}]"
+
+
+def _diff(d: dict | None) -> tuple[str, str, str]:
+    """(difference [CI], p-value, wins/ties/losses) cells of a paired comparison."""
+    if not d or d.get("diff") is None:
+        return "–", "–", "–"
+    return (f"{d['diff']:+.1f} [{d['lo']:+.1f}, {d['hi']:+.1f}]", f"{d['p_value']:.3g}",
+            f"{d['wins']} / {d['ties']} / {d['losses']}")
+
+
+def load_results(root: Path, params: Params) -> dict[tuple[str, str], list[dict]]:
+    """Every evaluation's rows; an empty table or a status the pass rate has no value for is refused in one line
+    naming the file, record and field (a report over them would divide by zero or count it as nothing)."""
+    from pipeline.formats.stabletoolbench import STATUS_VALUE
+
+    e = params.evaluate
+    out = {}
+    for m in e.models:
+        for s in e.strategies:
+            path = root / layout.table(layout.eval_dir(m, s), "results")
+            rows = read_table(path, EVAL_RESULTS).to_pylist()
+            if not rows:
+                raise SteptoolError(f"{path}: no evaluated task (rerun the stage evaluate@{m}-{s})")
+            for i, r in enumerate(rows):
+                bad = [x for x in r["statuses"] or [None] if x not in STATUS_VALUE]  # none at all counts as None
+                if bad:
+                    raise SteptoolError(f"{path}: record {i} field 'statuses' holds {bad[0]!r}, not Solved, Unsure or "
+                                        "Unsolved (one per judging run)")
+            out[(m, s)] = rows
+    return out
+
+
+def build(results: dict[tuple[str, str], list[dict]], reference: str, trained: list[str],
+          train_logs: dict[str, list[dict]], split: str = "test") -> tuple[dict, list[str]]:
+    """(metrics, markdown lines) from the results of every model x strategy on `split`."""
+    metrics: dict = {}
+    scores = {key: seed_scores(rows) for key, rows in results.items()}
+    for (m, s), rows in results.items():
+        summary = summarize(rows)
+        summary["pass_rate_ci"] = pass_rate_ci(scores[(m, s)])
+        ref_rows = results.get((reference, s))
+        summary["win_rate_vs_" + reference] = win_rate(rows, ref_rows) if ref_rows is not None and m != reference else None
+        for other in (reference, variants.OUTCOME_BASELINE):
+            if (other, s) in scores and other != m:
+                summary[f"vs_{other}"] = paired_difference(scores[(m, s)], scores[(other, s)])
+        metrics[f"{m}-{s}"] = summary
+    any_rows = next(iter(results.values()), [])
+    first = metrics[next(iter(metrics))] if metrics else {}
+    per_level = ", ".join(f"{lv} {len({r['task_id'] for r in any_rows if r['level'] == lv})}" for lv in LEVELS)
+    seeds = max((len(s.get("seeds", [])) for s in metrics.values()), default=0)
+    single = first.get("samples", 0) == 1 and first.get("judge_runs", 0) == 1 and seeds <= 1
+    md = ["# StepTool results", "",
+          f"Every number below comes from the **{split}** split (`evaluate.split`; "
+          + ("read only for these tables, never to tune anything): " if split == "test" else
+             "the split to tune on; the final tables come from `test`): ")
+          + f"{first.get('tasks', 0)} tasks ({per_level}), "
+          f"{first.get('samples', 0)} sample(s) per task, judge `{any_rows[0]['judge'] if any_rows else '?'}` "
+          f"with {first.get('judge_runs', 0)} judging run(s)"
+          + (f"; every trained variant is {seeds} training runs (seeds), each evaluated" if seeds > 1 else
+             "; one training run (seed) per trained variant") + ". Pass rate in % (Solved = 1, Unsure = 0.5) with "
+          "its 95% bootstrap confidence interval in brackets (tasks resampled within each level"
+          + (", and the training seeds" if seeds > 1 else "") + "); Average is the mean of the levels, as in the "
+          "paper. Every test task counts: an answer never given is Unsolved."
+          + (" One sample, one judging run and one training seed: n = 1, so no spread over samples, judgings or "
+             "training runs was measured; the intervals say only how much the figure depends on which tasks were "
+             "drawn." if single else ""), "",
+          "## Main table", "",
+          f"| model | strategy | I1 | I2 | I3 | Average | tool success | calls / task | no answer | give-up | "
+          f"win / tie / loss vs {reference} |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, s in metrics.items():
+        m, strat = key.rsplit("-", 1)
+        pr = s["pass_rate_ci"]
+        wr = s[f"win_rate_vs_{reference}"]
+        wtl = f"{wr['win']:.0%} / {wr['tie']:.0%} / {wr['loss']:.0%}" if wr and wr["tasks"] else "–"
+        ts = f"{s['tool_success_rate']:.1%}" if s["tool_success_rate"] is not None else "–"
+        md.append(f"| {m} | {strat} | {_ci(pr.get('I1'))} | {_ci(pr.get('I2'))} | {_ci(pr.get('I3'))} | "
+                  f"**{_ci(pr.get('average'))}** | {ts} | {s.get('calls_per_task', 0):.2f} | {s['no_finish_rate']:.0%} | "
+                  f"{s['give_up_rate']:.0%} | {wtl} |")
+    abl = [k for k in metrics if k.rsplit("-", 1)[0] in trained]
+    base = variants.OUTCOME_BASELINE
+    if abl:
+        md += ["", "## Ablation (training variants)", "", variants.describe() + ".", "",
+               "Differences are paired: the same test tasks, variant minus the other model, in points of the average "
+               "pass rate, with the 95% bootstrap CI, the exact sign test's p-value over the tasks that differ, and "
+               "wins / ties / losses counted per task.", "",
+               f"| variant | strategy | Average | Δ vs {reference} | p | W / T / L vs {reference} | Δ vs {base} | p | "
+               f"W / T / L vs {base} | mean step reward |",
+               "|---|---|---|---|---|---|---|---|---|---|"]
+        for k in abl:
+            v, strat = k.rsplit("-", 1)
+            log = [h for run, hs in train_logs.items() if run.split("/")[0] == v for h in hs]  # every seed and round
+            rew = sum(h.get("reward_mean", 0.0) for h in log) / len(log) if log else None
+            md.append(f"| {v} | {strat} | {_ci(metrics[k]['pass_rate_ci'].get('average'))} | "
+                      + " | ".join(_diff(metrics[k].get(f"vs_{reference}")) + _diff(metrics[k].get(f"vs_{base}")))
+                      + f" | {'–' if rew is None else f'{rew:.3f}'} |")
+        md += ["", "## What the numbers say", "",
+               "Generated from the paired comparisons above: *better* or *worse* only where the CI excludes 0 and "
+               "the sign test is significant at the 5% level.", ""]
+        for k in abl:
+            v, strat = k.rsplit("-", 1)
+            for other in (reference, base):
+                d = metrics[k].get(f"vs_{other}")
+                if d is not None:
+                    md.append(f"- {strat}: {verdict(v, other, d)}")
+        md += power_section(metrics, abl, (reference, base))
+    md += ["", "## Figures", "", "![pass rate](figures/pass_rate.png)", "", "![win rate](figures/win_rate.png)", ""]
+    if train_logs:
+        md += ["![training](figures/training.png)", ""]
+    return metrics, md
+
+
+def power_section(metrics: dict, runs: list[str], others: tuple[str, ...]) -> list[str]:
+    """How many tasks each comparison would need, from its measured per-task spread (pipeline.stats)."""
+    rows = []
+    for k in runs:
+        v, strat = k.rsplit("-", 1)
+        for other in others:
+            d = metrics[k].get(f"vs_{other}")
+            if not d or d.get("diff") is None:
+                continue
+            need = [tasks_needed(d.get("sd"), delta) for delta in (5.0, 10.0, d["diff"])]
+            cells = ["–" if n is None else str(n) for n in need]
+            sd = "– (no task differed)" if not d.get("sd") else f"{d['sd']:.1f}"
+            rows.append(f"| {v} vs {other} | {strat} | {d['tasks']} | {sd} | {d['diff']:+.1f} | "
+                        + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    seeds = _seed_power(metrics, runs, others)
+    spread = ("A task's difference is its mean over the training seeds, so the spread between training runs is in "
+              "these numbers; the second table splits it." if seeds else
+              "With one training seed the spread between training runs is not measured; it can only add to these "
+              "numbers.")
+    return ["", "## How many tasks would tell", "",
+            "Tasks a paired comparison needs to detect a true difference of 5 or 10 points (or the one observed) "
+            "at 80% power with a two-sided 5% test, from the per-task standard deviation of the differences "
+            "measured here (normal approximation, tasks spread evenly over the levels). " + spread, "",
+            "| comparison | strategy | tasks now | sd of per-task Δ (points) | observed Δ | tasks for 5 points | "
+            "tasks for 10 points | tasks for the observed Δ |",
+            "|---|---|---|---|---|---|---|---|", *rows, *seeds]
+
+
+def _seed_power(metrics: dict, runs: list[str], others: tuple[str, ...]) -> list[str]:
+    """With several training seeds: the per-task spread split into tasks and seeds, and the tasks a 5-point
+    difference needs at 1, 3 and 5 seeds (per-task sd² = between² + within²/seeds, pipeline.stats)."""
+    rows = []
+    for k in runs:
+        v, strat = k.rsplit("-", 1)
+        for other in others:
+            d = metrics[k].get(f"vs_{other}") or {}
+            if "sd_within" not in d:
+                continue
+            need = [tasks_needed((d["sd_between"] ** 2 + d["sd_within"] ** 2 / m) ** 0.5, 5.0) for m in (1, 3, 5)]
+            rows.append(f"| {v} vs {other} | {strat} | {d['seeds']} | {d['sd_between']:.1f} | {d['sd_within']:.1f} | "
+                        + " | ".join("–" if n is None else str(n) for n in need) + " |")
+    if not rows:
+        return []
+    return ["", "Measured over several training seeds, the spread of a task's difference splits into the part "
+            "that comes from the task and the part that comes from the training run (seed); more seeds shrink "
+            "only the second:", "",
+            "| comparison | strategy | seeds now | sd between tasks | sd within a task (seeds) | tasks for 5 points "
+            "at 1 seed | at 3 seeds | at 5 seeds |", "|---|---|---|---|---|---|---|---|", *rows]
+
+
+def load_rounds(root: Path, params: Params) -> list[dict]:
+    """Every trained round: variant, seed, round, its table (data/rounds/<variant>/s<seed>/r<k>/round.parquet),
+    its metrics, and the greedy replay of the train tasks before (the collecting policy: collect@<seed>'s for
+    round 1, the previous round's after) and after it, where `collect.replay` made them."""
+    out = []
+    for v in params.variants:
+        for seed in params.train.seeds:
+            collect_file = root / layout.metrics_file("collect", layout.seed_dir(seed))
+            before = json.loads(collect_file.read_text()).get("replay") if collect_file.exists() else None
+            for k in range(1, params.train.rounds + 1):
+                folder = root / layout.round_dir(v, seed, k)
+                if not (folder / "round.parquet").exists():
+                    break
+                m = json.loads((folder / "metrics.json").read_text())
+                out.append({"variant": v, "seed": seed, "round": k, "metrics": m, "before": before,
+                            "after": m.get("replay"),
+                            "rows": read_table(folder / "round.parquet", ROUND_STEPS).to_pylist()})
+                before = m.get("replay")
+    return out
+
+
+def learning_signal(runs: list[dict]) -> list[str]:
+    """What each variant's rounds trained on and how far they moved: separate from generalisation to new tasks."""
+    if not runs:
+        return []
+    base = variants.OUTCOME_BASELINE
+    ref_sign = {(r["seed"], r["round"], x["traj_id"], x["step_idx"]): _sign(x["advantage"])
+                for r in runs if r["variant"] == base for x in r["rows"]}
+    replay = any(r["after"] for r in runs)
+    lines = ["", "## Learning signal (training rounds)", "",
+             "Per variant, seed and round, from its round table (data/rounds/<variant>/s<seed>/r<k>) and training "
+             "log: the steps it trained on, the share pushed up / left alone / pushed down (advantage > 0, = 0, < 0 "
+             "after the baseline), the baseline's explained variance on the round's returns (leave-out for rloo and "
+             f"crossfit), the share of steps whose advantage sign differs from {base}'s on the same step (round 1: "
+             "both trained on the same collection), and how far the policy moved: approx KL(π_old‖π_θ) averaged "
+             "over the updates and KL(π_θ‖π_ref) per action token at the end (both ≥ 0 estimators on the collected "
+             "tokens; π_ref is the SFT policy)."
+             + (" Replay: the round's train tasks played greedily before → after the round (pass rate in %, the "
+                "share of tool calls that failed, tool calls per task): what optimisation did on the tasks it "
+                "learned from." if replay else
+                " (`collect.replay: true` adds a greedy replay of the train tasks before and after each round.)"), ""]
+    head = (f"| variant | seed | round | steps | up / zero / down | baseline EV (rloo, crossfit) | sign differs from "
+            f"{base} | mean approx KL | final KL to ref per token |")
+    rule = "|---|---|---|---|---|---|---|---|---|"
+    if replay:
+        head += " replay pass rate | failed-call rate | calls per task |"
+        rule += "---|---|---|"
+    lines += [head, rule]
+    for r in runs:
+        v, m = r["variant"], r["metrics"]
+        signs = [_sign(x["advantage"]) for x in r["rows"]]
+        n = max(1, len(signs))
+        share = " / ".join(f"{sum(s == k for s in signs) / n:.0%}" for k in (1, 0, -1))
+        ev = ", ".join(_num(m.get(f"round_baseline_ev_{k}")) for k in ("rloo", "crossfit"))
+        common = [(_sign(x["advantage"]), ref_sign[key]) for x in r["rows"]
+                  if (key := (r["seed"], r["round"], x["traj_id"], x["step_idx"])) in ref_sign]
+        differs = "–" if v == base or not common else f"{sum(a != b for a, b in common) / len(common):.0%}"
+        line = (f"| {v} | {r['seed']} | {r['round']} | {len(r['rows'])} | {share} | {ev} | {differs} | "
+                f"{_num(m.get('mean_approx_kl'), 4)} | {_num(m.get('final_kl_ref_token'), 4)} |")
+        if replay:
+            line += " " + " | ".join(_before_after(r["before"], r["after"], k, d) for k, d in
+                                     (("pass_rate", 1), ("failed_call_rate", 2), ("calls_per_task", 2))) + " |"
+        lines.append(line)
+    return lines
+
+
+BEHAVIOUR = (("pass_rate", "replay pass rate (points)", 1), ("failed_call_rate", "failed-call rate", 3),
+             ("calls_per_task", "calls per task", 2), ("no_finish_rate", "no-answer rate", 3))
+
+
+def behaviour_change(root: Path, params: Params) -> list[str]:
+    """Did training move each variant's behaviour on its own train tasks beyond the spread across seeds? Per
+    variant and readout: the change from the collecting policy's replay to the last round's, its mean over seeds
+    with a 95% t-interval over seeds, and whether that interval excludes 0."""
+    from pipeline.evaluate.results import replay_behaviour
+    from pipeline.stats import mean_ci
+
+    k = params.train.rounds
+    table = []
+    for v in params.variants:
+        deltas: dict[str, list[float]] = {key: [] for key, _, _ in BEHAVIOUR}
+        for seed in params.train.seeds:
+            before = replay_behaviour(root / layout.replay_dir(layout.trajectories_dir(seed)) / "results.parquet")
+            after = replay_behaviour(root / layout.round_dir(v, seed, k) / "replay" / "results.parquet")
+            if before and after:
+                for key, _, _ in BEHAVIOUR:
+                    if before.get(key) is not None and after.get(key) is not None:
+                        deltas[key].append(after[key] - before[key])
+        table.append((v, {key: mean_ci(d) for key, d in deltas.items()}))
+    if not any(c["n"] for _, cells in table for c in cells.values()):
+        return []
+    lines = ["", "## Did training move the policy? (train tasks, greedy replay, change over the run)", "",
+             f"Per variant, the change from the collecting policy (sft) to the policy after round {k}, on the train "
+             "tasks it learned from, replayed greedily: the mean over training seeds with a 95% t-interval over "
+             "seeds. **moved** when the interval excludes 0, *within the seed spread* when it does not; with one "
+             "seed the spread is not measured.", "",
+             "| variant | seeds | " + " | ".join(label for _, label, _ in BEHAVIOUR) + " |",
+             "|---|---|" + "---|" * len(BEHAVIOUR)]
+    for v, cells in table:
+        n = max(c["n"] for c in cells.values())
+        out = []
+        for key, _, digits in BEHAVIOUR:
+            c = cells[key]
+            if c["mean"] is None:
+                out.append("–")
+            elif c["lo"] is None:
+                out.append(f"{c['mean']:+.{digits}f} (one seed)")
+            else:
+                moved = c["lo"] > 0 or c["hi"] < 0
+                out.append(f"{c['mean']:+.{digits}f} [{c['lo']:+.{digits}f}, {c['hi']:+.{digits}f}] "
+                           + ("**moved**" if moved else "*within the seed spread*"))
+        lines.append(f"| {v} | {n} | " + " | ".join(out) + " |")
+    return lines
+
+
+def _before_after(before: dict | None, after: dict | None, key: str, digits: int) -> str:
+    return f"{_num((before or {}).get(key), digits)} → {_num((after or {}).get(key), digits)}"
+
+
+def _sign(x: float, eps: float = 1e-9) -> int:
+    return 0 if abs(x) <= eps else (1 if x > 0 else -1)
+
+
+def _num(x, digits: int = 2) -> str:
+    return "–" if x is None or x != x else f"{x:.{digits}f}"
+
+
+def protocol(params: Params, root: Path) -> list[str]:
+    """The run's sizes and every seed, so a reader can rerun it or vary one seed (`dvc exp run -S ...`)."""
+    p = params
+    ws = {}
+    ws_file = root / layout.metrics_file("warmstart")
+    if ws_file.exists():
+        ws = json.loads(ws_file.read_text())
+    from pipeline.devices import resolve_device, resolve_precision
+
+    device = resolve_device(p.agent.device)
+    return ["## Protocol and seeds", "",
+            (f"- World and tasks: `toolworld.seed` {p.toolworld.seed}, `tasks.seed` {p.tasks.seed}; train, val and "
+             "test tasks never share an entity." if p.tasks.source == "toolworld" else
+             f"- Tasks: StableToolBench queries split by `tasks.seed` {p.tasks.seed}; train, val and test never share "
+             f"a query; the warm start's expert paths are ToolWorld's (`toolworld.seed` {p.toolworld.seed}).")
+            + " Tune on `val` (`dvc exp run -S evaluate.split=val`); `test` is read "
+            "for the final tables only.",
+            f"- Warm start (sft): {ws.get('paths', '?')} expert paths from {p.warmstart.max_tasks or 'all'} train tasks, "
+            f"{p.warmstart.epochs:g} epoch(s), lr {p.warmstart.learning_rate:g}, `warmstart.seed` {p.warmstart.seed}.",
+            f"- Collection: {p.collect.strategy}, {p.collect.max_tasks or 'all'} train tasks x {p.collect.n_samples} "
+            f"samples at temperature {p.collect.temperature:g}, sampled with each training seed; annotator "
+            f"`{p.annotate.annotator}`.",
+            f"- Training: {p.train.rounds} PPO round(s) per run, one run per variant and training seed "
+            f"(`train.seeds` {p.train.seeds}: each seed collects, annotates and trains its own chain), lr "
+            f"{p.train.learning_rate:g}, kl_coef {p.train.kl_coef:g}, baseline `{p.train.baseline}`.",
+            f"- Evaluation: {p.evaluate.samples} sample(s) per task at temperature {p.evaluate.temperature:g}, "
+            f"`evaluate.seed` {p.evaluate.seed}; prompt `{p.agent.prompt_format}`, at most {p.agent.max_steps} "
+            f"actions of {p.agent.max_new_tokens} tokens, DFSDT width {p.agent.dfsdt_width} and budget "
+            f"{p.agent.dfsdt_budget}; device {device}, precision {resolve_precision(p.agent.precision, device)}.",
+            ""]
+
+
+def benchmark(p: Params) -> str:
+    """The report's first sentence: which benchmark every number comes from, and how far it compares with
+    published ones."""
+    judge = (f"by `openai` with StableToolBench's criteria text, {p.evaluate.n_judgings} run(s) at temperature "
+             f"{p.evaluate.judge_temperature:g} ({p.annotate.model} at `{p.annotate.base_url}`)"
+             if p.evaluate.judge == "openai" else "against each task's gold facts (`rule`)")
+    if p.tasks.source != "stabletoolbench":
+        return ("**Benchmark: ToolWorld** (`tasks.source: toolworld`): the embedded tool world's generated tasks, "
+                f"tools answered by `env.kind` {p.env.kind}, answers judged {judge}. These numbers compare variants "
+                "with each other, not with published StableToolBench pass rates.")
+    tools = {"replay": f"replayed from the real responses recorded in `{p.env.replay_path}` (a call never recorded "
+                       "answers an error and counts as a failed call)",
+             "http": f"answered by the StableToolBench-style server at `{p.env.url}`"}.get(p.env.kind, p.env.kind)
+    return ("**Benchmark: StableToolBench** (`tasks.source: stabletoolbench`): solvable queries of "
+            f"{', '.join(p.tasks.stabletoolbench_subsets)}, split by `tasks.seed` {p.tasks.seed} into train, val and "
+            f"test; tools {tools}; answers judged {judge}. Published StableToolBench figures are whole subsets judged by GPT-4-class "
+            "models with the real tool server: these compare with them only as far as the test split, the judge "
+            "and the tool answers do.")
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(",".join(str(c) for c in r) for r in [header, *rows]) + "\n")
+
+
+def reward_audit_section(root: Path, params: Params) -> list[str]:
+    """What each variant's reward pays for (the advantages stage's audit, first seed: it does not depend on it)."""
+    from pipeline.audit_table import table_markdown
+
+    audits = []
+    for v in params.variants:
+        f = root / layout.metrics_file("advantages", layout.run_name(v, params.train.seeds[0]))
+        if f.exists():
+            audit = json.loads(f.read_text()).get("audit")
+            if audit and "skipped" not in audit:
+                audits.append(audit)
+    if not audits:
+        return []
+    a = audits[0]
+    return ["", "## Reward audit (what each variant's reward pays for)", "",
+            f"Scripted archetypes of {a['tasks']} train tasks, played through ToolWorld and labelled by the "
+            f"{a['annotator']} annotator, scored by each variant's reward (docs/architecture.md, \"Reward audit\"). "
+            "'X > direct' is the share of tasks where that archetype's return G_0 exceeds the direct solve's; "
+            "'Finish preferred' the share where, right after the gold plan, Finish has the larger return than one "
+            f"more call. With {a['max_steps']} actions, {a['tasks_without_slack']} tasks have no action to spare "
+            "after their gold plan and Finish.", "", table_markdown(audits), ""]
+
+
+def write_report(params: Params, root: Path) -> str:
+    """Every file of the report stage (docs/architecture.md, "Evaluation") from the run's artifacts under `root`;
+    the one-line summary."""
+    e = params.evaluate
+    results = load_results(root, params)
+    train_logs = {}  # run name (<variant>/s<seed>) -> its log, every round
+    for v in params.variants:
+        for seed in params.train.seeds:
+            f = root / layout.train_plot(v, seed)
+            if f.exists():
+                train_logs[layout.run_name(v, seed)] = json.loads(f.read_text())
+    metrics, md = build(results, e.reference_model, list(params.variants), train_logs, e.split)
+    md[2:2] = [benchmark(params), ""]
+    at = md.index("## Figures")
+    md[at:at] = (reward_audit_section(root, params) + learning_signal(load_rounds(root, params))
+                 + behaviour_change(root, params) + [""] + protocol(params, root))
+    figures(metrics, e.reference_model, train_logs, root / layout.FIGURES)
+    with atomic_path(root / layout.RESULTS_MD) as tmp:
+        tmp.write_text("\n".join(md) + "\n", encoding="utf-8")
+    write_json(root / layout.REPORT_METRICS, metrics)
+    _write_csv(root / layout.PASS_RATE_CSV, ["run", "pass_rate", "ci_low", "ci_high"],
+               [[k, *(m["pass_rate_ci"]["average"][c] for c in ("mean", "lo", "hi"))] for k, m in metrics.items()])
+    ref = f"win_rate_vs_{e.reference_model}"
+    _write_csv(root / layout.WIN_RATE_CSV, ["run", "win", "tie", "loss"],
+               [[k, m[ref]["win"], m[ref]["tie"], m[ref]["loss"]] for k, m in metrics.items() if m[ref]])
+    best = max(metrics.items(), key=lambda kv: kv[1]["pass_rate"]["average"]["mean"] or 0.0)
+    return (f"report: {len(metrics)} model x strategy runs; best {best[0]} at "
+            f"{best[1]['pass_rate']['average']['mean']:.1f} -> {layout.RESULTS_MD}")
