@@ -71,6 +71,11 @@ def annotated_dir(seed: int) -> Path:
     return ANNOTATED / seed_dir(seed)
 
 
+# what a finished round leaves in its work folder and the train stage publishes in round_dir(variant, seed, k)
+ROUND_FILES = ("round.parquet", "metrics.json", "history.json")
+ROUND_DONE = "metrics.json"  # written last: its presence marks the round as finished
+
+
 def rounds_dir(variant: str, seed: int) -> Path:
     """data/rounds/<variant>/s<seed>: one folder per PPO round r<k> (round_dir)."""
     return ROUNDS / run_name(variant, seed)

@@ -29,7 +29,7 @@ from pipeline.schema import EVAL_RESULTS, read_table, write_table
 _RESULTS = layout.table(Path(""), "results").name
 PIECE_FILES = (
     str(layout.EVAL / "*" / _RESULTS),
-    *(str(layout.ROUNDS / "*" / "s*" / "r*" / name) for name in ("round.parquet", "metrics.json", "history.json")),
+    *(str(layout.ROUNDS / "*" / "s*" / "r*" / name) for name in layout.ROUND_FILES),
     str(layout.replay_dir(layout.ROUNDS / "*" / "s*" / "r*") / _RESULTS),
     str(layout.METRICS / "*.json"), str(layout.METRICS / "*" / "*.json"), str(layout.METRICS / "*" / "*" / "*.json"),
     str(layout.TRAIN_PLOTS / "*" / "*.json"),

@@ -381,7 +381,7 @@ def test_train_refuses_advantages_that_are_not_this_rounds_annotation(tmp_path, 
     from pipeline.config import parse_params
     from pipeline.errors import SteptoolError
     from pipeline.schema import ADVANTAGES, STEPS
-    from stages import train
+    from trainer import rounds
 
     annotated = tmp_path / layout.table(layout.annotated_dir(0), "steps")
     write_table(_rows(), annotated, ANNOTATED_STEPS)
@@ -392,10 +392,10 @@ def test_train_refuses_advantages_that_are_not_this_rounds_annotation(tmp_path, 
     adv = tmp_path / layout.advantages_file("steptool", 0)
     write_table(table.filter(pl.col("traj_id").is_in(list(keep))).to_arrow(), adv, ADVANTAGES)
     with pytest.raises(SteptoolError) as e:
-        train.check_rewards_match(adv, annotated, tmp_path / layout.table(layout.trajectories_dir(0), "steps"))
+        rounds.check_rewards_match(adv, annotated, tmp_path / layout.table(layout.trajectories_dir(0), "steps"))
     assert str(adv) in str(e.value) and says in str(e.value), str(e.value)
     write_table(table.filter(pl.col("traj_id").is_in(["a", "b"])).to_arrow(), adv, ADVANTAGES)
-    train.check_rewards_match(adv, annotated, tmp_path / layout.table(layout.trajectories_dir(0), "steps"))
+    rounds.check_rewards_match(adv, annotated, tmp_path / layout.table(layout.trajectories_dir(0), "steps"))
 
 
 def test_params_into_a_closed_pipe_is_quiet():

@@ -39,9 +39,10 @@ def round1(tmp_path, tiny_model_dir):
 def test_a_kill_between_rounds_keeps_round_one(round1, monkeypatch):
     from pipeline.errors import SteptoolError
     from stages import train
+    from trainer import rounds
 
     root, params = round1
-    real, calls, kill, refs = train.train_round, [], [True], []
+    real, calls, kill, refs = rounds.train_round, [], [True], []
 
     def dies_in_round_two(params, root, variant, seed, start, trajectories, adv_file, work, ref=None):
         calls.append(work.name)
@@ -50,7 +51,7 @@ def test_a_kill_between_rounds_keeps_round_one(round1, monkeypatch):
             raise SteptoolError("killed")
         return real(params, root, variant, seed, start, trajectories, adv_file, work, ref)
 
-    monkeypatch.setattr(train, "train_round", dies_in_round_two)
+    monkeypatch.setattr(rounds, "train_round", dies_in_round_two)
     with pytest.raises(SteptoolError, match="killed"):
         train.run(params, root, "steptool", 0)
     work = root / layout.checkpoint_dir("steptool", 0)
@@ -81,6 +82,7 @@ def test_a_changed_param_starts_the_runs_work_over(tmp_path, monkeypatch):
     from pipeline.config import parse_params, to_dict
     from pipeline.errors import SteptoolError
     from stages import train
+    from trainer import rounds
 
     root, params = tmp_path, parse_params({"train": {"rounds": 2}})
     for f in (layout.SFT_MODEL / "model.safetensors", layout.table(layout.trajectories_dir(0), "tokens"),
@@ -91,7 +93,7 @@ def test_a_changed_param_starts_the_runs_work_over(tmp_path, monkeypatch):
     def dies(*args, **kwargs):
         raise SteptoolError("killed")
 
-    monkeypatch.setattr(train, "run_round", dies)
+    monkeypatch.setattr(rounds, "run_round", dies)
     work = root / layout.checkpoint_dir("steptool", 0)
     (work / "r1").mkdir(parents=True)
     (work / "run_key.txt").write_text("of other params")
@@ -115,7 +117,7 @@ def test_a_changed_param_starts_the_runs_work_over(tmp_path, monkeypatch):
 def test_a_half_written_trainer_checkpoint_is_dropped_not_loaded(tmp_path):
     """A kill while transformers saves leaves a checkpoint folder without trainer_state.json (written last) or with
     half of it: resuming from it would fail. The run resumes from the last whole one."""
-    from stages.train import complete_checkpoints
+    from trainer.rounds import complete_checkpoints
 
     for step, state in ((20, '{"global_step": 20}'), (40, '{"global_step": 40}'), (60, '{"global_st'), (80, None)):
         d = tmp_path / f"checkpoint-{step}"
