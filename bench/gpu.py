@@ -1,4 +1,4 @@
-"""The GPU check (issue 12, item 6): what one CUDA GPU does with this trainer and policy, in under 10 minutes,
+"""The GPU check (docs/architecture.md, "Scaling out"): what one CUDA GPU does with this trainer and policy, in under 10 minutes,
 with only torch, transformers, accelerate and peft installed (no weights: models are randomly initialised
 from the configs of real architectures, token ids are random; no tokenizer, no polars, no trl).
 

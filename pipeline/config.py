@@ -127,7 +127,7 @@ class TasksConfig(_Checked):
                             factory=lambda: SplitSizes(30, 25, 25))
     test: SplitSizes = _help("Number of test tasks per level: read for the final tables only.",
                              factory=lambda: SplitSizes(30, 25, 25))
-    max_gold_calls: int = _help("Most tool calls a task's gold plan may need (1-5, as in the issue).", 5)
+    max_gold_calls: int = _help("Most tool calls a task's gold plan may need (1-5).", 5)
     distractor_tools: int = _help(
         "Extra tools, not needed by the task, whose APIs are added to its api_list (ToolBench lists more "
         "APIs than a query needs).",

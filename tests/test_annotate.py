@@ -517,7 +517,7 @@ def test_kill_mid_run_then_rerun_repeats_no_call(played, tmp_path):
         server.close()
 
 
-# ---- nothing bad gets through (issue 13: the key, the cache, silent failure) ----------------------------------
+# ---- nothing bad gets through (the key, the cache, silent failure) ----------------------------------
 
 def test_redact_removes_the_key_and_bearer_tokens():
     from pipeline.annotate.llm_judge import redact

@@ -1,4 +1,4 @@
-"""The two policy backends against each other (issue 12, item 2): one definition of the behaviour log-prob
+"""The two policy backends against each other (docs/architecture.md, "Who writes the actions"): one definition of the behaviour log-prob
 (log_softmax(logits) at temperature 1, unmasked), so the first PPO ratio is 1 with `old_logprobs: behaviour`
 at T = 0.8 for both; the openai backend sends token ids, gets token ids back, and constrains function names
 through the server's structured-output choice, against a loopback server that answers as vLLM does."""

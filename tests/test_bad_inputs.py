@@ -1,5 +1,5 @@
 """Bad inputs at stage boundaries: each is refused with one line naming the file, the record and the field
-(exit 2 from the CLI), nothing half-written, and the previous outputs intact (issue: 'nothing bad gets through')."""
+(exit 2 from the CLI), nothing half-written, and the previous outputs intact (docs/architecture.md, "Crash safety")."""
 from __future__ import annotations
 
 import re

@@ -10,7 +10,7 @@ from pipeline.toolworld.naming import function_name, standardize
 from pipeline.toolworld.world import PARSE_ERROR, RATE_LIMIT_ERROR, ToolWorld
 
 
-def test_catalog_size_meets_the_issue(world):
+def test_catalog_has_the_size_of_a_small_benchmark(world):
     sizes = world.catalog()["sizes"]
     assert sizes["categories"] >= 10
     assert sizes["tools"] >= 30

@@ -1,4 +1,4 @@
-"""The trainer's scale-out pieces (issue 12, item 1): the round's precompute on the trainer's device, batched,
+"""The trainer's scale-out pieces (docs/architecture.md, "Scaling out"): the round's precompute on the trainer's device, batched,
 equal to one trajectory at a time; gradient checkpointing (full and LoRA) giving the same gradients while
 actually recomputing the layers."""
 from __future__ import annotations
