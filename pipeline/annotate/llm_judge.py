@@ -459,6 +459,23 @@ class JudgeClient:
         self.cache.put(key, self.cfg.model, self.prompt_version, request, body)
         return parsed, False, ""
 
+    async def ask_valid(self, client, messages: list[dict], tool: dict, run: int, parse):
+        """`ask` with a new request (`attempt` + 1) after each answer `parse` refuses, up to
+        `max_invalid_retries` more: (parsed answer or None, cache hits, failure reason). An answer that never
+        parses is a failure naming every refusal."""
+        hits, reasons = 0, []
+        for attempt in range(self.cfg.max_invalid_retries + 1):
+            try:
+                answer, hit, failure = await self.ask(client, self.request(messages, tool, run, attempt), parse)
+            except InvalidAnswer as e:
+                self.stats["invalid_answers"] += 1
+                reasons.append(str(e))
+                continue
+            hits += hit
+            return (None, hits, failure) if failure else (answer, hits, "")
+        return None, hits, (f"invalid answers after {self.cfg.max_invalid_retries + 1} tries: "
+                            + " | ".join(reasons))
+
     async def _call(self, client, request: dict) -> dict:
         import openai
         from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
@@ -579,16 +596,6 @@ class OpenAIJudge(JudgeClient):
 
     async def _vote(self, client, messages, n_steps: int, vote: int):
         """(parsed answer, cache hits, failure reason)."""
-        hits = 0
-        reasons = []
-        for attempt in range(self.cfg.max_invalid_retries + 1):
-            try:
-                answer, hit, failure = await self.ask(client, self.request(messages, self.tool, vote, attempt),
-                                                      parse=lambda b: parse_answer(b, n_steps))
-            except InvalidAnswer as e:
-                self.stats["invalid_answers"] += 1
-                reasons.append(str(e))
-                continue
-            hits += hit
-            return (None, hits, f"vote {vote}: {failure}") if failure else (answer, hits, "")
-        return None, hits, f"vote {vote}: invalid answers after {self.cfg.max_invalid_retries + 1} tries: " + " | ".join(reasons)
+        answer, hits, failure = await self.ask_valid(client, messages, self.tool, vote,
+                                                     parse=lambda b: parse_answer(b, n_steps))
+        return (None, hits, f"vote {vote}: {failure}") if failure else (answer, hits, "")

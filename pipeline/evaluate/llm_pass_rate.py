@@ -138,17 +138,9 @@ class PassRateJudge(JudgeClient):
         return list(await asyncio.gather(*(self._run(client, traj, answer, query, r) for r in range(self.n_judgings))))
 
     async def _ask_status(self, client, messages, tool, run: int) -> tuple[str | None, str]:
-        reasons = []
-        for attempt in range(self.cfg.max_invalid_retries + 1):
-            try:
-                status, _, failure = await self.ask(client, self.request(messages, tool, run, attempt),
-                                                    parse=lambda b: parse_status(b, tool["function"]["name"])[0])
-            except InvalidAnswer as e:
-                self.stats["invalid_answers"] += 1
-                reasons.append(str(e))
-                continue
-            return (None, failure) if failure else (status, "")
-        return None, "invalid answers: " + " | ".join(reasons)
+        status, _, failure = await self.ask_valid(client, messages, tool, run,
+                                                  parse=lambda b: parse_status(b, tool["function"]["name"])[0])
+        return (None, failure) if failure else (status, "")
 
     async def _run(self, client, traj, answer: dict, query: str, run: int) -> str:
         status, failure = await self._ask_status(client, check_messages(query, answer), CHECK_TOOL, run)
