@@ -91,10 +91,10 @@ def test_behaviour_logprobs_start_the_ppo_ratio_at_one_at_temperature_08(tokeniz
     wrapped = PolicyWithValue(model)
     items, _ = precompute(wrapped, examples, _cfg())
     for it, ex in zip(items, examples):
-        assert it["old_logprobs"] == ex.behaviour_logprobs  # behaviour was used (no NaN, right length)
-        assert it["old_logprobs"] == pytest.approx(it["ref_logprobs"], abs=1e-4)
+        assert it.old_logprobs == ex.behaviour_logprobs  # behaviour was used (no NaN, right length)
+        assert it.old_logprobs == pytest.approx(it.ref_logprobs, abs=1e-4)
     tempered = _tempered(model, examples)
-    assert max(abs(a - b) for it, tl in zip(items, tempered) for a, b in zip(it["ref_logprobs"], tl)) > 0.05
+    assert max(abs(a - b) for it, tl in zip(items, tempered) for a, b in zip(it.ref_logprobs, tl)) > 0.05
     trainer = StepPPOTrainer(wrapped, _cfg(), examples, pad_id=tokenizer.pad_token_id)
     trainer.train()
     first = next(h for h in trainer.state.log_history if "approx_kl" in h)

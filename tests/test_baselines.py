@@ -116,12 +116,12 @@ def test_samples_that_earned_nothing_get_zero_advantage_under_steptool(tokenizer
 
     model = PolicyWithValue(make_tiny_model(tokenizer))
     items, stats = prepare_round(model, _examples(), _cfg())
-    assert items[0]["advantages"] == [0.0] * 6 and items[1]["advantages"] == [0.0] * 4
-    assert any(abs(a) > 0.1 for it in items[2:] for a in it["advantages"])
+    assert items[0].advantages == [0.0] * 6 and items[1].advantages == [0.0] * 4
+    assert any(abs(a) > 0.1 for it in items[2:] for a in it.advantages)
     # sample p2 did worse than p1 from step 0 on: a negative first-step advantage; p1 a positive one
-    assert items[3]["advantages"][0] < 0 < items[2]["advantages"][0]
+    assert items[3].advantages[0] < 0 < items[2].advantages[0]
     old, _ = prepare_round(model, _examples(), _cfg(baseline="fit_returns"))
-    assert any(abs(a) > 1e-3 for it in old[:2] for a in it["advantages"])
+    assert any(abs(a) > 1e-3 for it in old[:2] for a in it.advantages)
 
 
 def test_round_logs_each_baselines_explained_variance(tokenizer):
@@ -200,7 +200,7 @@ def test_round_table_holds_what_each_step_was_trained_with(tokenizer):
             assert [r["task_id"] for r in mine] == [ex.group] * len(ex.rewards)
             assert [r["reward"] for r in mine] == ex.rewards
             for r in mine:
-                toks = [a for a, s in zip(it["advantages"], steps) if s == r["step_idx"]]
+                toks = [a for a, s in zip(it.advantages, steps) if s == r["step_idx"]]
                 assert r["advantage"] == pytest.approx(sum(toks) / len(toks))
                 if variant == "steptool":
                     assert toks == [toks[0]] * len(toks)

@@ -101,6 +101,7 @@ def test_ppo_outcome_matches_classic_token_level_gae():
 
 def test_action_mask_covers_exactly_the_actions(world, splits, tokenizer):
     from tests.support.annotate_data import play_scripted
+    from trainer.ppo_round import RoundItem
     from trainer.step_ppo import collate
 
     trajs, steps = play_scripted(world, splits["train"][:3], tokenizer)
@@ -116,10 +117,11 @@ def test_action_mask_covers_exactly_the_actions(world, splits, tokenizer):
         unmasked = tokenizer.decode([x for x, m in zip(r.input_ids, r.action_mask) if not m])
         assert st[0]["prompt_text"] in unmasked and all(s["observation"] in unmasked for s in st[:-1])
         n = sum(r.action_mask)
-        items.append({"input_ids": r.input_ids, "action_mask": r.action_mask, "rewards": [0.0] * len(st),
-                      "value_pos": [a - 1 for a, _ in r.step_bounds], "old_values": [0.0] * len(st),
-                      "returns": [0.0] * len(st), "old_logprobs": [0.0] * n, "ref_logprobs": [0.0] * n,
-                      "advantages": [0.0] * n})
+        zeros = [0.0] * len(st)
+        items.append(RoundItem(input_ids=r.input_ids, action_mask=r.action_mask, rewards=zeros,
+                               value_pos=[a - 1 for a, _ in r.step_bounds], old_values=zeros, returns=zeros,
+                               old_logprobs=[0.0] * n, ref_logprobs=[0.0] * n, advantages=[0.0] * n,
+                               step_return=zeros, step_baseline=zeros, step_advantage=zeros))
     batch = collate(items, pad_id=tokenizer.pad_token_id)
     pad = batch["attention_mask"] == 0
     assert pad.any() and not (batch["action_mask"].bool() & pad).any()  # pads are never actions
@@ -344,18 +346,18 @@ def test_round_advantages_by_hand_for_each_variant(tokenizer):
     model = PolicyWithValue(make_tiny_model(tokenizer))
     ex = _round_examples(tokenizer)
     items, _ = prepare_round(model, ex, _round_cfg("steptool"))
-    assert items[0]["advantages"] == pytest.approx([0.5 + 0.45 * 1.0] * 2 + [1.0] * 3)
+    assert items[0].advantages == pytest.approx([0.5 + 0.45 * 1.0] * 2 + [1.0] * 3)
     # the value head's target is the Monte-Carlo return (γ = 0.9), whatever λ
-    assert items[0]["returns"] == pytest.approx([0.5 + 0.9 * 1.0, 1.0])
-    assert items[1]["advantages"] == pytest.approx([0.25] * 2)
+    assert items[0].returns == pytest.approx([0.5 + 0.9 * 1.0, 1.0])
+    assert items[1].advantages == pytest.approx([0.25] * 2)
     items, _ = prepare_round(model, ex, _round_cfg("no_step_opt"))
-    assert items[0]["advantages"] == pytest.approx([0.5] * 2 + [1.0] * 3)
+    assert items[0].advantages == pytest.approx([0.5] * 2 + [1.0] * 3)
     items, _ = prepare_round(model, ex, _round_cfg("no_step_reward"))  # the rewards come from the table as given
-    assert items[0]["advantages"] == pytest.approx([0.95] * 2 + [1.0] * 3)
+    assert items[0].advantages == pytest.approx([0.95] * 2 + [1.0] * 3)
     items, _ = prepare_round(model, ex, _round_cfg("ppo_outcome"))
     # action tokens of a: rewards [0, 0.5, 0, 0, 1.0]; A_k = Σ_j 0.45^j r_{k+j}
     expected = _classic_token_gae([0, 0.5, 0, 0, 1.0], [0.0] * 5, 0.9, 0.5)
-    assert items[0]["advantages"] == pytest.approx(expected) and len(items[0]["returns"]) == 5
+    assert items[0].advantages == pytest.approx(expected) and len(items[0].returns) == 5
     assert expected[0] == pytest.approx(0.45 * 0.5 + 0.45 ** 4 * 1.0)
 
 
@@ -371,8 +373,8 @@ def test_round_scales_once_over_all_steps_and_shapes_rewards_with_the_kl(tokeniz
     mean = sum(steps) / 3
     std = (sum((x - mean) ** 2 for x in steps) / 2) ** 0.5
     w = [x / std for x in steps]  # divided by the round's std, the mean not subtracted
-    assert items[0]["advantages"] == pytest.approx([w[0]] * 2 + [w[1]] * 3, rel=1e-5)
-    assert items[1]["advantages"] == pytest.approx([w[2]] * 2, rel=1e-5)
+    assert items[0].advantages == pytest.approx([w[0]] * 2 + [w[1]] * 3, rel=1e-5)
+    assert items[1].advantages == pytest.approx([w[2]] * 2, rel=1e-5)
     assert stats["round_advantage_mean"] == pytest.approx(mean)
     # phase 2: behaviour log-probs 0.1 above the reference on every token -> k1 = 0.1 per token, so a
     # 2-token step loses β·0.2 and a 3-token step β·0.3
@@ -380,16 +382,16 @@ def test_round_scales_once_over_all_steps_and_shapes_rewards_with_the_kl(tokeniz
 
     ref, _ = precompute(model, ex, _round_cfg("steptool"))
     for e, it in zip(ex, ref):
-        e.behaviour_logprobs = [x + 0.1 for x in it["ref_logprobs"]]
+        e.behaviour_logprobs = [x + 0.1 for x in it.ref_logprobs]
     items, _ = prepare_round(model, ex, _round_cfg("steptool", old_logprobs="behaviour", kl_coef=0.5, lam=1.0,
                                                    gamma=1.0, kl_in="reward"))
-    assert items[0]["returns"] == pytest.approx([0.5 - 0.1 + 1.0 - 0.15, 1.0 - 0.15])
-    assert items[1]["returns"] == pytest.approx([0.25 - 0.1])
+    assert items[0].returns == pytest.approx([0.5 - 0.1 + 1.0 - 0.15, 1.0 - 0.15])
+    assert items[1].returns == pytest.approx([0.25 - 0.1])
     # with the KL in the loss (the default) the rewards are not shaped: the returns are the rewards'
     items, _ = prepare_round(model, ex, _round_cfg("steptool", old_logprobs="behaviour", kl_coef=0.5, lam=1.0,
                                                    gamma=1.0))
-    assert items[0]["returns"] == pytest.approx([0.5 + 1.0, 1.0]) and items[1]["returns"] == pytest.approx([0.25])
-    assert items[0]["step_return"] == pytest.approx([1.5, 1.0])  # the round table's `return`
+    assert items[0].returns == pytest.approx([0.5 + 1.0, 1.0]) and items[1].returns == pytest.approx([0.25])
+    assert items[0].step_return == pytest.approx([1.5, 1.0])  # the round table's `return`
 
 
 @pytest.mark.long
@@ -440,9 +442,9 @@ def test_the_reference_is_the_sft_policy_in_later_rounds(tokenizer):
     own_later, _ = precompute(later, ex, _round_cfg("steptool"))
     items, _ = precompute(later, ex, _round_cfg("steptool"), ref_model=sft)
     for it, s, l in zip(items, own_sft, own_later):
-        assert it["ref_logprobs"] == pytest.approx(s["ref_logprobs"], abs=1e-6)
-        assert it["old_logprobs"] == pytest.approx(l["old_logprobs"], abs=1e-6)
-        assert it["ref_logprobs"] != pytest.approx(it["old_logprobs"], abs=1e-3)
+        assert it.ref_logprobs == pytest.approx(s.ref_logprobs, abs=1e-6)
+        assert it.old_logprobs == pytest.approx(l.old_logprobs, abs=1e-6)
+        assert it.ref_logprobs != pytest.approx(it.old_logprobs, abs=1e-3)
     # the reward-side penalty KL(π_old‖π_ref) is no longer zero with recompute
     _, stats = prepare_round(later, ex, _round_cfg("steptool", kl_in="reward", kl_coef=0.1), ref_model=sft)
     assert abs(stats["round_kl_penalty_mean"]) > 1e-3
@@ -467,7 +469,7 @@ def test_infinite_behaviour_logprobs_are_refused_naming_the_trajectory(tokenizer
         prepare_round(model, [a, b], _round_cfg("steptool", old_logprobs="behaviour"))
     a.behaviour_logprobs = [-1.0, -2.0, -3.0, -1.5, -0.5]
     items, _ = prepare_round(model, [a, b], _round_cfg("steptool", old_logprobs="behaviour"))
-    assert items[0]["old_logprobs"] == a.behaviour_logprobs and all(math.isfinite(x) for x in items[1]["old_logprobs"])
+    assert items[0].old_logprobs == a.behaviour_logprobs and all(math.isfinite(x) for x in items[1].old_logprobs)
 
 
 def test_a_non_finite_loss_stops_before_the_update_and_nan_weights_are_never_saved(tokenizer, tmp_path):

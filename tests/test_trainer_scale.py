@@ -67,10 +67,10 @@ def test_the_batched_precompute_equals_one_trajectory_at_a_time(tokenizer):
         many, _ = precompute(wrapped, examples, _cfg("scale-pre", variant=variant, per_device_eval_batch_size=5,
                                                      baseline="zero"))
         for a, b, e in zip(one, many, examples):
-            assert a["input_ids"] == e.input_ids == b["input_ids"]
-            assert a["ref_logprobs"] == pytest.approx(b["ref_logprobs"], abs=1e-5)
-            assert a["old_values"] == pytest.approx(b["old_values"], abs=1e-4)
-            assert len(a["ref_logprobs"]) == sum(e.action_mask)
+            assert a.input_ids == e.input_ids == b.input_ids
+            assert a.ref_logprobs == pytest.approx(b.ref_logprobs, abs=1e-5)
+            assert a.old_values == pytest.approx(b.old_values, abs=1e-4)
+            assert len(a.ref_logprobs) == sum(e.action_mask)
 
 
 def _first_steps(ex, k: int):

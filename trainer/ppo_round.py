@@ -21,6 +21,7 @@ action tokens.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -31,6 +32,40 @@ from trainer import baselines
 from trainer.data import Example
 from trainer.gae import step_gae
 from trainer.model import PolicyWithValue
+
+
+@dataclass
+class Precomputed:
+    """Phase 1's view of one trajectory, with the policy at the start of the round (L tokens, N action tokens,
+    S steps, U units: the steps, or the N action tokens of a token-level variant)."""
+    input_ids: list[int]        # [L] prompt, actions and observations
+    action_mask: list[int]      # [L] 1 on the policy's own tokens
+    rewards: list[float]        # [S] step rewards (the advantages table's)
+    unit_rewards: list[float]   # [U] each step's reward, at token level on its action's last token
+    token_unit: list[int]       # [N] the unit of each action token
+    value_pos: list[int]        # [U] where V is read (the position before the unit)
+    old_logprobs: list[float]   # [N] log π_old
+    ref_logprobs: list[float]   # [N] log π_ref
+    old_values: list[float]     # [U] the value head after its ridge fit (the value loss's clipping anchor)
+    baseline: list[float]       # [U] b(s), the advantages' baseline (trainer/baselines.py)
+
+
+@dataclass(frozen=True)
+class RoundItem:
+    """One trajectory as the update epochs train on it (phase 5), fixed for the round; shapes as in
+    `Precomputed`. `collate` pads a batch of them, `round_table` writes their per-step part."""
+    input_ids: list[int]        # [L]
+    action_mask: list[int]      # [L]
+    rewards: list[float]        # [S] step rewards (logged as reward_mean)
+    value_pos: list[int]        # [U]
+    old_logprobs: list[float]   # [N]
+    ref_logprobs: list[float]   # [N]
+    old_values: list[float]     # [U]
+    advantages: list[float]     # [N] each action token's fixed advantage (its unit's, scaled once)
+    returns: list[float]        # [U] the value head's target: Monte-Carlo return of the (KL-shaped) rewards
+    step_return: list[float]    # [S] the round table's return (the advantages table's)
+    step_baseline: list[float]  # [S] the baseline at each step
+    step_advantage: list[float]  # [S] the advantage of each step (at token level, the mean over its tokens)
 
 
 def pad(seqs: list[list], value, dtype) -> torch.Tensor:
@@ -128,8 +163,9 @@ def _gather(part: dict, world: int) -> dict:
 
 @torch.no_grad()
 def precompute(model: PolicyWithValue, examples: list[Example], cfg, rank: int = 0, world: int = 1,
-               progress: bool = False, ref_model: PolicyWithValue | None = None) -> tuple[list[dict], dict]:
-    """Per trajectory, with the model as it is now (the start of the round; `cfg` a StepPPOConfig):
+               progress: bool = False, ref_model: PolicyWithValue | None = None) -> tuple[list[Precomputed], dict]:
+    """Per trajectory (a `Precomputed`), with the model as it is now (the start of the round; `cfg` a
+    StepPPOConfig):
 
         ref_logprobs [N]  log π_ref of each action token: `ref_model`'s (the SFT policy, from the second round
                           on), or the model's own at the start of the round (the first round: the SFT policy)
@@ -170,10 +206,11 @@ def precompute(model: PolicyWithValue, examples: list[Example], cfg, rank: int =
         value_pos = value_positions(ex, v.token_level)
         feats.append(f)
         unit_step.append(action_token_steps(ex) if v.token_level else list(range(len(ex.step_bounds))))
-        items.append({"input_ids": ex.input_ids, "action_mask": ex.action_mask, "rewards": list(ex.rewards),
-                      "unit_rewards": unit_rewards(ex, v.token_level),
-                      "token_unit": list(range(n_act)) if v.token_level else action_token_steps(ex),
-                      "value_pos": value_pos, "old_logprobs": old, "ref_logprobs": ref})
+        items.append(Precomputed(
+            input_ids=ex.input_ids, action_mask=ex.action_mask, rewards=list(ex.rewards),
+            unit_rewards=unit_rewards(ex, v.token_level),
+            token_unit=list(range(n_act)) if v.token_level else action_token_steps(ex), value_pos=value_pos,
+            old_logprobs=old, ref_logprobs=ref, old_values=[], baseline=[]))
     model.train(was_training)
     if not items:
         return items, {}
@@ -187,7 +224,7 @@ def precompute(model: PolicyWithValue, examples: list[Example], cfg, rank: int =
                   "crossfit": baselines.crossfit(feats, targets, groups),
                   "fit_returns": in_sample, "zero": [[0.0] * len(t) for t in targets]}
     for it, old_v, base in zip(items, in_sample, candidates[cfg.baseline]):
-        it["old_values"], it["baseline"] = old_v, base
+        it.old_values, it.baseline = old_v, base
     stats = {f"round_baseline_ev_{k}": baselines.explained_variance(targets, c) for k, c in candidates.items()
              if k != "zero"}
     stats["round_tasks"] = len(set(groups))
@@ -247,67 +284,67 @@ def advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, 
 
 
 def prepare_round(model: PolicyWithValue, examples: list[Example], cfg, rank: int = 0, world: int = 1,
-                  progress: bool = False, ref_model: PolicyWithValue | None = None) -> tuple[list[dict], dict]:
-    """Phases 1-4. Returns the items the update epochs train on (each with per-action-token `advantages`,
-    per-value-state `returns` (Monte-Carlo, of the KL-shaped rewards: the value head's target) and
-    `old_values`) and the round's statistics (advantages before the scaling). `rank`/`world`: this
-    process's share of the precompute under distributed training (`precompute`)."""
-    items, stats = precompute(model, examples, cfg, rank, world, progress, ref_model)  # 1
-    if not items:
-        return items, {}
+                  progress: bool = False, ref_model: PolicyWithValue | None = None) -> tuple[list[RoundItem], dict]:
+    """Phases 1-4. Returns the `RoundItem`s the update epochs train on and the round's statistics (advantages
+    before the scaling). `rank`/`world`: this process's share of the precompute under distributed training
+    (`precompute`)."""
+    pre, stats = precompute(model, examples, cfg, rank, world, progress, ref_model)  # 1
+    if not pre:
+        return [], {}
     token_level = variants.get(cfg.variant).token_level
-    tok_mask = pad([[1] * len(it["old_logprobs"]) for it in items], 0, torch.float64)
-    token_unit = pad([it["token_unit"] for it in items], 0, torch.long)
-    unit_mask = pad([[1] * len(it["unit_rewards"]) for it in items], 0, torch.float64)
-    kl_tok = kl_per_token(pad([it["old_logprobs"] for it in items], 0.0, torch.float64),
-                          pad([it["ref_logprobs"] for it in items], 0.0, torch.float64), cfg.kl_estimator)
+    tok_mask = pad([[1] * len(p.old_logprobs) for p in pre], 0, torch.float64)
+    token_unit = pad([p.token_unit for p in pre], 0, torch.long)
+    unit_mask = pad([[1] * len(p.unit_rewards) for p in pre], 0, torch.float64)
+    kl_tok = kl_per_token(pad([p.old_logprobs for p in pre], 0.0, torch.float64),
+                          pad([p.ref_logprobs for p in pre], 0.0, torch.float64), cfg.kl_estimator)
     # 2: the penalty in the reward only with kl_in: reward (with `recompute`, zero in a first round: π_old = π_ref);
     # kl_in: loss puts β·KL(π_θ‖π_ref) in the loss instead (StepPPOTrainer.compute_loss)
-    rewards = kl_shaped(pad([it["unit_rewards"] for it in items], 0.0, torch.float64), kl_tok, token_unit,
+    rewards = kl_shaped(pad([p.unit_rewards for p in pre], 0.0, torch.float64), kl_tok, token_unit,
                         tok_mask, cfg.kl_coef if cfg.kl_in == "reward" else 0.0)
-    base = pad([it["baseline"] for it in items], 0.0, torch.float64)
+    base = pad([p.baseline for p in pre], 0.0, torch.float64)
     adv, _ = advantages(rewards, base, unit_mask, cfg.variant, cfg.gamma, cfg.lam)  # 3
     gamma = variants.get(cfg.variant).discount(cfg.gamma)
-    ret = mc_returns([rewards[i, :len(it["unit_rewards"])].tolist() for i, it in enumerate(items)], gamma)
+    ret = mc_returns([rewards[i, :len(p.unit_rewards)].tolist() for i, p in enumerate(pre)], gamma)
     step_ret = mc_returns([list(ex.rewards) for ex in examples], gamma)  # the advantages table's `return`
     valid = unit_mask > 0
     std = float(adv[valid].std()) if int(valid.sum()) > 1 else 0.0
     stats.update({"round_advantage_mean": float(adv[valid].mean()), "round_advantage_std": std,
-                  "round_kl_penalty_mean": float((kl_tok * tok_mask).sum() / len(items)),
+                  "round_kl_penalty_mean": float((kl_tok * tok_mask).sum() / len(pre)),
                   "round_units": int(valid.sum())})
     if cfg.whiten_advantages and std > 1e-8:
         # 4: scale only. The baseline already centres A; subtracting the round's mean as well would add a
         # second baseline and give steps that earned nothing a nonzero advantage.
         adv = adv / std
     adv_tok = adv.gather(1, token_unit)
-    for i, it in enumerate(items):
-        n, u = len(it["old_logprobs"]), len(it["unit_rewards"])
-        it["advantages"] = adv_tok[i, :n].tolist()
-        it["returns"] = ret[i]
-        it["step_return"] = step_ret[i]
-        it["step_baseline"], it["step_advantage"] = _per_step(examples[i], it, adv[i, :u].tolist(), token_level)
-        del it["unit_rewards"], it["token_unit"], it["baseline"]
+    items = []
+    for i, p in enumerate(pre):
+        n, u = len(p.old_logprobs), len(p.unit_rewards)
+        step_baseline, step_advantage = _per_step(examples[i], p, adv[i, :u].tolist(), token_level)
+        items.append(RoundItem(input_ids=p.input_ids, action_mask=p.action_mask, rewards=p.rewards,
+                               value_pos=p.value_pos, old_logprobs=p.old_logprobs, ref_logprobs=p.ref_logprobs,
+                               old_values=p.old_values, advantages=adv_tok[i, :n].tolist(), returns=ret[i],
+                               step_return=step_ret[i], step_baseline=step_baseline, step_advantage=step_advantage))
     return items, stats
 
 
-def _per_step(ex: Example, item: dict, unit_adv: list[float], token_level: bool) -> tuple[list[float], list[float]]:
+def _per_step(ex: Example, item: Precomputed, unit_adv: list[float], token_level: bool
+              ) -> tuple[list[float], list[float]]:
     """(baseline, advantage) per step, for the round table: at token level the baseline at the step's first
     action token and the mean advantage over its tokens."""
     if not token_level:
-        return list(item["baseline"]), unit_adv
+        return list(item.baseline), unit_adv
     steps = action_token_steps(ex)
     base, adv = [], []
     for k in range(len(ex.step_bounds)):
         idx = [j for j, s in enumerate(steps) if s == k]
-        base.append(item["baseline"][idx[0]] if idx else 0.0)
+        base.append(item.baseline[idx[0]] if idx else 0.0)
         adv.append(sum(unit_adv[j] for j in idx) / len(idx) if idx else 0.0)
     return base, adv
 
 
-def round_table(examples: list[Example], items: list[dict], variant: str) -> list[dict]:
+def round_table(examples: list[Example], items: list[RoundItem], variant: str) -> list[dict]:
     """Rows of schema ROUND_STEPS: per step, the reward, return, baseline and advantage this round trained with."""
     return [{"traj_id": ex.traj_id, "task_id": ex.group, "step_idx": k, "reward": float(r), "return": float(g),
              "baseline": float(b), "advantage": float(a), "variant": variant}
             for ex, it in zip(examples, items)
-            for k, (r, g, b, a) in enumerate(zip(ex.rewards, it["step_return"], it["step_baseline"],
-                                                 it["step_advantage"]))]
+            for k, (r, g, b, a) in enumerate(zip(ex.rewards, it.step_return, it.step_baseline, it.step_advantage))]

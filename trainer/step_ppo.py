@@ -36,36 +36,39 @@ from trainer.baselines import explained_variance
 from trainer.config import StepPPOConfig
 from trainer.data import Example
 from trainer.model import PolicyWithValue
-from trainer.ppo_round import kl_to_ref, pad, prepare_round
+from trainer.ppo_round import RoundItem, kl_to_ref, pad, prepare_round
 
 
 class _Rollouts(Dataset):
-    def __init__(self, items: list[dict]):
+    """The round's items for the Trainer's loop. Each comes as {"input_ids", "item"}: transformers' length-grouped
+    sampler (`train_sampling_strategy: group_by_length`) reads lengths only from dicts with input_ids."""
+
+    def __init__(self, items: list[RoundItem]):
         self.items = items
 
     def __len__(self):
         return len(self.items)
 
     def __getitem__(self, i):
-        return self.items[i]
+        return {"input_ids": self.items[i].input_ids, "item": self.items[i]}
 
 
-def collate(items: list[dict], pad_id: int = 0) -> dict:
+def collate(items: list[RoundItem], pad_id: int = 0) -> dict:
     """Right-padded batch. Per token: [B, L]; per action token: [B, N]; per value state: [B, U]; per step: [B, S]."""
     return {
-        "input_ids": pad([it["input_ids"] for it in items], pad_id, torch.long),
-        "attention_mask": pad([[1] * len(it["input_ids"]) for it in items], 0, torch.long),
-        "action_mask": pad([it["action_mask"] for it in items], 0, torch.long),
-        "tok_mask": pad([[1] * len(it["old_logprobs"]) for it in items], 0, torch.float32),
-        "old_logprobs": pad([it["old_logprobs"] for it in items], 0.0, torch.float32),
-        "ref_logprobs": pad([it["ref_logprobs"] for it in items], 0.0, torch.float32),
-        "advantages": pad([it["advantages"] for it in items], 0.0, torch.float32),
-        "value_pos": pad([it["value_pos"] for it in items], 0, torch.long),
-        "value_mask": pad([[1] * len(it["value_pos"]) for it in items], 0, torch.float32),
-        "old_values": pad([it["old_values"] for it in items], 0.0, torch.float32),
-        "returns": pad([it["returns"] for it in items], 0.0, torch.float32),
-        "rewards": pad([it["rewards"] for it in items], 0.0, torch.float32),
-        "step_mask": pad([[1] * len(it["rewards"]) for it in items], 0, torch.float32),
+        "input_ids": pad([it.input_ids for it in items], pad_id, torch.long),
+        "attention_mask": pad([[1] * len(it.input_ids) for it in items], 0, torch.long),
+        "action_mask": pad([it.action_mask for it in items], 0, torch.long),
+        "tok_mask": pad([[1] * len(it.old_logprobs) for it in items], 0, torch.float32),
+        "old_logprobs": pad([it.old_logprobs for it in items], 0.0, torch.float32),
+        "ref_logprobs": pad([it.ref_logprobs for it in items], 0.0, torch.float32),
+        "advantages": pad([it.advantages for it in items], 0.0, torch.float32),
+        "value_pos": pad([it.value_pos for it in items], 0, torch.long),
+        "value_mask": pad([[1] * len(it.value_pos) for it in items], 0, torch.float32),
+        "old_values": pad([it.old_values for it in items], 0.0, torch.float32),
+        "returns": pad([it.returns for it in items], 0.0, torch.float32),
+        "rewards": pad([it.rewards for it in items], 0.0, torch.float32),
+        "step_mask": pad([[1] * len(it.rewards) for it in items], 0, torch.float32),
     }
 
 
@@ -84,7 +87,7 @@ class StepPPOTrainer(Trainer):
         self._t_last = time.perf_counter()
         self._tokens = 0
         super().__init__(model=model, args=args, train_dataset=_Rollouts([]),
-                         data_collator=lambda b: collate(b, pad_id), **kwargs)
+                         data_collator=lambda b: collate([x["item"] for x in b], pad_id), **kwargs)
 
     def train(self, *args, **kwargs):
         # Phases 1-4 with the weights of the start of the round: a resumed run computes them from the same
