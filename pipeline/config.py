@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from pipeline import variants as variant_registry
+from pipeline.registry import ANNOTATORS, ENVIRONMENTS, Registry
 from pipeline.errors import ConfigError
 from pipeline.formats.stabletoolbench import SUBSETS as STABLETOOLBENCH_SUBSETS
 
@@ -30,6 +31,23 @@ def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclas
     if factory is not dataclasses.MISSING:
         return field(default_factory=factory, metadata={"help": text})
     return field(default=default, metadata={"help": text})
+
+
+def _choice(registry: Registry, lead: str, rest: str = "") -> Any:
+    """A key whose value names a registered part (pipeline/registry.py): checked against the registry when the
+    params are read, its help the lead, then every registered choice with its own help, then `rest`; the
+    default is the first registered."""
+    return field(default=next(iter(registry.parts)), metadata={"help": lead, "help_rest": rest, "choices": registry})
+
+
+def field_help(f: dataclasses.Field) -> str:
+    """A field's whole help text; a registry-backed key's lists what is registered now."""
+    text = f.metadata.get("help", "")
+    registry = f.metadata.get("choices")
+    if registry is None:
+        return text
+    rest = f.metadata.get("help_rest", "")
+    return f"{text.rstrip('.')}: {registry.describe()}." + (f" {rest}" if rest else "")
 
 
 def _check_url(section, where: str, key: str) -> None:
@@ -179,12 +197,7 @@ class BaseModelConfig(_Checked):
 
 @dataclass
 class EnvConfig(_Checked):
-    kind: Literal["toolworld", "http", "replay"] = _help(
-        "Where tool calls go: 'toolworld' (embedded, in-process), 'http' (a StableToolBench-style "
-        "server speaking POST /virtual, e.g. `steptool serve-tools`) or 'replay' (real StableToolBench responses "
-        "recorded in pass_rate_results, offline; misses answer with an error and are counted).",
-        "toolworld",
-    )
+    kind: str = _choice(ENVIRONMENTS, "Where tool calls go")
     url: str = _help("The /virtual endpoint when kind is 'http'.", "http://127.0.0.1:8080/virtual")
     timeout_s: float = _help("HTTP timeout of one tool call, seconds.", 30.0)
     toolbench_key_env: str = _help(
@@ -336,12 +349,8 @@ class CollectConfig(_Checked):
 
 @dataclass
 class AnnotateConfig(_Checked):
-    annotator: Literal["oracle", "heuristic", "openai"] = _help(
-        "Who gives Contribution and IsSolved: 'oracle' (ToolWorld gold plan and facts: exact, free), 'heuristic' "
-        "(the reference's LCS rule, for environments without gold) or 'openai' (an LLM judge at base_url). "
-        "SuccCalling always also comes from the rule (column sc_rule).",
-        "oracle",
-    )
+    annotator: str = _choice(ANNOTATORS, "Who gives Contribution and IsSolved",
+                             "SuccCalling always also comes from the rule (column sc_rule).")
     base_url: str = _help("openai: the OpenAI-compatible endpoint, e.g. https://api.openai.com/v1 or a local vLLM.",
                           "http://127.0.0.1:8000/v1")
     model: str = _help("openai: judge model name.", "gpt-4o-mini")
@@ -660,7 +669,7 @@ class Params(_Checked):
     def check(self, where: str) -> None:
         for v in self.variants:
             if v not in variant_registry.REGISTRY:
-                raise ConfigError(f"variants: unknown variant {v!r} (one of {', '.join(variant_registry.NAMES)})")
+                raise ConfigError(f"variants: unknown variant {v!r} (one of {', '.join(variant_registry.names())})")
         if len(set(self.variants)) != len(self.variants):
             raise ConfigError(f"variants: each variant at most once, got {self.variants}")
         known = ("base", "sft", *self.variants)
@@ -673,22 +682,26 @@ class Params(_Checked):
         if self.tasks.source == "stabletoolbench":
             # StableToolBench queries have no gold plan or facts: every part that reads them is refused here,
             # before a stage spends minutes and fails on the first task
-            if self.env.kind == "toolworld":
-                raise ConfigError("tasks.source: stabletoolbench needs env.kind replay or http (ToolWorld cannot "
-                                  "answer StableToolBench's APIs), got env.kind toolworld")
-            if self.annotate.annotator == "oracle":
-                raise ConfigError("tasks.source: stabletoolbench needs annotate.annotator openai or heuristic (the "
-                                  "oracle reads ToolWorld's gold plans), got oracle")
+            if ENVIRONMENTS.has(self.env.kind, "toolworld"):
+                others = [k for k in ENVIRONMENTS.names() if not ENVIRONMENTS.has(k, "toolworld")]
+                raise ConfigError(f"tasks.source: stabletoolbench needs env.kind {' or '.join(others)} (ToolWorld "
+                                  f"cannot answer StableToolBench's APIs), got env.kind {self.env.kind}")
+            if ANNOTATORS.has(self.annotate.annotator, "needs_gold"):
+                others = [k for k in ANNOTATORS.names() if not ANNOTATORS.has(k, "needs_gold")]
+                raise ConfigError(f"tasks.source: stabletoolbench needs annotate.annotator {' or '.join(others)} "
+                                  f"(the {self.annotate.annotator} annotator reads ToolWorld's gold plans), got "
+                                  f"{self.annotate.annotator}")
             if self.evaluate.judge == "rule":
                 raise ConfigError("tasks.source: stabletoolbench needs evaluate.judge openai (the rule judge reads "
                                   "ToolWorld's gold facts), got rule")
             if self.collect.replay:
                 raise ConfigError("tasks.source: stabletoolbench needs collect.replay false (the replay is judged "
                                   "by the rule, which reads ToolWorld's gold facts)")
-        if self.rewards.shaping == "progress" and self.annotate.annotator != "oracle":
+        if self.rewards.shaping == "progress" and not ANNOTATORS.has(self.annotate.annotator, "gives_progress"):
+            givers = [k for k in ANNOTATORS.names() if ANNOTATORS.has(k, "gives_progress")]
             raise ConfigError(f"rewards.shaping: progress needs the share of needed facts each step has made known, "
-                              f"which only annotate.annotator oracle gives (got {self.annotate.annotator}): use "
-                              "paper or min_form")
+                              f"which only annotate.annotator {' or '.join(givers)} gives (got "
+                              f"{self.annotate.annotator}): use paper or min_form")
         if self.agent.backend == "openai" and (self.train.rounds > 1 or self.collect.replay):
             key = "train.rounds > 1" if self.train.rounds > 1 else "collect.replay: true"
             raise ConfigError(f"{key} needs agent.backend hf: the train stage would play its new checkpoint "
@@ -767,8 +780,13 @@ def _build(cls: type, raw: dict, prefix: str, source: str, base: Any = None) -> 
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in raw:
-            kwargs[f.name] = _coerce(raw[f.name], hints[f.name], f"{prefix}.{f.name}" if prefix else f.name, source,
-                                     getattr(base, f.name))
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            kwargs[f.name] = _coerce(raw[f.name], hints[f.name], key, source, getattr(base, f.name))
+            if "choices" in f.metadata:
+                try:
+                    f.metadata["choices"].get(kwargs[f.name])
+                except ConfigError as e:
+                    raise ConfigError(f"{source}: {e}") from None
         else:
             kwargs[f.name] = getattr(base, f.name)
     obj = cls(**kwargs)
@@ -867,7 +885,7 @@ def describe(obj: Any = None, prefix: str = "") -> list[tuple[str, str, Any]]:
         if dataclasses.is_dataclass(value):
             rows.extend(describe(value, key))
         else:
-            rows.append((key, f.metadata.get("help", ""), value))
+            rows.append((key, field_help(f), value))
     return rows
 
 
@@ -913,7 +931,7 @@ def render_params(params: Params) -> str:
             continue
         lines.append(f"{f.name}:")
         for g in dataclasses.fields(value):
-            entry, comment = f"  {g.name}: {_flow(to_dict(value)[g.name])}", first_sentence(g.metadata.get("help", ""))
+            entry, comment = f"  {g.name}: {_flow(to_dict(value)[g.name])}", first_sentence(field_help(g))
             if len(entry) + 4 + len(comment) <= _WIDTH:
                 lines.append(f"{entry}  # {comment}")
             else:

@@ -3,7 +3,9 @@
 repository files its process may import).
 
 Every `import` counts, at module level or inside a function: DVC must rerun a stage when any code it may run
-changes, and which function-level imports run depends on the params. Importing `pipeline.agent.play` runs
+changes, and which function-level imports run depends on the params. So does a registry's
+`ANNOTATORS.implementation(name)` (pipeline/registry.py): it imports one of the registered implementations, so
+every registered one counts. Importing `pipeline.agent.play` runs
 `pipeline/__init__.py` and `pipeline/agent/__init__.py` first, so a package's `__init__.py` is in the closure of
 each of its modules. `steptool dvc-deps --check` compares dvc.yaml with the graph; `--write` rewrites the code
 part of each stage's deps (data and config deps stay as written)."""
@@ -15,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipeline.errors import SteptoolError
+from pipeline.registry import REGISTRIES
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("pipeline", "trainer", "stages")  # the repository's importable code (steptool/ is the CLI only)
@@ -62,6 +65,10 @@ def _imported_modules(path: Path, root: Path, mtime_ns: int) -> tuple[str, ...]:
                 base = ".".join([*up, base] if base else up)
             names.add(base)
             names.update(f"{base}.{a.name}" for a in node.names if a.name != "*")
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr == "implementation" and isinstance(node.func.value, ast.Name)
+              and node.func.value.id in REGISTRIES):  # ANNOTATORS.implementation(name): any registered one
+            names.update(p.implementation.partition(":")[0] for p in REGISTRIES[node.func.value.id].parts.values())
     return tuple(sorted(names))
 
 

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from pipeline import untrusted
 from pipeline.apidoc import function_spec, function_specs, render_observation
 from pipeline.errors import SteptoolError
+from pipeline.registry import ENVIRONMENTS
 from pipeline.task import Task
 from pipeline.toolworld.world import ToolWorld, canonical_json
 
@@ -251,21 +252,28 @@ _REPLAY_CACHES: dict[str, object] = {}
 
 
 def make_env(env_cfg, world_cfg, world: ToolWorld | None = None) -> ApiListEnv:
-    """The environment named by `params.yaml` (sections `env` and `toolworld`)."""
-    if env_cfg.kind == "toolworld":
-        world = world or ToolWorld.from_config(world_cfg)
-        return ToolWorldEnv(world, world_cfg.max_observation_length)
-    if env_cfg.kind == "http":
-        return HttpToolEnv(env_cfg.url, world_cfg.max_observation_length, env_cfg.timeout_s,
-                           os.environ.get(env_cfg.toolbench_key_env, ""))
-    if env_cfg.kind == "replay":
-        from pipeline.replay import ReplayCache
+    """The environment named by `params.yaml` (sections `env` and `toolworld`): env.kind's registered maker
+    (pipeline/registry.py, ENVIRONMENTS)."""
+    return ENVIRONMENTS.implementation(env_cfg.kind)(env_cfg, world_cfg, world)
 
-        path = env_cfg.replay_path
-        if path not in _REPLAY_CACHES:  # one load per process: every episode shares it
-            if not os.path.exists(path):
-                raise SteptoolError(f"env.replay_path {path}: no such file or folder (a pass_rate_results folder "
-                                    "or the Parquet table of `steptool build-replay`)")
-            _REPLAY_CACHES[path] = ReplayCache.load(path)
-        return ReplayEnv(_REPLAY_CACHES[path], world_cfg.max_observation_length, env_cfg.replay_per_query)
-    raise SteptoolError(f"env.kind must be toolworld, http or replay, got {env_cfg.kind!r}")
+
+def make_toolworld_env(env_cfg, world_cfg, world: ToolWorld | None = None) -> ApiListEnv:
+    world = world or ToolWorld.from_config(world_cfg)
+    return ToolWorldEnv(world, world_cfg.max_observation_length)
+
+
+def make_http_env(env_cfg, world_cfg, world: ToolWorld | None = None) -> ApiListEnv:
+    return HttpToolEnv(env_cfg.url, world_cfg.max_observation_length, env_cfg.timeout_s,
+                       os.environ.get(env_cfg.toolbench_key_env, ""))
+
+
+def make_replay_env(env_cfg, world_cfg, world: ToolWorld | None = None) -> ApiListEnv:
+    from pipeline.replay import ReplayCache
+
+    path = env_cfg.replay_path
+    if path not in _REPLAY_CACHES:  # one load per process: every episode shares it
+        if not os.path.exists(path):
+            raise SteptoolError(f"env.replay_path {path}: no such file or folder (a pass_rate_results folder "
+                                "or the Parquet table of `steptool build-replay`)")
+        _REPLAY_CACHES[path] = ReplayCache.load(path)
+    return ReplayEnv(_REPLAY_CACHES[path], world_cfg.max_observation_length, env_cfg.replay_per_query)

@@ -45,8 +45,12 @@ register(Variant("no_step_opt", step_rewards=True, credit_across_steps=False, to
 register(Variant("ppo_outcome", step_rewards=False, credit_across_steps=True, token_level=True,
                  help="classic PPO: outcome reward at the last action token, token-level GAE"))
 
-NAMES: tuple[str, ...] = tuple(REGISTRY)
-DEFAULT = NAMES[0]  # the paper's method
+def names() -> tuple[str, ...]:
+    """Every registered variant, in the order registered (read when asked: one registered later counts)."""
+    return tuple(REGISTRY)
+
+
+DEFAULT = names()[0]  # the paper's method
 OUTCOME_BASELINE = "ppo_outcome"  # what the report compares every other variant with, besides SFT
 
 

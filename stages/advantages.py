@@ -18,7 +18,7 @@ from pipeline.fsutil import write_json
 from pipeline.runner import run_stage
 from pipeline.schema import ADVANTAGES, write_table
 
-ARGS = (("variant", dict(nargs="?", default=variants.DEFAULT, choices=list(variants.NAMES),
+ARGS = (("variant", dict(nargs="?", default=variants.DEFAULT, choices=list(variants.names()),
                          help="training variant: " + variants.describe())),
         ("seed", dict(nargs="?", type=int, default=0, help="the training seed (one of train.seeds)")))
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from pipeline import layout
 from pipeline.annotate.run import annotate_folder
 from pipeline.config import Params
+from pipeline.registry import ANNOTATORS
 from pipeline.runner import run_stage
 
 ARGS = (("seed", dict(nargs="?", type=int, default=0, help="the training seed (one of train.seeds)")),)
@@ -27,7 +28,7 @@ def run(params: Params, root: Path = Path("."), seed: int = 0) -> str:
     summary = annotate_folder(params, root, root / layout.trajectories_dir(seed), root / out,
                               root / layout.metrics_file("annotate", layout.seed_dir(seed)))
     extra = ""
-    if cfg.annotator == "openai":
+    if ANNOTATORS.has(cfg.annotator, "llm"):
         extra = (f", {summary.get('judge_calls', 0)} judge calls, {summary.get('cache_hits', 0)} cache hits, "
                  f"${summary.get('cost_usd', 0.0):.4f} paid (estimated ${summary.get('estimated_cost_usd', 0.0):.4f})")
     if summary["partial_votes"]:

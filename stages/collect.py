@@ -12,6 +12,7 @@ from pathlib import Path
 from pipeline import collection, layout
 from pipeline.config import Params
 from pipeline.fsutil import write_json
+from pipeline.registry import ENVIRONMENTS
 from pipeline.runner import run_stage
 
 ARGS = (("seed", dict(nargs="?", type=int, default=0, help="the training seed (one of train.seeds)")),)
@@ -25,7 +26,7 @@ def run(params: Params, root: Path = Path("."), seed: int = 0) -> str:
     extra = f"; greedy replay pass rate {replay['pass_rate']:.1f}%" if replay else ""
     rule = (f"rule pass rate {summary['pass_rate']:.1%}" if summary["pass_rate"] is not None else
             "no gold to judge by rule")
-    if params.env.kind == "replay":
+    if ENVIRONMENTS.has(params.env.kind, "counts_misses"):
         extra += f"; {summary['replay_misses']} of {summary['tool_calls']} tool calls missed the replay"
     return (f"collect (seed {seed}): {summary['trajectories']} trajectories, {summary['steps']} steps, parse "
             f"success {summary['parse_success']:.1%}, {rule} ({summary['trajectories_per_min']} traj/min){extra} "

@@ -22,7 +22,7 @@ from pipeline.config import Params
 from pipeline.runner import run_stage
 from trainer.rounds import train_run
 
-ARGS = (("variant", dict(nargs="?", default=variants.DEFAULT, choices=list(variants.NAMES),
+ARGS = (("variant", dict(nargs="?", default=variants.DEFAULT, choices=list(variants.names()),
                          help="training variant: " + variants.describe())),
         ("seed", dict(nargs="?", type=int, default=0, help="the training seed (one of train.seeds)")))
 

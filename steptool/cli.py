@@ -11,6 +11,7 @@ import importlib
 from pathlib import Path
 
 from pipeline import layout, variants
+from pipeline.registry import ANNOTATORS, ENVIRONMENTS
 from pipeline.errors import SteptoolError
 from pipeline.runner import add_common, add_stage_arguments, guard, setup_logging
 from pipeline.task import SPLITS
@@ -68,8 +69,10 @@ def _play(args: argparse.Namespace) -> int:
     if args.queries:
         from pipeline.formats.stabletoolbench import load_solvable_queries
 
-        if params.env.kind == "toolworld":
-            raise SteptoolError("StableToolBench queries need their own tools: pass --env replay or --env http")
+        if ENVIRONMENTS.has(params.env.kind, "toolworld"):
+            others = [k for k in ENVIRONMENTS.names() if not ENVIRONMENTS.has(k, "toolworld")]
+            raise SteptoolError("StableToolBench queries need their own tools: pass "
+                                + " or ".join(f"--env {k}" for k in others))
         tasks = load_solvable_queries(args.queries, args.max_tasks)
     else:
         tasks = load_tasks(root, args.split, args.max_tasks)
@@ -88,7 +91,7 @@ def _play(args: argparse.Namespace) -> int:
         write_json(path, converted_answers({t.task_id: t for t in tasks}, trajs, steps))
         summary["converted_answers"] = str(path)
         calls = [s for s in steps if not s["is_finish"] and s["env_status"] == "ok"]
-        if params.env.kind == "replay":
+        if ENVIRONMENTS.has(params.env.kind, "counts_misses"):
             miss = MISS_ERROR.split("{name}")[0]
             misses = sum(miss in (s["observation"] or "") for s in calls)
             summary["replay"] = {"calls": len(calls), "misses": misses,
@@ -120,7 +123,7 @@ def _audit_rewards(args: argparse.Namespace) -> int:
         except ValueError:
             raise SteptoolError(f"--set {item!r}: {value!r} is not a number") from None
     shapings = list(SHAPINGS) if args.shaping == ["all"] else (args.shaping or [params.rewards.shaping])
-    if "progress" in shapings and params.annotate.annotator != "oracle":
+    if "progress" in shapings and not ANNOTATORS.has(params.annotate.annotator, "gives_progress"):
         shapings.remove("progress")  # it needs the oracle's progress; the others still say what they pay for
     tasks = reward_audit.audit_tasks(params, root, args.max_tasks)
     gold = [t for t in tasks if t.has_gold and t.gold_calls]
@@ -380,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="cot", choices=["cot", "dfsdt"])
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     p.add_argument("--n-samples", type=int, default=1)
-    p.add_argument("--env", choices=["toolworld", "http", "replay"], help="override env.kind of the params file")
+    p.add_argument("--env", choices=list(ENVIRONMENTS.names()), help="override env.kind of the params file")
     p.add_argument("--queries", help="play a StableToolBench solvable-query file (e.g. .../G1_instruction.json) "
                                      "instead of a ToolWorld split; needs --env replay or http")
     p.add_argument("--converted", help="also write the trajectories in StableToolBench's converted-answer format "
@@ -397,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "earns more than the direct solve, and where Finish beats one more call right "
                                    "after the gold plan. Needs the tasks stage's outputs (dvc repro tasks).")
     add_common(p)
-    p.add_argument("--variant", action="append", choices=list(variants.NAMES),
+    p.add_argument("--variant", action="append", choices=list(variants.names()),
                    help="a training variant (repeatable; default: params.yaml's variants)")
     p.add_argument("--shaping", action="append", choices=["paper", "progress", "min_form", "all"],
                    help="rewards.shaping to audit (repeatable; 'all': every one; default: params.yaml's)")

@@ -177,7 +177,7 @@ def test_variant_names_are_written_once():
         if rel.startswith((".venv/", "build/", "mutants/", "tests/")) or rel == "pipeline/variants.py":
             continue
         text = f.read_text()
-        for name in variants.NAMES:
+        for name in variants.names():
             for m in re.finditer(rf"""(?<!prog=)["']{name}["']""", text):
                 offenders.append(f"{rel}:{text[:m.start()].count(chr(10)) + 1}: {name}")
     assert not offenders, "compare variant properties (pipeline/variants.py), not names:\n" + "\n".join(offenders)

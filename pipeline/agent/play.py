@@ -25,6 +25,7 @@ from pipeline.agent.prompts import ChatRenderer
 from pipeline.agent.records import rollout_rows
 from pipeline.agent.rollout import run_cot, run_dfsdt_batch, traj_id
 from pipeline.replay import MISS_ERROR
+from pipeline.registry import ENVIRONMENTS
 from pipeline.schema import STEPS, TOKENS, TRAJECTORIES, write_table
 from pipeline.task import Task
 from pipeline.toolworld.fact_judge import pass_score, rule_judge
@@ -87,7 +88,7 @@ def play(params, root: Path, tasks: list[Task], model_dir: Path, out_dir: Path, 
     from pipeline.toolworld.world import ToolWorld
 
     a = params.agent
-    world = ToolWorld.from_catalog(root / layout.CATALOG) if params.env.kind == "toolworld" else None
+    world = ToolWorld.from_catalog(root / layout.CATALOG) if ENVIRONMENTS.has(params.env.kind, "toolworld") else None
     if policy is None:
         policy = load_policy(params, root, model_dir, policy_name)
     policy.sampling = SamplingConfig(a.max_new_tokens, temperature, top_p)

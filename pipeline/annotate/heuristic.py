@@ -60,3 +60,10 @@ def heuristic_label(traj: dict, steps: list[dict], task: Task | None, threshold:
     else:
         status = "Unsure" if finish == "give_answer" and answer.strip() else "Unsolved"
     return TrajLabel(traj["traj_id"], labels, status, pass_score(status), "heuristic", PROMPT_VERSION)
+
+
+def annotate(trajs: list[dict], steps_by_traj: dict[str, list[dict]], tasks: dict[str, Task], cfg,
+             cache_path: str | None = None, progress: bool = True) -> tuple[list[TrajLabel], dict]:
+    """The heuristic as a registered annotator (pipeline/registry.py), at `annotate.heuristic_threshold`."""
+    return [heuristic_label(t, steps_by_traj[t["traj_id"]], tasks[t["task_id"]], cfg.heuristic_threshold)
+            for t in trajs], {}

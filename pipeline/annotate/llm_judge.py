@@ -599,3 +599,19 @@ class OpenAIJudge(JudgeClient):
         answer, hits, failure = await self.ask_valid(client, messages, self.tool, vote,
                                                      parse=lambda b: parse_answer(b, n_steps))
         return (None, hits, f"vote {vote}: {failure}") if failure else (answer, hits, "")
+
+
+def annotate(trajs: list[dict], steps_by_traj: dict[str, list[dict]], tasks: dict, cfg,
+             cache_path: str | None = None, progress: bool = True) -> tuple[list[TrajLabel], dict]:
+    """The LLM judge as a registered annotator (pipeline/registry.py): through the cache at `cache_path`
+    (default annotate.cache_path), with the judge's counters as statistics."""
+    from pipeline.annotate.cache import JudgeCache
+
+    cache = JudgeCache(cache_path or cfg.cache_path)
+    try:
+        judge = OpenAIJudge(cfg, cache)
+        labels = judge.annotate([(t, steps_by_traj[t["traj_id"]], tasks[t["task_id"]].query) for t in trajs],
+                                progress)
+        return labels, {**judge.stats, "judge_model": cfg.model, "cache_entries": len(cache)}
+    finally:
+        cache.close()

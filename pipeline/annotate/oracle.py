@@ -65,3 +65,9 @@ def oracle_label(traj: dict, steps: list[dict], task: Task) -> TrajLabel:
         labels.append(StepLabel(float(sc), con, progress=len(seen) / len(items) if items else 1.0))
     status = rule_judge(task.gold_facts or [], traj.get("final_answer"), traj.get("finish_type") or "none")
     return TrajLabel(traj["traj_id"], labels, status, pass_score(status), "oracle", PROMPT_VERSION)
+
+
+def annotate(trajs: list[dict], steps_by_traj: dict[str, list[dict]], tasks: dict[str, Task], cfg,
+             cache_path: str | None = None, progress: bool = True) -> tuple[list[TrajLabel], dict]:
+    """The oracle as a registered annotator (pipeline/registry.py): one label per trajectory, no statistics."""
+    return [oracle_label(t, steps_by_traj[t["traj_id"]], tasks[t["task_id"]]) for t in trajs], {}

@@ -11,12 +11,11 @@ from pathlib import Path
 
 from pipeline import layout
 from pipeline.annotate.base import TrajLabel
-from pipeline.annotate.heuristic import heuristic_label
-from pipeline.annotate.oracle import oracle_label
 from pipeline.annotate.succ_calling import succ_calling
 from pipeline.config import AnnotateConfig
 from pipeline.errors import SchemaError, SteptoolError
 from pipeline.fsutil import write_json
+from pipeline.registry import ANNOTATORS
 from pipeline.schema import ANNOTATED_STEPS, STEPS, TRAJECTORIES, read_table, write_table
 from pipeline.task import SPLITS, Task
 from pipeline.task_files import load_tasks
@@ -42,22 +41,8 @@ def label_trajectories(trajs: list[dict], steps: list[dict], tasks: dict[str, Ta
     if missing:
         raise SchemaError(f"{len(missing)} trajectories play tasks that are not in the task files (first: trajectory "
                           f"{missing[0]['traj_id']}, task {missing[0]['task_id']!r})")
-    stats: dict = {"annotator": cfg.annotator}
-    if cfg.annotator == "oracle":
-        labels = [oracle_label(t, by[t["traj_id"]], tasks[t["task_id"]]) for t in trajs]
-    elif cfg.annotator == "heuristic":
-        labels = [heuristic_label(t, by[t["traj_id"]], tasks[t["task_id"]], cfg.heuristic_threshold) for t in trajs]
-    else:
-        from pipeline.annotate.cache import JudgeCache
-        from pipeline.annotate.llm_judge import OpenAIJudge
-
-        cache = JudgeCache(cache_path or cfg.cache_path)
-        try:
-            judge = OpenAIJudge(cfg, cache)
-            labels = judge.annotate([(t, by[t["traj_id"]], tasks[t["task_id"]].query) for t in trajs], progress)
-            stats.update(judge.stats, judge_model=cfg.model, cache_entries=len(cache))
-        finally:
-            cache.close()
+    labels, extra = ANNOTATORS.implementation(cfg.annotator)(trajs, by, tasks, cfg, cache_path, progress)
+    stats: dict = {"annotator": cfg.annotator, **extra}
     stats["seconds"] = round(time.perf_counter() - t0, 2)
     return labels, stats
 
