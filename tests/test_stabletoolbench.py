@@ -55,8 +55,8 @@ def test_a_level_asked_for_more_queries_than_its_subsets_hold_is_refused(externa
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"env": {"kind": "toolworld"}}, "needs env.kind replay or http"),
-    ({"annotate": {"annotator": "oracle"}}, "needs annotate.annotator openai or heuristic"),
+    ({"env": {"kind": "toolworld"}}, "needs env.kind http or replay"),
+    ({"annotate": {"annotator": "oracle"}}, "needs annotate.annotator heuristic or openai"),
     ({"evaluate": {"judge": "rule"}}, "needs evaluate.judge openai"),
     ({"collect": {"replay": True}}, "needs collect.replay false"),
 ])
