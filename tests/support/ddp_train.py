@@ -45,8 +45,8 @@ def main(out: Path) -> None:
     if trainer.accelerator.is_main_process:
         (out / "round.json").write_text(json.dumps({
             "world": world, "steps": trainer.state.global_step,
-            "ref_logprobs": [it["ref_logprobs"] for it in trainer.train_dataset.items],
-            "advantages": [it["advantages"] for it in trainer.train_dataset.items]}))
+            "ref_logprobs": [it.ref_logprobs for it in trainer.train_dataset.items],
+            "advantages": [it.advantages for it in trainer.train_dataset.items]}))
 
 
 if __name__ == "__main__":
