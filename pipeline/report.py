@@ -1,17 +1,6 @@
 """The report: paper-style tables with their uncertainty, sentences generated from the numbers, figures, and
 DVC metrics and plots, from a run's evaluation results, round tables and training logs (the `report` stage
-writes them; docs/architecture.md, "Evaluation").
-
-Reads every data/eval/<model>-<strategy>/results.parquet of the models and strategies in `evaluate`, and
-the training logs data/plots/train/<variant>.json. Writes
-- reports/results.md: pass rate per level and average with a 95% bootstrap CI over tasks for every
-  model x strategy, tool-invocation success, average steps, give-up rate and win rate against
-  `evaluate.reference_model`; the ablation table of the training variants with paired differences (CI,
-  sign test, wins / ties / losses per task) against the reference model and the outcome-only baseline;
-  sentences generated from those numbers; how many tasks each comparison would need (power); the
-  split the numbers come from and the protocol used;
-- reports/figures/{pass_rate,win_rate,training}.png;
-- reports/metrics.json (`dvc metrics show`), reports/pass_rate.csv and reports/win_rate.csv (`dvc plots show`).
+writes them; what it reads and writes: its help, `steptool report --help`; docs/architecture.md, "Evaluation").
 """
 from __future__ import annotations
 
