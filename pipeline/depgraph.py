@@ -117,7 +117,7 @@ def _stage_module(cmd: str) -> str:
     return m.group(1)
 
 
-def is_code(dep: str, root: Path = REPO) -> bool:
+def is_code(dep: str) -> bool:
     """Whether a dvc.yaml dep is repository code (a file or folder under one of PACKAGES), not data or config."""
     return dep.split("/")[0] in PACKAGES
 

@@ -47,8 +47,6 @@ def guard(fn: Callable[[], int | None]) -> int:
         print("steptool: interrupted (partial work is kept; rerun to continue)", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `steptool params | head`: the reader left; say nothing more
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as e:  # the machine refused (no space, no permission, a path in the way): one line, naming it
