@@ -19,12 +19,11 @@ from typing import Any, Literal
 import yaml
 
 from pipeline import variants as variant_registry
-from pipeline.registry import ANNOTATORS, ENVIRONMENTS, Registry
+from pipeline.registry import ANNOTATORS, ENVIRONMENTS, JUDGES, SHAPINGS, STRATEGIES, Registry
 from pipeline.errors import ConfigError
 from pipeline.formats.stabletoolbench import SUBSETS as STABLETOOLBENCH_SUBSETS
 
 LEVELS = ("I1", "I2", "I3")
-STRATEGIES = ("cot", "dfsdt")
 
 
 def _help(text: str, default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING) -> Any:
@@ -38,6 +37,11 @@ def _choice(registry: Registry, lead: str, rest: str = "") -> Any:
     params are read, its help the lead, then every registered choice with its own help, then `rest`; the
     default is the first registered."""
     return field(default=next(iter(registry.parts)), metadata={"help": lead, "help_rest": rest, "choices": registry})
+
+
+def _choices(registry: Registry, lead: str, factory: Any, rest: str = "") -> Any:
+    """A list key whose every item names a registered part (as `_choice`, for lists)."""
+    return field(default_factory=factory, metadata={"help": lead, "help_rest": rest, "choices": registry})
 
 
 def field_help(f: dataclasses.Field) -> str:
@@ -106,15 +110,6 @@ class ToolWorldConfig(_Checked):
 
 
 MAX_TASKS_PER_LEVEL = 5000
-
-
-@dataclass
-class PerStrategy(_Checked):
-    cot: int = _help("With the cot strategy.", 0)
-    dfsdt: int = _help("With the dfsdt strategy.", 0)
-
-    def check(self, where: str) -> None:
-        self._at_least(where, 0, *STRATEGIES)
 
 
 @dataclass
@@ -323,8 +318,7 @@ class WarmstartConfig(_Checked):
 
 @dataclass
 class CollectConfig(_Checked):
-    strategy: Literal["cot", "dfsdt"] = _help("cot: one chain per sample; dfsdt: tree search, the final path kept.",
-                                              "cot")
+    strategy: str = _choice(STRATEGIES, "How each train task's samples are played")
     n_samples: int = _help("Trajectories per train task.", 2)
     max_tasks: int = _help("Train tasks to play (0: all).", 12)
     temperature: float = _help("Sampling temperature (0: greedy).", 0.8)
@@ -429,18 +423,11 @@ class RewardsConfig(_Checked):
     """What a step earns and how returns add up (pipeline/rewards.py; docs/architecture.md, "Rewards"): the reward
     the advantages table holds and the trainer trains on, and the audit that checks what it pays for."""
 
-    shaping: Literal["paper", "progress", "min_form"] = _help(
-        "The step part s_t of r_t = step_scale·s_t − call_cost·call − failed_call_cost·failed + IsSolved (last "
-        "step). 'paper': s_t = (α·SC + Con/5)/(α+1), the paper's §4.1 reward with the reference's normalisation "
-        "(a call that brings nothing new has Con 0). 'progress': s_t = γ·Φ(s_t+1) − Φ(s_t), potential-based "
-        "shaping (Ng, Harada & Russell 1999) with Φ the share of needed facts known (the oracle's `progress`) and "
-        "0 at the end: it moves credit between steps and cannot change the optimal policy. 'min_form': s_t = "
-        "m_t − m_t+1 with m_t the minimum of the process rewards from t on ((α·SC + Con/5)/(α+1) for calls, "
-        "IsSolved for the last step): at γ = 1 a step's credit is the minimum of its future process rewards "
-        "(PURE, arXiv 2504.15275), so padding can only lower it and never answering earns none. The reward audit "
-        "finds 'paper' paying for padding (α = 1: a repeat still earns SC/2 = 0.5). The default, 'progress' with "
-        "call_cost 0.05, is what the val grid chose (`steptool study-val`, configs/study-val.yaml); it needs the oracle, so "
-        "with another annotator choose 'min_form'.", "progress")
+    shaping: str = _choice(
+        SHAPINGS, "The step part s_t of r_t = step_scale·s_t − call_cost·call − failed_call_cost·failed + IsSolved "
+        "(last step)", "The reward audit finds 'paper' paying for padding (α = 1: a repeat still earns SC/2 = 0.5). "
+        "The default, 'progress' with call_cost 0.05, is what the val grid chose (`steptool study-val`, "
+        "configs/study-val.yaml); it needs the oracle, so with another annotator choose 'min_form'.")
     alpha: float = _help("α of the process reward (α·SC + Con/5) / (α + 1) ('paper' and 'min_form'; 1 reproduces "
                          "the reference's equal weights).", 1.0)
     gamma: float = _help(
@@ -604,23 +591,22 @@ class EvaluateConfig(_Checked):
         "stage evaluate@<model>-<strategy> per model and strategy. The CPU default leaves out `base` (it cannot "
         "follow the action format: 0% on every level) to spend its minutes on more test tasks.",
         factory=lambda: ["sft", variant_registry.DEFAULT, variant_registry.OUTCOME_BASELINE])
-    strategies: list[Literal["cot", "dfsdt"]] = _help(
-        "Search strategies to evaluate every model with. The CPU default evaluates CoT only, on 3x the tasks: "
-        "DFSDT costs about twice as much per task, and a DFSDT cell of 12 tasks cannot tell variants apart; "
-        "profiles/gpu.yaml evaluates both.", factory=lambda: ["cot"])
+    strategies: list[str] = _choices(
+        STRATEGIES, "Search strategies to evaluate every model with", lambda: ["cot"],
+        "The CPU default evaluates CoT only, on 3x the tasks: DFSDT costs about twice as much per task, and a DFSDT "
+        "cell of 12 tasks cannot tell variants apart; profiles/gpu.yaml evaluates both.")
     split: Literal["test", "val"] = _help(
         "Which split to evaluate on: 'val' while tuning anything, 'test' for the final tables only.", "test")
-    tasks_per_level: PerStrategy = _help(
-        "Tasks per level I1/I2/I3 for each strategy, the first ones of the split (0: all). DFSDT costs about "
-        "twice CoT per task.", factory=lambda: PerStrategy(12, 4))
+    tasks_per_level: dict[str, int] = _help(
+        "Tasks per level I1/I2/I3 for each strategy, the first ones of the split (0: all). Keyed by strategy; "
+        "every strategy in `strategies` needs an entry (a key given keeps the others' defaults). DFSDT costs about "
+        "twice CoT per task.", factory=lambda: {"cot": 12, "dfsdt": 4})
     samples: int = _help(
         "Plays per task and checkpoint (mean +- std over them); with temperature 0 they are identical, so keep 1. "
         "The spread over training runs comes from train.seeds.", 1)
     temperature: float = _help("Sampling temperature of the agent (0: greedy, as StableToolBench evaluates).", 0.0)
     seed: int = _help("Sampling seed (with temperature > 0).", 0)
-    judge: Literal["rule", "openai"] = _help(
-        "Pass-rate judge: rule (ToolWorld gold facts: all -> Solved, some -> Unsure) or openai (StableToolBench's "
-        "criteria through the annotate section's endpoint, client, cache and fault handling).", "rule")
+    judge: str = _choice(JUDGES, "Pass-rate judge")
     n_judgings: int = _help("openai: judging runs per answer (StableToolBench: 3); the rule judge runs once.", 3)
     judge_temperature: float = _help(
         "openai: the pass-rate judge's sampling temperature (StableToolBench's evaluator: 0; its runs differ by "
@@ -630,6 +616,18 @@ class EvaluateConfig(_Checked):
 
     def check(self, where: str) -> None:
         self._at_least(where, 1, "samples", "n_judgings")
+        for name, n in self.tasks_per_level.items():
+            if name not in STRATEGIES.names():
+                self._fail(where, "tasks_per_level", f"has an unknown strategy {name!r} (one of "
+                                                     f"{', '.join(STRATEGIES.names())})")
+            if n < 0:
+                self._fail(where, f"tasks_per_level.{name}", f"must be >= 0, got {n}")
+        for name in self.strategies:
+            if name not in self.tasks_per_level:
+                self._fail(where, "tasks_per_level", f"has no entry for strategy {name!r} of evaluate.strategies "
+                                                     "(how many tasks per level to evaluate it on; 0: all)")
+        if len(set(self.strategies)) != len(self.strategies) or not self.strategies:
+            self._fail(where, "strategies", f"must name each strategy once, at least one, got {self.strategies}")
         for key in ("temperature", "judge_temperature"):
             if getattr(self, key) < 0:
                 self._fail(where, key, f"must be >= 0, got {getattr(self, key)}")
@@ -691,17 +689,20 @@ class Params(_Checked):
                 raise ConfigError(f"tasks.source: stabletoolbench needs annotate.annotator {' or '.join(others)} "
                                   f"(the {self.annotate.annotator} annotator reads ToolWorld's gold plans), got "
                                   f"{self.annotate.annotator}")
-            if self.evaluate.judge == "rule":
-                raise ConfigError("tasks.source: stabletoolbench needs evaluate.judge openai (the rule judge reads "
-                                  "ToolWorld's gold facts), got rule")
+            if JUDGES.has(self.evaluate.judge, "needs_gold"):
+                others = [k for k in JUDGES.names() if not JUDGES.has(k, "needs_gold")]
+                raise ConfigError(f"tasks.source: stabletoolbench needs evaluate.judge {' or '.join(others)} (the "
+                                  f"{self.evaluate.judge} judge reads ToolWorld's gold facts), got {self.evaluate.judge}")
             if self.collect.replay:
                 raise ConfigError("tasks.source: stabletoolbench needs collect.replay false (the replay is judged "
                                   "by the rule, which reads ToolWorld's gold facts)")
-        if self.rewards.shaping == "progress" and not ANNOTATORS.has(self.annotate.annotator, "gives_progress"):
+        if (SHAPINGS.has(self.rewards.shaping, "needs_progress")
+                and not ANNOTATORS.has(self.annotate.annotator, "gives_progress")):
             givers = [k for k in ANNOTATORS.names() if ANNOTATORS.has(k, "gives_progress")]
-            raise ConfigError(f"rewards.shaping: progress needs the share of needed facts each step has made known, "
-                              f"which only annotate.annotator {' or '.join(givers)} gives (got "
-                              f"{self.annotate.annotator}): use paper or min_form")
+            others = [k for k in SHAPINGS.names() if not SHAPINGS.has(k, "needs_progress")]
+            raise ConfigError(f"rewards.shaping: {self.rewards.shaping} needs the share of needed facts each step has "
+                              f"made known, which only annotate.annotator {' or '.join(givers)} gives (got "
+                              f"{self.annotate.annotator}): use {' or '.join(others)}")
         if self.agent.backend == "openai" and (self.train.rounds > 1 or self.collect.replay):
             key = "train.rounds > 1" if self.train.rounds > 1 else "collect.replay: true"
             raise ConfigError(f"{key} needs agent.backend hf: the train stage would play its new checkpoint "
@@ -761,6 +762,13 @@ def _coerce(value: Any, tp: Any, key: str, source: str, base: Any = None) -> Any
         if not isinstance(value, str):
             raise ConfigError(f"{source}: {key} must be a string, got {type(value).__name__} {value!r}")
         return value
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping, got {type(value).__name__} {value!r}")
+        given = {_coerce(k, key_tp, f"{key} key", source): _coerce(v, value_tp, f"{key}.{k}", source)
+                 for k, v in value.items()}
+        return {**base, **given} if isinstance(base, dict) else given
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -783,10 +791,12 @@ def _build(cls: type, raw: dict, prefix: str, source: str, base: Any = None) -> 
             key = f"{prefix}.{f.name}" if prefix else f.name
             kwargs[f.name] = _coerce(raw[f.name], hints[f.name], key, source, getattr(base, f.name))
             if "choices" in f.metadata:
-                try:
-                    f.metadata["choices"].get(kwargs[f.name])
-                except ConfigError as e:
-                    raise ConfigError(f"{source}: {e}") from None
+                registry, value = f.metadata["choices"], kwargs[f.name]
+                for i, name in enumerate(value if isinstance(value, list) else [value]):
+                    if name not in registry.names():
+                        at = f"{key}[{i}]" if isinstance(value, list) else key
+                        raise ConfigError(f"{source}: {at} must be one of {', '.join(map(repr, registry.names()))}, "
+                                          f"got {name!r}")
         else:
             kwargs[f.name] = getattr(base, f.name)
     obj = cls(**kwargs)

@@ -1,13 +1,14 @@
 """Registries of the parts chosen by name in params.yaml, as pipeline/variants.py is for the training variants
-(docs/architecture.md, "How to add a part"): the annotators (`annotate.annotator`) and the environment kinds
-(`env.kind`).
+(docs/architecture.md, "How to add a part"): the annotators (`annotate.annotator`), the environment kinds
+(`env.kind`), the search strategies (`collect.strategy`, `evaluate.strategies`), the reward shapings
+(`rewards.shaping`) and the pass-rate judges (`evaluate.judge`).
 
 An entry is data: its name, a one-line help, the properties the params check reads (e.g. `needs_gold`), and
 where its code is ("module:function"). The params check, `steptool params`, params.yaml's comments and the CLI's
 choices read the names and helps from here, without importing any implementation; the phase that uses a part
 calls `Registry.implementation(name)`, which imports it then. `pipeline/depgraph.py` counts such a call as an
 import of every registered implementation, so a stage's DVC code deps hold them. Adding an annotator or an
-environment kind is its module plus one `register` call here (and its test).
+environment kind, a shaping or a judge is its function plus one `register` call here (and its test).
 """
 from __future__ import annotations
 
@@ -89,4 +90,38 @@ ENVIRONMENTS.register(Part("replay", "real StableToolBench responses recorded in
                                      "misses answer with an error and are counted", "pipeline.envs:make_replay_env",
                            frozenset({"counts_misses"})))
 
-REGISTRIES = {"ANNOTATORS": ANNOTATORS, "ENVIRONMENTS": ENVIRONMENTS}  # by the name code uses (pipeline/depgraph.py)
+STRATEGIES = Registry("collect.strategy", "run(jobs, policy, renderer, make_env, search) -> one Rollout per (task, "
+                                        "sample_idx) job; search: pipeline.agent.rollout.Search (the agent section's "
+                                        "settings and the registered name to record)")
+STRATEGIES.register(Part("cot", "one chain per sample", "pipeline.agent.rollout:run_chains"))
+STRATEGIES.register(Part("dfsdt", "depth-first tree search (agent.dfsdt_width children per node, agent.dfsdt_budget "
+                                  "actions per task), the final path kept", "pipeline.agent.rollout:run_trees",
+                         frozenset({"tree"})))
+
+SHAPINGS = Registry("rewards.shaping", "step_part(steps, spec) -> (steps with any helper columns, the step part s_t "
+                                     "as a polars expression); `steps` is sorted by trajectory and step and has "
+                                     "is_last, _p = (α·SC + Con/5)/(α+1), succ_calling, contribution, is_solved_score "
+                                     "and, for a shaping with `needs_progress`, progress (pipeline/rewards.py)")
+# the first registered is the default (the val grid's choice, configs/study-val.yaml)
+SHAPINGS.register(Part("progress", "s_t = γ·Φ(s_t+1) − Φ(s_t), potential-based shaping (Ng, Harada & Russell 1999) "
+                                   "with Φ the share of needed facts known (the oracle's `progress`) and 0 at the "
+                                   "end: it moves credit between steps and cannot change the optimal policy",
+                       "pipeline.rewards:progress_part", frozenset({"needs_progress"})))
+SHAPINGS.register(Part("paper", "s_t = (α·SC + Con/5)/(α+1), the paper's §4.1 reward with the reference's "
+                                "normalisation (a call that brings nothing new has Con 0)",
+                       "pipeline.rewards:paper_part"))
+SHAPINGS.register(Part("min_form", "s_t = m_t − m_t+1 with m_t the minimum of the process rewards from t on "
+                                   "((α·SC + Con/5)/(α+1) for calls, IsSolved for the last step): at γ = 1 a step's "
+                                   "credit is the minimum of its future process rewards (PURE, arXiv 2504.15275), so "
+                                   "padding can only lower it and never answering earns none",
+                       "pipeline.rewards:min_form_part"))
+
+JUDGES = Registry("evaluate.judge", "judge(trajectories, steps, tasks by id, params) -> (traj_id -> one status per "
+                                    "judging run, the judge's counters)")
+JUDGES.register(Part("rule", "ToolWorld's gold facts: all stated -> Solved, some -> Unsure, once",
+                     "pipeline.evaluate.results:rule_statuses", frozenset({"needs_gold"})))
+JUDGES.register(Part("openai", "StableToolBench's criteria through the annotate section's endpoint, client, cache and "
+                               "fault handling", "pipeline.evaluate.llm_pass_rate:judge_answers", frozenset({"llm"})))
+
+REGISTRIES = {"ANNOTATORS": ANNOTATORS, "ENVIRONMENTS": ENVIRONMENTS, "STRATEGIES": STRATEGIES, "SHAPINGS": SHAPINGS,
+              "JUDGES": JUDGES}  # by the name code uses (pipeline/depgraph.py)

@@ -13,6 +13,7 @@ from pipeline.errors import SteptoolError
 from pipeline.evaluate.results import summarize, win_rate
 from pipeline.figures import figures
 from pipeline.fsutil import atomic_path, write_json
+from pipeline.registry import JUDGES
 from pipeline.schema import EVAL_RESULTS, ROUND_STEPS, read_table
 from pipeline.stats import paired_difference, pass_rate_ci, seed_scores, tasks_needed, verdict
 
@@ -347,9 +348,14 @@ def protocol(params: Params, root: Path) -> list[str]:
 def benchmark(p: Params) -> str:
     """The report's first sentence: which benchmark every number comes from, and how far it compares with
     published ones."""
-    judge = (f"by `openai` with StableToolBench's criteria text, {p.evaluate.n_judgings} run(s) at temperature "
-             f"{p.evaluate.judge_temperature:g} ({p.annotate.model} at `{p.annotate.base_url}`)"
-             if p.evaluate.judge == "openai" else "against each task's gold facts (`rule`)")
+    name = p.evaluate.judge
+    if JUDGES.has(name, "llm"):
+        judge = (f"by `{name}` with StableToolBench's criteria text, {p.evaluate.n_judgings} run(s) at temperature "
+                 f"{p.evaluate.judge_temperature:g} ({p.annotate.model} at `{p.annotate.base_url}`)")
+    elif JUDGES.has(name, "needs_gold"):
+        judge = f"against each task's gold facts (`{name}`)"
+    else:
+        judge = f"by `{name}` ({JUDGES.get(name).help})"
     if p.tasks.source != "stabletoolbench":
         return ("**Benchmark: ToolWorld** (`tasks.source: toolworld`): the embedded tool world's generated tasks, "
                 f"tools answered by `env.kind` {p.env.kind}, answers judged {judge}. These numbers compare variants "

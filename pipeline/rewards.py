@@ -31,7 +31,6 @@ reward of each vote (the reference's 0.9333 = mean of 1, 1, 0.8).
 """
 from __future__ import annotations
 
-import typing
 from typing import Sequence
 
 import numpy as np
@@ -39,29 +38,30 @@ import polars as pl
 
 from pipeline import variants
 from pipeline.config import RewardsConfig
+from pipeline.registry import SHAPINGS
 
 # the paper's reward as the reference computes it (α = 1, γ = 1, no scale or costs: every key that differs from
 # the config's defaults is set here): these functions' default; the pipeline's reward is params.yaml's `rewards`
 # section, the same dataclass
 PAPER = RewardsConfig(shaping="paper", alpha=1.0, gamma=1.0, step_scale=1.0, call_cost=0.0, failed_call_cost=0.0,
                       normalize="none")
-SHAPINGS: tuple[str, ...] = typing.get_args(typing.get_type_hints(RewardsConfig)["shaping"])
 
 
 def step_rewards(steps: pl.DataFrame, variant: str = variants.DEFAULT,
                  spec: RewardsConfig | None = None) -> pl.DataFrame:
     """steps: one row per step with traj_id, step_idx, succ_calling, contribution (null on Finish),
-    is_solved_score (last step), and `progress` (share of needed facts known after the step) for the
-    `progress` shaping. `spec`: the reward, a `rewards` section (default: the paper's, `PAPER`). Returns traj_id, step_idx, reward, is_last
+    is_solved_score (last step), and `progress` (share of needed facts known after the step) for a shaping
+    that needs it (pipeline/registry.py, SHAPINGS). `spec`: the reward, a `rewards` section (default: the paper's, `PAPER`). Returns traj_id, step_idx, reward, is_last
     (sorted by trajectory and step)."""
     spec = spec or PAPER
     spec.check("rewards")
     v = variants.get(variant)
     cols = ["traj_id", "step_idx", "succ_calling", "contribution", "is_solved_score"]
-    if spec.shaping == "progress":
+    if SHAPINGS.has(spec.shaping, "needs_progress"):
         if "progress" not in steps.columns or steps["progress"].null_count() == steps.height:
-            raise ValueError("rewards.shaping progress needs each step's progress (the share of needed facts known), "
-                             "which only the oracle annotator gives: use shaping paper or min_form")
+            givers = [k for k in SHAPINGS.names() if not SHAPINGS.has(k, "needs_progress")]
+            raise ValueError(f"rewards.shaping {spec.shaping} needs each step's progress (the share of needed facts "
+                             f"known), which only the oracle annotator gives: use shaping {' or '.join(givers)}")
         cols.append("progress")
     df = steps.select(cols).sort("traj_id", "step_idx")
     last = pl.col("step_idx") == pl.col("step_idx").max().over("traj_id")
@@ -69,19 +69,7 @@ def step_rewards(steps: pl.DataFrame, variant: str = variants.DEFAULT,
     df = df.with_columns(last.alias("is_last"), sc.is_not_null().alias("_call"),
                          ((spec.alpha * sc.fill_null(0.0) + pl.col("contribution").fill_null(0.0) / 5.0)
                           / (spec.alpha + 1.0)).alias("_p"))
-    if spec.shaping == "paper":
-        part = pl.when(pl.col("is_last")).then(0.0).otherwise(pl.col("_p"))
-    elif spec.shaping == "progress":
-        # Φ_t: known before step t = the progress after step t−1 (0 before the first step)
-        phi = pl.col("progress").fill_null(strategy="forward").over("traj_id").fill_null(0.0)
-        df = df.with_columns(phi.shift(1).over("traj_id").fill_null(0.0).alias("_phi"), phi.alias("_phi_next"))
-        part = pl.when(pl.col("is_last")).then(-pl.col("_phi")).otherwise(
-            spec.gamma * pl.col("_phi_next") - pl.col("_phi"))
-    else:  # min_form: m_t = min of q over the steps from t on (q_T = IsSolved); s_t = m_t − m_{t+1}, m_{T+1} = 0
-        df = df.with_columns(pl.when(pl.col("is_last")).then(pl.col("is_solved_score").fill_null(0.0))
-                             .otherwise(pl.col("_p")).alias("_q"))
-        df = df.with_columns(pl.col("_q").cum_min(reverse=True).over("traj_id").alias("_m"))
-        part = pl.col("_m") - pl.col("_m").shift(-1).over("traj_id").fill_null(0.0)
+    df, part = SHAPINGS.implementation(spec.shaping)(df, spec)
     call = pl.col("_call").cast(pl.Float64)
     step_part = (spec.step_scale * part - spec.call_cost * call
                  - spec.failed_call_cost * call * (1.0 - sc.fill_null(1.0)))
@@ -99,6 +87,28 @@ def step_rewards(steps: pl.DataFrame, variant: str = variants.DEFAULT,
         std = std if std and std > 0 else 1.0
         df = df.with_columns(pl.when(given).then((pl.col("reward") - mean) / std).otherwise(0.0).alias("reward"))
     return df.select("traj_id", "step_idx", "reward", "is_last")
+
+
+def paper_part(df: pl.DataFrame, spec: RewardsConfig) -> tuple[pl.DataFrame, pl.Expr]:
+    """`paper`: s_t = p_t before the last step, 0 on it (the module docstring's table)."""
+    return df, pl.when(pl.col("is_last")).then(0.0).otherwise(pl.col("_p"))
+
+
+def progress_part(df: pl.DataFrame, spec: RewardsConfig) -> tuple[pl.DataFrame, pl.Expr]:
+    """`progress`: s_t = γ·Φ_{t+1} − Φ_t before the last step, −Φ_T on it, Φ_t the progress known before step t."""
+    # Φ_t: known before step t = the progress after step t−1 (0 before the first step)
+    phi = pl.col("progress").fill_null(strategy="forward").over("traj_id").fill_null(0.0)
+    df = df.with_columns(phi.shift(1).over("traj_id").fill_null(0.0).alias("_phi"), phi.alias("_phi_next"))
+    return df, pl.when(pl.col("is_last")).then(-pl.col("_phi")).otherwise(spec.gamma * pl.col("_phi_next")
+                                                                          - pl.col("_phi"))
+
+
+def min_form_part(df: pl.DataFrame, spec: RewardsConfig) -> tuple[pl.DataFrame, pl.Expr]:
+    """`min_form`: m_t = min of q over the steps from t on (q_T = IsSolved); s_t = m_t − m_{t+1}, m_{T+1} = 0."""
+    df = df.with_columns(pl.when(pl.col("is_last")).then(pl.col("is_solved_score").fill_null(0.0))
+                         .otherwise(pl.col("_p")).alias("_q"))
+    df = df.with_columns(pl.col("_q").cum_min(reverse=True).over("traj_id").alias("_m"))
+    return df, pl.col("_m") - pl.col("_m").shift(-1).over("traj_id").fill_null(0.0)
 
 
 def discounted_returns(rewards: np.ndarray | Sequence[float], lengths: np.ndarray | Sequence[int],

@@ -13,16 +13,17 @@ from pathlib import Path
 
 from pipeline import layout
 from pipeline.agent.play import play
-from pipeline.config import STRATEGIES, Params
+from pipeline.config import Params
 from pipeline.errors import ConfigError, SteptoolError
 from pipeline.evaluate.results import result_rows, summarize
 from pipeline.fsutil import write_json
+from pipeline.registry import JUDGES, STRATEGIES
 from pipeline.runner import run_stage
 from pipeline.schema import EVAL_RESULTS, STEPS, TRAJECTORIES, read_table, write_table
 from pipeline.task_files import first_per_level, load_tasks
 
 ARGS = (("model", dict(help="a name under data/models (base, sft, or a training variant)")),
-        ("strategy", dict(choices=list(STRATEGIES), help="search strategy")))
+        ("strategy", dict(choices=list(STRATEGIES.names()), help="search strategy")))
 
 
 def checkpoints(params: Params, model: str) -> list[tuple[int | None, Path]]:
@@ -39,13 +40,15 @@ def evaluate(params: Params, root: Path, model: str, strategy: str) -> dict:
         if not (root / model_dir / "config.json").exists():
             raise SteptoolError(f"{root / model_dir}: not a checkpoint directory (run the stage that writes it: "
                                 "dvc repro)")
-    tasks = first_per_level(load_tasks(root, e.split), getattr(e.tasks_per_level, strategy))
+    tasks = first_per_level(load_tasks(root, e.split), e.tasks_per_level[strategy])
     if not tasks:
         raise SteptoolError(f"{root / layout.tasks_file(e.split)}: no task to evaluate on")
     no_gold = [t.task_id for t in tasks if not t.has_gold]
-    if e.judge == "rule" and no_gold:  # before any play: the rule judge reads the gold facts
+    if JUDGES.has(e.judge, "needs_gold") and no_gold:  # before any play
+        others = [k for k in JUDGES.names() if not JUDGES.has(k, "needs_gold")]
         raise SteptoolError(f"{root / layout.tasks_file(e.split)}: task {no_gold[0]} ({len(no_gold)} in all) has no "
-                            "gold facts, which evaluate.judge rule reads: use judge openai")
+                            f"gold facts, which evaluate.judge {e.judge} reads: use judge {' or '.join(others)}")
+    judge = JUDGES.implementation(e.judge)
     out = root / layout.eval_dir(model, strategy)
     by_id = {t.task_id: t for t in tasks}
     rows, stats = [], {}
@@ -55,17 +58,13 @@ def evaluate(params: Params, root: Path, model: str, strategy: str) -> dict:
              temperature=e.temperature, top_p=1.0, seed=e.seed, chunk_size=16, policy_name=model)
         trajs = read_table(layout.table(played, "trajectories"), TRAJECTORIES).to_pylist()
         steps = read_table(layout.table(played, "steps"), STEPS).to_pylist()
-        statuses = None
-        if e.judge == "openai":
-            from pipeline.evaluate.llm_pass_rate import judge_answers
-
-            statuses, seed_stats = judge_answers(trajs, steps, by_id, params)
-            for k, v in seed_stats.items():
-                stats[k] = stats.get(k, 0) + v if isinstance(v, (int, float)) else v
-        rows += result_rows(model, strategy, trajs, steps, by_id, statuses, seed=seed)
+        statuses, seed_stats = judge(trajs, steps, by_id, params)
+        for k, v in seed_stats.items():
+            stats[k] = stats.get(k, 0) + v if isinstance(v, (int, float)) else v
+        rows += result_rows(model, strategy, trajs, steps, by_id, statuses, seed=seed, judge=e.judge)
     write_table(rows, layout.table(out, "results"), EVAL_RESULTS)
     summary = {"model": model, "strategy": strategy, "split": e.split, "judge": e.judge, **summarize(rows)}
-    if e.judge == "openai":
+    if stats:  # an LLM judge's calls, cache hits and cost
         summary["judge_stats"] = stats
     write_json(root / layout.metrics_file("eval", f"{model}-{strategy}"), summary)
     return summary

@@ -11,7 +11,7 @@ import importlib
 from pathlib import Path
 
 from pipeline import layout, variants
-from pipeline.registry import ANNOTATORS, ENVIRONMENTS
+from pipeline.registry import ANNOTATORS, ENVIRONMENTS, SHAPINGS, STRATEGIES
 from pipeline.errors import SteptoolError
 from pipeline.runner import add_common, add_stage_arguments, guard, setup_logging
 from pipeline.task import SPLITS
@@ -107,7 +107,6 @@ def _audit_rewards(args: argparse.Namespace) -> int:
     from pipeline import audit_table, reward_audit
     from pipeline.config import load_params
     from pipeline.fsutil import atomic_path
-    from pipeline.rewards import SHAPINGS
 
     settable = ("alpha", "gamma", "step_scale", "call_cost", "failed_call_cost", "normalize")
 
@@ -122,9 +121,10 @@ def _audit_rewards(args: argparse.Namespace) -> int:
             changes[key] = value if key == "normalize" else float(value)
         except ValueError:
             raise SteptoolError(f"--set {item!r}: {value!r} is not a number") from None
-    shapings = list(SHAPINGS) if args.shaping == ["all"] else (args.shaping or [params.rewards.shaping])
-    if "progress" in shapings and not ANNOTATORS.has(params.annotate.annotator, "gives_progress"):
-        shapings.remove("progress")  # it needs the oracle's progress; the others still say what they pay for
+    shapings = list(SHAPINGS.names()) if args.shaping == ["all"] else (args.shaping or [params.rewards.shaping])
+    if not ANNOTATORS.has(params.annotate.annotator, "gives_progress"):
+        # a shaping that needs the oracle's progress is left out; the others still say what they pay for
+        shapings = [s for s in shapings if not SHAPINGS.has(s, "needs_progress")]
     tasks = reward_audit.audit_tasks(params, root, args.max_tasks)
     gold = [t for t in tasks if t.has_gold and t.gold_calls]
     if not gold:
@@ -380,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=list(SPLITS))
     p.add_argument("--out", required=True, help="output directory for trajectories/steps/tokens.parquet")
     p.add_argument("--max-tasks", type=int, default=0, help="play the first N tasks only (0: all)")
-    p.add_argument("--strategy", default="cot", choices=["cot", "dfsdt"])
+    p.add_argument("--strategy", default="cot", choices=list(STRATEGIES.names()))
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
     p.add_argument("--n-samples", type=int, default=1)
     p.add_argument("--env", choices=list(ENVIRONMENTS.names()), help="override env.kind of the params file")
@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     p.add_argument("--variant", action="append", choices=list(variants.names()),
                    help="a training variant (repeatable; default: params.yaml's variants)")
-    p.add_argument("--shaping", action="append", choices=["paper", "progress", "min_form", "all"],
+    p.add_argument("--shaping", action="append", choices=[*SHAPINGS.names(), "all"],
                    help="rewards.shaping to audit (repeatable; 'all': every one; default: params.yaml's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="change a rewards key for the audit, e.g. --set step_scale=0.2 --set call_cost=0.05")

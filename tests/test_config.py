@@ -68,7 +68,7 @@ def test_gpu_profile_is_a_valid_params_file_at_scale():
     cpu = load_params(REPO / "params.yaml")
     assert gpu.tasks.train.total() >= 20 * cpu.tasks.train.total()
     assert gpu.base_model.dtype == "bfloat16" and gpu.warmstart.lora and gpu.train.lora
-    assert gpu.collect.max_tasks == 0 and gpu.evaluate.tasks_per_level.cot == 0 and gpu.evaluate.samples == 3
+    assert gpu.collect.max_tasks == 0 and gpu.evaluate.tasks_per_level["cot"] == 0 and gpu.evaluate.samples == 3
     assert gpu.evaluate.temperature > 0  # several samples must be able to differ
     # the GPU runs the paper's whole ablation, and every model the CPU default evaluates
     paper = {"steptool", "no_step_reward", "no_step_opt", "ppo_outcome"}  # not the registry: a fifth variant
@@ -138,6 +138,13 @@ def test_a_written_params_file_is_complete_and_loads_back(tmp_path):
     ({"variants": ["steptool", "steptool"]}, "each variant at most once"),
     ({"train": {"ppo_epochs": 2}}, "unknown key 'train.ppo_epochs'"),
     ({"train": {"cliprange": 0}}, "train.cliprange must be > 0"),
+    ({"collect": {"strategy": "bfs"}}, "collect.strategy must be one of 'cot', 'dfsdt', got 'bfs'"),
+    ({"evaluate": {"strategies": ["cot", "bfs"]}}, "evaluate.strategies[1] must be one of 'cot', 'dfsdt', got 'bfs'"),
+    ({"evaluate": {"strategies": ["cot", "cot"]}}, "evaluate.strategies must name each strategy once"),
+    ({"evaluate": {"tasks_per_level": {"bfs": 2}}}, "evaluate.tasks_per_level has an unknown strategy 'bfs'"),
+    ({"evaluate": {"tasks_per_level": {"cot": -1}}}, "evaluate.tasks_per_level.cot must be >= 0, got -1"),
+    ({"evaluate": {"tasks_per_level": {"cot": "all"}}}, "evaluate.tasks_per_level.cot must be an integer"),
+    ({"evaluate": {"tasks_per_level": [1, 2]}}, "evaluate.tasks_per_level must be a mapping"),
 ])
 def test_variants_and_train_keys_are_checked(raw, message):
     with pytest.raises(ConfigError) as e:
@@ -147,10 +154,10 @@ def test_variants_and_train_keys_are_checked(raw, message):
 
 def test_a_nested_mapping_given_in_part_keeps_the_other_keys_defaults():
     """`tasks_per_level: {cot: 0}` changes CoT only: DFSDT keeps the section's default (4), not the nested class's."""
-    from pipeline.config import PerStrategy, parse_params
+    from pipeline.config import parse_params
 
-    assert parse_params({"evaluate": {"tasks_per_level": {"cot": 0}}}).evaluate.tasks_per_level == PerStrategy(0, 4)
-    assert parse_params({}).evaluate.tasks_per_level == PerStrategy(12, 4)
+    assert parse_params({"evaluate": {"tasks_per_level": {"cot": 0}}}).evaluate.tasks_per_level == {"cot": 0, "dfsdt": 4}
+    assert parse_params({}).evaluate.tasks_per_level == {"cot": 12, "dfsdt": 4}
 
 
 def test_the_openai_backend_refuses_what_plays_checkpoints_inside_the_train_stage(tmp_path):

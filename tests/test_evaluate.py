@@ -84,7 +84,8 @@ def test_result_rows_use_the_rule_judge_and_the_succ_calling_rule():
     (row,) = result_rows("sft", "cot", trajs, steps, {"t1": task})
     assert row["statuses"] == ["Unsure"] and row["pass_score"] == 0.5  # one fact of two
     assert (row["n_calls"], row["n_calls_ok"], row["facts_stated"], row["n_facts"]) == (2, 1, 1, 2)
-    (row,) = result_rows("sft", "cot", trajs, steps, {"t1": task}, statuses={"x": ["Solved", "Unsure"]})
+    (row,) = result_rows("sft", "cot", trajs, steps, {"t1": task}, statuses={"x": ["Solved", "Unsure"]},
+                         judge="openai")
     assert row["judge"] == "openai" and row["pass_score"] == 0.75
 
 

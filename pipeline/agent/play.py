@@ -23,9 +23,9 @@ import pyarrow.parquet as pq
 from pipeline import layout
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.agent.records import rollout_rows
-from pipeline.agent.rollout import run_cot, run_dfsdt_batch, traj_id
+from pipeline.agent.rollout import Search, traj_id
 from pipeline.replay import MISS_ERROR
-from pipeline.registry import ENVIRONMENTS
+from pipeline.registry import ENVIRONMENTS, STRATEGIES
 from pipeline.schema import STEPS, TOKENS, TRAJECTORIES, write_table
 from pipeline.task import Task
 from pipeline.toolworld.fact_judge import pass_score, rule_judge
@@ -127,18 +127,14 @@ def collect(tasks: list[Task], policy, renderer: ChatRenderer, make_env, out_dir
     if done:
         log.info("resuming: %d trajectories already collected, %d to go", len(done), len(jobs))
     t0 = time.perf_counter()
+    run = STRATEGIES.implementation(strategy)
+    search = Search(strategy, max_steps=max_steps, seed=seed, constrain_names=constrain_names,
+                    tool_descriptions=tool_descriptions, width=width, budget=budget,
+                    backtrack_on_error=backtrack_on_error)
     bar = tqdm(total=len(jobs), desc=f"collect {strategy}", unit="traj", disable=not progress)
     for start in range(0, len(jobs), chunk_size):
         chunk = jobs[start:start + chunk_size]
-        if strategy == "cot":
-            rollouts = run_cot(chunk, policy, renderer, make_env, max_steps=max_steps, seed=seed, constrain_names=constrain_names,
-                               tool_descriptions=tool_descriptions)
-        elif strategy == "dfsdt":
-            rollouts = run_dfsdt_batch(chunk, policy, renderer, make_env, max_steps=max_steps, width=width,
-                                       constrain_names=constrain_names, budget=budget, seed=seed,
-                                       backtrack_on_error=backtrack_on_error, tool_descriptions=tool_descriptions)
-        else:
-            raise ValueError(f"strategy must be cot or dfsdt, got {strategy!r}")
+        rollouts = run(chunk, policy, renderer, make_env, search)
         rows = {"trajectories": [], "steps": [], "tokens": []}
         for r in rollouts:
             traj, steps, toks = rollout_rows(r, renderer)

@@ -136,12 +136,44 @@ def _generate(policy: Policy, prompts: list[list[int]], seeds: list[int], slots:
     return policy.generate(prompts, seeds)
 
 
+@dataclass(frozen=True)
+class Search:
+    """How a strategy plays its jobs: what every function of the STRATEGIES registry (pipeline/registry.py) takes,
+    from the `agent` section and the collection's seed."""
+    strategy: str  # the registered name, recorded in every rollout and its traj_id
+    max_steps: int = 8
+    seed: int = 0
+    constrain_names: bool = False
+    tool_descriptions: dict | None = None
+    width: int = 2  # a tree search's children per node (agent.dfsdt_width)
+    budget: int = 24  # a tree search's actions per job (agent.dfsdt_budget)
+    backtrack_on_error: bool = True
+
+
+def run_chains(jobs: list[tuple[Task, int]], policy: Policy, renderer: ChatRenderer, make_env,
+               search: Search) -> list[Rollout]:
+    """The `cot` strategy: `run_cot` with `search`'s settings."""
+    return run_cot(jobs, policy, renderer, make_env, max_steps=search.max_steps, seed=search.seed,
+                   tool_descriptions=search.tool_descriptions, constrain_names=search.constrain_names,
+                   strategy=search.strategy)
+
+
+def run_trees(jobs: list[tuple[Task, int]], policy: Policy, renderer: ChatRenderer, make_env,
+              search: Search) -> list[Rollout]:
+    """The `dfsdt` strategy: `run_dfsdt_batch` with `search`'s settings."""
+    return run_dfsdt_batch(jobs, policy, renderer, make_env, max_steps=search.max_steps, width=search.width,
+                           budget=search.budget, seed=search.seed, backtrack_on_error=search.backtrack_on_error,
+                           tool_descriptions=search.tool_descriptions, constrain_names=search.constrain_names,
+                           strategy=search.strategy)
+
+
 def run_cot(jobs: list[tuple[Task, int]], policy: Policy, renderer: ChatRenderer, make_env, *,
             max_steps: int = 8, seed: int = 0, tool_descriptions: dict | None = None, on_done=None,
-            constrain_names: bool = False) -> list[Rollout]:
+            constrain_names: bool = False, strategy: str = "cot") -> list[Rollout]:
     """Play every (task, sample_idx) job as one chain, all chains advancing together (one batch per step).
-    `constrain_names`: the policy may only write function names the task offers (see `NameSlot`)."""
-    chains = [_start(t, make_env(), renderer, policy, "cot", k, seed, tool_descriptions, constrain_names)
+    `constrain_names`: the policy may only write function names the task offers (see `NameSlot`). `strategy`: the
+    name recorded in each rollout (and its traj_id)."""
+    chains = [_start(t, make_env(), renderer, policy, strategy, k, seed, tool_descriptions, constrain_names)
               for t, k in jobs]
     active = list(chains)
     while active:
@@ -167,7 +199,7 @@ def run_dfsdt(task: Task, sample_idx: int, policy: Policy, renderer: ChatRendere
 def run_dfsdt_batch(jobs: list[tuple[Task, int]], policy: Policy, renderer: ChatRenderer, make_env, *,
                     max_steps: int = 8, width: int = 2, budget: int = 24, seed: int = 0,
                     backtrack_on_error: bool = True, tool_descriptions: dict | None = None,
-                    constrain_names: bool = False) -> list[Rollout]:
+                    constrain_names: bool = False, strategy: str = "dfsdt") -> list[Rollout]:
     """Depth-first search over sampled actions, for many (task, sample_idx) jobs at once.
 
     From a node, `width` children are sampled and tried in order; a child that gives up, fails (when
@@ -179,7 +211,7 @@ def run_dfsdt_batch(jobs: list[tuple[Task, int]], policy: Policy, renderer: Chat
     result is the same as searching one job at a time)."""
     searches = [_dfsdt_search(t, k, policy, renderer, make_env, max_steps=max_steps, width=width, budget=budget,
                               seed=seed, backtrack_on_error=backtrack_on_error, tool_descriptions=tool_descriptions,
-                              constrain_names=constrain_names) for t, k in jobs]
+                              constrain_names=constrain_names, strategy=strategy) for t, k in jobs]
     results: list[Rollout | None] = [None] * len(jobs)
     pending: dict[int, tuple] = {}
 
@@ -209,10 +241,10 @@ def run_dfsdt_batch(jobs: list[tuple[Task, int]], policy: Policy, renderer: Chat
 
 def _dfsdt_search(task: Task, sample_idx: int, policy: Policy, renderer: ChatRenderer, make_env, *, max_steps: int,
                   width: int, budget: int, seed: int, backtrack_on_error: bool, tool_descriptions: dict | None,
-                  constrain_names: bool):
+                  constrain_names: bool, strategy: str):
     """Generator: yields (prompts, seeds, slots) for the children of a node, receives their generations,
     returns the kept Rollout."""
-    root = _start(task, make_env(), renderer, policy, "dfsdt", sample_idx, seed, tool_descriptions, constrain_names)
+    root = _start(task, make_env(), renderer, policy, strategy, sample_idx, seed, tool_descriptions, constrain_names)
     tree: list[dict] = []
     state = {"generated": 0, "best": root}
 

@@ -20,10 +20,28 @@ from pipeline.task import Task
 from pipeline.toolworld.fact_judge import UNSOLVED, fact_stated, rule_judge
 
 
+def rule_statuses(trajectories: list[dict], steps: list[dict], tasks: dict[str, Task],
+                  params=None) -> tuple[dict[str, list[str]], dict]:
+    """The `rule` pass-rate judge (pipeline/registry.py, JUDGES): traj_id -> [the rule judge's status on the task's
+    gold facts], judged once; no counters. A task without gold facts is refused (it cannot be judged by rule)."""
+    statuses = {}
+    for t in trajectories:
+        task = tasks[t["task_id"]]
+        if not task.has_gold:
+            raise SteptoolError(f"task {task.task_id} has no gold facts: the rule judge needs them (use judge: "
+                                "openai)")
+        statuses[t["traj_id"]] = [rule_judge(task.gold_facts, t["final_answer"] or "", t["finish_type"])]
+    return statuses, {}
+
+
 def result_rows(model: str, strategy: str, trajectories: list[dict], steps: list[dict], tasks: dict[str, Task],
-                statuses: dict[str, list[str]] | None = None, seed: int | None = None) -> list[dict]:
-    """Rows of EVAL_RESULTS. `statuses`: traj_id -> judge statuses (openai); None: the rule judge. `seed`: the
-    checkpoint's training seed (None for base and sft)."""
+                statuses: dict[str, list[str]] | None = None, seed: int | None = None,
+                judge: str = "rule") -> list[dict]:
+    """Rows of EVAL_RESULTS. `statuses`: traj_id -> the statuses `judge` gave (a JUDGES entry's output); None: the
+    rule judge's (`rule_statuses`). `seed`: the checkpoint's training seed (None for base and sft)."""
+    if statuses is None:
+        statuses, _ = rule_statuses(trajectories, steps, tasks)
+        judge = "rule"
     by_traj: dict[str, list[dict]] = defaultdict(list)
     for s in steps:
         by_traj[s["traj_id"]].append(s)
@@ -35,16 +53,10 @@ def result_rows(model: str, strategy: str, trajectories: list[dict], steps: list
                  for s in calls)
         answer = t["final_answer"] or ""
         facts = task.gold_facts if task.has_gold else None
-        if statuses is None:
-            if facts is None:
-                raise SteptoolError(f"task {task.task_id} has no gold facts: the rule judge needs them (use judge: "
-                                    "openai)")
-            st = [rule_judge(facts, answer, t["finish_type"])]
-        else:
-            st = statuses.get(t["traj_id"]) or [UNSOLVED]
+        st = statuses.get(t["traj_id"]) or [UNSOLVED]
         rows.append({
             "model": model, "strategy": strategy, "task_id": t["task_id"], "level": task.level, "seed": seed,
-            "sample_idx": t["sample_idx"], "traj_id": t["traj_id"], "judge": "rule" if statuses is None else "openai",
+            "sample_idx": t["sample_idx"], "traj_id": t["traj_id"], "judge": judge,
             "statuses": st, "pass_score": statistics.fmean(STATUS_VALUE[s] for s in st),
             "finish_type": t["finish_type"], "final_answer": t["final_answer"], "n_steps": t["n_steps"],
             "n_calls": len(calls), "n_calls_ok": ok,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pipeline import untrusted
 from pipeline.errors import SchemaError
+from pipeline.registry import STRATEGIES
 
 _STEP = re.compile(r"^\s*(?:Step \d+|Final step):\s*(\{.*\})\s*$", re.S)
 STATUS_VALUE = {"Solved": 1.0, "Unsure": 0.5, "Unsolved": 0.0}
@@ -187,7 +188,7 @@ def converted_answer(task, trajectory: dict, steps: list[dict], method: str | No
 def converted_answer_body(trajectory: dict, steps: list[dict], method: str | None = None) -> dict:
     """The `answer` of a converted-answer record (what StableToolBench's evaluator reads and its
     parse_answer_status prompt shows as JSON): `method`, `total_steps`, `final_answer`, `answer_details`."""
-    method = method or ("DFS_woFilter_w2" if trajectory.get("strategy") == "dfsdt" else "CoT@1")
+    method = method or ("DFS_woFilter_w2" if STRATEGIES.has(trajectory.get("strategy"), "tree") else "CoT@1")
     nodes = [{"role": "system", "message": "", "next": []}, {"role": "user", "message": "", "next": []}]
     for s in sorted(steps, key=lambda s: s["step_idx"]):
         name = s.get("api_name") or "(unparsed action)"
