@@ -11,9 +11,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from pipeline.config import TasksConfig
 from pipeline.task import SPLITS, GoldCall, Task
 from pipeline.toolworld import spec as S
 from pipeline.toolworld.world import ToolWorld, canonical_json, unit_hash
+
+_TASKS = TasksConfig()  # the defaults of the tasks section, the one place they are written
 
 
 @dataclass
@@ -34,7 +37,7 @@ def fact_text(value) -> str:
 class TaskGenerator:
     """Draws tasks from a `ToolWorld`. Deterministic given (world, seed)."""
 
-    def __init__(self, world: ToolWorld, seed: int = 7, max_gold_calls: int = 5, distractor_tools: int = 1):
+    def __init__(self, world: ToolWorld, seed: int, max_gold_calls: int, distractor_tools: int):
         self.world = world
         self.seed = seed
         self.max_calls = max_gold_calls
@@ -240,9 +243,10 @@ def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:] if text[:2] != "I " and text[:2] != "I'" else text
 
 
-def generate_tasks(world: ToolWorld, seed: int, sizes: dict[str, dict[str, int]], max_gold_calls: int = 5,
-                   distractor_tools: int = 1) -> dict[str, list[Task]]:
+def generate_tasks(world: ToolWorld, seed: int, sizes: dict[str, dict[str, int]],
+                   max_gold_calls: int = _TASKS.max_gold_calls,
+                   distractor_tools: int = _TASKS.distractor_tools) -> dict[str, list[Task]]:
     """{split: tasks} for each split of `sizes` ({split: {level: count}}); each split's draw depends only on its
-    own name, so adding a split changes no other."""
+    own name, so adding a split changes no other. The defaults are the `tasks` section's."""
     gen = TaskGenerator(world, seed, max_gold_calls, distractor_tools)
     return {split: gen.generate(split, per_level) for split, per_level in sizes.items()}

@@ -166,9 +166,10 @@ class _ValueDrawer:
 
 
 class ToolWorld:
-    """The embedded tool world. Build it with a seed; ask it with `call`."""
+    """The embedded tool world. Build it with the `toolworld` section's keys (`from_config`; the defaults live
+    in pipeline/config.py only); ask it with `call`."""
 
-    def __init__(self, seed: int = 1234, entities_per_tool: int = 60, rate_limit_prob: float = 0.03):
+    def __init__(self, seed: int, entities_per_tool: int, rate_limit_prob: float):
         self.seed = seed
         self.entities_per_tool = entities_per_tool
         self.rate_limit_prob = rate_limit_prob
