@@ -7,7 +7,7 @@ changes, and which function-level imports run depends on the params. So does a r
 `ANNOTATORS.implementation(name)` (pipeline/registry.py): it imports one of the registered implementations, so
 every registered one counts. Importing `pipeline.agent.play` runs
 `pipeline/__init__.py` and `pipeline/agent/__init__.py` first, so a package's `__init__.py` is in the closure of
-each of its modules. `steptool dvc-deps --check` compares dvc.yaml with the graph; `--write` rewrites the code
+each of its modules. A module's `<name>_assets/` folder (files it reads as code: the viewer's page) is part of it. `steptool dvc-deps --check` compares dvc.yaml with the graph; `--write` rewrites the code
 part of each stage's deps (data and config deps stay as written)."""
 from __future__ import annotations
 
@@ -107,7 +107,15 @@ def closure(module: str, root: Path = REPO) -> list[str]:
                 dep = module_file(".".join(parts[:k]), root)
                 if dep is not None and dep not in seen:
                     todo.append(dep)
-    return sorted(p.relative_to(root).as_posix() for p in seen)
+    assets = {a for f in seen for a in assets_of(f)}
+    return sorted(p.relative_to(root).as_posix() for p in seen | assets)
+
+
+def assets_of(module: Path) -> list[Path]:
+    """The files a module reads at run time as part of its code: those under the sibling folder
+    `<module>_assets/` (pipeline/viewer.py's page, script and style in pipeline/viewer_assets/)."""
+    folder = module.with_name(module.stem + "_assets")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts) if folder.is_dir() else []
 
 
 def _stage_module(cmd: str) -> str:

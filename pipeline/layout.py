@@ -156,6 +156,8 @@ FIGURES = REPORTS / "figures"
 REPORT_METRICS = REPORTS / "metrics.json"
 PASS_RATE_CSV = REPORTS / "pass_rate.csv"
 WIN_RATE_CSV = REPORTS / "win_rate.csv"
+# what the `view` stage writes: the trajectory viewer, a static site
+VIEWER = REPORTS / "viewer"
 # the study (not a stage: make study-val / study-piece / study-report)
 STUDY_REPORTS = REPORTS / "study"
 STUDY_VAL = STUDY_REPORTS / "val"
@@ -165,7 +167,8 @@ def dvc_paths(variants: list[str], models: list[str], strategies: list[str], see
     """Every path the DVC stages read or write, for the given foreach/matrix items (the layout test compares
     this with dvc.yaml)."""
     paths = {tasks_file("train"), tasks_file("val"), tasks_file("test"), WARMSTART_TASKS, CATALOG, EVAL, TRAIN_PLOTS, ROUNDS,
-             metrics_dir("train"), metrics_dir("collect"), metrics_dir("advantages"), RESULTS_MD, FIGURES, REPORT_METRICS, PASS_RATE_CSV, WIN_RATE_CSV}
+             metrics_dir("train"), metrics_dir("collect"), metrics_dir("advantages"), RESULTS_MD, FIGURES, REPORT_METRICS, PASS_RATE_CSV, WIN_RATE_CSV,
+             VIEWER, TRAJECTORIES, ANNOTATED, ADVANTAGES}
     paths |= {BASE_MODEL, SFT_MODEL, metrics_file("warmstart")}
     for seed in seeds:
         paths |= {trajectories_dir(seed), annotated_dir(seed), table(annotated_dir(seed), "steps"),

@@ -2,7 +2,8 @@
 runs) and for `steptool <name>` (the CLI builds its stage subcommands with `add_stage_arguments` too).
 
 A stage module holds a docstring (its help), `run(params, root, **args) -> str` (the one-line summary it
-prints) and `ARGS`, its positional arguments as (name, argparse keyword arguments) pairs. This module
+prints) and `ARGS`, its arguments as (name, argparse keyword arguments) pairs (positional, or options such as
+`--out` with a `dest`). This module
 imports no stage: stages import it, and the CLI imports both.
 
 Every user error (bad params, a missing file, a port in use) is one line on stderr and exit status 2.
@@ -63,7 +64,7 @@ def add_stage_arguments(parser: argparse.ArgumentParser, run: Callable, position
     for arg, kwargs in positional:
         parser.add_argument(arg, **kwargs)
     add_common(parser)
-    names = tuple(arg for arg, _ in positional)
+    names = tuple(kw.get("dest") or arg.lstrip("-").replace("-", "_") for arg, kw in positional)
     parser.set_defaults(func=lambda args: run_parsed(run, args, names))
 
 

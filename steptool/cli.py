@@ -17,7 +17,8 @@ from pipeline.runner import add_common, add_stage_arguments, guard, setup_loggin
 from pipeline.task import SPLITS
 
 # Every stage of dvc.yaml, in pipeline order (tests/test_architecture.py checks it against dvc.yaml).
-STAGES = ("tasks", "base_model", "warmstart", "collect", "annotate", "advantages", "train", "evaluate", "report")
+STAGES = ("tasks", "base_model", "warmstart", "collect", "annotate", "advantages", "train", "evaluate", "report",
+          "view")
 
 
 def _serve_tools(args: argparse.Namespace) -> int:
