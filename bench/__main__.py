@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHES = ["toolworld", "agent", "annotate", "rewards", "trainer"]
+BENCHES = ["toolworld", "agent", "annotate", "rewards", "trainer", "viewer"]
 
 
 def main(argv: list[str]) -> int:

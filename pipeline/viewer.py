@@ -4,7 +4,7 @@ the agent did at every step, what the annotator said about it and what the train
 
 It opens from disk (`index.html`) with no server and no network: the page, its script and style are copied from
 `pipeline/viewer_assets/`, and the run's data is written as JavaScript files that assign JSON to a global
-(`data/index.js`, then `data/chunk-NNNNN.js` of `CHUNK` trajectories each, loaded when a trajectory of the chunk
+(`js/index.js`, then `js/chunk-NNNNN.js` of `CHUNK` trajectories each, loaded when a trajectory of the chunk
 is opened), because a page opened from `file://` may load scripts but not fetch JSON. Every text a model, a tool or
 a judge wrote reaches the page through `textContent`, never as markup (viewer.js), so it shows as characters.
 
@@ -161,8 +161,8 @@ class _Site:
                 self._add_collected(steps, {r["traj_id"]: r for r in trajs.iter_rows(named=True)}, seed, 1,
                                     tables.get(1, {}))
             for v in self.params.variants:  # rounds 2+: collected by the round's policy, annotated in its folder
-                for f in sorted(self.root.glob(f"{layout.rounds_dir(v, seed).as_posix()}/r*/steps.parquet")):
-                    k = int(f.parent.name[1:])
+                for f in sorted(self.root.glob(f"{layout.rounds_dir(v, seed).as_posix()}/r*/annotated/steps.parquet")):
+                    k = int(f.parent.parent.name[1:])
                     self._add_collected(_read(f, ANNOTATED_STEPS), {}, seed, k, {v: tables.get(k, {}).get(v, {})}, v)
 
     def _add_collected(self, steps: pl.DataFrame, trajs: dict[str, dict], seed: int, k: int,
@@ -310,15 +310,15 @@ def build_viewer(params: Params, root: Path, out: Path) -> dict:
         raise SteptoolError(f"{root}: no trajectory to show (no {layout.TRAJECTORIES}/s<seed> nor {layout.EVAL}/"
                             "<model>-<strategy> with its results): run the stages first (dvc repro)")
     with atomic_path(out) as tmp:
-        (tmp / "data").mkdir(parents=True)
+        (tmp / "js").mkdir(parents=True)
         for name in ASSET_FILES:
             shutil.copyfile(ASSETS / name, tmp / name)
         (tmp / MARKER).write_text("written by `steptool view`; the whole folder is replaced by the next one\n")
-        (tmp / "data" / "index.js").write_text(_js("index", None, _finite(site.index())), encoding="ascii")
+        (tmp / "js" / "index.js").write_text(_js("index", None, _finite(site.index())), encoding="ascii")
         n_chunks = (len(site.details) + CHUNK - 1) // CHUNK
         for c in range(n_chunks):
             chunk = {d["id"]: d for d in site.details[c * CHUNK:(c + 1) * CHUNK]}
-            (tmp / "data" / f"chunk-{c:05d}.js").write_text(_js(f"chunk {c}", str(c), _finite(chunk)),
+            (tmp / "js" / f"chunk-{c:05d}.js").write_text(_js(f"chunk {c}", str(c), _finite(chunk)),
                                                               encoding="ascii")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     kinds = Counter(r["kind"] for r in site.rows)

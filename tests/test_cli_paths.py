@@ -63,6 +63,8 @@ COMMANDS = {
     "study-merge": (lambda i, out: ["study-merge", str(i["piece"]), "--root", out], "folder"),
     "study-val": (lambda i, out: ["study-val", str(REPO / "configs" / "study-val.yaml"), "--table-only", "--out", out],
                   "folder"),
+    "view": (lambda i, out: ["view", "--root", str(i["workspace"]), "--params", str(REPO / "params.yaml"), "--out", out],
+             "folder"),
 }
 
 

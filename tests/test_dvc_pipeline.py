@@ -1,5 +1,6 @@
-"""A real `dvc repro` in a temporary git repository: builds, is a no-op the second time, re-annotates with
-the openai judge in `dvc exp run`, and reruns only what a changed parameter touches. One pipeline run is
+"""A real `dvc repro` in a temporary git repository: builds (the viewer too, opened in Chromium), is a no-op the
+second time, collects through an OpenAI-compatible server and re-annotates with the openai judge in one `dvc exp
+run`, and reruns only what a changed parameter touches. One pipeline run is
 shared by the tests of this module (they run in file order; the last one changes the repository)."""
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import yaml
 
 from pipeline import layout
 from tests.conftest import REPO
+from tests.support.browser import browser, console_errors, wait_view
+from tests.support.browser import missing as missing_browser
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +76,7 @@ def test_repro_builds_every_stage(repo):
     dest, env, out = repo
     dvc = DVC
     for stage in ("tasks", "base_model", "warmstart", "collect@0", "annotate@0", "advantages@steptool-0",
-                  "train@steptool-0", "evaluate@sft-cot", "evaluate@steptool-cot", "report"):
+                  "train@steptool-0", "evaluate@sft-cot", "evaluate@steptool-cot", "report", "view"):
         assert f"Running stage '{stage}'" in out
     assert "ppo_outcome" not in out and "collect@1" not in out
     for variant in ("steptool",):
@@ -136,6 +139,47 @@ def test_repro_builds_every_stage(repo):
     assert "toolworld" in lock
 
 
+@pytest.mark.skipif(missing_browser() is not None, reason=f"no browser: {missing_browser()}")
+def test_the_viewer_of_the_run_in_chromium(repo):
+    """`dvc repro` built reports/viewer; opened from disk in headless Chromium it shows every trajectory of the run,
+    its filters and sort change the rows, a collected trajectory's rewards are the round table's, and the
+    evaluated test task compares sft and steptool side by side, with no console error."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    dest, _, _ = repo
+    collected = pl.read_parquet(dest / layout.table(layout.trajectories_dir(0), "trajectories")).height
+    evaluated = sum(pl.read_parquet(dest / layout.table(layout.eval_dir(m, "cot"), "results")).height
+                    for m in ("sft", "steptool"))
+    table = pl.read_parquet(dest / layout.round_dir("steptool", 0, 1) / "round.parquet")
+    traj = table["traj_id"][0]
+    url = (dest / layout.VIEWER / "index.html").as_uri()
+    with browser() as d:
+        d.get(url)
+        wait_view(d, "index")
+        assert d.find_element(By.ID, "summary").text == (f"{collected + evaluated} trajectories ({collected} collected, "
+                                                         f"{evaluated} evaluated)")
+        Select(d.find_element(By.ID, "filter-kind")).select_by_value("eval")
+        kinds = [r.text for r in d.find_elements(By.CSS_SELECTOR, "#index tbody tr td:nth-child(2)")]
+        assert kinds == ["eval"] * evaluated
+        d.find_element(By.CSS_SELECTOR, 'th[data-col="steps"]').click()
+        steps = [int(r.text) for r in d.find_elements(By.CSS_SELECTOR, "#index tbody tr td:nth-child(12)")]
+        assert steps == sorted(steps) and len(steps) == evaluated
+        task = d.find_element(By.CSS_SELECTOR, "#index tbody tr td:nth-child(3)").text.split()[0]
+        d.get(f"{url}#t/{traj}")
+        wait_view(d, "trajectory")
+        rows = table.filter(pl.col("traj_id") == traj).sort("step_idx")
+        for r in rows.iter_rows(named=True):
+            cells = d.find_elements(By.CSS_SELECTOR, f'[data-step="{r["step_idx"]}"] tr[data-variant="steptool"] td.num')
+            assert [c.text for c in cells] == [f"{r[k]:.4f}" for k in ("reward", "return", "baseline", "advantage")]
+        d.get(f"{url}#c/{task}")
+        wait_view(d, "compare")
+        picked = {Select(d.find_element(By.ID, f"pick-{side}")).first_selected_option.text.split(" · ")[0]
+                  for side in ("left", "right")}
+        assert picked == {"sft", "steptool"}
+        assert console_errors(d) == []
+
+
 def test_a_second_repro_does_nothing(repo):
     dest, env, _ = repo
     out = _run(DVC + ["repro"], dest, env)
@@ -165,62 +209,46 @@ def test_a_bad_param_under_dvc_repro_leaves_the_previous_outputs(repo):
     assert "Running stage" not in _run(DVC + ["repro"], dest, env)  # nothing to redo: the outputs are the same
 
 
-def test_exp_run_with_the_openai_judge_then_a_rerun_makes_no_call(repo):
-    """`dvc exp run annotate -S annotate.annotator=openai ...` against the scripted judge (faults on), then a
-    forced rerun answered from the cache; the key is in no file."""
-    from pipeline.annotate.scripted_judge_server import Faults, JudgeServer
-
-    dest, env, _ = repo
-    dvc = DVC
-    secret = "sk-dvc-test-7d1c"
-    env = dict(env, OPENAI_API_KEY=secret)
-    server = JudgeServer(Faults(p_429=0.1, seed=2))  # malformed answers are not cached: tests/test_annotate.py
-    try:
-        sets = ["-S", "annotate.annotator=openai", "-S", f"annotate.base_url={server.url}", "-S", "annotate.n_votes=2",
-                "-S", "rewards.shaping=min_form"]  # the default 'progress' reads the oracle's facts
-        out = _run(dvc + ["exp", "run", "annotate@0"] + sets, dest, env)
-        assert "Running stage 'annotate@0'" in out
-        metrics = json.loads((dest / layout.metrics_file("annotate", "s0")).read_text())
-        assert metrics["annotator"] == "openai" and metrics["judge_calls"] > 0
-        assert metrics["annotated"] + metrics["failed"] == 6
-        calls = server.http_calls
-        out = _run(dvc + ["exp", "run", "-f", "-s", "annotate@0"] + sets, dest, env)  # annotate alone
-        assert "Running stage 'annotate@0'" in out
-        metrics = json.loads((dest / layout.metrics_file("annotate", "s0")).read_text())
-        assert metrics["judge_calls"] == 0 and metrics["cache_hits"] > 0 and server.http_calls == calls
-    finally:
-        server.close()
-    for f in dest.rglob("*"):  # the key is in no file the pipeline wrote, dvc.lock and the cache included
-        if f.is_file() and ".git" not in f.parts:
-            assert secret.encode() not in f.read_bytes(), f
-
-
-def test_exp_run_with_the_openai_backend(repo, tokenizer):
-    """`dvc exp run collect@0 -S agent.backend=openai ...` against the loopback completions server serving the
-    repository's checkpoints by path (as `vllm serve data/models/sft` does): collect@0 plays through it (evaluate
-    calls the same `play`), prompts go as token ids, names through the trigger's stop string (and the
+def test_exp_run_with_the_openai_backend_and_judge_then_a_rerun_makes_no_call(repo, tokenizer):
+    """One `dvc exp run annotate@0` with both OpenAI-compatible parts: collect@0 plays through the loopback
+    completions server serving the repository's checkpoints by path (as `vllm serve data/models/sft` does; evaluate
+    calls the same `play`): prompts go as token ids, names through the trigger's stop string (and the
     structured-output choice when the model reaches it), and the server's log-probs are the recorded behaviour
-    log-probs. A numeric `-S` value comes back from DVC's YAML writer as a number (DVC writes 2e-05, which PyYAML
-    reads as a string)."""
+    log-probs; then annotate@0 labels those trajectories through the scripted judge (faults on), and a forced rerun
+    of annotate alone is answered from the judge's cache. Neither key is in any file the pipeline wrote. A numeric
+    `-S` value comes back from DVC's YAML writer as a number (DVC writes 2e-05, which PyYAML reads as a string)."""
     import math
 
     from transformers import AutoModelForCausalLM
 
+    from pipeline.annotate.scripted_judge_server import Faults, JudgeServer
     from pipeline.config import load_params
     from tests.support.openai_server import CompletionServer
 
     dest, env, _ = repo
-    secret = "vllm-key-3e9a"
-    env = dict(env, VLLM_API_KEY=secret)
+    judge_key, server_key = "sk-dvc-test-7d1c", "vllm-key-3e9a"
+    env = dict(env, OPENAI_API_KEY=judge_key, VLLM_API_KEY=server_key)
     server = CompletionServer({}, tokenizer, load=lambda name: AutoModelForCausalLM.from_pretrained(dest / name))
+    judge = JudgeServer(Faults(p_429=0.1, seed=2))  # malformed answers are not cached: tests/test_annotate.py
     try:
         sets = ["-S", "agent.backend=openai", "-S", f"agent.base_url={server.url}", "-S", "collect.replay=false",
-                "-S", "train.learning_rate=2e-5"]
-        out = _run(DVC + ["exp", "run", "collect@0"] + sets, dest, env)
-        assert "Running stage 'collect@0'" in out
+                "-S", "train.learning_rate=2e-5", "-S", "annotate.annotator=openai",
+                "-S", f"annotate.base_url={judge.url}", "-S", "annotate.n_votes=2",
+                "-S", "rewards.shaping=min_form"]  # the default 'progress' reads the oracle's facts
+        out = _run(DVC + ["exp", "run", "annotate@0"] + sets, dest, env)
+        assert "Running stage 'collect@0'" in out and "Running stage 'annotate@0'" in out
         reqs = list(server.requests_seen)
+        metrics = json.loads((dest / layout.metrics_file("annotate", "s0")).read_text())
+        assert metrics["annotator"] == "openai" and metrics["judge_calls"] > 0
+        assert metrics["annotated"] + metrics["failed"] == 6
+        calls = judge.http_calls
+        out = _run(DVC + ["exp", "run", "-f", "-s", "annotate@0"] + sets, dest, env)  # annotate alone
+        assert "Running stage 'annotate@0'" in out and "Running stage 'collect@0'" not in out
+        metrics = json.loads((dest / layout.metrics_file("annotate", "s0")).read_text())
+        assert metrics["judge_calls"] == 0 and metrics["cache_hits"] > 0 and judge.http_calls == calls
     finally:
         server.close()
+        judge.close()
     assert set(server.models) == {str(layout.SFT_MODEL)}, server.models.keys()
     assert reqs and all(isinstance(r["prompt"], list) and all(isinstance(t, int) for t in r["prompt"]) for r in reqs)
     assert all(r["return_tokens_as_token_ids"] and r["logprobs"] is not None for r in reqs)
@@ -232,9 +260,10 @@ def test_exp_run_with_the_openai_backend(repo, tokenizer):
     assert sum(len(r) for r in tokens["action_ids"].to_list()) == len(lps)
     assert "2e-05" in (dest / "params.yaml").read_text()
     assert load_params(dest / "params.yaml").train.learning_rate == 2e-5
-    for f in dest.rglob("*"):  # the server's key is in no file
+    for f in dest.rglob("*"):  # the keys are in no file the pipeline wrote, dvc.lock and the cache included
         if f.is_file() and ".git" not in f.parts:
-            assert secret.encode() not in f.read_bytes(), f
+            data = f.read_bytes()
+            assert judge_key.encode() not in data and server_key.encode() not in data, f
     _run(["git", "checkout", "--", "params.yaml", "dvc.lock"], dest, env)
     _run(DVC + ["checkout", "-f"], dest, env)
 

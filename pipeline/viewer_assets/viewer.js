@@ -26,16 +26,16 @@
     if (Array.isArray(child)) { child.forEach(function (c) { add(parent, c); }); return; }
     parent.appendChild(child instanceof Node ? child : document.createTextNode(String(child)));
   }
-  function fmt(x, digits) {
+  function fmt(x, digits) {  // with `digits`, always that many (a float that happens to be whole stays 0.0000)
     if (x == null) return "–";
-    if (typeof x === "number") return Number.isInteger(x) ? String(x) : x.toFixed(digits == null ? 3 : digits);
+    if (typeof x === "number") return digits != null ? x.toFixed(digits) : Number.isInteger(x) ? String(x) : x.toFixed(3);
     return String(x);
   }
   function clear(node) { while (node.firstChild) node.removeChild(node.firstChild); }
   function done(view) { document.body.setAttribute("data-view", view); window.STEPTOOL_READY = performance.now(); }
   function fail(msg) { clear(app); add(app, el("p", { class: "error" }, msg)); done("error"); }
 
-  if (!S.index) { fail("data/index.js is missing: build the viewer with `steptool view` (or `dvc repro view`)."); return; }
+  if (!S.index) { fail("js/index.js is missing: build the viewer with `steptool view` (or `dvc repro view`)."); return; }
   var I = S.index, C = I.columns, col = {};
   C.forEach(function (c, i) { col[c] = i; });
   var rows = I.values;
@@ -49,7 +49,7 @@
     return new Promise(function (resolve, reject) {
       if (S.chunks[c]) { resolve(S.chunks[c]); return; }
       var s = document.createElement("script");
-      s.src = "data/chunk-" + ("00000" + c).slice(-5) + ".js";
+      s.src = "js/chunk-" + ("00000" + c).slice(-5) + ".js";
       s.onload = function () { S.chunks[c] ? resolve(S.chunks[c]) : reject(new Error(s.src + " holds no chunk")); };
       s.onerror = function () { reject(new Error("cannot load " + s.src)); };
       document.head.appendChild(s);
@@ -182,7 +182,7 @@
     return el("section", { id: "audit" }, el("h2", null, "Reward audit (scripted archetypes of the train tasks)"),
       el("table", null, el("thead", null, el("tr", null, el("th", null, ""), runs.map(function (r) { return el("th", null, r + " (" + (a[r].shaping || "") + ")"); }))),
         el("tbody", null, keys.map(function (k) {
-          return el("tr", null, el("td", null, k), runs.map(function (r) { return el("td", { class: "num" }, fmt(a[r][k], 4)); }));
+          return el("tr", null, el("td", null, k), runs.map(function (r) { return el("td", { class: "num" }, fmt(a[r][k])); }));
         }))));
   }
 
