@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline import layout
 from pipeline.config import load_params, parse_params
 from pipeline.schema import ANNOTATED_STEPS, EVAL_RESULTS, ROUND_STEPS, STEPS, TASKS, TRAJECTORIES, write_table
-from pipeline.viewer import build_viewer
+from pipeline.viewer import build_viewer, read_data_file
 
 N_TRAJECTORIES = 20_000
 STEPS_PER_TRAJECTORY = 5
@@ -103,7 +103,7 @@ def measure(name: str, params, root: Path, driver, scratch: Path) -> None:
     index_mb = (site / "js" / "index.js").stat().st_size / 1e6
     largest = max(p.stat().st_size for p in (site / "js").glob("chunk-*.js")) / 1e6
     url = (site / "index.html").as_uri()
-    first_id = json.loads((site / "js" / "index.js").read_text().split(" = ", 1)[1].rstrip(";\n"))["values"][-1][0]
+    first_id = read_data_file(site / "js" / "index.js")["values"][-1][0]
     blank = min(_blank(driver, scratch) for _ in range(3))
     index_s = min(_open(driver, url, "index") for _ in range(3))
     traj_s = min(_open(driver, f"{url}#t/{first_id}", "trajectory") for _ in range(3))

@@ -280,6 +280,14 @@ def _js(name: str, key: str | None, obj) -> str:
     return f"// {name}: written by `steptool view` (pipeline/viewer.py)\nwindow.STEPTOOL = window.STEPTOOL || {{chunks: {{}}}};\n{target} = {body};\n"
 
 
+def read_data_file(path: Path):
+    """What a data file of the site (`js/index.js`, `js/chunk-NNNNN.js`) assigns, as Python (tests, benchmark)."""
+    m = re.search(r"= (\{.*\});\n$", path.read_text(encoding="ascii"), re.S)
+    if not m:
+        raise SteptoolError(f"{path}: not a data file of the viewer")
+    return json.loads(m.group(1))
+
+
 def _owned(dest: Path) -> None:
     """Refuse to replace a folder this command did not write (a user's files are never deleted)."""
     if dest.is_dir() and any(dest.iterdir()) and not (dest / MARKER).is_file():

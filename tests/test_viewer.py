@@ -5,7 +5,6 @@ tests/test_dvc_pipeline.py."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from pipeline import layout
 from pipeline.config import parse_params
 from pipeline.errors import SteptoolError
 from pipeline.schema import (ANNOTATED_STEPS, EVAL_RESULTS, ROUND_STEPS, STEPS, TASKS, TRAJECTORIES, write_table)
-from pipeline.viewer import build_viewer, step_kinds
+from pipeline.viewer import build_viewer, read_data_file, step_kinds
 from tests.support.browser import browser, console_errors, missing, wait_view
 
 EVIL_OBS = '<script>window.PWNED=1</script></textarea></pre><img src=x onerror="window.PWNED=2">'
@@ -101,12 +100,10 @@ def run(tmp_path_factory) -> tuple[Path, object]:
 
 def _data(site: Path) -> tuple[dict, dict]:
     """(the index, every trajectory's details) as the page reads them."""
-    def load(f):
-        return json.loads(re.search(r"= (\{.*\});\n$", f.read_text(), re.S).group(1))
     details = {}
     for f in sorted((site / "js").glob("chunk-*.js")):
-        details.update(load(f))
-    return load(site / "js" / "index.js"), details
+        details.update(read_data_file(f))
+    return read_data_file(site / "js" / "index.js"), details
 
 
 def test_step_kinds_by_hand():
