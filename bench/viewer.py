@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import layout
+from pipeline import layout, variants
 from pipeline.config import load_params, parse_params
 from pipeline.schema import ANNOTATED_STEPS, EVAL_RESULTS, ROUND_STEPS, STEPS, TASKS, TRAJECTORIES, write_table
 from pipeline.viewer import build_viewer, read_data_file
@@ -25,7 +25,7 @@ def _row(schema, **values) -> dict:
 
 
 def synthetic_run(root: Path, n: int, seed: int = 0) -> None:
-    """Half collected (seed 0, round 1, with labels and steptool's round table), half evaluated by sft."""
+    """Half collected (seed 0, round 1, with labels and the default variant's round table), half evaluated by sft."""
     rng = random.Random(seed)
     n_tasks = max(1, n // 20)
     tasks = {split: [_row(TASKS, task_id=f"{split}-{i}", split=split, level=f"I{i % 3 + 1}",
@@ -65,9 +65,9 @@ def synthetic_run(root: Path, n: int, seed: int = 0) -> None:
                        "is_solved_score": 1.0 if last else None, "annotator": "oracle", "votes": 1})
     write_table(labels, root / layout.table(layout.annotated_dir(0), "steps"), ANNOTATED_STEPS)
     write_table([_row(ROUND_STEPS, traj_id=s["traj_id"], task_id=s["task_id"], step_idx=s["step_idx"],
-                      reward=rng.random(), baseline=rng.random(), advantage=rng.gauss(0, 1), variant="steptool",
+                      reward=rng.random(), baseline=rng.random(), advantage=rng.gauss(0, 1), variant=variants.DEFAULT,
                       **{"return": rng.random()}) for s in steps],
-                root / layout.round_dir("steptool", 0, 1) / "round.parquet", ROUND_STEPS)
+                root / layout.round_dir(variants.DEFAULT, 0, 1) / "round.parquet", ROUND_STEPS)
     trajs, steps = zip(*(play(f"e{i}", f"test-{i % n_tasks}", "sft", "test") for i in range(n - half)))
     out = root / layout.eval_dir("sft", "cot")
     write_table(list(trajs), layout.table(out, "trajectories"), TRAJECTORIES)
@@ -128,7 +128,7 @@ def main() -> None:
         t0 = time.perf_counter()
         synthetic_run(root, N_TRAJECTORIES)
         print(f"viewer: synthetic run of {N_TRAJECTORIES} trajectories written in {time.perf_counter() - t0:.1f} s")
-        params = parse_params({"variants": ["steptool"], "train": {"seeds": [0]},
+        params = parse_params({"variants": [variants.DEFAULT], "train": {"seeds": [0]},
                                "evaluate": {"models": ["sft"], "strategies": ["cot"]}})
         measure(f"synthetic {N_TRAJECTORIES}", params, root, driver, scratch)
 

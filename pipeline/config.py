@@ -191,6 +191,44 @@ class BaseModelConfig(_Checked):
 
 
 @dataclass
+class SimulatorConfig(_Checked):
+    """`env.on_miss: simulate`: the endpoint that plays an API for calls the replay never recorded
+    (pipeline/simulator.py: StableToolBench's simulation request, cached, rate-limited and capped)."""
+
+    base_url: str = _help("OpenAI-compatible endpoint: a paid model, MirrorAPI served by vLLM, or `steptool "
+                          "serve-judge` (answers by rule from the recorded examples; offline).",
+                          "http://127.0.0.1:8000/v1")
+    model: str = _help("Model name sent with each request (StableToolBench's server config uses gpt-4-turbo).",
+                       "gpt-4o-mini")
+    api_key_env: str = _help("Name of the environment variable holding the endpoint's key (never the key itself).",
+                             "OPENAI_API_KEY")
+    temperature: float = _help("Sampling temperature (StableToolBench: 0).", 0.0)
+    max_tokens: int = _help("Most tokens of one simulated answer (StableToolBench: 1024).", 1024)
+    timeout_s: float = _help("HTTP timeout of one request, seconds.", 60.0)
+    max_retries: int = _help("Retries of a request after a transport fault (429, 5xx, timeout), with backoff.", 5)
+    requests_per_minute: int = _help("Most requests started per minute (0: no limit).", 0)
+    tokens_per_minute: int = _help("Most estimated tokens (prompt + max_tokens) started per minute (0: no limit).", 0)
+    price_input_usd_per_mtok: float = _help("USD per million prompt tokens, for the cap and the metrics "
+                                            "(gpt-4o-mini's).", 0.15)
+    price_output_usd_per_mtok: float = _help("USD per million completion tokens (gpt-4o-mini's).", 0.60)
+    max_cost_usd: float = _help(
+        "Cap on the spend of one process, checked before every paid call (the spend so far plus that call's "
+        "estimate): above it the stage stops with one line, keeps what it played and continues from the cache "
+        "when rerun (0: no cap).", 5.0)
+    cache_path: str = _help("The SQLite cache of simulated answers (keyed by endpoint, model, function and "
+                            "canonical arguments), shared across runs.", ".cache/simulator.sqlite")
+
+    def check(self, where: str) -> None:
+        self._at_least(where, 0, "requests_per_minute", "tokens_per_minute", "max_retries")
+        self._at_least(where, 1, "max_tokens")
+        for key in ("temperature", "price_input_usd_per_mtok", "price_output_usd_per_mtok", "max_cost_usd"):
+            if getattr(self, key) < 0:
+                self._fail(where, key, f"must be >= 0, got {getattr(self, key)}")
+        if self.timeout_s <= 0:
+            self._fail(where, "timeout_s", f"must be > 0, got {self.timeout_s}")
+
+
+@dataclass
 class EnvConfig(_Checked):
     kind: str = _choice(ENVIRONMENTS, "Where tool calls go")
     url: str = _help("The /virtual endpoint when kind is 'http'.", "http://127.0.0.1:8080/virtual")
@@ -204,12 +242,25 @@ class EnvConfig(_Checked):
         "../shared/external/steptool/pass_rate_results")
     replay_per_query: bool = _help(
         "replay: only responses recorded for the same query id (stricter, fewer hits).", False)
+    on_miss: Literal["error", "simulate"] = _help(
+        "replay: what answers a call never recorded. 'error': an error observation (a failed call, counted as a "
+        "miss); 'simulate': the endpoint of `simulator`, asked as StableToolBench's server asks its LLM (the API's "
+        "documentation, up to five recorded examples of the same API, the input), the step's env_status "
+        "'simulated'.", "error")
+    simulator: SimulatorConfig = _help("replay with on_miss simulate: the endpoint that plays the API.",
+                                       factory=SimulatorConfig)
 
     def check(self, where: str) -> None:
         if self.timeout_s <= 0:
             self._fail(where, "timeout_s", f"must be > 0, got {self.timeout_s}")
         if self.kind == "http":  # every call goes there: a bad URL would make each one an error observation
             _check_url(self, where, "url")
+        if self.on_miss == "simulate":
+            if not ENVIRONMENTS.has(self.kind, "counts_misses"):
+                kinds = [k for k in ENVIRONMENTS.names() if ENVIRONMENTS.has(k, "counts_misses")]
+                self._fail(where, "on_miss", f"simulate needs env.kind {' or '.join(kinds)} (only it misses calls), "
+                                             f"got {self.kind}")
+            _check_url(self.simulator, f"{where}.simulator", "base_url")
 
 
 @dataclass
@@ -940,14 +991,26 @@ def render_params(params: Params) -> str:
             lines += [f"{f.name}: {_flow(value)}", ""]
             continue
         lines.append(f"{f.name}:")
-        for g in dataclasses.fields(value):
-            entry, comment = f"  {g.name}: {_flow(to_dict(value)[g.name])}", first_sentence(field_help(g))
-            if len(entry) + 4 + len(comment) <= _WIDTH:
-                lines.append(f"{entry}  # {comment}")
-            else:
-                lines += textwrap.wrap(comment, _WIDTH, initial_indent="  # ", subsequent_indent="  # ") + [entry]
+        lines += _render_fields(value, "  ")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _render_fields(section: Any, indent: str) -> list[str]:
+    """Each key of `section` with its help's first sentence; a nested section too long for one line as a block."""
+    lines = []
+    for g in dataclasses.fields(section):
+        value = getattr(section, g.name)
+        entry, comment = f"{indent}{g.name}: {_flow(to_dict(section)[g.name])}", first_sentence(field_help(g))
+        if dataclasses.is_dataclass(value) and len(entry) > _WIDTH:
+            lines += textwrap.wrap(comment, _WIDTH, initial_indent=f"{indent}# ", subsequent_indent=f"{indent}# ")
+            lines += [f"{indent}{g.name}:", *_render_fields(value, indent + "  ")]
+        elif len(entry) + 4 + len(comment) <= _WIDTH:
+            lines.append(f"{entry}  # {comment}")
+        else:
+            lines += textwrap.wrap(comment, _WIDTH, initial_indent=f"{indent}# ", subsequent_indent=f"{indent}# ")
+            lines.append(entry)
+    return lines
 
 
 def _flow(value: Any) -> str:

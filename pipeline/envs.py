@@ -36,11 +36,20 @@ class StepResult:
     """What one action led to."""
 
     observation: str  # the text the agent reads next (truncated envelope)
-    status: str  # ok | no_such_function | finish | give_up | finish_error | env_error
+    status: str  # ok | no_such_function | finish | give_up | finish_error | env_error | replay_miss | simulated
     done: bool
     envelope: dict | None = None  # the untruncated {"error", "response"} of a tool call (None for Finish)
     finish_type: str = "none"  # give_answer | give_up | none
     final_answer: str | None = None
+
+
+@dataclass(frozen=True)
+class Answered:
+    """What `_call` returns when the answer's source is not the environment's own: the envelope (or recorded text)
+    and the step's env_status (`replay_miss`: no recording, an error observation; `simulated`: the simulator's)."""
+
+    envelope: dict | str
+    status: str
 
 
 class Environment(Protocol):
@@ -125,13 +134,16 @@ class ApiListEnv:
         except Exception as e:  # noqa: BLE001 - whatever a tool does, the episode goes on with an error observation
             envelope = {"error": f"Environment error...\n{type(e).__name__}: {str(e)[:200]}", "response": ""}
             return StepResult(render_observation(envelope, self.max_observation_length), "env_error", False, envelope)
+        status = "ok"
+        if isinstance(envelope, Answered):
+            envelope, status = envelope.envelope, envelope.status
         observation = render_observation(envelope, self.max_observation_length)
         if isinstance(envelope, str):  # recorded text (replay): the agent reads it as it was, cut or not
             from pipeline.annotate.succ_calling import read_envelope
 
             error, response, _ = read_envelope(envelope)
             envelope = {"error": error, "response": response}
-        return StepResult(observation, "ok", False, envelope)
+        return StepResult(observation, status, False, envelope)
 
     def _finish(self, arguments: str) -> StepResult:
         data = parse_finish(arguments)
@@ -231,24 +243,35 @@ def _transient(e: BaseException) -> bool:
 
 class ReplayEnv(ApiListEnv):
     """Calls are answered from recorded real StableToolBench responses (`pipeline.replay.ReplayCache`);
-    a call never recorded gets an error envelope and is counted in `misses`."""
+    a call never recorded gets an error envelope (env_status `replay_miss`) or, with a `simulator`
+    (pipeline/simulator.py), the simulated answer (env_status `simulated`). Both are counted."""
 
-    def __init__(self, cache, max_observation_length: int = 1024, per_query: bool = False):
+    def __init__(self, cache, max_observation_length: int = 1024, per_query: bool = False, simulator=None):
         super().__init__(max_observation_length)
         self.cache = cache
         self.per_query = per_query
+        self.simulator = simulator
+        self.parallel_calls = simulator is not None  # a miss may wait on an endpoint: a batch's calls go together
         self.hits = 0
         self.misses = 0
 
-    def _call(self, doc: dict, arguments: str, attempt: int) -> dict | str:
+    def _call(self, doc: dict, arguments: str, attempt: int) -> dict | str | Answered:
+        from pipeline.replay import args_key
+
         name = function_spec(doc)["name"]
         text = self.cache.lookup(name, arguments, self.task.task_id if self.per_query else None)
         self.hits += text is not None
         self.misses += text is None
-        return text if text is not None else self.cache.miss(name)
+        if text is not None:
+            return text
+        if self.simulator is not None:
+            return Answered(self.simulator.answer(doc, name, arguments, args_key(arguments), self.cache.examples(name)),
+                            "simulated")
+        return Answered(self.cache.miss(name), "replay_miss")
 
 
 _REPLAY_CACHES: dict[str, object] = {}
+SIMULATORS: dict[tuple, object] = {}  # one per process and endpoint: its spend and cap hold across episodes
 
 
 def make_env(env_cfg, world_cfg, world: ToolWorld | None = None) -> ApiListEnv:
@@ -276,4 +299,22 @@ def make_replay_env(env_cfg, world_cfg, world: ToolWorld | None = None) -> ApiLi
             raise SteptoolError(f"env.replay_path {path}: no such file or folder (a pass_rate_results folder "
                                 "or the Parquet table of `steptool build-replay`)")
         _REPLAY_CACHES[path] = ReplayCache.load(path)
-    return ReplayEnv(_REPLAY_CACHES[path], world_cfg.max_observation_length, env_cfg.replay_per_query)
+    simulator = None
+    if env_cfg.on_miss == "simulate":
+        from pipeline.config import to_dict
+        from pipeline.simulator import Simulator
+
+        key = json.dumps(to_dict(env_cfg.simulator), sort_keys=True)
+        if key not in SIMULATORS:
+            SIMULATORS[key] = Simulator(env_cfg.simulator)
+        simulator = SIMULATORS[key]
+    return ReplayEnv(_REPLAY_CACHES[path], world_cfg.max_observation_length, env_cfg.replay_per_query, simulator)
+
+
+def simulator_stats() -> dict:
+    """The counters of this process's simulators, added up (pipeline/simulator.py); empty without one."""
+    out: dict = {}
+    for sim in SIMULATORS.values():
+        for k, v in sim.stats.items():
+            out[k] = round(out.get(k, 0) + v, 6)
+    return out

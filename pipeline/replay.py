@@ -81,6 +81,7 @@ class ReplayCache:
     by_call: dict[tuple[str, str], str] = field(default_factory=dict)
     by_query: dict[tuple[str, str, str], str] = field(default_factory=dict)
     methods: list[str] = field(default_factory=list)
+    _examples: dict | None = field(default=None, repr=False)
 
     @classmethod
     def from_rows(cls, rows: list[dict], exclude_method: str | None = None) -> "ReplayCache":
@@ -118,6 +119,22 @@ class ReplayCache:
         """The recorded envelope text of a call (what the real agent read), or the miss envelope."""
         text = self.lookup(name, arguments, query_id)
         return text if text is not None else self.miss(name)
+
+    def examples(self, name: str) -> list[tuple[str, dict]]:
+        """The recorded calls of function `name` as StableToolBench's cache holds them, for the simulator: (str() of
+        the parsed input, the {error, response} answer), in the table's order (methods in name order). The input's
+        keys are in canonical (sorted) order: the table keeps no other."""
+        if self._examples is None:
+            self._examples = {}
+            for (fn, key), text in self.by_call.items():
+                try:
+                    shown = str(untrusted.loads(key))
+                except (json.JSONDecodeError, TypeError, RecursionError):
+                    shown = key
+                error, response, is_envelope = read_envelope(text)
+                self._examples.setdefault(fn, []).append(
+                    (shown, {"error": error, "response": response if is_envelope else text}))
+        return self._examples.get(name, [])
 
     def __len__(self) -> int:
         return len(self.by_call)

@@ -13,7 +13,7 @@ from pipeline.errors import SteptoolError
 from pipeline.evaluate.results import summarize, win_rate
 from pipeline.figures import figures
 from pipeline.fsutil import atomic_path, write_json
-from pipeline.registry import JUDGES
+from pipeline.registry import ENVIRONMENTS, JUDGES
 from pipeline.schema import EVAL_RESULTS, ROUND_STEPS, read_table
 from pipeline.stats import paired_difference, pass_rate_ci, seed_scores, tasks_needed, verdict
 
@@ -345,7 +345,7 @@ def protocol(params: Params, root: Path) -> list[str]:
             ""]
 
 
-def benchmark(p: Params) -> str:
+def benchmark(p: Params, root: Path | None = None) -> str:
     """The report's first sentence: which benchmark every number comes from, and how far it compares with
     published ones."""
     name = p.evaluate.judge
@@ -360,14 +360,37 @@ def benchmark(p: Params) -> str:
         return ("**Benchmark: ToolWorld** (`tasks.source: toolworld`): the embedded tool world's generated tasks, "
                 f"tools answered by `env.kind` {p.env.kind}, answers judged {judge}. These numbers compare variants "
                 "with each other, not with published StableToolBench pass rates.")
+    miss = ("answers an error and counts as a failed call" if p.env.on_miss == "error" else
+            f"is answered by a **simulator**, `{p.env.simulator.model}` at `{p.env.simulator.base_url}` asked as "
+            "StableToolBench's server asks its LLM (pipeline/simulator.py)")
     tools = {"replay": f"replayed from the real responses recorded in `{p.env.replay_path}` (a call never recorded "
-                       "answers an error and counts as a failed call)",
+                       f"{miss})",
              "http": f"answered by the StableToolBench-style server at `{p.env.url}`"}.get(p.env.kind, p.env.kind)
     return ("**Benchmark: StableToolBench** (`tasks.source: stabletoolbench`): solvable queries of "
             f"{', '.join(p.tasks.stabletoolbench_subsets)}, split by `tasks.seed` {p.tasks.seed} into train, val and "
             f"test; tools {tools}; answers judged {judge}. Published StableToolBench figures are whole subsets judged by GPT-4-class "
             "models with the real tool server: these compare with them only as far as the test split, the judge "
-            "and the tool answers do.")
+            "and the tool answers do." + _answer_sources(root, p))
+
+
+def _answer_sources(root: Path | None, p: Params) -> str:
+    """How the replay answered the calls of each split: recorded, simulated, an error for a miss (the collect and
+    evaluate metrics); '' when no metrics say."""
+    if root is None or not ENVIRONMENTS.has(p.env.kind, "counts_misses"):
+        return ""
+    parts = []
+    for split, files in (("train", sorted((root / layout.metrics_dir("collect")).glob("s*.json"))),
+                         (p.evaluate.split, sorted((root / layout.metrics_dir("eval")).glob("*.json")))):
+        counts, seen = {"recorded": 0, "simulated": 0, "miss_error": 0}, False
+        for f in files:
+            answers = json.loads(f.read_text(encoding="utf-8")).get("answers")
+            seen |= isinstance(answers, dict)
+            for k, v in (answers or {}).items():
+                counts[k] = counts.get(k, 0) + v
+        if seen:
+            parts.append(f"{split}: {counts['recorded']} recorded, {counts['simulated']} simulated, "
+                         f"{counts['miss_error']} errors from misses")
+    return f" Tool calls answered ({'; '.join(parts)})." if parts else ""
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
@@ -410,7 +433,7 @@ def write_report(params: Params, root: Path) -> str:
             if f.exists():
                 train_logs[layout.run_name(v, seed)] = json.loads(f.read_text())
     metrics, md = build(results, e.reference_model, list(params.variants), train_logs, e.split)
-    md[2:2] = [benchmark(params), ""]
+    md[2:2] = [benchmark(params, root), ""]
     at = md.index("## Figures")
     md[at:at] = (reward_audit_section(root, params) + learning_signal(load_rounds(root, params))
                  + behaviour_change(root, params) + [""] + protocol(params, root))

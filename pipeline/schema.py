@@ -115,8 +115,9 @@ STEPS = _schema(
     _f("action_tokens", pa.int32(), "Tokens of action_text."),
     _f("behaviour_logprob", pa.float64(), "Sum of the sampling policy's log-probs over the action's tokens."),
     _f("parse_error", pa.string(), "Why the action did not parse ('' when it did)."),
-    _f("env_status", pa.string(), "ok, no_such_function, finish, give_up, finish_error or env_error (the "
-                                  "environment failed: the observation names the exception)."),
+    _f("env_status", pa.string(), "ok, no_such_function, finish, give_up, finish_error, env_error (the "
+                                  "environment failed: the observation names the exception), replay_miss (the replay "
+                                  "had no recording: an error observation) or simulated (env.on_miss simulate)."),
     unique=("traj_id", "step_idx"), steps_of="traj_id",
 )
 
@@ -129,6 +130,19 @@ TOKENS = _schema(
     _f("ended", pa.bool_(), "The action ended with the end-of-turn token (else max_new_tokens cut it)."),
     unique=("traj_id", "step_idx"),
 )
+
+# who answered a tool call, by its step's env_status (env.kind replay): a recording, the simulator, or nobody (a miss)
+ANSWER_SOURCES = {"ok": "recorded", "simulated": "simulated", "replay_miss": "miss_error"}
+
+
+def answer_counts(env_statuses) -> dict[str, int]:
+    """{recorded, simulated, miss_error}: the tool calls (non-Finish env_statuses) each source answered."""
+    counts = dict.fromkeys(ANSWER_SOURCES.values(), 0)
+    for s in env_statuses:
+        if s in ANSWER_SOURCES:
+            counts[ANSWER_SOURCES[s]] += 1
+    return counts
+
 
 ANNOTATED_STEPS = _schema(
     "Steps with their step-grained rewards (data/annotated/s<seed>/steps.parquet).",

@@ -21,7 +21,7 @@ MUTANTS = [
     ("trainer/step_ppo.py", "ratio.clamp(1.0 - a.cliprange, 1.0 + a.cliprange)",
      "ratio.clamp(1.0 + a.cliprange, 1.0 - a.cliprange)", "tests/test_loss.py"),
     ("trainer/step_ppo.py", "(ratio - 1).abs() > a.cliprange", "(ratio - 1).abs() >= a.cliprange", "tests/test_loss.py"),
-    ("trainer/step_ppo.py", "pg = torch.max(-adv * ratio,", "pg = torch.min(-adv * ratio,", "tests/test_loss.py"),
+    ("trainer/step_ppo.py", "pg_tok = torch.max(-adv * ratio,", "pg_tok = torch.min(-adv * ratio,", "tests/test_loss.py"),
     ("trainer/step_ppo.py", "v_err = torch.max(v_err, (v_clip - ret) ** 2)", "v_err = torch.min(v_err, (v_clip - ret) ** 2)",
      "tests/test_loss.py"),
     ("trainer/step_ppo.py", "vf = 0.5 * v_err[valid].mean()", "vf = 0.5 * v_err.mean()", "tests/test_loss.py"),

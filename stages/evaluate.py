@@ -17,7 +17,7 @@ from pipeline.config import Params
 from pipeline.errors import ConfigError, SteptoolError
 from pipeline.evaluate.results import result_rows, summarize
 from pipeline.fsutil import write_json
-from pipeline.registry import JUDGES, STRATEGIES
+from pipeline.registry import ENVIRONMENTS, JUDGES, STRATEGIES
 from pipeline.runner import run_stage
 from pipeline.schema import EVAL_RESULTS, STEPS, TRAJECTORIES, read_table, write_table
 from pipeline.task_files import first_per_level, load_tasks
@@ -52,10 +52,13 @@ def evaluate(params: Params, root: Path, model: str, strategy: str) -> dict:
     out = root / layout.eval_dir(model, strategy)
     by_id = {t.task_id: t for t in tasks}
     rows, stats = [], {}
+    answers: dict[str, int] = {}
     for seed, model_dir in found:
         played = out if seed is None else out / layout.seed_dir(seed)
-        play(params, root, tasks, root / model_dir, played, strategy=strategy, n_samples=e.samples,
-             temperature=e.temperature, top_p=1.0, seed=e.seed, chunk_size=16, policy_name=model)
+        plays = play(params, root, tasks, root / model_dir, played, strategy=strategy, n_samples=e.samples,
+                     temperature=e.temperature, top_p=1.0, seed=e.seed, chunk_size=16, policy_name=model)
+        for k, v in plays.get("answers", {}).items():
+            answers[k] = answers.get(k, 0) + v
         trajs = read_table(layout.table(played, "trajectories"), TRAJECTORIES).to_pylist()
         steps = read_table(layout.table(played, "steps"), STEPS).to_pylist()
         statuses, seed_stats = judge(trajs, steps, by_id, params)
@@ -66,6 +69,8 @@ def evaluate(params: Params, root: Path, model: str, strategy: str) -> dict:
     summary = {"model": model, "strategy": strategy, "split": e.split, "judge": e.judge, **summarize(rows)}
     if stats:  # an LLM judge's calls, cache hits and cost
         summary["judge_stats"] = stats
+    if ENVIRONMENTS.has(params.env.kind, "counts_misses"):  # who answered the calls: recorded, simulated, misses
+        summary["answers"] = answers
     write_json(root / layout.metrics_file("eval", f"{model}-{strategy}"), summary)
     return summary
 

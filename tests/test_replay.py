@@ -66,16 +66,18 @@ def test_the_collect_summary_counts_the_replay_misses_among_the_tool_calls():
 
     env = ReplayEnv(ReplayCache.from_rows(_rows()))
     env.reset(Task("1", "test", "I1", "q", [DOC]))
-    observations = [env.step(NAME, args).observation for args in ('{"id_conc": "x"}', '{"id_conc": "z"}', "{}")]
+    results = [env.step(NAME, args) for args in ('{"id_conc": "x"}', '{"id_conc": "z"}', "{}")]
     assert (env.hits, env.misses) == (1, 2)
-    steps = [{"traj_id": "t", "step_idx": i, "parse_ok": True, "is_finish": False, "observation": o}
-             for i, o in enumerate(observations)]
+    assert [r.status for r in results] == ["ok", "replay_miss", "replay_miss"]
+    steps = [{"traj_id": "t", "step_idx": i, "parse_ok": True, "is_finish": False, "observation": r.observation,
+              "env_status": r.status} for i, r in enumerate(results)]
     steps.append({"traj_id": "t", "step_idx": 3, "parse_ok": True, "is_finish": True, "observation": ""})
     trajs = [{"traj_id": "t", "task_id": "1", "finish_type": "give_answer", "final_answer": "Hall"}]
     table = lambda rows, schema: pa.Table.from_pylist(  # noqa: E731
         [{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
     summary = summarize(table(trajs, TRAJECTORIES), table(steps, STEPS), {})
     assert summary["tool_calls"] == 3 and summary["replay_misses"] == 2 and summary["steps"] == 4
+    assert summary["simulated_answers"] == 0
     assert summary["pass_rate"] is None  # no task with gold
 
 

@@ -24,14 +24,12 @@ from pipeline import layout
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.agent.records import rollout_rows
 from pipeline.agent.rollout import Search, traj_id
-from pipeline.replay import MISS_ERROR
 from pipeline.registry import ENVIRONMENTS, STRATEGIES
-from pipeline.schema import STEPS, TOKENS, TRAJECTORIES, write_table
+from pipeline.schema import STEPS, TOKENS, TRAJECTORIES, answer_counts, write_table
 from pipeline.task import Task
 from pipeline.toolworld.fact_judge import pass_score, rule_judge
 
 log = logging.getLogger("steptool.collect")
-REPLAY_MISS = MISS_ERROR.split("{")[0]  # "Replay miss: no recorded response of "
 FILES = {"trajectories": TRAJECTORIES, "steps": STEPS, "tokens": TOKENS}
 
 
@@ -96,11 +94,19 @@ def play(params, root: Path, tasks: list[Task], model_dir: Path, out_dir: Path, 
     agent_key = {k: v for k, v in to_dict(a).items() if k not in ("kv_cache_tokens", "concurrency")}
     run_key = hashlib.sha256(json.dumps([model_fingerprint(model_dir), agent_key, strategy, n_samples, temperature,
                                          top_p, seed, [t.task_id for t in tasks]]).encode()).hexdigest()[:16]
-    return collect(tasks, policy, ChatRenderer(policy.tok, a.prompt_format),
-                   lambda: make_env(params.env, params.toolworld, world), out_dir, run_key, strategy=strategy,
-                   n_samples=n_samples, seed=seed, constrain_names=a.constrain_names, max_steps=a.max_steps,
-                   width=a.dfsdt_width, budget=a.dfsdt_budget, backtrack_on_error=a.backtrack_on_error,
-                   chunk_size=chunk_size, tool_descriptions=world.tool_descriptions() if world else None)
+    simulating = ENVIRONMENTS.has(params.env.kind, "counts_misses") and params.env.on_miss == "simulate"
+    if simulating:
+        from pipeline.envs import simulator_stats
+
+        before = simulator_stats()
+    summary = collect(tasks, policy, ChatRenderer(policy.tok, a.prompt_format),
+                      lambda: make_env(params.env, params.toolworld, world), out_dir, run_key, strategy=strategy,
+                      n_samples=n_samples, seed=seed, constrain_names=a.constrain_names, max_steps=a.max_steps,
+                      width=a.dfsdt_width, budget=a.dfsdt_budget, backtrack_on_error=a.backtrack_on_error,
+                      chunk_size=chunk_size, tool_descriptions=world.tool_descriptions() if world else None)
+    if simulating:  # this play's simulator calls, cache hits and spend
+        summary.update({k: round(v - before.get(k, 0), 6) for k, v in simulator_stats().items()})
+    return summary
 
 
 def _done_ids(parts: Path) -> set[str]:
@@ -164,7 +170,7 @@ def summarize(trajectories: pa.Table, steps: pa.Table, tasks: dict[str, Task], e
     """Parse-success rate over steps, and the rule judge's pass rate over trajectories of tasks with gold."""
     trajs = trajectories.to_pylist()
     parse_ok = steps.column("parse_ok").to_pylist()
-    calls = [o or "" for o, fin in zip(steps.column("observation").to_pylist(), steps.column("is_finish").to_pylist())
+    calls = [s for s, fin in zip(steps.column("env_status").to_pylist(), steps.column("is_finish").to_pylist())
              if not fin]
     scores, solved = [], 0
     for t in trajs:
@@ -180,8 +186,11 @@ def summarize(trajectories: pa.Table, steps: pa.Table, tasks: dict[str, Task], e
         "parse_success": round(sum(parse_ok) / len(parse_ok), 4) if parse_ok else 0.0,
         "finished": round(sum(t["finish_type"] == "give_answer" for t in trajs) / max(len(trajs), 1), 4),
         "tool_calls": len(calls),
-        # env.kind replay: calls answered with the miss error, not a recorded response (0 for the other kinds)
-        "replay_misses": sum(REPLAY_MISS in o for o in calls),
+        # env.kind replay: calls never recorded, answered with the miss error or by the simulator (env.on_miss);
+        # 0 for the other kinds
+        "replay_misses": sum(s == "replay_miss" for s in calls),
+        "simulated_answers": sum(s == "simulated" for s in calls),
+        "answers": answer_counts(calls),  # who answered the tool calls (replay: recorded, simulated, a miss's error)
         "pass_rate": round(sum(scores) / len(scores), 4) if scores else None,
         "solved": round(solved / len(scores), 4) if scores else None,
         "trajectories_per_min": round(len(trajs) / elapsed * 60, 2) if elapsed > 0 else None,

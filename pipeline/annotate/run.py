@@ -15,8 +15,8 @@ from pipeline.annotate.succ_calling import succ_calling
 from pipeline.config import AnnotateConfig
 from pipeline.errors import SchemaError, SteptoolError
 from pipeline.fsutil import write_json
-from pipeline.registry import ANNOTATORS
-from pipeline.schema import ANNOTATED_STEPS, STEPS, TRAJECTORIES, read_table, write_table
+from pipeline.registry import ANNOTATORS, ENVIRONMENTS
+from pipeline.schema import ANNOTATED_STEPS, STEPS, TRAJECTORIES, answer_counts, read_table, write_table
 from pipeline.task import SPLITS, Task
 from pipeline.task_files import load_tasks
 
@@ -145,6 +145,8 @@ def annotate_folder(params, root: Path, traj_dir: Path, out_dir: Path, metrics: 
     write_json(out_dir / layout.ANNOTATION_FAILURES, records)
     failed = [r for r in records if not r["labelled"]]
     summary = summarize(labels, rows, stats, by_traj)
+    if ENVIRONMENTS.has(params.env.kind, "counts_misses"):  # who answered the calls the judge saw
+        summary["answers"] = answer_counts(s["env_status"] for s in steps if not s["is_finish"])
     write_json(metrics, summary)
     if failed and (not summary["annotated"] or len(failed) > cfg.max_failed_fraction * len(labels)):
         kinds = Counter(reason_kind(r["reason"]) for r in failed)

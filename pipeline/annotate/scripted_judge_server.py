@@ -2,6 +2,8 @@
 judge, for tests, benchmarks and offline demos of the `openai` annotator. It answers the forced
 `evaluate_process_reward` call with values derived from the request (the SuccCalling rule on each
 step's response, contribution 3 for a good call, Solved when there is an answer), or with a script.
+It also plays the API for StableToolBench's simulation requests (`env.on_miss: simulate`,
+pipeline/simulator.py), by rule from the request's recorded examples (`simulate_answer`).
 
 It also serves the OpenAI Batch API's endpoints as OpenAI does (POST /v1/files with a JSONL file,
 POST /v1/batches, GET /v1/batches/{id}, GET /v1/files/{id}/content), answering each line as
@@ -102,6 +104,42 @@ def _reference_steps(user: str) -> tuple[list[tuple[str, str]], str]:
     return steps, final
 
 
+def is_simulation(request: dict) -> bool:
+    """A StableToolBench simulation request (pipeline/simulator.py): no function to force, a JSON-object answer."""
+    return "tools" not in request and (request.get("response_format") or {}).get("type") == "json_object"
+
+
+def simulate_answer(request: dict) -> dict:
+    """A simulated API answer by rule, from the request's recorded examples of the same API (read with
+    ast.literal_eval, never eval): the example of the same input if there is one, else the first example that
+    succeeded, else a short made-up answer naming the API and the input."""
+    import ast
+
+    user = request["messages"][-1]["content"]
+    doc_text, _, rest = user.partition("API Documentation:")[2].partition("\nAPI Examples:")
+    examples_text, _, input_text = rest.partition("\nAPI Input:")
+    try:
+        with _AST_LOCK:
+            doc = ast.literal_eval(doc_text)
+            name = str(doc["api_info"][0]["name"])
+    except (ValueError, SyntaxError, KeyError, IndexError, TypeError, MemoryError, RecursionError):
+        name = "the API"
+    try:
+        with _AST_LOCK:
+            examples = ast.literal_eval(examples_text)  # cut at 2,048 characters: may not parse, then none
+        examples = [(str(i), o) for i, o in examples if isinstance(o, dict)]
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        examples = []
+    call_input = input_text.strip()
+    for i, o in examples:
+        if i == call_input:
+            return {"error": str(o.get("error", "")), "response": o.get("response", "")}
+    for _, o in examples:
+        if not o.get("error"):
+            return {"error": "", "response": o.get("response", "")}
+    return {"error": "", "response": f"Simulated answer of {name} for {call_input}"}
+
+
 def _pass_rate_answer(name: str, user: str) -> dict:
     """StableToolBench's criteria prompts end in `Answer:\n{answer}\n\nNow ...`: the Finish arguments (check) or
     the whole converted answer (parse), both JSON text."""
@@ -133,9 +171,12 @@ def auth_digest(header: str) -> str:
 class JudgeServer:
     """Serves in a daemon thread; `url` is the base_url to give the client (ends in /v1)."""
 
-    def __init__(self, faults: Faults | None = None, answer=default_answer, port: int = 0, model: str = "judge-test"):
+    def __init__(self, faults: Faults | None = None, answer=default_answer, port: int = 0, model: str = "judge-test",
+                 simulate=simulate_answer):
         self.faults = faults or Faults()
         self.answer = answer
+        self.simulate = simulate
+        self.simulated = 0  # simulation requests answered
         self.model = model
         self.lock = threading.Lock()
         self.http_calls = 0
@@ -169,6 +210,8 @@ class JudgeServer:
         """(status, body) of /v1/chat/completions for the request body `raw` (content faults included)."""
         try:
             req = json.loads(raw)
+            if is_simulation(req):
+                return self._simulated(req, raw)
             args = self.answer(req)
         except Exception as e:  # a bad request is the client's bug: say so, as a real server would
             return 400, {"error": {"message": f"bad request: {e}", "type": "invalid_request"}}
@@ -188,6 +231,21 @@ class JudgeServer:
                                 "function": {"name": called_function(req), "arguments": text}}]}}],
             "usage": {"prompt_tokens": len(raw) // 4, "completion_tokens": len(text) // 4,
                       "total_tokens": len(raw) // 4 + len(text) // 4}}
+
+    def _simulated(self, req: dict, raw: bytes) -> tuple[int, dict]:
+        """A simulation request's answer as message content (a malformed fault cuts the JSON in half)."""
+        text = json.dumps(self.simulate(req))
+        if self._content_fault(raw) == "malformed":
+            text = text[: len(text) // 2]
+        with self.lock:
+            self.answered += 1
+            self.simulated += 1
+        return 200, {"id": "chatcmpl-sim", "object": "chat.completion", "created": 0,
+                     "model": req.get("model", self.model),
+                     "choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": text}}],
+                     "usage": {"prompt_tokens": len(raw) // 4, "completion_tokens": len(text) // 4,
+                               "total_tokens": len(raw) // 4 + len(text) // 4}}
 
     # ---- the Batch API ----------------------------------------------------------------------------------------
     def upload(self, content_type: str, raw: bytes) -> tuple[int, dict]:
