@@ -24,7 +24,7 @@ import pyarrow as pa
 from pipeline import untrusted
 from pipeline.annotate.succ_calling import read_envelope
 from pipeline.errors import SchemaError
-from pipeline.formats.stabletoolbench import load_json_records, parse_answer_steps
+from pipeline.formats.stabletoolbench import load_json, load_json_records, parse_answer_steps
 from pipeline.schema import REPLAY_RESPONSES
 from pipeline.toolworld.naming import function_name
 from pipeline.toolworld.world import canonical_json
@@ -41,13 +41,55 @@ def args_key(arguments: str) -> str:
         return arguments.strip()
 
 
+CACHE_METHOD = "tool_response_cache"  # the `method` of rows read from StableToolBench's own cache
+
+
+def is_tool_response_cache(folder: Path) -> bool:
+    """StableToolBench's server cache, `<category>/<tool>_for_<category>/<api>.json`, rather than a
+    pass_rate_results tree (`<method>/<subset>.json`)."""
+    return not any(folder.glob("*/*.json")) and any(folder.glob("*/*/*.json"))
+
+
+def cache_rows(cache_dir: str | Path) -> tuple[list[dict], dict]:
+    """Rows of REPLAY_RESPONSES from StableToolBench's `tool_response_cache` layout: each
+    `<category>/<tool>_for_<category>/<api>.json` maps str() of a call's input (a Python literal, read with
+    ast.literal_eval, never eval) to the answer its server gave (a real one, or one it simulated and saved). The
+    function is `<api>_for_<tool>`; an input that is not a literal keeps its text."""
+    import ast
+
+    root = Path(cache_dir)
+    rows: list[dict] = []
+    stats: Counter = Counter()
+    files = sorted(root.glob("*/*/*.json"))
+    for f in files:
+        category, tool_dir, api = f.parent.parent.name, f.parent.name, f.stem
+        suffix = f"_for_{category}"  # its server names the folder standardize(tool) + "_for_" + the category
+        tool = tool_dir[: -len(suffix)] if tool_dir.lower().endswith(suffix.lower()) else tool_dir
+        for key, answer in load_json(f, dict, "an object keyed by the call's input").items():
+            try:
+                value = ast.literal_eval(key) if key.strip() else {}
+                args = canonical_json(value) if isinstance(value, (dict, list)) else key.strip()
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                stats["inputs_not_literal"] += 1
+                args = key.strip()
+            rows.append({"method": CACHE_METHOD, "subset": category, "query_id": "",
+                         "function_name": function_name(tool, api), "args_key": args,
+                         "response": answer if isinstance(answer, str) else json.dumps(answer, ensure_ascii=False)})
+    stats["calls"] = len(rows)
+    return rows, {**stats, "files": len(files)}
+
+
 def response_rows(pass_rate_dir: str | Path) -> tuple[list[dict], dict]:
-    """Rows of REPLAY_RESPONSES from every `<method>/<subset>.json` under `pass_rate_dir`, and counts of what
-    was read and skipped (Finish steps, unreadable steps with their file and query)."""
+    """Rows of REPLAY_RESPONSES from every `<method>/<subset>.json` under `pass_rate_dir` (or from StableToolBench's
+    `tool_response_cache` layout, `cache_rows`), and counts of what was read and skipped (Finish steps,
+    unreadable steps with their file and query)."""
     root = Path(pass_rate_dir)
+    if is_tool_response_cache(root):
+        return cache_rows(root)
     files = sorted(root.glob("*/*.json"))
     if not files:
-        raise SchemaError(f"{root}: no <method>/<subset>.json files (expected a pass_rate_results folder)")
+        raise SchemaError(f"{root}: no <method>/<subset>.json files (expected a pass_rate_results folder) nor "
+                          "<category>/<tool>/<api>.json (StableToolBench's tool_response_cache)")
     rows: list[dict] = []
     stats: Counter = Counter()
     skipped: list[str] = []

@@ -448,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Read every call in a pass_rate_results folder (<method>/<subset>.json answer_steps) "
                                    "into a Parquet table for env.kind=replay, and print how many calls of each "
                                    "method a table built from the other methods answers (leave-one-method-out).")
-    p.add_argument("folder", help="a pass_rate_results folder")
+    p.add_argument("folder", help="a pass_rate_results folder (<method>/<subset>.json), or StableToolBench's "
+                                  "tool_response_cache (<category>/<tool>_for_<category>/<api>.json)")
     p.add_argument("--out", default=str(layout.REPLAY_TABLE))
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_build_replay)

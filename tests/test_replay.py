@@ -196,3 +196,31 @@ def test_agent_plays_real_queries_through_replay_and_exports(external, tmp_path,
     # greedy: the same first action (later ones read observations whose JSON text may be spelt differently)
     for qid in conv:
         assert over_http[qid]["steps"][0]["name"] == conv[qid]["steps"][0]["name"]
+
+
+def test_stabletoolbench_s_own_cache_layout_is_indexed_too(tmp_path, capsys):
+    """`tool_response_cache/<category>/<tool>_for_<category>/<api>.json` (StableToolBench's server cache: str() of
+    the input -> the answer): `build-replay` reads it, inputs as Python literals (ast, never eval) keyed like the
+    agent's JSON arguments, and the replay answers the agent's calls from it."""
+    from steptool.cli import main
+
+    cache = tmp_path / "tool_response_cache"
+    api = cache / "Data" / "the_clique_for_Data" / "songkick_concert.json"
+    api.parent.mkdir(parents=True)
+    api.write_text(json.dumps({
+        "{'id_conc': 'x'}": {"error": "", "response": {"venue": "Hall"}},
+        "{'lang': 'en', 'id_conc': 'y'}": {"error": "", "response": "Arena"},
+        "__import__('os').system('echo owned')": {"error": "", "response": "never run"},
+    }))
+    (cache / "Data" / "the_clique_for_Data" / "other_api.json").write_text(json.dumps({"{}": {"error": "", "response": 1}}))
+    out = tmp_path / "replay.parquet"
+    assert main(["build-replay", str(cache), "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["calls"] == 4 and report["files"] == 2 and report["inputs_not_literal"] == 1
+    for source in (out, cache):  # the table, or the folder read directly
+        env = ReplayEnv(ReplayCache.load(source))
+        env.reset(Task("1", "test", "I1", "q", [DOC]))
+        assert json.loads(env.step(NAME, '{"id_conc": "x"}').observation)["response"] == {"venue": "Hall"}
+        hit = env.step(NAME, '{"id_conc":"y","lang":"en"}')
+        assert hit.status == "ok" and json.loads(hit.observation)["response"] == "Arena"
+        assert env.step(NAME, '{"id_conc": "z"}').status == "replay_miss"
