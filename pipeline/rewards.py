@@ -63,8 +63,12 @@ def step_rewards(steps: pl.DataFrame, variant: str = variants.DEFAULT,
             raise ValueError(f"rewards.shaping {spec.shaping} needs each step's progress (the share of needed facts "
                              f"known), which only the oracle annotator gives: use shaping {' or '.join(givers)}")
         cols.append("progress")
-    df = steps.select(cols).sort("traj_id", "step_idx")
-    last = pl.col("step_idx") == pl.col("step_idx").max().over("traj_id")
+    df = steps.select(cols)
+    tid, prev = pl.col("traj_id"), pl.col("traj_id").shift(1)
+    if not df.select(((tid > prev) | ((tid == prev) & (pl.col("step_idx") > pl.col("step_idx").shift(1))))
+                     .fill_null(True).all()).item():  # the annotate stage writes them in order: no sort then
+        df = df.sort("traj_id", "step_idx")
+    last = (tid != tid.shift(-1)).fill_null(True)  # sorted, one row per step: a trajectory's last row
     sc = pl.col("succ_calling")
     df = df.with_columns(last.alias("is_last"), sc.is_not_null().alias("_call"),
                          ((spec.alpha * sc.fill_null(0.0) + pl.col("contribution").fill_null(0.0) / 5.0)
@@ -134,7 +138,18 @@ def discounted_returns(rewards: np.ndarray | Sequence[float], lengths: np.ndarra
         return out
     ends = np.cumsum(lengths)  # exclusive end of each segment
     from_end = np.repeat(ends, lengths) - 1 - np.arange(len(r))  # 0 on each segment's last element
-    order = np.argsort(from_end, kind="stable")
+    longest = int(lengths.max())
+    if len(lengths) * longest <= 4 * len(r):
+        # segments of similar length (steps of trajectories): one row per segment, right-aligned, swept column by
+        # column from the end; a pad's value is never read back
+        seg = np.repeat(np.arange(len(lengths)), lengths)
+        grid = np.zeros((longest, len(lengths)))  # [distance from the end, segment]: each sweep is contiguous
+        grid[from_end, seg] = r
+        for k in range(1, longest):
+            grid[k] += gamma * grid[k - 1]
+        return grid[from_end, seg]
+    # a few long segments (action tokens): the elements at each distance from their end, nearest first
+    order = np.argsort(from_end.astype(np.int16) if longest < 2**15 else from_end, kind="stable")
     counts = np.bincount(from_end)
     start = counts[0]
     for c in counts[1:]:
@@ -146,8 +161,8 @@ def discounted_returns(rewards: np.ndarray | Sequence[float], lengths: np.ndarra
 
 def returns_to_go(rewards: pl.DataFrame, gamma: float) -> pl.DataFrame:
     """Adds `return`: G_t = Σ_{k≥t} γ^{k−t} r_k per trajectory (rows sorted by traj_id, step_idx)."""
-    lengths = rewards["traj_id"].rle()  # runs of one trajectory, in order
-    g = discounted_returns(rewards["reward"].to_numpy(), lengths.struct.field("len").to_numpy(), gamma)
+    lengths = rewards["traj_id"].rle().struct.field("len").to_numpy()  # runs of one trajectory, in order
+    g = discounted_returns(rewards["reward"].to_numpy(), lengths, gamma)
     return rewards.with_columns(pl.Series("return", g))
 
 
@@ -155,6 +170,6 @@ def reward_table(steps: pl.DataFrame, spec: RewardsConfig, variant: str = varian
     """traj_id, step_idx, reward, return, variant for every step (schema ADVANTAGES): what the trainer trains on.
     A variant without credit across steps (no_step_opt) has the step's own reward as its return."""
     r = step_rewards(steps, variant=variant, spec=spec)
-    g = returns_to_go(r, variants.get(variant).discount(spec.gamma))
-    return g.with_columns(pl.lit(variant).alias("variant")).select("traj_id", "step_idx", "reward", "return",
-                                                                   "variant")
+    lengths = np.diff(np.flatnonzero(r["is_last"].to_numpy()) + 1, prepend=0)  # step_rewards marks each end
+    g = discounted_returns(r["reward"].to_numpy(), lengths, variants.get(variant).discount(spec.gamma))
+    return r.select("traj_id", "step_idx", "reward", pl.Series("return", g), pl.lit(variant).alias("variant"))
