@@ -430,6 +430,10 @@ class AnnotateConfig(_Checked):
         "openai: 'online' (chat completions, `concurrency` at a time) or 'batch': the first attempt of every "
         "uncached call goes through the OpenAI Batch API (half price, answered within 24 h) into the cache, and "
         "the online run that follows pays only for retries of invalid answers.", "online")
+    batch_max_requests: int = _help("openai batch: most requests in one batch (the Batch API's limit: 50,000 per "
+                                    "input file); more become several batches.", 50_000)
+    batch_max_mb: float = _help("openai batch: most megabytes (10^6 bytes) of one batch's input file (the Batch "
+                                "API's limit: 200 MB; a margin below it by default).", 190.0)
     batch_poll_s: float = _help("openai batch: seconds between polls of the batch's status.", 60.0)
     batch_max_wait_h: float = _help("openai batch: hours to wait for the batch before the stage stops (a rerun "
                                     "resumes waiting for the same batch).", 24.0)
@@ -456,7 +460,10 @@ class AnnotateConfig(_Checked):
             self._fail(where, "max_failed_fraction", f"must be in [0, 1], got {self.max_failed_fraction}")
         if not 1 <= self.min_votes <= self.n_votes:
             self._fail(where, "min_votes", f"must be in [1, n_votes = {self.n_votes}], got {self.min_votes}")
-        self._at_least(where, 1, "n_votes", "concurrency", "max_retries", "max_prompt_tokens", "max_response_chars")
+        self._at_least(where, 1, "n_votes", "concurrency", "max_retries", "max_prompt_tokens", "max_response_chars",
+                       "batch_max_requests")
+        if self.batch_max_mb <= 0:
+            self._fail(where, "batch_max_mb", f"must be > 0, got {self.batch_max_mb}")
         self._at_least(where, 0, "requests_per_minute", "tokens_per_minute", "max_invalid_retries",
                        "completion_tokens_per_call")
         for key in ("price_input_usd_per_mtok", "price_output_usd_per_mtok", "max_cost_usd", "batch_poll_s",

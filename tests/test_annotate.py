@@ -784,6 +784,39 @@ def test_batch_mode_round_trips_through_the_batch_api_and_resumes_its_batch(play
         server.close()
 
 
+@pytest.mark.long
+def test_batches_stay_within_the_api_limits_and_a_rerun_submits_only_what_no_batch_holds(played, tmp_path,
+                                                                                           monkeypatch):
+    """With limits of 3 requests and a few kB per batch, the first attempts go as several batches, each recorded
+    beside the cache as it is created; a run that stops while they run leaves them there, and the rerun
+    retrieves those and submits none again; a request larger than a whole batch goes online."""
+    from pipeline.annotate.batch import _state_file, parts
+
+    assert parts([("a", b"xx"), ("b", b"xxx"), ("c", b"x" * 9), ("d", b"x"), ("e", b"xx")], 2, 6) == (
+        [["a", "b"], ["d", "e"]], ["c"])  # by count, by size, one too big for any batch
+    assert parts([("a", b"xxxx"), ("b", b"xxx")], 10, 6) == ([["a"], ["b"]], [])
+
+    trajs, steps, tasks = played
+    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", "k")
+    server = JudgeServer(Faults(batch_polls=2))
+    cache = tmp_path / "batch.sqlite"
+    try:
+        cfg = _judge_cfg(server.url, max_cost_usd=0, mode="batch", batch_poll_s=0.02, batch_max_requests=3,
+                         batch_max_wait_h=1e-9)
+        with pytest.raises(SteptoolError, match="still (validating|in_progress)"):
+            label_trajectories(trajs[:6], steps, tasks, cfg, str(cache), progress=False)
+        state = json.loads(_state_file(cache).read_text())
+        submitted = len(server.batches)
+        assert submitted == len(state) >= 2 and all(0 < len(keys) <= 3 for keys in state.values())
+        cfg = _judge_cfg(server.url, max_cost_usd=0, mode="batch", batch_poll_s=0.02, batch_max_requests=3)
+        _, stats = label_trajectories(trajs[:6], steps, tasks, cfg, str(cache), progress=False)
+        assert len(server.batches) == submitted, "the rerun submitted again what a batch held"
+        assert stats["batches"] == submitted and stats["batch_answered"] == stats["batch_requests"] > 3
+        assert stats["judge_calls"] == 0 and json.loads(_state_file(cache).read_text()) == {}
+    finally:
+        server.close()
+
+
 def test_needed_items_skip_what_the_query_already_says_in_any_case():
     """A gold argument the query already contains, in whatever case ("PARIS" in "weather in Paris"), is not an item
     a call must reveal; an id the query does not contain is."""
