@@ -611,6 +611,8 @@ class TrainConfig(_Checked):
         "in every round. Every round's table, metrics and annotated steps are kept, one folder per "
         "round (r<k>) of the run's rounds folder.", 1)
     save_steps: int = _help("Checkpoint every this many optimizer steps (a killed run resumes from the last).", 20)
+    save_total_limit: int = _help("Checkpoints kept while a round trains (the oldest go; a resume needs only the "
+                                  "last). Under LoRA a checkpoint holds only the adapters and the value head.", 2)
     report_to: list[str] = _help(REPORT_TO_HELP, factory=lambda: ["none"])
     launcher: str = _help(
         "How the DVC command starts the train stage: 'python' (one process) or an accelerate line, e.g. "

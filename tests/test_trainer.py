@@ -536,3 +536,45 @@ def test_an_in_process_resume_ends_with_the_same_weights_and_logs_each_step(toke
     assert resumed.state.global_step == 2
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_lora_checkpoint_holds_the_adapters_and_value_head_only_and_resumes_exactly(tokenizer, tmp_path):
+    """Under LoRA a checkpoint holds what trains (the adapters, the value head), not the frozen base (which the
+    run loads again from its starting checkpoint): far smaller, and a resume from it ends with the uninterrupted
+    run's weights to the last bit. `save_total_limit` keeps the newest."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors import safe_open
+
+    from tests.support.tiny_model import make_tiny_model
+    from tests.support.toy_env import play
+    from trainer import step_ppo
+    from trainer.config import StepPPOConfig
+    from trainer.model import PolicyWithValue
+
+    examples, _ = play(make_tiny_model(tokenizer, seed=2), tokenizer, 4, 2, 13, "steptool")
+
+    def trainer_for(out):
+        cfg = StepPPOConfig(output_dir=str(out), report_to=[], use_cpu=True, variant="steptool", num_train_epochs=1,
+                            per_device_train_batch_size=1, gradient_accumulation_steps=1, learning_rate=3e-3,
+                            save_strategy="steps", save_steps=1, save_total_limit=2, seed=0, disable_tqdm=True,
+                            logging_steps=1, lr_scheduler_type="constant")
+        lora = get_peft_model(make_tiny_model(tokenizer, seed=2),
+                              LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+        return step_ppo.StepPPOTrainer(PolicyWithValue(lora), cfg, examples, pad_id=tokenizer.pad_token_id)
+
+    whole = trainer_for(tmp_path / "whole")
+    whole.train()
+    assert whole.state.global_step == 4
+    kept = sorted(p.name for p in (tmp_path / "whole").glob("checkpoint-*"))
+    assert kept == ["checkpoint-3", "checkpoint-4"]  # save_total_limit 2
+    ckpt = tmp_path / "whole" / "checkpoint-3"
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    trainable = {n for n, p in whole.model.named_parameters() if p.requires_grad}
+    assert keys and set(keys) == trainable and all("lora_" in k or k.startswith("v_head.") for k in keys), keys
+    full = sum(t.numel() for t in whole.model.state_dict().values())
+    assert sum(p.numel() for n, p in whole.model.named_parameters() if n in keys) * 10 < full
+    resumed = trainer_for(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(ckpt))
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert resumed.state.global_step == 4 and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

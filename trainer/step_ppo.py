@@ -208,8 +208,17 @@ class StepPPOTrainer(Trainer):
 
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
+        model = self.accelerator.unwrap_model(self.model)
         if state_dict is None:  # DDP or one process (ZeRO-3 / FSDP: the Trainer passes the gathered dict)
-            state_dict = self.accelerator.unwrap_model(self.model).state_dict()
+            state_dict = model.state_dict()
+        params = dict(model.named_parameters())
+        frozen = {n for n, p in params.items() if not p.requires_grad}
+        if frozen:
+            # LoRA: the frozen base is the run's starting checkpoint, loaded again on resume; a checkpoint holds
+            # only what trains (the adapters and the value head), not ~100x as much. A frozen tensor under a second
+            # name (a tied embedding's lm_head) goes too: same storage.
+            ptrs = {params[n].data_ptr() for n in frozen}
+            state_dict = {k: v for k, v in state_dict.items() if k not in frozen and v.data_ptr() not in ptrs}
         save_file(unique_storage(state_dict), os.path.join(output_dir, "model.safetensors"))
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
