@@ -352,6 +352,10 @@ class WarmstartConfig(_Checked):
     max_length: int = _help("Longest rendered path in tokens; longer ones are dropped (never cut mid-action).", 2048)
     lora: bool = _help("Train LoRA adapters (peft) instead of all weights; merged into the saved model.", False)
     lora_r: int = _help("LoRA rank.", 16)
+    gradient_checkpointing: bool = _help(
+        "Recompute each layer's activations in the backward pass: one layer's activations instead of all (a 7B "
+        "model's 8,192-token path needs ~28 GB of them otherwise; `steptool plan`), for about one more forward "
+        "pass of compute.", False)
     precision: Literal["auto", "fp32", "bf16"] = _help(
         "bf16 autocast over fp32 master weights, or fp32; 'auto': bf16 on a bf16 GPU or an AMX CPU.", "auto")
     seed: int = _help("Seed of path sampling and training.", 0)

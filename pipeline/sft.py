@@ -89,7 +89,7 @@ def _action_only_trainer():
 def train_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, *, epochs: float, learning_rate: float,
               batch_size: int, seed: int, lora: bool = False, lora_r: int = 16, device: str = "auto",
               max_length: int = 2048, bf16: bool = False, report_to: list[str] | None = None,
-              root: Path = Path(".")) -> dict:
+              root: Path = Path("."), gradient_checkpointing: bool = False) -> dict:
     """Fine-tune the checkpoint at `base_dir` on `rows`; save the result (LoRA merged) to `out_dir`.
     `bf16`: autocast over fp32 master weights (the saved weights stay fp32)."""
     import torch
@@ -116,7 +116,8 @@ def train_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, *, ep
             per_device_train_batch_size=1, gradient_accumulation_steps=batch_size,
             lr_scheduler_type="linear", warmup_steps=0.05,
             logging_steps=1, save_strategy="no", seed=seed, data_seed=seed, max_length=max_length,
-            use_cpu=use_cpu, dataloader_num_workers=0, gradient_checkpointing=False, disable_tqdm=False, bf16=bf16, fp16=False,
+            use_cpu=use_cpu, dataloader_num_workers=0, gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False}, disable_tqdm=False, bf16=bf16, fp16=False,
             **tracking,
         )
         trainer = _action_only_trainer()(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,

@@ -37,7 +37,7 @@ def run(params: Params, root: Path = Path(".")) -> str:
     metrics = train_sft(base, rows, out, epochs=ws.epochs, learning_rate=ws.learning_rate,
                         batch_size=ws.batch_size, seed=ws.seed, lora=ws.lora, lora_r=ws.lora_r,
                         device=device, max_length=ws.max_length, bf16=resolve_precision(ws.precision, device) == "bf16",
-                        report_to=ws.report_to, root=root)
+                        report_to=ws.report_to, root=root, gradient_checkpointing=ws.gradient_checkpointing)
     write_json(metrics_file, {"enabled": True, **stats, **metrics})
     return (f"warmstart: {stats['paths']} expert paths ({stats['mistakes']} recoverable mistakes, "
             f"{stats['tokens']} tokens), loss {metrics['first_loss']} -> {metrics['last_loss']} in "

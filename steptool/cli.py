@@ -252,6 +252,24 @@ def _serve_judge(args: argparse.Namespace) -> int:
     return _serve_until_interrupted(server._thread.join, server.close)
 
 
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from pipeline.config import load_params
+    from pipeline.plan import find_config, plan, render
+
+    params = load_params(args.profile or args.params)
+    root = Path(args.root)
+    config = Path(args.model_config) if args.model_config else find_config(params.base_model.source, root)
+    if config is None or not config.is_file():
+        raise SteptoolError(f"base_model.source {params.base_model.source}: no config.json here or in the local "
+                            "Hugging Face cache: give one with --model-config (the model's config.json; nothing is "
+                            "downloaded)")
+    result = plan(params, root, config, args.gpu_memory_gb)
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return 0
+
+
 def _params(args: argparse.Namespace) -> int:
     from pipeline.config import describe, load_params, overrides, render_params
     from pipeline.fsutil import atomic_path
@@ -499,6 +517,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compact", action="store_true", help="one line instead of indented JSON")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_pass_rate)
+    p = sub.add_parser("plan", help="memory per device and disk a params file needs, before anything runs",
+                       description="Estimate, for the params (or a profile) and the base model's config.json, the GPU "
+                                   "memory per device of the warm start, the PPO update and the round's precompute "
+                                   "(weights, gradients, optimizer, activations, logits) under train.launcher's "
+                                   "engine (one process, DDP, ZeRO-2/3, FSDP), and the disk for checkpoints and "
+                                   "models; says which stage does not fit and what to change (pipeline/plan.py has "
+                                   "the formulas).")
+    p.add_argument("--params", default="params.yaml", help="the params file (default: params.yaml)")
+    p.add_argument("--profile", help="a profile instead (e.g. profiles/gpu.yaml), on top of the defaults")
+    p.add_argument("--model-config", help="the base model's config.json (default: data/models/base/, a local folder "
+                                          "or the local HF cache of base_model.source)")
+    p.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory of one device, GB (default 80)")
+    p.add_argument("--root", default=".", help="directory that holds data/ and configs/ (default: the current one)")
+    p.add_argument("--json", action="store_true", help="the numbers as JSON")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_plan)
     p = sub.add_parser("params", help="list every knob of params.yaml with its help and default; validate the file",
                        description="Validate the params file and list every key with its default and help. "
                                    "With --write, write a complete params file (every key, helps as comments) for "
