@@ -9,6 +9,10 @@
 3. what retiring finished rows buys: the same calls, batched, with a row leaving the batch when it writes its
    end-of-turn token, against keeping it in until the longest row ends (same tokens; tested).
 4. end-to-end collection rate (trajectories/min, cot, the collect params) on the same tasks.
+5. the machine's limit for those calls: a bare batched forward of the same model on the same prompts (left-padded,
+   one prefill of each call's whole prompts, then as many decode steps as its longest generation; argmax, no
+   sampling, no parsing, no prefix cache) counting the tokens the agent generated; the batched agent's
+   throughput as a share of it.
 
 BENCH_PROMPTS (8), BENCH_STEPS (4) and BENCH_NEW_TOKENS (96) size it; BENCH_PRECISION (fp32|bf16) overrides
 the pipeline's 'auto' precision (bf16 on an AMX CPU).
@@ -43,11 +47,13 @@ class _Recording:
     """Keeps every call (prompts, seeds, slots) so that another policy can be given exactly the same prompts."""
 
     def __init__(self, inner):
-        self.inner, self.name, self.calls = inner, inner.name, []
+        self.inner, self.name, self.calls, self.lengths = inner, inner.name, [], []
 
     def generate(self, prompts, seeds, slots=None):
         self.calls.append((prompts, seeds, slots))
-        return self.inner.generate(prompts, seeds, slots)
+        gens = self.inner.generate(prompts, seeds, slots)
+        self.lengths.append([len(g.token_ids) for g in gens])
+        return gens
 
 
 def _reset(policy: HFPolicy) -> None:
@@ -65,7 +71,28 @@ def _play(policy: HFPolicy, tasks, renderer, world, steps: int):
                        seed=1, constrain_names=True)
     el = time.perf_counter() - t0
     gen = sum(len(s.generation.token_ids) for r in rollouts for s in r.steps)
-    return rollouts, rec.calls, gen, el
+    return rollouts, rec, gen, el
+
+
+def _bare(policy: HFPolicy, calls, lengths) -> tuple[int, float]:
+    """The same calls as a bare batched forward through the policy's own model call (`_forward`: the same KV cache
+    argument, last-position logits only): (the agent's generated tokens, seconds)."""
+    import torch
+
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for (prompts, _, _), n in zip(calls, lengths):
+            width = max(len(p) for p in prompts)
+            ids = torch.full((len(prompts), width), policy.pad_id, dtype=torch.long, device=policy.device)
+            att = torch.zeros((len(prompts), width), dtype=torch.long, device=policy.device)
+            for i, p in enumerate(prompts):  # left-padded, as a batched generate pads
+                ids[i, width - len(p):] = torch.tensor(p)
+                att[i, width - len(p):] = 1
+            cache, logits = policy._forward(None, input_ids=ids, attention_mask=att)
+            for _ in range(max(n) - 1):
+                att = torch.cat([att, att.new_ones((len(prompts), 1))], dim=1)
+                cache, logits = policy._forward(cache, input_ids=logits.argmax(-1, keepdim=True), attention_mask=att)
+    return sum(sum(n) for n in lengths), time.perf_counter() - t0
 
 
 def _replay(policy: HFPolicy, calls):
@@ -90,7 +117,8 @@ def main() -> None:
                                        dtype=weights_dtype(precision, "cpu"))
     renderer = ChatRenderer(batched.tok)
     batched.generate([renderer.encode(renderer.prefix("S", "U"))], [0])  # warm-up
-    r_b, calls, gen_b, t_b = _play(batched, tasks, renderer, world, steps)
+    r_b, rec, gen_b, t_b = _play(batched, tasks, renderer, world, steps)
+    calls = rec.calls
     single = HFPolicy(batched.model, batched.tok, sampling, batch_size=1, kv_cache_tokens=kv)
     gen_s, t_s = _replay(single, calls)
     prompts = sum(s.prompt_len for r in r_b for s in r.steps)
@@ -111,6 +139,10 @@ def main() -> None:
     gen_r, t_r = _replay(batched, calls)
     print(f"finished rows leave the batch (batched, same calls): {gen_r / t_r:.1f} tok/s, kept until the longest row "
           f"ends {gen_k / t_k:.1f} tok/s, ratio {(gen_r / t_r) / (gen_k / t_k):.2f}x")
+    gen_l, t_l = _bare(batched, calls, rec.lengths)
+    print(f"the machine's limit (a bare batched forward of the same {len(calls)} calls: full prefill, decode to each "
+          f"call's longest generation, argmax): {gen_l / t_l:.1f} tok/s; the batched agent reaches "
+          f"{(gen_b / t_b) / (gen_l / t_l):.2f} of it")
     policy = HFPolicy(batched.model, batched.tok, SamplingConfig(max_new_tokens=new_tokens, temperature=0.8),
                       batch_size=8, kv_cache_tokens=kv)
     with tempfile.TemporaryDirectory() as tmp:
