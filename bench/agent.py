@@ -10,9 +10,12 @@
    end-of-turn token, against keeping it in until the longest row ends (same tokens; tested).
 4. end-to-end collection rate (trajectories/min, cot, the collect params) on the same tasks.
 5. the machine's limit for those calls: a bare batched forward of the same model on the same prompts (left-padded,
-   one prefill of each call's whole prompts, then as many decode steps as its longest generation; argmax, no
-   sampling, no parsing, no prefix cache) counting the tokens the agent generated; the batched agent's
-   throughput as a share of it.
+   each call's whole prompts prefilled, then as many decode steps as its longest generation; argmax, no sampling,
+   no parsing), counting the tokens the agent generated: decode only (the prefill outside the clock: no agent can
+   beat it, since it must prefill too) and prefill + decode (no prefix cache: the agent's cache can beat it). The
+   batched agent's throughput is given as a share of each.
+
+BENCH_PARTS (comma list of generation, cache, retire, limit, collect; default all) runs some of them.
 
 BENCH_PROMPTS (8), BENCH_STEPS (4) and BENCH_NEW_TOKENS (96) size it; BENCH_PRECISION (fp32|bf16) overrides
 the pipeline's 'auto' precision (bf16 on an AMX CPU).
@@ -74,12 +77,12 @@ def _play(policy: HFPolicy, tasks, renderer, world, steps: int):
     return rollouts, rec, gen, el
 
 
-def _bare(policy: HFPolicy, calls, lengths) -> tuple[int, float]:
+def _bare(policy: HFPolicy, calls, lengths) -> tuple[int, float, float]:
     """The same calls as a bare batched forward through the policy's own model call (`_forward`: the same KV cache
-    argument, last-position logits only): (the agent's generated tokens, seconds)."""
+    argument, last-position logits only): (the agent's generated tokens, seconds of decode, seconds of prefill)."""
     import torch
 
-    t0 = time.perf_counter()
+    decode = prefill = 0.0
     with torch.inference_mode():
         for (prompts, _, _), n in zip(calls, lengths):
             width = max(len(p) for p in prompts)
@@ -88,11 +91,15 @@ def _bare(policy: HFPolicy, calls, lengths) -> tuple[int, float]:
             for i, p in enumerate(prompts):  # left-padded, as a batched generate pads
                 ids[i, width - len(p):] = torch.tensor(p)
                 att[i, width - len(p):] = 1
+            t0 = time.perf_counter()
             cache, logits = policy._forward(None, input_ids=ids, attention_mask=att)
+            t1 = time.perf_counter()
             for _ in range(max(n) - 1):
                 att = torch.cat([att, att.new_ones((len(prompts), 1))], dim=1)
                 cache, logits = policy._forward(cache, input_ids=logits.argmax(-1, keepdim=True), attention_mask=att)
-    return sum(sum(n) for n in lengths), time.perf_counter() - t0
+            decode += time.perf_counter() - t1
+            prefill += t1 - t0
+    return sum(sum(n) for n in lengths), decode, prefill
 
 
 def _replay(policy: HFPolicy, calls):
@@ -119,30 +126,39 @@ def main() -> None:
     batched.generate([renderer.encode(renderer.prefix("S", "U"))], [0])  # warm-up
     r_b, rec, gen_b, t_b = _play(batched, tasks, renderer, world, steps)
     calls = rec.calls
-    single = HFPolicy(batched.model, batched.tok, sampling, batch_size=1, kv_cache_tokens=kv)
-    gen_s, t_s = _replay(single, calls)
+    parts = os.environ.get("BENCH_PARTS", "generation,cache,retire,limit,collect").split(",")
     prompts = sum(s.prompt_len for r in r_b for s in r.steps)
     n_steps = sum(len(r.steps) for r in r_b)
-    reuse = batched.prefix_cache.stats
-    print(f"generation ({model_dir}, {precision}, {n} tasks played to {steps} steps, greedy, {n_steps} actions, "
-          f"mean context {prompts // max(n_steps, 1)} tokens; the unbatched policy gets the same {len(calls)} calls): "
-          f"batched {gen_b / t_b:.1f} tok/s ({gen_b} tokens), unbatched {gen_s / t_s:.1f} tok/s ({gen_s} tokens), "
-          f"ratio {(gen_b / t_b) / (gen_s / t_s):.2f}x")
-    nocache = HFPolicy(batched.model, batched.tok, sampling, batch_size=n)
-    gen_n, t_n = _replay(nocache, calls)
-    print(f"prefix KV cache (batched, same calls): {gen_b / t_b:.1f} tok/s with, {gen_n / t_n:.1f} tok/s without, "
-          f"ratio {(gen_b / t_b) / (gen_n / t_n):.2f}x; {reuse['reused_tokens'] / max(reuse['prompt_tokens'], 1):.0%} "
-          f"of context tokens reused")
-    kept = HFPolicy(batched.model, batched.tok, sampling, batch_size=n, kv_cache_tokens=kv)
-    kept.retire_finished = False
-    gen_k, t_k = _replay(kept, calls)
-    gen_r, t_r = _replay(batched, calls)
-    print(f"finished rows leave the batch (batched, same calls): {gen_r / t_r:.1f} tok/s, kept until the longest row "
-          f"ends {gen_k / t_k:.1f} tok/s, ratio {(gen_r / t_r) / (gen_k / t_k):.2f}x")
-    gen_l, t_l = _bare(batched, calls, rec.lengths)
-    print(f"the machine's limit (a bare batched forward of the same {len(calls)} calls: full prefill, decode to each "
-          f"call's longest generation, argmax): {gen_l / t_l:.1f} tok/s; the batched agent reaches "
-          f"{(gen_b / t_b) / (gen_l / t_l):.2f} of it")
+    reuse = dict(batched.prefix_cache.stats)
+    print(f"played ({model_dir}, {precision}, {n} tasks to {steps} steps, greedy, {n_steps} actions, mean context "
+          f"{prompts // max(n_steps, 1)} tokens, {len(calls)} calls): batched {gen_b / t_b:.1f} tok/s ({gen_b} tokens)")
+    if "generation" in parts:
+        single = HFPolicy(batched.model, batched.tok, sampling, batch_size=1, kv_cache_tokens=kv)
+        gen_s, t_s = _replay(single, calls)
+        print(f"generation (the unbatched policy gets the same {len(calls)} calls): batched {gen_b / t_b:.1f} tok/s, "
+              f"unbatched {gen_s / t_s:.1f} tok/s ({gen_s} tokens), ratio {(gen_b / t_b) / (gen_s / t_s):.2f}x")
+    if "cache" in parts:
+        nocache = HFPolicy(batched.model, batched.tok, sampling, batch_size=n)
+        gen_n, t_n = _replay(nocache, calls)
+        print(f"prefix KV cache (batched, same calls): {gen_b / t_b:.1f} tok/s with, {gen_n / t_n:.1f} tok/s without, "
+              f"ratio {(gen_b / t_b) / (gen_n / t_n):.2f}x; "
+              f"{reuse['reused_tokens'] / max(reuse['prompt_tokens'], 1):.0%} of context tokens reused")
+    if "retire" in parts:
+        kept = HFPolicy(batched.model, batched.tok, sampling, batch_size=n, kv_cache_tokens=kv)
+        kept.retire_finished = False
+        gen_k, t_k = _replay(kept, calls)
+        gen_r, t_r = _replay(batched, calls)
+        print(f"finished rows leave the batch (batched, same calls): {gen_r / t_r:.1f} tok/s, kept until the longest "
+              f"row ends {gen_k / t_k:.1f} tok/s, ratio {(gen_r / t_r) / (gen_k / t_k):.2f}x")
+    if "limit" in parts:
+        gen_l, t_dec, t_pre = _bare(batched, calls, rec.lengths)
+        print(f"the machine's limit (a bare batched forward of the same {len(calls)} calls, decoding to each call's "
+              f"longest generation, argmax): decode only {gen_l / t_dec:.1f} tok/s (the batched agent reaches "
+              f"{(gen_b / t_b) / (gen_l / t_dec):.2f} of it); with the full prefill of every call "
+              f"{gen_l / (t_dec + t_pre):.1f} tok/s (the agent, with its prefix cache: "
+              f"{(gen_b / t_b) / (gen_l / (t_dec + t_pre)):.2f}x)")
+    if "collect" not in parts:
+        return
     policy = HFPolicy(batched.model, batched.tok, SamplingConfig(max_new_tokens=new_tokens, temperature=0.8),
                       batch_size=8, kv_cache_tokens=kv)
     with tempfile.TemporaryDirectory() as tmp:
