@@ -27,11 +27,13 @@ def run(params: Params, root: Path = Path("."), seed: int = 0) -> str:
     rule = (f"rule pass rate {summary['pass_rate']:.1%}" if summary["pass_rate"] is not None else
             "no gold to judge by rule")
     if ENVIRONMENTS.has(params.env.kind, "counts_misses"):
-        extra += f"; {summary['replay_misses']} of {summary['tool_calls']} tool calls missed the replay"
-        if summary.get("simulated_answers"):
-            extra += (f", {summary['simulated_answers']} answered by the simulator (${summary.get('simulator_cost_usd', 0):.4f}"
-                      f" for {summary.get('simulator_calls', 0)} calls, {summary.get('simulator_cache_hits', 0)} from "
-                      "its cache)")
+        simulated = summary.get("simulated_answers", 0)
+        extra += (f"; {summary['replay_misses'] + simulated} of {summary['tool_calls']} tool calls missed the "
+                  "replay")
+        if simulated:
+            extra += (f", {simulated} answered by the simulator (${summary.get('simulator_cost_usd', 0):.4f} for "
+                      f"{summary.get('simulator_calls', 0)} calls, {summary.get('simulator_cache_hits', 0)} from its "
+                      "cache)")
     return (f"collect (seed {seed}): {summary['trajectories']} trajectories, {summary['steps']} steps, parse "
             f"success {summary['parse_success']:.1%}, {rule} ({summary['trajectories_per_min']} traj/min){extra} "
             f"-> {out}")

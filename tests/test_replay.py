@@ -75,7 +75,7 @@ def test_the_collect_summary_counts_the_replay_misses_among_the_tool_calls():
     trajs = [{"traj_id": "t", "task_id": "1", "finish_type": "give_answer", "final_answer": "Hall"}]
     table = lambda rows, schema: pa.Table.from_pylist(  # noqa: E731
         [{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
-    summary = summarize(table(trajs, TRAJECTORIES), table(steps, STEPS), {})
+    summary = summarize(table(trajs, TRAJECTORIES), table(steps, STEPS), {}, count_answers=True)
     assert summary["tool_calls"] == 3 and summary["replay_misses"] == 2 and summary["steps"] == 4
     assert summary["simulated_answers"] == 0
     assert summary["pass_rate"] is None  # no task with gold

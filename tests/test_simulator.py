@@ -177,7 +177,7 @@ def test_a_collection_counts_who_answered_each_call(tmp_path, tokenizer):
         cache = ReplayCache.from_rows(_rows([("b", {"error": "", "response": {"venue": "Hall B"}})]))
         task = Task("q1", "test", "I1", "Where is concert b?", [DOC])
         summary = collect([task], policy, ChatRenderer(tokenizer), lambda: ReplayEnv(cache, simulator=sim),
-                          tmp_path / "played", "k", max_steps=5, progress=False)
+                          tmp_path / "played", "k", max_steps=5, progress=False, count_answers=True)
         sim.close()
     finally:
         server.close()

@@ -103,7 +103,8 @@ def play(params, root: Path, tasks: list[Task], model_dir: Path, out_dir: Path, 
                       lambda: make_env(params.env, params.toolworld, world), out_dir, run_key, strategy=strategy,
                       n_samples=n_samples, seed=seed, constrain_names=a.constrain_names, max_steps=a.max_steps,
                       width=a.dfsdt_width, budget=a.dfsdt_budget, backtrack_on_error=a.backtrack_on_error,
-                      chunk_size=chunk_size, tool_descriptions=world.tool_descriptions() if world else None)
+                      chunk_size=chunk_size, tool_descriptions=world.tool_descriptions() if world else None,
+                      count_answers=ENVIRONMENTS.has(params.env.kind, "counts_misses"))
     if simulating:  # this play's simulator calls, cache hits and spend
         summary.update({k: round(v - before.get(k, 0), 6) for k, v in simulator_stats().items()})
     return summary
@@ -119,7 +120,7 @@ def _done_ids(parts: Path) -> set[str]:
 def collect(tasks: list[Task], policy, renderer: ChatRenderer, make_env, out_dir: str | Path, run_key: str, *,
             strategy: str = "cot", n_samples: int = 1, seed: int = 0, max_steps: int = 8, constrain_names: bool = False,
             width: int = 2, budget: int = 24, backtrack_on_error: bool = True, chunk_size: int = 16,
-            tool_descriptions: dict | None = None, progress: bool = True) -> dict:
+            tool_descriptions: dict | None = None, progress: bool = True, count_answers: bool = False) -> dict:
     """Returns a summary: trajectories, steps, parse-success rate, rule pass rate (tasks with gold), speed."""
     from tqdm import tqdm
 
@@ -163,10 +164,11 @@ def collect(tasks: list[Task], policy, renderer: ChatRenderer, make_env, out_dir
         tables[name] = write_table(table, out_dir / f"{name}.parquet", schema)
     shutil.rmtree(out_dir / ".parts", ignore_errors=True)
     return summarize(tables["trajectories"], tables["steps"], {t.task_id: t for t in tasks},
-                     elapsed=time.perf_counter() - t0)
+                     elapsed=time.perf_counter() - t0, count_answers=count_answers)
 
 
-def summarize(trajectories: pa.Table, steps: pa.Table, tasks: dict[str, Task], elapsed: float = 0.0) -> dict:
+def summarize(trajectories: pa.Table, steps: pa.Table, tasks: dict[str, Task], elapsed: float = 0.0,
+              count_answers: bool = False) -> dict:
     """Parse-success rate over steps, and the rule judge's pass rate over trajectories of tasks with gold."""
     trajs = trajectories.to_pylist()
     parse_ok = steps.column("parse_ok").to_pylist()
@@ -189,9 +191,11 @@ def summarize(trajectories: pa.Table, steps: pa.Table, tasks: dict[str, Task], e
         # env.kind replay: calls never recorded, answered with the miss error or by the simulator (env.on_miss);
         # 0 for the other kinds
         "replay_misses": sum(s == "replay_miss" for s in calls),
-        "simulated_answers": sum(s == "simulated" for s in calls),
-        "answers": answer_counts(calls),  # who answered the tool calls (replay: recorded, simulated, a miss's error)
         "pass_rate": round(sum(scores) / len(scores), 4) if scores else None,
         "solved": round(solved / len(scores), 4) if scores else None,
         "trajectories_per_min": round(len(trajs) / elapsed * 60, 2) if elapsed > 0 else None,
+        # an environment that can miss (replay): who answered the tool calls, a recording, the simulator, or an
+        # error for a miss
+        **({"simulated_answers": sum(s == "simulated" for s in calls), "answers": answer_counts(calls)}
+           if count_answers else {}),
     }
