@@ -15,20 +15,17 @@ from pipeline import layout, variants
 from pipeline.config import load_params, parse_params
 from pipeline.schema import ANNOTATED_STEPS, EVAL_RESULTS, ROUND_STEPS, STEPS, TASKS, TRAJECTORIES, write_table
 from pipeline.viewer import build_viewer, read_data_file
+from tests.support.browser import row
 
 N_TRAJECTORIES = 20_000
 STEPS_PER_TRAJECTORY = 5
-
-
-def _row(schema, **values) -> dict:
-    return {**{n: None for n in schema.names}, **values}
 
 
 def synthetic_run(root: Path, n: int, seed: int = 0) -> None:
     """Half collected (seed 0, round 1, with labels and the default variant's round table), half evaluated by sft."""
     rng = random.Random(seed)
     n_tasks = max(1, n // 20)
-    tasks = {split: [_row(TASKS, task_id=f"{split}-{i}", split=split, level=f"I{i % 3 + 1}",
+    tasks = {split: [row(TASKS, task_id=f"{split}-{i}", split=split, level=f"I{i % 3 + 1}",
                           query=f"What is the value {i}? " * 4, api_list="[]",
                           gold={"calls": [], "facts": [str(i)]}, source="toolworld", intent="attr", tools=[])
                      for i in range(n_tasks)] for split in ("train", "test")}
@@ -38,14 +35,14 @@ def synthetic_run(root: Path, n: int, seed: int = 0) -> None:
 
     def play(tid, task, policy, split):
         k = STEPS_PER_TRAJECTORY
-        steps = [_row(STEPS, traj_id=tid, task_id=task, step_idx=i, thought="I call the API. " * 3,
+        steps = [row(STEPS, traj_id=tid, task_id=task, step_idx=i, thought="I call the API. " * 3,
                       api_name="Finish" if i == k - 1 else f"get_{rng.randrange(8)}_for_tool",
                       arguments_json=json.dumps({"id": rng.randrange(100)}), parse_ok=True,
                       observation="" if i == k - 1 else json.dumps({"error": "", "response": "x" * rng.randrange(100, 600)}),
                       is_finish=i == k - 1, finish_type="give_answer" if i == k - 1 else None,
                       final_answer="the answer" if i == k - 1 else None, parse_error="",
                       env_status="finish" if i == k - 1 else "ok") for i in range(k)]
-        traj = _row(TRAJECTORIES, traj_id=tid, task_id=task, policy=policy, strategy="cot", sample_idx=0, seed=0,
+        traj = row(TRAJECTORIES, traj_id=tid, task_id=task, policy=policy, strategy="cot", sample_idx=0, seed=0,
                     n_steps=k, finish_type="give_answer", final_answer="the answer", split=split, level="I1",
                     actions_generated=k)
         return traj, steps
@@ -59,12 +56,12 @@ def synthetic_run(root: Path, n: int, seed: int = 0) -> None:
     labels = []
     for s in steps:
         last = s["is_finish"]
-        labels.append({**_row(ANNOTATED_STEPS), **s, "succ_calling": None if last else 1.0,
+        labels.append({**row(ANNOTATED_STEPS), **s, "succ_calling": None if last else 1.0,
                        "contribution": None if last else float(rng.randrange(6)), "sc_rule": 1,
                        "sc_reason": "finish" if last else "", "is_solved": "Solved" if last else None,
                        "is_solved_score": 1.0 if last else None, "annotator": "oracle", "votes": 1})
     write_table(labels, root / layout.table(layout.annotated_dir(0), "steps"), ANNOTATED_STEPS)
-    write_table([_row(ROUND_STEPS, traj_id=s["traj_id"], task_id=s["task_id"], step_idx=s["step_idx"],
+    write_table([row(ROUND_STEPS, traj_id=s["traj_id"], task_id=s["task_id"], step_idx=s["step_idx"],
                       reward=rng.random(), baseline=rng.random(), advantage=rng.gauss(0, 1), variant=variants.DEFAULT,
                       **{"return": rng.random()}) for s in steps],
                 root / layout.round_dir(variants.DEFAULT, 0, 1) / "round.parquet", ROUND_STEPS)
@@ -72,7 +69,7 @@ def synthetic_run(root: Path, n: int, seed: int = 0) -> None:
     out = root / layout.eval_dir("sft", "cot")
     write_table(list(trajs), layout.table(out, "trajectories"), TRAJECTORIES)
     write_table([s for ss in steps for s in ss], layout.table(out, "steps"), STEPS)
-    write_table([_row(EVAL_RESULTS, model="sft", strategy="cot", task_id=t["task_id"], level="I1", sample_idx=0,
+    write_table([row(EVAL_RESULTS, model="sft", strategy="cot", task_id=t["task_id"], level="I1", sample_idx=0,
                       traj_id=t["traj_id"], judge="rule", statuses=["Solved"], pass_score=1.0,
                       finish_type="give_answer", final_answer="the answer", n_steps=t["n_steps"], n_calls=4,
                       n_calls_ok=4, facts_stated=1, n_facts=1, actions_generated=t["n_steps"]) for t in trajs],

@@ -14,32 +14,28 @@ from pipeline.config import parse_params
 from pipeline.errors import SteptoolError
 from pipeline.schema import (ANNOTATED_STEPS, EVAL_RESULTS, ROUND_STEPS, STEPS, TASKS, TRAJECTORIES, write_table)
 from pipeline.viewer import build_viewer, read_data_file, step_kinds
-from tests.support.browser import browser, console_errors, missing, wait_view
+from tests.support.browser import browser, console_errors, missing, row, wait_view
 
 EVIL_OBS = '<script>window.PWNED=1</script></textarea></pre><img src=x onerror="window.PWNED=2">'
 EVIL_ANSWER = "<script>window.PWNED=3</script> It is 42 & <b>Paris</b>"
 ROUND = [(0.45, 1.35, 0.2, 0.25), (-0.05, 0.9, 0.5, -0.6), (0.95, 0.95, 0.3, 0.65)]  # reward, return, baseline, adv
 
 
-def _row(schema, **values) -> dict:
-    return {**{n: None for n in schema.names}, **values}
-
-
 def _step(traj, task, i, api, args, obs, finish=False, answer=None, **extra):
-    return _row(STEPS, traj_id=traj, task_id=task, step_idx=i, thought=f"thought {i}", api_name=api,
+    return row(STEPS, traj_id=traj, task_id=task, step_idx=i, thought=f"thought {i}", api_name=api,
                 arguments_json=args, parse_ok=True, observation=obs, is_finish=finish,
                 finish_type="give_answer" if finish else None, final_answer=answer, parse_error="",
                 env_status="finish" if finish else "ok", **extra)
 
 
 def _traj(traj, task, policy, split, n, answer, seed=0):
-    return _row(TRAJECTORIES, traj_id=traj, task_id=task, policy=policy, strategy="cot", sample_idx=0, seed=seed,
+    return row(TRAJECTORIES, traj_id=traj, task_id=task, policy=policy, strategy="cot", sample_idx=0, seed=seed,
                 n_steps=n, finish_type="give_answer", final_answer=answer, split=split, level="I2",
                 actions_generated=n)
 
 
 def _result(model, traj, seed, statuses, score, n_calls, ok):
-    return _row(EVAL_RESULTS, model=model, strategy="cot", task_id="tw-test-1", level="I2", seed=seed, sample_idx=0,
+    return row(EVAL_RESULTS, model=model, strategy="cot", task_id="tw-test-1", level="I2", seed=seed, sample_idx=0,
                 traj_id=traj, judge="rule", statuses=statuses, pass_score=score, finish_type="give_answer",
                 final_answer=EVIL_ANSWER, n_steps=n_calls + 1, n_calls=n_calls, n_calls_ok=ok, facts_stated=1,
                 n_facts=2, actions_generated=n_calls + 1)
@@ -54,7 +50,7 @@ def run(tmp_path_factory) -> tuple[Path, object]:
     params = parse_params({"variants": ["steptool"], "train": {"seeds": [0]},
                            "evaluate": {"models": ["sft", "steptool"], "strategies": ["cot"]}})
     for split, tid in (("train", "tw-train-1"), ("test", "tw-test-1")):
-        write_table([_row(TASKS, task_id=tid, split=split, level="I2", query="What is <i>the</i> answer? </pre>",
+        write_table([row(TASKS, task_id=tid, split=split, level="I2", query="What is <i>the</i> answer? </pre>",
                           api_list="[]", gold={"calls": [], "facts": ["42", "Paris"]}, source="toolworld",
                           intent="attr", tools=[])], root / layout.tasks_file(split), TASKS)
     write_table([], root / layout.tasks_file("val"), TASKS)
@@ -68,19 +64,19 @@ def run(tmp_path_factory) -> tuple[Path, object]:
     labels = [dict(succ_calling=1.0, contribution=5.0, progress=0.5, sc_rule=1, sc_reason=""),
               dict(succ_calling=1.0, contribution=0.0, progress=0.5, sc_rule=1, sc_reason=""),
               dict(is_solved="Unsure", is_solved_score=0.5, sc_rule=1, sc_reason="finish")]
-    annotated = [{**_row(ANNOTATED_STEPS), **s, **lab, "annotator": "openai", "judge_model": "judge-1",
+    annotated = [{**row(ANNOTATED_STEPS), **s, **lab, "annotator": "openai", "judge_model": "judge-1",
                   "votes": 2, "vote_details": json.dumps([{"why": "</script><script>window.PWNED=4</script>"}])}
                  for s, lab in zip(steps, labels)]
     write_table(annotated, root / layout.table(layout.annotated_dir(0), "steps"), ANNOTATED_STEPS)
-    write_table([_row(ROUND_STEPS, traj_id="c1", task_id="tw-train-1", step_idx=i, reward=r, baseline=b,
+    write_table([row(ROUND_STEPS, traj_id="c1", task_id="tw-train-1", step_idx=i, reward=r, baseline=b,
                       advantage=a, variant="steptool", **{"return": g}) for i, (r, g, b, a) in enumerate(ROUND)],
                 root / layout.round_dir("steptool", 0, 1) / "round.parquet", ROUND_STEPS)
     # round 2: collected by round 1's steptool policy and annotated in the round's folder
     r2 = [_step("c2", "tw-train-1", 0, "Finish", "{}", "", finish=True, answer="42, Paris")]
-    write_table([{**_row(ANNOTATED_STEPS), **r2[0], "is_solved": "Solved", "is_solved_score": 1.0, "sc_rule": 1,
+    write_table([{**row(ANNOTATED_STEPS), **r2[0], "is_solved": "Solved", "is_solved_score": 1.0, "sc_rule": 1,
                   "sc_reason": "finish", "annotator": "oracle", "votes": 1}],
                 root / layout.round_dir("steptool", 0, 2) / "annotated" / "steps.parquet", ANNOTATED_STEPS)
-    write_table([_row(ROUND_STEPS, traj_id="c2", task_id="tw-train-1", step_idx=0, reward=1.0, baseline=0.4,
+    write_table([row(ROUND_STEPS, traj_id="c2", task_id="tw-train-1", step_idx=0, reward=1.0, baseline=0.4,
                       advantage=0.6, variant="steptool", **{"return": 1.0})],
                 root / layout.round_dir("steptool", 0, 2) / "round.parquet", ROUND_STEPS)
     for model, seed, n_calls in (("sft", None, 1), ("steptool", 0, 2)):

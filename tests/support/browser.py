@@ -62,3 +62,9 @@ def wait_view(driver, view: str, timeout: float = 10.0) -> None:
     if state != view:
         raise AssertionError(f"the viewer showed an error instead of {view}: "
                              + driver.execute_script("return document.getElementById('app').innerText"))
+
+
+def row(schema, **values) -> dict:
+    """A record of `schema` with every field null but `values` (hand-written artifacts for the viewer's tests and
+    benchmark)."""
+    return {**{n: None for n in schema.names}, **values}
