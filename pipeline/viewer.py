@@ -29,6 +29,7 @@ from pipeline.annotate.succ_calling import succ_calling
 from pipeline.config import Params
 from pipeline.errors import SteptoolError
 from pipeline.fsutil import atomic_path
+from pipeline.replay import args_key
 from pipeline.schema import (ADVANTAGES, ANNOTATED_STEPS, EVAL_RESULTS, ROUND_STEPS, STEPS, TASKS, TRAJECTORIES,
                              read_table)
 from pipeline.task import SPLITS
@@ -47,15 +48,6 @@ def _read(path: Path, schema) -> pl.DataFrame | None:
     """The artifact at `path` checked against its schema (a bad one is refused naming the file and the field), or
     None when the run has not made it."""
     return pl.from_arrow(read_table(path, schema)) if path.is_file() else None
-
-
-def _canonical(arguments: str | None) -> str:
-    """The arguments as key-sorted JSON when they parse (untrusted text: `json` only), else the text stripped."""
-    text = (arguments or "").strip()
-    try:
-        return json.dumps(json.loads(text), sort_keys=True, ensure_ascii=False)
-    except (ValueError, RecursionError):
-        return text
 
 
 def _pretty(arguments: str | None) -> str:
@@ -83,7 +75,7 @@ def step_kinds(steps: list[dict]) -> list[str]:
     seen: set[tuple[str, str]] = set()
     kinds, known = [], 0.0
     for s in steps:
-        key = (s.get("api_name") or "", _canonical(s.get("arguments_json")))
+        key = (s.get("api_name") or "", args_key(s.get("arguments_json") or ""))  # the replay's canonical form
         if s.get("is_finish"):
             kind = "Finish"
         elif s.get("sc_rule") == 0 or not s.get("parse_ok", True):
