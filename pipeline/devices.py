@@ -36,6 +36,16 @@ def weights_dtype(precision: str, device: str) -> str:
     return "bfloat16" if resolve_precision(precision, device) == "bf16" else "float32"
 
 
+def training_dtype(precision: str, device: str, trains: bool):
+    """The torch dtype to load a training stage's weights in (docs/architecture.md, "Scaling out"): fp32 for
+    weights that train (AdamW keeps them as its master weights; bf16 is autocast over them), bf16 under bf16
+    for weights that only run forward (a LoRA run's frozen base, the KL's reference): half the memory, and what
+    autocast would have cast them to for every matmul anyway."""
+    import torch
+
+    return torch.bfloat16 if not trains and resolve_precision(precision, device) == "bf16" else torch.float32
+
+
 def resolve_precision(precision: str, device: str) -> str:
     """'auto' -> 'bf16' on a GPU that supports it or on a CPU with AMX, else 'fp32'; 'fp32'/'bf16' as given.
     Measured on this project's 2-core AMX machine (SmolLM2-135M): prefill 3.3x, batch-8 decode 1.5x and

@@ -9,7 +9,9 @@ From the params and the base model's `config.json` (a Llama/Qwen2/Mistral-style 
                     checks it against the parameter count of the model transformers builds from the same config
     trainable T     all P (+ the value head H + 1), or LoRA r·(in + out) on every linear layer of the trunk
                     (peft's "all-linear": q, k, v, o, gate, up, down) + the value head
-    weights         4·P bytes: the stages load fp32 weights (bf16 is autocast over them)
+    weights         4·T bytes of fp32 weights that train (AdamW's master weights; bf16 is autocast over them),
+                    and under LoRA the frozen base's P at 2 bytes in bf16 (4 in fp32):
+                    pipeline.devices.training_dtype, the dtype the stages load in
     gradients       4·T bytes        optimizer  8·T bytes (AdamW's two fp32 moments)
     sharding        ZeRO-2: gradients and optimizer / n; ZeRO-3 and FSDP: weights too / n; DDP: none
     activations     tokens = batch × max_length; per layer and token 34·H bytes at 16 bits (Korthikanti et al.
@@ -19,9 +21,10 @@ From the params and the base model's `config.json` (a Llama/Qwen2/Mistral-style 
     logits          logits_chunk × V × 4 bytes twice (fp32 log-softmax over one chunk of action positions)
 
 plus 10% for the allocator and the CUDA context. The precompute runs without gradients: weights, one layer's
-activations at `per_device_eval_batch_size`, and a logits chunk. Disk: `save_total_limit` checkpoints of what a
+activations at `per_device_eval_batch_size`, and a logits chunk (the weights at the update's bytes for a frozen
+weight). Disk: `save_total_limit` checkpoints of what a
 checkpoint holds (LoRA: the trainable weights and their optimizer state; full: the weights too) per run, and the
-saved model per run. These are estimates to choose a configuration by, not guarantees.
+saved model per run (bf16 when a LoRA run's base was held in bf16). These are estimates to choose a configuration by, not guarantees.
 """
 from __future__ import annotations
 
@@ -113,20 +116,27 @@ def training_memory(shape: Shape, *, lora: bool, lora_r: int, batch: int, max_le
              "zero3": (processes, processes, processes), "fsdp": (processes, processes, processes)}[engine_name]
     tokens = batch * max_length
     per_token_layer = 34 * shape.hidden * (1 if bf16 else 2)
+    weights = (frozen_bytes(lora, bf16) * p + 4 * t) if lora else 4 * t
     if checkpointing:
         acts = shape.layers * tokens * shape.hidden * (2 if bf16 else 4) + tokens * per_token_layer
     else:
         acts = shape.layers * tokens * per_token_layer
-    return {"weights": 4 * (p + head) / shard[0], "gradients": 4 * t / shard[1], "optimizer": 8 * t / shard[2],
+    return {"weights": weights / shard[0], "gradients": 4 * t / shard[1], "optimizer": 8 * t / shard[2],
             "activations": acts, "logits": 2 * 4 * logits_chunk * shape.vocab, "trainable": t}
 
 
+def frozen_bytes(lora: bool, bf16: bool) -> int:
+    """Bytes a weight that does not train takes (a LoRA run's base: bf16 under bf16), or any weight of a full
+    fine-tune (fp32 master weights)."""
+    return 2 if lora and bf16 else 4
+
+
 def precompute_memory(shape: Shape, *, batch: int, max_length: int, bf16: bool, engine_name: str, processes: int,
-                      logits_chunk: int) -> dict:
+                      logits_chunk: int, lora: bool = False) -> dict:
     """Bytes per device of the round's precompute (no gradients): weights, one layer's activations, a logits
     chunk."""
     shard = processes if engine_name in ("zero3", "fsdp") else 1
-    return {"weights": 4 * shape.parameters() / shard,
+    return {"weights": frozen_bytes(lora, bf16) * shape.parameters() / shard,
             "activations": batch * max_length * 34 * shape.hidden * (1 if bf16 else 2),
             "logits": 2 * 4 * logits_chunk * shape.vocab}
 
@@ -173,7 +183,7 @@ def plan(params, root: Path, model_config: Path, gpu_memory_gb: float) -> dict:
                                           engine_name=eng, processes=n, logits_chunk=t.logits_chunk, value_head=True),
         "train (precompute)": precompute_memory(shape, batch=t.per_device_eval_batch_size, max_length=t.max_length,
                                                 bf16=bf16, engine_name=eng, processes=n,
-                                                logits_chunk=t.logits_chunk),
+                                                logits_chunk=t.logits_chunk, lora=t.lora),
     }.items()}
     advice = []
     for name, m in stages.items():
@@ -193,7 +203,8 @@ def plan(params, root: Path, model_config: Path, gpu_memory_gb: float) -> dict:
     trainable = stages["train (update)"]["trainable_m"] * 1e6
     ckpt = (4 * (trainable if t.lora else p + shape.hidden + 1) + 8 * trainable) / GB  # weights it holds + AdamW
     disk = {"checkpoints_per_run_gb": round(ckpt * t.save_total_limit, 2),
-            "saved_models_gb": round(runs * 4 * p / GB, 2), "runs": runs}
+            "saved_models_gb": round(runs * frozen_bytes(t.lora, bf16) * p / GB, 2), "runs": runs,
+            "saved_dtype": "bf16" if frozen_bytes(t.lora, bf16) == 2 else "fp32"}
     return {"model": {"parameters_b": round(p / 1e9, 3), **shape.__dict__}, "engine": eng, "processes": n,
             "gpu_memory_gb": gpu_memory_gb, "stages": stages, "disk": disk, "advice": advice}
 
@@ -210,6 +221,6 @@ def render(result: dict) -> str:
                      + f"  {'yes' if s['fits'] else 'NO'}")
     d = result["disk"]
     lines += ["", f"GB per device (+10% for the allocator); disk: {d['checkpoints_per_run_gb']} GB of checkpoints per "
-                  f"run while it trains, {d['saved_models_gb']} GB for the {d['runs']} trained models (fp32)"]
+                  f"run while it trains, {d['saved_models_gb']} GB for the {d['runs']} trained models ({d['saved_dtype']})"]
     lines += ["", *result["advice"]] if result["advice"] else ["", "every stage fits"]
     return "\n".join(lines)

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from pipeline.agent.expert import expert_path
+from pipeline.devices import training_dtype
 from pipeline.agent.prompts import ChatRenderer, system_prompt, user_message
 from pipeline.envs import ToolWorldEnv
 from pipeline.fsutil import atomic_path
@@ -91,7 +92,8 @@ def train_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, *, ep
               max_length: int = 2048, bf16: bool = False, report_to: list[str] | None = None,
               root: Path = Path("."), gradient_checkpointing: bool = False) -> dict:
     """Fine-tune the checkpoint at `base_dir` on `rows`; save the result (LoRA merged) to `out_dir`.
-    `bf16`: autocast over fp32 master weights (the saved weights stay fp32)."""
+    `bf16`: autocast over fp32 master weights (the saved weights stay fp32); under LoRA the frozen base loads in
+    bf16 (pipeline.devices.training_dtype), and the merged model is saved as its base was held."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -99,7 +101,8 @@ def train_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, *, ep
 
     use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     tok = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        base_dir, dtype=training_dtype("bf16" if bf16 else "fp32", "cpu" if use_cpu else "cuda", trains=not lora))
     peft_config = None
     if lora:
         from peft import LoraConfig

@@ -60,9 +60,16 @@ def test_memory_by_hand_on_a_toy_shape():
     assert (z3["weights"], z3["gradients"], z3["optimizer"]) == (1540 / 4, 1540 / 4, 3080 / 4)
     lora = training_memory(toy, checkpointing=False, engine_name="single", processes=1, **{**kw, "lora": True})
     # LoRA r=2 on q, k, v, o (4+4 each), gate, up (4+8), down (8+4) per layer: 2·(2·(8·4 + 12·3)) = 272, + head 5
-    assert lora["trainable"] == 277 and lora["gradients"] == 4 * 277 and lora["weights"] == 1540
+    # weights: the frozen base in bf16 (2·380) and what trains in fp32 (4·277)
+    assert lora["trainable"] == 277 and lora["gradients"] == 4 * 277 and lora["weights"] == 2 * 380 + 4 * 277
+    lora32 = training_memory(toy, checkpointing=False, engine_name="single", processes=1,
+                             **{**kw, "lora": True, "bf16": False})
+    assert lora32["weights"] == 4 * 380 + 4 * 277
     pre = precompute_memory(toy, batch=2, max_length=3, bf16=True, engine_name="fsdp", processes=2, logits_chunk=2)
     assert pre == {"weights": 4 * 380 / 2, "activations": 2 * 3 * 34 * 4, "logits": 160}
+    pre = precompute_memory(toy, batch=2, max_length=3, bf16=True, engine_name="fsdp", processes=2, logits_chunk=2,
+                            lora=True)
+    assert pre["weights"] == 2 * 380 / 2
     gb = in_gb({"weights": 2 * GB, "activations": GB, "trainable": 5e6})
     assert gb == {"weights": 2.0, "activations": 1.0, "total": round(3 * OVERHEAD, 2), "trainable_m": 5.0}
 
@@ -87,7 +94,12 @@ def test_plan_of_the_gpu_profile_for_a_7b_and_what_does_not_fit(tmp_path, capsys
     result = json.loads(capsys.readouterr().out)
     assert result["model"]["parameters_b"] == 7.616 and result["engine"] == "single"
     assert all(s["fits"] for s in result["stages"].values()) and result["advice"] == []
-    assert result["stages"]["train (update)"]["weights"] == round(4 * (7_615_616_512 + 3585) / GB, 2)
+    # LoRA r 16 in bf16: the base at 2 bytes, the adapters and the value head at 4
+    trainable = result["stages"]["train (update)"]["trainable_m"] * 1e6
+    assert result["stages"]["train (update)"]["weights"] == pytest.approx((2 * 7_615_616_512 + 4 * trainable) / GB,
+                                                                          abs=0.01)
+    assert result["stages"]["train (precompute)"]["weights"] == round(2 * 7_615_616_512 / GB, 2)
+    assert result["disk"]["saved_dtype"] == "bf16"
     # the same model fully fine-tuned on one 80 GB device does not fit: the optimizer is named first
     raw = (REPO / "profiles/gpu.yaml").read_text().replace("  lora: true\n  gradient_checkpointing: true     #",
                                                             "  lora: false\n  gradient_checkpointing: true     #")

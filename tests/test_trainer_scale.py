@@ -52,13 +52,12 @@ def test_the_batched_precompute_equals_one_trajectory_at_a_time(tokenizer):
     """Right-padded batches of similar lengths: the same reference log-probs and value features as each
     trajectory alone (fp32), in the examples' order, for step- and token-level variants."""
     from tests.support.tiny_model import make_tiny_model
-    from tests.support.toy_env import play
+    from tests.support.toy_env import mixed_lengths
     from trainer.model import PolicyWithValue
     from trainer.ppo_round import precompute
 
     model = make_tiny_model(tokenizer, seed=4)
-    full, _ = play(model, tokenizer, 7, 4, 5, "steptool")
-    examples = [_first_steps(e, 1 + i % 4) for i, e in enumerate(full)]
+    examples = mixed_lengths(model, tokenizer)
     assert len({len(e.input_ids) for e in examples}) == 4, "the check needs trajectories of different lengths"
     wrapped = PolicyWithValue(model)
     for variant in ("steptool", "ppo_outcome"):
@@ -71,15 +70,6 @@ def test_the_batched_precompute_equals_one_trajectory_at_a_time(tokenizer):
             assert a.ref_logprobs == pytest.approx(b.ref_logprobs, abs=1e-5)
             assert a.old_values == pytest.approx(b.old_values, abs=1e-4)
             assert len(a.ref_logprobs) == sum(e.action_mask)
-
-
-def _first_steps(ex, k: int):
-    """The trajectory cut after its k-th action (a shorter trajectory of the same kind)."""
-    from trainer.data import Example
-
-    end = ex.step_bounds[k - 1][1]
-    return Example(f"{ex.traj_id}-{k}", ex.input_ids[:end], ex.action_mask[:end], ex.step_bounds[:k],
-                   ex.rewards[:k], group=ex.group)
 
 
 def _grads(model, tokenizer, lora: bool, checkpointing: bool):
@@ -142,7 +132,9 @@ def test_train_gradient_checkpointing_reaches_the_model_through_the_trainer(toke
 @pytest.mark.slow
 def test_two_processes_under_accelerate_launch_match_one(tmp_path):
     """`accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2` on the CPU (gloo): each
-    process precomputes half the round (gathered, so both train on the same advantages) and takes half of
+    process precomputes half the round on the DDP-prepared model (gathered, so both train on the same
+    advantages; each process's count is checked, so a precompute that ran every trajectory on every process
+    fails here) and takes half of
     each global batch of 4; the trained weights equal one process's with batches of 4 (float tolerance:
     the gradient all-reduce sums in another order)."""
     import json
@@ -168,6 +160,7 @@ def test_two_processes_under_accelerate_launch_match_one(tmp_path):
                    check=True, timeout=300)
     r1, r2 = (json.loads((d / "round.json").read_text()) for d in (one, two))
     assert (r1["world"], r2["world"]) == (1, 2)
+    assert (r1["shards"], r2["shards"]) == ([8], [4, 4]), "each process precomputes its half of the round"
     assert r1["steps"] == r2["steps"] == 2
     for a, b in zip(r1["ref_logprobs"], r2["ref_logprobs"], strict=True):
         assert a == pytest.approx(b, abs=1e-5)
@@ -179,3 +172,74 @@ def test_two_processes_under_accelerate_launch_match_one(tmp_path):
     assert max(float((w1[k] - start[k]).abs().max()) for k in w1) > 1e-4, "training did not move the weights"
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow
+def test_the_precompute_under_fsdp2_on_two_processes_equals_one(tmp_path):
+    """`torch.distributed.run --nproc_per_node 2` on the CPU (gloo), the policy sharded by FSDP2 as accelerate's
+    plugin shards it (tests/support/fsdp_precompute.py): 7 trajectories split 4 / 3, in batches of 3, so the
+    ranks have different numbers of batches of their own and the stand-in pass keeps their all-gathers paired
+    (without it the run hangs until the process group's timeout). The reference and old log-probs, the value
+    head's fit (written into the sharded parameter, read back whole), its in-sample values and the crossfit
+    baseline equal one unsharded process's."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.support import fsdp_precompute
+    from trainer.model import PolicyWithValue
+    from trainer.ppo_round import precompute
+
+    out = tmp_path / "fsdp.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    "-m", "tests.support.fsdp_precompute", str(out)], cwd=REPO, env=env, check=True, timeout=240)
+    two = json.loads(out.read_text())
+    _, model, examples = fsdp_precompute.setup()
+    one = PolicyWithValue(model)
+    items, stats = precompute(one, examples, fsdp_precompute.config(str(tmp_path / "ckpt")))
+    assert two["world"] == 2 and two["shards"] == [4, 3] and stats["shards"] == [7]
+    assert two["local_head_rows"] == [1], "the value head was not sharded: the test would not reach DTensors"
+    head = one.v_head.weight.view(-1).tolist() + one.v_head.bias.tolist()
+    assert any(abs(x) > 1e-3 for x in head), "the fit left the head at zero"
+    assert two["head"] == pytest.approx(head, abs=1e-5)
+    for a, b, c, it in zip(two["ref_logprobs"], two["old_values"], two["baseline"], items, strict=True):
+        assert a == pytest.approx(it.ref_logprobs, abs=1e-5)
+        assert b == pytest.approx(it.old_values, abs=1e-4)
+        assert c == pytest.approx(it.baseline, abs=1e-4)
+    assert any(x != 0 for row in two["baseline"] for x in row), "crossfit gave zeros: one task only?"
+
+
+def test_weights_load_in_the_dtype_they_train_in_and_a_bf16_lora_round_updates_only_fp32_weights(tokenizer, tmp_path):
+    """A LoRA run under bf16 holds its frozen base in bf16 (half the memory) while the adapters and the value head
+    keep fp32 master weights; a full fine-tune keeps every weight in fp32 (AdamW updates them), and fp32
+    precision keeps everything fp32. One PPO round of the bf16 LoRA policy moves the adapters and the head and
+    leaves the bf16 base as it was."""
+    from pipeline.config import TrainConfig
+    from tests.support.tiny_model import save_tiny_model
+    from tests.support.toy_env import play
+    from trainer.model import PolicyWithValue
+    from trainer.rounds import load_policy
+    from trainer.step_ppo import StepPPOTrainer
+
+    start = save_tiny_model(tmp_path / "start", tokenizer, seed=6)
+
+    def dtypes(model, trains: bool) -> set:
+        return {p.dtype for p in model.parameters() if p.requires_grad == trains}
+
+    lora = load_policy(start, TrainConfig(lora=True, lora_r=4, precision="bf16"), "cpu")
+    assert dtypes(lora, False) == {torch.bfloat16} and dtypes(lora, True) == {torch.float32}
+    full = load_policy(start, TrainConfig(lora=False, precision="bf16"), "cpu")
+    assert dtypes(full, True) == {torch.float32} and dtypes(full, False) == set()
+    lora32 = load_policy(start, TrainConfig(lora=True, lora_r=4, precision="fp32"), "cpu")
+    assert dtypes(lora32, False) == dtypes(lora32, True) == {torch.float32}
+
+    policy = PolicyWithValue(lora)
+    examples, _ = play(policy.policy, tokenizer, 4, 2, 3, "steptool")
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    StepPPOTrainer(policy, _cfg("scale-bf16-lora", bf16=True, learning_rate=1e-2), examples,
+                   pad_id=tokenizer.pad_token_id).train()
+    moved = {n for n, p in policy.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert moved and all("lora_" in n or n.startswith("v_head.") for n in moved), moved
+    assert all(torch.isfinite(p).all() for p in policy.parameters())
+    assert {p.dtype for n, p in policy.named_parameters() if n in moved} == {torch.float32}

@@ -126,3 +126,38 @@ class PolicyWithValue(nn.Module):
         if tokenizer is not None:
             tokenizer.save_pretrained(out_dir)
         torch.save(self.v_head.state_dict(), out_dir / "value_head.pt")
+
+
+@torch.no_grad()
+def set_value_head(head: nn.Linear, w: torch.Tensor, b: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write the round's ridge fit (weights `w` [H], bias `b`) into the value head wherever the training engine
+    keeps it, after `accelerator.prepare` (docs/architecture.md, "Scaling out"):
+
+        a plain tensor (one process, DDP, ZeRO-1/2's module copy)  copied in place;
+        an FSDP2 DTensor (each rank holds a shard)                  the full value distributed as the parameter is;
+        a ZeRO-3 parameter (partitioned, `ds_id`)                   gathered, written, partitioned again;
+    and under DeepSpeed also its fp32 master copy in the optimizer (`deepspeed.utils.safe_set_full_fp32_param`,
+    DeepSpeed's documented way to modify partitioned states, ZeRO stages 1-3), which the first optimizer step
+    would otherwise write back over the fit. Every rank calls it with the same values.
+
+    Returns the weight [1, H] and bias [1] as the head stores them (its dtype, on the CPU)."""
+    full = {"weight": w.detach().double().view(1, -1), "bias": torch.tensor([float(b)], dtype=torch.float64)}
+    for name, p in (("weight", head.weight), ("bias", head.bias)):
+        value = full[name]
+        if hasattr(p, "ds_id"):  # DeepSpeed ZeRO-3
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+                p.copy_(value.to(p.device, p.dtype))
+        elif type(p).__name__ == "DTensor" or type(p.data).__name__ == "DTensor":
+            from torch.distributed.tensor import distribute_tensor
+
+            p.copy_(distribute_tensor(value.to(p.device, p.dtype), p.device_mesh, p.placements))
+        else:
+            p.copy_(value.to(p.device, p.dtype))
+        if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):  # DeepSpeed keeps fp32 master weights apart
+            from deepspeed.utils import safe_set_full_fp32_param
+
+            safe_set_full_fp32_param(p, value.float())
+    dtype = head.weight.dtype
+    return full["weight"].to(dtype), full["bias"].to(dtype)

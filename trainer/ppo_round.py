@@ -31,7 +31,7 @@ from pipeline.rewards import discounted_returns
 from trainer import baselines
 from trainer.data import Example
 from trainer.gae import step_gae
-from trainer.model import PolicyWithValue
+from trainer.model import PolicyWithValue, set_value_head
 
 
 @dataclass
@@ -113,14 +113,18 @@ def mc_returns(rewards: list[list[float]], gamma: float) -> list[list[float]]:
 
 # ---- phase 1 -------------------------------------------------------------------------------------------------
 
-def _shard_forward(model: PolicyWithValue, examples: list[Example], cfg, rank: int, world: int,
-                   progress: bool, ref_model: PolicyWithValue | None = None
-                   ) -> dict[int, tuple[list[float], list[float], torch.Tensor]]:
+def _shard_forward(model, examples: list[Example], cfg, rank: int, world: int, progress: bool,
+                   ref_model: PolicyWithValue | None = None) -> dict[int, tuple[list[float], list[float], torch.Tensor]]:
     """This rank's share of the precompute forward passes: {index: (the model's log-probs [N], the reference's
     log-probs [N] (`ref_model`'s, or the model's own without one), trunk features at the value states [U, H] fp32
-    on the CPU)} for examples rank, rank + world, ... Batches of
-    `cfg.per_device_eval_batch_size` trajectories of similar length (sorted, so little padding), right-padded:
-    a causal model's hidden states at real positions do not depend on the padding after them."""
+    on the CPU)} for examples rank, rank + world, ... `model`: the policy as the training engine prepared it
+    (DDP, FSDP or DeepSpeed wrapper, or the module itself). Batches of `cfg.per_device_eval_batch_size`
+    trajectories of similar length (sorted, so little padding), right-padded: a causal model's hidden states at
+    real positions do not depend on the padding after them.
+
+    Every rank runs the same number of forward passes, the largest share's: under ZeRO-3 and FSDP each pass
+    gathers the parameters with every rank, so a rank that stopped early would leave the others waiting. A rank
+    with fewer trajectories runs stand-in batches (its first trajectory) whose results it drops."""
     from tqdm.auto import tqdm
 
     v = variants.get(cfg.variant)
@@ -128,12 +132,15 @@ def _shard_forward(model: PolicyWithValue, examples: list[Example], cfg, rank: i
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16))
     mine = sorted(range(rank, len(examples), world), key=lambda i: len(examples[i].input_ids))
     size = max(1, int(cfg.per_device_eval_batch_size))
-    out: dict[int, tuple[list[float], torch.Tensor]] = {}
+    batches = [mine[s:s + size] for s in range(0, len(mine), size)]
+    largest = -(-len(examples) // world)  # rank 0's share
+    stand_in = [mine[0] if mine else 0]
+    batches += [None] * (-(-largest // size) - len(batches))
+    out: dict[int, tuple[list[float], list[float], torch.Tensor]] = {}
     bar = tqdm(total=len(mine), desc="precompute (ref/old log-probs, values)", unit="traj",
                disable=not progress, leave=False)
-    for s in range(0, len(mine), size):
-        batch = mine[s:s + size]
-        exs = [examples[i] for i in batch]
+    for batch in batches:
+        exs = [examples[i] for i in (batch or stand_in)]
         ids = pad([e.input_ids for e in exs], 0, torch.long).to(device)
         att = pad([[1] * len(e.input_ids) for e in exs], 0, torch.long).to(device)
         act = pad([e.action_mask for e in exs], 0, torch.long).to(device)
@@ -141,29 +148,45 @@ def _shard_forward(model: PolicyWithValue, examples: list[Example], cfg, rank: i
         with autocast:
             h, _, lp, _ = model(ids, att, rows, pos, cfg.logits_chunk)
             ref_lp = lp if ref_model is None else ref_model(ids, att, rows, pos, cfg.logits_chunk)[2]
+        if batch is None:
+            continue
         lp, ref_lp, rows_cpu = lp.float().cpu(), ref_lp.float().cpu(), rows.cpu()
         for r, (i, e) in enumerate(zip(batch, exs)):
             mine_r = rows_cpu == r
             out[i] = (lp[mine_r].tolist(), ref_lp[mine_r].tolist(), h[r, value_positions(e, v.token_level)].float().cpu())
         bar.update(len(batch))
     bar.close()
+    _reshard(model)
     return out
 
 
-def _gather(part: dict, world: int) -> dict:
-    """Every rank's shard, on every rank (the baselines and the scaling need the whole round)."""
+def _reshard(model) -> None:
+    """FSDP2 keeps the root module's parameters gathered after a forward pass (for the backward it expects):
+    shard them again, so the value head's fit is written into the parameters the optimizer updates, not into
+    a gathered copy that the next reshard frees (transformers' Trainer reshards after `evaluate` likewise)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
+def _gather(part: dict, world: int) -> tuple[dict, list[int]]:
+    """Every rank's shard, on every rank (the baselines and the scaling need the whole round), and how many
+    trajectories each rank computed."""
     if world <= 1:
-        return part
+        return part, [len(part)]
     import torch.distributed as dist
 
     parts: list = [None] * world
     dist.all_gather_object(parts, part)
-    return {k: v for p in parts for k, v in p.items()}
+    return {k: v for p in parts for k, v in p.items()}, [len(p) for p in parts]
 
 
 @torch.no_grad()
 def precompute(model: PolicyWithValue, examples: list[Example], cfg, rank: int = 0, world: int = 1,
-               progress: bool = False, ref_model: PolicyWithValue | None = None) -> tuple[list[Precomputed], dict]:
+               progress: bool = False, ref_model: PolicyWithValue | None = None,
+               engine=None) -> tuple[list[Precomputed], dict]:
     """Per trajectory (a `Precomputed`), with the model as it is now (the start of the round; `cfg` a
     StepPPOConfig):
 
@@ -180,14 +203,17 @@ def precompute(model: PolicyWithValue, examples: list[Example], cfg, rank: int =
     Monte-Carlo returns (leave-out for rloo and crossfit, in-sample for fit_returns).
     Runs under the same autocast as the loss's forward, so the first ratio is 1 up to rounding; batched,
     on the model's device; with `world` > 1 (distributed training) each rank runs every world-th trajectory
-    and the shards are gathered, so every rank continues with the same round."""
+    and the shards are gathered, so every rank continues with the same round (the statistics' `shards`: how many
+    each rank ran). `engine`: the model as the training engine prepared it (DDP, FSDP, DeepSpeed), which runs
+    the forward passes; `model` is the module inside it, whose value head gets the fit."""
     v = variants.get(cfg.variant)
     gamma = v.discount(cfg.gamma)
-    was_training = model.training
-    model.eval()
+    engine = model if engine is None else engine
+    was_training = engine.training
+    engine.eval()
     if ref_model is not None:
         ref_model.eval()
-    fwd = _gather(_shard_forward(model, examples, cfg, rank, world, progress, ref_model), world)
+    fwd, shards = _gather(_shard_forward(engine, examples, cfg, rank, world, progress, ref_model), world)
     items, feats, unit_step = [], [], []
     targets = mc_returns([unit_rewards(ex, v.token_level) for ex in examples], gamma)
     for i, ex in enumerate(examples):
@@ -211,15 +237,15 @@ def precompute(model: PolicyWithValue, examples: list[Example], cfg, rank: int =
             unit_rewards=unit_rewards(ex, v.token_level),
             token_unit=list(range(n_act)) if v.token_level else action_token_steps(ex), value_pos=value_pos,
             old_logprobs=old, ref_logprobs=ref, old_values=[], baseline=[]))
-    model.train(was_training)
+    engine.train(was_training)
     if not items:
-        return items, {}
+        return items, {"shards": shards}
     groups = [ex.group for ex in examples]
     w, b = baselines.ridge_fit(torch.cat(feats), torch.tensor([g for t in targets for g in t]))
-    head = model.v_head
-    head.weight.copy_(w.to(head.weight.dtype).view(1, -1))
-    head.bias.fill_(b)
-    in_sample = [head(f.to(head.weight.device, head.weight.dtype)).squeeze(-1).double().cpu().tolist() for f in feats]
+    head_w, head_b = set_value_head(model.v_head, w, b)
+    # the head's own computation (nn.Linear is F.linear) on the fitted weights as the head stores them
+    in_sample = [torch.nn.functional.linear(f.to(head_w.dtype), head_w, head_b).squeeze(-1).double().tolist()
+                 for f in feats]
     candidates = {"rloo": baselines.rloo(targets, unit_step, groups),
                   "crossfit": baselines.crossfit(feats, targets, groups),
                   "fit_returns": in_sample, "zero": [[0.0] * len(t) for t in targets]}
@@ -228,6 +254,7 @@ def precompute(model: PolicyWithValue, examples: list[Example], cfg, rank: int =
     stats = {f"round_baseline_ev_{k}": baselines.explained_variance(targets, c) for k, c in candidates.items()
              if k != "zero"}
     stats["round_tasks"] = len(set(groups))
+    stats["shards"] = shards
     return items, stats
 
 
@@ -284,13 +311,14 @@ def advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, 
 
 
 def prepare_round(model: PolicyWithValue, examples: list[Example], cfg, rank: int = 0, world: int = 1,
-                  progress: bool = False, ref_model: PolicyWithValue | None = None) -> tuple[list[RoundItem], dict]:
+                  progress: bool = False, ref_model: PolicyWithValue | None = None,
+                  engine=None) -> tuple[list[RoundItem], dict]:
     """Phases 1-4. Returns the `RoundItem`s the update epochs train on and the round's statistics (advantages
-    before the scaling). `rank`/`world`: this process's share of the precompute under distributed training
-    (`precompute`)."""
-    pre, stats = precompute(model, examples, cfg, rank, world, progress, ref_model)  # 1
+    before the scaling; `shards`, how many trajectories each rank precomputed). `rank`/`world`/`engine`: this
+    process's share of the precompute under distributed training and the prepared model (`precompute`)."""
+    pre, stats = precompute(model, examples, cfg, rank, world, progress, ref_model, engine)  # 1
     if not pre:
-        return [], {}
+        return [], {"shards": stats["shards"]}
     token_level = variants.get(cfg.variant).token_level
     tok_mask = pad([[1] * len(p.old_logprobs) for p in pre], 0, torch.float64)
     token_unit = pad([p.token_unit for p in pre], 0, torch.long)

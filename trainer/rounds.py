@@ -26,7 +26,7 @@ from pipeline import advantages, collection, layout
 from pipeline.annotate.run import annotate_folder
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.config import Params, to_dict
-from pipeline.devices import Processes, resolve_device, resolve_precision
+from pipeline.devices import Processes, resolve_device, resolve_precision, training_dtype
 from pipeline.errors import SteptoolError
 from pipeline.fsutil import atomic_path, write_json
 from pipeline.schema import ADVANTAGES, ROUND_STEPS, STEPS, TOKENS, read_table, write_table
@@ -54,7 +54,6 @@ def train_round(params: Params, root: Path, variant: str, seed: int, start: Path
     """One PPO round from the checkpoint `start` on the trajectories in `trajectories` with the rewards of
     `adv_file`, with the KL to `ref` (default: `start`): the model -> `work`/model, the round table ->
     `work`/round.parquet. Returns (metrics, history)."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainer.config import StepPPOConfig
@@ -75,13 +74,7 @@ def train_round(params: Params, root: Path, variant: str, seed: int, start: Path
                             f"{stats['too_long']} longer than train.max_length = {t.max_length} even with every "
                             f"observation shortened)")
     device = resolve_device(params.agent.device)
-    model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32)
-    if t.lora:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=t.lora_r, lora_alpha=2 * t.lora_r, target_modules="all-linear",
-                                                 task_type="CAUSAL_LM"))
-    wrapped = PolicyWithValue(model, value_grad_to_trunk=t.value_grad_to_trunk)
+    wrapped = PolicyWithValue(load_policy(start, t, device), value_grad_to_trunk=t.value_grad_to_trunk)
     ckpt = work / "trainer"
     whole = complete_checkpoints(ckpt)
     resume = bool(whole)
@@ -96,7 +89,8 @@ def train_round(params: Params, root: Path, variant: str, seed: int, start: Path
         train_sampling_strategy="group_by_length")  # similar lengths: less padding
     ref_model = None
     if ref is not None and ref.resolve() != start.resolve():  # rounds 2+: the KL's reference stays the SFT policy
-        ref_model = PolicyWithValue(AutoModelForCausalLM.from_pretrained(ref, dtype=torch.float32))
+        ref_model = PolicyWithValue(AutoModelForCausalLM.from_pretrained(
+            ref, dtype=training_dtype(t.precision, device, trains=False)))
     trainer = StepPPOTrainer(wrapped, cfg, examples, pad_id=tok.pad_token_id, callbacks=callbacks,
                              ref_model=ref_model)
     result = trainer.train(resume_from_checkpoint=str(whole[-1]) if whole else None)
@@ -118,6 +112,25 @@ def train_round(params: Params, root: Path, variant: str, seed: int, start: Path
     if trainer.accelerator.is_main_process:
         shutil.rmtree(ckpt, ignore_errors=True)
     return metrics, history
+
+
+def load_policy(start: Path, t, device: str):
+    """The policy to train, from the checkpoint `start`: every weight in fp32, or under `t.lora` LoRA adapters
+    (fp32: peft keeps adapters in fp32 over a bf16 base) on a frozen base in the forward dtype (`training_dtype`)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(start, dtype=training_dtype(t.precision, device, trains=not t.lora))
+    if not t.lora:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(model, LoraConfig(r=t.lora_r, lora_alpha=2 * t.lora_r, target_modules="all-linear",
+                                             task_type="CAUSAL_LM"))
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()  # what trains keeps fp32 master weights, whatever peft's version does
+    return model
 
 
 def complete_checkpoints(folder: Path) -> list[Path]:

@@ -3,7 +3,8 @@ scheduler and RNG state (docs/architecture.md, "Training").
 
 One PPO round = the trajectories given, read top to bottom as in CleanRL's ppo.py:
 
-    1-4. `prepare_round` (trainer/ppo_round.py), once, when `train()` starts (the model is on its device then):
+    1-4. `prepare_round` (trainer/ppo_round.py), once, when the engine has prepared the model (on its device,
+         under DDP, FSDP or DeepSpeed), before a resumed checkpoint is loaded:
          reference/old log-probs, the baseline and the value head's start → KL-shaped rewards → advantages
          (step or token level) → one scaling over the whole round;
     5.   update epochs (`num_train_epochs` passes over the round, Trainer's loop), each batch:
@@ -40,17 +41,20 @@ from trainer.ppo_round import RoundItem, kl_to_ref, pad, prepare_round
 
 
 class _Rollouts(Dataset):
-    """The round's items for the Trainer's loop. Each comes as {"input_ids", "item"}: transformers' length-grouped
-    sampler (`train_sampling_strategy: group_by_length`) reads lengths only from dicts with input_ids."""
+    """The round's trajectories for the Trainer's loop. Each comes as {"input_ids", "item"}: transformers'
+    length-grouped sampler (`train_sampling_strategy: group_by_length`) reads lengths only from dicts with
+    input_ids, and reads them when the loop starts, before the round's items exist (they are filled in once the
+    engine has prepared the model: StepPPOTrainer._prepare_for_training)."""
 
-    def __init__(self, items: list[RoundItem]):
-        self.items = items
+    def __init__(self, examples: list[Example]):
+        self.examples = examples
+        self.items: list[RoundItem | None] = [None] * len(examples)
 
     def __len__(self):
-        return len(self.items)
+        return len(self.examples)
 
     def __getitem__(self, i):
-        return {"input_ids": self.items[i].input_ids, "item": self.items[i]}
+        return {"input_ids": self.examples[i].input_ids, "item": self.items[i]}
 
 
 def collate(items: list[RoundItem], pad_id: int = 0) -> dict:
@@ -82,24 +86,50 @@ class StepPPOTrainer(Trainer):
         self.examples = examples
         self.ref_model = ref_model
         self.round_stats: dict = {}
+        self.precompute_shards: list[int] = []  # how many trajectories each rank precomputed
+        self._round_ready = False
         self._metrics: dict[str, list[float]] = defaultdict(list)
         self._ev_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._t_last = time.perf_counter()
         self._tokens = 0
-        super().__init__(model=model, args=args, train_dataset=_Rollouts([]),
+        super().__init__(model=model, args=args, train_dataset=_Rollouts(examples),
                          data_collator=lambda b: collate([x["item"] for x in b], pad_id), **kwargs)
 
     def train(self, *args, **kwargs):
-        # Phases 1-4 with the weights of the start of the round: a resumed run computes them from the same
-        # initial weights before its checkpoint is loaded, so it sees the same round as an uninterrupted one.
+        self._round_ready = False
+        return super().train(*args, **kwargs)
+
+    # ---- phases 1-4, once the engine holds the model ------------------------------------------------------
+    def _prepare_for_training(self, max_steps, train_dataloader, resume_from_checkpoint):
+        """transformers' preparation (optimizer, `accelerator.prepare`: DDP, FSDP or DeepSpeed) without the
+        checkpoint; then the round's phases 1-4 on the prepared model, with the weights of the start of the
+        round, so a resumed run sees the same round as an uninterrupted one; then the checkpoint, loaded as
+        transformers' `_prepare_for_training` loads it (trainer.py, after `accelerator.prepare`)."""
+        model, train_dataloader = super()._prepare_for_training(max_steps, train_dataloader, None)
+        self._start_round(model)
+        if resume_from_checkpoint is not None:
+            if self.is_deepspeed_enabled:
+                from transformers.integrations.deepspeed import deepspeed_load_checkpoint
+
+                lora = hasattr(self.accelerator.unwrap_model(self.model).policy, "peft_config")
+                deepspeed_load_checkpoint(self.model_wrapped, resume_from_checkpoint, load_module_strict=not lora)
+            else:
+                self._load_from_checkpoint(resume_from_checkpoint, self.model_wrapped if self.is_fsdp_enabled else None)
+            self._load_optimizer_and_scheduler(resume_from_checkpoint)
+            self._load_scaler(resume_from_checkpoint)
+        return model, train_dataloader
+
+    def _start_round(self, engine) -> None:
         acc = self.accelerator
         ref = self.ref_model.to(self.args.device) if self.ref_model is not None else None
-        items, self.round_stats = prepare_round(self.model, self.examples, self.ppo, acc.process_index,
-                                                acc.num_processes, progress=acc.is_local_main_process,
-                                                ref_model=ref)
+        items, stats = prepare_round(acc.unwrap_model(engine), self.examples, self.ppo, acc.process_index,
+                                     acc.num_processes, progress=acc.is_local_main_process, ref_model=ref,
+                                     engine=engine)
+        self.precompute_shards = stats.pop("shards")
+        self.round_stats = stats
         self.ref_model = None  # its log-probs are in the items: the memory goes back
-        self.train_dataset = _Rollouts(items)
-        return super().train(*args, **kwargs)
+        self.train_dataset.items[:] = items
+        self._round_ready = True
 
     # ---- phase 5: the loss of one batch ------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -226,6 +256,9 @@ class StepPPOTrainer(Trainer):
         import os
 
         from safetensors.torch import load_model
+
+        if not self._round_ready:
+            return  # transformers loads a plain model's checkpoint before the round starts: after it (above)
 
         load_model(self.accelerator.unwrap_model(model or self.model),
                    os.path.join(resume_from_checkpoint, "model.safetensors"), strict=False)

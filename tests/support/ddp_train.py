@@ -5,7 +5,7 @@ batch (4 trajectories) whatever the number of processes. Run it as
     accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2 -m tests.support.ddp_train OUT
 
 OUT gets model/ (the trained policy, written by the main process) and round.json (the precompute's reference
-log-probs, the optimizer steps, the world size)."""
+log-probs, how many trajectories each process precomputed, the optimizer steps, the world size)."""
 from __future__ import annotations
 
 import json
@@ -44,7 +44,7 @@ def main(out: Path) -> None:
     trainer.save_policy(out / "model", tok)
     if trainer.accelerator.is_main_process:
         (out / "round.json").write_text(json.dumps({
-            "world": world, "steps": trainer.state.global_step,
+            "world": world, "steps": trainer.state.global_step, "shards": trainer.precompute_shards,
             "ref_logprobs": [it.ref_logprobs for it in trainer.train_dataset.items],
             "advantages": [it.advantages for it in trainer.train_dataset.items]}))
 

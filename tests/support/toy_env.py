@@ -80,3 +80,17 @@ def right_probability(model, tok, steps: int) -> float:
         ids = ids + [a_id] + renderer.encode(renderer.observation_segment(OBSERVATION, False))
     model.train()
     return sum(probs) / len(probs)
+
+
+def first_steps(ex: Example, k: int, group: str | None = None) -> Example:
+    """The trajectory cut after its k-th action (a shorter trajectory of the same kind), in `group` if given."""
+    end = ex.step_bounds[k - 1][1]
+    return Example(f"{ex.traj_id}-{k}", ex.input_ids[:end], ex.action_mask[:end], ex.step_bounds[:k],
+                   ex.rewards[:k], group=group or ex.group)
+
+
+def mixed_lengths(model, tok, n: int = 7) -> list[Example]:
+    """`n` trajectories of the toy environment cut after 1, 2, 3, 4, 1, ... actions (four lengths), as samples of
+    three tasks (i % 3)."""
+    full, _ = play(model, tok, n, 4, 5, "steptool")
+    return [first_steps(e, 1 + i % 4, f"task-{i % 3}") for i, e in enumerate(full)]
