@@ -181,7 +181,8 @@ def test_the_precompute_under_fsdp2_on_two_processes_equals_one(tmp_path):
     ranks have different numbers of batches of their own and the stand-in pass keeps their all-gathers paired
     (without it the run hangs until the process group's timeout). The reference and old log-probs, the value
     head's fit (written into the sharded parameter, read back whole), its in-sample values and the crossfit
-    baseline equal one unsharded process's."""
+    baseline equal one unsharded process's; the trunk features never leave their rank (the ridge fits sum
+    over ranks)."""
     import json
     import subprocess
     import sys
@@ -200,6 +201,7 @@ def test_the_precompute_under_fsdp2_on_two_processes_equals_one(tmp_path):
     items, stats = precompute(one, examples, fsdp_precompute.config(str(tmp_path / "ckpt")))
     assert two["world"] == 2 and two["shards"] == [4, 3] and stats["shards"] == [7]
     assert two["local_head_rows"] == [1], "the value head was not sharded: the test would not reach DTensors"
+    assert two["gathered"] == ["list"], "only per-unit lists cross ranks, not the [units, H] features"
     head = one.v_head.weight.view(-1).tolist() + one.v_head.bias.tolist()
     assert any(abs(x) > 1e-3 for x in head), "the fit left the head at zero"
     assert two["head"] == pytest.approx(head, abs=1e-5)

@@ -62,41 +62,60 @@ def rloo(targets: list[list[float]], unit_step: list[list[int]], groups: list[st
     return out
 
 
-def ridge_fit(x: torch.Tensor, y: torch.Tensor, ridge: float = 1.0) -> tuple[torch.Tensor, float]:
-    """Least squares of y [M] on x [M, H] with a bias, ridge-regularised (the bias is not). Returns (w [H], b)."""
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def ridge_fit(x: torch.Tensor, y: torch.Tensor, ridge: float = 1.0, reduce=None) -> tuple[torch.Tensor, float]:
+    """Least squares of y [M] on x [M, H] with a bias, ridge-regularised (the bias is not). Returns (w [H], b).
+
+    `reduce`: under distributed training each process holds some of the rows, and `reduce` sums a tensor over
+    the processes (every process calls it the same number of times): the fit is the same as on all rows
+    together, from their sums (n, Σx, Σy), then the centred products, without gathering the [M, H] features
+    anywhere. None: one process, all rows here."""
+    reduce = reduce or _local
     x = x.double()
-    mean = x.mean(0)
-    xc = x - mean
     yd = y.double()
-    w = torch.linalg.solve(xc.T @ xc + ridge * torch.eye(x.shape[1], dtype=x.dtype), xc.T @ (yd - yd.mean()))
-    return w, float(yd.mean() - mean @ w)
+    n = reduce(torch.tensor(float(x.shape[0]), dtype=torch.float64))
+    mean = reduce(x.sum(0)) / n  # torch's mean is this sum over n, to the bit
+    ymean = reduce(yd.sum()) / n
+    xc = x - mean
+    gram = reduce(xc.T @ xc)
+    w = torch.linalg.solve(gram + ridge * torch.eye(x.shape[1], dtype=x.dtype), reduce(xc.T @ (yd - ymean)))
+    return w, float(ymean - mean @ w)
 
 
-def crossfit(feats: list[torch.Tensor], targets: list[list[float]], groups: list[str], folds: int = 5,
-             ridge: float = 1.0) -> list[list[float]]:
+def crossfit(feats: list[torch.Tensor | None], targets: list[list[float]], groups: list[str], folds: int = 5,
+             ridge: float = 1.0, reduce=None, hidden: int = 0) -> list[list[float] | None]:
     """Cross-fitted ridge predictions per unit.
 
     Args:
-        feats: per trajectory, the trunk's features at its value states, [T_i, H].
+        feats: per trajectory, the trunk's features at its value states, [T_i, H]; None for a trajectory another
+            process holds (with `reduce`, as in `ridge_fit`).
         targets: per trajectory, G per unit, [T_i].
         groups: per trajectory, its task; all samples of a task fall in one fold.
         folds: K (capped at the number of tasks); the tasks go to folds in order of first appearance, round robin.
+        hidden: H, for a process that holds no trajectory (it still takes part in every fold's sums).
     Returns:
-        per trajectory [T_i]: the prediction of the head fitted on the other folds (0 with a single task)."""
+        per trajectory [T_i]: the prediction of the head fitted on the other folds (0 with a single task); None
+        for a trajectory whose features are not here."""
     order = list(dict.fromkeys(groups))
     k = min(folds, len(order))
     fold_of = {g: n % k for n, g in enumerate(order)} if k else {}
-    out: list[list[float]] = [[0.0] * len(t) for t in targets]
-    if k < 2:
+    here = [i for i, f in enumerate(feats) if f is not None]
+    out: list[list[float] | None] = [[0.0] * len(targets[i]) if feats[i] is not None else None
+                                     for i in range(len(targets))]
+    if k < 2 or not here and reduce is None:
         return out
+    width = next((feats[i].shape[1] for i in here), hidden)
     for f in range(k):
-        train = [i for i, g in enumerate(groups) if fold_of[g] != f]
-        test = [i for i, g in enumerate(groups) if fold_of[g] == f]
-        x = torch.cat([feats[i] for i in train])
+        train = [i for i in here if fold_of[groups[i]] != f]
+        x = torch.cat([feats[i] for i in train]) if train else torch.zeros(0, width)
         y = torch.tensor([v for i in train for v in targets[i]], dtype=torch.float64)
-        w, b = ridge_fit(x, y, ridge)
-        for i in test:
-            out[i] = (feats[i].double() @ w + b).tolist()
+        w, b = ridge_fit(x, y, ridge, reduce)
+        for i in here:
+            if fold_of[groups[i]] == f:
+                out[i] = (feats[i].double() @ w + b).tolist()
     return out
 
 

@@ -171,6 +171,19 @@ def _reshard(model) -> None:
             m.reshard()
 
 
+def _sum_over_ranks(device):
+    """A `reduce` for baselines.ridge_fit: the tensor summed over every rank (on `device`: NCCL reduces GPU
+    tensors only), back on the CPU."""
+    import torch.distributed as dist
+
+    def reduce(t: torch.Tensor) -> torch.Tensor:
+        t = t.to(device).contiguous()
+        dist.all_reduce(t)
+        return t.cpu()
+
+    return reduce
+
+
 def _gather(part: dict, world: int) -> tuple[dict, list[int]]:
     """Every rank's shard, on every rank (the baselines and the scaling need the whole round), and how many
     trajectories each rank computed."""
@@ -203,8 +216,10 @@ def precompute(model: PolicyWithValue, examples: list[Example], cfg, rank: int =
     Monte-Carlo returns (leave-out for rloo and crossfit, in-sample for fit_returns).
     Runs under the same autocast as the loss's forward, so the first ratio is 1 up to rounding; batched,
     on the model's device; with `world` > 1 (distributed training) each rank runs every world-th trajectory
-    and the shards are gathered, so every rank continues with the same round (the statistics' `shards`: how many
-    each rank ran). `engine`: the model as the training engine prepared it (DDP, FSDP, DeepSpeed), which runs
+    and the log-probs are gathered, so every rank continues with the same round (the statistics' `shards`: how
+    many each rank ran). The trunk features [U, H] stay on the rank that computed them: the ridge fits take
+    their sums over the ranks (`baselines.ridge_fit`'s `reduce`) and each rank predicts its own trajectories'
+    values, so only per-unit numbers are gathered, never a [units, H] tensor. `engine`: the model as the training engine prepared it (DDP, FSDP, DeepSpeed), which runs
     the forward passes; `model` is the module inside it, whose value head gets the fit."""
     v = variants.get(cfg.variant)
     gamma = v.discount(cfg.gamma)
@@ -213,11 +228,13 @@ def precompute(model: PolicyWithValue, examples: list[Example], cfg, rank: int =
     engine.eval()
     if ref_model is not None:
         ref_model.eval()
-    fwd, shards = _gather(_shard_forward(engine, examples, cfg, rank, world, progress, ref_model), world)
-    items, feats, unit_step = [], [], []
+    local = _shard_forward(engine, examples, cfg, rank, world, progress, ref_model)
+    fwd, shards = _gather({i: (lp, ref) for i, (lp, ref, _) in local.items()}, world)
+    feats = [local[i][2] if i in local else None for i in range(len(examples))]  # this rank's trajectories
+    items, unit_step = [], []
     targets = mc_returns([unit_rewards(ex, v.token_level) for ex in examples], gamma)
     for i, ex in enumerate(examples):
-        cur, ref, f = fwd[i]
+        cur, ref = fwd[i]
         old = cur
         if cfg.old_logprobs == "behaviour" and ex.behaviour_logprobs is not None \
                 and len(ex.behaviour_logprobs) == len(ref) and not any(math.isnan(x) for x in ex.behaviour_logprobs):
@@ -230,7 +247,6 @@ def precompute(model: PolicyWithValue, examples: list[Example], cfg, rank: int =
             old = list(ex.behaviour_logprobs)
         n_act = len(ref)
         value_pos = value_positions(ex, v.token_level)
-        feats.append(f)
         unit_step.append(action_token_steps(ex) if v.token_level else list(range(len(ex.step_bounds))))
         items.append(Precomputed(
             input_ids=ex.input_ids, action_mask=ex.action_mask, rewards=list(ex.rewards),
@@ -241,13 +257,20 @@ def precompute(model: PolicyWithValue, examples: list[Example], cfg, rank: int =
     if not items:
         return items, {"shards": shards}
     groups = [ex.group for ex in examples]
-    w, b = baselines.ridge_fit(torch.cat(feats), torch.tensor([g for t in targets for g in t]))
+    hidden = model.v_head.in_features
+    reduce = _sum_over_ranks(next(model.parameters()).device) if world > 1 else None
+    here = [i for i, f in enumerate(feats) if f is not None]
+    x = torch.cat([feats[i] for i in here]) if here else torch.zeros(0, hidden)
+    w, b = baselines.ridge_fit(x, torch.tensor([g for i in here for g in targets[i]]), reduce=reduce)
     head_w, head_b = set_value_head(model.v_head, w, b)
     # the head's own computation (nn.Linear is F.linear) on the fitted weights as the head stores them
-    in_sample = [torch.nn.functional.linear(f.to(head_w.dtype), head_w, head_b).squeeze(-1).double().tolist()
-                 for f in feats]
+    own = {i: torch.nn.functional.linear(feats[i].to(head_w.dtype), head_w, head_b).squeeze(-1).double().tolist()
+           for i in here}
+    cross = baselines.crossfit(feats, targets, groups, reduce=reduce, hidden=hidden)
+    predicted, _ = _gather({i: (own[i], cross[i]) for i in here}, world)
+    in_sample = [predicted[i][0] for i in range(len(examples))]
     candidates = {"rloo": baselines.rloo(targets, unit_step, groups),
-                  "crossfit": baselines.crossfit(feats, targets, groups),
+                  "crossfit": [predicted[i][1] for i in range(len(examples))],
                   "fit_returns": in_sample, "zero": [[0.0] * len(t) for t in targets]}
     for it, old_v, base in zip(items, in_sample, candidates[cfg.baseline]):
         it.old_values, it.baseline = old_v, base

@@ -42,8 +42,18 @@ def main(out: Path) -> None:
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
 
+    from trainer import ppo_round
     from trainer.model import PolicyWithValue
     from trainer.ppo_round import precompute
+
+    gathered = []  # what each rank sent to every other: per-unit numbers only, never a [units, H] feature tensor
+    plain_gather = ppo_round._gather
+
+    def recording_gather(part: dict, world: int):
+        gathered.extend(type(x).__name__ for v in part.values() for x in v)
+        return plain_gather(part, world)
+
+    ppo_round._gather = recording_gather
 
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -61,7 +71,7 @@ def main(out: Path) -> None:
             "world": world, "shards": stats["shards"], "ref_logprobs": [it.ref_logprobs for it in items],
             "old_values": [it.old_values for it in items], "baseline": [it.baseline for it in items],
             "head": weight.view(-1).tolist() + bias.tolist(),
-            "local_head_rows": [int(wrapped.v_head.weight.to_local().shape[0])]}))
+            "local_head_rows": [int(wrapped.v_head.weight.to_local().shape[0])], "gathered": sorted(set(gathered))}))
     dist.destroy_process_group()
 
 
