@@ -61,7 +61,8 @@ def resolve_precision(precision: str, device: str) -> str:
 
 class Processes:
     """This process's place among the processes `accelerate launch` (or torchrun) started for a stage: `rank`,
-    `world`, `main` and `wait()` (a barrier). One process without a launcher: rank 0 of 1, `wait` does nothing.
+    `world`, `main`, `wait()` (a barrier) and `wait_for(path)` (a wait of any length). One process without a
+    launcher: rank 0 of 1, both do nothing.
     Stages do their file writes and their non-training work (collection, annotation) on the main process and
     let the others wait, so a multi-process train stage writes each output once."""
 
@@ -80,3 +81,18 @@ class Processes:
     def wait(self) -> None:
         if self._state is not None:
             self._state.wait_for_everyone()
+
+    def wait_for(self, path, poll_s: float = 2.0) -> None:
+        """Every process but the main one waits until the main one has written `path`, then all meet at a barrier.
+        For waits of unknown length (the main process collecting and annotating a round, or replaying, for
+        hours): polling a file sets no deadline, while a barrier alone would fail at the process group's timeout
+        (NCCL's default is 10 minutes), which the user never chose. If the main process fails, the launcher
+        (accelerate launch, torchrun) stops the others."""
+        import time
+        from pathlib import Path
+
+        if self._state is None:
+            return
+        while not self.main and not Path(path).exists():
+            time.sleep(poll_s)
+        self.wait()

@@ -212,6 +212,7 @@ def test_the_precompute_under_fsdp2_on_two_processes_equals_one(tmp_path):
     assert any(x != 0 for row in two["baseline"] for x in row), "crossfit gave zeros: one task only?"
 
 
+@pytest.mark.long
 def test_weights_load_in_the_dtype_they_train_in_and_a_bf16_lora_round_updates_only_fp32_weights(tokenizer, tmp_path):
     """A LoRA run under bf16 holds its frozen base in bf16 (half the memory) while the adapters and the value head
     keep fp32 master weights; a full fine-tune keeps every weight in fp32 (AdamW updates them), and fp32

@@ -151,7 +151,8 @@ def run_round(params: Params, root: Path, variant: str, seed: int, k: int, start
               procs: Processes) -> dict:
     """Round k of the run in its work folder: (from round 2) collect, annotate and the rewards with the policy
     at `start`, then the PPO round, then (with `collect.replay`) the trained policy's greedy replay. Under a
-    multi-process launcher only the training runs on every process; the rest runs on the main one."""
+    multi-process launcher only the training runs on every process; the rest runs on the main one while the
+    others poll for its result files (`Processes.wait_for`: no collective's timeout on an hours-long wait)."""
     work.mkdir(parents=True, exist_ok=True)
     extra: dict = {"round": k}
     if k == 1:
@@ -159,12 +160,17 @@ def run_round(params: Params, root: Path, variant: str, seed: int, k: int, start
         annotated = root / layout.annotated_dir(seed)
     else:
         trajectories, annotated, adv_file = work / "trajectories", work / "annotated", work / "advantages.parquet"
+        ready = work / "inputs.json"  # the main process's sign that this round's inputs are written
+        if procs.main:
+            ready.unlink(missing_ok=True)  # an earlier attempt's
+        procs.wait()
         if procs.main:
             extra["collect"] = collection.collect(params, root, start, trajectories, seed, f"{variant}-r{k - 1}",
                                               replay=False)  # the previous round's replay is this policy's
             extra["annotate"] = annotate_folder(params, root, trajectories, annotated, work / "annotate.json")
             extra["advantages"] = advantages.write_advantages(params, layout.table(annotated, "steps"), adv_file, variant)
-        procs.wait()
+            write_json(ready, extra)
+        procs.wait_for(ready)  # hours of collection and annotation: no barrier's timeout
     check_rewards_match(adv_file, layout.table(annotated, "steps"), layout.table(trajectories, "steps"))
     metrics, history = train_round(params, root, variant, seed, start, trajectories, adv_file, work,
                                    ref=root / layout.SFT_MODEL)  # the KL's reference in every round
@@ -175,7 +181,7 @@ def run_round(params: Params, root: Path, variant: str, seed: int, k: int, start
                                                     work / "model", layout.replay_dir(work), f"{variant}-r{k}")
         write_json(work / "history.json", history)
         write_json(work / layout.ROUND_DONE, metrics)
-    procs.wait()
+    procs.wait_for(work / layout.ROUND_DONE)  # the replay may take long too
     return metrics
 
 
