@@ -767,11 +767,12 @@ class Params(_Checked):
             raise ConfigError(f"rewards.shaping: {self.rewards.shaping} needs the share of needed facts each step has "
                               f"made known, which only annotate.annotator {' or '.join(givers)} gives (got "
                               f"{self.annotate.annotator}): use {' or '.join(others)}")
-        if self.agent.backend == "openai" and (self.train.rounds > 1 or self.collect.replay):
+        if self.agent.backend == "openai" and (self.train.rounds > 1 or self.collect.replay) and not self.train.lora:
             key = "train.rounds > 1" if self.train.rounds > 1 else "collect.replay: true"
-            raise ConfigError(f"{key} needs agent.backend hf: the train stage would play its new checkpoint "
-                              "(the next round's collection, the replay after training), which no running server "
-                              "serves")
+            raise ConfigError(f"{key} with agent.backend openai needs train.lora: true (each trained adapter is "
+                              "loaded into the running server, vLLM's /v1/load_lora_adapter) or agent.backend hf: "
+                              "the train stage plays its new checkpoint (the next round's collection, the replay "
+                              "after training), which a server serves only as an adapter")
 
 
 def _type_name(tp: Any) -> str:

@@ -74,6 +74,9 @@ def annotated_dir(seed: int) -> Path:
 # what a finished round leaves in its work folder and the train stage publishes in round_dir(variant, seed, k)
 ROUND_FILES = ("round.parquet", "metrics.json", "history.json")
 ROUND_DONE = "metrics.json"  # written last: its presence marks the round as finished
+# a LoRA-trained checkpoint also holds its adapter (relative to the SFT model), which an OpenAI-compatible server
+# (vLLM) loads at run time instead of serving every merged checkpoint (pipeline/agent/adapters.py)
+LORA_ADAPTER = "lora_adapter"
 
 
 def rounds_dir(variant: str, seed: int) -> Path:

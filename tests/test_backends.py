@@ -131,3 +131,36 @@ def test_openai_backend_sends_token_ids_and_constrains_the_name(tokenizer, model
     assert policy.stats["constrained_names"] == 1 and policy.stats["misaligned"] == 0
     # the ids are the three answers' ids end to end: what the trainer will condition on
     assert tokenizer.decode(g.token_ids[:-1] if g.ended else g.token_ids, skip_special_tokens=False) == g.text
+
+
+def test_a_lora_adapter_is_loaded_by_content_and_a_refusal_is_one_line(tokenizer, model, tmp_path, monkeypatch):
+    """pipeline/agent/adapters.py against the stand-in's vLLM-documented /v1/load_lora_adapter: the name carries
+    the adapter's digest (other weights, another name), loading the same adapter again is accepted (vLLM's 400
+    "already been loaded"), a folder without an adapter is refused with the server's message, and the key comes
+    from the environment only."""
+    from peft import LoraConfig, get_peft_model
+
+    from pipeline.agent.adapters import load_lora_adapter
+    from pipeline.errors import SteptoolError
+
+    monkeypatch.setenv("TEST_VLLM_KEY", "sk-adapter-secret")
+    peft = get_peft_model(make_tiny_model(tokenizer, seed=11),
+                          LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM", init_lora_weights=False))
+    peft.save_pretrained(tmp_path / "a")
+    server = CompletionServer({"sft": model}, tokenizer, lora_base="sft")
+    try:
+        name = load_lora_adapter(server.url, "ckpt/model", tmp_path / "a", "TEST_VLLM_KEY")
+        assert name.startswith("ckpt/model@") and name in server.models
+        assert load_lora_adapter(server.url, "ckpt/model", tmp_path / "a", "TEST_VLLM_KEY") == name
+        with torch.no_grad():
+            next(p for n, p in peft.named_parameters() if "lora_B" in n).add_(1.0)
+        peft.save_pretrained(tmp_path / "b")
+        assert load_lora_adapter(server.url, "ckpt/model", tmp_path / "b", "TEST_VLLM_KEY") != name
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(SteptoolError, match=r"load_lora_adapter: .*HTTP 400: .*No adapter found"):
+            load_lora_adapter(server.url, "ckpt/model", tmp_path / "empty", "TEST_VLLM_KEY")
+        assert [r["lora_path"] for r in server.adapter_requests] == [str((tmp_path / d).resolve())
+                                                                      for d in ("a", "a", "b", "empty")]
+        assert set(server.keys_seen) == {"Bearer sk-adapter-secret"}
+    finally:
+        server.close()

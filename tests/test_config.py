@@ -160,7 +160,9 @@ def test_a_nested_mapping_given_in_part_keeps_the_other_keys_defaults():
     assert parse_params({}).evaluate.tasks_per_level == {"cot": 12, "dfsdt": 4}
 
 
-def test_the_openai_backend_refuses_what_plays_checkpoints_inside_the_train_stage(tmp_path):
+def test_the_openai_backend_plays_checkpoints_inside_the_train_stage_only_as_lora_adapters(tmp_path):
+    """Rounds and the replay with the openai backend: refused for a full fine-tune (no server serves the new
+    weights), accepted under LoRA (the server loads each adapter)."""
     import yaml
 
     from pipeline.config import load_params
@@ -169,8 +171,11 @@ def test_the_openai_backend_refuses_what_plays_checkpoints_inside_the_train_stag
     for extra, key in (({"train": {"rounds": 2}}, "train.rounds > 1"), ({"collect": {"replay": True}}, "collect.replay")):
         f = tmp_path / "params.yaml"
         f.write_text(yaml.safe_dump({"agent": {"backend": "openai"}, **extra}))
-        with pytest.raises(ConfigError, match=key):
+        with pytest.raises(ConfigError, match=f"{key}.*needs train.lora: true"):
             load_params(f)
+        lora = {**extra, "train": {**extra.get("train", {}), "lora": True}}
+        f.write_text(yaml.safe_dump({"agent": {"backend": "openai"}, **lora}))
+        assert load_params(f).train.lora
 
 
 def test_reward_params_are_checked_against_the_annotator():

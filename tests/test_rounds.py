@@ -8,6 +8,7 @@ import shutil
 
 import polars as pl
 import pytest
+import torch
 import yaml
 
 from pipeline import layout
@@ -129,3 +130,52 @@ def test_a_half_written_trainer_checkpoint_is_dropped_not_loaded(tmp_path):
     assert [d.name for d in complete_checkpoints(tmp_path)] == ["checkpoint-20", "checkpoint-40"]
     assert sorted(d.name for d in tmp_path.iterdir()) == ["checkpoint-20", "checkpoint-40"]
     assert complete_checkpoints(tmp_path / "none") == []
+
+
+@pytest.mark.long
+def test_lora_rounds_through_a_vllm_style_server_load_each_rounds_adapter(round1):
+    """agent.backend openai with train.lora: round 2's collection and each round's replay play the new policy
+    through the server, which loads that round's adapter on the SFT model it serves (vLLM's documented
+    /v1/load_lora_adapter: tests/support/openai_server.py); round 2 continues round 1's adapter, so each saved
+    policy is the SFT model plus one adapter, exactly what the server plays."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.config import load_params
+    from pipeline.models import load_tokenizer
+    from stages import train
+    from tests.support.openai_server import CompletionServer
+
+    root, _ = round1
+    sft = layout.SFT_MODEL
+    server = CompletionServer({}, load_tokenizer(str(root / sft)), lora_base=str(sft),
+                              load=lambda name: AutoModelForCausalLM.from_pretrained(root / name).eval())
+    try:
+        raw = yaml.safe_load((root / "params.yaml").read_text())
+        raw["agent"].update(backend="openai", base_url=server.url, server_constraint="structured_outputs")
+        raw["train"].update(lora=True, lora_r=4, precision="fp32", learning_rate=1e-2)  # adapters that matter
+        raw["collect"].update(replay=True)
+        (root / "params.yaml").write_text(yaml.safe_dump(raw))
+        params = load_params(root / "params.yaml")
+        train.run(params, root, "steptool", 0)
+    finally:
+        server.close()
+    work = layout.checkpoint_dir("steptool", 0)
+    names = [f"{work}/r{k}/model" for k in (1, 1, 2)]  # r1's replay, r2's collection, r2's replay
+    assert [r["lora_name"].split("@")[0] for r in server.adapter_requests] == names
+    assert all(set(r) == {"lora_name", "lora_path"} for r in server.adapter_requests)
+    assert server.adapter_requests[0]["lora_name"] == server.adapter_requests[1]["lora_name"]  # loaded once
+    r1_name, r2_name = server.adapter_requests[1]["lora_name"], server.adapter_requests[2]["lora_name"]
+    asked = [r["model"] for r in server.requests_seen if "prompt" in r]
+    assert r1_name in asked and r2_name in asked and str(sft) not in asked
+    # the trained policy is the SFT model plus its one adapter (round 2 continued round 1's, not stacked on it)
+    from peft import PeftModel
+
+    final = root / layout.model_dir("steptool", 0)
+    rebuilt = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(root / sft),
+                                        final / layout.LORA_ADAPTER).merge_and_unload().state_dict()
+    saved = load_file(final / "model.safetensors")
+    start = load_file(root / sft / "model.safetensors")
+    assert max(float((saved[k] - start[k]).abs().max()) for k in saved) > 1e-3, "training changed too little"
+    for k, v in saved.items():
+        assert torch.allclose(rebuilt[k], v, atol=1e-6), k

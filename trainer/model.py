@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.layout import LORA_ADAPTER
+
 
 def _base(policy):
     return policy.get_base_model() if hasattr(policy, "get_base_model") else policy
@@ -121,6 +123,10 @@ class PolicyWithValue(nn.Module):
             if any(p.numel() == 0 for p in self.parameters()):
                 raise NotImplementedError("LoRA under ZeRO-3 / sharded FSDP: merging needs the full weights on one "
                                           "process; use ZeRO-2 or DDP with LoRA (configs/accelerate/)")
+        if hasattr(self.policy, "merge_and_unload"):
+            # the adapter too, before merging consumes it: a server (vLLM) serves the SFT model plus this adapter,
+            # and the next round continues it (docs/architecture.md, "Scaling out")
+            self.policy.save_pretrained(out_dir / LORA_ADAPTER)
         policy = self.policy.merge_and_unload() if hasattr(self.policy, "merge_and_unload") else self.policy
         policy.save_pretrained(out_dir)
         if tokenizer is not None:

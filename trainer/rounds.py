@@ -74,7 +74,8 @@ def train_round(params: Params, root: Path, variant: str, seed: int, start: Path
                             f"{stats['too_long']} longer than train.max_length = {t.max_length} even with every "
                             f"observation shortened)")
     device = resolve_device(params.agent.device)
-    wrapped = PolicyWithValue(load_policy(start, t, device), value_grad_to_trunk=t.value_grad_to_trunk)
+    wrapped = PolicyWithValue(load_policy(start, t, device, sft=root / layout.SFT_MODEL),
+                              value_grad_to_trunk=t.value_grad_to_trunk)
     ckpt = work / "trainer"
     whole = complete_checkpoints(ckpt)
     resume = bool(whole)
@@ -114,19 +115,32 @@ def train_round(params: Params, root: Path, variant: str, seed: int, start: Path
     return metrics, history
 
 
-def load_policy(start: Path, t, device: str):
+def load_policy(start: Path, t, device: str, sft: Path | None = None):
     """The policy to train, from the checkpoint `start`: every weight in fp32, or under `t.lora` LoRA adapters
-    (fp32: peft keeps adapters in fp32 over a bf16 base) on a frozen base in the forward dtype (`training_dtype`)."""
+    (fp32: peft keeps adapters in fp32 over a bf16 base) on a frozen base in the forward dtype (`training_dtype`).
+    A LoRA checkpoint of an earlier round (`start` holds its adapter) is continued on the SFT model `sft`, not
+    stacked on the merged weights: every round's policy stays the SFT model plus one adapter, which is what a
+    server with the SFT model loaded (vLLM) can serve."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(start, dtype=training_dtype(t.precision, device, trains=not t.lora))
-    if not t.lora:
-        return model
-    from peft import LoraConfig, get_peft_model
+    dtype = training_dtype(t.precision, device, trains=not t.lora)
+    adapter = Path(start) / layout.LORA_ADAPTER
+    if t.lora and adapter.is_dir():
+        from peft import PeftModel
 
-    model = get_peft_model(model, LoraConfig(r=t.lora_r, lora_alpha=2 * t.lora_r, target_modules="all-linear",
-                                             task_type="CAUSAL_LM"))
+        if sft is None:
+            raise SteptoolError(f"{start}: a LoRA checkpoint continues on the SFT model: give its folder")
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sft, dtype=dtype), adapter,
+                                          is_trainable=True)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(start, dtype=dtype)
+        if not t.lora:
+            return model
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=t.lora_r, lora_alpha=2 * t.lora_r, target_modules="all-linear",
+                                                 task_type="CAUSAL_LM"))
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()  # what trains keeps fp32 master weights, whatever peft's version does

@@ -65,7 +65,13 @@ def load_policy(params, root: Path, model_dir: Path, policy_name: str):
     device = resolve_device(a.device)
     sampling = SamplingConfig(a.max_new_tokens)  # `play` sets each run's temperature and top-p
     if a.backend == "openai":
-        policy = OpenAIPolicy(a.base_url, a.served_model or served_name(model_dir, root), load_tokenizer(str(model_dir)),
+        served = a.served_model or served_name(model_dir, root)
+        adapter = Path(model_dir) / layout.LORA_ADAPTER
+        if adapter.is_dir() and not a.served_model:  # a LoRA-trained checkpoint: the server loads its adapter
+            from pipeline.agent.adapters import load_lora_adapter
+
+            served = load_lora_adapter(a.base_url, served, adapter, a.api_key_env)
+        policy = OpenAIPolicy(a.base_url, served, load_tokenizer(str(model_dir)),
                               sampling, concurrency=a.concurrency, api_key_env=a.api_key_env, name=policy_name,
                               constraint=a.server_constraint)
     else:

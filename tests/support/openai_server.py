@@ -9,7 +9,12 @@ real (tiny) HF models and answers the options this project sends as vLLM does:
 - `structured_outputs: {"choice": [...]}` (vLLM >= 0.10.2) and `guided_choice` (older): the output is one
   of the choices, sampled under the HF backend's constrained decoding, then ends (finish_reason "stop");
 - the `model` field picks the model: `models` maps names to models, or `load(name)` loads one on first use
-  (`vllm serve DIR` serves DIR under the name DIR).
+  (`vllm serve DIR` serves DIR under the name DIR);
+- `POST /v1/load_lora_adapter` as vLLM documents it (docs/features/lora.md, "Dynamically serving LoRA
+  Adapters"): `{"lora_name", "lora_path"}`; 200 with the plain-text body "Success: LoRA adapter 'NAME' added
+  successfully."; a name already loaded: 400 with vLLM's error object ("The lora adapter 'NAME' has already been
+  loaded."); a path without an adapter: 400. The adapter goes on `lora_base` (the served base model's name:
+  vLLM applies it to the model it serves), and NAME is then a model to request.
 
 Faults: HTTP codes answered, in order, before real answers. `requests_seen` keeps every request body."""
 from __future__ import annotations
@@ -18,16 +23,24 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+
+def _error(message: str) -> dict:
+    """vLLM's ErrorResponse for a bad request."""
+    return {"object": "error", "message": message, "type": "BadRequestError", "param": None, "code": 400}
 
 
 class CompletionServer:
     def __init__(self, policy_or_models, tokenizer, faults: list[int] | None = None, delay_s: float = 0.0,
-                 load=None):
+                 load=None, lora_base: str | None = None):
         if hasattr(policy_or_models, "model"):  # an HFPolicy: its model, under any name
             self.models, self.default = {}, policy_or_models.model
         else:
             self.models, self.default = dict(policy_or_models or {}), None
         self.load = load
+        self.lora_base = lora_base
+        self.adapter_requests: list[dict] = []
         self.tok = tokenizer
         self.faults = list(faults or [])  # HTTP codes answered, in order, before real answers
         self.delay_s = delay_s
@@ -52,6 +65,22 @@ class CompletionServer:
         if self.default is not None:
             return self.default
         raise KeyError(f"model {name!r} is not served")
+
+    def load_adapter(self, req: dict) -> tuple[int, str | dict]:
+        import copy
+
+        from peft import PeftModel
+
+        name, path = req.get("lora_name"), req.get("lora_path")
+        if not name or not path:
+            return 400, _error("lora_name and lora_path are required")
+        if name in self.models:
+            return 400, _error(f"The lora adapter '{name}' has already been loaded.")
+        if not (Path(path) / "adapter_config.json").is_file():
+            return 400, _error(f"No adapter found for {path}")
+        base = copy.deepcopy(self._model(self.lora_base))
+        self.models[name] = PeftModel.from_pretrained(base, path).merge_and_unload().eval()
+        return 200, f"Success: LoRA adapter '{name}' added successfully."
 
     def complete(self, req: dict) -> dict:
         from pipeline.agent.backends import HFPolicy
@@ -107,9 +136,9 @@ class CompletionServer:
                 pass
 
             def _send(self, code, obj):
-                body = json.dumps(obj).encode()
+                body = (obj if isinstance(obj, str) else json.dumps(obj)).encode()
                 self.send_response(code)
-                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Type", "text/plain" if isinstance(obj, str) else "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -125,6 +154,11 @@ class CompletionServer:
                     self._send(fault, {"error": {"message": f"injected {fault}", "type": "test"}})
                     return
                 time.sleep(outer.delay_s)
+                if self.path.rstrip("/").endswith("/load_lora_adapter"):
+                    with outer.lock:
+                        outer.adapter_requests.append(req)
+                        self._send(*outer.load_adapter(req))
+                    return
                 try:
                     self._send(200, outer.complete(req))
                 except KeyError as e:
