@@ -8,10 +8,12 @@ from the configs of real architectures, token ids are random; no tokenizer, no p
    it (recorded inside the forward), none before the Trainer placed the model (tests/support/device_check.py);
 2. agreement: the tiny model's action-token log-probs on the CPU (fp32) against the GPU in fp32 and under bf16
    autocast (max |difference|);
-3. training: tokens/s and peak memory of one PPO round (StepPPOTrainer, 2048-token trajectories, 2 per
-   batch) for a 0.5B architecture (Qwen2.5-0.5B's config) with full fine-tuning and LoRA, with and without
-   gradient checkpointing, and a 7B architecture (Qwen2.5-7B's config) with LoRA on bf16 weights, with and
-   without gradient checkpointing (full fine-tuning of 7B with fp32 AdamW state needs ~120 GB: not run);
+3. training: tokens/s and peak memory of one PPO round (StepPPOTrainer) in the train stage's own configuration
+   of profiles/gpu.yaml (over params.yaml: its max_length, per-device batch, LoRA rank, gradient checkpointing,
+   bf16, weights loaded as the stage loads them: pipeline.devices.training_dtype) for a 7B architecture
+   (Qwen2.5-7B's config, LoRA as the profile) and a 0.5B one (Qwen2.5-0.5B's config, LoRA and full
+   fine-tuning), each beside `steptool plan`'s estimate for the same shape (pipeline/plan.py; the plan adds
+   10% for the allocator). Full fine-tuning of the 7B needs ~160 GB (the plan): not run;
 4. the precompute alone: trajectories/s on the GPU for the 0.5B architecture;
 5. generation: HFPolicy batched sampling tokens/s for the 0.5B architecture at batch 1, 16 and 64.
 
@@ -124,22 +126,49 @@ def agreement(device: str) -> dict:
             float((bf16 - ref).abs().mean())}
 
 
-def train_round(arch: dict, name: str, device: str, tmp: str, *, lora: bool, checkpointing: bool,
-                weights=torch.float32, n: int = 8, length: int = 2048) -> dict:
+def stage_train(repo: Path = Path(__file__).resolve().parents[1]) -> dict:
+    """The train section profiles/gpu.yaml gives the train stage: params.yaml's, with the profile's keys over it
+    (read as YAML: the device machine has no polars for the project's own params loader)."""
+    import yaml
+
+    train = yaml.safe_load((repo / "params.yaml").read_text(encoding="utf-8"))["train"]
+    train.update(yaml.safe_load((repo / "profiles" / "gpu.yaml").read_text(encoding="utf-8")).get("train") or {})
+    return train
+
+
+def train_round(arch: dict, name: str, device: str, tmp: str, *, lora: bool, stage: dict, micro_batches: int = 3) -> dict:
+    """One PPO round of `micro_batches` × the stage's per-device batch of max_length-token trajectories, one
+    optimizer step per micro-batch, with the stage's settings; tokens/s, peak memory and the plan's estimate."""
+    from pipeline.devices import training_dtype
+    from pipeline.plan import Shape, in_gb, training_memory
     from trainer.model import PolicyWithValue
     from trainer.step_ppo import StepPPOTrainer
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    model = _model(arch, device, weights)
+    bf16 = device != "cpu"
+    batch, length, ckpt = int(stage["per_device_train_batch_size"]), int(stage["max_length"]), \
+        bool(stage["gradient_checkpointing"])
+    model = _model(arch, device, training_dtype("bf16" if bf16 else "fp32", device, trains=not lora))
     if lora:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
+        r = int(stage["lora_r"])
+        model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear",
                                                  task_type="CAUSAL_LM"))
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()  # as trainer.rounds.load_policy: what trains keeps fp32 master weights
     wrapped = PolicyWithValue(model)
-    cfg = _cfg(tmp, bf16=device != "cpu", gradient_checkpointing=checkpointing)
+    cfg = _cfg(tmp, bf16=bf16, gradient_checkpointing=ckpt, per_device_train_batch_size=batch,
+               per_device_eval_batch_size=int(stage["per_device_eval_batch_size"]),
+               logits_chunk=int(stage["logits_chunk"]))
+    n = micro_batches * batch
+    plan = in_gb(training_memory(Shape.from_config({**arch, "model_type": "qwen2"}), lora=lora,
+                                 lora_r=int(stage["lora_r"]), batch=batch, max_length=length, checkpointing=ckpt,
+                                 bf16=bf16, engine_name="single", processes=1,
+                                 logits_chunk=int(stage["logits_chunk"]), value_head=True))
     examples = _examples(n, length, arch["vocab_size"])
     trainer = StepPPOTrainer(wrapped, cfg, examples)
     _sync()
@@ -148,10 +177,13 @@ def train_round(arch: dict, name: str, device: str, tmp: str, *, lora: bool, che
     _sync()
     wall = time.perf_counter() - t0
     speeds = [h["tokens_per_s"] for h in trainer.state.log_history if "tokens_per_s" in h]
-    row = {"model": name, "lora": lora, "gradient_checkpointing": checkpointing, "trajectories": n,
+    peak = torch.cuda.max_memory_allocated() / 1e9 if torch.cuda.is_available() else None
+    row = {"model": name, "lora": lora, "gradient_checkpointing": ckpt, "batch": batch, "trajectories": n,
            "tokens_per_trajectory": length, "round_s": round(wall, 2),
            "train_tokens_per_s": round(sum(speeds[1:]) / max(1, len(speeds) - 1), 1) if len(speeds) > 1 else None,
-           "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None}
+           "peak_gb": round(peak, 2) if peak is not None else None, "plan_gb": plan["total"],
+           "plan_parts_gb": {k: v for k, v in plan.items() if k not in ("total", "trainable_m")},
+           "peak_over_plan": round(peak / plan["total"], 3) if peak is not None else None}
     del trainer, wrapped, model
     return row
 
@@ -237,15 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         step("placement", placement, device, tmp)
         step("agreement", agreement, device)
         if not args.quick and device == "cuda":
-            report["training"] = []
-            for name, arch, lora, ckpt, weights in (
-                    ("qwen2.5-0.5b", QWEN05, False, False, torch.float32),
-                    ("qwen2.5-0.5b", QWEN05, False, True, torch.float32),
-                    ("qwen2.5-0.5b", QWEN05, True, False, torch.float32),
-                    ("qwen2.5-0.5b", QWEN05, True, True, torch.float32),
-                    ("qwen2.5-7b", QWEN7, True, False, torch.bfloat16),
-                    ("qwen2.5-7b", QWEN7, True, True, torch.bfloat16)):
-                step("_row", train_round, arch, name, device, tmp, lora=lora, checkpointing=ckpt, weights=weights)
+            report["training"], stage = [], stage_train()
+            report["stage"] = {k: stage[k] for k in ("per_device_train_batch_size", "max_length", "lora_r",
+                                                     "gradient_checkpointing", "logits_chunk")}
+            for name, arch, lora in (("qwen2.5-7b", QWEN7, True), ("qwen2.5-0.5b", QWEN05, True),
+                                     ("qwen2.5-0.5b", QWEN05, False)):
+                step("_row", train_round, arch, name, device, tmp, lora=lora, stage=stage)
                 report["training"].append(report.pop("_row"))
             step("precompute_0.5b", precompute_speed, QWEN05, device)
             step("generation_0.5b", generation, QWEN05, device)
