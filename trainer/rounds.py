@@ -74,8 +74,12 @@ def train_round(params: Params, root: Path, variant: str, seed: int, start: Path
                             f"{stats['too_long']} longer than train.max_length = {t.max_length} even with every "
                             f"observation shortened)")
     device = resolve_device(params.agent.device)
-    wrapped = PolicyWithValue(load_policy(start, t, device, sft=root / layout.SFT_MODEL),
-                              value_grad_to_trunk=t.value_grad_to_trunk)
+    ref_model = None
+    if ref is not None and ref.resolve() != start.resolve():  # rounds 2+: the KL's reference stays the SFT policy
+        # loaded whole before the training arguments exist: under ZeRO-3 a model loaded after them is partitioned
+        # (zero.Init) and only a DeepSpeed engine could run it; the reference only runs forward, in the precompute
+        ref_model = PolicyWithValue(AutoModelForCausalLM.from_pretrained(
+            ref, dtype=training_dtype(t.precision, device, trains=False)))
     ckpt = work / "trainer"
     whole = complete_checkpoints(ckpt)
     resume = bool(whole)
@@ -88,10 +92,10 @@ def train_round(params: Params, root: Path, variant: str, seed: int, start: Path
         bf16=resolve_precision(t.precision, device) == "bf16", lr_scheduler_type="constant", warmup_steps=0,
         data_seed=seed, save_strategy="steps", logging_steps=1, disable_tqdm=False, dataloader_num_workers=0,
         train_sampling_strategy="group_by_length")  # similar lengths: less padding
-    ref_model = None
-    if ref is not None and ref.resolve() != start.resolve():  # rounds 2+: the KL's reference stays the SFT policy
-        ref_model = PolicyWithValue(AutoModelForCausalLM.from_pretrained(
-            ref, dtype=training_dtype(t.precision, device, trains=False)))
+    # the policy after the training arguments: under ZeRO-3 they make transformers load it partitioned across the
+    # processes (deepspeed.zero.Init) instead of a full fp32 copy in every process's host memory
+    wrapped = PolicyWithValue(load_policy(start, t, device, sft=root / layout.SFT_MODEL),
+                              value_grad_to_trunk=t.value_grad_to_trunk)
     trainer = StepPPOTrainer(wrapped, cfg, examples, pad_id=tok.pad_token_id, callbacks=callbacks,
                              ref_model=ref_model)
     result = trainer.train(resume_from_checkpoint=str(whole[-1]) if whole else None)
