@@ -149,8 +149,9 @@ class TasksConfig(_Checked):
 
     stabletoolbench_path: str = _help(
         "stabletoolbench: the folder of solvable query files <subset>.json (StableToolBench's "
-        "solvable_queries/test_instruction).",
-        "../shared/external/stabletoolbench/solvable_queries/test_instruction")
+        "solvable_queries/test_instruction). A DVC dependency of the tasks stage, so it must exist: the default, "
+        "external/, is a placeholder the ToolWorld run never reads (profiles/stabletoolbench.yaml sets the real one).",
+        "external")
     stabletoolbench_subsets: list[str] = _help(
         "stabletoolbench: the subsets to draw from (G1_* are I1, G2_* I2, G3_* I3).",
         factory=lambda: list(STABLETOOLBENCH_SUBSETS))
@@ -238,8 +239,9 @@ class EnvConfig(_Checked):
         "TOOLBENCH_KEY",
     )
     replay_path: str = _help(
-        "replay: a pass_rate_results folder or the Parquet table written by `steptool build-replay`.",
-        "../shared/external/steptool/pass_rate_results")
+        "replay: a pass_rate_results folder or the Parquet table written by `steptool build-replay`. A DVC "
+        "dependency of collect, train and evaluate: the default, external/, is a placeholder other environments "
+        "never read.", "external")
     replay_per_query: bool = _help(
         "replay: only responses recorded for the same query id (stricter, fewer hits).", False)
     on_miss: Literal["error", "simulate"] = _help(

@@ -4,10 +4,13 @@ their md5 and size: what `dvc commit -f` records for deps, for a machine that do
 Use it only for a change that leaves every output as it was (a refactor, a docstring, a help text), after checking
 that (the tests, or rerunning a stage where the outputs are): it says the locked outputs are what the new code
 makes. Data deps and outs are left exactly as they are, and params too unless `--params`: then each locked
-param's value is re-read from params.yaml (for a change that only added keys whose defaults change nothing). A
-stage with no lock entry gets none (the next `dvc repro` runs it). Prints what it changed.
+param's value is re-read from params.yaml (for a change that only added keys whose defaults change nothing). A data
+dep that dvc.yaml lists and the lock lacks (a new input the outputs do not depend on for this params file, such as
+the external/ placeholder of a path the default run never reads) is recorded as DVC hashes it. A stage with no lock
+entry gets none (the next `dvc repro` runs it). `--rehash PATH` re-records a data dep the lock has (a folder of
+configs whose README changed). Prints what it changed.
 
-    .venv/bin/python scripts/relock_code_deps.py [--params]
+    .venv/bin/python scripts/relock_code_deps.py [--params] [--rehash PATH ...]
 """
 from __future__ import annotations
 
@@ -28,7 +31,30 @@ def _entry(path: str) -> str:
             f"      size: {len(data)}\n")
 
 
-def relock(text: str, params: dict | None = None) -> tuple[str, list[str]]:
+def data_deps() -> dict[str, dict[str, str]]:
+    """{stage as the lock names it: {dep path: its lock entry}} for every data dep of the rendered dvc.yaml, hashed
+    by DVC itself (a folder's .dir hash, size and file count)."""
+    import yaml
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    out: dict[str, dict[str, str]] = {}
+    for stage in Repo(str(REPO)).index.stages:
+        for dep in stage.deps:
+            if isinstance(dep, ParamsDependency) or is_code(dep.def_path) or not Path(dep.fs_path).exists():
+                continue
+            dep.save()
+            d = dep.dumpd()
+            fields = {"path": d.pop("path"), "hash": d.pop("hash", "md5"), **d}
+            text = yaml.safe_dump(fields, sort_keys=False, default_flow_style=False)
+            lines = text.splitlines()
+            out.setdefault(stage.name, {})[fields["path"]] = "".join(
+                [f"    - {lines[0]}\n"] + [f"      {line}\n" for line in lines[1:]])
+    return out
+
+
+def relock(text: str, params: dict | None = None, data: dict | None = None,
+           rehash: tuple[str, ...] = ()) -> tuple[str, list[str]]:
     head, body = text.split("stages:\n", 1)
     blocks = re.split(r"(?m)^(?=  \S[^\n]*:\n)", body)
     out, changed = [], []
@@ -43,7 +69,8 @@ def relock(text: str, params: dict | None = None) -> tuple[str, list[str]]:
         entries = re.split(r"(?m)^(?=    - path: )", block[start:end])
         kept = {re.match(r"    - path: (\S+)", e).group(1): e for e in entries if e.strip()}
         code = {p: _entry(p) for p in closure(_stage_module(m.group(2)), REPO)}
-        new = {p: e for p, e in kept.items() if not is_code(p)} | code
+        added = {p: e for p, e in (data or {}).get(m.group(1), {}).items() if p not in kept or p in rehash}
+        new = {p: e for p, e in kept.items() if not is_code(p)} | added | code
         if {p: kept.get(p) for p in new} != new or set(kept) != set(new):
             changed.append(m.group(1))
         block = block[:start] + "".join(new[p] for p in sorted(new)) + block[end:]
@@ -79,7 +106,8 @@ def main() -> int:
 
     lock = REPO / "dvc.lock"
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")) if "--params" in sys.argv else None
-    text, changed = relock(lock.read_text(encoding="utf-8"), params)
+    rehash = tuple(sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--rehash")
+    text, changed = relock(lock.read_text(encoding="utf-8"), params, data_deps(), rehash)
     lock.write_text(text, encoding="utf-8")
     print("code deps re-recorded for: " + (", ".join(changed) if changed else "none (already current)"))
     return 0

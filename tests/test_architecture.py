@@ -224,3 +224,33 @@ def test_the_closure_follows_lazy_relative_and_package_imports(tmp_path):
     assert depgraph.closure("stages.s", tmp_path) == [
         "pipeline/__init__.py", "pipeline/c.py", "pipeline/sub/__init__.py", "pipeline/sub/a.py", "pipeline/sub/b.py",
         "stages/s.py", "trainer/__init__.py", "trainer/t.py"]
+
+
+def test_the_external_inputs_a_params_file_names_are_dvc_deps_of_the_stages_that_read_them(tmp_path):
+    """tasks.stabletoolbench_path is a dep of tasks and env.replay_path of collect, train and evaluate, as DVC
+    renders dvc.yaml with the params file: the StableToolBench profile's files under ../shared, the default's
+    in-repo placeholder external/ (a dep must exist for `dvc repro` to run at all)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from dvc.repo import Repo
+
+    subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    for params, queries, replay in (
+            (REPO / "params.yaml", "external", "external"),
+            (None, "../shared/external/stabletoolbench/solvable_queries/test_instruction",
+             "../shared/external/steptool/pass_rate_results")):
+        if params is None:
+            subprocess.run([sys.executable, "-m", "steptool", "params", "--profile",
+                            str(REPO / "profiles/stabletoolbench.yaml"), "--write", str(tmp_path / "params.yaml")],
+                           cwd=REPO, check=True, capture_output=True)
+        else:
+            shutil.copy(params, tmp_path / "params.yaml")
+        deps = {s.name: {d.def_path for d in s.deps} for s in Repo(str(tmp_path)).index.stages}
+        assert queries in deps["tasks"]
+        readers = [name for name in deps if name.split("@")[0] in ("collect", "train", "evaluate")]
+        assert readers and all(replay in deps[name] for name in readers)
+        assert not any(replay in deps[name] for name in deps if name.split("@")[0] in ("annotate", "advantages"))
+    assert (REPO / "external").is_dir()
