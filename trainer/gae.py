@@ -1,4 +1,5 @@
-"""Generalised advantage estimation over *steps* (StepTool) and over tokens (classic PPO).
+"""Generalised advantage estimation over *steps* (StepTool); the token-level variants run the same recursion over
+their action tokens (trainer/ppo_round.py's unit axis: an action token's next value is the next action token's).
 
 Step level (docs/architecture.md, "Advantages and the PPO round"), for a trajectory of T steps with
 rewards r_t and values V(s_t):
@@ -42,25 +43,4 @@ def step_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, ga
         last = (delta + gamma * lam * last) * mask[:, t]
         adv[:, t] = last
     return adv, (adv + values) * mask
-
-
-def token_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
-              lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Classic token-level GAE over the tokens where `mask` is 1 (action tokens), skipping the others:
-    the next value of an action token is the value at the next *action* token (observations are part of
-    the environment's transition, as in multi-turn PPO). Same shapes and conventions as `step_gae`, with
-    tokens in place of steps; padding / non-action positions get 0."""
-    if rewards.shape != values.shape or rewards.shape != mask.shape:
-        raise ValueError("rewards, values and mask must have the same shape")
-    adv = torch.zeros_like(rewards)
-    ret = torch.zeros_like(rewards)
-    for b in range(rewards.shape[0]):
-        idx = torch.nonzero(mask[b] > 0).flatten()
-        if len(idx) == 0:
-            continue
-        a, r = step_gae(rewards[b, idx][None], values[b, idx][None], torch.ones(1, len(idx), dtype=rewards.dtype),
-                        gamma, lam)
-        adv[b, idx] = a[0]
-        ret[b, idx] = r[0]
-    return adv, ret
 
