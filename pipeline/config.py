@@ -334,6 +334,12 @@ REPORT_TO_HELP = (
     "'none' keeps the run offline and fast.")
 
 
+def _check_launcher(section, where: str) -> None:
+    if not (section.launcher == "python" or section.launcher.startswith("python ")
+            or section.launcher.startswith("accelerate launch")):
+        section._fail(where, "launcher", f"must be 'python' or start with 'accelerate launch', got {section.launcher!r}")
+
+
 def _check_report_to(section, where: str) -> None:
     names = [section.report_to] if isinstance(section.report_to, str) else section.report_to
     if [r for r in names if r not in REPORT_TO]:  # [] is none (TrainingArguments normalises 'none' to it)
@@ -362,9 +368,14 @@ class WarmstartConfig(_Checked):
         "bf16 autocast over fp32 master weights, or fp32; 'auto': bf16 on a bf16 GPU or an AMX CPU.", "auto")
     seed: int = _help("Seed of path sampling and training.", 0)
     report_to: list[str] = _help(REPORT_TO_HELP, factory=lambda: ["none"])
+    launcher: str = _help(
+        "How the DVC command starts the warmstart stage: 'python' (one process) or an accelerate line, as "
+        "train.launcher (configs/accelerate/). Every process trains on its share of each step's batch_size paths "
+        "(which must divide among them); the main one writes the model.", "python")
 
     def check(self, where: str) -> None:
         _check_report_to(self, where)
+        _check_launcher(self, where)
         if not 0 <= self.error_rate <= 1:
             self._fail(where, "error_rate", f"must be in [0, 1], got {self.error_rate}")
         if self.epochs <= 0 or self.learning_rate <= 0:
@@ -628,9 +639,7 @@ class TrainConfig(_Checked):
 
     def check(self, where: str) -> None:
         _check_report_to(self, where)
-        if not (self.launcher == "python" or self.launcher.startswith("python ")
-                or self.launcher.startswith("accelerate launch")):
-            self._fail(where, "launcher", f"must be 'python' or start with 'accelerate launch', got {self.launcher!r}")
+        _check_launcher(self, where)
         self._at_least(where, 1, "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
                        "per_device_eval_batch_size", "lora_r", "max_length", "logits_chunk", "save_steps", "rounds")
         if not self.seeds:

@@ -6,14 +6,17 @@ ReAct format and the search -> id -> details habit. The same model is the paper'
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import shutil
+import tempfile
 from pathlib import Path
 
 from pipeline.agent.expert import expert_path
-from pipeline.devices import training_dtype
+from pipeline.devices import Processes, training_dtype
+from pipeline.errors import SteptoolError
 from pipeline.agent.prompts import ChatRenderer, system_prompt, user_message
 from pipeline.envs import ToolWorldEnv
 from pipeline.fsutil import atomic_path
@@ -59,6 +62,14 @@ def link_or_copy_model(src: str | Path, dst: str | Path) -> None:
                     shutil.copy2(f, tmp / f.name)
 
 
+@contextlib.contextmanager
+def _scratch():
+    """A process other than the main one trains in a folder of its own, removed after; only the main one writes
+    the model."""
+    with tempfile.TemporaryDirectory(prefix="steptool-warmstart-") as d:
+        yield Path(d)
+
+
 def _action_only_trainer():
     """SFTTrainer whose loss computes logits at action positions only.
 
@@ -82,6 +93,11 @@ def _action_only_trainer():
             total = torch.nn.functional.cross_entropy(logits, labels[0, idx + 1], reduction="sum")
             denom = num_items_in_batch if num_items_in_batch is not None else idx.numel()
             loss = total / denom
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices \
+                    and self.accelerator.num_processes > 1:
+                # the count is every process's tokens and DDP averages the gradients over the processes: what
+                # transformers' own compute_loss multiplies back (trainer.py), or each step would be 1/N as large
+                loss = loss * self.accelerator.num_processes
             return (loss, out) if return_outputs else loss
 
     return ActionOnlySFTTrainer
@@ -93,16 +109,21 @@ def train_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, *, ep
               root: Path = Path("."), gradient_checkpointing: bool = False) -> dict:
     """Fine-tune the checkpoint at `base_dir` on `rows`; save the result (LoRA merged) to `out_dir`.
     `bf16`: autocast over fp32 master weights (the saved weights stay fp32); under LoRA the frozen base loads in
-    bf16 (pipeline.devices.training_dtype), and the merged model is saved as its base was held."""
+    bf16 (pipeline.devices.training_dtype), and the merged model is saved as its base was held.
+
+    Under a multi-process launcher (`warmstart.launcher`: accelerate launch) every process trains on its share
+    of each step's `batch_size` paths (so `batch_size` must divide among them) and the main one writes the model
+    (gathered from every process under ZeRO-3 / FSDP)."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig
 
     use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    procs = Processes("cpu" if use_cpu else "cuda")
+    if batch_size % procs.world:
+        raise SteptoolError(f"warmstart.batch_size {batch_size} does not divide among {procs.world} processes")
     tok = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(
-        base_dir, dtype=training_dtype("bf16" if bf16 else "fp32", "cpu" if use_cpu else "cuda", trains=not lora))
     peft_config = None
     if lora:
         from peft import LoraConfig
@@ -112,27 +133,42 @@ def train_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, *, ep
                                                  "down_proj"])
     from pipeline.tracking import reporting
 
-    tracking, callbacks = reporting(report_to or ["none"], root, "warmstart")
-    with atomic_path(out_dir) as tmp:
+    tracking, callbacks = reporting(report_to or ["none"], root, "warmstart", main=procs.main)
+    with atomic_path(out_dir) if procs.main else _scratch() as tmp:
         args = SFTConfig(
             output_dir=str(tmp / "_run"), num_train_epochs=epochs, learning_rate=learning_rate,
-            per_device_train_batch_size=1, gradient_accumulation_steps=batch_size,
+            per_device_train_batch_size=1, gradient_accumulation_steps=batch_size // procs.world,
             lr_scheduler_type="linear", warmup_steps=0.05,
             logging_steps=1, save_strategy="no", seed=seed, data_seed=seed, max_length=max_length,
             use_cpu=use_cpu, dataloader_num_workers=0, gradient_checkpointing=gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False}, disable_tqdm=False, bf16=bf16, fp16=False,
             **tracking,
         )
+        # after the arguments: under ZeRO-3 they make transformers load the model partitioned (zero.Init)
+        model = AutoModelForCausalLM.from_pretrained(
+            base_dir, dtype=training_dtype("bf16" if bf16 else "fp32", "cpu" if use_cpu else "cuda", trains=not lora))
         trainer = _action_only_trainer()(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                              peft_config=peft_config, callbacks=callbacks)
         result = trainer.train()
         trained = trainer.model
+        sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled and any(
+            hasattr(p, "ds_id") for p in trained.parameters())
+        if lora and sharded:
+            raise SteptoolError("warmstart: LoRA under ZeRO-3 / FSDP: merging needs the full weights on one "
+                                "process; use ZeRO-2 or DDP with LoRA (configs/accelerate/)")
+        # the full weights from every process's shard (a collective: every process asks)
+        state = trainer.accelerator.get_state_dict(trainer.model_wrapped) if sharded else None
         if lora:
             trained = trained.merge_and_unload()
-        shutil.rmtree(tmp / "_run", ignore_errors=True)
-        trained.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        if procs.main:
+            shutil.rmtree(tmp / "_run", ignore_errors=True)
+            if state is None:
+                trained.save_pretrained(tmp, safe_serialization=True)
+            else:
+                trained.save_pretrained(tmp, safe_serialization=True, state_dict=state)
+            tok.save_pretrained(tmp)
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    procs.wait()
     return {"train_loss": round(result.training_loss, 4), "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None, "steps": trainer.state.global_step,
             "seconds": round(result.metrics.get("train_runtime", 0.0), 1)}

@@ -81,7 +81,8 @@ def test_the_cli_has_every_dvc_stage_under_its_name():
     assert set(STAGES) <= set(sub.choices)
     for name in STAGES:  # each stage module is what dvc.yaml runs
         cmd = _dvc()["stages"][name].get("cmd") or _dvc()["stages"][name]["do"]["cmd"]
-        launcher = "${train.launcher}" if name == "train" else "python"  # train: python or accelerate launch
+        # train and warmstart: python or accelerate launch
+        launcher = f"${{{name}.launcher}}" if name in ("train", "warmstart") else "python"
         assert cmd.startswith(f"{launcher} -m stages.{name}"), cmd
 
 
