@@ -129,35 +129,51 @@ def test_train_gradient_checkpointing_reaches_the_model_through_the_trainer(toke
     assert wrapped.is_gradient_checkpointing and trainer.state.global_step == 1
 
 
-@pytest.mark.slow
-def test_two_processes_under_accelerate_launch_match_one(tmp_path):
-    """`accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2` on the CPU (gloo): each
-    process precomputes half the round on the DDP-prepared model (gathered, so both train on the same
-    advantages; each process's count is checked, so a precompute that ran every trajectory on every process
-    fails here) and takes half of
-    each global batch of 4; the trained weights equal one process's with batches of 4 (float tolerance:
-    the gradient all-reduce sums in another order)."""
-    import json
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, tokenizer):
+    """One `accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2` on the CPU (gloo) that
+    runs the warm start, a PPO round and the FSDP2 precompute (tests/support/multiprocess.py); its folder, with
+    the tiny base model the warm start starts from."""
     import shutil
     import subprocess
     import sys
+
+    from tests.support.tiny_model import save_tiny_model
+
+    root = tmp_path_factory.mktemp("two-processes")
+    base = save_tiny_model(root / "base", tokenizer, seed=3)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    subprocess.run([accelerate, "launch", "--config_file", "configs/accelerate/ddp.yaml", "--num_processes", "2",
+                    "--mixed_precision", "no", "-m", "tests.support.multiprocess", str(base), str(root / "two")],
+                   cwd=REPO, env=env, check=True, timeout=400)
+    return root
+
+
+def _one_thread(fn, *args):
+    """`fn` with one torch thread, as the launched processes run (OMP_NUM_THREADS=1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_two_processes_under_accelerate_launch_match_one(two_processes, tmp_path):
+    """Each process precomputes half the round on the DDP-prepared model (gathered, so both train on the same
+    advantages; each process's count is checked, so a precompute that ran every trajectory on every process
+    fails here) and takes half of each global batch of 4; the trained weights equal one process's with batches
+    of 4 (float tolerance: the gradient all-reduce sums in another order)."""
+    import json
 
     from safetensors.torch import load_file
 
     from tests.support import ddp_train
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    one, two = tmp_path / "one", tmp_path / "two"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the launched processes (OMP_NUM_THREADS=1); in this process: one start-up less
-    try:
-        ddp_train.main(one)
-    finally:
-        torch.set_num_threads(threads)
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
-    subprocess.run([accelerate, "launch", "--config_file", "configs/accelerate/ddp.yaml", "--num_processes", "2",
-                    "--mixed_precision", "no", "-m", "tests.support.ddp_train", str(two)], cwd=REPO, env=env,
-                   check=True, timeout=300)
+    one, two = tmp_path / "one", two_processes / "two" / "ppo"
+    _one_thread(ddp_train.main, one)
     r1, r2 = (json.loads((d / "round.json").read_text()) for d in (one, two))
     assert (r1["world"], r2["world"]) == (1, 2)
     assert (r1["shards"], r2["shards"]) == ([8], [4, 4]), "each process precomputes its half of the round"
@@ -175,27 +191,41 @@ def test_two_processes_under_accelerate_launch_match_one(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_precompute_under_fsdp2_on_two_processes_equals_one(tmp_path):
-    """`torch.distributed.run --nproc_per_node 2` on the CPU (gloo), the policy sharded by FSDP2 as accelerate's
-    plugin shards it (tests/support/fsdp_precompute.py): 7 trajectories split 4 / 3, in batches of 3, so the
-    ranks have different numbers of batches of their own and the stand-in pass keeps their all-gathers paired
-    (without it the run hangs until the process group's timeout). The reference and old log-probs, the value
-    head's fit (written into the sharded parameter, read back whole), its in-sample values and the crossfit
-    baseline equal one unsharded process's; the trunk features never leave their rank (the ridge fits sum
-    over ranks)."""
+def test_the_warm_start_on_two_processes_matches_one(two_processes, tmp_path):
+    """As `warmstart.launcher` starts the stage: each process takes half of every step's 4 paths and the main one
+    alone writes the model, which equals one process's (float tolerance). The action-only loss is scaled back by
+    the number of processes, as transformers' own loss is: without that each step would be half as large
+    (checked by removing it: the weights differ)."""
+    from safetensors.torch import load_file
+
+    from tests.support import ddp_warmstart
+
+    base, two = two_processes / "base", two_processes / "two" / "warmstart"
+    _one_thread(ddp_warmstart.main, base, tmp_path / "one")
+    assert not [p for p in two.parent.iterdir() if p.name.startswith((".warmstart", "warmstart."))], \
+        "a second writer left files"
+    w1, w2, start = (load_file(d / "model.safetensors") for d in (tmp_path / "one", two, base))
+    assert set(w1) == set(w2)
+    assert max(float((w1[k] - start[k]).abs().max()) for k in w1) > 1e-3, "training did not move the weights"
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6, msg=k)
+
+
+@pytest.mark.slow
+def test_the_precompute_under_fsdp2_on_two_processes_equals_one(two_processes, tmp_path):
+    """The policy sharded by FSDP2 as accelerate's plugin shards it (tests/support/fsdp_precompute.py): 7
+    trajectories split 4 / 3, in batches of 3, so the ranks have different numbers of batches of their own and
+    the stand-in pass keeps their collectives paired (without it the launch fails). The reference and old
+    log-probs, the value head's fit (written into the sharded parameter, read back whole), its in-sample values
+    and the crossfit baseline equal one unsharded process's; the trunk features never leave their rank (the
+    ridge fits sum over ranks)."""
     import json
-    import subprocess
-    import sys
 
     from tests.support import fsdp_precompute
     from trainer.model import PolicyWithValue
     from trainer.ppo_round import precompute
 
-    out = tmp_path / "fsdp.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                    "-m", "tests.support.fsdp_precompute", str(out)], cwd=REPO, env=env, check=True, timeout=240)
-    two = json.loads(out.read_text())
+    two = json.loads((two_processes / "two" / "fsdp.json").read_text())
     _, model, examples = fsdp_precompute.setup()
     one = PolicyWithValue(model)
     items, stats = precompute(one, examples, fsdp_precompute.config(str(tmp_path / "ckpt")))

@@ -2,13 +2,14 @@
 the tiny policy as accelerate's FSDP2 plugin does (`fully_shard` on every decoder layer, then on the whole
 PolicyWithValue, value head included) and runs `precompute` with its rank and world; rank 0 writes what came
 out. accelerate runs FSDP on GPUs only, so the Trainer reaches FSDP only there; the precompute it calls after
-`accelerator.prepare` is this one.
+`accelerator.prepare` is this one. `run` needs a process group (tests/support/multiprocess.py runs it under
+`accelerate launch`, after the DDP checks); alone:
 
-    python -m torch.distributed.run --nproc_per_node 2 -m tests.support.fsdp_precompute OUT.json
+    python -m torch.distributed.run --standalone --nproc_per_node 2 -m tests.support.fsdp_precompute OUT.json
 
 The trajectories are the toy environment's `mixed_lengths` (7: rank 0 gets 4, rank 1 gets 3), in batches of 3,
-so rank 0 runs two forward passes and rank 1 one of its own: without a stand-in pass on rank 1 the second
-all-gather of the shards would never complete (the process group's timeout is 60 s)."""
+so rank 0 runs two forward passes and rank 1 one of its own: without a stand-in pass on rank 1 the ranks'
+collectives would no longer pair."""
 from __future__ import annotations
 
 import json
@@ -38,6 +39,14 @@ def setup():
 
 
 def main(out: Path) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    run(out)
+    dist.destroy_process_group()
+
+
+def run(out: Path) -> None:
     import torch
     import torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
@@ -55,7 +64,6 @@ def main(out: Path) -> None:
 
     ppo_round._gather = recording_gather
 
-    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(1)
     _, model, examples = setup()
@@ -72,7 +80,8 @@ def main(out: Path) -> None:
             "old_values": [it.old_values for it in items], "baseline": [it.baseline for it in items],
             "head": weight.view(-1).tolist() + bias.tolist(),
             "local_head_rows": [int(wrapped.v_head.weight.to_local().shape[0])], "gathered": sorted(set(gathered))}))
-    dist.destroy_process_group()
+    ppo_round._gather = plain_gather
+    dist.barrier()
 
 
 if __name__ == "__main__":
