@@ -132,8 +132,8 @@ def test_train_gradient_checkpointing_reaches_the_model_through_the_trainer(toke
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory, tokenizer):
     """One `accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2` on the CPU (gloo) that
-    runs the warm start, a PPO round and the FSDP2 precompute (tests/support/multiprocess.py); its folder, with
-    the tiny base model the warm start starts from."""
+    runs the warm start, a PPO round, the FSDP2 precompute and the rounds' wait (tests/support/multiprocess.py);
+    its folder, with the tiny base model the warm start starts from."""
     import shutil
     import subprocess
     import sys
@@ -240,6 +240,21 @@ def test_the_precompute_under_fsdp2_on_two_processes_equals_one(two_processes, t
         assert b == pytest.approx(it.old_values, abs=1e-4)
         assert c == pytest.approx(it.baseline, abs=1e-4)
     assert any(x != 0 for row in two["baseline"] for x in row), "crossfit gave zeros: one task only?"
+
+
+@pytest.mark.slow
+def test_the_other_processes_wait_for_the_main_ones_file_past_a_barriers_timeout(two_processes):
+    """While the main process collects and annotates a round (3 s here), the other polls for its file and gets
+    through only once it exists (`Processes.wait_for`); a barrier alone in a group whose timeout (1 s) is shorter
+    than the main process's work fails on the waiting side, which is why the rounds do not use one there
+    (tests/support/wait_main.py)."""
+    import json
+
+    folder = two_processes / "two" / "wait"
+    written = json.loads((folder / "inputs.json").read_text())["written"]
+    main, other = (json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert other["through"] >= written > other["start"] + 2.5, "the other process went on before the file existed"
+    assert other["barrier"].startswith("failed") and main["barrier"].startswith("failed")
 
 
 @pytest.mark.long

@@ -1,34 +1,37 @@
-"""Two processes under torchrun for tests/test_devices.py: the main one works for longer than the process
-group's timeout (2 s here; NCCL's default is 10 minutes) and then writes a file, while the other waits for it,
-with `Processes.wait_for` (polling the file, then a barrier) or with `Processes.wait` (a barrier alone).
-
-    python -m torch.distributed.run --standalone --nproc_per_node 2 -m tests.support.wait_main file|barrier DIR
-"""
+"""The rounds' wait between processes (pipeline.devices.Processes.wait_for), for tests/test_trainer_scale.py, run
+inside tests/support/multiprocess.py's launch (2 processes, gloo): the main process works for 3 s and then writes
+a file, while the other waits for it with `wait_for` (polling the file, then a barrier) and records when it got
+through. For contrast, a barrier alone in a process group whose timeout (1 s; NCCL's default is 10 minutes) is
+shorter than the main process's work fails on the waiting side."""
 from __future__ import annotations
 
-import sys
+import json
 import time
 from datetime import timedelta
 from pathlib import Path
 
 
-def main(how: str, folder: Path) -> None:
+def run(folder: Path) -> None:
     import torch.distributed as dist
 
     from pipeline.devices import Processes
 
-    dist.init_process_group("gloo", timeout=timedelta(seconds=2))  # accelerate's PartialState takes this group
     procs = Processes("cpu")
+    folder.mkdir(parents=True, exist_ok=True)
     done = folder / "inputs.json"
+    short = dist.new_group(backend="gloo", timeout=timedelta(seconds=1))
+    t0 = time.time()
     if procs.main:
-        time.sleep(4)  # the round's collection and annotation
-        done.write_text("{}")
-    if how == "file":
-        procs.wait_for(done, poll_s=0.2)
-    else:
-        procs.wait()
-    (folder / f"rank{procs.rank}.ok").write_text("")
-
-
-if __name__ == "__main__":
-    main(sys.argv[1], Path(sys.argv[2]))
+        time.sleep(3)  # the round's collection and annotation
+        done.write_text(json.dumps({"written": time.time()}))
+    procs.wait_for(done, poll_s=0.1)
+    through = time.time()
+    barrier = "passed"
+    if procs.main:
+        time.sleep(2)  # more work, longer than the short group's timeout
+    try:
+        dist.barrier(group=short)
+    except Exception as e:  # noqa: BLE001 - gloo raises RuntimeError (or DistBackendError) on the timeout
+        barrier = f"failed: {type(e).__name__}"
+    (folder / f"rank{procs.rank}.json").write_text(json.dumps({"start": t0, "through": through, "barrier": barrier}))
+    procs.wait()
