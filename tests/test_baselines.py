@@ -236,3 +236,9 @@ def test_kl_to_ref_per_token_by_hand():
     d = torch.tensor([math.log(2.0)], dtype=torch.float64)
     assert kl_per_token(d, torch.zeros(1, dtype=torch.float64), "k1").item() == pytest.approx(0.693147, abs=1e-6)
     assert kl_per_token(d, torch.zeros(1, dtype=torch.float64), "k3").item() == pytest.approx(0.193147, abs=1e-6)
+
+
+def test_rloo_goes_on_past_a_task_played_once():
+    """A task with one sample gets b = 0 and the trajectories after it still get their leave-one-out means."""
+    out = baselines.rloo([[1.0], [2.0, 0.0], [4.0, 1.0]], [[0], [0, 1], [0, 1]], ["alone", "t", "t"])
+    assert out == [[0.0], [4.0, 1.0], [2.0, 0.0]]

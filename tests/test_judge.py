@@ -62,3 +62,15 @@ def test_rule_judge_branches_and_scores():
     assert rule_judge(["42"], "   ", "give_answer") == UNSOLVED
     assert rule_judge(["42"], None, "give_answer") == UNSOLVED
     assert rule_judge(["42", "Paris"], "42 and Lyon", "give_answer") == UNSURE
+
+
+@pytest.mark.parametrize("fact, answer, expected", [
+    ("42", "about 41.96", False),      # an integer fact is stated exactly, not to one decimal
+    ("3.14", "it is 3.1445", True),    # half a unit of the last decimal: 0.0045 <= 0.005
+    ("3.14", "it is 3.145", True),     # the edge itself (0.005, up to float rounding) is still stated
+    ("3.14", "it is 3.1452", False),
+    ("cat", "the bobcat", False),      # a word inside a longer word is not the fact
+    ("cat", "a cat.", True),
+])
+def test_fact_stated_at_the_tolerance_edges_and_word_boundaries(fact, answer, expected):
+    assert fact_stated(fact, answer) is expected

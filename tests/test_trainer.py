@@ -561,3 +561,12 @@ def test_a_lora_checkpoint_holds_the_adapters_and_value_head_only_and_resumes_ex
     resumed.train(resume_from_checkpoint=str(ckpt))
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert resumed.state.global_step == 4 and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_step_gae_names_every_shape_when_they_differ():
+    r = torch.zeros(1, 3)
+    for values, mask in ((torch.zeros(1, 2), torch.ones(1, 3)), (torch.zeros(1, 3), torch.ones(1, 2))):
+        with pytest.raises(ValueError) as e:
+            step_gae(r, values, mask, 0.9, 0.5)
+        assert str(e.value) == (f"shapes differ: rewards (1, 3), values {tuple(values.shape)}, "
+                                f"mask {tuple(mask.shape)}")
