@@ -141,7 +141,7 @@ def train_round(arch: dict, name: str, device: str, tmp: str, *, lora: bool, sta
     optimizer step per micro-batch, with the stage's settings; tokens/s, peak memory and the plan's estimate."""
     from pipeline.devices import training_dtype
     from pipeline.plan import Shape, in_gb, training_memory
-    from trainer.model import PolicyWithValue
+    from trainer.model import PolicyWithValue, with_lora
     from trainer.step_ppo import StepPPOTrainer
 
     if torch.cuda.is_available():
@@ -152,14 +152,7 @@ def train_round(arch: dict, name: str, device: str, tmp: str, *, lora: bool, sta
         bool(stage["gradient_checkpointing"])
     model = _model(arch, device, training_dtype("bf16" if bf16 else "fp32", device, trains=not lora))
     if lora:
-        from peft import LoraConfig, get_peft_model
-
-        r = int(stage["lora_r"])
-        model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear",
-                                                 task_type="CAUSAL_LM"))
-        for p in model.parameters():
-            if p.requires_grad:
-                p.data = p.data.float()  # as trainer.rounds.load_policy: what trains keeps fp32 master weights
+        model = with_lora(model, int(stage["lora_r"]))  # as the train stage (trainer.rounds.load_policy)
     wrapped = PolicyWithValue(model)
     cfg = _cfg(tmp, bf16=bf16, gradient_checkpointing=ckpt, per_device_train_batch_size=batch,
                per_device_eval_batch_size=int(stage["per_device_eval_batch_size"]),

@@ -134,6 +134,23 @@ class PolicyWithValue(nn.Module):
         torch.save(self.v_head.state_dict(), out_dir / "value_head.pt")
 
 
+def with_lora(model, r: int):
+    """`model` with LoRA adapters of rank r (alpha 2r) on every linear layer (peft's "all-linear"), the train
+    stage's; what trains in fp32 (`trainable_in_fp32`)."""
+    from peft import LoraConfig, get_peft_model
+
+    return trainable_in_fp32(get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules="all-linear",
+                                                              task_type="CAUSAL_LM")))
+
+
+def trainable_in_fp32(model):
+    """Every trainable parameter in fp32 (AdamW's master weights over a bf16 base), whatever peft's version keeps."""
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return model
+
+
 @torch.no_grad()
 def set_value_head(head: nn.Linear, w: torch.Tensor, b: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Write the round's ridge fit (weights `w` [H], bias `b`) into the value head wherever the training engine

@@ -125,8 +125,9 @@ def load_policy(start: Path, t, device: str, sft: Path | None = None):
     A LoRA checkpoint of an earlier round (`start` holds its adapter) is continued on the SFT model `sft`, not
     stacked on the merged weights: every round's policy stays the SFT model plus one adapter, which is what a
     server with the SFT model loaded (vLLM) can serve."""
-    import torch
     from transformers import AutoModelForCausalLM
+
+    from trainer.model import trainable_in_fp32, with_lora
 
     dtype = training_dtype(t.precision, device, trains=not t.lora)
     adapter = Path(start) / layout.LORA_ADAPTER
@@ -135,20 +136,10 @@ def load_policy(start: Path, t, device: str, sft: Path | None = None):
 
         if sft is None:
             raise SteptoolError(f"{start}: a LoRA checkpoint continues on the SFT model: give its folder")
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sft, dtype=dtype), adapter,
-                                          is_trainable=True)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(start, dtype=dtype)
-        if not t.lora:
-            return model
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(r=t.lora_r, lora_alpha=2 * t.lora_r, target_modules="all-linear",
-                                                 task_type="CAUSAL_LM"))
-    for p in model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()  # what trains keeps fp32 master weights, whatever peft's version does
-    return model
+        return trainable_in_fp32(PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sft, dtype=dtype),
+                                                           adapter, is_trainable=True))
+    model = AutoModelForCausalLM.from_pretrained(start, dtype=dtype)
+    return with_lora(model, t.lora_r) if t.lora else model
 
 
 def complete_checkpoints(folder: Path) -> list[Path]:
