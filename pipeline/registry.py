@@ -116,8 +116,8 @@ SHAPINGS.register(Part("min_form", "s_t = m_t − m_t+1 with m_t the minimum of 
                                    "padding can only lower it and never answering earns none",
                        "pipeline.rewards:min_form_part"))
 
-JUDGES = Registry("evaluate.judge", "judge(trajectories, steps, tasks by id, params) -> (traj_id -> one status per "
-                                    "judging run, the judge's counters)")
+JUDGES = Registry("evaluate.judge", "judge(trajectories, steps, tasks by id, params) -> (traj_id -> one status, or "
+                                    "(status, reason), per judging run, the judge's counters)")
 JUDGES.register(Part("rule", "ToolWorld's gold facts: all stated -> Solved, some -> Unsure, once",
                      "pipeline.evaluate.results:rule_statuses", frozenset({"needs_gold"})))
 JUDGES.register(Part("openai", "StableToolBench's criteria through the annotate section's endpoint, client, cache and "

@@ -24,10 +24,16 @@ FINITE = 1e12  # a range that only says "a finite number"
 
 
 def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True, *, range: tuple | None = None,
-       choices: tuple | None = None) -> pa.Field:
+       choices: tuple | None = None, added: str | None = None) -> pa.Field:
     """A column. `range` (lo, hi): every non-null value in [lo, hi] (floats also finite); `choices`: every
-    non-null value one of them. Both are checked by `read_table` and `write_table` (`check_table`)."""
+    non-null value one of them. Both are checked by `read_table` and `write_table` (`check_table`). `added`: the
+    date a nullable column joined the schema; `read_table` reads a file written before it as all nulls there, so
+    committed results (the study's pieces) stay readable."""
     meta = {"description": doc}
+    if added is not None:
+        if not nullable:
+            raise ValueError(f"{name}: a column added later must be nullable (older files have none)")
+        meta["added"] = added
     if range is not None:
         meta["range"] = json.dumps(list(range))
     if choices is not None:
@@ -210,6 +216,9 @@ EVAL_RESULTS = _schema(
     _f("traj_id", pa.string(), "The trajectory in trajectories.parquet / steps.parquet."),
     _f("judge", pa.string(), "rule (ToolWorld gold facts) or openai."),
     _f("statuses", pa.list_(pa.string()), "One answer status per judging run: Solved, Unsure or Unsolved."),
+    _f("reasons", pa.list_(pa.string()), "Why, per judging run, as the judge said it (the openai judge: the deciding "
+                                         "call's function, status and message); null for a judge that gives none "
+                                         "(rule: the gold facts stated are in facts_stated).", added="2026-12-02"),
     _f("pass_score", pa.float64(), "Mean over runs of Solved = 1, Unsure = 0.5, Unsolved = 0.", range=(0, 1)),
     _f("finish_type", pa.string(), "give_answer, give_up or none."),
     _f("final_answer", pa.string(), "The answer given with Finish."),
@@ -284,6 +293,9 @@ def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
     except (pa.ArrowInvalid, OSError) as e:
         raise SchemaError(f"{path}: not a readable Parquet file ({e})") from None
     missing = [n for n in schema.names if n not in table.column_names]
+    for name in [n for n in missing if b"added" in (schema.field(n).metadata or {})]:  # written before it existed
+        table = table.append_column(schema.field(name), pa.nulls(table.num_rows, schema.field(name).type))
+        missing.remove(name)
     if missing:
         raise SchemaError(f"{path}: column(s) {missing} missing (has {table.column_names})")
     try:

@@ -235,7 +235,8 @@ class _Site:
                               {"query": task.get("query"), "final_answer": r["final_answer"], "finish_type": finish,
                                "variants": [], "steps": [self._step(s, k) for s, k in zip(ss, kinds)],
                                "gold_facts": task.get("facts"),
-                               "judge": {"judge": r["judge"], "statuses": r["statuses"], "pass_score": r["pass_score"],
+                               "judge": {"judge": r["judge"], "statuses": r["statuses"], "reasons": r["reasons"],
+                                         "pass_score": r["pass_score"],
                                          "facts_stated": r["facts_stated"], "n_facts": r["n_facts"]},
                                "traj_id": r["traj_id"]})
 

@@ -5,6 +5,7 @@ import json
 import shutil
 
 import polars as pl
+import pyarrow as pa
 import pytest
 import yaml
 
@@ -86,7 +87,34 @@ def test_result_rows_use_the_rule_judge_and_the_succ_calling_rule():
     assert (row["n_calls"], row["n_calls_ok"], row["facts_stated"], row["n_facts"]) == (2, 1, 1, 2)
     (row,) = result_rows("sft", "cot", trajs, steps, {"t1": task}, statuses={"x": ["Solved", "Unsure"]},
                          judge="openai")
-    assert row["judge"] == "openai" and row["pass_score"] == 0.75
+    assert row["judge"] == "openai" and row["pass_score"] == 0.75 and row["reasons"] is None
+    assert result_rows("sft", "cot", trajs, steps, {"t1": task})[0]["reasons"] is None  # the rule judge gives none
+    # a judge that says why: (status, reason) per run, the reasons kept in run order
+    (row,) = result_rows("sft", "cot", trajs, steps, {"t1": task}, judge="openai",
+                         statuses={"x": [("Solved", "states 42"), ("Unsolved", None)]})
+    assert row["statuses"] == ["Solved", "Unsolved"] and row["reasons"] == ["states 42", ""]
+    assert row["pass_score"] == 0.5
+
+
+def test_results_written_before_the_reasons_column_still_read(tmp_path):
+    """A results.parquet from before `reasons` existed (the study's committed pieces) reads with it null; a
+    column that was always there is still required."""
+    import pyarrow.parquet as pq
+
+    from pipeline.schema import EVAL_RESULTS, SchemaError, read_table
+
+    row = {"model": "sft", "strategy": "cot", "task_id": "t", "level": "I1", "seed": None, "sample_idx": 0,
+           "traj_id": "x", "judge": "rule", "statuses": ["Solved"], "reasons": ["r"], "pass_score": 1.0,
+           "finish_type": "give_answer", "final_answer": "42", "n_steps": 2, "n_calls": 1, "n_calls_ok": 1,
+           "facts_stated": 1, "n_facts": 1, "actions_generated": 2}
+    old = pa.Table.from_pylist([row], schema=EVAL_RESULTS).drop_columns(["reasons"])
+    pq.write_table(old, tmp_path / "old.parquet")
+    back = read_table(tmp_path / "old.parquet", EVAL_RESULTS)
+    assert back.column_names == EVAL_RESULTS.names and back.column("reasons").to_pylist() == [None]
+    assert back.column("statuses").to_pylist() == [["Solved"]]
+    pq.write_table(old.drop_columns(["judge"]), tmp_path / "older.parquet")
+    with pytest.raises(SchemaError, match=r"older.parquet: column\(s\) \['judge'\] missing"):
+        read_table(tmp_path / "older.parquet", EVAL_RESULTS)
 
 
 @pytest.fixture()
@@ -198,19 +226,30 @@ def test_openai_pass_rate_judge_follows_the_protocol(tmp_path, monkeypatch):
     server = JudgeServer(Faults(p_429=0.2, p_500=0.1, p_malformed=0.1, seed=6))
     try:
         params = _judge_params(tmp_path, server.url)
-        statuses, stats = judge_answers(trajs, steps, {"t": task}, params, progress=False)
+        judged, stats = judge_answers(trajs, steps, {"t": task}, params, progress=False)
+        statuses = {k: [s for s, _ in v] for k, v in judged.items()}
         assert statuses["gave-up"] == statuses["empty"] == ["Unsolved"] * 3
         assert stats["no_call_unsolved"] == 2
         # a number in the answer: Solved from the answer alone; words: Unsure, then the trajectory decides
         assert statuses["num"] == ["Solved"] * 3
         assert statuses["words-ok"] == ["Solved"] * 3 and statuses["words-bad"] == ["Unsolved"] * 3
+        # each run's reason: the deciding call's function, status and message content, both calls after Unsure
+        assert {r for _, r in judged["num"]} == {"check_answer_status: Solved (the answer states a number)"}
+        assert {r for _, r in judged["words-ok"]} == {
+            "check_answer_status: Unsure (words only: the calls must decide); "
+            "then parse_answer_status: Solved (1 of 2 tool calls succeeded)"}
+        assert {r for _, r in judged["words-bad"]} == {
+            "check_answer_status: Unsure (words only: the calls must decide); "
+            "then parse_answer_status: Unsolved (0 of 1 tool calls succeeded)"}
+        assert judged["gave-up"][0][1].startswith("gave up: Unsolved without a call")
+        assert judged["empty"][0][1].startswith("no final answer: Unsolved without a call")
         assert stats["second_calls"] == 6 and stats["failed_judgings"] == 0
         assert stats["transport_retries"] > 0 and stats["invalid_answers"] > 0  # the faults did happen
         calls = server.http_calls
         again, stats2 = judge_answers(trajs, steps, {"t": task}, params, progress=False)
         # invalid answers are never cached: the rerun asks those again (the scripted judge answers a request the
-        # same way every time, as a replay would) and nothing else
-        assert again == statuses and stats2["judge_calls"] == stats["invalid_answers"] > 0
+        # same way every time, as a replay would) and nothing else; the cached answers give the same reasons
+        assert again == judged and stats2["judge_calls"] == stats["invalid_answers"] > 0
         assert stats2["invalid_answers"] == stats["invalid_answers"]
         assert server.auth_digests and all(h == auth_digest("Bearer sk-eval-test-91") for h in server.auth_digests)
     finally:
@@ -236,6 +275,9 @@ def test_evaluate_stage_with_the_openai_judge(eval_root, monkeypatch):
         server.close()
     res = pl.read_parquet(root / layout.table(layout.eval_dir("sft", "cot"), "results"))
     assert set(res["judge"]) == {"openai"} and res["statuses"].list.len().to_list() == [2, 2, 2]
+    # one reason per judging run, each naming the status it gave
+    for st, why in zip(res["statuses"].to_list(), res["reasons"].to_list()):
+        assert len(why) == len(st) and all(s in w for s, w in zip(st, why))
     m = json.loads((root / layout.metrics_file("eval", "sft-cot")).read_text())
     assert m["judge"] == "openai" and m["judge_runs"] == 2 and "judge_stats" in m
 

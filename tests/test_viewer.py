@@ -16,6 +16,7 @@ from pipeline.schema import (ANNOTATED_STEPS, EVAL_RESULTS, ROUND_STEPS, STEPS, 
 from pipeline.viewer import build_viewer, read_data_file, step_kinds
 from tests.support.browser import browser, console_errors, missing, row, wait_view
 
+EVIL_REASON = 'check_answer_status: Solved (<img src=x onerror="window.PWNED=5"> states 42)'
 EVIL_OBS = '<script>window.PWNED=1</script></textarea></pre><img src=x onerror="window.PWNED=2">'
 EVIL_ANSWER = "<script>window.PWNED=3</script> It is 42 & <b>Paris</b>"
 ROUND = [(0.45, 1.35, 0.2, 0.25), (-0.05, 0.9, 0.5, -0.6), (0.95, 0.95, 0.3, 0.65)]  # reward, return, baseline, adv
@@ -34,9 +35,10 @@ def _traj(traj, task, policy, split, n, answer, seed=0):
                 actions_generated=n)
 
 
-def _result(model, traj, seed, statuses, score, n_calls, ok):
+def _result(model, traj, seed, statuses, score, n_calls, ok, reasons=None):
     return row(EVAL_RESULTS, model=model, strategy="cot", task_id="tw-test-1", level="I2", seed=seed, sample_idx=0,
-                traj_id=traj, judge="rule", statuses=statuses, pass_score=score, finish_type="give_answer",
+                traj_id=traj, judge="rule" if reasons is None else "openai", statuses=statuses, reasons=reasons,
+                pass_score=score, finish_type="give_answer",
                 final_answer=EVIL_ANSWER, n_steps=n_calls + 1, n_calls=n_calls, n_calls_ok=ok, facts_stated=1,
                 n_facts=2, actions_generated=n_calls + 1)
 
@@ -89,7 +91,8 @@ def run(tmp_path_factory) -> tuple[Path, object]:
                     root / layout.table(played, "trajectories"), TRAJECTORIES)
         write_table(ev, root / layout.table(played, "steps"), STEPS)
         write_table([_result(model, traj, seed, ["Unsure"] if model == "sft" else ["Solved"],
-                             0.5 if model == "sft" else 1.0, n_calls, n_calls)],
+                             0.5 if model == "sft" else 1.0, n_calls, n_calls,
+                             reasons=None if model == "sft" else [EVIL_REASON])],
                     root / layout.table(out, "results"), EVAL_RESULTS)
     return root, params
 
@@ -142,6 +145,8 @@ def test_the_site_holds_every_trajectory_with_the_parquet_values(run, tmp_path):
     assert evals["sft"]["status"] == "Unsure" and evals["steptool"]["status"] == "Solved"
     assert evals["steptool"]["seed"] == 0 and evals["sft"]["seed"] is None
     assert details[evals["steptool"]["id"]]["judge"]["statuses"] == ["Solved"]
+    assert details[evals["steptool"]["id"]]["judge"]["reasons"] == [EVIL_REASON]
+    assert details[evals["sft"]["id"]]["judge"]["reasons"] is None  # the rule judge gives none
 
 
 def test_a_large_run_is_split_into_chunks(run, tmp_path, monkeypatch):
@@ -209,6 +214,11 @@ def test_in_chromium_untrusted_text_stays_text_and_the_rewards_are_the_parquet_v
         shown = [[c.text for c in d.find_elements(By.CSS_SELECTOR, f'[data-step="{i}"] tr[data-variant="steptool"] td.num')]
                  for i in range(3)]
         assert shown == [[f"{x:.4f}" for x in row] for row in ROUND]
+        d.get(url + "#t/steptool-cot-e-steptool")  # the judge's reason, as characters
+        wait_view(d, "trajectory")
+        assert [li.get_attribute("textContent") for li in d.find_elements(By.CSS_SELECTOR, "#judge-reasons li")] == [
+            EVIL_REASON]
+        assert not d.find_elements(By.CSS_SELECTOR, "#app img")
         d.get(url + "#c/tw-test-1")
         wait_view(d, "compare")
         assert d.find_element(By.ID, "pick-left").get_attribute("value") != d.find_element(By.ID, "pick-right").get_attribute("value")

@@ -31,6 +31,7 @@ from pipeline.annotate.succ_calling import succ_calling
 from pipeline.httputil import READ_TIMEOUT_S, bind, read_body, send_json
 
 MAX_BODY = 8 << 20  # a judge prompt is at most a few hundred kB
+CONTENT = "_message_content"  # an answer function's key for the message's text beside the call (a judge's reason)
 
 _STEP = re.compile(r"^Step \d+: call (.+?) with arguments .*?\nResponse: (.*?)(?=\nStep \d+: call |\n\nFinal answer:\n)",
                    re.S | re.M)
@@ -66,7 +67,8 @@ def default_answer(request: dict) -> dict:
     - check_answer_status (pass rate, answer only): Solved when the answer holds a number, Unsure when it is
       a sentence without one, else Unsolved;
     - parse_answer_status (pass rate, the converted answer): Solved when some call succeeded, else Unsolved.
-    The pass-rate answers carry `answer_status` only, as StableToolBench's functions declare."""
+    The pass-rate answers carry `answer_status` only, as StableToolBench's functions declare, and a reason in the
+    message's content, where StableToolBench's criteria ask for it."""
     user = request["messages"][-1]["content"]
     name = called_function(request)
     if name in ("check_answer_status", "parse_answer_status"):
@@ -151,14 +153,17 @@ def _pass_rate_answer(name: str, user: str) -> dict:
     if name == "check_answer_status":
         final = str(answer.get("final_answer", "")) if isinstance(answer, dict) else ""
         status = "Solved" if re.search(r"\d", final) else "Unsure" if len(final.split()) >= 3 else "Unsolved"
-        return {"answer_status": status}
+        why = ("the answer states a number" if status == "Solved" else "words only: the calls must decide"
+               if status == "Unsure" else "too short to answer")
+        return {"answer_status": status, CONTENT: why}
     sc, node = [], (answer.get("answer_details") or [None])[0] if isinstance(answer, dict) else None
     while isinstance(node, dict):
         msg = node.get("message")
         if node.get("role") == "tool" and isinstance(msg, dict) and msg.get("name") != "Finish":
             sc.append(succ_calling(str(msg.get("name")), True, str(msg.get("response", "")))[0] or 0)
         node = (node.get("next") or [None])[0]
-    return {"answer_status": "Solved" if any(sc) else "Unsolved"}
+    return {"answer_status": "Solved" if any(sc) else "Unsolved",
+            CONTENT: f"{sum(sc)} of {len(sc)} tool calls succeeded"}
 
 
 def auth_digest(header: str) -> str:
@@ -215,6 +220,7 @@ class JudgeServer:
             args = self.answer(req)
         except Exception as e:  # a bad request is the client's bug: say so, as a real server would
             return 400, {"error": {"message": f"bad request: {e}", "type": "invalid_request"}}
+        content = args.pop(CONTENT, None) if isinstance(args, dict) else None
         fault = self._content_fault(raw)
         if fault == "wrong_length" and "contribution_to_final_answer" in args:
             args = dict(args, contribution_to_final_answer=list(args["contribution_to_final_answer"]) + [5])
@@ -226,7 +232,7 @@ class JudgeServer:
         return 200, {
             "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": req.get("model", self.model),
             "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
-                "role": "assistant", "content": None,
+                "role": "assistant", "content": content,
                 "tool_calls": [{"id": "call_0", "type": "function",
                                 "function": {"name": called_function(req), "arguments": text}}]}}],
             "usage": {"prompt_tokens": len(raw) // 4, "completion_tokens": len(text) // 4,

@@ -110,10 +110,11 @@ class PassRateJudge(JudgeClient):
         # StableToolBench's evaluator samples at temperature 0 (its config.yaml); the runs differ by their seed
         return dict(super().request(messages, tool, run, attempt), temperature=self.temperature)
 
-    def judge(self, items: list[tuple[dict, dict, str]], progress: bool = True) -> list[list[str]]:
-        """`items`: (trajectory row, its converted answer (`converted_answer_body`), query). Returns the statuses
-        of every judging run, in order. Stops before any call when the estimate is above `max_cost_usd`
-        (check_budget)."""
+    def judge(self, items: list[tuple[dict, dict, str]], progress: bool = True) -> list[list[tuple[str, str]]]:
+        """`items`: (trajectory row, its converted answer (`converted_answer_body`), query). Returns (status,
+        reason) of every judging run, in order: the reason is what the deciding call said in its message (the
+        criteria ask for it in "content"), prefixed by that call's function, or why no call decided. Stops before
+        any call when the estimate is above `max_cost_usd` (check_budget)."""
         self.prepare(items)
         return self.run_all(items, lambda client, it: self._answer(client, *it), progress)
 
@@ -129,34 +130,41 @@ class PassRateJudge(JudgeClient):
         return [self.request(check_messages(query, answer), CHECK_TOOL, r, 0)
                 for traj, answer, query in items if self.answered(traj) for r in range(self.n_judgings)]
 
-    async def _answer(self, client, traj: dict, answer: dict, query: str) -> list[str]:
+    async def _answer(self, client, traj: dict, answer: dict, query: str) -> list[tuple[str, str]]:
         import asyncio
 
         if not self.answered(traj):
             self.stats["no_call_unsolved"] += 1
-            return ["Unsolved"] * self.n_judgings
+            why = "gave up" if traj.get("finish_type") == "give_up" else "no final answer"
+            return [("Unsolved", f"{why}: Unsolved without a call, as StableToolBench's evaluator does")] * self.n_judgings
         return list(await asyncio.gather(*(self._run(client, traj, answer, query, r) for r in range(self.n_judgings))))
 
-    async def _ask_status(self, client, messages, tool, run: int) -> tuple[str | None, str]:
-        status, _, failure = await self.ask_valid(client, messages, tool, run,
-                                                  parse=lambda b: parse_status(b, tool["function"]["name"])[0])
-        return (None, failure) if failure else (status, "")
+    async def _ask_status(self, client, messages, tool, run: int) -> tuple[str | None, str, str]:
+        """(status or None, the call's reason, failure)."""
+        name = tool["function"]["name"]
+        got, _, failure = await self.ask_valid(client, messages, tool, run, parse=lambda b: parse_status(b, name))
+        if failure:
+            return None, "", failure
+        status, reason = got
+        return status, f"{name}: {status}" + (f" ({reason})" if reason else ""), ""
 
-    async def _run(self, client, traj, answer: dict, query: str, run: int) -> str:
-        status, failure = await self._ask_status(client, check_messages(query, answer), CHECK_TOOL, run)
+    async def _run(self, client, traj, answer: dict, query: str, run: int) -> tuple[str, str]:
+        status, reason, failure = await self._ask_status(client, check_messages(query, answer), CHECK_TOOL, run)
         if status == "Unsure":
             self.stats["second_calls"] += 1
-            status, failure = await self._ask_status(client, parse_messages(query, answer), PARSE_TOOL, run)
+            first = reason
+            status, reason, failure = await self._ask_status(client, parse_messages(query, answer), PARSE_TOOL, run)
+            reason = f"{first}; then {reason}"
         if status is None:
             self.stats["failed_judgings"] += 1
             self.failures.append(f"{traj['traj_id']} run {run}: {failure}")
-            return "Unsolved"
-        return status
+            return "Unsolved", f"no valid judgement, counted Unsolved: {failure}"[:300]
+        return status, reason
 
 
 def judge_answers(trajs: list[dict], steps: list[dict], tasks: dict[str, Task], params: Params,
-                  progress: bool = True) -> tuple[dict[str, list[str]], dict]:
-    """traj_id -> statuses of `params.evaluate.n_judgings` runs, and the judge's counters."""
+                  progress: bool = True) -> tuple[dict[str, list[tuple[str, str]]], dict]:
+    """traj_id -> (status, reason) of each of `params.evaluate.n_judgings` runs, and the judge's counters."""
 
     by_traj: dict[str, list[dict]] = defaultdict(list)
     for s in steps:

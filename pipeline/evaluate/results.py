@@ -37,8 +37,9 @@ def rule_statuses(trajectories: list[dict], steps: list[dict], tasks: dict[str, 
 def result_rows(model: str, strategy: str, trajectories: list[dict], steps: list[dict], tasks: dict[str, Task],
                 statuses: dict[str, list[str]] | None = None, seed: int | None = None,
                 judge: str = "rule") -> list[dict]:
-    """Rows of EVAL_RESULTS. `statuses`: traj_id -> the statuses `judge` gave (a JUDGES entry's output); None: the
-    rule judge's (`rule_statuses`). `seed`: the checkpoint's training seed (None for base and sft)."""
+    """Rows of EVAL_RESULTS. `statuses`: traj_id -> what `judge` gave per judging run (a JUDGES entry's output):
+    a status, or (status, reason) from a judge that says why (the row's `reasons`; null when it gives none); None:
+    the rule judge's (`rule_statuses`). `seed`: the checkpoint's training seed (None for base and sft)."""
     if statuses is None:
         statuses, _ = rule_statuses(trajectories, steps, tasks)
         judge = "rule"
@@ -53,11 +54,11 @@ def result_rows(model: str, strategy: str, trajectories: list[dict], steps: list
                  for s in calls)
         answer = t["final_answer"] or ""
         facts = task.gold_facts if task.has_gold else None
-        st = statuses.get(t["traj_id"]) or [UNSOLVED]
+        st, reasons = split_judgings(statuses.get(t["traj_id"]) or [UNSOLVED])
         rows.append({
             "model": model, "strategy": strategy, "task_id": t["task_id"], "level": task.level, "seed": seed,
             "sample_idx": t["sample_idx"], "traj_id": t["traj_id"], "judge": judge,
-            "statuses": st, "pass_score": statistics.fmean(STATUS_VALUE[s] for s in st),
+            "statuses": st, "reasons": reasons, "pass_score": statistics.fmean(STATUS_VALUE[s] for s in st),
             "finish_type": t["finish_type"], "final_answer": t["final_answer"], "n_steps": t["n_steps"],
             "n_calls": len(calls), "n_calls_ok": ok,
             "facts_stated": _facts_stated(facts, answer, t["finish_type"]),
@@ -65,6 +66,14 @@ def result_rows(model: str, strategy: str, trajectories: list[dict], steps: list
             "actions_generated": t["actions_generated"],
         })
     return rows
+
+
+def split_judgings(judged: list) -> tuple[list[str], list[str] | None]:
+    """(statuses, reasons) of one trajectory's judging runs, each a status or (status, reason); reasons None when
+    no run gives one."""
+    pairs = [(j, None) if isinstance(j, str) else (str(j[0]), None if j[1] is None else str(j[1])) for j in judged]
+    reasons = [r for _, r in pairs]
+    return [s for s, _ in pairs], None if all(r is None for r in reasons) else [r or "" for r in reasons]
 
 
 def _facts_stated(facts: list[str] | None, answer: str, finish_type: str) -> int | None:

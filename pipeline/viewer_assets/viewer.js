@@ -230,6 +230,8 @@
     if (d.judge) {
       parts.push(el("p", { id: "judge" }, "Judge " + d.judge.judge + ": " + (d.judge.statuses || []).join(", ") +
         " · pass score " + fmt(d.judge.pass_score) + (d.judge.n_facts != null ? " · gold facts stated " + fmt(d.judge.facts_stated) + " of " + d.judge.n_facts : "")));
+      if (d.judge.reasons) parts.push(el("div", null, el("span", { class: "label" }, "The judge's reasons (one per judging run)"),
+        el("ol", { id: "judge-reasons" }, d.judge.reasons.map(function (r) { return el("li", null, r); }))));
     } else if (d.annotator) {
       parts.push(el("p", null, "Annotated by " + d.annotator + (d.judge_model ? " (" + d.judge_model + ")" : "")));
     }
