@@ -201,6 +201,10 @@ ROUND_STEPS = _schema(
     _f("advantage", pa.float64(), "The advantage the step's action tokens were trained with, after the round's "
                                   "scaling (token level: the mean over the step's tokens).", False),
     _f("variant", pa.string(), "The training variant.", False),
+    _f("ratio", pa.float64(), "PPO's ratio π_θ/π_old, the mean over the step's action tokens, as the round's last "
+                              "update epoch saw it (before that batch's optimizer step).", added="2026-12-02"),
+    _f("clipped", pa.float64(), "Share of the step's action tokens whose ratio was outside 1 ± train.cliprange in "
+                                "that update (the logged clipfrac, per step).", range=(0, 1), added="2026-12-02"),
 )
 
 

@@ -125,19 +125,21 @@ class _Site:
 
     # ---- collection: annotated steps with each variant's rewards ------------------------------------------
     def _variant_tables(self, seed: int) -> dict[int, dict[str, dict[tuple[str, int], list]]]:
-        """round k -> variant -> (traj_id, step_idx) -> [reward, return, baseline, advantage] (baseline and
-        advantage None before training: the advantages table has neither)."""
+        """round k -> variant -> (traj_id, step_idx) -> [reward, return, baseline, advantage, ratio, clip share]
+        (baseline and advantage None before training: the advantages table has neither; ratio and clip share None
+        before training and in round tables written before they were kept)."""
         out: dict[int, dict[str, dict]] = defaultdict(dict)
         for v in self.params.variants:
             rounds = sorted(self.root.glob(f"{layout.rounds_dir(v, seed).as_posix()}/r*/round.parquet"))
             for f in rounds:
                 k = int(f.parent.name[1:])
-                out[k][v] = {(r["traj_id"], r["step_idx"]): [r["reward"], r["return"], r["baseline"], r["advantage"]]
+                out[k][v] = {(r["traj_id"], r["step_idx"]): [r["reward"], r["return"], r["baseline"], r["advantage"],
+                                                                  r["ratio"], r["clipped"]]
                              for r in _read(f, ROUND_STEPS).iter_rows(named=True)}
             if not rounds:
                 table = _read(self.root / layout.advantages_file(v, seed), ADVANTAGES)
                 if table is not None:
-                    out[1][v] = {(r["traj_id"], r["step_idx"]): [r["reward"], r["return"], None, None]
+                    out[1][v] = {(r["traj_id"], r["step_idx"]): [r["reward"], r["return"], None, None, None, None]
                                  for r in table.iter_rows(named=True)}
         return out
 

@@ -153,6 +153,7 @@ def test_the_viewer_of_the_run_in_chromium(repo):
                     for m in ("sft", "steptool"))
     table = pl.read_parquet(dest / layout.round_dir("steptool", 0, 1) / "round.parquet")
     traj = table["traj_id"][0]
+    assert table["ratio"].null_count() == table["clipped"].null_count() == 0  # every step was trained on
     url = (dest / layout.VIEWER / "index.html").as_uri()
     with browser() as d:
         d.get(url)
@@ -171,7 +172,8 @@ def test_the_viewer_of_the_run_in_chromium(repo):
         rows = table.filter(pl.col("traj_id") == traj).sort("step_idx")
         for r in rows.iter_rows(named=True):
             cells = d.find_elements(By.CSS_SELECTOR, f'[data-step="{r["step_idx"]}"] tr[data-variant="steptool"] td.num')
-            assert [c.text for c in cells] == [f"{r[k]:.4f}" for k in ("reward", "return", "baseline", "advantage")]
+            assert [c.text for c in cells] == [f"{r[k]:.4f}" for k in ("reward", "return", "baseline", "advantage",
+                                                                       "ratio", "clipped")]
         d.get(f"{url}#c/{task}")
         wait_view(d, "compare")
         picked = {Select(d.find_element(By.ID, f"pick-{side}")).first_selected_option.text.split(" · ")[0]

@@ -76,6 +76,8 @@ def _batch(pad_advantage: float = 0.0, pad_value: float = 0.0):
         "old_values": torch.tensor([[0.4, 1.0], [0.1, 0.0]]),
         "returns": torch.tensor([[1.0, 2.0], [-0.5, 0.0]]),
         "rewards": torch.tensor([[0.0, 1.0], [0.5, 0.0]]), "step_mask": torch.tensor([[1.0, 1.0], [1.0, 0.0]]),
+        # row 0: token 1 is step 0's action, tokens 2-3 step 1's; row 1 (trajectory 7 of the round): one step
+        "traj_index": torch.tensor([0, 7]), "tok_step": torch.tensor([[0, 1, 1], [0, 0, 0]]),
     }
     return FixedOutputs(torch.tensor(new), values), inputs
 
@@ -104,6 +106,34 @@ def _loss(trainer, model, inputs, **cfg):
         for k, v in saved.items():
             setattr(trainer.ppo, k, v)
     return loss, {k: v[-1] for k, v in trainer._metrics.items()}
+
+
+def test_each_steps_ratio_and_clip_share_are_kept_for_the_round_table(trainer):
+    """Per step, the mean ratio over its action tokens and the share of them outside 1 ± ε, by hand from the
+    table above: row 0 step 0 = token 1 (1.5, clipped), step 1 = tokens 2-3 (0.5 clipped, 1.1 not): mean 0.8,
+    share 0.5; row 1's one step = tokens 4-5 (0.7, 1.3, both outside): mean 1.0, share 1. The padding slot of
+    row 1 counts nowhere."""
+    from trainer.ppo_round import step_ratio_stats
+
+    model, inputs = _batch(pad_advantage=5.0)
+    trainer._step_ratios.clear()
+    _loss(trainer, model, inputs)
+    got = {i: (r, c) for i, (_, r, c) in trainer._step_ratios.items()}
+    assert got.keys() == {0, 7}
+    assert got[0][0] == pytest.approx([1.5, 0.8]) and got[0][1] == [1.0, 0.5]
+    assert got[7][0] == pytest.approx([1.0]) and got[7][1] == [1.0]
+    # the function alone: a step with no token in the batch is None, a later epoch's record replaces the first
+    ratio = torch.tensor([1.0, 1.5, 0.5, 1.1, 0.9, 2.0])
+    out = step_ratio_stats(ratio, torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 0, 1, 0, 2, 2]), [2, 3], 0.2)
+    assert out[0][0] == pytest.approx([1.25, 0.5]) and out[0][1] == [0.5, 1.0]
+    assert out[1][0][0] == pytest.approx(1.1) and out[1][0][1] is None and out[1][0][2] == pytest.approx(1.45)
+    assert out[1][1] == [0.0, None, 0.5]
+    model2, inputs2 = _batch()
+    model2.logp = model2.logp * 0 + inputs2["old_logprobs"][inputs2["tok_mask"] > 0]  # ratio 1 everywhere
+    trainer.state.global_step += 1
+    _loss(trainer, model2, inputs2)
+    assert trainer._step_ratios[0][1:] == ([1.0, 1.0], [0.0, 0.0])
+    assert trainer.step_ratios()[7] == ([1.0], [0.0])
 
 
 def test_the_loss_equals_the_hand_computed_numbers(trainer):

@@ -73,6 +73,7 @@ def test_a_kill_between_rounds_keeps_round_one(round1, monkeypatch):
     r2 = pl.read_parquet(root / layout.round_dir("steptool", 0, 2) / "round.parquet")
     sft_ids = set(pl.read_parquet(root / layout.table(layout.trajectories_dir(0), "trajectories"))["traj_id"])
     assert set(r1["traj_id"]) <= sft_ids and not set(r2["traj_id"]) & sft_ids  # round 2 played by round 1's policy
+    assert r1["ratio"].null_count() == r2["clipped"].null_count() == 0  # each step's PPO ratio and clip share
     annotated = pl.read_parquet(root / layout.round_dir("steptool", 0, 2) / "annotated" / "steps.parquet")
     assert set(annotated["traj_id"]) == set(r2["traj_id"])
     assert (root / layout.model_dir("steptool", 0) / "model.safetensors").exists()

@@ -104,7 +104,8 @@ def test_action_mask_covers_exactly_the_actions(world, splits, tokenizer):
         items.append(RoundItem(input_ids=r.input_ids, action_mask=r.action_mask, rewards=zeros,
                                value_pos=[a - 1 for a, _ in r.step_bounds], old_values=zeros, returns=zeros,
                                old_logprobs=[0.0] * n, ref_logprobs=[0.0] * n, advantages=[0.0] * n,
-                               step_return=zeros, step_baseline=zeros, step_advantage=zeros))
+                               step_return=zeros, step_baseline=zeros, step_advantage=zeros,
+                               token_step=[k for k, (a, b) in enumerate(r.step_bounds) for _ in range(b - a)]))
     batch = collate(items, pad_id=tokenizer.pad_token_id)
     pad = batch["attention_mask"] == 0
     assert pad.any() and not (batch["action_mask"].bool() & pad).any()  # pads are never actions
@@ -519,6 +520,11 @@ def test_an_in_process_resume_ends_with_the_same_weights_and_logs_each_step(toke
     assert resumed.state.global_step == 2
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # every trajectory's per-step ratio, the first batch's from the checkpoint (ratio 1 before any update)
+    ratios = whole.step_ratios()
+    assert sorted(ratios) == [0, 1, 2, 3] and resumed.step_ratios() == ratios
+    first = [i for i, rec in whole._step_ratios.items() if rec[0] == 0]
+    assert len(first) == 2 and all(r == pytest.approx([1.0] * len(r)) for i in first for r in [ratios[i][0]])
 
 
 def test_a_lora_checkpoint_holds_the_adapters_and_value_head_only_and_resumes_exactly(tokenizer, tmp_path):

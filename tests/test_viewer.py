@@ -19,7 +19,8 @@ from tests.support.browser import browser, console_errors, missing, row, wait_vi
 EVIL_REASON = 'check_answer_status: Solved (<img src=x onerror="window.PWNED=5"> states 42)'
 EVIL_OBS = '<script>window.PWNED=1</script></textarea></pre><img src=x onerror="window.PWNED=2">'
 EVIL_ANSWER = "<script>window.PWNED=3</script> It is 42 & <b>Paris</b>"
-ROUND = [(0.45, 1.35, 0.2, 0.25), (-0.05, 0.9, 0.5, -0.6), (0.95, 0.95, 0.3, 0.65)]  # reward, return, baseline, adv
+# reward, return, baseline, advantage, PPO ratio, clip share
+ROUND = [(0.45, 1.35, 0.2, 0.25, 1.05, 0.0), (-0.05, 0.9, 0.5, -0.6, 0.7, 0.5), (0.95, 0.95, 0.3, 0.65, 1.25, 1.0)]
 
 
 def _step(traj, task, i, api, args, obs, finish=False, answer=None, **extra):
@@ -71,7 +72,8 @@ def run(tmp_path_factory) -> tuple[Path, object]:
                  for s, lab in zip(steps, labels)]
     write_table(annotated, root / layout.table(layout.annotated_dir(0), "steps"), ANNOTATED_STEPS)
     write_table([row(ROUND_STEPS, traj_id="c1", task_id="tw-train-1", step_idx=i, reward=r, baseline=b,
-                      advantage=a, variant="steptool", **{"return": g}) for i, (r, g, b, a) in enumerate(ROUND)],
+                      advantage=a, variant="steptool", ratio=q, clipped=c, **{"return": g})
+                 for i, (r, g, b, a, q, c) in enumerate(ROUND)],
                 root / layout.round_dir("steptool", 0, 1) / "round.parquet", ROUND_STEPS)
     # round 2: collected by round 1's steptool policy and annotated in the round's folder
     r2 = [_step("c2", "tw-train-1", 0, "Finish", "{}", "", finish=True, answer="42, Paris")]
@@ -132,7 +134,7 @@ def test_the_site_holds_every_trajectory_with_the_parquet_values(run, tmp_path):
         "collect", "sft", 1, "Unsure", "answer", 3, 1.35)
     c2 = next(r for r in rows if r["id"] == "c2")
     assert (c2["model"], c2["round"], c2["status"], c2["return"]) == ("steptool", 2, "Solved", 1.0)
-    assert details["c2"]["steps"][0]["v"] == {"steptool": [1.0, 1.0, 0.4, 0.6]}
+    assert details["c2"]["steps"][0]["v"] == {"steptool": [1.0, 1.0, 0.4, 0.6, None, None]}  # no ratio recorded
     d = details["c1"]
     assert [s["kind"] for s in d["steps"]] == ["new information", "repeat", "Finish"]
     assert [s["v"]["steptool"] for s in d["steps"]] == [list(x) for x in ROUND]

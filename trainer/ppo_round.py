@@ -66,6 +66,7 @@ class RoundItem:
     step_return: list[float]    # [S] the round table's return (the advantages table's)
     step_baseline: list[float]  # [S] the baseline at each step
     step_advantage: list[float]  # [S] the advantage of each step (at token level, the mean over its tokens)
+    token_step: list[int]       # [N] the step of each action token (the round table's per-step ratio and clip share)
 
 
 def pad(seqs: list[list], value, dtype) -> torch.Tensor:
@@ -374,7 +375,8 @@ def prepare_round(model: PolicyWithValue, examples: list[Example], cfg, rank: in
         items.append(RoundItem(input_ids=p.input_ids, action_mask=p.action_mask, rewards=p.rewards,
                                value_pos=p.value_pos, old_logprobs=p.old_logprobs, ref_logprobs=p.ref_logprobs,
                                old_values=p.old_values, advantages=adv_tok[i, :n].tolist(), returns=ret[i],
-                               step_return=step_ret[i], step_baseline=step_baseline, step_advantage=step_advantage))
+                               step_return=step_ret[i], step_baseline=step_baseline, step_advantage=step_advantage,
+                               token_step=action_token_steps(examples[i])))
     return items, stats
 
 
@@ -393,9 +395,42 @@ def _per_step(ex: Example, item: Precomputed, unit_adv: list[float], token_level
     return base, adv
 
 
-def round_table(examples: list[Example], items: list[RoundItem], variant: str) -> list[dict]:
-    """Rows of schema ROUND_STEPS: per step, the reward, return, baseline and advantage this round trained with."""
-    return [{"traj_id": ex.traj_id, "task_id": ex.group, "step_idx": k, "reward": float(r), "return": float(g),
-             "baseline": float(b), "advantage": float(a), "variant": variant}
-            for ex, it in zip(examples, items)
-            for k, (r, g, b, a) in enumerate(zip(ex.rewards, it.step_return, it.step_baseline, it.step_advantage))]
+def round_table(examples: list[Example], items: list[RoundItem], variant: str,
+                step_ratios: dict[int, tuple[list, list]] | None = None) -> list[dict]:
+    """Rows of schema ROUND_STEPS: per step, the reward, return, baseline and advantage this round trained with,
+    and from `step_ratios` (trajectory index -> (mean ratio, clip share) per step, `StepPPOTrainer.step_ratios`)
+    the PPO ratio and clip share its last update epoch saw (null where none was recorded)."""
+    step_ratios = step_ratios or {}
+    rows = []
+    for i, (ex, it) in enumerate(zip(examples, items)):
+        ratio, clipped = step_ratios.get(i, ([], []))
+        for k, (r, g, b, a) in enumerate(zip(ex.rewards, it.step_return, it.step_baseline, it.step_advantage)):
+            rows.append({"traj_id": ex.traj_id, "task_id": ex.group, "step_idx": k, "reward": float(r),
+                         "return": float(g), "baseline": float(b), "advantage": float(a), "variant": variant,
+                         "ratio": ratio[k] if k < len(ratio) else None,
+                         "clipped": clipped[k] if k < len(clipped) else None})
+    return rows
+
+
+def step_ratio_stats(ratio: torch.Tensor, rows: torch.Tensor, steps: torch.Tensor, n_steps: list[int],
+                     cliprange: float) -> list[tuple[list, list]]:
+    """Per batch row, (mean ratio, clip share) of each of its `n_steps[row]` steps, over the step's action tokens:
+    the ratio π_θ/π_old and the share of tokens with |ratio − 1| > cliprange (the logged clipfrac's test, per
+    step); None for a step with no token in the batch.
+
+    ratio, rows, steps: [T] one entry per action token of the batch (row and step index of each)."""
+    width = max(n_steps, default=0)
+    if not width:
+        return [([], []) for _ in n_steps]
+    key = rows.long() * width + steps.long()
+    size = len(n_steps) * width
+    r = ratio.detach().double()
+    count = torch.bincount(key, minlength=size).tolist()
+    total = torch.bincount(key, weights=r, minlength=size).tolist()
+    out_of_range = torch.bincount(key, weights=((r - 1).abs() > cliprange).double(), minlength=size).tolist()
+    out = []
+    for b, n in enumerate(n_steps):
+        cells = range(b * width, b * width + n)
+        out.append(([total[c] / count[c] if count[c] else None for c in cells],
+                    [out_of_range[c] / count[c] if count[c] else None for c in cells]))
+    return out

@@ -100,8 +100,10 @@ def train_round(params: Params, root: Path, variant: str, seed: int, start: Path
                              ref_model=ref_model)
     result = trainer.train(resume_from_checkpoint=str(whole[-1]) if whole else None)
     trainer.save_policy(work / "model", tok)  # gathered from every process, written by the main one
+    ratios = trainer.step_ratios()  # collective
     if trainer.accelerator.is_main_process:
-        write_table(round_table(examples, trainer.train_dataset.items, variant), work / "round.parquet", ROUND_STEPS)
+        write_table(round_table(examples, trainer.train_dataset.items, variant, ratios), work / "round.parquet",
+                    ROUND_STEPS)
     history = [{k: h[k] for k in ("step", *LOGGED) if k in h} for h in trainer.state.log_history if "policy_loss" in h]
     last = history[-1] if history else {}
     metrics = {"variant": variant, "seed": seed, **stats, "examples": len(examples),

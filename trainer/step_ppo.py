@@ -15,6 +15,8 @@ One PPO round = the trajectories given, read top to bottom as in CleanRL's ppo.p
                      on tokens from π_old)
              loss  = L_pg + c_v·L_v + β·L_kl − c_H·entropy
 
+Per step, the round table keeps the mean ratio and clip share of the last update epoch that trained it.
+
 Logged: policy/value loss, approx_kl (KL(π_old‖π_θ), k3 on tokens from π_old), clipfrac, explained_variance
 (of the value head), mean step reward, KL(π_θ‖π_ref) (per trajectory and per token, importance-weighted
 on tokens from π_old, never negative), entropy, tokens/s; the round's statistics (advantages before the
@@ -37,7 +39,7 @@ from trainer.baselines import explained_variance
 from trainer.config import StepPPOConfig
 from trainer.data import Example
 from trainer.model import PolicyWithValue
-from trainer.ppo_round import RoundItem, kl_to_ref, pad, prepare_round
+from trainer.ppo_round import RoundItem, kl_to_ref, pad, prepare_round, step_ratio_stats
 
 
 class _Rollouts(Dataset):
@@ -54,12 +56,15 @@ class _Rollouts(Dataset):
         return len(self.examples)
 
     def __getitem__(self, i):
-        return {"input_ids": self.examples[i].input_ids, "item": self.items[i]}
+        return {"input_ids": self.examples[i].input_ids, "item": self.items[i], "index": i}
 
 
-def collate(items: list[RoundItem], pad_id: int = 0) -> dict:
-    """Right-padded batch. Per token: [B, L]; per action token: [B, N]; per value state: [B, U]; per step: [B, S]."""
+def collate(items: list[RoundItem], pad_id: int = 0, indices: list[int] | None = None) -> dict:
+    """Right-padded batch. Per token: [B, L]; per action token: [B, N]; per value state: [B, U]; per step: [B, S];
+    `traj_index` [B]: each row's trajectory in the round (`indices`, or the row's place in the batch)."""
     return {
+        "traj_index": torch.tensor(list(range(len(items))) if indices is None else indices, dtype=torch.long),
+        "tok_step": pad([it.token_step for it in items], 0, torch.long),
         "input_ids": pad([it.input_ids for it in items], pad_id, torch.long),
         "attention_mask": pad([[1] * len(it.input_ids) for it in items], 0, torch.long),
         "action_mask": pad([it.action_mask for it in items], 0, torch.long),
@@ -92,8 +97,12 @@ class StepPPOTrainer(Trainer):
         self._ev_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._t_last = time.perf_counter()
         self._tokens = 0
+        # trajectory index -> (optimizer step, mean ratio per step, clip share per step) of the last update that saw
+        # it; each process keeps its own, saved in every checkpoint (`_save_rng_state`), gathered by `step_ratios`
+        self._step_ratios: dict[int, tuple[int, list, list]] = {}
         super().__init__(model=model, args=args, train_dataset=_Rollouts(examples),
-                         data_collator=lambda b: collate([x["item"] for x in b], pad_id), **kwargs)
+                         data_collator=lambda b: collate([x["item"] for x in b], pad_id, [x["index"] for x in b]),
+                         **kwargs)
 
     def train(self, *args, **kwargs):
         self._round_ready = False
@@ -195,7 +204,52 @@ class StepPPOTrainer(Trainer):
             if entropy is not None:
                 m["entropy"].append(float(entropy.mean()))
             self._tokens += int(att.sum())
+            self._record_step_ratios(inputs, ratio, tok)
         return loss
+
+    def _record_step_ratios(self, inputs: dict, ratio: torch.Tensor, tok: torch.Tensor) -> None:
+        """Each row's per-step mean ratio and clip share in this batch, kept per trajectory (a later epoch
+        replaces an earlier one): what the round table shows beside each step's advantage."""
+        rows = torch.nonzero(tok, as_tuple=True)[0]
+        index = inputs["traj_index"].tolist()
+        n_steps = [int(n) for n in inputs["step_mask"].sum(1).tolist()]
+        stats = step_ratio_stats(ratio, rows, inputs["tok_step"][tok], n_steps, self.ppo.cliprange)
+        for i, (r, c) in zip(index, stats):
+            self._step_ratios[i] = (self.state.global_step, r, c)
+
+    def step_ratios(self) -> dict[int, tuple[list, list]]:
+        """Trajectory index -> (mean ratio, clip share) per step as its last update saw them, from every process
+        (collective: every process calls it)."""
+        from accelerate.utils import gather_object
+
+        mine = list(self._step_ratios.items())
+        everyone = gather_object([mine]) if self.accelerator.num_processes > 1 else [mine]
+        merged: dict[int, tuple[int, list, list]] = {}
+        for part in everyone:
+            for i, rec in part:
+                if i not in merged or rec[0] >= merged[i][0]:
+                    merged[i] = tuple(rec)
+        return {i: (r, c) for i, (_, r, c) in merged.items()}
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        # transformers calls it on every process before trainer_state.json, the file that makes a checkpoint whole
+        # (trainer/rounds.py, complete_checkpoints): a whole checkpoint holds every process's step ratios
+        import json
+        import os
+
+        super()._save_rng_state(output_dir)
+        with open(os.path.join(output_dir, f"step_ratios_{self.accelerator.process_index}.json"), "w") as f:
+            json.dump([[i, *rec] for i, rec in self._step_ratios.items()], f)
+
+    def _load_rng_state(self, checkpoint) -> None:
+        import json
+        import os
+
+        super()._load_rng_state(checkpoint)
+        path = os.path.join(checkpoint or "", f"step_ratios_{self.accelerator.process_index}.json")
+        if checkpoint and os.path.isfile(path):
+            with open(path) as f:
+                self._step_ratios = {int(r[0]): (int(r[1]), r[2], r[3]) for r in json.load(f)}
 
     def log(self, logs: dict, *args, **kwargs) -> None:
         if self._ev_pairs:

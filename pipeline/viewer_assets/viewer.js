@@ -208,11 +208,11 @@
     if (s.votes != null) kv("votes", el("pre", { class: "votes" }, typeof s.votes === "string" ? s.votes : JSON.stringify(s.votes, null, 2)));
     var rewards = null;
     if (d.variants && d.variants.length) {
-      rewards = el("table", { class: "rewards" }, el("thead", null, el("tr", null, ["variant", "reward", "return-to-go", "baseline", "advantage"].map(function (h) { return el("th", null, h); }))),
+      rewards = el("table", { class: "rewards" }, el("thead", null, el("tr", null, ["variant", "reward", "return-to-go", "baseline", "advantage", "PPO ratio", "clip share"].map(function (h) { return el("th", null, h); }))),
         el("tbody", null, d.variants.map(function (v) {
-          var x = (s.v || {})[v] || [null, null, null, null];
+          var x = (s.v || {})[v] || [null, null, null, null, null, null];
           return el("tr", { "data-variant": v }, el("td", null, v), x.map(function (y, i) {
-            return el("td", { class: "num " + ["reward", "return", "baseline", "advantage"][i] }, fmt(y, 4));
+            return el("td", { class: "num " + ["reward", "return", "baseline", "advantage", "ratio", "clipped"][i] }, fmt(y, 4));
           }));
         })));
     }
