@@ -182,6 +182,10 @@ def test_two_processes_under_accelerate_launch_match_one(two_processes, tmp_path
         assert a == pytest.approx(b, abs=1e-5)
     for a, b in zip(r1["advantages"], r2["advantages"], strict=True):
         assert a == pytest.approx(b, abs=1e-4)
+    # each process recorded the step ratios of its half; gathered, every trajectory's, as one process saw them
+    assert (r1["own_ratios"], r2["own_ratios"]) == (8, 4) and r1["ratios"].keys() == r2["ratios"].keys()
+    for i, (ratio, clipped) in r1["ratios"].items():
+        assert r2["ratios"][i][0] == pytest.approx(ratio, abs=1e-4) and r2["ratios"][i][1] == clipped
     w1, w2 = (load_file(d / "model" / "model.safetensors") for d in (one, two))
     start = load_file(one / "start.safetensors")
     assert set(w1) == set(w2) and set(start) >= set(w1)

@@ -5,7 +5,8 @@ batch (4 trajectories) whatever the number of processes. Run it as
     accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2 -m tests.support.ddp_train OUT
 
 OUT gets model/ (the trained policy, written by the main process) and round.json (the precompute's reference
-log-probs, how many trajectories each process precomputed, the optimizer steps, the world size)."""
+log-probs, how many trajectories each process precomputed, the optimizer steps, the world size, every step's
+ratio and clip share gathered from the processes and how many the main process recorded itself)."""
 from __future__ import annotations
 
 import json
@@ -42,9 +43,11 @@ def main(out: Path) -> None:
                   out / "start.safetensors")
     trainer.train()
     trainer.save_policy(out / "model", tok)
+    ratios = trainer.step_ratios()  # collective: every process's steps
     if trainer.accelerator.is_main_process:
         (out / "round.json").write_text(json.dumps({
             "world": world, "steps": trainer.state.global_step, "shards": trainer.precompute_shards,
+            "ratios": {str(i): r for i, r in sorted(ratios.items())}, "own_ratios": len(trainer._step_ratios),
             "ref_logprobs": [it.ref_logprobs for it in trainer.train_dataset.items],
             "advantages": [it.advantages for it in trainer.train_dataset.items]}))
 
