@@ -102,20 +102,22 @@ def test_behaviour_logprobs_start_the_ppo_ratio_at_one_at_temperature_08(tokeniz
 
 
 def test_openai_backend_sends_token_ids_and_constrains_the_name(tokenizer, model, prompts, monkeypatch):
-    """The trigger is a piece of text this model writes on its own at that seed, so the first request stops there;
-    the name comes from a structured-output choice; the rest is free. Prompts go as ids, ids come back."""
+    """The trigger is a piece of text the server's model writes on its own at that seed (asked once without a
+    slot), so the first request stops there; the name comes from a structured-output choice; the rest is free.
+    Prompts go as ids, ids come back."""
     sampling = SamplingConfig(max_new_tokens=24, temperature=1.0)
-    hf = HFPolicy(model, tokenizer, sampling, batch_size=1)
-    free = hf.generate(prompts[:1], [7])[0]
-    assert len(free.token_ids) >= 6
-    trigger = tokenizer.decode(free.token_ids[2:4], skip_special_tokens=False)
-    assert trigger.strip(), "pick a trigger with visible text"
     choices = (" Search_weather\n", " Finish\n", " get_stock_price\n")
-    slot = NameSlot(trigger, choices)
     server = CompletionServer({"tiny": model}, tokenizer)
     monkeypatch.setenv("TEST_OPENAI_KEY", "k")
     try:
         policy = OpenAIPolicy(server.url, "tiny", tokenizer, sampling, api_key_env="TEST_OPENAI_KEY")
+        free = policy.generate(prompts[:1], [7])[0]
+        assert len(free.token_ids) >= 6
+        trigger = tokenizer.decode(free.token_ids[2:4], skip_special_tokens=False)
+        assert trigger.strip(), "pick a trigger with visible text"
+        slot = NameSlot(trigger, choices)
+        server.requests_seen.clear()
+        policy.stats["constrained_names"] = 0
         g = policy.generate(prompts[:1], [7], [slot])[0]
         reqs = list(server.requests_seen)
     finally:

@@ -1,5 +1,7 @@
 """An OpenAI-compatible /v1/completions server on 127.0.0.1 for tests: a real HTTP server that samples from
-real (tiny) HF models and answers the options this project sends as vLLM does:
+real (tiny) HF models with transformers' own `generate` (not this project's sampler, so a test that compares the
+openai backend with the hf one compares two implementations) and answers the options this project sends as
+vLLM does:
 
 - `prompt` as token ids (or text); `max_tokens`, `temperature`, `top_p`, `seed`;
 - `logprobs`: each generated token's log-prob at temperature 1, before any processing (vLLM's default "raw"
@@ -7,7 +9,9 @@ real (tiny) HF models and answers the options this project sends as vLLM does:
 - `stop` strings (with `include_stop_str_in_output`), `stop_token_ids`; the end-of-turn token is returned
   among the tokens when it ends the answer;
 - `structured_outputs: {"choice": [...]}` (vLLM >= 0.10.2) and `guided_choice` (older): the output is one
-  of the choices, sampled under the HF backend's constrained decoding, then ends (finish_reason "stop");
+  of the choices (each as the tokenizer encodes it, enforced by `generate`'s `prefix_allowed_tokens_fn`), then
+  ends (finish_reason "stop");
+- `seed`: the sample is a function of the request (torch's generator seeded per request, under the lock);
 - the `model` field picks the model: `models` maps names to models, or `load(name)` loads one on first use
   (`vllm serve DIR` serves DIR under the name DIR);
 - `POST /v1/load_lora_adapter` as vLLM documents it (docs/features/lora.md, "Dynamically serving LoRA
@@ -82,24 +86,49 @@ class CompletionServer:
         self.models[name] = PeftModel.from_pretrained(base, path).merge_and_unload().eval()
         return 200, f"Success: LoRA adapter '{name}' added successfully."
 
-    def complete(self, req: dict) -> dict:
-        from pipeline.agent.backends import HFPolicy
-        from pipeline.agent.policy import NameSlot, SamplingConfig
+    def _generate(self, model, ids: list[int], req: dict, choices: list[str] | None) -> tuple[list[int], list[float]]:
+        """transformers' generate: the new ids (the end-of-turn token included when it ends the answer) and each
+        one's raw log-prob (log_softmax of the unprocessed logits: temperature 1, before top-p and the choice
+        mask, vLLM's default)."""
+        import torch
+        from transformers import GenerationConfig
 
+        tok = self.tok
+        temperature = float(req.get("temperature", 1.0))
+        max_new = int(req.get("max_tokens") or 16)
+        allowed = None
+        if choices:
+            paths = [tok(c, add_special_tokens=False)["input_ids"] for c in choices]
+            max_new = min(max_new, max(len(p) for p in paths) + 1)
+
+            def allowed(batch_id, input_ids):  # a trie over the choices' ids, then only the end of turn
+                done = input_ids[len(ids):].tolist()
+                nxt = {p[len(done)] for p in paths if len(p) > len(done) and p[:len(done)] == done}
+                return sorted(nxt) or [tok.eos_token_id]
+        cfg = GenerationConfig(max_new_tokens=max_new, do_sample=temperature > 0,
+                               temperature=temperature if temperature > 0 else None,
+                               top_p=float(req.get("top_p", 1.0)) if temperature > 0 else None, top_k=None,
+                               eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id or tok.eos_token_id,
+                               output_logits=True, return_dict_in_generate=True)
+        torch.manual_seed(int(req.get("seed") or 0))
+        with torch.no_grad():
+            out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 generation_config=cfg, prefix_allowed_tokens_fn=allowed)
+        new = out.sequences[0, len(ids):].tolist()
+        lps = [float(torch.log_softmax(step[0].float(), -1)[t]) for step, t in zip(out.logits, new)]
+        return new, lps
+
+    def complete(self, req: dict) -> dict:
         tok = self.tok
         prompt = req["prompt"]
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
             prompt = prompt[0]
         ids = prompt if isinstance(prompt, list) else tok(prompt, add_special_tokens=False)["input_ids"]
         choices = (req.get("structured_outputs") or {}).get("choice") or req.get("guided_choice")
-        sampling = SamplingConfig(int(req.get("max_tokens") or 16), float(req.get("temperature", 1.0)),
-                                  float(req.get("top_p", 1.0)))
-        with self.lock:  # one forward at a time
-            policy = HFPolicy(self._model(req["model"]), tok, sampling, batch_size=1)
-            g = policy.generate([ids], [int(req.get("seed") or 0)],
-                                [NameSlot("", tuple(choices))] if choices else None)[0]
-        out, lps, finish = list(g.token_ids), list(g.logprobs), "stop" if g.ended else "length"
+        with self.lock:  # one forward at a time (and torch's global generator seeded per request)
+            out, lps = self._generate(self._model(req["model"]), ids, req, choices)
         eos = tok.eos_token_id
+        finish = "stop" if out and out[-1] == eos else "length"
         stops = [s for s in (req.get("stop") or []) if s]
         if choices:  # the choice is complete: the grammar allows nothing more
             for k in range(1, len(out) + 1):
