@@ -1,7 +1,7 @@
 """Agent throughput on this machine, one run:
 
-1. batched vs unbatched generation on the same prompts: tasks played (cot, greedy) with batch_size=8,
-   every call recorded, then the same calls given to a batch_size=1 policy; the ratio is generated
+1. batched vs unbatched generation on the same prompts: tasks played (cot, greedy) with the pipeline's
+   agent.batch_size (params.yaml; as many tasks as one batch holds), every call recorded, then the same calls given to a batch_size=1 policy; the ratio is generated
    tokens/s batched over unbatched (target >= 3x on 2 CPU cores). Both use the prefix KV cache,
    as the pipeline does: without it, re-running the whole context at every step (prefill, ~1x batched or
    not on a CPU) dominates and hides what batching buys.
@@ -17,7 +17,8 @@
 
 BENCH_PARTS (comma list of generation, cache, retire, limit, collect; default all) runs some of them.
 
-BENCH_PROMPTS (8), BENCH_STEPS (4) and BENCH_NEW_TOKENS (96) size it; BENCH_PRECISION (fp32|bf16) overrides
+BENCH_PROMPTS (tasks = batch size; default params.yaml's agent.batch_size), BENCH_STEPS (4) and
+BENCH_NEW_TOKENS (96) size it; BENCH_PRECISION (fp32|bf16) overrides
 the pipeline's 'auto' precision (bf16 on an AMX CPU).
 """
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pipeline.agent.play import collect
 from pipeline import layout
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.agent.rollout import run_cot
+from pipeline.config import load_params
 from pipeline.devices import resolve_precision, weights_dtype
 from pipeline.envs import ToolWorldEnv
 from pipeline.task import Task
@@ -111,7 +113,7 @@ def _replay(policy: HFPolicy, calls):
 
 
 def main() -> None:
-    n = int(os.environ.get("BENCH_PROMPTS", "8"))
+    n = int(os.environ.get("BENCH_PROMPTS") or load_params("params.yaml").agent.batch_size)
     steps = int(os.environ.get("BENCH_STEPS", "4"))
     new_tokens = int(os.environ.get("BENCH_NEW_TOKENS", "96"))
     kv = 65536
@@ -160,7 +162,7 @@ def main() -> None:
     if "collect" not in parts:
         return
     policy = HFPolicy(batched.model, batched.tok, SamplingConfig(max_new_tokens=new_tokens, temperature=0.8),
-                      batch_size=8, kv_cache_tokens=kv)
+                      batch_size=n, kv_cache_tokens=kv)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         s = collect(tasks, policy, renderer, lambda: ToolWorldEnv(world), tmp, "bench", n_samples=1, max_steps=6,

@@ -8,9 +8,11 @@ param's value is re-read from params.yaml (for a change that only added keys who
 dep that dvc.yaml lists and the lock lacks (a new input the outputs do not depend on for this params file, such as
 the external/ placeholder of a path the default run never reads) is recorded as DVC hashes it. A stage with no lock
 entry gets none (the next `dvc repro` runs it). `--rehash PATH` re-records a data dep the lock has (a folder of
-configs whose README changed). Prints what it changed.
+configs whose README changed). `--skip PREFIX` leaves the stages whose lock name starts with it as they are: those
+whose outputs the change does alter (a new column), which the next `dvc repro` must run again. Prints what it
+changed.
 
-    .venv/bin/python scripts/relock_code_deps.py [--params] [--rehash PATH ...]
+    .venv/bin/python scripts/relock_code_deps.py [--params] [--rehash PATH ...] [--skip PREFIX ...]
 """
 from __future__ import annotations
 
@@ -54,13 +56,13 @@ def data_deps() -> dict[str, dict[str, str]]:
 
 
 def relock(text: str, params: dict | None = None, data: dict | None = None,
-           rehash: tuple[str, ...] = ()) -> tuple[str, list[str]]:
+           rehash: tuple[str, ...] = (), skip: tuple[str, ...] = ()) -> tuple[str, list[str]]:
     head, body = text.split("stages:\n", 1)
     blocks = re.split(r"(?m)^(?=  \S[^\n]*:\n)", body)
     out, changed = [], []
     for block in blocks:
         m = re.match(r"  (\S+):\n    cmd: ([^\n]+)\n    deps:\n", block)
-        if not m:
+        if not m or m.group(1).startswith(skip or ("\0",)):
             out.append(block)
             continue
         start = m.end()
@@ -107,7 +109,8 @@ def main() -> int:
     lock = REPO / "dvc.lock"
     params = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")) if "--params" in sys.argv else None
     rehash = tuple(sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--rehash")
-    text, changed = relock(lock.read_text(encoding="utf-8"), params, data_deps(), rehash)
+    skip = tuple(sys.argv[i + 1] for i, a in enumerate(sys.argv[:-1]) if a == "--skip")
+    text, changed = relock(lock.read_text(encoding="utf-8"), params, data_deps(), rehash, skip)
     lock.write_text(text, encoding="utf-8")
     print("code deps re-recorded for: " + (", ".join(changed) if changed else "none (already current)"))
     return 0

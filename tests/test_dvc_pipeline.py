@@ -5,11 +5,7 @@ shared by the tests of this module (they run in file order; the last one changes
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -19,29 +15,16 @@ from pipeline import layout
 from tests.conftest import REPO
 from tests.support.browser import browser, console_errors, wait_view
 from tests.support.browser import missing as missing_browser
+from tests.support.dvc_repo import DVC, commit, copy_repo, run
 
 pytestmark = pytest.mark.slow
-
-
-def _run(cmd, cwd, env):
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout + proc.stderr
-
-
-DVC = [sys.executable, "-m", "dvc"]
 
 
 # `make test` runs `pytest -n 2 --dist loadfile`: this file's tests stay on one worker, in order.
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, tiny_model_dir):
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     dest = tmp_path_factory.mktemp("dvc") / "repo"
-    for f in files:
-        if f.startswith("tests/") or f == "dvc.lock":
-            continue
-        (dest / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / f, dest / f)
+    env = copy_repo(REPO, dest)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["tasks"]["train"] = {"I1": 8, "I2": 4, "I3": 4}
     params["tasks"]["test"] = {"I1": 4, "I2": 2, "I3": 2}
@@ -60,15 +43,9 @@ def repo(tmp_path_factory, tiny_model_dir):
     params["train"].update(seeds=[0], rounds=1, report_to=["dvclive"])
     params["evaluate"].update(models=["sft", "steptool"], strategies=["cot"], tasks_per_level={"cot": 1, "dfsdt": 1})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-               PYTHONPATH=str(dest), GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@t", DVC_NO_ANALYTICS="1")
-    _run(["git", "init", "-q"], dest, env)
-    _run(["git", "add", "-A"], dest, env)
-    _run(["git", "commit", "-qm", "init"], dest, env)
-    out = _run(DVC + ["repro"], dest, env)
-    _run(["git", "add", "-A"], dest, env)
-    _run(["git", "commit", "-qm", "reproduced"], dest, env)
+    commit(dest, env, "init", init=True)
+    out = run(DVC + ["repro"], dest, env)
+    commit(dest, env, "reproduced")
     return dest, env, out
 
 
@@ -105,7 +82,7 @@ def test_repro_builds_every_stage(repo):
         assert not (dest / layout.checkpoint_dir(variant, 0)).exists()  # the work is removed when done
     assert pl.read_parquet(dest / layout.table(layout.trajectories_dir(0), "trajectories")).height == 6
     assert json.loads((dest / layout.metrics_file("collect", "s0")).read_text())["replay"]["tasks"] == 3
-    plots = _run(dvc + ["plots", "show", "--json"], dest, env)
+    plots = run(dvc + ["plots", "show", "--json"], dest, env)
     assert "policy_loss" in plots and str(layout.FIGURES / "pass_rate.png") in plots and str(layout.WIN_RATE_CSV) in plots
     # DVCLive (train.report_to): train@steptool-0 logged through the Trainer's callback into
     # dvclive/train/steptool/s0/r1 with its own dvc.yaml, so `dvc plots show` has its curves and `dvc exp show` its
@@ -114,7 +91,7 @@ def test_repro_builds_every_stage(repo):
     assert (run / "dvc.yaml").exists() and (run / "metrics.json").exists()
     assert list((run / "plots" / "metrics").rglob("*.tsv"))
     assert "dvclive/train/steptool/s0/r1/plots/metrics" in plots
-    assert "dvclive/train/steptool/s0/r1/metrics.json" in _run(dvc + ["exp", "show", "--json"], dest, env)
+    assert "dvclive/train/steptool/s0/r1/metrics.json" in run(dvc + ["exp", "show", "--json"], dest, env)
     assert (dest / "dvc.yaml").read_text() == (REPO / "dvc.yaml").read_text()
     results = pl.read_parquet(dest / layout.table(layout.eval_dir("steptool", "cot"), "results"))
     assert results.height == 3 and results["seed"].to_list() == [0, 0, 0]
@@ -130,7 +107,7 @@ def test_repro_builds_every_stage(repo):
     assert set(annotated["annotator"]) == {"oracle"}
     train = pl.read_parquet(dest / layout.tasks_file("train"))
     assert (dest / layout.SFT_MODEL / "model.safetensors").exists()
-    metrics = _run(dvc + ["metrics", "show"], dest, env)
+    metrics = run(dvc + ["metrics", "show"], dest, env)
     assert "parse_success" in metrics and "train_loss" in metrics
     assert "steptool-cot" in metrics and "win_rate_vs_sft" in metrics
     assert train.height == 16 and set(train["level"]) == {"I1", "I2", "I3"}
@@ -184,7 +161,7 @@ def test_the_viewer_of_the_run_in_chromium(repo):
 
 def test_a_second_repro_does_nothing(repo):
     dest, env, _ = repo
-    out = _run(DVC + ["repro"], dest, env)
+    out = run(DVC + ["repro"], dest, env)
     assert "Running stage" not in out and "up to date" in out
 
 
@@ -208,7 +185,7 @@ def test_a_bad_param_under_dvc_repro_leaves_the_previous_outputs(repo):
         assert {f: (dest / f).read_bytes() for f in files} == before
     finally:
         (dest / "params.yaml").write_text(text)
-    assert "Running stage" not in _run(DVC + ["repro"], dest, env)  # nothing to redo: the outputs are the same
+    assert "Running stage" not in run(DVC + ["repro"], dest, env)  # nothing to redo: the outputs are the same
 
 
 def test_exp_run_with_the_openai_backend_and_judge_then_a_rerun_makes_no_call(repo, tokenizer):
@@ -237,14 +214,14 @@ def test_exp_run_with_the_openai_backend_and_judge_then_a_rerun_makes_no_call(re
                 "-S", "train.learning_rate=2e-5", "-S", "annotate.annotator=openai",
                 "-S", f"annotate.base_url={judge.url}", "-S", "annotate.n_votes=2",
                 "-S", "rewards.shaping=min_form"]  # the default 'progress' reads the oracle's facts
-        out = _run(DVC + ["exp", "run", "annotate@0"] + sets, dest, env)
+        out = run(DVC + ["exp", "run", "annotate@0"] + sets, dest, env)
         assert "Running stage 'collect@0'" in out and "Running stage 'annotate@0'" in out
         reqs = list(server.requests_seen)
         metrics = json.loads((dest / layout.metrics_file("annotate", "s0")).read_text())
         assert metrics["annotator"] == "openai" and metrics["judge_calls"] > 0
         assert metrics["annotated"] + metrics["failed"] == 6
         calls = judge.http_calls
-        out = _run(DVC + ["exp", "run", "-f", "-s", "annotate@0"] + sets, dest, env)  # annotate alone
+        out = run(DVC + ["exp", "run", "-f", "-s", "annotate@0"] + sets, dest, env)  # annotate alone
         assert "Running stage 'annotate@0'" in out and "Running stage 'collect@0'" not in out
         metrics = json.loads((dest / layout.metrics_file("annotate", "s0")).read_text())
         assert metrics["judge_calls"] == 0 and metrics["cache_hits"] > 0 and judge.http_calls == calls
@@ -266,8 +243,8 @@ def test_exp_run_with_the_openai_backend_and_judge_then_a_rerun_makes_no_call(re
         if f.is_file() and ".git" not in f.parts:
             data = f.read_bytes()
             assert judge_key.encode() not in data and server_key.encode() not in data, f
-    _run(["git", "checkout", "--", "params.yaml", "dvc.lock"], dest, env)
-    _run(DVC + ["checkout", "-f"], dest, env)
+    run(["git", "checkout", "--", "params.yaml", "dvc.lock"], dest, env)
+    run(DVC + ["checkout", "-f"], dest, env)
 
 
 def test_a_changed_param_reruns_only_what_it_touches(repo):
@@ -275,12 +252,12 @@ def test_a_changed_param_reruns_only_what_it_touches(repo):
     training seed adds its own chain and keeps the first seed's data (dry runs: which stages run is DVC's graph of
     declared deps and params, and running them is the same work as the first test's)."""
     dest, env, _ = repo
-    _run(["git", "checkout", "--", "params.yaml", "dvc.lock"], dest, env)  # undo the experiment's -S keys
+    run(["git", "checkout", "--", "params.yaml", "dvc.lock"], dest, env)  # undo the experiment's -S keys
     before = (dest / layout.table(layout.trajectories_dir(0), "trajectories")).read_bytes()
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["collect"]["temperature"] = 1.3
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = _run(DVC + ["repro", "--dry", "annotate@0"], dest, env)
+    out = run(DVC + ["repro", "--dry", "annotate@0"], dest, env)
     assert "Running stage 'collect@0'" in out  # annotate@0 follows once collect's outputs change (not in a dry run)
     for untouched in ("tasks", "base_model", "warmstart"):
         assert f"Running stage '{untouched}'" not in out, untouched
@@ -290,7 +267,7 @@ def test_a_changed_param_reruns_only_what_it_touches(repo):
     params["collect"]["temperature"] = yaml.safe_load((REPO / "params.yaml").read_text())["collect"]["temperature"]
     params["train"]["seeds"] = [0, 1]
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    status = json.loads(_run(DVC + ["status", "--json"], dest, env).splitlines()[-1])
+    status = json.loads(run(DVC + ["status", "--json"], dest, env).splitlines()[-1])
     for stage in ("collect@1", "annotate@1", "advantages@steptool-1", "train@steptool-1", "evaluate@steptool-cot"):
         assert stage in status, stage
     for kept in ("collect@0", "annotate@0", "advantages@steptool-0", "warmstart"):
@@ -306,7 +283,7 @@ def test_a_changed_param_reruns_only_what_it_touches(repo):
     source = judge.read_text()
     judge.write_text(source + "\n# a changed rule\n")
     try:
-        status = json.loads(_run(DVC + ["status", "--json"], dest, env).splitlines()[-1])
+        status = json.loads(run(DVC + ["status", "--json"], dest, env).splitlines()[-1])
     finally:
         judge.write_text(source)
     outdated = {stage for stage, why in status.items() if "fact_judge.py" in json.dumps(why)}

@@ -1,10 +1,10 @@
 """Real StableToolBench tasks in the pipeline (`tasks.source: stabletoolbench`, profiles/stabletoolbench.yaml): the
 split of the solvable queries, the params that cannot work without gold, StableToolBench's criteria text in the
-pass-rate judge, and the whole pipeline offline on a handful of real queries through the replay environment."""
+pass-rate judge, and the whole pipeline offline on a handful of real queries through the replay environment, as
+`dvc repro` runs it."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import polars as pl
 import pytest
@@ -126,21 +126,24 @@ def test_the_pass_rate_judge_sends_stabletoolbench_criteria_verbatim(external):
 
 
 @pytest.mark.slow
-def test_the_pipeline_runs_on_real_queries_offline(external, tmp_path, tiny_model_dir, monkeypatch):
-    """profiles/stabletoolbench.yaml, scaled down: every stage on 4 train and 3 test queries, tools answered by
-    the replay of real responses, the step annotator and the pass-rate judge served by the loopback judge."""
+def test_the_pipeline_runs_on_real_queries_offline(external, tmp_path, tiny_model_dir):
+    """profiles/stabletoolbench.yaml, scaled down, through the real `dvc repro` in a temporary git repository:
+    every stage on 4 train and 3 test queries, tools answered by the replay of real responses (misses simulated),
+    the step annotator, the simulator and the pass-rate judge served by the loopback judge. The query and
+    recording folders are the stages' DVC deps."""
     from pipeline.annotate.scripted_judge_server import JudgeServer
-    from pipeline.config import load_params
     from pipeline.schema import TASKS, read_table
-    from stages import advantages, annotate, collect, evaluate, report, train, warmstart
-    from stages import tasks as tasks_stage
+    from tests.support.dvc_repo import DVC, commit, copy_repo, run
 
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    root = tmp_path / "repo"
+    env = copy_repo(REPO, root)
+    raw = yaml.safe_load((root / "params.yaml").read_text())
     for section, values in yaml.safe_load((REPO / "profiles/stabletoolbench.yaml").read_text()).items():
         raw[section].update(values)
     raw["tasks"].update(stabletoolbench_path=str(external / QUERIES), train={"I1": 2, "I2": 1, "I3": 1},
                         val={"I1": 1, "I2": 0, "I3": 0}, test={"I1": 1, "I2": 1, "I3": 1})
     raw["env"]["replay_path"] = str(external / "steptool/pass_rate_results")
+    raw["base_model"]["source"] = str(tiny_model_dir)
     # calls never recorded: simulated (pipeline/simulator.py) by the loopback server, from the recorded examples
     raw["env"].update(on_miss="simulate", simulator={"api_key_env": "STEPTOOL_TEST_JUDGE_KEY",
                                                       "cache_path": str(tmp_path / "simulator.sqlite")})
@@ -150,27 +153,27 @@ def test_the_pipeline_runs_on_real_queries_offline(external, tmp_path, tiny_mode
     raw["train"].update(seeds=[0])
     raw["variants"] = ["steptool"]
     raw["evaluate"].update(models=["sft", "steptool"], n_judgings=2)
-    monkeypatch.setenv("STEPTOOL_TEST_JUDGE_KEY", "sk-stb-test")
+    env["STEPTOOL_TEST_JUDGE_KEY"] = "sk-stb-test"
     server = JudgeServer()
     raw["annotate"].update(base_url=server.url, api_key_env="STEPTOOL_TEST_JUDGE_KEY",
                            cache_path=str(tmp_path / "judge.sqlite"))
     raw["env"]["simulator"]["base_url"] = server.url
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    params = load_params(tmp_path / "params.yaml")
-    root = tmp_path
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     try:
-        assert "StableToolBench" in tasks_stage.run(params, root)
-        shutil.copytree(tiny_model_dir, root / layout.BASE_MODEL)
-        warmstart.run(params, root)
-        collect.run(params, root, 0)
-        annotate.run(params, root, 0)
-        advantages.run(params, root, "steptool", 0)
-        train.run(params, root, "steptool", 0)
-        for model in ("sft", "steptool"):
-            evaluate.run(params, root, model, "cot")
-        report.run(params, root)
+        commit(root, env, "init", init=True)
+        out = run(DVC + ["repro"], root, env)
+        status = run(DVC + ["status", "--json"], root, env)
     finally:
         server.close()
+    for stage in ("tasks", "base_model", "warmstart", "collect@0", "annotate@0", "advantages@steptool-0",
+                  "train@steptool-0", "evaluate@sft-cot", "evaluate@steptool-cot", "report", "view"):
+        assert f"Running stage '{stage}'" in out
+    assert json.loads(status) == {}  # up to date, the external folders included
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    deps = {d["path"] for d in lock["tasks"]["deps"]}
+    assert str(external / QUERIES) in deps
+    assert str(external / "steptool/pass_rate_results") in {d["path"] for d in lock["collect@0"]["deps"]}
+    assert "sk-stb-test" not in (root / "dvc.lock").read_text()
     queries = {str(r["query_id"]) for f in (external / QUERIES).glob("*.json") for r in json.loads(f.read_text())}
     train_ids = read_table(root / layout.tasks_file("train"), TASKS).column("task_id").to_pylist()
     test_ids = read_table(root / layout.tasks_file("test"), TASKS).column("task_id").to_pylist()
