@@ -28,7 +28,7 @@ def _f(name: str, type_: pa.DataType, doc: str, nullable: bool = True, *, range:
     """A column. `range` (lo, hi): every non-null value in [lo, hi] (floats also finite); `choices`: every
     non-null value one of them. Both are checked by `read_table` and `write_table` (`check_table`). `added`: the
     date a nullable column joined the schema; `read_table` reads a file written before it as all nulls there, so
-    committed results (the study's pieces) stay readable."""
+    committed results (the study's pieces) stay readable, and `write_table` writes it null when left out."""
     meta = {"description": doc}
     if added is not None:
         if not nullable:
@@ -247,9 +247,14 @@ REPLAY_RESPONSES = _schema(
 
 
 def write_table(data: pa.Table | Iterable[dict[str, Any]], path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
-    """Validate `data` against `schema` and write it as zstd Parquet, atomically. Returns the table."""
+    """Validate `data` against `schema` and write it as zstd Parquet, atomically. Returns the table. A column added
+    to the schema later (`_f(..., added=...)`) may be left out: it is written null, as `read_table` reads a file
+    from before it."""
     path = Path(path)
+    later = {n for n in schema.names if b"added" in (schema.field(n).metadata or {})}  # null when left out
     if isinstance(data, pa.Table):
+        for name in [n for n in later if n not in data.column_names]:
+            data = data.append_column(schema.field(name), pa.nulls(data.num_rows, schema.field(name).type))
         missing = [n for n in schema.names if n not in data.column_names]
         if missing:
             raise SchemaError(f"{path}: cannot write, column(s) {missing} missing")
@@ -260,7 +265,7 @@ def write_table(data: pa.Table | Iterable[dict[str, Any]], path: str | os.PathLi
     else:
         rows = list(data)
         for i, row in enumerate(rows):
-            missing = [n for n in schema.names if n not in row]
+            missing = [n for n in schema.names if n not in row and n not in later]
             if missing:
                 raise SchemaError(f"{path}: record {i} lacks field(s) {missing}")
             for fld in schema:

@@ -87,9 +87,9 @@ def test_repro_builds_every_stage(repo):
     # DVCLive (train.report_to): train@steptool-0 logged through the Trainer's callback into
     # dvclive/train/steptool/s0/r1 with its own dvc.yaml, so `dvc plots show` has its curves and `dvc exp show` its
     # values; the pipeline's dvc.yaml is the committed one
-    run = dest / layout.dvclive_dir("train", "steptool/s0") / "r1"
-    assert (run / "dvc.yaml").exists() and (run / "metrics.json").exists()
-    assert list((run / "plots" / "metrics").rglob("*.tsv"))
+    live = dest / layout.dvclive_dir("train", "steptool/s0") / "r1"
+    assert (live / "dvc.yaml").exists() and (live / "metrics.json").exists()
+    assert list((live / "plots" / "metrics").rglob("*.tsv"))
     assert "dvclive/train/steptool/s0/r1/plots/metrics" in plots
     assert "dvclive/train/steptool/s0/r1/metrics.json" in run(dvc + ["exp", "show", "--json"], dest, env)
     assert (dest / "dvc.yaml").read_text() == (REPO / "dvc.yaml").read_text()

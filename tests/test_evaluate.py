@@ -101,7 +101,7 @@ def test_results_written_before_the_reasons_column_still_read(tmp_path):
     column that was always there is still required."""
     import pyarrow.parquet as pq
 
-    from pipeline.schema import EVAL_RESULTS, SchemaError, read_table
+    from pipeline.schema import EVAL_RESULTS, SchemaError, read_table, write_table
 
     row = {"model": "sft", "strategy": "cot", "task_id": "t", "level": "I1", "seed": None, "sample_idx": 0,
            "traj_id": "x", "judge": "rule", "statuses": ["Solved"], "reasons": ["r"], "pass_score": 1.0,
@@ -112,6 +112,12 @@ def test_results_written_before_the_reasons_column_still_read(tmp_path):
     back = read_table(tmp_path / "old.parquet", EVAL_RESULTS)
     assert back.column_names == EVAL_RESULTS.names and back.column("reasons").to_pylist() == [None]
     assert back.column("statuses").to_pylist() == [["Solved"]]
+    del row["reasons"]  # written by hand without it: null, as read
+    write_table([row], tmp_path / "by_hand.parquet", EVAL_RESULTS)
+    assert read_table(tmp_path / "by_hand.parquet", EVAL_RESULTS).column("reasons").to_pylist() == [None]
+    del row["judge"]  # a column that was always there is required when writing too
+    with pytest.raises(SchemaError, match=r"record 0 lacks field\(s\) \['judge'\]"):
+        write_table([row], tmp_path / "bad.parquet", EVAL_RESULTS)
     pq.write_table(old.drop_columns(["judge"]), tmp_path / "older.parquet")
     with pytest.raises(SchemaError, match=r"older.parquet: column\(s\) \['judge'\] missing"):
         read_table(tmp_path / "older.parquet", EVAL_RESULTS)
