@@ -79,6 +79,37 @@ def test_reward_table():
     assert a["return"].round(4).to_list() == [1.7, 0.7, 0.5, 0.7667, 0.0]
     nso = reward_table(T, RewardsConfig(shaping="paper", gamma=1.0, call_cost=0.0), "no_step_opt")  # no credit across steps
     assert nso["return"].round(4).to_list() == [1.0, 0.2, 0.5, 0.7667, 0.0]
+    assert set(a["variant"]) == {"steptool"} and set(nso["variant"]) == {"no_step_opt"}
+
+
+@pytest.mark.parametrize("order", [[3, 4, 0, 1, 2], [1, 0, 2, 3, 4], [0, 1, 3, 2, 4], [2, 1, 0, 4, 3]])
+def test_steps_in_any_row_order_give_the_same_rewards(order):
+    """The annotate stage writes steps in order and the sort is skipped then; any other order (trajectories
+    swapped, a step before its predecessor, one two rows back) is sorted first: the same rewards, in
+    (trajectory, step) order."""
+    spec = RewardsConfig(shaping="min_form", call_cost=0.1)
+    assert step_rewards(T[order], spec=spec).equals(step_rewards(T, spec=spec))
+
+
+def test_a_bad_reward_spec_and_a_missing_progress_are_named():
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^rewards\.gamma "):
+        step_rewards(T, spec=RewardsConfig(shaping="paper", gamma=1.5))
+    with pytest.raises(ValueError, match=r"rewards.shaping progress needs each step's progress .*: use shaping "
+                                         r"paper or min_form$"):
+        step_rewards(T, spec=RewardsConfig(shaping="progress"))
+
+
+def test_whitening_edge_cases_by_hand():
+    """Rewards whose mean is exactly 0 are divided by their std only ([1, -1] -> ±0.7071); a single scored reward
+    (one trajectory, outcome only) has no spread and whitens to 0."""
+    two = table([("a", 0, None, None, 1.0), ("b", 0, None, None, 0.0)])
+    spec = RewardsConfig(shaping="paper", normalize="whiten", call_cost=0.0, failed_call_cost=0.0)
+    shifted = two.with_columns((pl.col("is_solved_score") * 2 - 1).alias("is_solved_score"))  # 1 and -1
+    assert step_rewards(shifted, spec=spec)["reward"].round(4).to_list() == [0.7071, -0.7071]
+    one = table([("a", 0, 1.0, 5.0, None), ("a", 1, None, None, 1.0)])
+    assert step_rewards(one, "no_step_reward", spec)["reward"].to_list() == [0.0, 0.0]
 
 
 # Three trajectories of one 2-fact task, oracle-style labels (SC, Con, progress after the step):
@@ -155,6 +186,8 @@ def test_failed_call_cost_and_outcome_only_variants():
     t = reward_table(failed, RewardsConfig(shaping="paper", failed_call_cost=0.25, call_cost=0.0))
     # d step 0: SC 0, Con 5 -> p = (0 + 1)/2 = 0.5, minus 0.25·(1 − 0) = 0.25
     assert t.filter((pl.col("traj_id") == "d") & (pl.col("step_idx") == 0))["reward"][0] == pytest.approx(0.25)
+    # a successful call pays no failure cost: d step 1 keeps p = (1 + 1)/2 = 1
+    assert t.filter((pl.col("traj_id") == "d") & (pl.col("step_idx") == 1))["reward"][0] == pytest.approx(1.0)
     for variant in ("no_step_reward", "ppo_outcome"):  # IsSolved alone, whatever the shaping and the costs
         g0, r = _g0(RewardsConfig(shaping="min_form", call_cost=0.5), variant)
         assert r["d"] == [0.0, 0.0, 1.0] and g0 == {"d": 1.0, "r": 1.0, "n": 0.0}
