@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -242,3 +243,71 @@ def test_rloo_goes_on_past_a_task_played_once():
     """A task with one sample gets b = 0 and the trajectories after it still get their leave-one-out means."""
     out = baselines.rloo([[1.0], [2.0, 0.0], [4.0, 1.0]], [[0], [0, 1], [0, 1]], ["alone", "t", "t"])
     assert out == [[0.0], [4.0, 1.0], [2.0, 0.0]]
+
+
+def _numpy_ridge(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, float]:
+    """Ridge with an unpenalised intercept, solved on centred data by numpy (an independent implementation)."""
+    mx, my = x.mean(0), y.mean()
+    w = np.linalg.solve((x - mx).T @ (x - mx) + ridge * np.eye(x.shape[1]), (x - mx).T @ (y - my))
+    return w, float(my - mx @ w)
+
+
+def test_crossfit_predicts_each_fold_from_the_others_like_numpy():
+    """Two tasks (the smallest K that cross-fits) and three: every trajectory's prediction is the ridge fitted by
+    numpy on the other folds' rows (tasks to folds round robin in order of first appearance)."""
+    g = torch.Generator().manual_seed(3)
+    for groups in (["a", "b", "a", "b"], ["a", "b", "c", "a", "c"]):
+        feats = [torch.randn(3, 4, generator=g, dtype=torch.float64) for _ in groups]
+        targets = [torch.randn(3, generator=g, dtype=torch.float64).tolist() for _ in groups]
+        got = baselines.crossfit(feats, targets, groups, folds=5, ridge=0.5)
+        fold = {t: n for n, t in enumerate(dict.fromkeys(groups))}  # K = number of tasks here
+        for i, task in enumerate(groups):
+            rest = [j for j, t in enumerate(groups) if fold[t] != fold[task]]
+            w, b = _numpy_ridge(np.concatenate([feats[j].numpy() for j in rest]),
+                                np.array([v for j in rest for v in targets[j]]), 0.5)
+            assert got[i] == pytest.approx((feats[i].numpy() @ w + b).tolist(), abs=1e-9)
+
+
+def test_crossfit_across_two_processes_equals_one():
+    """Two processes simulated by threads whose `reduce` sums over both: each holds some trajectories (None for the
+    other's), one of them only trajectories of one fold (its training rows for that fold are none) or none at all
+    (`hidden` gives the width); each predicts its own trajectories as one process holding all of them does."""
+    import threading
+
+    class PairSum:
+        def __init__(self):
+            self.barrier, self.slots = threading.Barrier(2, timeout=20), [None, None]
+
+        def on(self, rank):
+            def reduce(t):
+                self.slots[rank] = t
+                self.barrier.wait()
+                total = self.slots[0] + self.slots[1]
+                self.barrier.wait()
+                return total
+            return reduce
+
+    g = torch.Generator().manual_seed(4)
+    groups = ["a", "b", "c", "a", "b", "c"]
+    feats = [torch.randn(2, 3, generator=g, dtype=torch.float64) for _ in groups]
+    targets = [torch.randn(2, generator=g, dtype=torch.float64).tolist() for _ in groups]
+    whole = baselines.crossfit(feats, targets, groups, folds=3, ridge=1.0)
+    for mine in ([0, 3], []):  # rank 0: task a only (fold 0), or nothing
+        shares = [[f if i in mine else None for i, f in enumerate(feats)],
+                  [None if i in mine else f for i, f in enumerate(feats)]]
+        pair, out = PairSum(), [None, None]
+
+        def run(rank):
+            out[rank] = baselines.crossfit(shares[rank], targets, groups, folds=3, ridge=1.0, reduce=pair.on(rank),
+                                           hidden=3)
+        threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        for rank in (0, 1):
+            for i in range(len(groups)):
+                if shares[rank][i] is None:
+                    assert out[rank][i] is None
+                else:
+                    assert out[rank][i] == pytest.approx(whole[i], abs=1e-9)
