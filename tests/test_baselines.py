@@ -311,3 +311,11 @@ def test_crossfit_across_two_processes_equals_one():
                     assert out[rank][i] is None
                 else:
                     assert out[rank][i] == pytest.approx(whole[i], abs=1e-9)
+
+
+def test_explained_variance_of_two_units_by_hand():
+    """G = (1, 3): Var 1; G − b = (0, 1): Var 0.25; EV = 0.75. One unit or a constant G: NaN."""
+    assert baselines.explained_variance([[1.0, 3.0]], [[1.0, 2.0]]) == pytest.approx(0.75)
+    assert baselines.explained_variance([[1.0], [3.0]], [[1.0], [2.0]]) == pytest.approx(0.75)
+    assert math.isnan(baselines.explained_variance([[1.0]], [[0.0]]))
+    assert math.isnan(baselines.explained_variance([[2.0, 2.0]], [[0.0, 1.0]]))
