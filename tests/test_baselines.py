@@ -319,3 +319,18 @@ def test_explained_variance_of_two_units_by_hand():
     assert baselines.explained_variance([[1.0], [3.0]], [[1.0], [2.0]]) == pytest.approx(0.75)
     assert math.isnan(baselines.explained_variance([[1.0]], [[0.0]]))
     assert math.isnan(baselines.explained_variance([[2.0, 2.0]], [[0.0, 1.0]]))
+
+
+def test_crossfit_defaults_are_the_pipelines_five_folds_and_ridge_one():
+    """trainer/ppo_round.py calls crossfit with its defaults: K = 5 folds and ridge 1 (docs/architecture.md),
+    visible with 7 tasks (a sixth fold, or another ridge, moves the predictions)."""
+    g = torch.Generator().manual_seed(5)
+    groups = [f"t{i % 7}" for i in range(14)]
+    feats = [torch.randn(2, 3, generator=g, dtype=torch.float64) for _ in groups]
+    targets = [torch.randn(2, generator=g, dtype=torch.float64).tolist() for _ in groups]
+    assert baselines.crossfit(feats, targets, groups) == baselines.crossfit(feats, targets, groups, folds=5, ridge=1.0)
+    assert baselines.crossfit(feats, targets, groups) != baselines.crossfit(feats, targets, groups, folds=6)
+    assert baselines.crossfit(feats, targets, groups) != baselines.crossfit(feats, targets, groups, ridge=2.0)
+    x, y = torch.cat(feats), torch.tensor([v for t in targets for v in t], dtype=torch.float64)
+    assert torch.equal(baselines.ridge_fit(x, y)[0], baselines.ridge_fit(x, y, 1.0)[0])
+    assert not torch.equal(baselines.ridge_fit(x, y)[0], baselines.ridge_fit(x, y, 2.0)[0])
