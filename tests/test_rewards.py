@@ -205,17 +205,31 @@ def test_discounted_returns_equal_the_loop_whatever_the_batching():
             out.append(acc)
         return out[::-1]
 
-    for gamma in (0.0, 0.5, 0.99, 1.0):
-        got = discounted_returns(r, lengths, gamma)
+    def want_of(r, lengths, gamma):
         want, at = [], 0
         for n in lengths:
             want += loop(r[at:at + n], gamma)
             at += n
+        return want
+
+    for gamma in (0.0, 0.5, 0.99, 1.0):
+        got = discounted_returns(r, lengths, gamma)
+        want = want_of(r, lengths, gamma)
         assert got.tolist() == want  # the same additions in the same order: equal to the last bit
         half = int(lengths[:100].sum())  # batching: the first 100 trajectories alone give the same numbers
         assert discounted_returns(r[:half], lengths[:100], gamma).tolist() == want[:half]
+    # long token segments beside short ones (the sorted path: the [distance, segment] grid would be mostly empty),
+    # one longer than int16 counts
+    for skewed in ([300, 1, 0, 2, 1, 1, 5, 1, 3, 1, 1, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1],
+                   [40_000, 3, 1, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]):
+        lengths2 = np.array(skewed)
+        r2 = rng.normal(size=int(lengths2.sum()))
+        for gamma in (0.0, 0.9, 1.0):
+            assert discounted_returns(r2, lengths2, gamma).tolist() == want_of(r2, lengths2, gamma)
     with pytest.raises(ValueError, match="cover"):
         discounted_returns([1.0, 2.0], [3], 1.0)
+    with pytest.raises(ValueError, match=r"gamma must be in \[0, 1\], got 1.5"):
+        discounted_returns([1.0], [1], 1.5)
 
 
 def test_reference_rewards_reappear_in_its_training_csvs(external):
