@@ -246,15 +246,26 @@ REPLAY_RESPONSES = _schema(
 )
 
 
+def added_later(schema: pa.Schema) -> set[str]:
+    """The columns declared with `_f(..., added=...)`: null where a file or a caller does not have them."""
+    return {n for n in schema.names if b"added" in (schema.field(n).metadata or {})}
+
+
+def _with_nulls(table: pa.Table, schema: pa.Schema, names: set[str]) -> pa.Table:
+    """`table` with each of `names` it lacks appended as a null column of the schema's type."""
+    for name in [n for n in schema.names if n in names and n not in table.column_names]:
+        table = table.append_column(schema.field(name), pa.nulls(table.num_rows, schema.field(name).type))
+    return table
+
+
 def write_table(data: pa.Table | Iterable[dict[str, Any]], path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
     """Validate `data` against `schema` and write it as zstd Parquet, atomically. Returns the table. A column added
     to the schema later (`_f(..., added=...)`) may be left out: it is written null, as `read_table` reads a file
     from before it."""
     path = Path(path)
-    later = {n for n in schema.names if b"added" in (schema.field(n).metadata or {})}  # null when left out
+    later = added_later(schema)
     if isinstance(data, pa.Table):
-        for name in [n for n in later if n not in data.column_names]:
-            data = data.append_column(schema.field(name), pa.nulls(data.num_rows, schema.field(name).type))
+        data = _with_nulls(data, schema, later)
         missing = [n for n in schema.names if n not in data.column_names]
         if missing:
             raise SchemaError(f"{path}: cannot write, column(s) {missing} missing")
@@ -301,10 +312,8 @@ def read_table(path: str | os.PathLike, schema: pa.Schema) -> pa.Table:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise SchemaError(f"{path}: not a readable Parquet file ({e})") from None
+    table = _with_nulls(table, schema, added_later(schema))  # a file written before those columns existed
     missing = [n for n in schema.names if n not in table.column_names]
-    for name in [n for n in missing if b"added" in (schema.field(n).metadata or {})]:  # written before it existed
-        table = table.append_column(schema.field(name), pa.nulls(table.num_rows, schema.field(name).type))
-        missing.remove(name)
     if missing:
         raise SchemaError(f"{path}: column(s) {missing} missing (has {table.column_names})")
     try:

@@ -62,7 +62,7 @@ def relock(text: str, params: dict | None = None, data: dict | None = None,
     out, changed = [], []
     for block in blocks:
         m = re.match(r"  (\S+):\n    cmd: ([^\n]+)\n    deps:\n", block)
-        if not m or m.group(1).startswith(skip or ("\0",)):
+        if not m or (skip and m.group(1).startswith(skip)):
             out.append(block)
             continue
         start = m.end()
