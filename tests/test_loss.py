@@ -339,3 +339,50 @@ def test_the_logged_diagnostics_by_hand(trainer):
     assert trainer._tokens - tokens == 10
     (ret, val), = trainer._ev_pairs
     assert ret.tolist() == pytest.approx([1.0, 2.0, -0.5]) and val.tolist() == pytest.approx([0.5, 1.6, 0.0])
+
+
+def test_log_averages_the_window_and_starts_a_new_one(trainer, monkeypatch):
+    """`log` reports each diagnostic's mean over the batches since the last log, rounded to 6 digits, leaving NaNs
+    out (and NaN when nothing else is left); the explained variance of the value head on every (return, value)
+    pair of the window, returns first: R = (1, 2, −0.5), V = (0.5, 1.6, 0): Var(R) = 1.0555556, Var(R − V) =
+    0.2022222, so 1 − 0.2022222/1.0555556 = 0.8084211 (with the roles swapped, 1 − 0.2022222/0.4466667 = 0.5472637);
+    tokens/s over the time since the last log, to 0.1 (100 tokens in 3 s: 33.3); then the window starts again empty."""
+    import trainer.step_ppo as step_ppo
+
+    clock = iter([13.0, 16.0])
+    monkeypatch.setattr(step_ppo.time, "perf_counter", lambda: next(clock))
+    trainer._metrics.clear()
+    trainer._metrics["policy_loss"] += [0.1, float("nan"), 0.4]
+    trainer._metrics["value_loss"] += [1 / 3]
+    trainer._metrics["entropy"] += [float("nan")]
+    trainer._ev_pairs[:] = [(torch.tensor([1.0, 2.0]), torch.tensor([0.5, 1.6])), (torch.tensor([-0.5]),
+                                                                                   torch.tensor([0.0]))]
+    trainer._tokens, trainer._t_last = 100, 10.0
+    trainer.log({"loss": 0.25})
+    logged = trainer.state.log_history[-1]
+    assert logged["loss"] == 0.25 and logged["policy_loss"] == 0.25 and logged["value_loss"] == 0.333333
+    assert math.isnan(logged["entropy"])
+    assert logged["explained_variance"] == pytest.approx(0.8084211, abs=1e-6)
+    assert logged["tokens_per_s"] == 33.3
+    assert trainer._tokens == 0 and trainer._t_last == 13.0 and not trainer._ev_pairs and not trainer._metrics
+    # the next window: its own tokens over its own 3 s, its own means only
+    trainer._tokens += 31
+    trainer._metrics["policy_loss"].append(0.7)
+    trainer.log({})
+    logged = trainer.state.log_history[-1]
+    assert logged["tokens_per_s"] == 10.3 and logged["policy_loss"] == 0.7 and "explained_variance" not in logged
+
+
+def test_a_checkpoint_save_writes_the_weights_and_the_arguments_into_an_existing_folder(trainer, tmp_path):
+    """`_save` (the Trainer's checkpoint writer) into a folder that exists already (transformers creates the
+    checkpoint folder before saving into it): one model.safetensors with one name per tied storage, every weight the
+    trainer holds, and training_args.bin with the run's PPO arguments."""
+    from safetensors.torch import load_file
+
+    trainer._save(str(tmp_path))
+    saved = load_file(tmp_path / "model.safetensors")
+    held = trainer.model.state_dict()
+    assert saved.keys() <= held.keys() and all(torch.equal(saved[k], held[k]) for k in saved)
+    assert {k for k in held if k not in saved} <= {"policy.lm_head.weight"}  # tied to the embedding
+    args = torch.load(tmp_path / "training_args.bin", weights_only=False)
+    assert (args.cliprange, args.cliprange_value, args.vf_coef) == (0.2, 0.2, 0.5)
