@@ -295,3 +295,81 @@ def test_weights_load_in_the_dtype_they_train_in_and_a_bf16_lora_round_updates_o
     assert moved and all("lora_" in n or n.startswith("v_head.") for n in moved), moved
     assert all(torch.isfinite(p).all() for p in policy.parameters())
     assert {p.dtype for n, p in policy.named_parameters() if n in moved} == {torch.float32}
+
+
+def _deepspeed_missing() -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        return ("DeepSpeed is not installed (optional: .venv/bin/pip install --no-build-isolation "
+                "'deepspeed>=0.17,<0.20'; configs/accelerate/README.md)")
+    return None
+
+
+@pytest.fixture(scope="module", params=["zero2", "zero3"])
+def deepspeed_run(request, tmp_path_factory, tokenizer):
+    """One `accelerate launch --config_file configs/accelerate/<zero2|zero3>.yaml --num_processes 2` on the CPU
+    (DeepSpeed's CPU accelerator over gloo) running tests/support/deepspeed_round.py: a PPO round, the warm start,
+    and the round checkpointed every step then resumed from its first checkpoint; its folder and the tiny base."""
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.support.tiny_model import save_tiny_model
+
+    root = tmp_path_factory.mktemp(request.param)
+    base = save_tiny_model(root / "base", tokenizer, seed=3)
+    path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    subprocess.run([accelerate, "launch", "--config_file", f"configs/accelerate/{request.param}.yaml",
+                    "--num_processes", "2", "--mixed_precision", "no", "-m", "tests.support.deepspeed_round",
+                    str(base), str(root / "run")], cwd=REPO, env=env, check=True, timeout=400)
+    return request.param, root
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_deepspeed_missing() is not None, reason=str(_deepspeed_missing()))
+def test_deepspeed_zero2_and_zero3_on_two_processes_match_one(deepspeed_run, tmp_path):
+    """Under DeepSpeed ZeRO-2 (optimizer state and gradients sharded) and ZeRO-3 (the weights too, the value head
+    included), each process precomputes half the round on the engine, the value head's fit reaches the
+    optimizer's fp32 master copy (else the first step would write the old head back), and the trained policy, saved
+    from the gathered weights with the tied embedding once, equals one process's (float tolerance); the warm start
+    too. A run resumed from the first of two checkpoints (DeepSpeed's own, loaded by the engine) trains only the
+    second step and ends with the uninterrupted run's weights, head and per-step ratios."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from tests.support import ddp_train, ddp_warmstart
+
+    stage, root = deepspeed_run
+    run = root / "run"
+
+    def read(d: Path):
+        return (json.loads((d / "round.json").read_text()), load_file(d / "model" / "model.safetensors"),
+                torch.load(d / "model" / "value_head.pt"))
+
+    _one_thread(ddp_train.main, tmp_path / "one")
+    (r1, w1, h1), (r2, w2, h2) = read(tmp_path / "one"), read(run / "ppo")
+    assert (r2["world"], r2["zero_stage"], r2["head_partitioned"]) == (2, int(stage[-1]), stage == "zero3")
+    assert (r1["shards"], r2["shards"]) == ([8], [4, 4]) and r1["steps"] == r2["steps"] == 2
+    for a, b in zip(r1["advantages"], r2["advantages"], strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+    assert set(w1) == set(w2) and "lm_head.weight" not in w2
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6, msg=k)
+    for k in h1:
+        torch.testing.assert_close(h2[k], h1[k], rtol=1e-4, atol=1e-6, msg=f"value head {k}")
+    assert r2["ratios"].keys() == r1["ratios"].keys()
+
+    (rw, ww, hw), (rr, wr, hr) = read(run / "whole"), read(run / "resumed")
+    assert (rw["ran"], rr["ran"]) == ([1, 2], [2]), "the resumed run did not start from its checkpoint"
+    assert set(ww) == set(wr) and all(torch.equal(ww[k], wr[k]) for k in ww)
+    assert all(torch.equal(hw[k], hr[k]) for k in hw) and rr["ratios"] == rw["ratios"]
+
+    _one_thread(ddp_warmstart.main, root / "base", tmp_path / "warm")
+    s1, s2 = (load_file(d / "model.safetensors") for d in (tmp_path / "warm", run / "warmstart"))
+    assert set(s1) == set(s2)
+    for k in s1:
+        torch.testing.assert_close(s2[k], s1[k], rtol=1e-4, atol=1e-6, msg=k)

@@ -113,7 +113,12 @@ class PolicyWithValue(nn.Module):
         if state_dict is not None:
             if not hasattr(self.policy, "merge_and_unload"):
                 # full fine-tuning: the gathered weights are the checkpoint
-                sub = {k[len("policy."):]: v for k, v in state_dict.items() if k.startswith("policy.")}
+                # a tied weight once (DeepSpeed's gathered dict holds lm_head.weight as a copy, not the embedding's
+                # storage, so save_pretrained would not see the tie): drop the names that alias a parameter
+                aliases = ({n for n, _ in self.policy.named_parameters(remove_duplicate=False)}
+                           - {n for n, _ in self.policy.named_parameters()})
+                sub = {k[len("policy."):]: v for k, v in state_dict.items()
+                       if k.startswith("policy.") and k[len("policy."):] not in aliases}
                 self.policy.save_pretrained(out_dir, state_dict=sub)
                 if tokenizer is not None:
                     tokenizer.save_pretrained(out_dir)
@@ -132,6 +137,20 @@ class PolicyWithValue(nn.Module):
         if tokenizer is not None:
             tokenizer.save_pretrained(out_dir)
         torch.save(self.v_head.state_dict(), out_dir / "value_head.pt")
+
+
+def _set_zero3_master(p, value: torch.Tensor) -> None:
+    """This rank's slice of a ZeRO-3 parameter's fp32 master copy set from the full `value`. DeepSpeed's
+    `safe_set_full_fp32_param` (stage3.py, `set_full_hp_param`, 0.19) narrows the unpadded value at
+    partition size × rank, which runs past its end on the last ranks whenever the parameter's size is not a multiple
+    of the world size (the value head's bias: 1 element on 2 ranks). The same steps with the padded tail left as is."""
+    opt = p._z3_optimizer
+    part, group = opt._get_fp32_opt_state_partition(p, release_swap_buffers=False)
+    n = part.numel()
+    mine = value.flatten().to(part.dtype)[n * opt._get_param_partition_rank(p):][:n]
+    part.data[:mine.numel()].copy_(mine)
+    if opt._swappable_optimizer_subgroup(group):
+        opt._optimizer_states_and_gradient_swap_out(group)
 
 
 def with_lora(model, r: int):
@@ -178,7 +197,9 @@ def set_value_head(head: nn.Linear, w: torch.Tensor, b: float) -> tuple[torch.Te
             p.copy_(distribute_tensor(value.to(p.device, p.dtype), p.device_mesh, p.placements))
         else:
             p.copy_(value.to(p.device, p.dtype))
-        if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):  # DeepSpeed keeps fp32 master weights apart
+        if hasattr(p, "ds_id"):  # DeepSpeed keeps fp32 master weights apart
+            _set_zero3_master(p, value.float())
+        elif hasattr(p, "_hp_mapping"):
             from deepspeed.utils import safe_set_full_fp32_param
 
             safe_set_full_fp32_param(p, value.float())

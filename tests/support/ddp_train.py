@@ -6,17 +6,31 @@ batch (4 trajectories) whatever the number of processes. Run it as
 
 OUT gets model/ (the trained policy, written by the main process) and round.json (the precompute's reference
 log-probs, how many trajectories each process precomputed, the optimizer steps, the world size, every step's
-ratio and clip share gathered from the processes and how many the main process recorded itself)."""
+ratio and clip share gathered from the processes and how many the main process recorded itself, the engine:
+DeepSpeed's ZeRO stage and whether the value head's parameters were partitioned). `save_steps` checkpoints the
+round into OUT/ckpt; `resume_from` continues one of those checkpoints."""
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 GLOBAL_BATCH = 4
 
 
-def main(out: Path) -> None:
+class _Steps(TrainerCallback):
+    """The optimizer steps a run took itself (a resumed run: only those after its checkpoint)."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+def main(out: Path, save_steps: int = 0, resume_from: Path | None = None) -> None:
     from accelerate import PartialState
     from safetensors.torch import save_file
 
@@ -34,19 +48,24 @@ def main(out: Path) -> None:
     cfg = StepPPOConfig(output_dir=str(out / "ckpt"), report_to=[], use_cpu=True, variant="steptool",
                         num_train_epochs=1, per_device_train_batch_size=GLOBAL_BATCH // world,
                         per_device_eval_batch_size=3, gradient_accumulation_steps=1, learning_rate=1e-3,
-                        save_strategy="no", seed=0, data_seed=0, disable_tqdm=True, logging_steps=1,
+                        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, seed=0,
+                        data_seed=0, disable_tqdm=True, logging_steps=1,
                         lr_scheduler_type="constant")
     trainer = StepPPOTrainer(PolicyWithValue(model), cfg, examples, pad_id=tok.pad_token_id)
+    ran = _Steps()
+    trainer.add_callback(ran)
     if trainer.accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"},
                   out / "start.safetensors")
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     trainer.save_policy(out / "model", tok)
     ratios = trainer.step_ratios()  # collective: every process's steps
     if trainer.accelerator.is_main_process:
         (out / "round.json").write_text(json.dumps({
-            "world": world, "steps": trainer.state.global_step, "shards": trainer.precompute_shards,
+            "world": world, "steps": trainer.state.global_step, "ran": ran.steps, "shards": trainer.precompute_shards,
+            "zero_stage": trainer.accelerator.state.deepspeed_plugin.zero_stage if trainer.is_deepspeed_enabled else None,
+            "head_partitioned": hasattr(trainer.model.v_head.weight, "ds_id"),
             "ratios": {str(i): r for i, r in sorted(ratios.items())}, "own_ratios": len(trainer._step_ratios),
             "ref_logprobs": [it.ref_logprobs for it in trainer.train_dataset.items],
             "advantages": [it.advantages for it in trainer.train_dataset.items]}))
