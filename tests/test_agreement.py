@@ -13,10 +13,10 @@ from pipeline.annotate.agreement import Labelling, agreement
 from pipeline.annotate.llm_judge import REFERENCE_TEMPLATE, REFERENCE_TOOL, TOOL, OpenAIJudge
 from pipeline.annotate.scripted_judge_server import JudgeServer, default_answer
 from pipeline.config import AnnotateConfig
-from tests.conftest import REPO
+from tests.conftest import EXTERNAL
 from tests.support.cli import steptool
 
-EXAMPLES = REPO.parent / "shared/external/steptool/reward_annotation/qwen2_G123_example_5.json"
+EXAMPLES = EXTERNAL / "steptool/reward_annotation/qwen2_G123_example_5.json"
 
 
 def test_agreement_by_hand():
