@@ -336,7 +336,8 @@ def test_deepspeed_zero2_and_zero3_on_two_processes_match_one(deepspeed_run, tmp
     optimizer's fp32 master copy (else the first step would write the old head back), and the trained policy, saved
     from the gathered weights with the tied embedding once, equals one process's (float tolerance); the warm start
     too. A run resumed from the first of two checkpoints (DeepSpeed's own, loaded by the engine) trains only the
-    second step and ends with the uninterrupted run's weights, head and per-step ratios."""
+    second step and ends with the uninterrupted run's weights, head and per-step ratios. Under ZeRO-2 a LoRA round
+    (the engine the README gives LoRA) saves the merged policy and its adapter as one process does."""
     import json
 
     from safetensors.torch import load_file
@@ -367,6 +368,17 @@ def test_deepspeed_zero2_and_zero3_on_two_processes_match_one(deepspeed_run, tmp
     assert (rw["ran"], rr["ran"]) == ([1, 2], [2]), "the resumed run did not start from its checkpoint"
     assert set(ww) == set(wr) and all(torch.equal(ww[k], wr[k]) for k in ww)
     assert all(torch.equal(hw[k], hr[k]) for k in hw) and rr["ratios"] == rw["ratios"]
+
+    if stage == "zero2":  # LoRA (ZeRO-3 refuses it at save): the merged policy and the adapter equal one process's
+        _one_thread(lambda: ddp_train.main(tmp_path / "one-lora", lora=True))
+        (_, w1, h1), (_, w2, h2) = read(tmp_path / "one-lora"), read(run / "lora")
+        a1, a2 = (load_file(d / "model" / "lora_adapter" / "adapter_model.safetensors")
+                  for d in (tmp_path / "one-lora", run / "lora"))
+        assert set(w1) == set(w2) and set(a1) == set(a2) and a1
+        for k in (*w1, *a1):
+            torch.testing.assert_close((w2 | a2)[k], (w1 | a1)[k], rtol=1e-4, atol=1e-6, msg=k)
+        for k in h1:
+            torch.testing.assert_close(h2[k], h1[k], rtol=1e-4, atol=1e-6, msg=f"value head {k}")
 
     _one_thread(ddp_warmstart.main, root / "base", tmp_path / "warm")
     s1, s2 = (load_file(d / "model.safetensors") for d in (tmp_path / "warm", run / "warmstart"))

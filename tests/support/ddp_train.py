@@ -8,7 +8,8 @@ OUT gets model/ (the trained policy, written by the main process) and round.json
 log-probs, how many trajectories each process precomputed, the optimizer steps, the world size, every step's
 ratio and clip share gathered from the processes and how many the main process recorded itself, the engine:
 DeepSpeed's ZeRO stage and whether the value head's parameters were partitioned). `save_steps` checkpoints the
-round into OUT/ckpt; `resume_from` continues one of those checkpoints."""
+round into OUT/ckpt; `resume_from` continues one of those checkpoints; `lora` trains rank-4 adapters instead of every
+weight (model/ holds the merged policy and its adapter)."""
 from __future__ import annotations
 
 import json
@@ -30,7 +31,7 @@ class _Steps(TrainerCallback):
         self.steps.append(state.global_step)
 
 
-def main(out: Path, save_steps: int = 0, resume_from: Path | None = None) -> None:
+def main(out: Path, save_steps: int = 0, resume_from: Path | None = None, lora: bool = False) -> None:
     from accelerate import PartialState
     from safetensors.torch import save_file
 
@@ -38,7 +39,7 @@ def main(out: Path, save_steps: int = 0, resume_from: Path | None = None) -> Non
     from tests.support.tiny_model import make_tiny_model
     from tests.support.toy_env import play
     from trainer.config import StepPPOConfig
-    from trainer.model import PolicyWithValue
+    from trainer.model import PolicyWithValue, with_lora
     from trainer.step_ppo import StepPPOTrainer
 
     world = PartialState(cpu=True).num_processes
@@ -51,7 +52,8 @@ def main(out: Path, save_steps: int = 0, resume_from: Path | None = None) -> Non
                         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500, seed=0,
                         data_seed=0, disable_tqdm=True, logging_steps=1,
                         lr_scheduler_type="constant")
-    trainer = StepPPOTrainer(PolicyWithValue(model), cfg, examples, pad_id=tok.pad_token_id)
+    policy = with_lora(model, 4) if lora else model
+    trainer = StepPPOTrainer(PolicyWithValue(policy), cfg, examples, pad_id=tok.pad_token_id)
     ran = _Steps()
     trainer.add_callback(ran)
     if trainer.accelerator.is_main_process:
