@@ -290,7 +290,8 @@ def test_a_non_finite_input_is_named_and_stops_the_step(trainer, where, name):
     else:
         inputs[where] = inputs[where].clone()
         inputs[where][0, 0] = float("nan")
-    with pytest.raises(SteptoolError, match=f"NaN or inf in the {name} "):
+    with pytest.raises(SteptoolError, match=rf"^train: optimizer step 1: NaN or inf in the {name} \(loss -?(nan|inf)\); "
+                                            "stopped before the update, nothing saved from it$"):
         _loss(trainer, model, inputs, kl_coef=0.1)
 
 

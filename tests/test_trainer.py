@@ -576,3 +576,29 @@ def test_step_gae_names_every_shape_when_they_differ():
             step_gae(r, values, mask, 0.9, 0.5)
         assert str(e.value) == (f"shapes differ: rewards (1, 3), values {tuple(values.shape)}, "
                                 f"mask {tuple(mask.shape)}")
+
+
+def test_the_rounds_length_grouped_sampler_reads_each_trajectorys_tokens(tokenizer):
+    """The round trains with `train_sampling_strategy: group_by_length` (trainer/rounds.py): transformers' sampler
+    reads each trajectory's length from the dataset's `input_ids` before the round's items exist, and the batches it
+    draws hold trajectories of similar length (the longest first, as LengthGroupedSampler orders its first batch)."""
+    from tests.support.tiny_model import make_tiny_model
+    from tests.support.toy_env import play
+    from trainer import step_ppo
+    from trainer.config import StepPPOConfig
+    from trainer.model import PolicyWithValue
+
+    model = make_tiny_model(tokenizer, seed=2)
+    examples = [e for steps in (2, 4, 3) for e in play(model, tokenizer, 2, steps, 17, "steptool")[0]]
+    lengths = [len(e.input_ids) for e in examples]
+    assert len(set(lengths)) == 3
+    cfg = StepPPOConfig(output_dir=str(REPO / ".pytest_cache" / "ppo-grouped"), report_to=[], use_cpu=True,
+                        per_device_train_batch_size=2, save_strategy="no", disable_tqdm=True, seed=0,
+                        train_sampling_strategy="group_by_length")
+    trainer = step_ppo.StepPPOTrainer(PolicyWithValue(make_tiny_model(tokenizer, seed=2)), cfg, examples,
+                                      pad_id=tokenizer.pad_token_id)
+    sampler = trainer._get_train_sampler()
+    assert list(sampler.lengths) == lengths
+    order = list(sampler)
+    assert sorted(order) == list(range(len(examples))) and lengths[order[0]] == max(lengths)
+    assert [trainer.train_dataset[i]["index"] for i in order] == order
