@@ -80,9 +80,13 @@ def _play(policy: HFPolicy, tasks, renderer, world, steps: int):
 
 
 def _bare(policy: HFPolicy, calls, lengths) -> tuple[int, float, float]:
-    """The same calls as a bare batched forward through the policy's own model call (`_forward`: the same KV cache
-    argument, last-position logits only): (the agent's generated tokens, seconds of decode, seconds of prefill)."""
+    """The same calls as a bare batched forward through the policy's own model call (`_forward`, last-position logits
+    only) with the agent's own preallocated KV cache (`growing_cache`; transformers' default concatenates the whole
+    cache at every token, which would make the limit lower than what this code already reaches): (the agent's
+    generated tokens, seconds of decode, seconds of prefill)."""
     import torch
+
+    from pipeline.agent.kvcache import growing_cache
 
     decode = prefill = 0.0
     with torch.inference_mode():
@@ -94,7 +98,8 @@ def _bare(policy: HFPolicy, calls, lengths) -> tuple[int, float, float]:
                 ids[i, width - len(p):] = torch.tensor(p)
                 att[i, width - len(p):] = 1
             t0 = time.perf_counter()
-            cache, logits = policy._forward(None, input_ids=ids, attention_mask=att)
+            cache = growing_cache(max(n)) if policy._plain_cache else None
+            cache, logits = policy._forward(cache, input_ids=ids, attention_mask=att)
             t1 = time.perf_counter()
             for _ in range(max(n) - 1):
                 att = torch.cat([att, att.new_ones((len(prompts), 1))], dim=1)
