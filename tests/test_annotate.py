@@ -58,6 +58,8 @@ def env(error="", response=None):
     (env(response={"results": [], "data": {"id": 7}}), (1, "")),  # empty only when ALL containers are empty
     (env(response={"results": [], "summary": "Forty-one characters of text are data, ok"}), (1, "")),  # > 40
     (env(response={"results": [], "summary": "none"}), (0, "empty result")),
+    (env(response={"results": [], "summary": "x" * 40}), (0, "empty result")),  # 40 characters are not yet data
+    (env(response=None), (0, "empty result")),  # a null response
     (env(response={"status": 400, "message": "Bad"}), (0, "status 400")),  # the range starts at 400
     (env(response={"status": 599, "data": [1]}), (0, "status 599")),
     (env(response={"status": 600, "data": [1]}), (1, "")),
