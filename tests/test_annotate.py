@@ -60,6 +60,25 @@ def env(error="", response=None):
     (env(response={"results": [], "summary": "none"}), (0, "empty result")),
     (env(response={"results": [], "summary": "x" * 40}), (0, "empty result")),  # 40 characters are not yet data
     (env(response=None), (0, "empty result")),  # a null response
+    # the error fields: each name, and what does not count as an error in them
+    (env(response={"errors": ["quota"], "data": [1]}), (0, "error field: ['quota']")),
+    (env(response={"err": "bad key", "data": [1]}), (0, "error field: bad key")),
+    (env(response={"error": "", "data": [1]}), (1, "")),
+    (env(response={"error": False, "data": [1]}), (1, "")),
+    (env(response={"error": 0, "data": [1]}), (1, "")),
+    (env(response={"error": True, "data": [1]}), (0, "error field: True")),
+    (env(response={"error": 1, "data": [1]}), (0, "error field: 1")),
+    (env(response={"error": "e" * 70}), (0, "error field: " + "e" * 60)),  # reasons are cut at 60 characters
+    # a status that says so in words, in any case
+    (env(response={"status": "Error", "data": [1]}), (0, "status error")),
+    (env(response={"status": "fail", "data": [1]}), (0, "status error")),
+    (env(response={"status": "FAILED", "data": [1]}), (0, "status error")),
+    (env(response={"status": "failure", "data": [1]}), (0, "status error")),
+    (env(response={"status": "ok", "data": [1]}), (1, "")),
+    # a message beside only status / success keys is the whole answer; 300 characters still count as a message
+    (env(response={"message": "Invalid API key", "success": True}), (0, "error message: Invalid API key")),
+    (env(response={"message": "Invalid " + "k" * 292, "code": 200}), (0, "error message: Invalid " + "k" * 52)),
+    (env(response={"message": "Invalid " + "k" * 293, "code": 200}), (1, "")),
     (env(response={"status": 400, "message": "Bad"}), (0, "status 400")),  # the range starts at 400
     (env(response={"status": 599, "data": [1]}), (0, "status 599")),
     (env(response={"status": 600, "data": [1]}), (1, "")),
