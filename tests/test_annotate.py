@@ -22,7 +22,7 @@ from pipeline.annotate.llm_judge import parse_answer
 from pipeline.annotate.scripted_judge_server import Faults, JudgeServer, auth_digest
 from pipeline.annotate.oracle import oracle_label
 from pipeline.annotate.run import annotated_rows, group_steps, label_trajectories, summarize
-from pipeline.annotate.succ_calling import succ_calling
+from pipeline.annotate.succ_calling import read_envelope, succ_calling
 from pipeline.config import AnnotateConfig
 from pipeline.errors import SchemaError, SteptoolError
 from pipeline.formats.stabletoolbench import parse_answer_steps
@@ -97,6 +97,25 @@ def env(error="", response=None):
 ])
 def test_succ_calling_rule(observation, expected):
     assert succ_calling("f_for_t", True, observation) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    (None, ("", None, False)),
+    ('{"error": "x", "response": "y"}', ("x", "y", True)),
+    ('{"response": {"a": 1}}', ("", {"a": 1}, True)),  # either key makes an envelope
+    ('{"error": "boom"}', ("boom", None, True)),
+    ('{"data": 1}', ("", '{"data": 1}', False)),  # JSON, but not an envelope: the text as it is
+    ("plain text", ("", "plain text", False)),
+    # cut short (max_observation_length), so no longer JSON: the error unescaped, the response read leniently
+    ('{"error": "a\\"b", "response": [1, 2', ('a"b', "[1, 2", True)),
+    ('{"error": "bad \\q", "response": 1', ("bad \\q", "1", True)),  # an escape JSON refuses: kept as written
+    ('{"error": "", "response": "done"}}', ("", "done", True)),  # the envelope's closing braces go
+    ('{"error": "Rate limit exceeded and the message goes on', ("Rate limit exceeded and the message goes on", None,
+                                                                True)),  # cut inside the error
+])
+def test_read_envelope(text, expected):
+    """The tool server's envelope as replay, the annotators and the environments read it (`ok`: an envelope at all)."""
+    assert read_envelope(text) == expected
 
 
 def test_succ_calling_parse_failures_and_finish():
