@@ -3,6 +3,7 @@ equal to one trajectory at a time; gradient checkpointing (full and LoRA) giving
 actually recomputing the layers."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -150,6 +151,14 @@ def two_processes(tmp_path_factory, tokenizer):
     return root
 
 
+def _same_weights(got: dict, want: dict, what: str = "") -> None:
+    """Several processes' weights against one process's: the same names, each equal to float tolerance (the
+    gradient all-reduce sums in another order)."""
+    assert set(got) == set(want), what
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-4, atol=1e-6, msg=f"{what}{k}")
+
+
 def _one_thread(fn, *args):
     """`fn` with one torch thread, as the launched processes run (OMP_NUM_THREADS=1)."""
     threads = torch.get_num_threads()
@@ -188,10 +197,9 @@ def test_two_processes_under_accelerate_launch_match_one(two_processes, tmp_path
         assert r2["ratios"][i][0] == pytest.approx(ratio, abs=1e-4) and r2["ratios"][i][1] == clipped
     w1, w2 = (load_file(d / "model" / "model.safetensors") for d in (one, two))
     start = load_file(one / "start.safetensors")
-    assert set(w1) == set(w2) and set(start) >= set(w1)
+    assert set(start) >= set(w1)
     assert max(float((w1[k] - start[k]).abs().max()) for k in w1) > 1e-4, "training did not move the weights"
-    for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6, msg=k)
+    _same_weights(w2, w1)
 
 
 @pytest.mark.slow
@@ -209,10 +217,8 @@ def test_the_warm_start_on_two_processes_matches_one(two_processes, tmp_path):
     assert not [p for p in two.parent.iterdir() if p.name.startswith((".warmstart", "warmstart."))], \
         "a second writer left files"
     w1, w2, start = (load_file(d / "model.safetensors") for d in (tmp_path / "one", two, base))
-    assert set(w1) == set(w2)
     assert max(float((w1[k] - start[k]).abs().max()) for k in w1) > 1e-3, "training did not move the weights"
-    for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6, msg=k)
+    _same_weights(w2, w1)
 
 
 @pytest.mark.slow
@@ -297,13 +303,9 @@ def test_weights_load_in_the_dtype_they_train_in_and_a_bf16_lora_round_updates_o
     assert {p.dtype for n, p in policy.named_parameters() if n in moved} == {torch.float32}
 
 
-def _deepspeed_missing() -> str | None:
-    import importlib.util
-
-    if importlib.util.find_spec("deepspeed") is None:
-        return ("DeepSpeed is not installed (optional: .venv/bin/pip install --no-build-isolation "
-                "'deepspeed>=0.17,<0.20'; configs/accelerate/README.md)")
-    return None
+DEEPSPEED_MISSING = None if importlib.util.find_spec("deepspeed") else (
+    "DeepSpeed is not installed (optional: .venv/bin/pip install --no-build-isolation 'deepspeed>=0.17,<0.20'; "
+    "configs/accelerate/README.md)")
 
 
 @pytest.fixture(scope="module", params=["zero2", "zero3"])
@@ -329,7 +331,7 @@ def deepspeed_run(request, tmp_path_factory, tokenizer):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(_deepspeed_missing() is not None, reason=str(_deepspeed_missing()))
+@pytest.mark.skipif(DEEPSPEED_MISSING is not None, reason=str(DEEPSPEED_MISSING))
 def test_deepspeed_zero2_and_zero3_on_two_processes_match_one(deepspeed_run, tmp_path):
     """Under DeepSpeed ZeRO-2 (optimizer state and gradients sharded) and ZeRO-3 (the weights too, the value head
     included), each process precomputes half the round on the engine, the value head's fit reaches the
@@ -357,11 +359,9 @@ def test_deepspeed_zero2_and_zero3_on_two_processes_match_one(deepspeed_run, tmp
     assert (r1["shards"], r2["shards"]) == ([8], [4, 4]) and r1["steps"] == r2["steps"] == 2
     for a, b in zip(r1["advantages"], r2["advantages"], strict=True):
         assert a == pytest.approx(b, abs=1e-4)
-    assert set(w1) == set(w2) and "lm_head.weight" not in w2
-    for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6, msg=k)
-    for k in h1:
-        torch.testing.assert_close(h2[k], h1[k], rtol=1e-4, atol=1e-6, msg=f"value head {k}")
+    assert "lm_head.weight" not in w2
+    _same_weights(w2, w1)
+    _same_weights(h2, h1, "value head ")
     assert r2["ratios"].keys() == r1["ratios"].keys()
 
     (rw, ww, hw), (rr, wr, hr) = read(run / "whole"), read(run / "resumed")
@@ -374,14 +374,11 @@ def test_deepspeed_zero2_and_zero3_on_two_processes_match_one(deepspeed_run, tmp
         (_, w1, h1), (_, w2, h2) = read(tmp_path / "one-lora"), read(run / "lora")
         a1, a2 = (load_file(d / "model" / "lora_adapter" / "adapter_model.safetensors")
                   for d in (tmp_path / "one-lora", run / "lora"))
-        assert set(w1) == set(w2) and set(a1) == set(a2) and a1
-        for k in (*w1, *a1):
-            torch.testing.assert_close((w2 | a2)[k], (w1 | a1)[k], rtol=1e-4, atol=1e-6, msg=k)
-        for k in h1:
-            torch.testing.assert_close(h2[k], h1[k], rtol=1e-4, atol=1e-6, msg=f"value head {k}")
+        assert a1
+        _same_weights(w2, w1)
+        _same_weights(a2, a1, "adapter ")
+        _same_weights(h2, h1, "value head ")
 
     _one_thread(ddp_warmstart.main, root / "base", tmp_path / "warm")
     s1, s2 = (load_file(d / "model.safetensors") for d in (tmp_path / "warm", run / "warmstart"))
-    assert set(s1) == set(s2)
-    for k in s1:
-        torch.testing.assert_close(s2[k], s1[k], rtol=1e-4, atol=1e-6, msg=k)
+    _same_weights(s2, s1)
