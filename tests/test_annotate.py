@@ -109,7 +109,9 @@ def test_succ_calling_rule(observation, expected):
     # cut short (max_observation_length), so no longer JSON: the error unescaped, the response read leniently
     ('{"error": "a\\"b", "response": [1, 2', ('a"b', "[1, 2", True)),
     ('{"error": "bad \\q", "response": 1', ("bad \\q", "1", True)),  # an escape JSON refuses: kept as written
-    ('{"error": "", "response": "done"}}', ("", "done", True)),  # the envelope's closing braces go
+    # a Python-literal response is not JSON either: the envelope's closing brace goes, the response's own stay
+    ('{"error": "", "response": {\'a\': {\'b\': 1}}}', ("", {"a": {"b": 1}}, True)),
+    ('{"error": "", "response": "done"}', ("", "done", True)),
     ('{"error": "Rate limit exceeded and the message goes on', ("Rate limit exceeded and the message goes on", None,
                                                                 True)),  # cut inside the error
 ])

@@ -45,7 +45,9 @@ def read_envelope(text: str) -> tuple[str, Any, bool]:
             err = json.loads(f'"{m.group(1)}"')
         except json.JSONDecodeError:
             err = m.group(1)
-        return err, _lenient(m.group(2).rstrip("}").strip()), True
+        body = m.group(2).strip()
+        # a Python-literal response (not JSON) ends with the envelope's own brace: only that one goes
+        return err, _lenient(body[:-1] if body.endswith("}") else body), True
     m = _CUT_ERROR.match(text)  # cut inside a long error string
     if m:
         return m.group(1), None, True
