@@ -13,7 +13,9 @@
    each call's whole prompts prefilled, then as many decode steps as its longest generation; argmax, no sampling,
    no parsing), counting the tokens the agent generated: decode only (the prefill outside the clock: no agent can
    beat it, since it must prefill too) and prefill + decode (no prefix cache: the agent's cache can beat it). The
-   batched agent's throughput is given as a share of each.
+   batched agent's throughput is given as a share of each. Then the limit at the agent's own shapes
+   (`bare_same_shapes`): the same rows in each forward, only the suffixes the prefix cache leaves prefilled, each
+   row leaving the batch when it has its tokens: the agent's work without its Python, sampling and cache copies.
 
 BENCH_PARTS (comma list of generation, cache, retire, limit, collect; default all) runs some of them.
 
@@ -49,16 +51,42 @@ def _model_dir() -> str:
 
 
 class _Recording:
-    """Keeps every call (prompts, seeds, slots) so that another policy can be given exactly the same prompts."""
+    """Keeps every call (prompts, seeds, slots) and what it generated, so that another policy, or a bare forward,
+    can be given exactly the same prompts."""
 
     def __init__(self, inner):
-        self.inner, self.name, self.calls, self.lengths = inner, inner.name, [], []
+        self.inner, self.name, self.calls, self.lengths, self.generated = inner, inner.name, [], [], []
 
     def generate(self, prompts, seeds, slots=None):
         self.calls.append((prompts, seeds, slots))
         gens = self.inner.generate(prompts, seeds, slots)
         self.lengths.append([len(g.token_ids) for g in gens])
+        self.generated.append([list(g.token_ids) for g in gens])
         return gens
+
+
+def reused_lengths(calls, generated, batch_size: int) -> list[list[int]]:
+    """Per call and row, how many prompt tokens the agent's prefix cache serves (pipeline/agent/kvcache.py): the
+    longest common prefix with a sequence run before (an earlier batch's prompt and generation but its last token,
+    which never runs), at most the prompt less one token. Computed from the calls alone, batch by batch in the
+    policy's order (`HFPolicy.generate`: by prompt length), as `PrefixCache.lookup` finds it when nothing is
+    evicted (the bench's cache holds every sequence it plays)."""
+    seen: list[list[int]] = []
+    out = []
+    for (prompts, _, _), gens in zip(calls, generated):
+        row = [0] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            for i in idx:
+                p, best = prompts[i], 0
+                for s in seen:
+                    n = min(len(p), len(s))
+                    best = max(best, next((k for k in range(n) if p[k] != s[k]), n))
+                row[i] = max(min(best, len(p) - 1), 0)
+            seen += [prompts[i] + gens[i][:-1] for i in idx]
+        out.append(row)
+    return out
 
 
 def _reset(policy: HFPolicy) -> None:
@@ -107,6 +135,81 @@ def _bare(policy: HFPolicy, calls, lengths) -> tuple[int, float, float]:
             decode += time.perf_counter() - t1
             prefill += t1 - t0
     return sum(sum(n) for n in lengths), decode, prefill
+
+
+def bare_same_shapes(policy: HFPolicy, calls, generated, reused) -> tuple[int, float, list[list[int]]]:
+    """The agent's own work as a bare batched forward: per call, the rows sorted by prompt length as the policy
+    sorts them, the prefix the agent's cache serves put in a cache first (outside the clock: the agent copies it,
+    it does not compute it), then on the clock the uncached suffixes prefilled in one left-padded forward and
+    argmax decode steps, each row leaving the batch after as many tokens as the agent generated for it. No
+    sampling, no name constraints, no parsing, no cache lookups or stores: what is left of the agent's time once
+    its Python is gone. Returns (generated tokens, seconds, the argmax tokens per call and row, in call order)."""
+    import torch
+
+    from pipeline.agent.kvcache import growing_cache, keep_rows
+
+    total, seconds, argmax = 0, 0.0, []
+    with torch.inference_mode():
+        for (prompts, _, _), gens, hits in zip(calls, generated, reused):
+            order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+            out = {i: [] for i in order}
+            for start in range(0, len(order), policy.batch_size):
+                idx = order[start:start + policy.batch_size]
+                n_new = [len(gens[i]) for i in idx]
+                cache, mask = None, None
+                width_p = max(hits[i] for i in idx)
+                if width_p > 0:  # the cached prefixes, left-padded to the longest (kvcache.batch_past's layout)
+                    ids = torch.full((len(idx), width_p), policy.pad_id, dtype=torch.long)
+                    mask = torch.zeros((len(idx), width_p), dtype=torch.long)
+                    pos = torch.zeros((len(idx), width_p), dtype=torch.long)
+                    for r, i in enumerate(idx):
+                        h = hits[i]
+                        if h:
+                            ids[r, width_p - h:] = torch.tensor(prompts[i][:h])
+                            mask[r, width_p - h:] = 1
+                            pos[r, width_p - h:] = torch.arange(h)
+                    cache = growing_cache(max(n_new) + 1)
+                    cache, _ = policy._forward(cache, input_ids=ids.to(policy.device), attention_mask=mask.to(policy.device),
+                                               position_ids=pos.to(policy.device))
+                    mask = mask.to(policy.device)
+                elif policy._plain_cache:
+                    cache = growing_cache(max(n_new) + 1)
+                suffix = [prompts[i][hits[i]:] for i in idx]
+                width = max(len(x) for x in suffix)
+                ids = torch.full((len(idx), width), policy.pad_id, dtype=torch.long)
+                att = torch.zeros((len(idx), width), dtype=torch.long)
+                pos = torch.zeros((len(idx), width), dtype=torch.long)
+                for r, (i, x) in enumerate(zip(idx, suffix)):
+                    ids[r, width - len(x):] = torch.tensor(x)
+                    att[r, width - len(x):] = 1
+                    pos[r, width - len(x):] = torch.arange(hits[i], hits[i] + len(x))
+                att = att.to(policy.device)
+                att = att if mask is None else torch.cat([mask, att], dim=1)
+                t0 = time.perf_counter()
+                cache, logits = policy._forward(cache, input_ids=ids.to(policy.device), attention_mask=att,
+                                                position_ids=pos.to(policy.device))
+                next_pos = pos[:, -1].to(policy.device) + 1
+                rows = list(range(len(idx)))
+                for step in range(max(n_new)):
+                    chosen = logits.argmax(-1)
+                    for b, r in enumerate(rows):
+                        out[idx[r]].append(int(chosen[b]))
+                    alive = [b for b, r in enumerate(rows) if n_new[r] > step + 1]
+                    if not alive:
+                        break
+                    if len(alive) < len(rows):
+                        keep = torch.tensor(alive, device=att.device)
+                        keep_rows(cache, keep)
+                        att, next_pos, chosen = att[keep], next_pos[keep], chosen[keep]
+                        rows = [rows[b] for b in alive]
+                    att = torch.cat([att, att.new_ones((len(rows), 1))], dim=1)
+                    cache, logits = policy._forward(cache, input_ids=chosen.view(-1, 1), attention_mask=att,
+                                                    position_ids=next_pos.view(-1, 1))
+                    next_pos = next_pos + 1
+                seconds += time.perf_counter() - t0
+                total += sum(n_new)
+            argmax.append([out[i] for i in range(len(prompts))])
+    return total, seconds, argmax
 
 
 def _replay(policy: HFPolicy, calls):
@@ -164,6 +267,10 @@ def main() -> None:
               f"{(gen_b / t_b) / (gen_l / t_dec):.2f} of it); with the full prefill of every call "
               f"{gen_l / (t_dec + t_pre):.1f} tok/s (the agent, with its prefix cache: "
               f"{(gen_b / t_b) / (gen_l / (t_dec + t_pre)):.2f}x)")
+        gen_x, t_x, _ = bare_same_shapes(batched, calls, rec.generated, reused_lengths(calls, rec.generated, batched.batch_size))
+        print(f"the limit at the agent's own shapes (the same rows per forward, the suffixes its prefix cache leaves "
+              f"prefilled, each row decoding as many tokens as it generated, argmax): {gen_x / t_x:.1f} tok/s; the "
+              f"batched agent reaches {(gen_b / t_b) / (gen_x / t_x):.2f} of it")
     if "collect" not in parts:
         return
     policy = HFPolicy(batched.model, batched.tok, SamplingConfig(max_new_tokens=new_tokens, temperature=0.8),

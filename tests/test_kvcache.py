@@ -124,3 +124,21 @@ def test_finished_rows_leave_the_batch_without_changing_any_generation(tokenizer
         assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4
     stored = lambda p: sorted(e.ids.tolist() for e in p.prefix_cache.entries.values())  # noqa: E731
     assert stored(kept_policy) == stored(retired_policy) and len(stored(retired_policy)) == 6
+
+
+def test_the_bench_limit_at_the_agents_shapes_runs_the_agents_computation(world, splits, tokenizer):
+    """bench/agent.py's limit (`bare_same_shapes`) is the agent's work without its Python: given the agent's greedy
+    calls, the prefix its cache served (computed from the calls alone) equals what the cache reports, and the bare
+    forward's argmax writes the agent's own tokens, row for row, with rows leaving the batch as the agent's did."""
+    from bench.agent import _Recording, bare_same_shapes, reused_lengths
+
+    renderer = ChatRenderer(tokenizer)
+    policy = _policy(tokenizer, 100_000, 0.0)
+    policy.batch_size = 2  # 3 chains: two batches per call, the second of one row
+    rec = _Recording(policy)
+    run_cot([(t, 0) for t in splits["train"][:3]], rec, renderer, lambda: ToolWorldEnv(world), max_steps=2, seed=2)
+    reused = reused_lengths(rec.calls, rec.generated, policy.batch_size)
+    assert sum(map(sum, reused)) == policy.prefix_cache.stats["reused_tokens"] > 0
+    assert sum(reused[0]) > 0  # the first call's second batch reuses the first's chat template
+    total, seconds, argmax = bare_same_shapes(policy, rec.calls, rec.generated, reused)
+    assert argmax == rec.generated and total == sum(map(sum, rec.lengths)) and seconds > 0
