@@ -264,9 +264,10 @@ def behaviour_change(root: Path, params: Params) -> list[str]:
     from pipeline.stats import mean_ci
 
     k = params.train.rounds
-    table = []
+    table, deltas_of = [], {}
     for v in params.variants:
         deltas: dict[str, list[float]] = {key: [] for key, _, _ in BEHAVIOUR}
+        deltas_of[v] = deltas["pass_rate"]
         for seed in params.train.seeds:
             before = replay_behaviour(root / layout.replay_dir(layout.trajectories_dir(seed)) / "results.parquet")
             after = replay_behaviour(root / layout.round_dir(v, seed, k) / "replay" / "results.parquet")
@@ -298,7 +299,30 @@ def behaviour_change(root: Path, params: Params) -> list[str]:
                 out.append(f"{c['mean']:+.{digits}f} [{c['lo']:+.{digits}f}, {c['hi']:+.{digits}f}] "
                            + ("**moved**" if moved else "*within the seed spread*"))
         lines.append(f"| {v} | {n} | " + " | ".join(out) + " |")
-    return lines
+    plain = [line for v, cells in table if (line := _moved_plainly(v, cells, deltas_of[v]))]
+    return lines + (["", "Read plainly, on the replay pass rate:", ""] + plain if plain else [])
+
+
+def _moved_plainly(variant: str, cells: dict, deltas: list[float]) -> str | None:
+    """One sentence on a variant's replay pass rate: moved, or not and what it would take to show (a larger change
+    at these seeds, or more seeds at this change, with the spread measured here); None with fewer than two seeds."""
+    from pipeline.stats import seeds_to_tell
+
+    c = cells["pass_rate"]
+    if c["lo"] is None:
+        return None
+    ups, downs = sum(d > 0 for d in deltas), sum(d < 0 for d in deltas)
+    signs = f"{ups} up, {downs} down, {c['n'] - ups - downs} unchanged"
+    if c["lo"] > 0 or c["hi"] < 0:
+        return f"- {variant}: moved, {c['mean']:+.1f} points over {c['n']} seeds ({signs})."
+    half = (c["hi"] - c["lo"]) / 2
+    need = seeds_to_tell(c["mean"], c["sd"])
+    more = (f"or this mean change, if the spread stayed as measured, about {need} seeds" if need else
+            "and no number of seeds tells a mean change of 0 from 0")
+    bigger = (f"the mean change would have to exceed {half:.1f} points" if half < 100 else
+              f"no change a pass rate can make would do (the interval's half-width is {half:.1f} points)")
+    return (f"- {variant}: did not move beyond the seed spread: {c['mean']:+.1f} points, sd {c['sd']:.1f} between "
+            f"its {c['n']} seeds ({signs}). To show at {c['n']} seeds {bigger}, {more}.")
 
 
 def _before_after(before: dict | None, after: dict | None, key: str, digits: int) -> str:

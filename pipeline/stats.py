@@ -216,11 +216,27 @@ def mean_ci(values: list[float]) -> dict:
     xs = [float(x) for x in values if x is not None and x == x]
     n = len(xs)
     if not n:
-        return {"mean": None, "lo": None, "hi": None, "n": 0}
+        return {"mean": None, "lo": None, "hi": None, "n": 0, "sd": None}
     mean = sum(xs) / n
     if n == 1:
-        return {"mean": mean, "lo": None, "hi": None, "n": 1}
+        return {"mean": mean, "lo": None, "hi": None, "n": 1, "sd": None}
     sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
-    t = _T975[n - 2] if n - 1 <= len(_T975) else NormalDist().inv_cdf(0.975)
-    half = t * sd / math.sqrt(n)
-    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n}
+    half = t975(n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n, "sd": sd}
+
+
+def t975(df: int) -> float:
+    """Student's t quantile t_{0.975, df}: the table to 30 degrees of freedom, the normal's 1.96 beyond."""
+    return _T975[df - 1] if df <= len(_T975) else NormalDist().inv_cdf(0.975)
+
+
+def seeds_to_tell(mean: float, sd: float, most: int = 1000) -> int | None:
+    """The fewest seeds at which `mean_ci`'s interval would exclude 0 if the seeds' mean and standard deviation
+    stayed as measured: the smallest n >= 2 with t_{0.975, n−1}·sd/√n < |mean|. None when the mean is 0 (no number
+    of seeds tells it from 0) or more than `most` seeds would be needed."""
+    if not mean:
+        return None
+    for n in range(2, most + 1):
+        if t975(n - 1) * sd / math.sqrt(n) < abs(mean):
+            return n
+    return None

@@ -405,5 +405,31 @@ def test_did_training_move_the_policy_by_hand(tmp_path):
     table = "\n".join(behaviour_change(tmp_path, params))
     assert "| steptool | 2 | +37.5 [-121.3, +196.3] *within the seed spread* |" in table
     assert "+1.00 [+1.00, +1.00] **moved**" in table
+    # in words: half-width 158.8; 4 seeds would tell +37.5 at sd 17.7 (tests/test_stats.py, seeds_to_tell)
+    assert ("- steptool: did not move beyond the seed spread: +37.5 points, sd 17.7 between its 2 seeds (2 up, 0 down, "
+            "0 unchanged). To show at 2 seeds no change a pass rate can make would do (the interval's half-width is "
+            "158.8 points), or this mean change, if the spread stayed as measured, about 4 seeds.") in table
+    write_table(rows(3, 2), tmp_path / layout.round_dir("steptool", 1, 1) / "replay" / "results.parquet", EVAL_RESULTS)
+    assert "- steptool: moved, +50.0 points over 2 seeds (2 up, 0 down, 0 unchanged)." in "\n".join(
+        behaviour_change(tmp_path, params))  # both seeds +50: sd 0, an interval of width 0
     params.train.seeds = [0]
     assert "| steptool | 1 | +50.0 (one seed) |" in "\n".join(behaviour_change(tmp_path, params))
+
+
+def test_the_behaviour_readout_in_words_by_hand():
+    """Three seeds +10, +20, +30: mean 20, sd 10, half-width 4.303·10/√3 = 24.84, so within the spread; 4 seeds
+    would tell it (3.182·10/2 = 15.91 < 20). Two seeds -10, +10: mean 0, which no number of seeds tells from 0.
+    One seed: nothing to say."""
+    from pipeline.report import _moved_plainly
+    from pipeline.stats import mean_ci
+
+    three = [10.0, 20.0, 30.0]
+    assert _moved_plainly("steptool", {"pass_rate": mean_ci(three)}, three) == (
+        "- steptool: did not move beyond the seed spread: +20.0 points, sd 10.0 between its 3 seeds (3 up, 0 down, "
+        "0 unchanged). To show at 3 seeds the mean change would have to exceed 24.8 points, or this mean change, if "
+        "the spread stayed as measured, about 4 seeds.")
+    two = [-10.0, 10.0]
+    assert _moved_plainly("x", {"pass_rate": mean_ci(two)}, two).endswith(
+        "(1 up, 1 down, 0 unchanged). To show at 2 seeds no change a pass rate can make would do (the interval's "
+        "half-width is 127.1 points), and no number of seeds tells a mean change of 0 from 0.")
+    assert _moved_plainly("x", {"pass_rate": mean_ci([5.0])}, [5.0]) is None

@@ -184,11 +184,28 @@ def test_mean_ci_over_seeds_by_hand():
     c = mean_ci([1.0, 2.0, 3.0])
     assert (c["mean"], c["n"]) == (2.0, 3) and c["lo"] == pytest.approx(-0.4843, abs=1e-4)
     assert c["hi"] == pytest.approx(4.4843, abs=1e-4)
-    assert mean_ci([0.5]) == {"mean": 0.5, "lo": None, "hi": None, "n": 1}  # one seed: no spread measured
-    assert mean_ci([]) == {"mean": None, "lo": None, "hi": None, "n": 0}
+    assert mean_ci([0.5]) == {"mean": 0.5, "lo": None, "hi": None, "n": 1, "sd": None}  # one seed: no spread measured
+    assert mean_ci([]) == {"mean": None, "lo": None, "hi": None, "n": 0, "sd": None}
     # a shift every seed agrees on excludes 0: [-0.2, -0.25, -0.3] -> -0.25 ± 4.303·0.05/√3 = ±0.1242
     c = mean_ci([-0.2, -0.25, -0.3])
     assert c["hi"] == pytest.approx(-0.25 + 0.12421, abs=1e-4) and c["hi"] < 0
+    assert c["sd"] == pytest.approx(0.05) and mean_ci([1.0, 2.0, 3.0])["sd"] == 1.0
+
+
+def test_seeds_to_tell_by_hand():
+    """The fewest seeds whose t-interval would exclude 0 at the measured mean and sd: t_{0.975, n−1}·sd/√n < |mean|.
+    mean 37.5, sd 17.678: n = 2 gives 12.706·17.678/√2 = 158.8, n = 3 4.303·17.678/√3 = 43.9, n = 4
+    3.182·17.678/2 = 28.1 < 37.5: 4. mean 1, sd 1: n = 7 gives 2.447/√7 = 0.925 < 1 (n = 6: 2.571/√6 = 1.050): 7.
+    Past the t table: mean 0.35, sd 1: n = 33 gives 1.959964/√33 = 0.3412 < 0.35, n = 32 (df 31, past the table)
+    1.959964/√32 = 0.3465 < 0.35 too, n = 31 (df 30, t 2.042) 2.042/√31 = 0.3668: 32. A mean of 0, or one needing more
+    seeds than allowed: None; sd 0: 2. The sign of the mean does not matter."""
+    from pipeline.stats import seeds_to_tell, t975
+
+    assert seeds_to_tell(37.5, 17.678) == 4 and seeds_to_tell(-37.5, 17.678) == 4
+    assert seeds_to_tell(1.0, 1.0) == 7 and seeds_to_tell(0.35, 1.0) == 32
+    assert seeds_to_tell(0.0, 1.0) is None and seeds_to_tell(0.01, 1.0, most=50) is None
+    assert seeds_to_tell(0.5, 0.0) == 2
+    assert (t975(1), t975(30), t975(31)) == (12.706, 2.042, pytest.approx(1.959964, abs=1e-6))
 
 
 def test_the_verdict_needs_both_the_interval_and_the_sign_test():
