@@ -1,5 +1,6 @@
 """Rewards at scale: step rewards and returns (pipeline/rewards.py, the paper's shaping) over 1M annotated steps,
-against a plain Python loop over the same rows (the baseline), in one run."""
+against a plain Python loop over the same rows (the baseline), in one run. Ours is the median of five calls after
+the first (printed too): the first call in a process pays once for polars' thread pool and fresh memory."""
 from __future__ import annotations
 
 import dataclasses
@@ -50,15 +51,20 @@ def python_loop(df: pl.DataFrame, gamma: float) -> list[float]:
 
 def main() -> None:
     df = synthetic(N_STEPS)
-    t0 = time.perf_counter()
-    table = reward_table(df, dataclasses.replace(PAPER, gamma=0.95))
-    ours = time.perf_counter() - t0
+    spec = dataclasses.replace(PAPER, gamma=0.95)
+    times = []
+    for _ in range(6):  # the first call pays once per process for polars' thread pool and the page faults
+        t0 = time.perf_counter()
+        table = reward_table(df, spec)
+        times.append(time.perf_counter() - t0)
+    first, ours = times[0], float(np.median(times[1:]))
     t0 = time.perf_counter()
     loop = python_loop(df, 0.95)
     base = time.perf_counter() - t0
     assert np.allclose(table["return"].to_numpy(), np.array(loop))
-    print(f"rewards: {table.height:,} steps of {table['traj_id'].n_unique():,} trajectories: polars {ours:.2f} s, "
-          f"python loop {base:.2f} s, speed-up {base / ours:.1f}x (same returns)")
+    print(f"rewards: {table.height:,} steps of {table['traj_id'].n_unique():,} trajectories: polars {ours:.3f} s "
+          f"(median of 5 calls; the process's first call {first:.3f} s), python loop {base:.2f} s, speed-up "
+          f"{base / ours:.0f}x (same returns; target <= 0.1 s)")
 
 
 if __name__ == "__main__":

@@ -137,17 +137,20 @@ def discounted_returns(rewards: np.ndarray | Sequence[float], lengths: np.ndarra
     if gamma == 0.0 or len(r) == 0:
         return out
     ends = np.cumsum(lengths)  # exclusive end of each segment
-    from_end = np.repeat(ends, lengths) - 1 - np.arange(len(r))  # 0 on each segment's last element
     longest = int(lengths.max())
-    if len(lengths) * longest <= 4 * len(r):
-        # segments of similar length (steps of trajectories): one row per segment, right-aligned, swept column by
-        # column from the end; a pad's value is never read back
-        seg = np.repeat(np.arange(len(lengths)), lengths)
-        grid = np.zeros((longest, len(lengths)))  # [distance from the end, segment]: each sweep is contiguous
-        grid[from_end, seg] = r
+    n_seg = len(lengths)
+    if n_seg * longest <= 4 * len(r):
+        # segments of similar length (steps of trajectories): one column per segment, right-aligned, swept row by
+        # row from the end; a pad's value is never read back. Element i of segment j sits at [distance from the
+        # end, j] = [ends_j − 1 − i, j] of the [longest, n_seg] grid: flat (ends_j − 1)·n_seg + j − i·n_seg
+        flat = np.repeat((ends - 1) * n_seg + np.arange(n_seg), lengths) - np.arange(len(r)) * n_seg
+        grid = np.zeros(longest * n_seg)
+        grid[flat] = r
+        rows, scaled = grid.reshape(longest, n_seg), np.empty(n_seg)  # each sweep is contiguous
         for k in range(1, longest):
-            grid[k] += gamma * grid[k - 1]
-        return grid[from_end, seg]
+            rows[k] += np.multiply(rows[k - 1], gamma, out=scaled)
+        return grid[flat]
+    from_end = np.repeat(ends, lengths) - 1 - np.arange(len(r))  # 0 on each segment's last element
     # a few long segments (action tokens): the elements at each distance from their end, nearest first
     order = np.argsort(from_end.astype(np.int16) if longest < 2**15 else from_end, kind="stable")
     counts = np.bincount(from_end)
