@@ -65,27 +65,42 @@ class _Recording:
         return gens
 
 
-def reused_lengths(calls, generated, batch_size: int) -> list[list[int]]:
-    """Per call and row, how many prompt tokens the agent's prefix cache serves (pipeline/agent/kvcache.py): the
-    longest common prefix with a sequence run before (an earlier batch's prompt and generation but its last token,
-    which never runs), at most the prompt less one token. Computed from the calls alone, batch by batch in the
-    policy's order (`HFPolicy.generate`: by prompt length), as `PrefixCache.lookup` finds it when nothing is
-    evicted (the bench's cache holds every sequence it plays)."""
+def cache_plan(calls, generated, batch_size: int, min_shared: int) -> list[dict]:
+    """What the agent's prefix cache (pipeline/agent/kvcache.py) serves, call by call, computed from the calls alone
+    as the policy does it when nothing is evicted (the bench's cache holds every sequence it plays): first the
+    shared prefixes it runs ahead of the rows (`HFPolicy._run_shared_prefixes`), in chunks of `batch_size`, each
+    with the tokens of it already held; then per row, batch by batch in the policy's order (by prompt length), the
+    prompt tokens served: the longest common prefix with a sequence run before (a shared prefix, or an earlier
+    batch's prompt and generation but its last token, which never runs), at most the prompt less one token.
+    Returns per call {"shared": [[(prefix, served), ...] per chunk], "rows": [served per row]}."""
+    from pipeline.agent.kvcache import shared_prefixes
+
     seen: list[list[int]] = []
+
+    def held(ids: list[int]) -> int:
+        best = 0
+        for s in seen:
+            n = min(len(ids), len(s))
+            best = max(best, next((k for k in range(n) if ids[k] != s[k]), n))
+        return best
+
     out = []
     for (prompts, _, _), gens in zip(calls, generated):
+        shared = []
+        if min_shared > 0 and len(prompts) > 1:
+            todo = [p for p in shared_prefixes(prompts, min_shared) if held(p) < len(p)]
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start:start + batch_size]
+                shared.append([(c, max(min(held(c), len(c) - 1), 0)) for c in chunk])
+                seen += chunk
         row = [0] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
             for i in idx:
-                p, best = prompts[i], 0
-                for s in seen:
-                    n = min(len(p), len(s))
-                    best = max(best, next((k for k in range(n) if p[k] != s[k]), n))
-                row[i] = max(min(best, len(p) - 1), 0)
+                row[i] = max(min(held(prompts[i]), len(prompts[i]) - 1), 0)
             seen += [prompts[i] + gens[i][:-1] for i in idx]
-        out.append(row)
+        out.append({"shared": shared, "rows": row})
     return out
 
 
@@ -137,64 +152,71 @@ def _bare(policy: HFPolicy, calls, lengths) -> tuple[int, float, float]:
     return sum(sum(n) for n in lengths), decode, prefill
 
 
-def bare_same_shapes(policy: HFPolicy, calls, generated, reused) -> tuple[int, float, list[list[int]]]:
-    """The agent's own work as a bare batched forward: per call, the rows sorted by prompt length as the policy
-    sorts them, the prefix the agent's cache serves put in a cache first (outside the clock: the agent copies it,
-    it does not compute it), then on the clock the uncached suffixes prefilled in one left-padded forward and
-    argmax decode steps, each row leaving the batch after as many tokens as the agent generated for it. No
-    sampling, no name constraints, no parsing, no cache lookups or stores: what is left of the agent's time once
-    its Python is gone. Returns (generated tokens, seconds, the argmax tokens per call and row, in call order)."""
+def _bare_prefill(policy: HFPolicy, seqs: list[list[int]], served: list[int], reserve: int):
+    """A left-padded batched prefill of `seqs` whose first `served` tokens are already in a cache: that part is run
+    off the clock (the agent copies it from its prefix cache, it does not compute it; kvcache.batch_past's layout),
+    the rest on it. Returns (cache, last logits, attention mask, next positions, seconds on the clock)."""
     import torch
 
-    from pipeline.agent.kvcache import growing_cache, keep_rows
+    from pipeline.agent.kvcache import growing_cache
+
+    dev, rows = policy.device, len(seqs)
+
+    def padded(parts, starts):
+        width = max(len(x) for x in parts)
+        ids = torch.full((rows, width), policy.pad_id, dtype=torch.long)
+        mask = torch.zeros((rows, width), dtype=torch.long)
+        pos = torch.zeros((rows, width), dtype=torch.long)
+        for r, (x, at) in enumerate(zip(parts, starts)):
+            if x:
+                ids[r, width - len(x):] = torch.tensor(x)
+                mask[r, width - len(x):] = 1
+                pos[r, width - len(x):] = torch.arange(at, at + len(x))
+        return ids.to(dev), mask.to(dev), pos.to(dev)
+
+    cache = growing_cache(reserve) if policy._plain_cache else None
+    past = None
+    if max(served) > 0:
+        ids, past, pos = padded([s[:n] for s, n in zip(seqs, served)], [0] * rows)
+        cache, _ = policy._forward(cache, input_ids=ids, attention_mask=past, position_ids=pos)
+    ids, mask, pos = padded([s[n:] for s, n in zip(seqs, served)], served)
+    mask = mask if past is None else torch.cat([past, mask], dim=1)
+    t0 = time.perf_counter()
+    cache, logits = policy._forward(cache, input_ids=ids, attention_mask=mask, position_ids=pos)
+    return cache, logits, mask, pos[:, -1] + 1, time.perf_counter() - t0
+
+
+def bare_same_shapes(policy: HFPolicy, calls, generated, plan) -> tuple[int, float, list[list[int]]]:
+    """The agent's own work as a bare batched forward: per call, the shared prefixes the agent runs ahead of its rows
+    (their unserved part prefilled), then the rows in the policy's order and batches, the prefix the agent's cache
+    serves put in a cache off the clock, on the clock the rest prefilled in one left-padded forward and argmax decode
+    steps, each row leaving the batch after as many tokens as the agent generated for it. No sampling, no name
+    constraints, no parsing, no cache lookups or stores: what is left of the agent's time once its Python is gone.
+    `plan`: `cache_plan`'s. Returns (generated tokens, seconds, the argmax tokens per call and row, in call order)."""
+    import torch
+
+    from pipeline.agent.kvcache import keep_rows
 
     total, seconds, argmax = 0, 0.0, []
     with torch.inference_mode():
-        for (prompts, _, _), gens, hits in zip(calls, generated, reused):
+        for (prompts, _, _), gens, step in zip(calls, generated, plan):
+            for chunk in step["shared"]:
+                seconds += _bare_prefill(policy, [c for c, _ in chunk], [n for _, n in chunk], 1)[-1]
+            hits = step["rows"]
             order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
             out = {i: [] for i in order}
             for start in range(0, len(order), policy.batch_size):
                 idx = order[start:start + policy.batch_size]
                 n_new = [len(gens[i]) for i in idx]
-                cache, mask = None, None
-                width_p = max(hits[i] for i in idx)
-                if width_p > 0:  # the cached prefixes, left-padded to the longest (kvcache.batch_past's layout)
-                    ids = torch.full((len(idx), width_p), policy.pad_id, dtype=torch.long)
-                    mask = torch.zeros((len(idx), width_p), dtype=torch.long)
-                    pos = torch.zeros((len(idx), width_p), dtype=torch.long)
-                    for r, i in enumerate(idx):
-                        h = hits[i]
-                        if h:
-                            ids[r, width_p - h:] = torch.tensor(prompts[i][:h])
-                            mask[r, width_p - h:] = 1
-                            pos[r, width_p - h:] = torch.arange(h)
-                    cache = growing_cache(max(n_new) + 1)
-                    cache, _ = policy._forward(cache, input_ids=ids.to(policy.device), attention_mask=mask.to(policy.device),
-                                               position_ids=pos.to(policy.device))
-                    mask = mask.to(policy.device)
-                elif policy._plain_cache:
-                    cache = growing_cache(max(n_new) + 1)
-                suffix = [prompts[i][hits[i]:] for i in idx]
-                width = max(len(x) for x in suffix)
-                ids = torch.full((len(idx), width), policy.pad_id, dtype=torch.long)
-                att = torch.zeros((len(idx), width), dtype=torch.long)
-                pos = torch.zeros((len(idx), width), dtype=torch.long)
-                for r, (i, x) in enumerate(zip(idx, suffix)):
-                    ids[r, width - len(x):] = torch.tensor(x)
-                    att[r, width - len(x):] = 1
-                    pos[r, width - len(x):] = torch.arange(hits[i], hits[i] + len(x))
-                att = att.to(policy.device)
-                att = att if mask is None else torch.cat([mask, att], dim=1)
+                cache, logits, att, next_pos, t = _bare_prefill(policy, [prompts[i] for i in idx],
+                                                                [hits[i] for i in idx], max(n_new) + 1)
                 t0 = time.perf_counter()
-                cache, logits = policy._forward(cache, input_ids=ids.to(policy.device), attention_mask=att,
-                                                position_ids=pos.to(policy.device))
-                next_pos = pos[:, -1].to(policy.device) + 1
                 rows = list(range(len(idx)))
-                for step in range(max(n_new)):
+                for k in range(max(n_new)):
                     chosen = logits.argmax(-1)
                     for b, r in enumerate(rows):
                         out[idx[r]].append(int(chosen[b]))
-                    alive = [b for b, r in enumerate(rows) if n_new[r] > step + 1]
+                    alive = [b for b, r in enumerate(rows) if n_new[r] > k + 1]
                     if not alive:
                         break
                     if len(alive) < len(rows):
@@ -206,7 +228,7 @@ def bare_same_shapes(policy: HFPolicy, calls, generated, reused) -> tuple[int, f
                     cache, logits = policy._forward(cache, input_ids=chosen.view(-1, 1), attention_mask=att,
                                                     position_ids=next_pos.view(-1, 1))
                     next_pos = next_pos + 1
-                seconds += time.perf_counter() - t0
+                seconds += t + time.perf_counter() - t0
                 total += sum(n_new)
             argmax.append([out[i] for i in range(len(prompts))])
     return total, seconds, argmax
@@ -267,7 +289,8 @@ def main() -> None:
               f"{(gen_b / t_b) / (gen_l / t_dec):.2f} of it); with the full prefill of every call "
               f"{gen_l / (t_dec + t_pre):.1f} tok/s (the agent, with its prefix cache: "
               f"{(gen_b / t_b) / (gen_l / (t_dec + t_pre)):.2f}x)")
-        gen_x, t_x, _ = bare_same_shapes(batched, calls, rec.generated, reused_lengths(calls, rec.generated, batched.batch_size))
+        plan = cache_plan(calls, rec.generated, batched.batch_size, batched.min_shared_prefix)
+        gen_x, t_x, _ = bare_same_shapes(batched, calls, rec.generated, plan)
         print(f"the limit at the agent's own shapes (the same rows per forward, the suffixes its prefix cache leaves "
               f"prefilled, each row decoding as many tokens as it generated, argmax): {gen_x / t_x:.1f} tok/s; the "
               f"batched agent reaches {(gen_b / t_b) / (gen_x / t_x):.2f} of it")

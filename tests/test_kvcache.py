@@ -128,17 +128,41 @@ def test_finished_rows_leave_the_batch_without_changing_any_generation(tokenizer
 
 def test_the_bench_limit_at_the_agents_shapes_runs_the_agents_computation(world, splits, tokenizer):
     """bench/agent.py's limit (`bare_same_shapes`) is the agent's work without its Python: given the agent's greedy
-    calls, the prefix its cache served (computed from the calls alone) equals what the cache reports, and the bare
-    forward's argmax writes the agent's own tokens, row for row, with rows leaving the batch as the agent's did."""
-    from bench.agent import _Recording, bare_same_shapes, reused_lengths
+    calls, what its prefix cache served (`cache_plan`, computed from the calls alone) is what the cache reports, the
+    shared prefixes are the ones the policy ran ahead, and the bare forward's argmax writes the agent's own tokens,
+    row for row, with rows leaving the batch as the agent's did."""
+    from bench.agent import _Recording, bare_same_shapes, cache_plan
 
     renderer = ChatRenderer(tokenizer)
     policy = _policy(tokenizer, 100_000, 0.0)
-    policy.batch_size = 2  # 3 chains: two batches per call, the second of one row
+    policy.batch_size = 2  # 3 tasks, the first twice: two batches per call, the second of two rows
+    ran = []
+    run_shared = policy._run_shared_prefixes
+    policy._run_shared_prefixes = lambda prompts: (ran.append(len(policy.prefix_cache.entries)), run_shared(prompts))
     rec = _Recording(policy)
-    run_cot([(t, 0) for t in splits["train"][:3]], rec, renderer, lambda: ToolWorldEnv(world), max_steps=2, seed=2)
-    reused = reused_lengths(rec.calls, rec.generated, policy.batch_size)
-    assert sum(map(sum, reused)) == policy.prefix_cache.stats["reused_tokens"] > 0
-    assert sum(reused[0]) > 0  # the first call's second batch reuses the first's chat template
-    total, seconds, argmax = bare_same_shapes(policy, rec.calls, rec.generated, reused)
+    jobs = [(t, k) for t, k in ((splits["train"][0], 0), (splits["train"][0], 1), (splits["train"][1], 0),
+                                (splits["train"][2], 0))]
+    run_cot(jobs, rec, renderer, lambda: ToolWorldEnv(world), max_steps=2, seed=2)
+    plan = cache_plan(rec.calls, rec.generated, policy.batch_size, policy.min_shared_prefix)
+    assert sum(sum(p["rows"]) for p in plan) == policy.prefix_cache.stats["reused_tokens"] > 0
+    # the first call: the two samples of task 0 share their whole prompt but its last token, run once ahead of the
+    # rows; the preamble the other tasks share with it is a prefix of that one, so it is not run again, and every
+    # row of the first call is served
+    first = [c for chunk in plan[0]["shared"] for c, _ in chunk]
+    assert first == [rec.calls[0][0][0][:-1]]
+    assert all(n > 0 for n in plan[0]["rows"]) and len(ran) == len(rec.calls) and ran[0] == 0
+    total, seconds, argmax = bare_same_shapes(policy, rec.calls, rec.generated, plan)
     assert argmax == rec.generated and total == sum(map(sum, rec.lengths)) and seconds > 0
+
+
+def test_shared_prefixes_by_hand():
+    """Groups of prompts that share a prefix get the longest one they share (capped at each prompt's length less one;
+    a prefix of another candidate is dropped), at least `min_len` long."""
+    from pipeline.agent.kvcache import shared_prefixes
+
+    a, b = [1, 2, 3, 4, 5], [1, 2, 3, 4, 6]
+    c = [1, 2, 9]
+    assert shared_prefixes([a, b, c], 2) == [[1, 2, 3, 4]]  # [1, 2] is a prefix of [1, 2, 3, 4]: the longer serves c
+    assert shared_prefixes([a, list(a)], 1) == [[1, 2, 3, 4]]  # the same prompt twice: all but its last token
+    assert shared_prefixes([a, b, [7, 8, 9], [7, 8, 1]], 2) == [[1, 2, 3, 4], [7, 8]]
+    assert shared_prefixes([a, b], 5) == [] and shared_prefixes([a], 1) == [] and shared_prefixes([a, [9]], 1) == []

@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from pipeline.agent.kvcache import PrefixCache, batch_past, growing_cache, keep_rows
+from pipeline.agent.kvcache import PrefixCache, batch_past, growing_cache, keep_rows, shared_prefixes
 from pipeline.agent.policy import Generation, NameSlot, Policy, SamplingConfig, ScriptedPolicy, slot_remainders
 
 __all__ = ["Generation", "HFPolicy", "NameSlot", "OpenAIPolicy", "Policy", "SamplingConfig", "ScriptedPolicy",
@@ -71,6 +71,9 @@ class HFPolicy:
         # paying for its attention and matmuls. False keeps it in until the longest row ends (bench/agent.py
         # compares the two on the same prompts).
         self.retire_finished = True
+        # A prefix shared by several prompts of one call is prefilled once ahead of them when at least this long
+        # (shorter ones cost a forward call for little; 0 turns it off).
+        self.min_shared_prefix = 32
         # transformers 5 calls the KV cache `cache`; 4.x called it `past_key_values`.
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -104,10 +107,11 @@ class HFPolicy:
             return None
         return [(layer.keys, layer.values) for layer in layers]
 
-    def _prefill(self, prompts: list[list[int]]):
-        """Run the prompts, reusing cached prefixes. Returns (cache, last logits, attention mask, next position)."""
+    def _prefill(self, prompts: list[list[int]], count: bool = True):
+        """Run the prompts, reusing cached prefixes. Returns (cache, last logits, attention mask, next position).
+        `count`: the lookups go into the prefix cache's stats (not for the shared prefixes run ahead)."""
         bsz = len(prompts)
-        hits = [self.prefix_cache.lookup(p) for p in prompts] if self.prefix_cache else [(None, 0)] * bsz
+        hits = ([self.prefix_cache.lookup(p, count) for p in prompts] if self.prefix_cache else [(None, 0)] * bsz)
         reused = [n for _, n in hits]
         suffixes = [p[n:] for p, n in zip(prompts, reused)]
         width = max(len(s) for s in suffixes)
@@ -147,6 +151,7 @@ class HFPolicy:
         if len(prompts) != len(seeds) or (slots is not None and len(slots) != len(prompts)):
             raise ValueError("one seed (and one slot, when given) per prompt")
         slots = slots or [None] * len(prompts)
+        self._run_shared_prefixes(prompts)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths pad less
         out: list[Generation | None] = [None] * len(prompts)
         for start in range(0, len(order), self.batch_size):
@@ -155,6 +160,20 @@ class HFPolicy:
                                                       [slots[i] for i in idx])):
                 out[i] = g
         return out  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def _run_shared_prefixes(self, prompts: list[list[int]]) -> None:
+        """Prefill once what several prompts of this call share and the prefix cache does not hold yet (the system
+        prompt's preamble across tasks, a task's samples, DFSDT siblings), and store it: each row then prefills only
+        its own rest. Without this a batch computes a shared prefix once per row, where a batch_size=1 policy reuses
+        it from the cache from the second row on (bench/agent.py)."""
+        if self.prefix_cache is None or len(prompts) < 2 or self.min_shared_prefix <= 0:
+            return
+        todo = [p for p in shared_prefixes(prompts, self.min_shared_prefix) if self.prefix_cache.served(p) < len(p)]
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start:start + self.batch_size]
+            cache, _, mask, _ = self._prefill(chunk, count=False)
+            self._store(cache, mask, list(enumerate(chunk)))
 
     def _vocab_index(self):
         """Each token's text, and the inverse map, built once (for constrained names)."""

@@ -3,7 +3,9 @@
 An agent's prompt at step t+1 is its prompt at step t, the action it just generated, and the tool's
 answer. Without reuse every step re-runs the whole context through the model (prefill), which on a CPU
 costs more than writing the action; with reuse only the new tokens (observation + next header) are run.
-The same holds for DFSDT siblings (one parent prompt, several children) and for the samples of one task.
+The same holds for DFSDT siblings (one parent prompt, several children) and for the samples of one task:
+within one call, what several prompts share (`shared_prefixes`) is prefilled once ahead of them and stored, so a
+batch does not compute it once per row (HFPolicy._run_shared_prefixes).
 
 Keys and values at position i depend only on tokens 0..i (causal attention, absolute rotary positions),
 so the states of any stored sequence are valid for every prompt that shares its first n tokens: lookup
@@ -49,24 +51,35 @@ class PrefixCache:
         self.tokens = 0
         self.stats = {"lookups": 0, "hits": 0, "reused_tokens": 0, "prompt_tokens": 0}
 
-    def lookup(self, prompt: list[int]) -> tuple[CacheEntry | None, int]:
+    def lookup(self, prompt: list[int], count: bool = True) -> tuple[CacheEntry | None, int]:
         """The entry sharing the longest prefix with `prompt`, and how many tokens of it to reuse: at most
-        len(prompt) - 1, since the last prompt token must run to give the next token's logits."""
-        self.stats["lookups"] += 1
-        self.stats["prompt_tokens"] += len(prompt)
-        p = torch.tensor(prompt, dtype=torch.long)
+        len(prompt) - 1, since the last prompt token must run to give the next token's logits. `count`: add it to
+        `stats` (the prompts the policy was asked for; not the shared prefixes it runs ahead of them)."""
+        best, best_n, best_key = self._longest(prompt)
+        best_n = min(best_n, len(prompt) - 1)
+        if count:
+            self.stats["lookups"] += 1
+            self.stats["prompt_tokens"] += len(prompt)
+        if best is None or best_n <= 0:
+            return None, 0
+        self.entries.move_to_end(best_key)
+        if count:
+            self.stats["hits"] += 1
+            self.stats["reused_tokens"] += best_n
+        return best, best_n
+
+    def served(self, ids: list[int]) -> int:
+        """How many leading tokens of `ids` some entry holds (no cap, no stats, no recency)."""
+        return self._longest(ids)[1]
+
+    def _longest(self, ids: list[int]) -> tuple[CacheEntry | None, int, int | None]:
+        p = torch.tensor(ids, dtype=torch.long)
         best, best_n, best_key = None, 0, None
         for key, entry in self.entries.items():
             n = common_prefix(p, entry.ids)
             if n > best_n:
                 best, best_n, best_key = entry, n, key
-        best_n = min(best_n, len(prompt) - 1)
-        if best is None or best_n <= 0:
-            return None, 0
-        self.entries.move_to_end(best_key)
-        self.stats["hits"] += 1
-        self.stats["reused_tokens"] += best_n
-        return best, best_n
+        return best, best_n, best_key
 
     def store(self, ids: list[int], layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         if self.max_tokens <= 0 or len(ids) > self.max_tokens or not ids:
@@ -84,6 +97,25 @@ class PrefixCache:
     def clear(self) -> None:
         self.entries.clear()
         self.tokens = 0
+
+
+def shared_prefixes(prompts: list[list[int]], min_len: int) -> list[list[int]]:
+    """The prefixes that two or more of `prompts` share, each as long as it can be (one per group of prompts), at
+    least `min_len` tokens and at most each sharing prompt's length less one (its last token runs for the logits).
+    Sorted, the prompts of a group are neighbours: each neighbour pair's common prefix is a candidate, and one that
+    is a prefix of the next candidate is dropped (the longer one serves every prompt the shorter would). E.g. the
+    system prompt's preamble of tasks with other tools, the whole prompt of a task's samples or of DFSDT siblings.
+    Pure: [P] lists of ids -> [G] lists of ids, sorted."""
+    s = sorted(prompts)
+    found = set()
+    for a, b in zip(s, s[1:]):
+        n = min(len(a), len(b))
+        k = next((i for i in range(n) if a[i] != b[i]), n)
+        k = min(k, len(a) - 1, len(b) - 1)
+        if k >= max(min_len, 1):
+            found.add(tuple(a[:k]))
+    cands = sorted(found)
+    return [list(c) for c, nxt in zip(cands, cands[1:] + [()]) if nxt[:len(c)] != c]
 
 
 def batch_past(hits: list[tuple[CacheEntry | None, int]], device: torch.device):
