@@ -85,14 +85,16 @@ study-piece: $(STAMP)
 	  p.setdefault('train', {})['seeds'] = [int(sys.argv[1])]; v = sys.argv[2].split(); \
 	  p.update({'variants': v, 'evaluate': {**p.get('evaluate', {}), 'models': ['sft', *v]}} if v else {}); \
 	  yaml.safe_dump(p, open('piece.yaml', 'w'))" $(SEED) "$(VARIANTS)" \
-	  && PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/python -m steptool params --profile piece.yaml --write params.yaml
+	  && PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/python -m steptool params --profile piece.yaml --write params.yaml \
+	  && PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/python -m steptool study-check $(CURDIR)/reports/study/pieces > precision.txt
 	start=$$(date +%s); cd $(STUDY)-$(PIECE_NAME) && PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/dvc repro \
 	  && end=$$(date +%s) && PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/python -m steptool study-save $(CURDIR)/$(PIECE) \
 	  && cd $(CURDIR) && { echo "# How $(PIECE) was made"; echo; \
 	       echo "- commit $$(git -C $(STUDY)-$(PIECE_NAME) rev-parse --short HEAD), params: profiles/study.yaml with train.seeds [$(SEED)]$(if $(strip $(VARIANTS)), and variants [$(strip $(VARIANTS))])"; \
 	       echo "- wall time $$(( (end - start) / 60 )) min $$(( (end - start) % 60 )) s (dvc repro, venv excluded), finished $$(date -u +%Y-%m-%dT%H:%MZ)"; \
 	       echo "- machine: $$(nproc) cores, $$(lscpu | sed -n 's/^Model name: *//p'), AMX: $$(grep -q amx_tile /proc/cpuinfo && echo yes || echo no)"; \
-	       echo "- torch $$($(BIN)/python -c 'import torch; print(torch.__version__)'), precision auto"; } > $(PIECE)/RUN.md
+	       echo "- torch $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \
+	       cat $(STUDY)-$(PIECE_NAME)/precision.txt; } > $(PIECE)/RUN.md
 
 study-report: $(STAMP)
 	rm -rf $(STUDY)-merged && git clone -q . $(STUDY)-merged

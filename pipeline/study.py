@@ -58,6 +58,47 @@ def save_piece(workspace: Path, dest: Path) -> list[str]:
     return [str(p.relative_to(workspace)) for p in files]
 
 
+def run_precision(params) -> str:
+    """What the run's `precision` keys resolve to on this machine ('auto': bf16 on an AMX CPU or a bf16 GPU, else
+    fp32), e.g. "agent bf16, warmstart bf16, train bf16": written into each piece's RUN.md."""
+    from pipeline.devices import resolve_device, resolve_precision
+
+    device = resolve_device(params.agent.device)
+    return ", ".join(f"{k} {resolve_precision(getattr(params, k).precision, device)}"
+                     for k in ("agent", "warmstart", "train"))
+
+
+_PRECISION_LINE = re.compile(r"^- precision: (.+)$", re.M)
+_AMX_LINE = re.compile(r"AMX: (yes|no)\b")
+
+
+def piece_precision(piece: Path) -> str | None:
+    """The precisions a piece ran in, from its RUN.md: the line `make study-piece` writes ("- precision: agent bf16,
+    ..."), or for a piece made before it did, what 'auto' resolved to on the CPU its machine line names (bf16 with
+    AMX, fp32 without: every key of the study profile was 'auto'). None when RUN.md says neither."""
+    run = piece / "RUN.md"
+    text = run.read_text() if run.exists() else ""
+    if m := _PRECISION_LINE.search(text):
+        return m.group(1).strip()
+    if m := _AMX_LINE.search(text):
+        p = "bf16" if m.group(1) == "yes" else "fp32"
+        return f"agent {p}, warmstart {p}, train {p}"
+    return None
+
+
+def check_machine(pieces_root: Path, precision: str) -> None:
+    """Refuse to start a piece on a machine where the run's precision resolves otherwise than in the pieces already
+    made: their warm start and evaluations would differ (another sft), and `merge_pieces` would refuse the piece
+    after hours of work. `precision`: `run_precision`'s string for this machine."""
+    for piece in sorted(p for p in pieces_root.glob("s*") if p.is_dir()):
+        theirs = piece_precision(piece)
+        if theirs is not None and theirs != precision:
+            raise SteptoolError(f"{piece}: made with precision {theirs}, this machine gives {precision}: a piece made "
+                                "here would not merge with it (another sft). Run the piece on a machine like the "
+                                "others' (its RUN.md names it), or set the profile's precision keys explicitly and "
+                                "remake every piece.")
+
+
 def per_seed(rel: Path) -> bool:
     """Whether a path belongs to one training seed (a part named s<k>, or a file s<k>.json / s<k>.parquet)."""
     return any(re.fullmatch(r"s\d+(\.json|\.parquet)?", part) for part in rel.parts)

@@ -156,6 +156,16 @@ def _study_save(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_check(args: argparse.Namespace) -> int:
+    from pipeline.config import load_params
+    from pipeline.study import check_machine, run_precision
+
+    precision = run_precision(load_params(Path(args.params)))
+    check_machine(Path(args.pieces), precision)
+    print(f"- precision: {precision}")
+    return 0
+
+
 def _study_val(args: argparse.Namespace) -> int:
     from pipeline.val_grid import run_grid, write_selection
 
@@ -438,6 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=".", help="the run's workspace (default: the current folder)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_study_save)
+    p = sub.add_parser("study-check", help="refuse a study piece this machine would make in another precision",
+                       description="Resolve the run's precision keys on this machine and compare them with what the "
+                                   "pieces under PIECES recorded (their RUN.md); exits 2 naming the first piece that "
+                                   "differs, else prints the RUN.md line (make study-piece runs it first).")
+    p.add_argument("pieces", help="the pieces' folder, e.g. reports/study/pieces")
+    p.add_argument("--params", default="params.yaml", help="the piece's params (default: params.yaml)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_study_check)
     p = sub.add_parser("study-val", help="choose the study's settings on val: run a grid of candidates (make study-val)",
                        description="Run every candidate of a grid file (configs/study-val.yaml: a base profile, the "
                                    "keys all share, each candidate's changes; always evaluate.split val) through "

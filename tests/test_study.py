@@ -88,3 +88,37 @@ def test_one_seed_split_by_variant(tmp_path):
     save_piece(_workspace(tmp_path / "d", 0, variant="no_step_opt", before=("Solved", "Solved")), d)
     with pytest.raises(SteptoolError, match="replay.*judged answers differ"):
         merge_pieces([a, d], tmp_path / "disagree")
+
+
+def test_a_piece_on_a_machine_of_another_precision_is_refused_before_it_runs(tmp_path, monkeypatch, capsys):
+    """`make study-piece` runs `steptool study-check` first: a piece records the precision its run resolved to (the
+    RUN.md line), an older piece the AMX flag of its machine line (auto is bf16 with AMX, fp32 without); a machine
+    that resolves otherwise is refused naming the piece, before hours of work the merge would refuse."""
+    from pipeline import devices
+    from pipeline.study import check_machine, piece_precision
+    from steptool.cli import main
+    from tests.conftest import REPO
+
+    pieces = tmp_path / "pieces"
+    old, new, bare = pieces / "s0", pieces / "s1-steptool", pieces / "s2"
+    for p in (old, new, bare):
+        p.mkdir(parents=True)
+    (old / "RUN.md").write_text("# How\n\n- machine: 2 cores, Intel(R) Xeon(R) Processor, AMX: yes\n- torch 2.13.0\n")
+    (new / "RUN.md").write_text("- machine: 2 cores, AMD EPYC, AMX: no\n- precision: agent bf16, warmstart bf16, "
+                                "train bf16\n")
+    (tmp_path / "fp32").mkdir()
+    (tmp_path / "fp32" / "RUN.md").write_text("- machine: 2 cores, AMD EPYC, AMX: no\n")
+    assert piece_precision(old) == piece_precision(new) == "agent bf16, warmstart bf16, train bf16"
+    assert piece_precision(tmp_path / "fp32") == "agent fp32, warmstart fp32, train fp32"
+    assert piece_precision(bare) is None  # no RUN.md: nothing to compare
+    check_machine(pieces, "agent bf16, warmstart bf16, train bf16")
+    with pytest.raises(SteptoolError, match="s0: made with precision agent bf16, warmstart bf16, train bf16, this "
+                                            "machine gives agent fp32, warmstart fp32, train fp32"):
+        check_machine(pieces, "agent fp32, warmstart fp32, train fp32")
+    # the command: this machine's precision from the params, refused or printed as RUN.md's line
+    monkeypatch.setattr(devices, "_cpu_has_fast_bf16", lambda: False)
+    assert main(["study-check", str(pieces), "--params", str(REPO / "params.yaml")]) == 2
+    assert "s0: made with precision agent bf16" in capsys.readouterr().err
+    monkeypatch.setattr(devices, "_cpu_has_fast_bf16", lambda: True)
+    assert main(["study-check", str(pieces), "--params", str(REPO / "params.yaml")]) == 0
+    assert capsys.readouterr().out == "- precision: agent bf16, warmstart bf16, train bf16\n"
