@@ -72,6 +72,11 @@ def build(results: dict[tuple[str, str], list[dict]], reference: str, trained: l
     first = metrics[next(iter(metrics))] if metrics else {}
     per_level = ", ".join(f"{lv} {len({r['task_id'] for r in any_rows if r['level'] == lv})}" for lv in LEVELS)
     seeds = max((len(s.get("seeds", [])) for s in metrics.values()), default=0)
+    counts = {k: len(v.get("seeds", [])) for k, v in metrics.items() if v.get("seeds")}
+    runs = (f"; every trained variant is {seeds} training runs (seeds), each evaluated"
+            if len(set(counts.values())) <= 1 else
+            "; the trained variants are training runs (seeds) each evaluated, not as many of each: "
+            + ", ".join(f"{k} {n}" for k, n in counts.items()))
     single = first.get("samples", 0) == 1 and first.get("judge_runs", 0) == 1 and seeds <= 1
     md = ["# StepTool results", "",
           f"Every number below comes from the **{split}** split (`evaluate.split`; "
@@ -80,8 +85,7 @@ def build(results: dict[tuple[str, str], list[dict]], reference: str, trained: l
           + f"{first.get('tasks', 0)} tasks ({per_level}), "
           f"{first.get('samples', 0)} sample(s) per task, judge `{any_rows[0]['judge'] if any_rows else '?'}` "
           f"with {first.get('judge_runs', 0)} judging run(s)"
-          + (f"; every trained variant is {seeds} training runs (seeds), each evaluated" if seeds > 1 else
-             "; one training run (seed) per trained variant") + ". Pass rate in % (Solved = 1, Unsure = 0.5) with "
+          + (runs if seeds > 1 else "; one training run (seed) per trained variant") + ". Pass rate in % (Solved = 1, Unsure = 0.5) with "
           "its 95% bootstrap confidence interval in brackets (tasks resampled within each level"
           + (", and the training seeds" if seeds > 1 else "") + "); Average is the mean of the levels, as in the "
           "paper. Every test task counts: an answer never given is Unsolved."

@@ -173,6 +173,14 @@ def test_evaluate_then_report(eval_root):
         assert seed in protocol
     for fig in ("pass_rate.png", "win_rate.png"):
         assert (root / layout.FIGURES / fig).read_bytes()[:4] == b"\x89PNG"
+    # runs with unequal seeds (a study missing a piece) say how many each has, not "every variant is 2"
+    path = root / layout.table(layout.eval_dir("steptool", "dfsdt"), "results")
+    from pipeline.schema import EVAL_RESULTS, write_table
+
+    write_table(pl.read_parquet(path).filter(pl.col("seed") == 0).to_arrow(), path, EVAL_RESULTS)
+    report.run(params, root)
+    md = (root / layout.RESULTS_MD).read_text()
+    assert "not as many of each: steptool-cot 2, steptool-dfsdt 1." in md and "every trained variant is" not in md
     m = json.loads((root / layout.REPORT_METRICS).read_text())
     assert m["sft-cot"]["win_rate_vs_sft"] is None and m["steptool-cot"]["win_rate_vs_sft"]["tasks"] == 6
     assert m["steptool-cot"]["vs_sft"]["tasks"] == 3 and m["steptool-cot"]["vs_sft"]["seeds"] == 2
