@@ -246,3 +246,26 @@ def test_reference_rewards_reappear_in_its_training_csvs(external):
     # example CSVs were built from other trajectories and do not contain it.
     assert {0.3333, 0.4333, 0.8333, 0.8667, 0.9333, 1.0} <= ours & theirs
     assert 0.1333 in ours
+
+
+def test_discounted_returns_at_its_edges():
+    """No step at all; integer rewards give float returns on every path (γ 0, the grid of similar lengths, the
+    sorted path of a few long segments: lengths five 1s and one 30 take it, 6·30 > 4·35), equal to the loop G = r +
+    γ·G; the error names at most the first 8 lengths."""
+    from pipeline.rewards import discounted_returns
+
+    assert discounted_returns([], [], 0.9).tolist() == []
+    for gamma, lengths in ((0.0, [2, 1]), (0.5, [2, 1]), (0.5, [1, 1, 1, 1, 1, 30])):
+        rewards = [1] * sum(lengths)
+        out = discounted_returns(rewards, lengths, gamma)
+        want, at = [], 0
+        for n in lengths:
+            g, seg = 0.0, []
+            for r in reversed(rewards[at:at + n]):
+                g = r + gamma * g
+                seg.append(g)
+            want += seg[::-1]
+            at += n
+        assert out.dtype == np.float64 and out.tolist() == want
+    with pytest.raises(ValueError, match=r"segment lengths \[1, 1, 1, 1, 1, 1, 1, 1\]\.\.\. do not cover 3 rewards"):
+        discounted_returns([1.0, 2.0, 3.0], [1] * 10, 0.5)

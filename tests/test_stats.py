@@ -205,6 +205,11 @@ def test_seeds_to_tell_by_hand():
     assert seeds_to_tell(1.0, 1.0) == 7 and seeds_to_tell(0.35, 1.0) == 32
     assert seeds_to_tell(0.0, 1.0) is None and seeds_to_tell(0.01, 1.0, most=50) is None
     assert seeds_to_tell(0.5, 0.0) == 2
+    # at exactly the half-width the interval touches 0 and does not exclude it: mean 3.182, sd 2 gives at n = 4
+    # 3.182·2/√4 = 3.182 (exact in floats), so 5 (2.776·2/√5 = 2.483), not 4
+    assert seeds_to_tell(3.182, 2.0) == 5
+    # `most` is the last number of seeds tried: 7 with most 7, None with most 6
+    assert seeds_to_tell(1.0, 1.0, most=7) == 7 and seeds_to_tell(1.0, 1.0, most=6) is None
     assert (t975(1), t975(30), t975(31)) == (12.706, 2.042, pytest.approx(1.959964, abs=1e-6))
 
 
