@@ -73,16 +73,12 @@ def cache_plan(calls, generated, batch_size: int, min_shared: int) -> list[dict]
     prompt tokens served: the longest common prefix with a sequence run before (a shared prefix, or an earlier
     batch's prompt and generation but its last token, which never runs), at most the prompt less one token.
     Returns per call {"shared": [[(prefix, served), ...] per chunk], "rows": [served per row]}."""
-    from pipeline.agent.kvcache import shared_prefixes
+    from pipeline.agent.kvcache import common_length, shared_prefixes
 
     seen: list[list[int]] = []
 
     def held(ids: list[int]) -> int:
-        best = 0
-        for s in seen:
-            n = min(len(ids), len(s))
-            best = max(best, next((k for k in range(n) if ids[k] != s[k]), n))
-        return best
+        return max((common_length(ids, s) for s in seen), default=0)
 
     out = []
     for (prompts, _, _), gens in zip(calls, generated):
@@ -129,17 +125,13 @@ def _bare(policy: HFPolicy, calls, lengths) -> tuple[int, float, float]:
     generated tokens, seconds of decode, seconds of prefill)."""
     import torch
 
-    from pipeline.agent.kvcache import growing_cache
+    from pipeline.agent.kvcache import growing_cache, left_padded
 
     decode = prefill = 0.0
     with torch.inference_mode():
         for (prompts, _, _), n in zip(calls, lengths):
-            width = max(len(p) for p in prompts)
-            ids = torch.full((len(prompts), width), policy.pad_id, dtype=torch.long, device=policy.device)
-            att = torch.zeros((len(prompts), width), dtype=torch.long, device=policy.device)
-            for i, p in enumerate(prompts):  # left-padded, as a batched generate pads
-                ids[i, width - len(p):] = torch.tensor(p)
-                att[i, width - len(p):] = 1
+            ids, att, _ = left_padded(prompts, [0] * len(prompts), policy.pad_id)  # as a batched generate pads
+            ids, att = ids.to(policy.device), att.to(policy.device)
             t0 = time.perf_counter()
             cache = growing_cache(max(n)) if policy._plain_cache else None
             cache, logits = policy._forward(cache, input_ids=ids, attention_mask=att)
@@ -158,21 +150,12 @@ def _bare_prefill(policy: HFPolicy, seqs: list[list[int]], served: list[int], re
     the rest on it. Returns (cache, last logits, attention mask, next positions, seconds on the clock)."""
     import torch
 
-    from pipeline.agent.kvcache import growing_cache
+    from pipeline.agent.kvcache import growing_cache, left_padded
 
     dev, rows = policy.device, len(seqs)
 
     def padded(parts, starts):
-        width = max(len(x) for x in parts)
-        ids = torch.full((rows, width), policy.pad_id, dtype=torch.long)
-        mask = torch.zeros((rows, width), dtype=torch.long)
-        pos = torch.zeros((rows, width), dtype=torch.long)
-        for r, (x, at) in enumerate(zip(parts, starts)):
-            if x:
-                ids[r, width - len(x):] = torch.tensor(x)
-                mask[r, width - len(x):] = 1
-                pos[r, width - len(x):] = torch.arange(at, at + len(x))
-        return ids.to(dev), mask.to(dev), pos.to(dev)
+        return tuple(t.to(dev) for t in left_padded(parts, starts, policy.pad_id))
 
     cache = growing_cache(reserve) if policy._plain_cache else None
     past = None

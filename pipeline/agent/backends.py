@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from pipeline.agent.kvcache import PrefixCache, batch_past, growing_cache, keep_rows, shared_prefixes
+from pipeline.agent.kvcache import PrefixCache, batch_past, growing_cache, keep_rows, left_padded, shared_prefixes
 from pipeline.agent.policy import Generation, NameSlot, Policy, SamplingConfig, ScriptedPolicy, slot_remainders
 
 __all__ = ["Generation", "HFPolicy", "NameSlot", "OpenAIPolicy", "Policy", "SamplingConfig", "ScriptedPolicy",
@@ -113,15 +113,7 @@ class HFPolicy:
         bsz = len(prompts)
         hits = ([self.prefix_cache.lookup(p, count) for p in prompts] if self.prefix_cache else [(None, 0)] * bsz)
         reused = [n for _, n in hits]
-        suffixes = [p[n:] for p, n in zip(prompts, reused)]
-        width = max(len(s) for s in suffixes)
-        ids = torch.full((bsz, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((bsz, width), dtype=torch.long)
-        positions = torch.zeros((bsz, width), dtype=torch.long)
-        for r, (s, n) in enumerate(zip(suffixes, reused)):
-            ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
-            mask[r, width - len(s):] = 1
-            positions[r, width - len(s):] = torch.arange(n, n + len(s))
+        ids, mask, positions = left_padded([p[n:] for p, n in zip(prompts, reused)], reused, self.pad_id)
         ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
         reserve = self.sampling.max_new_tokens + 1
         past = None

@@ -99,6 +99,27 @@ class PrefixCache:
         self.tokens = 0
 
 
+def common_length(a: list[int], b: list[int]) -> int:
+    """Length of the longest common prefix of two id lists (`common_prefix` for tensors)."""
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def left_padded(parts: list[list[int]], starts: list[int], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """A batch of id lists, right-aligned (left padding, as a batched prefill pads): ids [B, W] (pad_id in the
+    padding), attention mask [B, W] (1 on real tokens) and position ids [B, W] (row r counts from starts[r])."""
+    width = max(len(x) for x in parts)
+    ids = torch.full((len(parts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(parts), width), dtype=torch.long)
+    positions = torch.zeros((len(parts), width), dtype=torch.long)
+    for r, (x, at) in enumerate(zip(parts, starts)):
+        if x:
+            ids[r, width - len(x):] = torch.tensor(x, dtype=torch.long)
+            mask[r, width - len(x):] = 1
+            positions[r, width - len(x):] = torch.arange(at, at + len(x))
+    return ids, mask, positions
+
+
 def shared_prefixes(prompts: list[list[int]], min_len: int) -> list[list[int]]:
     """The prefixes that two or more of `prompts` share, each as long as it can be (one per group of prompts), at
     least `min_len` tokens and at most each sharing prompt's length less one (its last token runs for the logits).
@@ -109,9 +130,7 @@ def shared_prefixes(prompts: list[list[int]], min_len: int) -> list[list[int]]:
     s = sorted(prompts)
     found = set()
     for a, b in zip(s, s[1:]):
-        n = min(len(a), len(b))
-        k = next((i for i in range(n) if a[i] != b[i]), n)
-        k = min(k, len(a) - 1, len(b) - 1)
+        k = min(common_length(a, b), len(a) - 1, len(b) - 1)
         if k >= max(min_len, 1):
             found.add(tuple(a[:k]))
     cands = sorted(found)
