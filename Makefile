@@ -75,8 +75,11 @@ study-val: $(STAMP)
 # its RUN.md; `make study-report` merges every piece (sft must agree across them) and writes reports/study/.
 # Where one seed does not fit a sitting either, split it by variant: `make study-piece SEED=k VARIANTS="steptool
 # ppo_outcome"` trains and evaluates only those (with sft) into reports/study/pieces/s<k>-steptool-ppo_outcome/.
+# PRECISION=bf16 (or fp32) sets the run's three precision keys instead of 'auto', so a machine whose 'auto'
+# resolves otherwise than the pieces' can still make a piece in theirs (study-check and the merge still compare).
 SEED ?= 0
 VARIANTS ?=
+PRECISION ?=
 PIECE_NAME := s$(SEED)$(if $(strip $(VARIANTS)),-$(subst $(eval) ,-,$(strip $(VARIANTS))))
 PIECE := reports/study/pieces/$(PIECE_NAME)
 study-piece: $(STAMP)
@@ -84,13 +87,14 @@ study-piece: $(STAMP)
 	cd $(STUDY)-$(PIECE_NAME) && $(CURDIR)/$(BIN)/python -c "import sys, yaml; p = yaml.safe_load(open('profiles/study.yaml')); \
 	  p.setdefault('train', {})['seeds'] = [int(sys.argv[1])]; v = sys.argv[2].split(); \
 	  p.update({'variants': v, 'evaluate': {**p.get('evaluate', {}), 'models': ['sft', *v]}} if v else {}); \
-	  yaml.safe_dump(p, open('piece.yaml', 'w'))" $(SEED) "$(VARIANTS)" \
+	  [p.setdefault(k, {}).update(precision=sys.argv[3]) for k in ('agent', 'warmstart', 'train') if sys.argv[3]]; \
+	  yaml.safe_dump(p, open('piece.yaml', 'w'))" $(SEED) "$(VARIANTS)" "$(PRECISION)" \
 	  && PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/python -m steptool params --profile piece.yaml --write params.yaml \
 	  && PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/python -m steptool study-check $(CURDIR)/reports/study/pieces > precision.txt
 	start=$$(date +%s); cd $(STUDY)-$(PIECE_NAME) && PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/dvc repro \
 	  && end=$$(date +%s) && PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/python -m steptool study-save $(CURDIR)/$(PIECE) \
 	  && cd $(CURDIR) && { echo "# How $(PIECE) was made"; echo; \
-	       echo "- commit $$(git -C $(STUDY)-$(PIECE_NAME) rev-parse --short HEAD), params: profiles/study.yaml with train.seeds [$(SEED)]$(if $(strip $(VARIANTS)), and variants [$(strip $(VARIANTS))])"; \
+	       echo "- commit $$(git -C $(STUDY)-$(PIECE_NAME) rev-parse --short HEAD), params: profiles/study.yaml with train.seeds [$(SEED)]$(if $(strip $(VARIANTS)), and variants [$(strip $(VARIANTS))])$(if $(strip $(PRECISION)), and precision $(PRECISION))"; \
 	       echo "- wall time $$(( (end - start) / 60 )) min $$(( (end - start) % 60 )) s (dvc repro, venv excluded), finished $$(date -u +%Y-%m-%dT%H:%MZ)"; \
 	       echo "- machine: $$(nproc) cores, $$(lscpu | sed -n 's/^Model name: *//p'), AMX: $$(grep -q amx_tile /proc/cpuinfo && echo yes || echo no)"; \
 	       echo "- torch $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \
