@@ -13,9 +13,14 @@ def resolve_device(device: str) -> str:
 
 def _cpu_has_fast_bf16() -> bool:
     """AMX (Sapphire Rapids and later) runs bf16 matmuls several times faster than fp32; without it bf16 on a
-    CPU is emulated and slower, so 'auto' keeps fp32 there. Kernels limited below AVX-512 (the environment
-    variables ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2, which is how a 2-core AVX2 CI machine is
-    emulated here) cannot use AMX either."""
+    CPU is emulated and slower, so 'auto' keeps fp32 there."""
+    return cpu_amx_kernels()
+
+
+def cpu_amx_kernels() -> bool:
+    """Whether this process's CPU matmuls can use AMX: the CPU has it and the kernels are not limited below
+    AVX-512 (the environment variables ATEN_CPU_CAPABILITY=avx2 and ONEDNN_MAX_CPU_ISA=AVX2, which is how a 2-core
+    AVX2 CI machine is emulated here). bf16 on AMX and bf16 without it round differently (pipeline/study.py)."""
     import os
 
     import torch

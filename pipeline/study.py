@@ -86,10 +86,19 @@ def piece_precision(piece: Path) -> str | None:
     return None
 
 
-def check_machine(pieces_root: Path, precision: str) -> None:
+def piece_amx(piece: Path) -> bool | None:
+    """Whether the machine a piece ran on had AMX (its RUN.md's machine line), None when RUN.md does not say."""
+    run = piece / "RUN.md"
+    m = _AMX_LINE.search(run.read_text()) if run.exists() else None
+    return None if m is None else m.group(1) == "yes"
+
+
+def check_machine(pieces_root: Path, precision: str, amx: bool | None = None) -> None:
     """Refuse to start a piece on a machine where the run's precision resolves otherwise than in the pieces already
     made: their warm start and evaluations would differ (another sft), and `merge_pieces` would refuse the piece
-    after hours of work. `precision`: `run_precision`'s string for this machine."""
+    after hours of work. `precision`: `run_precision`'s string for this machine; `amx`: whether its CPU matmuls use
+    AMX (`devices.cpu_amx_kernels`; None on a GPU). bf16 with and without AMX are different kernels, not the same
+    precision: an AMD EPYC's AVX512-BF16 warm start began at loss 1.372 where every AMX piece's began at 1.3693."""
     for piece in sorted(p for p in pieces_root.glob("s*") if p.is_dir()):
         theirs = piece_precision(piece)
         if theirs is not None and theirs != precision:
@@ -97,6 +106,12 @@ def check_machine(pieces_root: Path, precision: str) -> None:
                                 "here would not merge with it (another sft). Run the piece on a machine like the "
                                 "others' (its RUN.md names it), or set the profile's precision keys explicitly and "
                                 "remake every piece.")
+        their_amx = piece_amx(piece)
+        if "bf16" in precision and amx is not None and their_amx is not None and their_amx != amx:
+            raise SteptoolError(f"{piece}: made in bf16 on a CPU {'with' if their_amx else 'without'} AMX, this "
+                                f"machine's bf16 runs {'on' if amx else 'without'} it: the matmuls round "
+                                "differently, so a piece made here would not merge with it (another sft). Run the "
+                                "piece on a machine like the others' (its RUN.md names it).")
 
 
 def per_seed(rel: Path) -> bool:

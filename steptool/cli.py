@@ -158,10 +158,13 @@ def _study_save(args: argparse.Namespace) -> int:
 
 def _study_check(args: argparse.Namespace) -> int:
     from pipeline.config import load_params
+    from pipeline.devices import cpu_amx_kernels, resolve_device
     from pipeline.study import check_machine, run_precision
 
-    precision = run_precision(load_params(Path(args.params)))
-    check_machine(Path(args.pieces), precision)
+    params = load_params(Path(args.params))
+    precision = run_precision(params)
+    cpu = resolve_device(params.agent.device) == "cpu"
+    check_machine(Path(args.pieces), precision, amx=cpu_amx_kernels() if cpu else None)
     print(f"- precision: {precision}")
     return 0
 

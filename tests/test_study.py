@@ -104,8 +104,8 @@ def test_a_piece_on_a_machine_of_another_precision_is_refused_before_it_runs(tmp
     for p in (old, new, bare):
         p.mkdir(parents=True)
     (old / "RUN.md").write_text("# How\n\n- machine: 2 cores, Intel(R) Xeon(R) Processor, AMX: yes\n- torch 2.13.0\n")
-    (new / "RUN.md").write_text("- machine: 2 cores, AMD EPYC, AMX: no\n- precision: agent bf16, warmstart bf16, "
-                                "train bf16\n")
+    (new / "RUN.md").write_text("- machine: 2 cores, Intel(R) Xeon(R) Platinum, AMX: yes\n- precision: agent bf16, "
+                                "warmstart bf16, train bf16\n")
     (tmp_path / "fp32").mkdir()
     (tmp_path / "fp32" / "RUN.md").write_text("- machine: 2 cores, AMD EPYC, AMX: no\n")
     assert piece_precision(old) == piece_precision(new) == "agent bf16, warmstart bf16, train bf16"
@@ -115,10 +115,24 @@ def test_a_piece_on_a_machine_of_another_precision_is_refused_before_it_runs(tmp
     with pytest.raises(SteptoolError, match="s0: made with precision agent bf16, warmstart bf16, train bf16, this "
                                             "machine gives agent fp32, warmstart fp32, train fp32"):
         check_machine(pieces, "agent fp32, warmstart fp32, train fp32")
+    # bf16 set explicitly on a CPU without AMX: the same words, other kernels (another sft)
+    check_machine(pieces, "agent bf16, warmstart bf16, train bf16", amx=True)
+    check_machine(pieces, "agent bf16, warmstart bf16, train bf16", amx=None)  # a GPU: the CPU's kernels do not apply
+    with pytest.raises(SteptoolError, match="s0: made in bf16 on a CPU with AMX, this machine's bf16 runs without it"):
+        check_machine(pieces, "agent bf16, warmstart bf16, train bf16", amx=False)
+    fp32_only = tmp_path / "fp32-pieces"
+    (fp32_only / "s0").mkdir(parents=True)
+    (fp32_only / "s0" / "RUN.md").write_text("- machine: 2 cores, Intel(R) Xeon(R) Platinum, AMX: yes\n"
+                                              "- precision: agent fp32, warmstart fp32, train fp32\n")
+    check_machine(fp32_only, "agent fp32, warmstart fp32, train fp32", amx=False)  # fp32 does not use AMX
     # the command: this machine's precision from the params, refused or printed as RUN.md's line
     monkeypatch.setattr(devices, "_cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(devices, "cpu_amx_kernels", lambda: False)
     assert main(["study-check", str(pieces), "--params", str(REPO / "params.yaml")]) == 2
     assert "s0: made with precision agent bf16" in capsys.readouterr().err
     monkeypatch.setattr(devices, "_cpu_has_fast_bf16", lambda: True)
+    assert main(["study-check", str(pieces), "--params", str(REPO / "params.yaml")]) == 2  # bf16 without AMX
+    assert "made in bf16 on a CPU with AMX" in capsys.readouterr().err
+    monkeypatch.setattr(devices, "cpu_amx_kernels", lambda: True)
     assert main(["study-check", str(pieces), "--params", str(REPO / "params.yaml")]) == 0
     assert capsys.readouterr().out == "- precision: agent bf16, warmstart bf16, train bf16\n"
