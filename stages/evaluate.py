@@ -33,6 +33,19 @@ def checkpoints(params: Params, model: str) -> list[tuple[int | None, Path]]:
     return [(None, layout.model_dir(model))]
 
 
+def generated_by(params: Params) -> str:
+    """How this stage's policy ran, as the report states it: "hf on cpu, fp32" ('auto' resolved here, on the machine
+    that played; the report may be made on another, where 'auto' resolves otherwise), or the OpenAI-compatible
+    server's address."""
+    from pipeline.devices import resolve_device, resolve_precision
+
+    a = params.agent
+    if a.backend != "hf":
+        return f"{a.backend} server at {a.base_url}"
+    device = resolve_device(a.device)
+    return f"hf on {device}, {resolve_precision(a.precision, device)}"
+
+
 def evaluate(params: Params, root: Path, model: str, strategy: str) -> dict:
     e = params.evaluate
     found = checkpoints(params, model)
@@ -71,6 +84,7 @@ def evaluate(params: Params, root: Path, model: str, strategy: str) -> dict:
         summary["judge_stats"] = stats
     if ENVIRONMENTS.has(params.env.kind, "counts_misses"):  # who answered the calls: recorded, simulated, misses
         summary["answers"] = answers
+    summary["generated_by"] = generated_by(params)
     write_json(root / layout.metrics_file("eval", f"{model}-{strategy}"), summary)
     return summary
 
