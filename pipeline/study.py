@@ -77,11 +77,10 @@ def piece_precision(piece: Path) -> str | None:
     ..."), or for a piece made before it did, what 'auto' resolved to on the CPU its machine line names (bf16 with
     AMX, fp32 without: every key of the study profile was 'auto'). None when RUN.md says neither."""
     run = piece / "RUN.md"
-    text = run.read_text() if run.exists() else ""
-    if m := _PRECISION_LINE.search(text):
+    if m := _PRECISION_LINE.search(run.read_text() if run.exists() else ""):
         return m.group(1).strip()
-    if m := _AMX_LINE.search(text):
-        p = "bf16" if m.group(1) == "yes" else "fp32"
+    if (amx := piece_amx(piece)) is not None:
+        p = "bf16" if amx else "fp32"
         return f"agent {p}, warmstart {p}, train {p}"
     return None
 
