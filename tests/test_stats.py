@@ -290,3 +290,112 @@ def test_the_verdict_sentence_by_hand():
     assert verdict("a", "b", d).endswith("7 wins / 1 tie / 1 loss over 9 tasks, sign test p = 0.0703.")
     s = _scores({"I1": [1, 0, 0, 1, 1], "I2": [0, 0, 1]})
     assert pass_rate_ci(s) == pass_rate_ci(s)
+
+
+def test_a_cell_is_the_2_5th_and_97_5th_percentile_rounded_to_3_decimals():
+    """1001 resamples 0/7, 1/7, ..., 1000/7: numpy's linear percentile puts the 2.5th at index 25 (25/7 = 3.5714...)
+    and the 97.5th at index 975 (975/7 = 139.2857...); the point 1/3. Each rounded to three decimals."""
+    import numpy as np
+
+    from pipeline.stats import _cell
+
+    assert _cell(1 / 3, np.arange(1001) / 7, 12) == {"mean": 0.333, "lo": 3.571, "hi": 139.286, "n": 12}
+
+
+def test_no_task_and_mixed_seed_sets():
+    """No task: no interval at all. Tasks played by the one sft checkpoint (seed None) beside tasks played by two
+    seeds are refused with both sets named (None and integers do not sort together: listed by their text)."""
+    assert pass_rate_ci({}) == {}
+    with pytest.raises(ValueError, match=r"different seeds: \[\[0, 1\], \[None\]\]"):
+        pass_rate_ci({"a": ("I1", {0: 1.0, 1: 0.0}), "b": ("I1", 1.0)})
+
+
+def test_the_bootstrap_is_reproducible_and_averages_levels_per_resample():
+    """With continuous task scores (so percentiles fall between many distinct resample means) the same input gives the
+    same interval twice: the seed is fixed. The average's resamples are the mean of the levels' resamples, so its
+    spread is theirs combined: I1 40 tasks and I2 20 tasks, both half solved, have per-level standard errors
+    √(0.25/40) and √(0.25/20); the average's is √(0.25/40 + 0.25/20) / 2 = 6.847 points, a 95% width of about
+    2 · 1.96 · 6.847 = 26.8 (averaging the levels' two mean values instead would give a width of 0)."""
+    s = {f"t{i}": ("I1" if i < 30 else "I2", ((i * 37) % 101) / 100) for i in range(50)}
+    first = pass_rate_ci(s)
+    assert first == pass_rate_ci(s)
+    assert first["I1"]["lo"] != first["I1"]["hi"]
+    ref = {f"r{i}": ("I1" if i < 30 else "I2", 0.3) for i in range(50)}
+    cand = {f"r{i}": (lv, v) for i, (lv, v) in enumerate(s.values())}
+    assert paired_difference(cand, ref) == paired_difference(cand, ref)
+    half = _scores({"I1": [1, 0] * 20, "I2": [1, 0] * 10})
+    avg = pass_rate_ci(half)["average"]
+    assert avg["mean"] == 50.0
+    assert 0.9 * 26.8 < avg["hi"] - avg["lo"] < 1.1 * 26.8
+
+
+def test_paired_difference_fields_by_hand():
+    """Ties are the tasks neither won nor lost (wins 2, losses 1 of 4: 1 tie); the p-value rounded to 6 decimals
+    (8 wins, 1 loss: 20/512 = 0.0390625 -> 0.039062); no task in common: no difference; one task: no spread (sd
+    None)."""
+    cand = _scores({"I1": [1, 1, 0, 1]})
+    ref = _scores({"I1": [0, 0, 1, 1]})
+    d = paired_difference(cand, ref, n_boot=200)
+    assert (d["wins"], d["ties"], d["losses"], d["tasks"]) == (2, 1, 1, 4)
+    d = paired_difference(_scores({"I1": [1] * 8 + [0]}), _scores({"I1": [0] * 8 + [1]}), n_boot=200)
+    assert d["p_value"] == 0.039062
+    assert paired_difference(_scores({"I1": [1]}), _scores({"I2": [1]}, prefix="u")) == {
+        "tasks": 0, "wins": 0, "ties": 0, "losses": 0, "p_value": 1.0, "diff": None, "lo": None, "hi": None}
+    one = paired_difference(_scores({"I1": [1]}), _scores({"I1": [0]}), n_boot=200)
+    assert one["sd"] is None and one["diff"] == 100.0
+
+
+def test_seeded_differences_split_into_tasks_and_seeds_by_hand():
+    """Two seeds against sft's one checkpoint (0 on every task): differences per (task, seed) [1, 0.5], [0, 0],
+    [0.5, 0]. Within a task over seeds: variances 1/8, 0, 1/8, mean 1/12 -> sd_within 100·√(1/12) = 28.868. Task
+    means 3/4, 0, 1/4 (mean 1/3): variance 7/48 -> sd 100·√(7/48) = 38.188; between 7/48 − (1/12)/2 = 5/48 ->
+    sd_between 100·√(5/48) = 32.275. The difference 100/3 = 33.333 points. Each to three decimals."""
+    cand = _seeded({"I1": [[1.0, 0.5], [0.0, 0.0], [0.5, 0.0]]})
+    ref = _scores({"I1": [0, 0, 0]})
+    d = paired_difference(cand, ref, n_boot=200)
+    assert (d["diff"], d["sd"], d["seeds"], d["sd_between"], d["sd_within"]) == (33.333, 38.188, 2, 32.275, 28.868)
+
+
+def test_models_with_different_seeds_are_compared_on_their_means():
+    """A candidate of seeds 0 and 1 against a reference of seeds 5 and 6 (not sft's one checkpoint, not the same
+    seeds): each task's difference is the candidate's mean over its seeds less the reference's. Task a: (1 + 0.5)/2 −
+    (0.25 + 0.25)/2 = 0.5; task b: 0 − (1 + 0)/2 = −0.5; task c: 1 − 0 = 1. Mean +33.333 points, 2 wins, 1 loss."""
+    cand = _seeded({"I1": [[1.0, 0.5], [0.0, 0.0], [1.0, 1.0]]})
+    ref = _seeded({"I1": [[0.25, 0.25], [1.0, 0.0], [0.0, 0.0]]}, seeds=(5, 6))
+    d = paired_difference(cand, ref, n_boot=200)
+    assert (d["diff"], d["wins"], d["losses"]) == (33.333, 2, 1)
+    assert "seeds" not in d   # one averaged difference per task: no seed axis left
+
+
+def test_difference_sd_with_one_degree_of_freedom_and_none():
+    """Two tasks in one level (differences 1 and 0: variance 0.5 on one dof) -> 70.711 points; one task per level
+    -> None."""
+    import numpy as np
+
+    from pipeline.stats import difference_sd
+
+    assert difference_sd({"I1": np.array([1.0, 0.0])}) == pytest.approx(100 * 0.5 ** 0.5)
+    assert difference_sd({"I1": np.array([1.0]), "I2": np.array([0.0])}) is None
+
+
+def test_min_decisive_tasks_is_strict_at_alpha():
+    """Significant means p < alpha, as in the verdict: all of 6 won has p = 2/64 = 0.03125, so at alpha 0.03125
+    exactly six are not enough and it takes 7 (p = 2/128); at 0.05 it is 6, at 0.0312 also 7."""
+    assert min_decisive_tasks(0.05) == 6
+    assert min_decisive_tasks(2 / 64) == 7
+    assert min_decisive_tasks(0.0312) == 7
+
+
+def test_the_verdict_at_each_side_of_both_thresholds():
+    """p exactly 0.05 is not significant; a CI whose bound is exactly 0 does not exclude 0; a bound of +0.5 or −0.5
+    does; a difference of +0.5 is 'better'."""
+    base = {"tasks": 40, "wins": 12, "ties": 26, "losses": 2}
+    better = {**base, "diff": 0.8, "lo": 0.5, "hi": 1.2, "p_value": 0.01}
+    assert verdict("a", "b", better).startswith("a is better than b")
+    assert verdict("a", "b", {**better, "diff": 0.5}).startswith("a is better than b")
+    assert "no significant difference" in verdict("a", "b", {**better, "p_value": 0.05})
+    assert verdict("a", "b", {**better, "p_value": 0.0499}).startswith("a is better than b")
+    assert "no significant difference" in verdict("a", "b", {**better, "lo": 0.0})
+    worse = {**base, "diff": -0.8, "lo": -1.2, "hi": -0.5, "p_value": 0.01}
+    assert verdict("a", "b", worse).startswith("a is worse than b")
+    assert "no significant difference" in verdict("a", "b", {**worse, "hi": 0.0})
