@@ -434,6 +434,45 @@ def test_the_reference_is_the_sft_policy_in_later_rounds(tokenizer):
     assert abs(stats["round_kl_penalty_mean"]) > 1e-3
 
 
+def test_the_trainer_hands_its_reference_to_the_round_and_releases_it(tokenizer, tmp_path):
+    """StepPPOTrainer(ref_model=sft): the round it starts takes the reference log-probs from sft (not from the policy
+    it trains), and the reference is released once they are in the items."""
+    from tests.support.tiny_model import make_tiny_model
+    from trainer.model import PolicyWithValue
+    from trainer.ppo_round import precompute
+    from trainer.step_ppo import StepPPOTrainer
+
+    sft = PolicyWithValue(make_tiny_model(tokenizer, seed=1))
+    ex = _round_examples(tokenizer)
+    own_sft, _ = precompute(sft, ex, _round_cfg("steptool"))
+    from trainer.config import StepPPOConfig
+
+    cfg = StepPPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, variant="steptool", kl_coef=0.0,
+                        baseline="zero", max_steps=1, per_device_train_batch_size=2, save_strategy="no",
+                        disable_tqdm=True, learning_rate=1e-3)
+    trainer = StepPPOTrainer(PolicyWithValue(make_tiny_model(tokenizer, seed=2)), cfg, ex,
+                             pad_id=tokenizer.pad_token_id, ref_model=sft)
+    trainer.train()
+    assert trainer.ref_model is None
+    for it, s in zip(trainer.train_dataset.items, own_sft):
+        assert it.ref_logprobs == pytest.approx(s.ref_logprobs, abs=1e-6)
+        assert it.ref_logprobs != pytest.approx(it.old_logprobs, abs=1e-3)
+
+
+def test_step_ratios_of_every_process_merge_with_the_later_step_winning():
+    """Records (index, (optimizer step, ratios, clip shares)) from two processes: trajectory 1 seen by both, at step 3
+    on the first and step 5 on the second -> the second's; trajectory 2 at step 4 then 2 -> the first's; 0 and 3
+    each on one process only."""
+    from trainer.step_ppo import merge_step_ratios
+
+    first = [(0, (1, [1.0], [0.0])), (1, (3, [1.1], [0.5])), (2, (4, [0.9, 1.0], [0.0, 0.0]))]
+    second = [(1, (5, [1.3], [1.0])), (2, (2, [0.7, 0.8], [1.0, 0.0])), (3, (5, [1.0], [0.0]))]
+    assert merge_step_ratios([first, second]) == {0: ([1.0], [0.0]), 1: ([1.3], [1.0]),
+                                                  2: ([0.9, 1.0], [0.0, 0.0]), 3: ([1.0], [0.0])}
+    assert merge_step_ratios([second, first]) == merge_step_ratios([first, second])
+    assert merge_step_ratios([[]]) == {}
+
+
 # ---- finite or refuse ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad", [float("inf"), -float("inf")])
@@ -479,6 +518,19 @@ def test_a_non_finite_loss_stops_before_the_update_and_nan_weights_are_never_sav
     assert not (tmp_path / "model").exists()
 
 
+def _count_losses(trainer) -> list:
+    """The batches `trainer` computes a loss on from now on (a deterministic run resumed and a run started over end
+    with the same weights; the number of batches tells them apart)."""
+    calls, own = [], trainer.compute_loss
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return own(*args, **kwargs)
+
+    trainer.compute_loss = counted
+    return calls
+
+
 def test_an_in_process_resume_ends_with_the_same_weights_and_logs_each_step(tokenizer, tmp_path):
     """The trainer's own loop in one process, small enough for the fast tests (and so for `make mutation`): 4
     trajectories, batches of 2, one epoch = 2 optimizer steps, a checkpoint every step. A second trainer resumed from
@@ -516,8 +568,9 @@ def test_an_in_process_resume_ends_with_the_same_weights_and_logs_each_step(toke
     ckpt = tmp_path / "whole" / "checkpoint-1"
     assert (ckpt / "model.safetensors").exists() and (ckpt / "trainer_state.json").exists()
     resumed = trainer_for(tmp_path / "resumed")
-    resumed.train(resume_from_checkpoint=str(ckpt))
-    assert resumed.state.global_step == 2
+    losses = _count_losses(resumed)
+    resumed.train(str(ckpt))   # positional, as transformers' Trainer.train takes it
+    assert resumed.state.global_step == 2 and len(losses) == 1   # only the second batch: it resumed
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # every trajectory's per-step ratio, the first batch's from the checkpoint (ratio 1 before any update)
@@ -564,7 +617,9 @@ def test_a_lora_checkpoint_holds_the_adapters_and_value_head_only_and_resumes_ex
     full = sum(t.numel() for t in whole.model.state_dict().values())
     assert sum(p.numel() for n, p in whole.model.named_parameters() if n in keys) * 10 < full
     resumed = trainer_for(tmp_path / "resumed")
+    losses = _count_losses(resumed)
     resumed.train(resume_from_checkpoint=str(ckpt))
+    assert len(losses) == 1   # only the fourth batch: it resumed (the whole run's weights alone would not tell)
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert resumed.state.global_step == 4 and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

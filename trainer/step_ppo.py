@@ -223,13 +223,7 @@ class StepPPOTrainer(Trainer):
         from accelerate.utils import gather_object
 
         mine = list(self._step_ratios.items())
-        everyone = gather_object([mine]) if self.accelerator.num_processes > 1 else [mine]
-        merged: dict[int, tuple[int, list, list]] = {}
-        for part in everyone:
-            for i, rec in part:
-                if i not in merged or rec[0] >= merged[i][0]:
-                    merged[i] = tuple(rec)
-        return {i: (r, c) for i, (_, r, c) in merged.items()}
+        return merge_step_ratios(gather_object([mine]) if self.accelerator.num_processes > 1 else [mine])
 
     def _save_rng_state(self, output_dir: str) -> None:
         # transformers calls it on every process before trainer_state.json, the file that makes a checkpoint whole
@@ -316,6 +310,18 @@ class StepPPOTrainer(Trainer):
 
         load_model(self.accelerator.unwrap_model(model or self.model),
                    os.path.join(resume_from_checkpoint, "model.safetensors"), strict=False)
+
+
+def merge_step_ratios(parts: list[list[tuple[int, tuple[int, list, list]]]]) -> dict[int, tuple[list, list]]:
+    """Trajectory index -> (mean ratio, clip share) per step from every process's records `parts` (each a list of
+    (index, (optimizer step, ratios, clip shares))): where two processes saw the same trajectory (one per epoch
+    under a sampler that reshuffles across processes), the record of the later optimizer step wins."""
+    merged: dict[int, tuple[int, list, list]] = {}
+    for part in parts:
+        for i, rec in part:
+            if i not in merged or rec[0] >= merged[i][0]:
+                merged[i] = tuple(rec)
+    return {i: (r, c) for i, (_, r, c) in merged.items()}
 
 
 def unique_storage(state_dict: dict) -> dict:
