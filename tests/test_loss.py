@@ -351,7 +351,7 @@ def test_log_averages_the_window_and_starts_a_new_one(trainer, monkeypatch):
     tokens/s over the time since the last log, to 0.1 (100 tokens in 3 s: 33.3); then the window starts again empty."""
     import trainer.step_ppo as step_ppo
 
-    clock = iter([13.0, 16.0])
+    clock = iter([13.0, 16.0, 16.5])
     monkeypatch.setattr(step_ppo.time, "perf_counter", lambda: next(clock))
     trainer._metrics.clear()
     trainer._metrics["policy_loss"] += [0.1, float("nan"), 0.4]
@@ -373,6 +373,31 @@ def test_log_averages_the_window_and_starts_a_new_one(trainer, monkeypatch):
     trainer.log({})
     logged = trainer.state.log_history[-1]
     assert logged["tokens_per_s"] == 10.3 and logged["policy_loss"] == 0.7 and "explained_variance" not in logged
+    # a window shorter than a second: 20 tokens in 0.5 s are 40 tokens/s
+    trainer._tokens += 20
+    trainer._metrics["policy_loss"].append(0.5)
+    trainer.log({})
+    assert trainer.state.log_history[-1]["tokens_per_s"] == 40.0
+
+
+def test_a_checkpoint_restores_the_rng_and_the_step_ratios(trainer, tmp_path):
+    """`_save_rng_state` / `_load_rng_state`: the random state and this process's step ratios come back as they
+    were saved; a checkpoint written before step ratios existed (no step_ratios_0.json) loads the random state
+    and leaves the ratios as they are."""
+    trainer._step_ratios = {3: (2, [1.0, 1.1], [0.0, 0.5])}
+    torch.manual_seed(7)
+    trainer._save_rng_state(str(tmp_path))
+    expected = torch.rand(3)
+    trainer._step_ratios = {}
+    torch.manual_seed(8)
+    trainer._load_rng_state(str(tmp_path))
+    assert torch.equal(torch.rand(3), expected)
+    assert trainer._step_ratios == {3: (2, [1.0, 1.1], [0.0, 0.5])}
+    (tmp_path / "step_ratios_0.json").unlink()
+    trainer._step_ratios = {1: (0, [1.0], [0.0])}
+    torch.manual_seed(8)
+    trainer._load_rng_state(str(tmp_path))
+    assert torch.equal(torch.rand(3), expected) and trainer._step_ratios == {1: (0, [1.0], [0.0])}
 
 
 def test_a_checkpoint_save_writes_the_weights_and_the_arguments_into_an_existing_folder(trainer, tmp_path):
