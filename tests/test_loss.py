@@ -272,13 +272,29 @@ def test_kl_token_max_zero_means_no_cap(trainer):
 
 @pytest.mark.parametrize("where, name", [("logp", "log-probs"), ("old_logprobs", "old log-probs"),
                                          ("ref_logprobs", "reference log-probs"), ("advantages", "advantages"),
-                                         ("returns", "returns"), ("values", "values"), ("ratio", "ratio")])
+                                         ("returns", "returns"), ("values", "values"), ("ratio", "ratio"),
+                                         ("policy_loss", "policy loss"), ("value_loss", "value loss"),
+                                         ("kl", "KL"), ("sum", "loss")])
 def test_a_non_finite_input_is_named_and_stops_the_step(trainer, where, name):
-    """One NaN in a tensor: the step stops before the update, and the message names the first non-finite tensor."""
+    """One NaN in a tensor: the step stops before the update, and the message names the first non-finite tensor.
+    Finite inputs can still overflow float32 (max 3.4e38): an advantage of −3e38 on a token of ratio 1.5 makes the
+    policy loss inf, a return of 1e20 squares to 1e40 in the value loss, a reference log-prob 100 above the old one
+    makes π_ref/π_old = e^100 and the uncapped KL inf; with 88 above, every part is finite (the KL's mean 3.3e37)
+    but β = 100 makes the sum inf: then the message names the loss."""
     from pipeline.errors import SteptoolError
 
     model, inputs = _batch()
-    if where == "logp":
+    cfg = {"kl_coef": 0.1}
+    if where in ("policy_loss", "value_loss", "kl", "sum"):
+        key, row, value = {"policy_loss": ("advantages", 0, -3e38), "value_loss": ("returns", 0, 1e20),
+                           "kl": ("ref_logprobs", 0, None), "sum": ("ref_logprobs", 0, None)}[where]
+        inputs[key] = inputs[key].clone()
+        if value is None:  # the reference 100 (or 88) above the old log-prob
+            inputs[key][0, 0] = inputs["old_logprobs"][0, 0] + (100.0 if where == "kl" else 88.0)
+            cfg = {"kl_coef": 0.1 if where == "kl" else 100.0, "kl_token_max": 0.0}
+        else:
+            inputs[key][0, row] = value
+    elif where == "logp":
         model.logp = model.logp.clone()
         model.logp[2] = float("nan")
     elif where == "values":
@@ -293,7 +309,17 @@ def test_a_non_finite_input_is_named_and_stops_the_step(trainer, where, name):
     step = trainer.state.global_step + 1  # the step about to be taken (the module's trainer may have taken some)
     with pytest.raises(SteptoolError, match=rf"^train: optimizer step {step}: NaN or inf in the {name} "
                                             r"\(loss -?(nan|inf)\); stopped before the update, nothing saved from it$"):
-        _loss(trainer, model, inputs, kl_coef=0.1)
+        _loss(trainer, model, inputs, **cfg)
+
+
+def test_an_infinite_kl_with_no_weight_leaves_the_loss_alone(trainer):
+    """β = 0: the KL is only logged, so an infinite one (π_ref/π_old = e^100, no cap) adds nothing to the loss (not
+    0·inf = NaN): the hand-computed 0.615."""
+    model, inputs = _batch()
+    inputs["ref_logprobs"] = inputs["ref_logprobs"].clone()
+    inputs["ref_logprobs"][0, 0] = inputs["old_logprobs"][0, 0] + 100.0
+    loss, m = _loss(trainer, model, inputs, kl_coef=0.0, kl_token_max=0.0)
+    assert float(loss.detach()) == pytest.approx(0.615, abs=1e-6) and math.isinf(m["kl_ref"])
 
 
 def test_save_policy_writes_the_weights_it_holds(trainer, tokenizer, tmp_path):

@@ -450,10 +450,22 @@ def test_the_trainer_hands_its_reference_to_the_round_and_releases_it(tokenizer,
     cfg = StepPPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, variant="steptool", kl_coef=0.0,
                         baseline="zero", max_steps=1, per_device_train_batch_size=2, save_strategy="no",
                         disable_tqdm=True, learning_rate=1e-3)
+    from transformers import TrainerCallback
+
+    class Seen(TrainerCallback):
+        steps = 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            Seen.steps += 1
+
     trainer = StepPPOTrainer(PolicyWithValue(make_tiny_model(tokenizer, seed=2)), cfg, ex,
-                             pad_id=tokenizer.pad_token_id, ref_model=sft)
+                             pad_id=tokenizer.pad_token_id, ref_model=sft, callbacks=[Seen()])
     trainer.train()
+    assert Seen.steps == 1   # the Trainer's own arguments (callbacks here) reach it
     assert trainer.ref_model is None
+    # what the round reports: one process precomputed both trajectories, of two tasks
+    assert trainer.precompute_shards == [2] and trainer.round_stats["round_tasks"] == 2
+    assert "shards" not in trainer.round_stats
     for it, s in zip(trainer.train_dataset.items, own_sft):
         assert it.ref_logprobs == pytest.approx(s.ref_logprobs, abs=1e-6)
         assert it.ref_logprobs != pytest.approx(it.old_logprobs, abs=1e-3)
@@ -657,3 +669,35 @@ def test_the_rounds_length_grouped_sampler_reads_each_trajectorys_tokens(tokeniz
     order = list(sampler)
     assert sorted(order) == list(range(len(examples))) and lengths[order[0]] == max(lengths)
     assert [trainer.train_dataset[i]["index"] for i in order] == order
+
+
+def test_collate_pads_every_field_with_zeros_by_hand():
+    """Two trajectories of unequal length: every per-token, per-action-token, per-value-state and per-step field
+    right-padded with 0 (the pad id for input ids), the masks 1 on real entries, ids and positions long, the rest
+    float32; `traj_index` the rows' places, or the round indices given."""
+    from trainer.ppo_round import RoundItem
+    from trainer.step_ppo import collate
+
+    a = RoundItem(input_ids=[5, 6, 7], action_mask=[0, 1, 1], rewards=[0.5], value_pos=[0], old_logprobs=[-1.0, -2.0],
+                  ref_logprobs=[-1.5, -2.5], old_values=[0.25], advantages=[0.75, 0.75], returns=[1.5],
+                  step_return=[1.5], step_baseline=[0.0], step_advantage=[0.75], token_step=[0, 0])
+    b = RoundItem(input_ids=[8, 9, 10, 11, 12], action_mask=[0, 1, 0, 1, 1], rewards=[-0.5, 1.0], value_pos=[0, 2],
+                  old_logprobs=[-0.5, -0.25, -3.0], ref_logprobs=[-0.75, -0.5, -3.5], old_values=[0.5, -0.5],
+                  advantages=[-1.0, 2.0, 2.0], returns=[0.5, 1.0], step_return=[0.5, 1.0], step_baseline=[0.0, 0.0],
+                  step_advantage=[-1.0, 2.0], token_step=[0, 1, 1])
+    expected = {
+        "traj_index": [0, 1], "input_ids": [[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]],
+        "attention_mask": [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], "action_mask": [[0, 1, 1, 0, 0], [0, 1, 0, 1, 1]],
+        "tok_step": [[0, 0, 0], [0, 1, 1]], "tok_mask": [[1, 1, 0], [1, 1, 1]],
+        "old_logprobs": [[-1.0, -2.0, 0.0], [-0.5, -0.25, -3.0]], "ref_logprobs": [[-1.5, -2.5, 0.0], [-0.75, -0.5, -3.5]],
+        "advantages": [[0.75, 0.75, 0.0], [-1.0, 2.0, 2.0]], "value_pos": [[0, 0], [0, 2]],
+        "value_mask": [[1, 0], [1, 1]], "old_values": [[0.25, 0.0], [0.5, -0.5]], "returns": [[1.5, 0.0], [0.5, 1.0]],
+        "rewards": [[0.5, 0.0], [-0.5, 1.0]], "step_mask": [[1, 0], [1, 1]]}
+    batch = collate([a, b])
+    assert batch.keys() == expected.keys()
+    for k, v in expected.items():
+        want = torch.long if k in ("traj_index", "input_ids", "attention_mask", "action_mask", "tok_step",
+                                   "value_pos") else torch.float32
+        assert batch[k].dtype == want and batch[k].tolist() == v, k
+    assert collate([a, b], pad_id=2, indices=[4, 9])["input_ids"][0].tolist() == [5, 6, 7, 2, 2]
+    assert collate([a, b], indices=[4, 9])["traj_index"].tolist() == [4, 9]

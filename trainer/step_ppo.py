@@ -171,7 +171,7 @@ class StepPPOTrainer(Trainer):
         # capped per token (kl_token_max, verl's clamp): the estimate grows as a·log a, and one rare token whose
         # probability rose e^12-fold would otherwise make the whole clipped update (docs/architecture.md)
         kl_capped = kl_tok.clamp(max=a.kl_token_max) if a.kl_token_max > 0 else kl_tok
-        kl_loss = kl_capped.mean() if kl_tok.numel() else logp.sum() * 0.0
+        kl_loss = kl_capped.mean()  # a batch holds action tokens (without, pg is NaN and the step stops below)
         if a.kl_in == "loss" and a.kl_coef > 0:
             loss = loss + a.kl_coef * kl_loss
         if entropy is not None:
@@ -194,13 +194,13 @@ class StepPPOTrainer(Trainer):
             # two trajectories' returns can be nearly equal and make a tiny denominator (values of -4000)
             self._ev_pairs.append((ret[valid].float().cpu(), new_v[valid].detach().float().cpu()))
             step_rewards = inputs["rewards"][inputs["step_mask"] > 0]
-            m["reward_mean"].append(float(step_rewards.mean()) if len(step_rewards) else 0.0)
-            m["advantage_mean"].append(float(adv.mean()) if adv.numel() else 0.0)
+            m["reward_mean"].append(float(step_rewards.mean()))
+            m["advantage_mean"].append(float(adv.mean()))
             # KL(π_θ‖π_ref) on tokens sampled from π_old (trainer/ppo_round.py, kl_to_ref): kl_ref per trajectory
             # (summed over its ~100-300 action tokens, the penalty's scale), kl_ref_token per token
             kl_tok = kl_tok.detach()
-            m["kl_ref"].append(float(kl_tok.sum() / max(1, int(ids.shape[0]))))
-            m["kl_ref_token"].append(float(kl_tok.mean()) if kl_tok.numel() else 0.0)
+            m["kl_ref"].append(float(kl_tok.sum()) / ids.shape[0])
+            m["kl_ref_token"].append(float(kl_tok.mean()))
             if entropy is not None:
                 m["entropy"].append(float(entropy.mean()))
             self._tokens += int(att.sum())
