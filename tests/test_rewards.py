@@ -91,6 +91,13 @@ def test_steps_in_any_row_order_give_the_same_rewards(order):
     assert step_rewards(T[order], spec=spec).equals(step_rewards(T, spec=spec))
 
 
+def test_a_step_out_of_order_is_found_by_its_predecessor_alone():
+    """One trajectory's steps 0, 2, 1: only the last row, compared with the row just before it, shows the disorder
+    (against the row two back, 0, it would look in order); sorted first, the rewards are those of 0, 1, 2."""
+    spec = RewardsConfig(shaping="min_form", call_cost=0.1)
+    assert step_rewards(T[[0, 2, 1]], spec=spec).equals(step_rewards(T[[0, 1, 2]], spec=spec))
+
+
 def test_a_bad_reward_spec_and_a_missing_progress_are_named():
     from pipeline.errors import ConfigError
 
