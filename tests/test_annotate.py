@@ -93,6 +93,11 @@ def env(error="", response=None):
     (env(response={"result": "Resolved"}), (1, "")),
     (env(response="Found " + "x" * 300 + " without error"), (1, "")),  # a long text is data, words or not
     (env(response="Request failed"), (0, "error message: Request failed")),
+    # one key alone: a 4xx / 5xx key is an error whatever its text says; otherwise its text must read as a short error
+    (env(response={"404": "Page moved"}), (0, "error message: Page moved")),
+    (env(response={"200": "Page moved"}), (1, "")),
+    (env(response={"note": "Invalid " + "k" * 292}), (0, "error message: Invalid " + "k" * 52)),  # 300 characters
+    (env(response={"note": "Invalid " + "k" * 293}), (1, "")),  # 301: data
     (env(response="<html><body>" + "x" * 300 + "</body><title>404</title></html>"), (0, "error page")),
 ])
 def test_succ_calling_rule(observation, expected):
