@@ -98,10 +98,23 @@ def env(error="", response=None):
     (env(response={"200": "Page moved"}), (1, "")),
     (env(response={"note": "Invalid " + "k" * 292}), (0, "error message: Invalid " + "k" * 52)),  # 300 characters
     (env(response={"note": "Invalid " + "k" * 293}), (1, "")),  # 301: data
+    # every reason is cut at 60 characters; a plain text of 300 characters is still a message; an error page's title
+    # counts within the first 2,000 characters only
+    (env(response={"note": "Invalid " + "k" * 70}), (0, "error message: Invalid " + "k" * 52)),
+    (env(response="Request failed " + "z" * 70), (0, "error message: Request failed " + "z" * 45)),
+    (env(error="Timeout " + "t" * 70), (0, "error: Timeout " + "t" * 52)),
+    (env(response="Request failed " + "z" * 285), (0, "error message: Request failed " + "z" * 45)),
+    (env(response="x" * 1990 + "<title>404</title>"), (0, "error page")),
+    (env(response="x" * 1991 + "<title>404</title>"), (1, "")),
     (env(response="<html><body>" + "x" * 300 + "</body><title>404</title></html>"), (0, "error page")),
 ])
 def test_succ_calling_rule(observation, expected):
     assert succ_calling("f_for_t", True, observation) == expected
+
+
+def test_no_observation_is_an_empty_result():
+    assert succ_calling("f_for_t", True, "") == (0, "empty result")
+    assert succ_calling("f_for_t", True, None) == (0, "empty result")
 
 
 @pytest.mark.parametrize("text, expected", [
