@@ -55,11 +55,13 @@ def read_envelope(text: str) -> tuple[str, Any, bool]:
 
 
 def _lenient(value: Any) -> Any:
-    """A string that holds JSON or a Python literal becomes that structure; anything else stays as is."""
+    """A string that holds a JSON or Python container or string becomes that value; anything else stays as is (a
+    bare word such as null, None, true or False stays text: `_is_empty` reads null and None as empty, and true or
+    false, text or not, is an answer)."""
     if not isinstance(value, str):
         return value
     s = value.strip()
-    if s[:1] in "{[\"'" or s in ("True", "False", "None", "null", "true", "false"):
+    if s[:1] in "{[\"'":
         for load in (json.loads, ast.literal_eval):
             try:
                 return load(s)
