@@ -53,6 +53,11 @@ MUTANTS = [
      "return a * (log_a - log_b) - a + 1.0", "tests/test_baselines.py tests/test_loss.py"),
     ("trainer/gae.py", "last = (delta + gamma * lam * last) * mask[:, t]", "last = (delta + gamma * lam * last)",
      "tests/test_trainer.py"),
+    # a missing IsSolved read as Unsure (0.5) instead of 0, in the outcome term and in min_form's last q
+    ("pipeline/rewards.py", 'then(pl.col("is_solved_score").fill_null(0.0)).otherwise(0.0)',
+     'then(pl.col("is_solved_score").fill_null(0.5)).otherwise(0.0)', "tests/test_rewards.py"),
+    ("pipeline/rewards.py", 'then(pl.col("is_solved_score").fill_null(0.0))\n',
+     'then(pl.col("is_solved_score").fill_null(0.5))\n', "tests/test_rewards.py"),
 ]
 
 
