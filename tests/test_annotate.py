@@ -106,15 +106,11 @@ def env(error="", response=None):
     (env(response="Request failed " + "z" * 285), (0, "error message: Request failed " + "z" * 45)),
     (env(response="x" * 1990 + "<title>404</title>"), (0, "error page")),
     (env(response="x" * 1991 + "<title>404</title>"), (1, "")),
+    ("", (0, "empty result")), (None, (0, "empty result")),  # no observation at all
     (env(response="<html><body>" + "x" * 300 + "</body><title>404</title></html>"), (0, "error page")),
 ])
 def test_succ_calling_rule(observation, expected):
     assert succ_calling("f_for_t", True, observation) == expected
-
-
-def test_no_observation_is_an_empty_result():
-    assert succ_calling("f_for_t", True, "") == (0, "empty result")
-    assert succ_calling("f_for_t", True, None) == (0, "empty result")
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -285,15 +285,15 @@ def test_a_non_finite_input_is_named_and_stops_the_step(trainer, where, name):
 
     model, inputs = _batch()
     cfg = {"kl_coef": 0.1}
-    if where in ("policy_loss", "value_loss", "kl", "sum"):
-        key, row, value = {"policy_loss": ("advantages", 0, -3e38), "value_loss": ("returns", 0, 1e20),
-                           "kl": ("ref_logprobs", 0, None), "sum": ("ref_logprobs", 0, None)}[where]
+    old0 = float(inputs["old_logprobs"][0, 0])
+    overflow = {"policy_loss": ("advantages", -3e38, {}), "value_loss": ("returns", 1e20, {}),
+                "kl": ("ref_logprobs", old0 + 100.0, {"kl_token_max": 0.0}),
+                "sum": ("ref_logprobs", old0 + 88.0, {"kl_coef": 100.0, "kl_token_max": 0.0})}
+    if where in overflow:  # (tensor, its first entry, the loss settings)
+        key, value, settings = overflow[where]
         inputs[key] = inputs[key].clone()
-        if value is None:  # the reference 100 (or 88) above the old log-prob
-            inputs[key][0, 0] = inputs["old_logprobs"][0, 0] + (100.0 if where == "kl" else 88.0)
-            cfg = {"kl_coef": 0.1 if where == "kl" else 100.0, "kl_token_max": 0.0}
-        else:
-            inputs[key][0, row] = value
+        inputs[key][0, 0] = value
+        cfg.update(settings)
     elif where == "logp":
         model.logp = model.logp.clone()
         model.logp[2] = float("nan")

@@ -315,9 +315,9 @@ def _round_examples(tokenizer):
 def _round_cfg(variant, **kw):
     from trainer.config import StepPPOConfig
 
-    kw = dict(dict(kl_coef=0.0, baseline="zero", whiten_advantages=False, gamma=0.9, lam=0.5), **kw)
-    return StepPPOConfig(output_dir=str(REPO / ".pytest_cache" / "ppo-round"), report_to=[], use_cpu=True,
-                         variant=variant, **kw)
+    kw = dict(dict(kl_coef=0.0, baseline="zero", whiten_advantages=False, gamma=0.9, lam=0.5,
+                   output_dir=str(REPO / ".pytest_cache" / "ppo-round")), **kw)
+    return StepPPOConfig(report_to=[], use_cpu=True, variant=variant, **kw)
 
 
 def test_round_advantages_by_hand_for_each_variant(tokenizer):
@@ -437,6 +437,8 @@ def test_the_reference_is_the_sft_policy_in_later_rounds(tokenizer):
 def test_the_trainer_hands_its_reference_to_the_round_and_releases_it(tokenizer, tmp_path):
     """StepPPOTrainer(ref_model=sft): the round it starts takes the reference log-probs from sft (not from the policy
     it trains), and the reference is released once they are in the items."""
+    from transformers import TrainerCallback
+
     from tests.support.tiny_model import make_tiny_model
     from trainer.model import PolicyWithValue
     from trainer.ppo_round import precompute
@@ -445,12 +447,8 @@ def test_the_trainer_hands_its_reference_to_the_round_and_releases_it(tokenizer,
     sft = PolicyWithValue(make_tiny_model(tokenizer, seed=1))
     ex = _round_examples(tokenizer)
     own_sft, _ = precompute(sft, ex, _round_cfg("steptool"))
-    from trainer.config import StepPPOConfig
-
-    cfg = StepPPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, variant="steptool", kl_coef=0.0,
-                        baseline="zero", max_steps=1, per_device_train_batch_size=2, save_strategy="no",
-                        disable_tqdm=True, learning_rate=1e-3)
-    from transformers import TrainerCallback
+    cfg = _round_cfg("steptool", output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2,
+                     save_strategy="no", disable_tqdm=True, learning_rate=1e-3)
 
     class Seen(TrainerCallback):
         steps = 0
