@@ -1,23 +1,22 @@
 """Agent throughput on this machine, one run:
 
 1. batched vs unbatched generation on the same prompts: tasks played (cot, greedy) with the pipeline's
-   agent.batch_size (params.yaml; as many tasks as one batch holds), every call recorded, then the same calls given to a batch_size=1 policy; the ratio is generated
-   tokens/s batched over unbatched (target >= 3x on 2 CPU cores). Both use the prefix KV cache,
-   as the pipeline does: without it, re-running the whole context at every step (prefill, ~1x batched or
-   not on a CPU) dominates and hides what batching buys.
-2. what the prefix KV cache buys: the same calls, batched, without it.
-3. what retiring finished rows buys: the same calls, batched, with a row leaving the batch when it writes its
-   end-of-turn token, against keeping it in until the longest row ends (same tokens; tested).
+   agent.batch_size (params.yaml; as many tasks as one batch holds) and continuous batching (HFPolicy.serve: a
+   chain's next prompt joins the rows still decoding), every request recorded, then the same prompts, agent step by
+   agent step, given to a batch_size=1 policy; the ratio is generated tokens/s batched over unbatched (target >= 3x
+   on 2 CPU cores). Both use the prefix KV cache, as the pipeline does: without it, re-running the whole context at
+   every step (prefill, ~1x batched or not on a CPU) dominates and hides what batching buys.
+2. what the prefix KV cache buys: the same prompts, batched, without it.
+3. what continuous batching buys: the same tasks played in lockstep, one `generate` per agent step (each step waits
+   for its longest action; rows that finish still leave the batch), same tokens (tested).
 4. end-to-end collection rate (trajectories/min, cot, the collect params) on the same tasks.
-5. the machine's limit for those calls: a bare batched forward of the same model on the same prompts (left-padded,
-   each call's whole prompts prefilled, then as many decode steps as its longest generation; argmax, no sampling,
-   no parsing), counting the tokens the agent generated: decode only (the prefill outside the clock: no agent can
-   beat it, since it must prefill too) and prefill + decode (no prefix cache: the agent's cache can beat it). The
-   batched agent's throughput is given as a share of each. Then the limit at the agent's own shapes
-   (`bare_same_shapes`): the same rows in each forward, only the suffixes the prefix cache leaves prefilled, each
-   row leaving the batch when it has its tokens: the agent's work without its Python, sampling and cache copies.
+5. the machine's limit: the batched agent's throughput as a share of its own forward calls alone (the model run at
+   exactly the agent's shapes, every prefill and decode step, timed inside `HFPolicy._forward`: what is left once
+   Python, sampling, name constraints, cache copies and merges are gone); and, as references, a bare batched forward
+   of the same prompts agent step by agent step (left-padded, whole prompts prefilled, decoding to the step's longest
+   generation, argmax), decode only and with the full prefill.
 
-BENCH_PARTS (comma list of generation, cache, retire, limit, collect; default all) runs some of them.
+BENCH_PARTS (comma list of generation, cache, lockstep, limit, collect; default all) runs some of them.
 
 BENCH_PROMPTS (tasks = batch size; default params.yaml's agent.batch_size), BENCH_STEPS (4) and
 BENCH_NEW_TOKENS (96) size it; BENCH_PRECISION (fp32|bf16) overrides
@@ -51,57 +50,56 @@ def _model_dir() -> str:
 
 
 class _Recording:
-    """Keeps every call (prompts, seeds, slots) and what it generated, so that another policy, or a bare forward,
-    can be given exactly the same prompts."""
+    """Keeps every request (prompt, seed, slot) and what it generated, grouped by agent step into `calls` (as one
+    `generate` per step would have been called), so that another policy, or a bare forward, can be given exactly the
+    same prompts. Passes `serve` through (continuous batching) when the policy has it."""
 
     def __init__(self, inner):
         self.inner, self.name, self.calls, self.lengths, self.generated = inner, inner.name, [], [], []
+        self._steps: dict[int, int] = {}
+        if hasattr(inner, "serve"):
+            self.serve = self._serve
+
+    def _add(self, step: int, prompt, seed, slot, gen) -> None:
+        if step not in self._steps:
+            self._steps[step] = len(self.calls)
+            self.calls.append(([], [], []))
+            self.lengths.append([])
+            self.generated.append([])
+        at = self._steps[step]
+        for column, value in zip(self.calls[at], (prompt, seed, slot)):
+            column.append(value)
+        self.lengths[at].append(len(gen.token_ids))
+        self.generated[at].append(list(gen.token_ids))
 
     def generate(self, prompts, seeds, slots=None):
-        self.calls.append((prompts, seeds, slots))
         gens = self.inner.generate(prompts, seeds, slots)
-        self.lengths.append([len(g.token_ids) for g in gens])
-        self.generated.append([list(g.token_ids) for g in gens])
+        step = len(self._steps)
+        for p, sd, sl, g in zip(prompts, seeds, slots or [None] * len(prompts), gens):
+            self._add(step, p, sd, sl, g)
         return gens
 
+    def _serve(self, source):
+        rec = self
 
-def cache_plan(calls, generated, batch_size: int, min_shared: int) -> list[dict]:
-    """What the agent's prefix cache (pipeline/agent/kvcache.py) serves, call by call, computed from the calls alone
-    as the policy does it when nothing is evicted (the bench's cache holds every sequence it plays): first the
-    shared prefixes it runs ahead of the rows (`HFPolicy._run_shared_prefixes`), in chunks of `batch_size`, each
-    with the tokens of it already held; then per row, batch by batch in the policy's order (by prompt length), the
-    prompt tokens served: the longest common prefix with a sequence run before (a shared prefix, or an earlier
-    batch's prompt and generation but its last token, which never runs), at most the prompt less one token.
-    Returns per call {"shared": [[(prefix, served), ...] per chunk], "rows": [served per row]}."""
-    from pipeline.agent.kvcache import common_length, shared_prefixes
+        asked = {}
 
-    seen: list[list[int]] = []
+        class Source:
+            def take(self, n, wait):
+                reqs = source.take(n, wait)
+                asked.update({id(r.key): r for r in reqs})
+                return reqs
 
-    def held(ids: list[int]) -> int:
-        return max((common_length(ids, s) for s in seen), default=0)
+            def done(self, key, gen):
+                r = asked.pop(id(key))
+                rec._add(len(key.rollout.steps), r.prompt, r.seed, r.slot, gen)  # run_cot's chain, at this step
+                source.done(key, gen)
 
-    out = []
-    for (prompts, _, _), gens in zip(calls, generated):
-        shared = []
-        if min_shared > 0 and len(prompts) > 1:
-            todo = [p for p in shared_prefixes(prompts, min_shared) if held(p) < len(p)]
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start:start + batch_size]
-                shared.append([(c, max(min(held(c), len(c) - 1), 0)) for c in chunk])
-                seen += chunk
-        row = [0] * len(prompts)
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            for i in idx:
-                row[i] = max(min(held(prompts[i]), len(prompts[i]) - 1), 0)
-            seen += [prompts[i] + gens[i][:-1] for i in idx]
-        out.append({"shared": shared, "rows": row})
-    return out
+        self.inner.serve(Source())
 
 
 def _reset(policy: HFPolicy) -> None:
-    policy.stats.update(prompt_tokens=0, generated_tokens=0, seconds=0.0)
+    policy.stats.update({k: type(v)() for k, v in policy.stats.items()})
     if policy.prefix_cache is not None:
         policy.prefix_cache.clear()
 
@@ -144,79 +142,6 @@ def _bare(policy: HFPolicy, calls, lengths) -> tuple[int, float, float]:
     return sum(sum(n) for n in lengths), decode, prefill
 
 
-def _bare_prefill(policy: HFPolicy, seqs: list[list[int]], served: list[int], reserve: int):
-    """A left-padded batched prefill of `seqs` whose first `served` tokens are already in a cache: that part is run
-    off the clock (the agent copies it from its prefix cache, it does not compute it; kvcache.batch_past's layout),
-    the rest on it. Returns (cache, last logits, attention mask, next positions, seconds on the clock)."""
-    import torch
-
-    from pipeline.agent.kvcache import growing_cache, left_padded
-
-    dev, rows = policy.device, len(seqs)
-
-    def padded(parts, starts):
-        return tuple(t.to(dev) for t in left_padded(parts, starts, policy.pad_id))
-
-    cache = growing_cache(reserve) if policy._plain_cache else None
-    past = None
-    if max(served) > 0:
-        ids, past, pos = padded([s[:n] for s, n in zip(seqs, served)], [0] * rows)
-        cache, _ = policy._forward(cache, input_ids=ids, attention_mask=past, position_ids=pos)
-    ids, mask, pos = padded([s[n:] for s, n in zip(seqs, served)], served)
-    mask = mask if past is None else torch.cat([past, mask], dim=1)
-    t0 = time.perf_counter()
-    cache, logits = policy._forward(cache, input_ids=ids, attention_mask=mask, position_ids=pos)
-    return cache, logits, mask, pos[:, -1] + 1, time.perf_counter() - t0
-
-
-def bare_same_shapes(policy: HFPolicy, calls, generated, plan) -> tuple[int, float, list[list[int]]]:
-    """The agent's own work as a bare batched forward: per call, the shared prefixes the agent runs ahead of its rows
-    (their unserved part prefilled), then the rows in the policy's order and batches, the prefix the agent's cache
-    serves put in a cache off the clock, on the clock the rest prefilled in one left-padded forward and argmax decode
-    steps, each row leaving the batch after as many tokens as the agent generated for it. No sampling, no name
-    constraints, no parsing, no cache lookups or stores: what is left of the agent's time once its Python is gone.
-    `plan`: `cache_plan`'s. Returns (generated tokens, seconds, the argmax tokens per call and row, in call order)."""
-    import torch
-
-    from pipeline.agent.kvcache import keep_rows
-
-    total, seconds, argmax = 0, 0.0, []
-    with torch.inference_mode():
-        for (prompts, _, _), gens, step in zip(calls, generated, plan):
-            for chunk in step["shared"]:
-                seconds += _bare_prefill(policy, [c for c, _ in chunk], [n for _, n in chunk], 1)[-1]
-            hits = step["rows"]
-            order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-            out = {i: [] for i in order}
-            for start in range(0, len(order), policy.batch_size):
-                idx = order[start:start + policy.batch_size]
-                n_new = [len(gens[i]) for i in idx]
-                cache, logits, att, next_pos, t = _bare_prefill(policy, [prompts[i] for i in idx],
-                                                                [hits[i] for i in idx], max(n_new) + 1)
-                t0 = time.perf_counter()
-                rows = list(range(len(idx)))
-                for k in range(max(n_new)):
-                    chosen = logits.argmax(-1)
-                    for b, r in enumerate(rows):
-                        out[idx[r]].append(int(chosen[b]))
-                    alive = [b for b, r in enumerate(rows) if n_new[r] > k + 1]
-                    if not alive:
-                        break
-                    if len(alive) < len(rows):
-                        keep = torch.tensor(alive, device=att.device)
-                        keep_rows(cache, keep)
-                        att, next_pos, chosen = att[keep], next_pos[keep], chosen[keep]
-                        rows = [rows[b] for b in alive]
-                    att = torch.cat([att, att.new_ones((len(rows), 1))], dim=1)
-                    cache, logits = policy._forward(cache, input_ids=chosen.view(-1, 1), attention_mask=att,
-                                                    position_ids=next_pos.view(-1, 1))
-                    next_pos = next_pos + 1
-                seconds += t + time.perf_counter() - t0
-                total += sum(n_new)
-            argmax.append([out[i] for i in range(len(prompts))])
-    return total, seconds, argmax
-
-
 def _replay(policy: HFPolicy, calls):
     """The same prompts, call by call (each call's prompts one at a time when batch_size=1)."""
     _reset(policy)
@@ -240,43 +165,50 @@ def main() -> None:
     renderer = ChatRenderer(batched.tok)
     batched.generate([renderer.encode(renderer.prefix("S", "U"))], [0])  # warm-up
     r_b, rec, gen_b, t_b = _play(batched, tasks, renderer, world, steps)
+    forward = batched.stats["forward_seconds"]
+    joined = batched.stats["joined_rows"]
     calls = rec.calls
-    parts = os.environ.get("BENCH_PARTS", "generation,cache,retire,limit,collect").split(",")
+    parts = os.environ.get("BENCH_PARTS", "generation,cache,lockstep,limit,collect").split(",")
     prompts = sum(s.prompt_len for r in r_b for s in r.steps)
     n_steps = sum(len(r.steps) for r in r_b)
     reuse = dict(batched.prefix_cache.stats)
-    print(f"played ({model_dir}, {precision}, {n} tasks to {steps} steps, greedy, {n_steps} actions, mean context "
-          f"{prompts // max(n_steps, 1)} tokens, {len(calls)} calls): batched {gen_b / t_b:.1f} tok/s ({gen_b} tokens)")
+    print(f"played ({model_dir}, {precision}, {n} tasks to {steps} steps, greedy, continuous batching, {n_steps} "
+          f"actions, mean context {prompts // max(n_steps, 1)} tokens, {joined} rows joined a running batch): "
+          f"batched {gen_b / t_b:.1f} tok/s ({gen_b} tokens in {t_b:.1f} s)")
     if "generation" in parts:
         single = HFPolicy(batched.model, batched.tok, sampling, batch_size=1, kv_cache_tokens=kv)
         gen_s, t_s = _replay(single, calls)
-        print(f"generation (the unbatched policy gets the same {len(calls)} calls): batched {gen_b / t_b:.1f} tok/s, "
-              f"unbatched {gen_s / t_s:.1f} tok/s ({gen_s} tokens), ratio {(gen_b / t_b) / (gen_s / t_s):.2f}x")
+        print(f"generation (the unbatched policy gets the same prompts, step by step, {len(calls)} calls): batched "
+              f"{gen_b / t_b:.1f} tok/s, unbatched {gen_s / t_s:.1f} tok/s ({gen_s} tokens), "
+              f"ratio {(gen_b / t_b) / (gen_s / t_s):.2f}x")
     if "cache" in parts:
         nocache = HFPolicy(batched.model, batched.tok, sampling, batch_size=n)
         gen_n, t_n = _replay(nocache, calls)
-        print(f"prefix KV cache (batched, same calls): {gen_b / t_b:.1f} tok/s with, {gen_n / t_n:.1f} tok/s without, "
-              f"ratio {(gen_b / t_b) / (gen_n / t_n):.2f}x; "
+        print(f"prefix KV cache (batched, same prompts): {gen_b / t_b:.1f} tok/s with, {gen_n / t_n:.1f} tok/s "
+              f"without, ratio {(gen_b / t_b) / (gen_n / t_n):.2f}x; "
               f"{reuse['reused_tokens'] / max(reuse['prompt_tokens'], 1):.0%} of context tokens reused")
-    if "retire" in parts:
-        kept = HFPolicy(batched.model, batched.tok, sampling, batch_size=n, kv_cache_tokens=kv)
-        kept.retire_finished = False
-        gen_k, t_k = _replay(kept, calls)
-        gen_r, t_r = _replay(batched, calls)
-        print(f"finished rows leave the batch (batched, same calls): {gen_r / t_r:.1f} tok/s, kept until the longest "
-              f"row ends {gen_k / t_k:.1f} tok/s, ratio {(gen_r / t_r) / (gen_k / t_k):.2f}x")
+    if "lockstep" in parts:
+        _reset(batched)
+        t0 = time.perf_counter()
+        r_l = run_cot([(t, 0) for t in tasks], batched, renderer, lambda: ToolWorldEnv(world), max_steps=steps,
+                      seed=1, constrain_names=True, continuous=False)
+        t_l = time.perf_counter() - t0
+        gen_l = sum(len(s.generation.token_ids) for r in r_l for s in r.steps)
+        same = [[s.generation.token_ids for s in r.steps] for r in r_l] == [[s.generation.token_ids for s in r.steps]
+                                                                             for r in r_b]
+        print(f"continuous batching (same tasks): {gen_b / t_b:.1f} tok/s, lockstep (one generate per agent step) "
+              f"{gen_l / t_l:.1f} tok/s ({gen_l} tokens, {'the same' if same else 'NOT the same'} actions), "
+              f"ratio {(gen_b / t_b) / (gen_l / t_l):.2f}x")
     if "limit" in parts:
-        gen_l, t_dec, t_pre = _bare(batched, calls, rec.lengths)
-        print(f"the machine's limit (a bare batched forward of the same {len(calls)} calls, decoding to each call's "
-              f"longest generation, argmax): decode only {gen_l / t_dec:.1f} tok/s (the batched agent reaches "
-              f"{(gen_b / t_b) / (gen_l / t_dec):.2f} of it); with the full prefill of every call "
-              f"{gen_l / (t_dec + t_pre):.1f} tok/s (the agent, with its prefix cache: "
-              f"{(gen_b / t_b) / (gen_l / (t_dec + t_pre)):.2f}x)")
-        plan = cache_plan(calls, rec.generated, batched.batch_size, batched.min_shared_prefix)
-        gen_x, t_x, _ = bare_same_shapes(batched, calls, rec.generated, plan)
-        print(f"the limit at the agent's own shapes (the same rows per forward, the suffixes its prefix cache leaves "
-              f"prefilled, each row decoding as many tokens as it generated, argmax): {gen_x / t_x:.1f} tok/s; the "
-              f"batched agent reaches {(gen_b / t_b) / (gen_x / t_x):.2f} of it")
+        print(f"the limit at the agent's own shapes (its forward calls alone, every prefill and decode step): "
+              f"{gen_b / forward:.1f} tok/s ({forward:.1f} of its {t_b:.1f} s); the batched agent reaches "
+              f"{forward / t_b:.2f} of it")
+        gen_x, t_dec, t_pre = _bare(batched, calls, rec.lengths)
+        print(f"a bare batched forward of the same prompts, step by step ({len(calls)} forwards of up to {n} rows, "
+              f"decoding to each step's longest generation, argmax): decode only {gen_x / t_dec:.1f} tok/s (the batched "
+              f"agent reaches {(gen_b / t_b) / (gen_x / t_dec):.2f} of it); with the full prefill of every prompt "
+              f"{gen_x / (t_dec + t_pre):.1f} tok/s (the agent, with its prefix cache: "
+              f"{(gen_b / t_b) / (gen_x / (t_dec + t_pre)):.2f}x)")
     if "collect" not in parts:
         return
     policy = HFPolicy(batched.model, batched.tok, SamplingConfig(max_new_tokens=new_tokens, temperature=0.8),

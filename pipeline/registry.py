@@ -92,8 +92,10 @@ ENVIRONMENTS.register(Part("replay", "real StableToolBench responses recorded in
 
 STRATEGIES = Registry("collect.strategy", "run(jobs, policy, renderer, make_env, search) -> one Rollout per (task, "
                                         "sample_idx) job; search: pipeline.agent.rollout.Search (the agent section's "
-                                        "settings and the registered name to record)")
-STRATEGIES.register(Part("cot", "one chain per sample", "pipeline.agent.rollout:run_chains"))
+                                        "settings and the registered name to record). A strategy with `streams` also "
+                                        "takes on_done=f and calls f(rollout) as each job ends: collect then gives "
+                                        "it every job at once and writes parts as they end")
+STRATEGIES.register(Part("cot", "one chain per sample", "pipeline.agent.rollout:run_chains", frozenset({"streams"})))
 STRATEGIES.register(Part("dfsdt", "depth-first tree search (agent.dfsdt_width children per node, agent.dfsdt_budget "
                                   "actions per task), the final path kept", "pipeline.agent.rollout:run_trees",
                          frozenset({"tree"})))

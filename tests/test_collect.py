@@ -17,17 +17,17 @@ from pipeline.schema import STEPS, TOKENS, TRAJECTORIES, read_table
 from tests.conftest import REPO
 
 def run_collect(model_dir, out, delay: float) -> None:
-    """Collect 6 train tasks x 2 samples in chunks of 2, sleeping `delay` s before each generation call (so a
-    kill lands mid-run). Run in a subprocess by the kill test, and in this process for its resume."""
+    """Collect 6 train tasks x 2 samples in parts of 2, sleeping `delay` s before each prefill (so a kill lands
+    mid-run). Run in a subprocess by the kill test, and in this process for its resume."""
     from pipeline.agent.backends import HFPolicy, SamplingConfig
     from pipeline.envs import ToolWorldEnv
     from pipeline.toolworld.tasks import generate_tasks
     from pipeline.toolworld.world import ToolWorld
 
     class Slow(HFPolicy):
-        def generate(self, prompts, seeds, slots=None):
+        def _prefill(self, prompts, count=True):  # every admission of prompts into the batch
             time.sleep(delay)
-            return super().generate(prompts, seeds, slots)
+            return super()._prefill(prompts, count)
 
     world = ToolWorld(1234, 40, 0.03)
     tasks = generate_tasks(world, 7, {"train": {"I1": 6}})["train"]
@@ -68,6 +68,12 @@ def test_kill_then_resume_loses_nothing_and_repeats_nothing(tmp_path, tiny_model
     assert not (out / ".parts").exists()
     trajs = pl.read_parquet(out / "trajectories.parquet")
     assert trajs.height == 12 and trajs["traj_id"].n_unique() == 12
+    # parts hold trajectories in the order they ended (continuous batching); the file keeps the jobs' order
+    from pipeline.toolworld.tasks import generate_tasks
+    from pipeline.toolworld.world import ToolWorld
+
+    tasks = generate_tasks(ToolWorld(1234, 40, 0.03), 7, {"train": {"I1": 6}})["train"]
+    assert trajs.select("task_id", "sample_idx").rows() == [(t.task_id, k) for t in tasks for k in range(2)]
     kept = trajs.filter(pl.col("traj_id").is_in(before["traj_id"].to_list()))
     assert kept.sort("traj_id").equals(before.sort("traj_id")), "finished trajectories were not regenerated"
     steps = pl.read_parquet(out / "steps.parquet")

@@ -126,33 +126,114 @@ def test_finished_rows_leave_the_batch_without_changing_any_generation(tokenizer
     assert stored(kept_policy) == stored(retired_policy) and len(stored(retired_policy)) == 6
 
 
-def test_the_bench_limit_at_the_agents_shapes_runs_the_agents_computation(world, splits, tokenizer):
-    """bench/agent.py's limit (`bare_same_shapes`) is the agent's work without its Python: given the agent's greedy
-    calls, what its prefix cache served (`cache_plan`, computed from the calls alone) is what the cache reports, the
-    shared prefixes are the ones the policy ran ahead, and the bare forward's argmax writes the agent's own tokens,
-    row for row, with rows leaving the batch as the agent's did."""
-    from bench.agent import _Recording, bare_same_shapes, cache_plan
+def _ending_early(tokenizer, renderer, world, jobs) -> int:
+    """A token the tiny random model writes early in some actions and late or never in others, made the end-of-turn
+    token, so that actions end at different lengths (the random model rarely writes its real one)."""
+    import collections
+
+    probe = _policy(tokenizer, 0, 0.9)
+    first: dict[int, set] = collections.defaultdict(set)  # token -> the positions where it first appears
+    for r in run_cot(jobs, probe, renderer, lambda: ToolWorldEnv(world), max_steps=1, seed=3):
+        ids = r.steps[0].generation.token_ids
+        for t in set(ids[1:]):
+            first[t].add(ids.index(t))
+    return max(first, key=lambda t: (len(first[t]), -t))
+
+
+def test_continuous_batching_gives_the_actions_of_lockstep_and_one_by_one(world, splits, tokenizer):
+    """Chains whose actions end at different lengths: under continuous batching (a chain's next prompt joins the rows
+    still decoding, and new chains fill free rows) every action's tokens are those of one `generate` per agent step
+    and of a policy that runs one prompt at a time, log-probs within 1e-4, sampled at T = 0.9 with each step's seed;
+    rows really joined running batches."""
+    renderer = ChatRenderer(tokenizer)
+    jobs = [(t, k) for t in splits["train"][:4] for k in range(2)]  # 8 chains, 4 rows
+    eos = _ending_early(tokenizer, renderer, world, jobs)
+
+    def play(batch_size: int, continuous: bool):
+        policy = _policy(tokenizer, 100_000, 0.9)
+        policy.batch_size, policy.eos_id = batch_size, eos
+        return policy, run_cot(jobs, policy, renderer, lambda: ToolWorldEnv(world), max_steps=3, seed=3,
+                               continuous=continuous)
+
+    cont_policy, cont = play(4, True)
+    lock_policy, lock = play(4, False)
+    _, single = play(1, True)
+    lengths = {len(s.generation.token_ids) for r in cont for s in r.steps}
+    assert len(lengths) >= 3 and any(s.generation.ended for r in cont for s in r.steps)
+    assert cont_policy.stats["joined_rows"] >= 4 and lock_policy.stats["joined_rows"] == 0
+    _same(cont, lock)
+    _same(cont, single)
+    assert [r.traj_id for r in cont] == [r.traj_id for r in lock]  # job order
+    assert cont_policy.stats["generated_tokens"] == sum(len(s.generation.token_ids) for r in cont for s in r.steps)
+
+
+def test_running_batch_by_hand():
+    """kvcache.RunningBatch, one layer, one head, dim 1, keys = the token and values = its negative (0 = padding):
+    the first admission drops a column no row uses and right-aligns the narrower part, with zeros where it pads; a
+    later row is written into a free row of the same buffer (no copy of the running rows); a token is written at
+    one column for every row; a leaving row's place is taken by the last row, and a column no row uses any more
+    leaves the view; a row wider than the view widens it on the left (zeros for the rows already there); more rows
+    than the buffer holds make a new buffer."""
+    from types import SimpleNamespace
+
+    from pipeline.agent.kvcache import RunningBatch
+
+    def part(rows):
+        t = torch.tensor(rows, dtype=torch.float32).view(len(rows), 1, len(rows[0]), 1)
+        return SimpleNamespace(layers=[SimpleNamespace(keys=t, values=-t)]), (torch.tensor(rows) != 0).long()
+
+    def seen(batch):
+        layer = batch.cache.layers[0]
+        keys = layer.keys.reshape(batch.rows, -1).tolist()
+        assert layer.values.reshape(batch.rows, -1).tolist() == [[-x for x in row] for row in keys]
+        return keys, batch.mask.tolist()
+
+    batch = RunningBatch(reserve=2, capacity=4)
+    batch.admit([part([[0, 0, 5, 6], [0, 7, 8, 9]])])
+    assert seen(batch) == ([[0, 5, 6], [7, 8, 9]], [[0, 1, 1], [1, 1, 1]])
+    buffer = batch.cache.layers[0]._k
+    assert buffer.shape == (4, 1, 5, 1)  # 4 rows; 3 columns, no room on the left (a quarter of 3), 2 reserved
+    batch.admit([part([[1, 2]])])
+    assert seen(batch) == ([[0, 5, 6], [7, 8, 9], [0, 1, 2]], [[0, 1, 1], [1, 1, 1], [0, 1, 1]])
+    assert batch.cache.layers[0]._k is buffer
+    batch.step()
+    batch.cache.layers[0].update(torch.full((3, 1, 1, 1), 4.0), torch.full((3, 1, 1, 1), -4.0))
+    assert seen(batch) == ([[0, 5, 6, 4], [7, 8, 9, 4], [0, 1, 2, 4]], [[0, 1, 1, 1], [1, 1, 1, 1], [0, 1, 1, 1]])
+    assert batch.retire([0, 2]) == [0, 2]  # the 7-row leaves; the last row takes its place
+    assert seen(batch) == ([[5, 6, 4], [1, 2, 4]], [[1, 1, 1], [1, 1, 1]])  # column 0 was only the 7-row's
+    assert batch.cache.layers[0]._k is buffer
+    batch.admit([part([[8, 8, 8, 8]])])
+    assert seen(batch) == ([[0, 5, 6, 4], [0, 1, 2, 4], [8, 8, 8, 8]], [[0, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1]])
+    assert batch.cache.layers[0]._k is buffer
+    batch.admit([part([[0, 3], [2, 2]])])  # 5 rows > 4: a new buffer
+    assert batch.cache.layers[0]._k is not buffer and batch.cache.layers[0]._k.shape[0] == 5
+    assert seen(batch) == ([[0, 5, 6, 4], [0, 1, 2, 4], [8, 8, 8, 8], [0, 0, 0, 3], [0, 0, 2, 2]],
+                           [[0, 1, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 1], [0, 0, 1, 1]])
+    assert batch.retire([]) == [] and batch.rows == 0 and batch.cache is None
+
+
+def test_the_bench_records_continuous_requests_as_the_lockstep_calls(world, splits, tokenizer):
+    """bench/agent.py gives the unbatched policy and the bare forward the prompts of a continuous run grouped by agent
+    step: they are, step by step, the prompts one `generate` per step is called with, and generate the same tokens.
+    The model's own time (what the bench's limit is) is part of the policy's time."""
+    from bench.agent import _Recording
 
     renderer = ChatRenderer(tokenizer)
-    policy = _policy(tokenizer, 100_000, 0.0)
-    policy.batch_size = 2  # 3 tasks, the first twice: two batches per call, the second of two rows
-    ran = []
-    run_shared = policy._run_shared_prefixes
-    policy._run_shared_prefixes = lambda prompts: (ran.append(len(policy.prefix_cache.entries)), run_shared(prompts))
-    rec = _Recording(policy)
-    jobs = [(t, k) for t, k in ((splits["train"][0], 0), (splits["train"][0], 1), (splits["train"][1], 0),
-                                (splits["train"][2], 0))]
-    run_cot(jobs, rec, renderer, lambda: ToolWorldEnv(world), max_steps=2, seed=2)
-    plan = cache_plan(rec.calls, rec.generated, policy.batch_size, policy.min_shared_prefix)
-    assert sum(sum(p["rows"]) for p in plan) == policy.prefix_cache.stats["reused_tokens"] > 0
-    # the first call: the two samples of task 0 share their whole prompt but its last token, run once ahead of the
-    # rows; the preamble the other tasks share with it is a prefix of that one, so it is not run again, and every
-    # row of the first call is served
-    first = [c for chunk in plan[0]["shared"] for c, _ in chunk]
-    assert first == [rec.calls[0][0][0][:-1]]
-    assert all(n > 0 for n in plan[0]["rows"]) and len(ran) == len(rec.calls) and ran[0] == 0
-    total, seconds, argmax = bare_same_shapes(policy, rec.calls, rec.generated, plan)
-    assert argmax == rec.generated and total == sum(map(sum, rec.lengths)) and seconds > 0
+    jobs = [(t, 0) for t in splits["train"][:3]] + [(splits["train"][0], 1)]
+
+    def record(continuous: bool):
+        policy = _policy(tokenizer, 100_000, 0.0)
+        policy.batch_size = 2
+        rec = _Recording(policy)
+        run_cot(jobs, rec, renderer, lambda: ToolWorldEnv(world), max_steps=3, seed=2, continuous=continuous)
+        return policy, rec
+
+    cont_policy, cont = record(True)
+    lock_policy, lock = record(False)
+    assert len(cont.calls) == len(lock.calls) == 3
+    for (cp, cs, _), (lp, ls, _), cg, lg in zip(cont.calls, lock.calls, cont.generated, lock.generated):
+        assert sorted(zip(cp, cs, map(tuple, cg))) == sorted(zip(lp, ls, map(tuple, lg)))
+    assert 0 < cont_policy.stats["forward_seconds"] < cont_policy.stats["seconds"]
 
 
 def test_shared_prefixes_by_hand():

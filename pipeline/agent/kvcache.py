@@ -162,49 +162,204 @@ def batch_past(hits: list[tuple[CacheEntry | None, int]], device: torch.device):
     return layers, mask
 
 
+_GROWING_LAYER = None
+
+
+def _growing_layer():
+    """The cache layer of `growing_cache` (a transformers `DynamicLayer`), made once: transformers is imported only
+    when a policy runs."""
+    global _GROWING_LAYER
+    if _GROWING_LAYER is None:
+        from transformers.cache_utils import DynamicLayer
+
+        class GrowingLayer(DynamicLayer):
+            """States in a preallocated buffer `[capacity rows, heads, columns, head_dim]`: the model sees rows
+            `[:_b]` and columns `[_s:_n]` (`keys`, `values` are views), and writes the next token at column `_n`.
+            `RunningBatch` adds and removes rows and trims leading columns in place."""
+
+            def __init__(self, reserve: int):
+                super().__init__()
+                self.reserve = reserve
+                self._k = self._v = None
+                self._b = self._s = self._n = 0
+
+            def adopt(self, k: torch.Tensor, v: torch.Tensor, rows: int, start: int, end: int):
+                """Take buffers whose rows `[:rows]`, columns `[start:end]` hold the states, without a copy."""
+                self.lazy_initialization(k, v)
+                self._k, self._v, self._b, self._s, self._n = k, v, rows, start, end
+                return self._view()
+
+            def _view(self):
+                self.keys = self._k[:self._b, :, self._s:self._n]
+                self.values = self._v[:self._b, :, self._s:self._n]
+                return self
+
+            def update(self, key_states, value_states, *args, **kwargs):
+                if not self.is_initialized:
+                    self.lazy_initialization(key_states, value_states)
+                t = key_states.shape[-2]
+                if self._k is None:
+                    self._b = key_states.shape[0]
+                if self._k is None or self._n + t > self._k.shape[-2]:  # full: a new buffer for the live columns
+                    width = self._n - self._s
+                    left, right = _room(width, self.reserve)
+                    shape = (self._b if self._k is None else self._k.shape[0], key_states.shape[1],
+                             left + width + t + right, key_states.shape[-1])
+                    k, v = key_states.new_empty(shape), value_states.new_empty(shape)
+                    if width:
+                        k[:self._b, :, left:left + width] = self.keys
+                        v[:self._b, :, left:left + width] = self.values
+                    self._k, self._v, self._s, self._n = k, v, left, left + width
+                self._k[:self._b, :, self._n:self._n + t] = key_states
+                self._v[:self._b, :, self._n:self._n + t] = value_states
+                self._n += t
+                self._view()
+                return self.keys, self.values
+
+        _GROWING_LAYER = GrowingLayer
+    return _GROWING_LAYER
+
+
 def growing_cache(reserve: int, past: list[tuple[torch.Tensor, torch.Tensor]] | None = None):
     """A transformers `DynamicCache` whose layers write new states into a preallocated buffer instead of
     concatenating at every token. The stock layer's `torch.cat` copies the whole cache per generated token:
     measured on 2 CPU cores, 66% of a decode step at batch 8 and 600 tokens of context. Room for `reserve`
     more tokens is made whenever the buffer is full (one copy per `reserve` tokens)."""
+    from functools import partial
+
     from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
 
-    class GrowingLayer(DynamicLayer):
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-                self._k = self._v = None
-                self._n = 0
-            n = self._n + key_states.shape[-2]
-            if self._k is None or n > self._k.shape[-2]:
-                shape = (*key_states.shape[:2], n + reserve, key_states.shape[-1])
-                k, v = key_states.new_empty(shape), value_states.new_empty(shape)
-                if self._n:
-                    k[:, :, :self._n] = self._k[:, :, :self._n]
-                    v[:, :, :self._n] = self._v[:, :, :self._n]
-                self._k, self._v = k, v
-            self._k[:, :, self._n:n] = key_states
-            self._v[:, :, self._n:n] = value_states
-            self._n = n
-            self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
-            return self.keys, self.values
-
+    layer = _growing_layer()
     cache = DynamicCache()
-    cache.layer_class_to_replicate = GrowingLayer
+    cache.layer_class_to_replicate = partial(layer, reserve)
     for k, v in past or []:
-        layer = GrowingLayer()
-        layer.update(k, v)
-        cache.layers.append(layer)
+        grown = layer(reserve)
+        grown.update(k, v)
+        cache.layers.append(grown)
     return cache
 
 
-def keep_rows(cache, keep: torch.Tensor) -> None:
-    """Shrink a dynamic cache (`growing_cache`'s or transformers' plain one) to the batch rows `keep`: a finished
-    row leaves the batch, so the attention and matmuls of later tokens stop paying for it."""
-    for layer in cache.layers:
-        if getattr(layer, "_k", None) is not None:  # growing_cache's preallocated buffers
-            layer._k, layer._v = layer._k.index_select(0, keep), layer._v.index_select(0, keep)
-            layer.keys, layer.values = layer._k[:, :, :layer._n], layer._v[:, :, :layer._n]
-        else:
-            layer.keys, layer.values = layer.keys.index_select(0, keep), layer.values.index_select(0, keep)
+def _room(width: int, reserve: int) -> tuple[int, int]:
+    """Free columns a new buffer for `width` live ones gets on the left (for joining rows longer than the running
+    ones: a chain's next prompt is its last one, an action and an answer) and on the right (tokens to write before
+    the next copy; at least `reserve`). A quarter of the width each: a running batch under continuous batching lives
+    for many actions, one column per decode step, and every new buffer copies all its rows."""
+    return width // 4, max(reserve, width // 4)
+
+
+def _used(mask: torch.Tensor) -> int:
+    """The first column of a `[B, W]` attention mask that some row uses (W when none does)."""
+    used = mask.any(0).nonzero()
+    return int(used[0, 0]) if used.numel() else mask.shape[1]
+
+
+class RunningBatch:
+    """The KV states and attention mask of the rows decoding together under continuous batching (HFPolicy.serve),
+    kept in one preallocated buffer per layer (`growing_cache`'s layers) for `capacity` rows.
+
+    Rows are right-aligned: every row writes its next token at the same column, and the mask `[rows, W]` marks each
+    row's own positions (1) against padding (0). A finished row leaves by taking the last row's place (`retire`: one
+    row copied per leaving row, not the whole batch), and leading columns that no row uses any more are dropped from
+    the view; joining rows are written into free rows, right-aligned (`admit`: only their own states are copied).
+    A new buffer is made, and everything copied once, only when rows or columns run out. Padding positions hold
+    zeros or the finite states of rows that left, never uninitialised memory: a masked position's value still meets
+    a zero weight in attention, and 0 * NaN is NaN."""
+
+    def __init__(self, reserve: int, capacity: int):
+        self.reserve, self.capacity = reserve, capacity
+        self.cache = None
+        self.mask: torch.Tensor | None = None
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[0]
+
+    def admit(self, parts: list[tuple[object, torch.Tensor]]) -> None:
+        """Add the rows of `parts` after the running ones: [(cache, attention mask [B_i, W_i])], each cache's layers
+        holding W_i positions (a prefill's cache); their columns that no row uses are left out."""
+        leads = [_used(m) for _, m in parts]
+        widths = [m.shape[1] - lead for (_, m), lead in zip(parts, leads)]
+        adding = sum(m.shape[0] for _, m in parts)
+        first = self.cache.layers[0] if self.cache is not None else None
+        if first is None or self.rows + adding > first._k.shape[0] or max(widths) > first._n:
+            return self._rebuild(parts, leads, widths)
+        start = min(first._s, first._n - max(widths))
+        grow = first._s - start  # columns the running rows gain on the left (their padding)
+        at = self.rows
+        for li, layer in enumerate(self.cache.layers):
+            for buf, name in ((layer._k, "keys"), (layer._v, "values")):
+                if grow:
+                    buf[:at, :, start:layer._s] = 0
+                row = at
+                for (cache, m), lead, w in zip(parts, leads, widths):
+                    n = m.shape[0]
+                    buf[row:row + n, :, start:layer._n - w] = 0
+                    buf[row:row + n, :, layer._n - w:layer._n] = getattr(cache.layers[li], name)[:, :, lead:]
+                    row += n
+            layer._b, layer._s = at + adding, start
+            layer._view()
+        width = first._n - start
+        masks = [self.mask.new_zeros((self.rows, grow)), self.mask] if grow else [self.mask]
+        self.mask = torch.cat([torch.cat(masks, dim=1)] + [torch.cat([m.new_zeros((m.shape[0], width - w)),
+                                                                       m[:, lead:]], dim=1)
+                                                            for (_, m), lead, w in zip(parts, leads, widths)])
+
+    def _rebuild(self, parts, leads, widths) -> None:
+        """One new buffer for the running rows and `parts` (what `admit` does when rows or columns run out)."""
+        if self.cache is not None:
+            parts = [(self.cache, self.mask)] + parts
+            leads, widths = [0] + leads, [self.mask.shape[1]] + widths
+        width = max(widths)
+        rows = [m.shape[0] for _, m in parts]
+        mask = parts[0][1].new_zeros((sum(rows), width))
+        at = 0
+        for (_, m), lead, w, n in zip(parts, leads, widths, rows):
+            mask[at:at + n, width - w:] = m[:, lead:]
+            at += n
+        layer = _growing_layer()
+        out = growing_cache(self.reserve)
+        left, right = _room(width, self.reserve)
+        for layers in zip(*(cache.layers for cache, _ in parts)):
+            k0 = layers[0].keys
+            shape = (max(sum(rows), self.capacity), k0.shape[1], left + width + right, k0.shape[-1])
+            k, v = k0.new_empty(shape), layers[0].values.new_empty(shape)
+            row = 0
+            for src, lead, w, n in zip(layers, leads, widths, rows):
+                k[row:row + n, :, left:left + width - w] = 0
+                v[row:row + n, :, left:left + width - w] = 0
+                k[row:row + n, :, left + width - w:left + width] = src.keys[:, :, lead:]
+                v[row:row + n, :, left + width - w:left + width] = src.values[:, :, lead:]
+                row += n
+            out.layers.append(layer(self.reserve).adopt(k, v, sum(rows), left, left + width))
+        self.cache, self.mask = out, mask
+
+    def retire(self, keep: list[int]) -> list[int]:
+        """Keep only the rows `keep` (ascending): each kept row beyond the new row count moves into a leaving row's
+        place. Returns the new order (row i now holds what row order[i] held); leading columns no kept row uses
+        leave the view."""
+        new = len(keep)
+        kept = set(keep)
+        holes = [i for i in range(new) if i not in kept]
+        movers = [i for i in keep if i >= new]
+        order = list(range(new))
+        for h, m in zip(holes, movers):
+            order[h] = m
+        if new == 0:
+            self.cache = self.mask = None
+            return order
+        self.mask = self.mask[order]
+        trim = _used(self.mask)
+        self.mask = self.mask[:, trim:]
+        for layer in self.cache.layers:
+            if movers:
+                s, n = layer._s, layer._n
+                layer._k[holes, :, s:n] = layer._k[movers, :, s:n]
+                layer._v[holes, :, s:n] = layer._v[movers, :, s:n]
+            layer._b, layer._s = new, layer._s + trim
+            layer._view()
+        return order
+
+    def step(self) -> torch.Tensor:
+        """The mask with one more column for the token every row is about to run."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones((self.rows, 1))], dim=1)
+        return self.mask

@@ -145,32 +145,62 @@ def collect(tasks: list[Task], policy, renderer: ChatRenderer, make_env, out_dir
                     tool_descriptions=tool_descriptions, width=width, budget=budget,
                     backtrack_on_error=backtrack_on_error)
     bar = tqdm(total=len(jobs), desc=f"collect {strategy}", unit="traj", disable=not progress)
-    for start in range(0, len(jobs), chunk_size):
-        chunk = jobs[start:start + chunk_size]
-        rollouts = run(chunk, policy, renderer, make_env, search)
+    ended: list = []
+
+    def write_part() -> None:  # the rollouts ended since the last part
+        nonlocal n_part
         rows = {"trajectories": [], "steps": [], "tokens": []}
-        for r in rollouts:
+        for r in ended:
             traj, steps, toks = rollout_rows(r, renderer)
             rows["trajectories"].append(traj)
             rows["steps"].extend(steps)
             rows["tokens"].extend(toks)
-        for name in ("tokens", "steps", "trajectories"):  # trajectories last: it commits the chunk
+        for name in ("tokens", "steps", "trajectories"):  # trajectories last: it commits the part
             write_table(rows[name], parts / f"{name}-{n_part:05d}.parquet", FILES[name])
         n_part += 1
-        bar.update(len(chunk))
+        bar.update(len(ended))
+        ended.clear()
         stats = getattr(policy, "stats", None)
         if stats and stats["seconds"] > 0:
             bar.set_postfix(gen_tok_s=f"{stats['generated_tokens'] / stats['seconds']:.0f}",
                             prompt_tok_s=f"{stats['prompt_tokens'] / stats['seconds']:.0f}")
+
+    def on_done(rollout) -> None:
+        ended.append(rollout)
+        if len(ended) >= chunk_size:
+            write_part()
+
+    if STRATEGIES.has(strategy, "streams"):  # every job at once: a row that ends makes room for the next job
+        run(jobs, policy, renderer, make_env, search, on_done=on_done)
+    else:
+        for start in range(0, len(jobs), chunk_size):
+            for r in run(jobs[start:start + chunk_size], policy, renderer, make_env, search):
+                on_done(r)
+    if ended:
+        write_part()
     bar.close()
+    # parts hold trajectories in the order they ended; the files keep the jobs' order
+    order = {traj_id(t.task_id, policy.name, strategy, k, seed): i for i, (t, k) in
+             enumerate((t, k) for t in tasks for k in range(n_samples))}
     tables = {}
     for name, schema in FILES.items():
         files = sorted(parts.glob(f"{name}-*.parquet"))
         table = pa.concat_tables([pq.read_table(f) for f in files]) if files else schema.empty_table()
-        tables[name] = write_table(table, out_dir / f"{name}.parquet", schema)
+        tables[name] = write_table(_in_job_order(table, order), out_dir / f"{name}.parquet", schema)
     shutil.rmtree(out_dir / ".parts", ignore_errors=True)
     return summarize(tables["trajectories"], tables["steps"], {t.task_id: t for t in tasks},
                      elapsed=time.perf_counter() - t0, count_answers=count_answers)
+
+
+def _in_job_order(table: pa.Table, order: dict[str, int]) -> pa.Table:
+    """The rows of `table` sorted by their trajectory's job (a stable sort: a trajectory's steps and tokens keep
+    their order)."""
+    import numpy as np
+
+    if table.num_rows == 0:
+        return table
+    key = np.array([order.get(t, len(order)) for t in table.column("traj_id").to_pylist()])
+    return table.take(pa.array(np.argsort(key, kind="stable")))
 
 
 def summarize(trajectories: pa.Table, steps: pa.Table, tasks: dict[str, Task], elapsed: float = 0.0,

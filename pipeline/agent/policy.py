@@ -4,6 +4,7 @@ settings, the constrained function-name slot (`NameSlot`, see pipeline/agent/bac
 so reading artifacts or building the CLI does not import torch."""
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,6 +48,42 @@ class Policy(Protocol):
 
     def generate(self, prompts: list[list[int]], seeds: list[int],
                  slots: list[NameSlot | None] | None = None) -> list[Generation]: ...
+
+
+@dataclass
+class Request:
+    """One prompt to complete; `key` comes back with its generation (`RequestSource.done`)."""
+    key: object
+    prompt: list[int]
+    seed: int
+    slot: NameSlot | None = None
+
+
+class RequestSource(Protocol):
+    """Where a continuously batching policy (HFPolicy.serve) gets its prompts and sends their generations. A request
+    may depend on an earlier one's generation (an agent's next step on its last action and the tool's answer), so
+    requests are taken as they become ready, not all at once."""
+
+    def take(self, n: int, wait: bool) -> list[Request]:
+        """Up to `n` requests ready now. `wait`: nothing is running, so block until one is ready; an empty list
+        then means that none will ever come."""
+        ...
+
+    def done(self, key: object, generation: Generation) -> None: ...
+
+
+class RequestList:
+    """A fixed list of requests, taken in order; each generation lands in `out[key]` (HFPolicy.generate)."""
+
+    def __init__(self, requests: list[Request]):
+        self.todo = deque(requests)
+        self.out: dict = {}
+
+    def take(self, n: int, wait: bool) -> list[Request]:
+        return [self.todo.popleft() for _ in range(min(n, len(self.todo)))]
+
+    def done(self, key: object, generation: Generation) -> None:
+        self.out[key] = generation
 
 
 @dataclass

@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from pipeline.agent.policy import Generation, NameSlot, Policy
+from pipeline.agent.policy import Generation, NameSlot, Policy, Request
 from pipeline.agent.parse import ParsedAction, parse_action
 from pipeline.agent.prompts import ChatRenderer, name_slot, system_prompt, user_message
 from pipeline.envs import ApiListEnv, StepResult
@@ -151,11 +151,11 @@ class Search:
 
 
 def run_chains(jobs: list[tuple[Task, int]], policy: Policy, renderer: ChatRenderer, make_env,
-               search: Search) -> list[Rollout]:
+               search: Search, on_done=None) -> list[Rollout]:
     """The `cot` strategy: `run_cot` with `search`'s settings."""
     return run_cot(jobs, policy, renderer, make_env, max_steps=search.max_steps, seed=search.seed,
                    tool_descriptions=search.tool_descriptions, constrain_names=search.constrain_names,
-                   strategy=search.strategy)
+                   strategy=search.strategy, on_done=on_done)
 
 
 def run_trees(jobs: list[tuple[Task, int]], policy: Policy, renderer: ChatRenderer, make_env,
@@ -169,16 +169,28 @@ def run_trees(jobs: list[tuple[Task, int]], policy: Policy, renderer: ChatRender
 
 def run_cot(jobs: list[tuple[Task, int]], policy: Policy, renderer: ChatRenderer, make_env, *,
             max_steps: int = 8, seed: int = 0, tool_descriptions: dict | None = None, on_done=None,
-            constrain_names: bool = False, strategy: str = "cot") -> list[Rollout]:
-    """Play every (task, sample_idx) job as one chain, all chains advancing together (one batch per step).
-    `constrain_names`: the policy may only write function names the task offers (see `NameSlot`). `strategy`: the
-    name recorded in each rollout (and its traj_id)."""
-    chains = [_start(t, make_env(), renderer, policy, strategy, k, seed, tool_descriptions, constrain_names)
-              for t, k in jobs]
+            constrain_names: bool = False, strategy: str = "cot", continuous: bool = True) -> list[Rollout]:
+    """Play every (task, sample_idx) job as one chain. `constrain_names`: the policy may only write function names the
+    task offers (see `NameSlot`). `strategy`: the name recorded in each rollout (and its traj_id). `on_done(rollout)`
+    is called as each chain ends. Returns the rollouts in job order.
+
+    With a policy that batches continuously (`serve`, the hf backend) and `continuous`, a chain asks for its next
+    action as soon as its tool answered, and that prompt joins the rows still decoding (`_Chains`). Otherwise the
+    chains advance together, one `generate` per agent step, each step waiting for the longest action. Both give the
+    same actions: every step samples with its own seed (`step_seed`)."""
+    make = lambda job: _start(job[0], make_env(), renderer, policy, strategy, job[1], seed,  # noqa: E731
+                              tool_descriptions, constrain_names)
+    if continuous and hasattr(policy, "serve"):
+        source = _Chains(jobs, make, renderer, max_steps, seed, on_done)
+        try:
+            policy.serve(source)
+        finally:
+            source.close()
+        return source.rollouts()
+    chains = [make(job) for job in jobs]
     active = list(chains)
     while active:
-        seeds = [step_seed(seed, c.rollout.task.task_id, c.rollout.sample_idx, len(c.rollout.steps)) for c in active]
-        gens = _generate(policy, [c.ids for c in active], seeds, [c.slot for c in active])
+        gens = _generate(policy, [c.ids for c in active], [_seed_of(c, seed) for c in active], [c.slot for c in active])
         still = []
         for chain, gen, called in zip(active, gens, _call_all(active, gens, renderer)):
             chain.rollout.actions_generated += 1
@@ -189,6 +201,76 @@ def run_cot(jobs: list[tuple[Task, int]], policy: Policy, renderer: ChatRenderer
                 still.append(chain)
         active = still
     return [c.rollout for c in chains]
+
+
+def _seed_of(chain: _Chain, seed: int) -> int:
+    return step_seed(seed, chain.rollout.task.task_id, chain.rollout.sample_idx, len(chain.rollout.steps))
+
+
+class _Chains:
+    """The `RequestSource` (pipeline/agent/policy.py) of `run_cot` under continuous batching: a chain's next prompt is
+    ready once the tool answered its last action. Chains already playing go before new ones (a trajectory ends sooner,
+    fewer are open at once); a new job's chain and environment are made when it is first taken. Environments behind a
+    network (`parallel_calls`) are called on a thread pool, so that decoding goes on while they answer."""
+
+    def __init__(self, jobs, make, renderer: ChatRenderer, max_steps: int, seed: int, on_done):
+        from collections import deque
+
+        self.jobs = deque(enumerate(jobs))
+        self.chains: dict[int, _Chain] = {}
+        self.make, self.renderer, self.max_steps, self.seed, self.on_done = make, renderer, max_steps, seed, on_done
+        self.ready: deque = deque()
+        self.calls: dict = {}  # future -> (chain, generation)
+        self.pool = None
+
+    def take(self, n: int, wait: bool) -> list[Request]:
+        self._answered(block=False)
+        while wait and not self.ready and not self.jobs and self.calls:  # an answer may end its chain: wait again
+            self._answered(block=True)
+        out = []
+        while len(out) < n and (self.ready or self.jobs):
+            if self.ready:
+                chain = self.ready.popleft()
+            else:
+                i, job = self.jobs.popleft()
+                chain = self.chains[i] = self.make(job)
+            out.append(Request(chain, chain.ids, _seed_of(chain, self.seed), chain.slot))
+        return out
+
+    def done(self, chain: _Chain, gen: Generation) -> None:
+        chain.rollout.actions_generated += 1
+        if getattr(chain.env, "parallel_calls", False):
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = self.pool or ThreadPoolExecutor(max_workers=32)
+            self.calls[self.pool.submit(_call, chain, gen, self.renderer)] = (chain, gen)
+        else:
+            self._after(chain, gen, None)
+
+    def _answered(self, block: bool) -> None:
+        """Apply the tool calls that have answered (waiting for the first one when `block`)."""
+        if not self.calls:
+            return
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        finished, _ = wait(list(self.calls), timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        for fut in [f for f in self.calls if f in finished]:  # in submission order
+            chain, gen = self.calls.pop(fut)
+            self._after(chain, gen, fut.result())
+
+    def _after(self, chain: _Chain, gen: Generation, called) -> None:
+        if _act(chain, gen, self.renderer, self.max_steps, called):
+            if self.on_done:
+                self.on_done(chain.rollout)
+        else:
+            self.ready.append(chain)
+
+    def rollouts(self) -> list[Rollout]:
+        return [self.chains[i].rollout for i in sorted(self.chains)]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
 
 
 def run_dfsdt(task: Task, sample_idx: int, policy: Policy, renderer: ChatRenderer, make_env, **kw) -> Rollout:
