@@ -143,8 +143,9 @@ def _ending_early(tokenizer, renderer, world, jobs) -> int:
 def test_continuous_batching_gives_the_actions_of_lockstep_and_one_by_one(world, splits, tokenizer):
     """Chains whose actions end at different lengths: under continuous batching (a chain's next prompt joins the rows
     still decoding, and new chains fill free rows) every action's tokens are those of one `generate` per agent step
-    and of a policy that runs one prompt at a time, log-probs within 1e-4, sampled at T = 0.9 with each step's seed;
-    rows really joined running batches."""
+    and of a policy that runs one prompt at a time, log-probs within 1e-4, sampled at T = 0.9 with each step's seed,
+    whether joining rows are prefilled one at a time (a CPU) or together (an accelerator); rows really joined running
+    batches."""
     renderer = ChatRenderer(tokenizer)
     jobs = [(t, k) for t in splits["train"][:4] for k in range(2)]  # 8 chains, 4 rows
     eos = _ending_early(tokenizer, renderer, world, jobs)
@@ -158,6 +159,10 @@ def test_continuous_batching_gives_the_actions_of_lockstep_and_one_by_one(world,
     cont_policy, cont = play(4, True)
     lock_policy, lock = play(4, False)
     _, single = play(1, True)
+    together_policy = _policy(tokenizer, 100_000, 0.9)  # joining rows prefilled together, as on an accelerator
+    together_policy.batch_size, together_policy.eos_id, together_policy.prefill_per_row = 4, eos, False
+    together = run_cot(jobs, together_policy, renderer, lambda: ToolWorldEnv(world), max_steps=3, seed=3)
+    _same(cont, together)
     lengths = {len(s.generation.token_ids) for r in cont for s in r.steps}
     assert len(lengths) >= 3 and any(s.generation.ended for r in cont for s in r.steps)
     assert cont_policy.stats["joined_rows"] >= 4 and lock_policy.stats["joined_rows"] == 0

@@ -85,6 +85,10 @@ class HFPolicy:
         # takes its place: the rest stop paying for its attention and matmuls. False keeps a batch until its longest
         # row ends (tests/test_kvcache.py compares the two on the same prompts).
         self.retire_finished = True
+        # `serve` prefills the requests joining a running batch one at a time on a CPU, where a prefill costs what its
+        # tokens cost and padding them to the longest is pure waste; together on an accelerator, where a forward
+        # call's fixed cost dominates a short prefill.
+        self.prefill_per_row = self.device.type == "cpu"
         # A prefix shared by several prompts of one call is prefilled once ahead of them when at least this long
         # (shorter ones cost a forward call for little; 0 turns it off).
         self.min_shared_prefix = 32
@@ -239,9 +243,9 @@ class HFPolicy:
         (joining costs only their own states, so there is nothing to gain by waiting for more of them: measured on
         bench/agent.py's plays, admitting at 1 free row of 16 instead of 4 took 9% fewer decode steps and was about
         6% faster end to end). An agent step therefore never waits for the longest action of
-        the others, as one `generate` per agent step would. A joining request is prefilled on its own (reusing its
-        cached prefix), not padded to the longest of the requests joining with it: on a CPU a prefill costs what its
-        tokens cost, and padding was a third of the prefilled tokens on bench/agent.py's plays. Its states are
+        the others, as one `generate` per agent step would. On a CPU a joining request is prefilled on its own (reusing
+        its cached prefix), not padded to the longest of the requests joining with it: a prefill costs what its
+        tokens cost there, and padding was a third of the prefilled tokens on bench/agent.py's plays. Its states are
         written into the running batch's free rows (kvcache.RunningBatch: no copy of the running rows, none when a
         row leaves). Each row samples with its own generator, so a request's tokens do not depend on the rows beside
         it (up to float rounding). Models whose cache is not plain full attention, or `retire_finished = False`,
@@ -264,7 +268,8 @@ class HFPolicy:
                     prompts = [r.prompt for r in new]
                     self._run_shared_prefixes(prompts)
                     if dynamic:
-                        fresh = [self._prefill([p]) for p in prompts]
+                        groups = [[p] for p in prompts] if self.prefill_per_row else [prompts]
+                        fresh = [self._prefill(g) for g in groups]
                         self.stats["joined_rows"] += len(new) if rows else 0
                         batch.admit([(c, m) for c, _, m, _ in fresh])
                         cache, mask = batch.cache, batch.mask
