@@ -32,6 +32,10 @@ from pipeline.agent.kvcache import (PrefixCache, RunningBatch, batch_past, growi
 from pipeline.agent.policy import (Generation, NameSlot, Policy, Request, RequestList, RequestSource, SamplingConfig,
                                    ScriptedPolicy, slot_remainders)
 
+__all__ = ["Generation", "HFPolicy", "NameSlot", "OpenAIPolicy", "Policy", "SamplingConfig", "ScriptedPolicy",
+           "slot_remainders"]
+
+
 @dataclass
 class _Row:
     """A request being decoded: its generator, the tokens and log-probs so far."""
@@ -40,10 +44,6 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
     logps: list[float] = field(default_factory=list)
     done: bool = False
-
-
-__all__ = ["Generation", "HFPolicy", "NameSlot", "OpenAIPolicy", "Policy", "SamplingConfig", "ScriptedPolicy",
-           "slot_remainders"]
 
 
 def token_texts(tok) -> list[str]:
@@ -297,12 +297,11 @@ class HFPolicy:
                     self.stats["generated_tokens"] += len(rows[b].tokens)
                     source.done(rows[b].req.key, self._generation(rows[b]))
                 outside += time.perf_counter() - t1
-                if len(leaving) == len(rows):
-                    rows, cache = [], None
-                    batch = RunningBatch(reserve, self.batch_size)
-                    continue
                 order = batch.retire([b for b in range(len(rows)) if b not in set(leaving)])
                 rows = [rows[b] for b in order]
+                if not rows:
+                    cache = None
+                    continue
                 idx = torch.tensor(order)
                 mask, next_pos, chosen = batch.mask, next_pos[idx.to(next_pos.device)], chosen[idx]
             step_ids = chosen.view(len(rows), 1).to(self.device)

@@ -280,9 +280,12 @@ class RunningBatch:
         leads = [_used(m) for _, m in parts]
         widths = [m.shape[1] - lead for (_, m), lead in zip(parts, leads)]
         adding = sum(m.shape[0] for _, m in parts)
+        if self.mask is None:
+            self.mask = parts[0][1].new_zeros((0, 0))
         first = self.cache.layers[0] if self.cache is not None else None
         if first is None or self.rows + adding > first._k.shape[0] or max(widths) > first._n:
-            return self._rebuild(parts, leads, widths)
+            self._renew(parts[0][0], self.rows + adding, max(widths + [self.mask.shape[1]]))
+            first = self.cache.layers[0]
         start = min(first._s, first._n - max(widths))
         grow = first._s - start  # columns the running rows gain on the left (their padding)
         at = self.rows
@@ -299,39 +302,29 @@ class RunningBatch:
             layer._b, layer._s = at + adding, start
             layer._view()
         width = first._n - start
-        masks = [self.mask.new_zeros((self.rows, grow)), self.mask] if grow else [self.mask]
-        self.mask = torch.cat([torch.cat(masks, dim=1)] + [torch.cat([m.new_zeros((m.shape[0], width - w)),
-                                                                       m[:, lead:]], dim=1)
-                                                            for (_, m), lead, w in zip(parts, leads, widths)])
+        running = torch.cat([self.mask.new_zeros((at, grow)), self.mask], dim=1)
+        self.mask = torch.cat([running] + [torch.cat([m.new_zeros((m.shape[0], width - w)), m[:, lead:]], dim=1)
+                                           for (_, m), lead, w in zip(parts, leads, widths)])
 
-    def _rebuild(self, parts, leads, widths) -> None:
-        """One new buffer for the running rows and `parts` (what `admit` does when rows or columns run out)."""
-        if self.cache is not None:
-            parts = [(self.cache, self.mask)] + parts
-            leads, widths = [0] + leads, [self.mask.shape[1]] + widths
-        width = max(widths)
-        rows = [m.shape[0] for _, m in parts]
-        mask = parts[0][1].new_zeros((sum(rows), width))
-        at = 0
-        for (_, m), lead, w, n in zip(parts, leads, widths, rows):
-            mask[at:at + n, width - w:] = m[:, lead:]
-            at += n
+    def _renew(self, like, rows: int, width: int) -> None:
+        """A new buffer per layer for `rows` rows (at least `capacity`) and `width` columns with room around them
+        (`_room`), the running rows copied in, right-aligned (what `admit` needs when rows or columns run out).
+        `like`: a cache whose layers give the heads, head_dim and dtype."""
         layer = _growing_layer()
         out = growing_cache(self.reserve)
         left, right = _room(width, self.reserve)
-        for layers in zip(*(cache.layers for cache, _ in parts)):
-            k0 = layers[0].keys
-            shape = (max(sum(rows), self.capacity), k0.shape[1], left + width + right, k0.shape[-1])
-            k, v = k0.new_empty(shape), layers[0].values.new_empty(shape)
-            row = 0
-            for src, lead, w, n in zip(layers, leads, widths, rows):
-                k[row:row + n, :, left:left + width - w] = 0
-                v[row:row + n, :, left:left + width - w] = 0
-                k[row:row + n, :, left + width - w:left + width] = src.keys[:, :, lead:]
-                v[row:row + n, :, left + width - w:left + width] = src.values[:, :, lead:]
-                row += n
-            out.layers.append(layer(self.reserve).adopt(k, v, sum(rows), left, left + width))
-        self.cache, self.mask = out, mask
+        end = left + width
+        live = self.mask.shape[1]
+        for li, template in enumerate(like.layers):
+            k0 = template.keys
+            shape = (max(rows, self.capacity), k0.shape[1], end + right, k0.shape[-1])
+            k, v = k0.new_empty(shape), template.values.new_empty(shape)
+            if self.rows:
+                old = self.cache.layers[li]
+                k[:self.rows, :, end - live:end] = old.keys
+                v[:self.rows, :, end - live:end] = old.values
+            out.layers.append(layer(self.reserve).adopt(k, v, self.rows, end - live, end))
+        self.cache = out
 
     def retire(self, keep: list[int]) -> list[int]:
         """Keep only the rows `keep` (ascending): each kept row beyond the new row count moves into a leaving row's
