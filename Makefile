@@ -77,24 +77,31 @@ study-val: $(STAMP)
 # ppo_outcome"` trains and evaluates only those (with sft) into reports/study/pieces/s<k>-steptool-ppo_outcome/.
 # PRECISION=bf16 (or fp32) sets the run's three precision keys instead of 'auto', so a machine whose 'auto'
 # resolves otherwise than the pieces' can still make a piece in theirs (study-check and the merge still compare).
+# Before training, once sft is evaluated and the seed's greedy replay made, `steptool study-check --answers` compares
+# them with the pieces that have them and stops a piece the merge would refuse. CODE=<commit> runs the pipeline at that
+# commit (the helpers stay this one's): bf16 greedy answers depend on how rows are batched, so a piece must generate
+# with the pieces' code; the study's pieces were made before continuous batching (their last commit: f1a451f).
+CODE ?=
 SEED ?= 0
 VARIANTS ?=
 PRECISION ?=
 PIECE_NAME := s$(SEED)$(if $(strip $(VARIANTS)),-$(subst $(eval) ,-,$(strip $(VARIANTS))))
 PIECE := reports/study/pieces/$(PIECE_NAME)
 study-piece: $(STAMP)
-	rm -rf $(STUDY)-$(PIECE_NAME) && git clone -q . $(STUDY)-$(PIECE_NAME)
+	rm -rf $(STUDY)-$(PIECE_NAME) && git clone -q . $(STUDY)-$(PIECE_NAME) $(if $(strip $(CODE)),&& git -C $(STUDY)-$(PIECE_NAME) checkout -q $(CODE))
 	cd $(STUDY)-$(PIECE_NAME) && $(CURDIR)/$(BIN)/python -c "import sys, yaml; p = yaml.safe_load(open('profiles/study.yaml')); \
 	  p.setdefault('train', {})['seeds'] = [int(sys.argv[1])]; v = sys.argv[2].split(); \
 	  p.update({'variants': v, 'evaluate': {**p.get('evaluate', {}), 'models': ['sft', *v]}} if v else {}); \
 	  [p.setdefault(k, {}).update(precision=sys.argv[3]) for k in ('agent', 'warmstart', 'train') if sys.argv[3]]; \
 	  yaml.safe_dump(p, open('piece.yaml', 'w'))" $(SEED) "$(VARIANTS)" "$(PRECISION)" \
-	  && PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/python -m steptool params --profile piece.yaml --write params.yaml \
-	  && PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/python -m steptool study-check $(CURDIR)/reports/study/pieces > precision.txt
-	start=$$(date +%s); cd $(STUDY)-$(PIECE_NAME) && PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/dvc repro \
-	  && end=$$(date +%s) && PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/python -m steptool study-save $(CURDIR)/$(PIECE) \
-	  && cd $(CURDIR) && { echo "# How $(PIECE) was made"; echo; \
-	       echo "- commit $$(git -C $(STUDY)-$(PIECE_NAME) rev-parse --short HEAD), params: profiles/study.yaml with train.seeds [$(SEED)]$(if $(strip $(VARIANTS)), and variants [$(strip $(VARIANTS))])$(if $(strip $(PRECISION)), and precision $(PRECISION))"; \
+	  && PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/python -m steptool params --profile piece.yaml --write params.yaml
+	$(BIN)/python -m steptool study-check reports/study/pieces --params $(STUDY)-$(PIECE_NAME)/params.yaml > $(STUDY)-$(PIECE_NAME)/precision.txt
+	start=$$(date +%s); cd $(STUDY)-$(PIECE_NAME) && PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/dvc repro evaluate@sft-cot collect@$(SEED) \
+	  && cd $(CURDIR) && $(BIN)/python -m steptool study-check reports/study/pieces --answers $(STUDY)-$(PIECE_NAME) \
+	  && cd $(STUDY)-$(PIECE_NAME) && PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/dvc repro \
+	  && end=$$(date +%s) && cd $(CURDIR) && $(BIN)/python -m steptool study-save $(PIECE) --root $(STUDY)-$(PIECE_NAME) \
+	  && { echo "# How $(PIECE) was made"; echo; \
+	       echo "- commit $$(git -C $(STUDY)-$(PIECE_NAME) rev-parse --short HEAD)$(if $(strip $(CODE)), (CODE=$(CODE); the helpers at $$(git rev-parse --short HEAD))), params: profiles/study.yaml with train.seeds [$(SEED)]$(if $(strip $(VARIANTS)), and variants [$(strip $(VARIANTS))])$(if $(strip $(PRECISION)), and precision $(PRECISION))"; \
 	       echo "- wall time $$(( (end - start) / 60 )) min $$(( (end - start) % 60 )) s (dvc repro, venv excluded), finished $$(date -u +%Y-%m-%dT%H:%MZ)"; \
 	       echo "- machine: $$(nproc) cores, $$(lscpu | sed -n 's/^Model name: *//p'), AMX: $$(grep -q amx_tile /proc/cpuinfo && echo yes || echo no)"; \
 	       echo "- torch $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \

@@ -134,6 +134,37 @@ def _same_answers(frames: list[pl.DataFrame], pieces: list[Path], what: str) -> 
     return frames[0]
 
 
+def _shared_results(root: Path) -> dict[Path, Path]:
+    """The results a piece shares with every other piece, by path relative to `root`: the evaluations of a model
+    without a training seed (sft, base) and each seed's greedy replay before training (variant-free)."""
+    out = {}
+    for p in sorted(root.glob(f"{layout.DATA}/**/{_RESULTS}")):
+        rel = p.relative_to(root)
+        if rel.match(_EVAL_RESULTS):
+            seeds = pl.read_parquet(p, columns=["seed"])["seed"]
+            if seeds.null_count() == seeds.len():
+                out[rel] = p
+        elif per_seed(rel) and not per_variant(rel):
+            out[rel] = p
+    return out
+
+
+def check_answers(workspace: Path, pieces: list[Path]) -> list[str]:
+    """Refuse a piece half-way, before its training: the shared results `workspace` has made so far (sft's evaluation,
+    the seed's greedy replay before training) must judge the same answers as every piece that has them, or the merge
+    would refuse the piece after hours of work (another machine kind, or code that generates otherwise: bf16 greedy
+    answers depend on how the rows were batched, with continuous batching sft took other steps on 13 of 36 test
+    tasks than with the code before it, on an AVX512-BF16 CPU). Returns what was compared ('path: n pieces')."""
+    compared = []
+    for rel, mine in _shared_results(workspace).items():
+        theirs = [piece for piece in pieces if (piece / rel).is_file()]
+        if theirs:
+            frames = [pl.from_arrow(read_table(p, EVAL_RESULTS)) for p in [mine, *(piece / rel for piece in theirs)]]
+            _same_answers(frames, [workspace, *theirs], str(rel))
+            compared.append(f"{rel}: {len(theirs)} pieces")
+    return compared
+
+
 def merge_pieces(pieces: list[Path], workspace: Path) -> dict:
     """Lay the pieces' files out in `workspace`'s data/ as one run with every seed would have: per-seed files side
     by side, evaluation results concatenated (a seedless model once). Returns {model-strategy: seeds}."""

@@ -159,8 +159,14 @@ def _study_save(args: argparse.Namespace) -> int:
 def _study_check(args: argparse.Namespace) -> int:
     from pipeline.config import load_params
     from pipeline.devices import cpu_amx_kernels, resolve_device
-    from pipeline.study import check_machine, run_precision
+    from pipeline.study import check_answers, check_machine, run_precision
 
+    if args.answers:
+        pieces = sorted(p for p in Path(args.pieces).glob("s*") if p.is_dir())
+        compared = check_answers(Path(args.answers), pieces)
+        print(f"study-check: {args.answers} judges the same answers as the pieces ("
+              f"{'; '.join(compared) if compared else 'nothing to compare yet'})")
+        return 0
     params = load_params(Path(args.params))
     precision = run_precision(params)
     cpu = resolve_device(params.agent.device) == "cpu"
@@ -454,9 +460,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study-check", help="refuse a study piece this machine would make in another precision",
                        description="Resolve the run's precision keys on this machine and compare them with what the "
                                    "pieces under PIECES recorded (their RUN.md); exits 2 naming the first piece that "
-                                   "differs, else prints the RUN.md line (make study-piece runs it first).")
+                                   "differs, else prints the RUN.md line (make study-piece runs it first). With "
+                                   "--answers WORKSPACE: compare the results WORKSPACE shares with the pieces (sft's "
+                                   "evaluation, the seed's greedy replay before training) with theirs, and exit 2 "
+                                   "naming the first that differs (make study-piece runs it before training).")
     p.add_argument("pieces", help="the pieces' folder, e.g. reports/study/pieces")
     p.add_argument("--params", default="params.yaml", help="the piece's params (default: params.yaml)")
+    p.add_argument("--answers", metavar="WORKSPACE", default=None,
+                   help="a half-made piece's workspace whose shared results to compare with the pieces'")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_study_check)
     p = sub.add_parser("study-val", help="choose the study's settings on val: run a grid of candidates (make study-val)",

@@ -136,3 +136,40 @@ def test_a_piece_on_a_machine_of_another_precision_is_refused_before_it_runs(tmp
     monkeypatch.setattr(devices, "cpu_amx_kernels", lambda: True)
     assert main(["study-check", str(pieces), "--params", str(REPO / "params.yaml")]) == 0
     assert capsys.readouterr().out == "- precision: agent bf16, warmstart bf16, train bf16\n"
+
+
+def _half_made(root, seed, sft=("Solved", "Unsolved"), before=("Solved", "Unsolved")):
+    """A piece's workspace after `dvc repro evaluate@sft-cot collect@<seed>`: sft's evaluation and the seed's greedy
+    replay before training, nothing trained yet."""
+    write_table(_results("sft", None, sft), root / layout.table(layout.eval_dir("sft", "cot"), "results"), EVAL_RESULTS)
+    write_table(_results("sft", seed, before),
+                root / layout.table(layout.replay_dir(layout.trajectories_dir(seed)), "results"), EVAL_RESULTS)
+    return root
+
+
+def test_a_half_made_piece_whose_shared_answers_differ_is_refused_before_training(tmp_path, capsys):
+    """`make study-piece` compares what a piece shares with the others (sft's evaluation; the seed's greedy replay
+    before training, when a piece of that seed exists) once they are made, before the training stages: a piece whose
+    machine or generation code answers otherwise stops there instead of hours later at the merge."""
+    from pipeline.study import check_answers
+    from steptool.cli import main
+
+    pieces = tmp_path / "pieces"
+    save_piece(_workspace(tmp_path / "a", 0), pieces / "s0-steptool")
+    save_piece(_workspace(tmp_path / "b", 1, before=("Unsolved", "Unsolved")), pieces / "s1-steptool")
+    made = sorted(pieces.iterdir())
+    sft = str(layout.table(layout.eval_dir("sft", "cot"), "results"))
+    replay1 = str(layout.table(layout.replay_dir(layout.trajectories_dir(1)), "results"))
+    # seed 1's other variants: sft against both pieces, the replay against seed 1's piece only
+    assert check_answers(_half_made(tmp_path / "ok", 1, before=("Unsolved", "Unsolved")), made) == [
+        f"{sft}: 2 pieces", f"{replay1}: 1 pieces"]
+    # a new seed: its replay has nothing to compare with
+    assert check_answers(_half_made(tmp_path / "new", 2), made) == [f"{sft}: 2 pieces"]
+    with pytest.raises(SteptoolError, match="sft-cot/results.parquet's judged answers differ from .*other-sft"):
+        check_answers(_half_made(tmp_path / "other-sft", 2, sft=("Unsolved", "Unsolved")), made)
+    with pytest.raises(SteptoolError, match="s1-steptool: .*s1/replay/results.parquet's judged answers differ"):
+        check_answers(_half_made(tmp_path / "other-replay", 1), made)
+    assert main(["study-check", str(pieces), "--answers", str(tmp_path / "ok")]) == 0
+    assert "judges the same answers as the pieces" in capsys.readouterr().out
+    assert main(["study-check", str(pieces), "--answers", str(tmp_path / "other-sft")]) == 2
+    assert "judged answers differ" in capsys.readouterr().err
