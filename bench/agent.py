@@ -104,13 +104,14 @@ def _reset(policy: HFPolicy) -> None:
         policy.prefix_cache.clear()
 
 
-def _play(policy: HFPolicy, tasks, renderer, world, steps: int):
-    """Play the tasks (cot, greedy); returns the rollouts, the calls made, generated tokens and seconds."""
+def _play(policy: HFPolicy, tasks, renderer, world, steps: int, continuous: bool = True):
+    """Play the tasks (cot, greedy; `continuous`: run_cot's continuous batching, else one generate per agent step);
+    returns the rollouts, the calls made, generated tokens and seconds."""
     _reset(policy)
     rec = _Recording(policy)
     t0 = time.perf_counter()
     rollouts = run_cot([(t, 0) for t in tasks], rec, renderer, lambda: ToolWorldEnv(world), max_steps=steps,
-                       seed=1, constrain_names=True)
+                       seed=1, constrain_names=True, continuous=continuous)
     el = time.perf_counter() - t0
     gen = sum(len(s.generation.token_ids) for r in rollouts for s in r.steps)
     return rollouts, rec, gen, el
@@ -188,12 +189,7 @@ def main() -> None:
               f"without, ratio {(gen_b / t_b) / (gen_n / t_n):.2f}x; "
               f"{reuse['reused_tokens'] / max(reuse['prompt_tokens'], 1):.0%} of context tokens reused")
     if "lockstep" in parts:
-        _reset(batched)
-        t0 = time.perf_counter()
-        r_l = run_cot([(t, 0) for t in tasks], batched, renderer, lambda: ToolWorldEnv(world), max_steps=steps,
-                      seed=1, constrain_names=True, continuous=False)
-        t_l = time.perf_counter() - t0
-        gen_l = sum(len(s.generation.token_ids) for r in r_l for s in r.steps)
+        r_l, _, gen_l, t_l = _play(batched, tasks, renderer, world, steps, continuous=False)
         same = [[s.generation.token_ids for s in r.steps] for r in r_l] == [[s.generation.token_ids for s in r.steps]
                                                                              for r in r_b]
         print(f"continuous batching (same tasks): {gen_b / t_b:.1f} tok/s, lockstep (one generate per agent step) "

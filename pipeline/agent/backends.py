@@ -297,7 +297,8 @@ class HFPolicy:
                     self.stats["generated_tokens"] += len(rows[b].tokens)
                     source.done(rows[b].req.key, self._generation(rows[b]))
                 outside += time.perf_counter() - t1
-                order = batch.retire([b for b in range(len(rows)) if b not in set(leaving)])
+                gone = set(leaving)
+                order = batch.retire([b for b in range(len(rows)) if b not in gone])
                 rows = [rows[b] for b in order]
                 if not rows:
                     cache = None

@@ -183,10 +183,21 @@ def _growing_layer():
                 self._k = self._v = None
                 self._b = self._s = self._n = 0
 
-            def adopt(self, k: torch.Tensor, v: torch.Tensor, rows: int, start: int, end: int):
-                """Take buffers whose rows `[:rows]`, columns `[start:end]` hold the states, without a copy."""
-                self.lazy_initialization(k, v)
-                self._k, self._v, self._b, self._s, self._n = k, v, rows, start, end
+            def regrow(self, like_k: torch.Tensor, like_v: torch.Tensor, rows: int, width: int, extra: int = 0):
+                """Move the live states into a new buffer of `rows` rows: `width` columns (at least the live ones,
+                which end right-aligned in them) after `_room`'s free columns on the left, and `extra` plus
+                `_room`'s on the right. `like_k`, `like_v` give the heads, head_dim and dtype."""
+                if not self.is_initialized:
+                    self.lazy_initialization(like_k, like_v)
+                left, right = _room(width, self.reserve)
+                end = left + width
+                shape = (rows, like_k.shape[1], end + extra + right, like_k.shape[-1])
+                k, v = like_k.new_empty(shape), like_v.new_empty(shape)
+                live = self._n - self._s
+                if live:
+                    k[:self._b, :, end - live:end] = self.keys
+                    v[:self._b, :, end - live:end] = self.values
+                self._k, self._v, self._s, self._n = k, v, end - live, end
                 return self._view()
 
             def _view(self):
@@ -201,15 +212,8 @@ def _growing_layer():
                 if self._k is None:
                     self._b = key_states.shape[0]
                 if self._k is None or self._n + t > self._k.shape[-2]:  # full: a new buffer for the live columns
-                    width = self._n - self._s
-                    left, right = _room(width, self.reserve)
-                    shape = (self._b if self._k is None else self._k.shape[0], key_states.shape[1],
-                             left + width + t + right, key_states.shape[-1])
-                    k, v = key_states.new_empty(shape), value_states.new_empty(shape)
-                    if width:
-                        k[:self._b, :, left:left + width] = self.keys
-                        v[:self._b, :, left:left + width] = self.values
-                    self._k, self._v, self._s, self._n = k, v, left, left + width
+                    self.regrow(key_states, value_states, self._b if self._k is None else self._k.shape[0],
+                                self._n - self._s, extra=t)
                 self._k[:self._b, :, self._n:self._n + t] = key_states
                 self._v[:self._b, :, self._n:self._n + t] = value_states
                 self._n += t
@@ -310,21 +314,12 @@ class RunningBatch:
         """A new buffer per layer for `rows` rows (at least `capacity`) and `width` columns with room around them
         (`_room`), the running rows copied in, right-aligned (what `admit` needs when rows or columns run out).
         `like`: a cache whose layers give the heads, head_dim and dtype."""
-        layer = _growing_layer()
-        out = growing_cache(self.reserve)
-        left, right = _room(width, self.reserve)
-        end = left + width
-        live = self.mask.shape[1]
-        for li, template in enumerate(like.layers):
-            k0 = template.keys
-            shape = (max(rows, self.capacity), k0.shape[1], end + right, k0.shape[-1])
-            k, v = k0.new_empty(shape), template.values.new_empty(shape)
-            if self.rows:
-                old = self.cache.layers[li]
-                k[:self.rows, :, end - live:end] = old.keys
-                v[:self.rows, :, end - live:end] = old.values
-            out.layers.append(layer(self.reserve).adopt(k, v, self.rows, end - live, end))
-        self.cache = out
+        if self.cache is None:
+            layer = _growing_layer()
+            self.cache = growing_cache(self.reserve)
+            self.cache.layers.extend(layer(self.reserve) for _ in like.layers)
+        for mine, template in zip(self.cache.layers, like.layers):
+            mine.regrow(template.keys, template.values, max(rows, self.capacity), width)
 
     def retire(self, keep: list[int]) -> list[int]:
         """Keep only the rows `keep` (ascending): each kept row beyond the new row count moves into a leaving row's

@@ -92,13 +92,16 @@ def _call(chain: _Chain, gen: Generation, renderer: ChatRenderer) -> tuple[Parse
     return parsed, chain.env.step(parsed.api_name, parsed.arguments)
 
 
+_CALLS_IN_FLIGHT = 32  # tool calls to environments behind a network made at once
+
+
 def _call_all(chains: list[_Chain], gens: list[Generation], renderer: ChatRenderer):
     """Each chain's tool call for its new action: at once for environments behind a network (each chain has its
     own environment, so the calls are independent), one after the other in process."""
     if len(chains) > 1 and any(getattr(c.env, "parallel_calls", False) for c in chains):
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(max_workers=min(32, len(chains))) as pool:
+        with ThreadPoolExecutor(max_workers=min(_CALLS_IN_FLIGHT, len(chains))) as pool:
             return list(pool.map(_call, chains, gens, [renderer] * len(chains)))
     return [_call(c, g, renderer) for c, g in zip(chains, gens)]
 
@@ -242,7 +245,7 @@ class _Chains:
         if getattr(chain.env, "parallel_calls", False):
             from concurrent.futures import ThreadPoolExecutor
 
-            self.pool = self.pool or ThreadPoolExecutor(max_workers=32)
+            self.pool = self.pool or ThreadPoolExecutor(max_workers=_CALLS_IN_FLIGHT)
             self.calls[self.pool.submit(_call, chain, gen, self.renderer)] = (chain, gen)
         else:
             self._after(chain, gen, None)
