@@ -81,12 +81,15 @@ study-val: $(STAMP)
 # them with the pieces that have them and stops a piece the merge would refuse. CODE=<commit> runs the pipeline at that
 # commit (the helpers stay this one's): bf16 greedy answers depend on how rows are batched, so a piece must generate
 # with the pieces' code; the study's pieces were made before continuous batching (their last commit: f1a451f).
+# STUDY_OUT=reports/study-fp32 keeps the pieces and the merged report of a second study apart (e.g. one run in fp32
+# where AMX is not to be had: docs/architecture.md, "The study in pieces").
+STUDY_OUT ?= reports/study
 CODE ?=
 SEED ?= 0
 VARIANTS ?=
 PRECISION ?=
 PIECE_NAME := s$(SEED)$(if $(strip $(VARIANTS)),-$(subst $(eval) ,-,$(strip $(VARIANTS))))
-PIECE := reports/study/pieces/$(PIECE_NAME)
+PIECE := $(STUDY_OUT)/pieces/$(PIECE_NAME)
 study-piece: $(STAMP)
 	rm -rf $(STUDY)-$(PIECE_NAME) && git clone -q . $(STUDY)-$(PIECE_NAME) $(if $(strip $(CODE)),&& git -C $(STUDY)-$(PIECE_NAME) checkout -q $(CODE))
 	cd $(STUDY)-$(PIECE_NAME) && $(CURDIR)/$(BIN)/python -c "import sys, yaml; p = yaml.safe_load(open('profiles/study.yaml')); \
@@ -95,9 +98,9 @@ study-piece: $(STAMP)
 	  [p.setdefault(k, {}).update(precision=sys.argv[3]) for k in ('agent', 'warmstart', 'train') if sys.argv[3]]; \
 	  yaml.safe_dump(p, open('piece.yaml', 'w'))" $(SEED) "$(VARIANTS)" "$(PRECISION)" \
 	  && PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/python -m steptool params --profile piece.yaml --write params.yaml
-	$(BIN)/python -m steptool study-check reports/study/pieces --params $(STUDY)-$(PIECE_NAME)/params.yaml > $(STUDY)-$(PIECE_NAME)/precision.txt
+	$(BIN)/python -m steptool study-check $(STUDY_OUT)/pieces --params $(STUDY)-$(PIECE_NAME)/params.yaml > $(STUDY)-$(PIECE_NAME)/precision.txt
 	start=$$(date +%s); cd $(STUDY)-$(PIECE_NAME) && PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/dvc repro evaluate@sft-cot collect@$(SEED) \
-	  && cd $(CURDIR) && $(BIN)/python -m steptool study-check reports/study/pieces --answers $(STUDY)-$(PIECE_NAME) \
+	  && cd $(CURDIR) && $(BIN)/python -m steptool study-check $(STUDY_OUT)/pieces --answers $(STUDY)-$(PIECE_NAME) \
 	  && cd $(STUDY)-$(PIECE_NAME) && PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/dvc repro \
 	  && end=$$(date +%s) && cd $(CURDIR) && $(BIN)/python -m steptool study-save $(PIECE) --root $(STUDY)-$(PIECE_NAME) \
 	  && { echo "# How $(PIECE) was made"; echo; \
@@ -110,10 +113,10 @@ study-piece: $(STAMP)
 study-report: $(STAMP)
 	rm -rf $(STUDY)-merged && git clone -q . $(STUDY)-merged
 	cd $(STUDY)-merged && PYTHONPATH="$(CURDIR)/$(STUDY)-merged" $(CURDIR)/$(BIN)/python -m steptool params --profile profiles/study.yaml --write params.yaml \
-	  && PYTHONPATH="$(CURDIR)/$(STUDY)-merged" $(CURDIR)/$(BIN)/python -m steptool study-merge $(CURDIR)/reports/study/pieces/s* \
+	  && PYTHONPATH="$(CURDIR)/$(STUDY)-merged" $(CURDIR)/$(BIN)/python -m steptool study-merge $(CURDIR)/$(STUDY_OUT)/pieces/s* \
 	  && PYTHONPATH="$(CURDIR)/$(STUDY)-merged" $(CURDIR)/$(BIN)/python -m stages.report
-	rm -rf reports/study/figures reports/study/results.md reports/study/metrics.json
-	cp -r $(STUDY)-merged/reports/results.md $(STUDY)-merged/reports/metrics.json $(STUDY)-merged/reports/*.csv $(STUDY)-merged/reports/figures reports/study/
+	rm -rf $(STUDY_OUT)/figures $(STUDY_OUT)/results.md $(STUDY_OUT)/metrics.json
+	cp -r $(STUDY)-merged/reports/results.md $(STUDY)-merged/reports/metrics.json $(STUDY)-merged/reports/*.csv $(STUDY)-merged/reports/figures $(STUDY_OUT)/
 
 clean-venv:
 	rm -rf $(VENV)
