@@ -110,7 +110,7 @@ study-piece: $(STAMP)
 	  && end=$$(date +%s) && cd $(CURDIR) && $(BIN)/python -m steptool study-save $(PIECE) --root $(STUDY)-$(PIECE_NAME) \
 	  && { echo "# How $(PIECE) was made"; echo; \
 	       echo "- commit $$(git -C $(STUDY)-$(PIECE_NAME) rev-parse --short HEAD)$(if $(strip $(CODE)), (CODE=$(CODE); the helpers at $$(git rev-parse --short HEAD))), params: profiles/study.yaml with train.seeds [$(SEED)]$(if $(strip $(VARIANTS)), and variants [$(strip $(VARIANTS))])$(if $(strip $(PRECISION)), and precision $(PRECISION))"; \
-	       $(if $(strip $(DVC_CACHE)),echo "- DVC cache $(DVC_CACHE): the stages it already held were restored by the run cache, not rerun, so the wall time leaves them out";) \
+	       $(if $(strip $(DVC_CACHE)),echo "- DVC cache $(DVC_CACHE): the stages it already held were restored by the run cache and not rerun: the wall time leaves them out";) \
 	       echo "- wall time $$(( (end - start) / 60 )) min $$(( (end - start) % 60 )) s (dvc repro, venv excluded), finished $$(date -u +%Y-%m-%dT%H:%MZ)"; \
 	       echo "- machine: $$(nproc) cores, $$(lscpu | sed -n 's/^Model name: *//p'), AMX: $$(grep -q amx_tile /proc/cpuinfo && echo yes || echo no)"; \
 	       echo "- torch $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \
