@@ -156,13 +156,17 @@ def check_answers(workspace: Path, pieces: list[Path]) -> list[str]:
     answers depend on how the rows were batched, with continuous batching sft took other steps on 13 of 36 test
     tasks than with the code before it, on an AVX512-BF16 CPU). Returns what was compared ('path: n pieces')."""
     compared = []
-    for rel, mine in _shared_results(workspace).items():
+    for rel in _shared_results(workspace):
         theirs = [piece for piece in pieces if (piece / rel).is_file()]
         if theirs:
-            frames = [pl.from_arrow(read_table(p, EVAL_RESULTS)) for p in [mine, *(piece / rel for piece in theirs)]]
-            _same_answers(frames, [workspace, *theirs], str(rel))
+            _same_file_answers(rel, [workspace, *theirs])
             compared.append(f"{rel}: {len(theirs)} pieces")
     return compared
+
+
+def _same_file_answers(rel: Path, roots: list[Path]) -> None:
+    """Refuse unless the results file `rel` judges the same answers under every one of `roots`."""
+    _same_answers([pl.from_arrow(read_table(root / rel, EVAL_RESULTS)) for root in roots], roots, str(rel))
 
 
 def merge_pieces(pieces: list[Path], workspace: Path) -> dict:
@@ -171,17 +175,19 @@ def merge_pieces(pieces: list[Path], workspace: Path) -> dict:
     if not pieces:
         raise SteptoolError("no study piece to merge (reports/study/pieces/s<k>/ from `make study-piece SEED=k`)")
     evals: dict[str, list[pl.DataFrame]] = {}
-    shared: dict[Path, tuple[list[pl.DataFrame], list[Path]]] = {}  # a seed's variant-free results, per piece
+    replays: dict[Path, list[Path]] = {}  # a seed's greedy replay before training: the pieces that have it
+    for piece in pieces:
+        for rel in _shared_results(piece):
+            if not rel.match(_EVAL_RESULTS):  # the seedless evaluations are compared below, by model
+                replays.setdefault(rel, []).append(piece)
+    for rel, where in replays.items():
+        _same_file_answers(rel, where)
     for piece in pieces:
         for p in sorted(piece.glob(f"{layout.DATA}/**/*")):
             rel = p.relative_to(piece)
             if not p.is_file() or rel.match(_EVAL_RESULTS):
                 continue
             out = workspace / rel
-            if per_seed(rel) and not per_variant(rel) and rel.name == _RESULTS:  # the greedy replay before training
-                frames, where = shared.setdefault(rel, ([], []))
-                frames.append(pl.from_arrow(read_table(p, EVAL_RESULTS)))
-                where.append(piece)
             if out.exists():
                 if per_variant(rel):
                     raise SteptoolError(f"{p}: {rel} is in another piece too (two pieces of the same seed and "
@@ -191,8 +197,6 @@ def merge_pieces(pieces: list[Path], workspace: Path) -> dict:
             shutil.copy2(p, out)
         for p in sorted(piece.glob(_EVAL_RESULTS)):
             evals.setdefault(p.parent.name, []).append(pl.from_arrow(read_table(p, EVAL_RESULTS)))
-    for rel, (frames, where) in shared.items():
-        _same_answers(frames, where, str(rel))
     seeds = {}
     for name, frames in evals.items():
         seedless = [f for f in frames if f["seed"].null_count() == f.height]
