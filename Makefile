@@ -85,9 +85,9 @@ study-val: $(STAMP)
 # where AMX is not to be had: docs/architecture.md, "The study in pieces").
 STUDY_OUT ?= reports/study
 # DVC_CACHE=<dir>: the piece's clone uses that DVC cache (e.g. build/study-s2-steptool-ppo_outcome/.dvc/cache from
-# a piece made earlier in the same sitting), so the stages it shares with that piece (base model, warm start; sft's
-# evaluation too when the seed is the same, as it reads train.seeds) are restored by DVC's run cache instead of
-# rerun: the same outputs, 15-25 min less.
+# a piece made earlier in the same sitting), so the stages it shares with that piece (tasks, base model, warm start)
+# are restored by DVC's run cache instead of rerun: the same outputs, 15-25 min less. Stages with persist outputs
+# (collect, evaluate) rerun even for the same seed: DVC's run cache skips any stage that has one.
 DVC_CACHE ?=
 CODE ?=
 SEED ?= 0

@@ -109,7 +109,8 @@ def paired_difference(cand: dict[str, tuple], ref: dict[str, tuple], n_boot: int
     wins = sum(d > 0 for d in means.values())
     losses = sum(d < 0 for d in means.values())
     out = {"tasks": len(common), "wins": wins, "ties": len(common) - wins - losses, "losses": losses,
-           "p_value": round(sign_test(wins, losses), 6)}
+           # significant figures, not decimals: a p of 1e-9 rounded to 6 decimals would read as an impossible 0
+           "p_value": float(f"{sign_test(wins, losses):.4g}")}
     if not common:
         return {**out, "diff": None, "lo": None, "hi": None}
     levels = _by_level(diffs)

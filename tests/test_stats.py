@@ -330,15 +330,17 @@ def test_the_bootstrap_is_reproducible_and_averages_levels_per_resample():
 
 
 def test_paired_difference_fields_by_hand():
-    """Ties are the tasks neither won nor lost (wins 2, losses 1 of 4: 1 tie); the p-value rounded to 6 decimals
-    (8 wins, 1 loss: 20/512 = 0.0390625 -> 0.039062); no task in common: no difference; one task: no spread (sd
-    None)."""
+    """Ties are the tasks neither won nor lost (wins 2, losses 1 of 4: 1 tie); the p-value rounded to 4 significant
+    figures (8 wins, 1 loss: 20/512 = 0.0390625 -> 0.03906; 30 wins, 0 losses: 2/2^30 = 1.8626e-09 -> 1.863e-09,
+    which 6 decimals made 0); no task in common: no difference; one task: no spread (sd None)."""
     cand = _scores({"I1": [1, 1, 0, 1]})
     ref = _scores({"I1": [0, 0, 1, 1]})
     d = paired_difference(cand, ref, n_boot=200)
     assert (d["wins"], d["ties"], d["losses"], d["tasks"]) == (2, 1, 1, 4)
     d = paired_difference(_scores({"I1": [1] * 8 + [0]}), _scores({"I1": [0] * 8 + [1]}), n_boot=200)
-    assert d["p_value"] == 0.039062
+    assert d["p_value"] == 0.03906
+    d = paired_difference(_scores({"I1": [1] * 30}), _scores({"I1": [0] * 30}), n_boot=200)
+    assert d["p_value"] == 1.863e-09
     assert paired_difference(_scores({"I1": [1]}), _scores({"I2": [1]}, prefix="u")) == {
         "tasks": 0, "wins": 0, "ties": 0, "losses": 0, "p_value": 1.0, "diff": None, "lo": None, "hi": None}
     one = paired_difference(_scores({"I1": [1]}), _scores({"I1": [0]}), n_boot=200)
