@@ -44,21 +44,23 @@ mutation: $(STAMP)
 	$(BIN)/mutmut run $(MUTANTS)
 	$(BIN)/python scripts/mutation_scores.py
 
-# The study (profiles/study.yaml, about 105 min on 2 quiet AMX cores, reports/study/RUN.md): the committed code in a fresh clone under
+# The study (profiles/study.yaml, reports/study/RUN.md; all at once about 7 hours on 2 quiet cores in fp32, so it is
+# made in pieces, below): the committed code in a fresh clone under
 # build/study (so this workspace's params.yaml and dvc.lock stay the default's), then its report, figures and
-# metrics into reports/study/ with RUN.md: commit, profile, wall time, machine, torch.
+# metrics into reports/study/ with RUN.md: commit, profile, wall time, machine, torch. It replaces only those files:
+# the val grid's reports/study/val/ and the pieces in reports/study/pieces/ stay.
 STUDY := build/study
 study: $(STAMP)
 	rm -rf $(STUDY) && git clone -q . $(STUDY)
 	cd $(STUDY) && PYTHONPATH="$(CURDIR)/$(STUDY)" $(CURDIR)/$(BIN)/python -m steptool params --profile profiles/study.yaml --write params.yaml
 	start=$$(date +%s); cd $(STUDY) && PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH="$(CURDIR)/$(STUDY)" $(CURDIR)/$(BIN)/dvc repro \
-	  && end=$$(date +%s) && cd $(CURDIR) && rm -rf reports/study && mkdir -p reports/study \
+	  && end=$$(date +%s) && cd $(CURDIR) && mkdir -p reports/study && rm -rf reports/study/figures \
 	  && cp -r $(STUDY)/reports/results.md $(STUDY)/reports/metrics.json $(STUDY)/reports/*.csv $(STUDY)/reports/figures reports/study/ \
 	  && { echo "# How reports/study/ was made"; echo; \
 	       echo "- commit $$(git -C $(STUDY) rev-parse --short HEAD), params: profiles/study.yaml over the defaults"; \
 	       echo "- wall time $$(( (end - start) / 60 )) min $$(( (end - start) % 60 )) s (dvc repro, venv excluded), finished $$(date -u +%Y-%m-%dT%H:%MZ)"; \
 	       echo "- machine: $$(nproc) cores, $$(lscpu | sed -n 's/^Model name: *//p'), AMX: $$(grep -q amx_tile /proc/cpuinfo && echo yes || echo no)"; \
-	       echo "- torch $$($(BIN)/python -c 'import torch; print(torch.__version__)'), precision auto"; } > reports/study/RUN.md
+	       echo "- torch $$($(BIN)/python -c 'import torch; print(torch.__version__)'), precision $$(sed -n 's/^  precision: *\([a-z0-9]*\).*/\1/p' $(STUDY)/params.yaml | sort -u | tr '\n' ' ')"; } > reports/study/RUN.md
 
 # The study's settings chosen on val (configs/study-val.yaml, pipeline/val_grid.py): every candidate of the grid
 # runs in one clone under build/study-val (DVC's cache there reuses what they share), its report inputs kept in
@@ -75,14 +77,15 @@ study-val: $(STAMP)
 # its RUN.md; `make study-report` merges every piece (sft must agree across them) and writes reports/study/.
 # Where one seed does not fit a sitting either, split it by variant: `make study-piece SEED=k VARIANTS="steptool
 # ppo_outcome"` trains and evaluates only those (with sft) into reports/study/pieces/s<k>-steptool-ppo_outcome/.
-# PRECISION=bf16 (or fp32) sets the run's three precision keys instead of 'auto', so a machine whose 'auto'
-# resolves otherwise than the pieces' can still make a piece in theirs (study-check and the merge still compare).
-# Before training, once sft is evaluated and the seed's greedy replay made, `steptool study-check --answers` compares
-# them with the pieces that have them and stops a piece the merge would refuse. CODE=<commit> runs the pipeline at that
-# commit (the helpers stay this one's): bf16 greedy answers depend on how rows are batched, so a piece must generate
-# with the pieces' code; the study's pieces were made before continuous batching (their last commit: f1a451f).
-# STUDY_OUT=reports/study-fp32 keeps the pieces and the merged report of a second study apart (e.g. one run in fp32
-# where AMX is not to be had: docs/architecture.md, "The study in pieces").
+# The profile sets precision fp32 (the same sft and answers on every machine so far); PRECISION=bf16 (or fp32, auto)
+# sets the run's three precision keys instead (study-check and the merge still compare with the pieces'). Before
+# training, once sft is evaluated and the seed's greedy replay made, `steptool study-check --answers` compares them
+# with the pieces that have them and stops a piece the merge would refuse. CODE=<commit> runs the pipeline at that
+# commit (the helpers stay this one's): bf16 greedy answers depend on how rows are batched, so a bf16 piece must
+# generate with its pieces' code. STUDY_OUT names another study's folder of pieces and merged report: the bf16 study
+# (reports/study-bf16/, precision auto on AMX, pieces made before continuous batching and before the profile set
+# fp32) continues with `STUDY_OUT=reports/study-bf16 CODE=f1a451f` on an AMX machine (docs/architecture.md, "The
+# study in pieces").
 STUDY_OUT ?= reports/study
 # DVC_CACHE=<dir>: the piece's clone uses that DVC cache (e.g. build/study-s2-steptool-ppo_outcome/.dvc/cache from
 # a piece made earlier in the same sitting), so the stages it shares with that piece (tasks, base model, warm start)
