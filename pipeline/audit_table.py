@@ -12,7 +12,9 @@ def one_line(summary: dict) -> str:
     """The audit in one sentence, for the stage's summary line."""
     return (f"padding or no answer out-earns the direct solve on {_pct(summary, 'padded_beats_direct')} of "
             f"{summary.get('tasks')} train tasks, Finish beats one more call after the gold plan on "
-            f"{_pct(summary, 'finish_preferred')}")
+            f"{_pct(summary, 'finish_preferred')}"
+            + ("" if summary.get("gather_beats_answer") is None else
+               f", a gold call earns more than the correct answer on {_pct(summary, 'gather_beats_answer')}"))
 
 
 def table_markdown(summaries: list[dict]) -> str:

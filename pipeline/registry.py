@@ -100,10 +100,11 @@ STRATEGIES.register(Part("dfsdt", "depth-first tree search (agent.dfsdt_width ch
                                   "actions per task), the final path kept", "pipeline.agent.rollout:run_trees",
                          frozenset({"tree"})))
 
-SHAPINGS = Registry("rewards.shaping", "step_part(steps, spec) -> (steps with any helper columns, the step part s_t "
+SHAPINGS = Registry("rewards.shaping", "step_part(steps, spec, myopic) -> (steps with any helper columns, the step part s_t "
                                      "as a polars expression); `steps` is sorted by trajectory and step and has "
                                      "is_last, _p = (α·SC + Con/5)/(α+1), succ_calling, contribution, is_solved_score "
-                                     "and, for a shaping with `needs_progress`, progress (pipeline/rewards.py)")
+                                     "and, for a shaping with `needs_progress`, progress (pipeline/rewards.py); "
+                                     "`myopic`: the form for a variant without credit across steps (G_t = r_t)")
 # the first registered is the default (the val grid's choice, configs/study-val.yaml)
 SHAPINGS.register(Part("progress", "s_t = γ·Φ(s_t+1) − Φ(s_t), potential-based shaping (Ng, Harada & Russell 1999) "
                                    "with Φ the share of needed facts known (the oracle's `progress`) and 0 at the "

@@ -15,7 +15,10 @@ Every script is cut at `agent.max_steps` actions, as a collected trajectory is. 
 *padded* archetype (redundant, irrelevant, no_answer) earns a larger return G_0 than the direct solve, and
 when, right after the gold plan, Finish has the larger advantage than one more call (the redundant
 archetype's call): under the rloo baseline in a group of these two, A(Finish) = G_direct − G_redundant at
-that step, the Monte-Carlo advantage (λ = 1).
+that step, the Monte-Carlo advantage (λ = 1). A variant without credit across steps (G_t = r_t) learns from each
+step's own reward, so its G_0 says little; for it the audit also asks whether, in the direct solve, a gold call
+earns more than the correct answer (`gather_beats_answer`): then a step-at-a-time learner is paid to keep
+gathering (docs/architecture.md, "no_step_opt and `progress` shaping").
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import layout
+from pipeline import layout, variants
 from pipeline.envs import FINISH, ApiListEnv
 from pipeline.errors import ConfigError
 from pipeline.config import RewardsConfig
@@ -196,6 +199,14 @@ def score(annotated: pl.DataFrame, gold_steps: dict[str, int], spec: RewardsConf
     else:
         decision = decision.select("task_id", pl.lit(None, pl.Float64).alias("finish_advantage"))
     out = first.join(decision, on="task_id", how="left")
+    if not variants.get(variant).credit_across_steps:
+        # the best return of a gold call minus the correct answer's, in the direct solve
+        direct = table.filter(pl.col("archetype") == "direct")
+        margin = direct.group_by("task_id").agg(
+            (pl.col("return").filter(pl.col("step_idx") < pl.col("step_idx").max()).max()
+             - pl.col("return").filter(pl.col("step_idx") == pl.col("step_idx").max()).first())
+            .alias("gather_margin"))
+        out = out.join(margin, on="task_id", how="left")
     for a in ARCHETYPES:
         if f"G_{a}" not in out.columns:
             out = out.with_columns(pl.lit(None, pl.Float64).alias(f"G_{a}"))
@@ -231,6 +242,9 @@ def summarize(per_task: pl.DataFrame, gold_steps: dict[str, int], max_steps: int
     others = [per_task[f"G_{a}"] for a in ARCHETYPES if a != "direct"]
     best = pl.Series([all(o[i] is None or d[i] > o[i] + 1e-9 for o in others) for i in range(n)])
     out["direct_beats_all"] = _share(best.sum(), n)
+    if "gather_margin" in per_task.columns:  # a variant without credit across steps (score)
+        m = per_task["gather_margin"].drop_nulls()
+        out["gather_beats_answer"] = _share((m > 1e-9).sum(), len(m))
     return out
 
 
@@ -266,15 +280,20 @@ def run(params, root: Path, variant: str, spec: RewardsConfig | None = None, tas
 
 def enforce(summary: dict, params, where: str) -> None:
     """With `rewards.audit: strict`, refuse a reward that a padded archetype out-earns (or that prefers another
-    call to Finish right after the gold plan) on more than `rewards.audit_max_share` of the tasks."""
+    call to Finish right after the gold plan, or, for a variant without credit across steps, pays a gold call more
+    than the correct answer) on more than `rewards.audit_max_share` of the tasks."""
     r = params.rewards
-    worst = max(summary.get("padded_beats_direct") or 0.0, summary.get("call_preferred") or 0.0)
+    worst = max(summary.get("padded_beats_direct") or 0.0, summary.get("call_preferred") or 0.0,
+                summary.get("gather_beats_answer") or 0.0)
     if worst > r.audit_max_share:
         msg = (f"{where}: the reward audit of {summary.get('variant')} ({summary.get('shaping')}, γ {r.gamma}, "
                f"α {r.alpha}, step_scale {r.step_scale}, call_cost {r.call_cost}): a padded or non-answering "
                f"trajectory out-earns the direct solve on {100 * (summary.get('padded_beats_direct') or 0):.0f}% of "
                f"{summary.get('tasks')} train tasks, another call is preferred to Finish after the gold plan on "
-               f"{100 * (summary.get('call_preferred') or 0):.0f}% (rewards.audit_max_share "
+               f"{100 * (summary.get('call_preferred') or 0):.0f}%"
+               + (f", a gold call earns more than the correct answer on "
+                  f"{100 * summary['gather_beats_answer']:.0f}%" if summary.get("gather_beats_answer") else "")
+               + f" (rewards.audit_max_share "
                f"{r.audit_max_share:g})")
         if r.audit == "strict":
             raise ConfigError(msg + ": refusing to train on it (rewards.audit: strict)")

@@ -22,7 +22,11 @@ IsSolved: Solved 1, Unsure 0.5, Unsolved 0 (no Finish: 0). The step part s_t dep
                only lower it, and a trajectory that never answers (q_T = 0) earns no step credit at all.
 
 A variant without `step_rewards` (pipeline.variants) gets r_t = [t = T]·IsSolved alone; one without
-`credit_across_steps` has γ = 0 (G_t = r_t). Returns-to-go G_t = Σ_{k≥t} γ^{k−t} r_k (`discounted_returns`, the one
+`credit_across_steps` has γ = 0 (G_t = r_t), so it is trained on each step's own reward, and a shaping built to
+telescope over summed returns gives its myopic form there (docs/architecture.md, "no_step_opt and `progress`
+shaping"): `progress` the step's own gain s_t = Φ_{t+1} − Φ_t (0 on a Finish: no pay-back of −Φ_T, which at γ = 0
+would make a correct answer after every fact earn 0 against a fact's +ΔΦ), `min_form` the process reward
+s_t = p_t, 0 on the last step (the paper's part: the answer is paid by IsSolved). `paper` is already immediate. Returns-to-go G_t = Σ_{k≥t} γ^{k−t} r_k (`discounted_returns`, the one
 implementation: the advantages table and the trainer both call it). `normalize: whiten` whitens the rewards a
 variant gives over the table (every step's, or only the last step's for a variant without step rewards).
 
@@ -73,7 +77,7 @@ def step_rewards(steps: pl.DataFrame, variant: str = variants.DEFAULT,
     df = df.with_columns(last.alias("is_last"), sc.is_not_null().alias("_call"),
                          ((spec.alpha * sc.fill_null(0.0) + pl.col("contribution").fill_null(0.0) / 5.0)
                           / (spec.alpha + 1.0)).alias("_p"))
-    df, part = SHAPINGS.implementation(spec.shaping)(df, spec)
+    df, part = SHAPINGS.implementation(spec.shaping)(df, spec, not v.credit_across_steps)
     call = pl.col("_call").cast(pl.Float64)
     step_part = (spec.step_scale * part - spec.call_cost * call
                  - spec.failed_call_cost * call * (1.0 - sc.fill_null(1.0)))
@@ -93,22 +97,29 @@ def step_rewards(steps: pl.DataFrame, variant: str = variants.DEFAULT,
     return df.select("traj_id", "step_idx", "reward", "is_last")
 
 
-def paper_part(df: pl.DataFrame, spec: RewardsConfig) -> tuple[pl.DataFrame, pl.Expr]:
-    """`paper`: s_t = p_t before the last step, 0 on it (the module docstring's table)."""
+def paper_part(df: pl.DataFrame, spec: RewardsConfig, myopic: bool = False) -> tuple[pl.DataFrame, pl.Expr]:
+    """`paper`: s_t = p_t before the last step, 0 on it (the module docstring's table); immediate already, so
+    `myopic` (a variant without credit across steps) changes nothing."""
     return df, pl.when(pl.col("is_last")).then(0.0).otherwise(pl.col("_p"))
 
 
-def progress_part(df: pl.DataFrame, spec: RewardsConfig) -> tuple[pl.DataFrame, pl.Expr]:
-    """`progress`: s_t = γ·Φ_{t+1} − Φ_t before the last step, −Φ_T on it, Φ_t the progress known before step t."""
+def progress_part(df: pl.DataFrame, spec: RewardsConfig, myopic: bool = False) -> tuple[pl.DataFrame, pl.Expr]:
+    """`progress`: s_t = γ·Φ_{t+1} − Φ_t before the last step, −Φ_T on it, Φ_t the progress known before step t.
+    `myopic`: s_t = Φ_{t+1} − Φ_t on every step (a Finish's gain is 0), no pay-back."""
     # Φ_t: known before step t = the progress after step t−1 (0 before the first step)
     phi = pl.col("progress").fill_null(strategy="forward").over("traj_id").fill_null(0.0)
     df = df.with_columns(phi.shift(1).over("traj_id").fill_null(0.0).alias("_phi"), phi.alias("_phi_next"))
+    if myopic:
+        return df, pl.col("_phi_next") - pl.col("_phi")
     return df, pl.when(pl.col("is_last")).then(-pl.col("_phi")).otherwise(spec.gamma * pl.col("_phi_next")
                                                                           - pl.col("_phi"))
 
 
-def min_form_part(df: pl.DataFrame, spec: RewardsConfig) -> tuple[pl.DataFrame, pl.Expr]:
-    """`min_form`: m_t = min of q over the steps from t on (q_T = IsSolved); s_t = m_t − m_{t+1}, m_{T+1} = 0."""
+def min_form_part(df: pl.DataFrame, spec: RewardsConfig, myopic: bool = False) -> tuple[pl.DataFrame, pl.Expr]:
+    """`min_form`: m_t = min of q over the steps from t on (q_T = IsSolved); s_t = m_t − m_{t+1}, m_{T+1} = 0.
+    `myopic`: the process reward itself, as `paper` (a minimum over the future is credit across steps)."""
+    if myopic:
+        return paper_part(df, spec)
     df = df.with_columns(pl.when(pl.col("is_last")).then(pl.col("is_solved_score").fill_null(0.0))
                          .otherwise(pl.col("_p")).alias("_q"))
     df = df.with_columns(pl.col("_q").cum_min(reverse=True).over("traj_id").alias("_m"))

@@ -47,7 +47,7 @@ THROWAWAY = textwrap.dedent('''
         return run_chains(jobs, policy, renderer, make_env, search)
 
 
-    def half_p(df, spec):
+    def half_p(df, spec, myopic):
         CALLS.append("shaping")
         return df, pl.when(pl.col("is_last")).then(0.0).otherwise(pl.col("_p") / 2)
 

@@ -118,6 +118,40 @@ def test_outcome_only_variants_tie_padding_and_no_step_opt_prefers_finish(toy):
     # no credit across steps: at the decision, Finish's own reward 1 against the repeat's 0.5
     summary, a, _ = _returns(toy, RewardsConfig(shaping="paper", call_cost=0.0), "no_step_opt")
     assert a["finish_advantage"] == pytest.approx(0.5) and summary["finish_preferred"] == 1.0
+    # ...and in the direct solve a gold call earns p = 1, the correct answer IsSolved 1: a tie, not a gather
+    assert a["gather_margin"] == pytest.approx(0.0) and summary["gather_beats_answer"] == 0.0
+    assert "gather_beats_answer" not in _returns(toy, RewardsConfig(shaping="paper"), "steptool")[0]
+
+
+def test_the_audit_flags_a_myopic_variant_paid_to_gather(toy):
+    """no_step_opt learns from each step's own reward. Under `progress` with the telescoping pay-back kept (the
+    study's no_step_opt), the correct answer after every fact earned IsSolved − Φ_T = 1 − 1 = 0 and task B's second
+    gold call +2/3 − 0.05 (task A's, its only one, +1 − 0.05): gathering out-earned answering on both tasks, while
+    every G_0 comparison was blind (G_0 = r_0). The immediate form pays the answer 1: B's best call 0.6167 and A's
+    0.95 both earn less. By hand from the oracle's labels (A: Φ 0 -> 1; B, three needed facts: 0 -> 1/3 -> 1)."""
+    params, root, tasks, labelled, a_task, b_task = toy
+    spec = RewardsConfig(shaping="progress", call_cost=0.05)
+    summary, a, b = _returns(toy, spec, "no_step_opt")
+    assert a["gather_margin"] == pytest.approx(0.95 - 1.0) and b["gather_margin"] == pytest.approx(2 / 3 - 0.05 - 1.0)
+    assert summary["gather_beats_answer"] == 0.0
+    reward_audit.enforce(summary, params, "toy")  # strict, share 0: accepted
+    # the pay-back form, scored as steptool's per-step rewards read one step at a time: what no_step_opt trained on
+    steps, _, gold_steps = labelled
+    from pipeline.rewards import step_rewards
+    direct = steps.filter(pl.col("archetype") == "direct").drop("archetype")
+    r = step_rewards(direct.drop("task_id"), "steptool", spec).join(direct.select("traj_id", "task_id").unique(),
+                                                                   on="traj_id")
+    by_task = {t: g.sort("step_idx")["reward"].to_list() for (t,), g in r.group_by("task_id")}
+    old_a, old_b = by_task[a_task.task_id], by_task[b_task.task_id]
+    assert old_a == pytest.approx([0.95, 0.0]) and old_b == pytest.approx([1 / 3 - 0.05, 2 / 3 - 0.05, 0.0])
+    per_task = pl.DataFrame({"task_id": [a_task.task_id, b_task.task_id],
+                             "gather_margin": [max(v[:-1]) - v[-1] for v in (old_a, old_b)]})
+    per_task = per_task.with_columns(*[pl.lit(1.0).alias(f"G_{x}") for x in reward_audit.ARCHETYPES],
+                                     pl.lit(None, pl.Float64).alias("finish_advantage"))
+    old = reward_audit.summarize(per_task, gold_steps, params.agent.max_steps)
+    assert old["gather_beats_answer"] == 1.0
+    with pytest.raises(ConfigError, match="a gold call earns more than the correct answer on 100%"):
+        reward_audit.enforce({**summary, **old}, params, "toy")
 
 
 @pytest.mark.long

@@ -187,6 +187,32 @@ def test_progress_shaping_by_hand():
         step_rewards(T, spec=RewardsConfig(shaping="progress", call_cost=0.0))  # no progress column: only the oracle gives it
 
 
+def test_a_variant_without_credit_across_steps_gets_each_shaping_s_immediate_form_by_hand():
+    """no_step_opt trains on G_t = r_t. Potential-based shaping is policy-invariant only when returns discount by the
+    shaping's γ, so at γ = 0 `progress`'s pay-back r_T = IsSolved − Φ_T made a correct answer after every fact earn
+    1 − 1 = 0 against a fact's +0.5 (the study's no_step_opt learned to call until the cut). Its myopic form is the
+    step's own gain Φ_{t+1} − Φ_t, 0 on a Finish, and the answer earns IsSolved; `min_form`'s is the process reward p_t."""
+    spec = RewardsConfig(shaping="progress", call_cost=0.05)
+    g0, r = _g0(spec, "no_step_opt")
+    # d: gains 0.5, 0.5 minus the call cost; Finish: gain 0 + IsSolved 1
+    assert r["d"] == [0.45, 0.45, 1.0]
+    # r: the repeat gains nothing and pays the call cost; the answer after it still earns 1
+    assert r["r"] == [0.45, 0.45, -0.05, 1.0]
+    # n: cut on a repeat: −0.05 and no IsSolved (before: −Φ_T − 0.05 = −1.05)
+    assert r["n"] == [0.45, 0.45, -0.05, -0.05]
+    assert g0 == {"d": 0.45, "r": 0.45, "n": 0.45}  # γ = 0: G_0 = r_0
+    # right after the plan (step 2) a correct Finish now earns 1 against a repeat's −0.05 (before: 0 against −0.05),
+    # and more than any fact-bringing call (0.45)
+    assert r["d"][2] > max(r["d"][:2]) and r["d"][2] > r["r"][2]
+    # the same spec under steptool keeps the telescoping form: d = [0.45, 0.45, 1 − 1], G_0 = 1 − 0.1
+    g0s, rs = _g0(spec, "steptool")
+    assert rs["d"] == [0.45, 0.45, 0.0] and g0s["d"] == 0.9
+    # min_form at γ = 0: the process reward p = (1·SC + Con/5)/2 on calls, IsSolved on the last step
+    g0, r = _g0(RewardsConfig(shaping="min_form", call_cost=0.0), "no_step_opt")
+    assert r == _g0(RewardsConfig(shaping="paper", call_cost=0.0), "no_step_opt")[1]
+    assert r["d"] == [1.0, 1.0, 1.0] and r["r"] == [1.0, 1.0, 0.5, 1.0] and r["n"] == [1.0, 1.0, 0.5, 0.0]
+
+
 def test_failed_call_cost_and_outcome_only_variants():
     failed = S.with_columns(pl.when((pl.col("traj_id") == "d") & (pl.col("step_idx") == 0)).then(0.0)
                             .otherwise(pl.col("succ_calling")).alias("succ_calling"))
