@@ -60,7 +60,8 @@ study: $(STAMP)
 	       echo "- commit $$(git -C $(STUDY) rev-parse --short HEAD), params: profiles/study.yaml over the defaults"; \
 	       echo "- wall time $$(( (end - start) / 60 )) min $$(( (end - start) % 60 )) s (dvc repro, venv excluded), finished $$(date -u +%Y-%m-%dT%H:%MZ)"; \
 	       echo "- machine: $$(nproc) cores, $$(lscpu | sed -n 's/^Model name: *//p'), AMX: $$(grep -q amx_tile /proc/cpuinfo && echo yes || echo no)"; \
-	       echo "- torch $$($(BIN)/python -c 'import torch; print(torch.__version__)'), precision $$(sed -n 's/^  precision: *\([a-z0-9]*\).*/\1/p' $(STUDY)/params.yaml | sort -u | tr '\n' ' ')"; } > reports/study/RUN.md
+	       echo "- torch $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \
+	       echo "- precision: $$($(BIN)/python -c 'import sys; from pipeline.config import load_params; from pipeline.study import run_precision; print(run_precision(load_params(sys.argv[1])))' $(STUDY)/params.yaml)"; } > reports/study/RUN.md
 
 # The study's settings chosen on val (configs/study-val.yaml, pipeline/val_grid.py): every candidate of the grid
 # runs in one clone under build/study-val (DVC's cache there reuses what they share), its report inputs kept in

@@ -26,8 +26,9 @@ A variant without `step_rewards` (pipeline.variants) gets r_t = [t = T]·IsSolve
 telescope over summed returns gives its myopic form there (docs/architecture.md, "no_step_opt and `progress`
 shaping"): `progress` the step's own gain s_t = Φ_{t+1} − Φ_t (0 on a Finish: no pay-back of −Φ_T, which at γ = 0
 would make a correct answer after every fact earn 0 against a fact's +ΔΦ), `min_form` the process reward
-s_t = p_t, 0 on the last step (the paper's part: the answer is paid by IsSolved). `paper` is already immediate. Returns-to-go G_t = Σ_{k≥t} γ^{k−t} r_k (`discounted_returns`, the one
-implementation: the advantages table and the trainer both call it). `normalize: whiten` whitens the rewards a
+s_t = p_t, 0 on the last step (the paper's part: the answer is paid by IsSolved). `paper` is already immediate.
+Returns-to-go G_t = Σ_{k≥t} γ^{k−t} r_k (`discounted_returns`, the one implementation: the advantages table and the
+trainer both call it). `normalize: whiten` whitens the rewards a
 variant gives over the table (every step's, or only the last step's for a variant without step rewards).
 
 SC and Con are already means over the votes; p is linear in both, so this equals averaging the normalised
