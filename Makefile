@@ -89,8 +89,9 @@ study-val: $(STAMP)
 # study in pieces").
 STUDY_OUT ?= reports/study
 # DVC_CACHE=<dir>: the piece's clone uses that DVC cache (e.g. build/study-s2-steptool-ppo_outcome/.dvc/cache from
-# a piece made earlier in the same sitting), so the stages it shares with that piece (tasks, base model, warm start)
-# are restored by DVC's run cache instead of rerun: the same outputs, 15-25 min less. Stages with persist outputs
+# a piece made earlier in the same sitting), so the stages it shares with that piece (tasks, warm start) are
+# restored by DVC's run cache instead of rerun: the same outputs, 15-25 min less (the base model's ~15 s conversion
+# reran in the pieces that used one). Stages with persist outputs
 # (collect, evaluate) rerun even for the same seed: DVC's run cache skips any stage that has one.
 DVC_CACHE ?=
 CODE ?=
