@@ -59,6 +59,7 @@ study: $(STAMP)
 	  && { echo "# How reports/study/ was made"; echo; \
 	       echo "- commit $$(git -C $(STUDY) rev-parse --short HEAD), params: profiles/study.yaml over the defaults"; \
 	       echo "- wall time $$(( (end - start) / 60 )) min $$(( (end - start) % 60 )) s (dvc repro, venv excluded), finished $$(date -u +%Y-%m-%dT%H:%MZ)"; \
+	       $(if $(strip $(RESUME)),echo "- RESUME=1: went on in the clone an earlier sitting left; the stages it had finished did not rerun and the wall time is this sitting's";) \
 	       echo "- machine: $$(nproc) cores, $$(lscpu | sed -n 's/^Model name: *//p'), AMX: $$(grep -q amx_tile /proc/cpuinfo && echo yes || echo no)"; \
 	       echo "- torch $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \
 	       echo "- precision: $$($(BIN)/python -c 'import sys; from pipeline.config import load_params; from pipeline.study import run_precision; print(run_precision(load_params(sys.argv[1])))' $(STUDY)/params.yaml)"; } > reports/study/RUN.md
@@ -93,6 +94,10 @@ STUDY_OUT ?= reports/study
 # restored by DVC's run cache instead of rerun: the same outputs, 15-25 min less (the base model's ~15 s conversion
 # reran in the pieces that used one). Stages with persist outputs
 # (collect, evaluate) rerun even for the same seed: DVC's run cache skips any stage that has one.
+# RESUME=1: a piece stopped part-way (a session's end) goes on in the clone it left under build/, if that is still
+# there: DVC reruns only the stages not finished, and collect and evaluate continue from their saved parts.
+RESUME ?=
+KEEP_CLONE = $(if $(strip $(RESUME)),[ -f $(STUDY)-$(PIECE_NAME)/piece.yaml ] ||)
 DVC_CACHE ?=
 CODE ?=
 SEED ?= 0
@@ -101,14 +106,14 @@ PRECISION ?=
 PIECE_NAME := s$(SEED)$(if $(strip $(VARIANTS)),-$(subst $(eval) ,-,$(strip $(VARIANTS))))
 PIECE := $(STUDY_OUT)/pieces/$(PIECE_NAME)
 study-piece: $(STAMP)
-	rm -rf $(STUDY)-$(PIECE_NAME) && git clone -q . $(STUDY)-$(PIECE_NAME) $(if $(strip $(CODE)),&& git -C $(STUDY)-$(PIECE_NAME) checkout -q $(CODE)) \
-	  $(if $(strip $(DVC_CACHE)),&& cd $(STUDY)-$(PIECE_NAME) && PATH="$(CURDIR)/$(BIN):$$PATH" $(CURDIR)/$(BIN)/dvc cache dir --local $(abspath $(DVC_CACHE)))
-	cd $(STUDY)-$(PIECE_NAME) && $(CURDIR)/$(BIN)/python -c "import sys, yaml; p = yaml.safe_load(open('profiles/study.yaml')); \
+	$(KEEP_CLONE) { rm -rf $(STUDY)-$(PIECE_NAME) && git clone -q . $(STUDY)-$(PIECE_NAME) $(if $(strip $(CODE)),&& git -C $(STUDY)-$(PIECE_NAME) checkout -q $(CODE)) \
+	  $(if $(strip $(DVC_CACHE)),&& cd $(STUDY)-$(PIECE_NAME) && PATH="$(CURDIR)/$(BIN):$$PATH" $(CURDIR)/$(BIN)/dvc cache dir --local $(abspath $(DVC_CACHE))); }
+	$(KEEP_CLONE) { cd $(STUDY)-$(PIECE_NAME) && $(CURDIR)/$(BIN)/python -c "import sys, yaml; p = yaml.safe_load(open('profiles/study.yaml')); \
 	  p.setdefault('train', {})['seeds'] = [int(sys.argv[1])]; v = sys.argv[2].split(); \
 	  p.update({'variants': v, 'evaluate': {**p.get('evaluate', {}), 'models': ['sft', *v]}} if v else {}); \
 	  [p.setdefault(k, {}).update(precision=sys.argv[3]) for k in ('agent', 'warmstart', 'train') if sys.argv[3]]; \
 	  yaml.safe_dump(p, open('piece.yaml', 'w'))" $(SEED) "$(VARIANTS)" "$(PRECISION)" \
-	  && PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/python -m steptool params --profile piece.yaml --write params.yaml
+	  && PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/python -m steptool params --profile piece.yaml --write params.yaml; }
 	$(BIN)/python -m steptool study-check $(STUDY_OUT)/pieces --params $(STUDY)-$(PIECE_NAME)/params.yaml > $(STUDY)-$(PIECE_NAME)/precision.txt
 	start=$$(date +%s); cd $(STUDY)-$(PIECE_NAME) && PATH="$(CURDIR)/$(BIN):$$PATH" PYTHONPATH="$(CURDIR)/$(STUDY)-$(PIECE_NAME)" $(CURDIR)/$(BIN)/dvc repro evaluate@sft-cot collect@$(SEED) \
 	  && cd $(CURDIR) && $(BIN)/python -m steptool study-check $(STUDY_OUT)/pieces --answers $(STUDY)-$(PIECE_NAME) \
@@ -118,6 +123,7 @@ study-piece: $(STAMP)
 	       echo "- commit $$(git -C $(STUDY)-$(PIECE_NAME) rev-parse --short HEAD)$(if $(strip $(CODE)), (CODE=$(CODE); the helpers at $$(git rev-parse --short HEAD))), params: profiles/study.yaml with train.seeds [$(SEED)]$(if $(strip $(VARIANTS)), and variants [$(strip $(VARIANTS))])$(if $(strip $(PRECISION)), and precision $(PRECISION))"; \
 	       $(if $(strip $(DVC_CACHE)),echo "- DVC cache $(DVC_CACHE): the stages it already held were restored by the run cache and not rerun: the wall time leaves them out";) \
 	       echo "- wall time $$(( (end - start) / 60 )) min $$(( (end - start) % 60 )) s (dvc repro, venv excluded), finished $$(date -u +%Y-%m-%dT%H:%MZ)"; \
+	       $(if $(strip $(RESUME)),echo "- RESUME=1: went on in the clone an earlier sitting left; the stages it had finished did not rerun and the wall time is this sitting's";) \
 	       echo "- machine: $$(nproc) cores, $$(lscpu | sed -n 's/^Model name: *//p'), AMX: $$(grep -q amx_tile /proc/cpuinfo && echo yes || echo no)"; \
 	       echo "- torch $$($(BIN)/python -c 'import torch; print(torch.__version__)')"; \
 	       cat $(STUDY)-$(PIECE_NAME)/precision.txt; } > $(PIECE)/RUN.md
