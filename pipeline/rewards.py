@@ -98,13 +98,13 @@ def step_rewards(steps: pl.DataFrame, variant: str = variants.DEFAULT,
     return df.select("traj_id", "step_idx", "reward", "is_last")
 
 
-def paper_part(df: pl.DataFrame, spec: RewardsConfig, myopic: bool = False) -> tuple[pl.DataFrame, pl.Expr]:
+def paper_part(df: pl.DataFrame, spec: RewardsConfig, myopic: bool) -> tuple[pl.DataFrame, pl.Expr]:
     """`paper`: s_t = p_t before the last step, 0 on it (the module docstring's table); immediate already, so
     `myopic` (a variant without credit across steps) changes nothing."""
     return df, pl.when(pl.col("is_last")).then(0.0).otherwise(pl.col("_p"))
 
 
-def progress_part(df: pl.DataFrame, spec: RewardsConfig, myopic: bool = False) -> tuple[pl.DataFrame, pl.Expr]:
+def progress_part(df: pl.DataFrame, spec: RewardsConfig, myopic: bool) -> tuple[pl.DataFrame, pl.Expr]:
     """`progress`: s_t = γ·Φ_{t+1} − Φ_t before the last step, −Φ_T on it, Φ_t the progress known before step t.
     `myopic`: s_t = Φ_{t+1} − Φ_t on every step (a Finish's gain is 0), no pay-back."""
     # Φ_t: known before step t = the progress after step t−1 (0 before the first step)
@@ -116,11 +116,11 @@ def progress_part(df: pl.DataFrame, spec: RewardsConfig, myopic: bool = False) -
                                                                           - pl.col("_phi"))
 
 
-def min_form_part(df: pl.DataFrame, spec: RewardsConfig, myopic: bool = False) -> tuple[pl.DataFrame, pl.Expr]:
+def min_form_part(df: pl.DataFrame, spec: RewardsConfig, myopic: bool) -> tuple[pl.DataFrame, pl.Expr]:
     """`min_form`: m_t = min of q over the steps from t on (q_T = IsSolved); s_t = m_t − m_{t+1}, m_{T+1} = 0.
     `myopic`: the process reward itself, as `paper` (a minimum over the future is credit across steps)."""
     if myopic:
-        return paper_part(df, spec)
+        return paper_part(df, spec, myopic)
     df = df.with_columns(pl.when(pl.col("is_last")).then(pl.col("is_solved_score").fill_null(0.0))
                          .otherwise(pl.col("_p")).alias("_q"))
     df = df.with_columns(pl.col("_q").cum_min(reverse=True).over("traj_id").alias("_m"))
