@@ -182,7 +182,7 @@ class StepPPOTrainer(Trainer):
                      "value loss": vf, "KL": kl_tok}
             first = next((k for k, t in named.items() if not torch.isfinite(t).all()), "loss")
             raise SteptoolError(f"train: optimizer step {self.state.global_step + 1}: NaN or inf in the {first} "
-                                "(loss {:.4g}); stopped before the update, nothing saved from it".format(float(loss)))
+                                f"(loss {float(loss.detach()):.4g}); stopped before the update, nothing saved from it")
 
         with torch.no_grad():
             m = self._metrics
