@@ -5,6 +5,12 @@ writer accepts: the tokenizer, Parquet, SQLite and an HTTP answer all raise on i
 model's Action Input used to crash collect and drop a server's connection. Everything decoded from untrusted
 JSON goes through `loads` (or `scrub` for an object that arrived parsed): a lone surrogate becomes U+FFFD, the
 replacement character, as a UTF-8 decoder with errors="replace" would make of it; nothing else changes.
+
+Nesting is capped at `MAX_DEPTH` on every Python. json's C parser stops at the interpreter's recursion limit on
+CPython 3.10-3.12 (about 1,000 levels, a RecursionError) but only at the C stack on 3.13, where it returns 5,000
+nested lists, and the first Python-level walk over them (`scrub` itself) then raised RecursionError out of the
+agent's parser. Deeper than `MAX_DEPTH` is a decode error here, so a model's action parses the same on every
+version; no tool argument or answer comes near it.
 """
 from __future__ import annotations
 
@@ -14,29 +20,56 @@ from typing import Any
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 REPLACEMENT = "\ufffd"
+MAX_DEPTH = 200  # lists and objects inside each other; the module docstring says why there is a cap
 
 
-def scrub(obj: Any) -> Any:
+class Unreadable(json.JSONDecodeError):
+    """JSON refused as a whole, with no position to point at: nested too deeply, or a number too long to read."""
+
+    def __init__(self, msg: str):
+        super().__init__(msg, "", 0)
+
+
+def too_deep() -> Unreadable:
+    return Unreadable("nested too deeply")
+
+
+def scrub(obj: Any, _depth: int = 0) -> Any:
     """`obj` (JSON-shaped: dicts, lists, strings, numbers) with every lone surrogate in its strings, keys
-    included, replaced by U+FFFD. Objects without one come back as they are (the same object)."""
+    included, replaced by U+FFFD; a string without one comes back as it is (the same object). Raises Unreadable
+    (a json.JSONDecodeError) where lists and objects nest more than MAX_DEPTH levels."""
     if isinstance(obj, str):
         return _SURROGATE.sub(REPLACEMENT, obj) if _SURROGATE.search(obj) else obj
+    if isinstance(obj, (dict, list)) and _depth >= MAX_DEPTH:
+        raise too_deep()
     if isinstance(obj, dict):
-        return {scrub(k): scrub(v) for k, v in obj.items()}
+        return {scrub(k): scrub(v, _depth + 1) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [scrub(v) for v in obj]
+        return [scrub(v, _depth + 1) for v in obj]
     return obj
 
 
 def loads(text: str | bytes, **kw) -> Any:
     """`json.loads(text, **kw)` with lone surrogates replaced (`scrub`). Every way untrusted JSON can fail is a
     json.JSONDecodeError, which callers already handle: also a number of more than 4,300 digits (Python's int
-    conversion limit raises a plain ValueError) and nesting deeper than the interpreter's stack (RecursionError)."""
+    conversion limit raises a plain ValueError) and nesting deeper than MAX_DEPTH or the interpreter's stack
+    (RecursionError), both `Unreadable`."""
+    return _checked(lambda: (json.loads(text, **kw), None))[0]
+
+
+def raw_decode(text: str, strict: bool = True) -> tuple[Any, int]:
+    """(value, end): `json.JSONDecoder(strict=strict).raw_decode(text)` (the JSON value at the start of `text` and
+    where it ends), with `loads`' guarantees: lone surrogates replaced, every failure a json.JSONDecodeError."""
+    return _checked(lambda: json.JSONDecoder(strict=strict).raw_decode(text))
+
+
+def _checked(decode) -> tuple[Any, Any]:
     try:
-        return scrub(json.loads(text, **kw))
+        value, end = decode()
+        return scrub(value), end
     except json.JSONDecodeError:
         raise
     except RecursionError:
-        raise json.JSONDecodeError("nested too deeply", "", 0) from None
-    except ValueError as e:  # the integer digit limit
-        raise json.JSONDecodeError(f"a number too long to read ({str(e)[:40]}...)", "", 0) from None
+        raise too_deep() from None
+    except ValueError:  # the integer digit limit
+        raise Unreadable("a number too long to read") from None

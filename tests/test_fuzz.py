@@ -68,11 +68,40 @@ def test_parsers_never_raise(text):
         parse_action(text, fmt)
 
 
-def test_deeply_nested_action_input_is_a_parse_failure_not_a_crash():
-    deep = "[" * 5000 + "]" * 5000
-    for fmt, text in (("compact", f"Thought: t\nAction: f\nAction Input: {deep}"),
-                      ("chat_tools", f'<tool_call>{{"name": "f", "arguments": {deep}}}</tool_call>')):
-        parse_action(text, fmt)  # must return, whatever it says
+def _actions(value: str) -> list[tuple[str, str, int]]:
+    """(format, action, levels around `value`) for each way to write arguments {"q": value}: a tool call's
+    arguments object sits inside the call's own object."""
+    args = '{"q": ' + value + "}"
+    return [("compact", f"Thought: t\nAction: f\nAction Input: {args}", 1),
+            ("chat_tools", f'<tool_call>{{"name": "f", "arguments": {args}}}</tool_call>', 2),
+            ("chat_tools", f'<tool_call>{{"name": "f", "arguments": {json.dumps(args)}}}</tool_call>', 1)]
+
+
+@pytest.mark.parametrize("depth", [5000, 100_000])
+def test_deeply_nested_action_input_is_a_parse_failure_not_a_crash(depth):
+    """5,000 levels: json parses them on CPython 3.13 (only the C stack limits it there), where the scrub after it
+    raised RecursionError; 100,000: json's own RecursionError on every version."""
+    for fmt, text, _ in _actions("[" * depth + "]" * depth):
+        parsed = parse_action(text, fmt)
+        assert (parsed.parse_ok, parsed.error) == (False, "malformed JSON: nested too deeply"), (fmt, parsed)
+
+
+def test_nesting_is_read_up_to_max_depth_on_every_python():
+    """The cap is ours, not the interpreter's: the same action parses, or does not, on every version."""
+    from pipeline import untrusted
+
+    for i, (fmt, _, around) in enumerate(_actions("[]")):
+        inner = untrusted.MAX_DEPTH - around
+        at_cap = _actions("[" * inner + "]" * inner)[i][1]
+        past_cap = _actions("[" * (inner + 1) + "]" * (inner + 1))[i][1]
+        assert parse_action(at_cap, fmt).parse_ok, (fmt, around)
+        assert parse_action(past_cap, fmt).error == "malformed JSON: nested too deeply", (fmt, around)
+    deepest = "[" * untrusted.MAX_DEPTH + "]" * untrusted.MAX_DEPTH
+    assert untrusted.loads(deepest) == json.loads(deepest)
+    with pytest.raises(json.JSONDecodeError, match="nested too deeply"):
+        untrusted.loads("[" + deepest + "]")
+    with pytest.raises(json.JSONDecodeError, match="nested too deeply"):
+        untrusted.scrub({"a": json.loads("[" + deepest + "]")})
 
 
 # ---- text that is not UTF-8-encodable: lone surrogates through parser, environment and server ----------------

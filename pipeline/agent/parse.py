@@ -21,8 +21,10 @@ _INPUT = re.compile(r"(?:^|\n)\s*Action Input\s*:[ \t]*", re.S)
 _THOUGHT = re.compile(r"^\s*Thought\s*:\s*", re.S)
 
 
-TOO_DEEP = "malformed JSON: nested too deeply"
-TOO_LONG = "malformed JSON: a number too long to read"
+def _malformed(e: json.JSONDecodeError) -> str:
+    """The reason of a JSON that does not decode; `untrusted`'s own errors (too deep, a number too long) have no
+    position."""
+    return f"malformed JSON: {e.msg}" + ("" if isinstance(e, untrusted.Unreadable) else f" at char {e.pos}")
 
 
 @dataclass(frozen=True)
@@ -51,13 +53,9 @@ def parse_react(text: str, known_functions: set[str] | None = None) -> ParsedAct
     if raw == "":
         return ParsedAction(thought, name, "{}", True)
     try:
-        obj, end = json.JSONDecoder(strict=False).raw_decode(raw)
+        obj, end = untrusted.raw_decode(raw, strict=False)
     except json.JSONDecodeError as e:
-        return ParsedAction(thought, name, raw, False, f"malformed JSON: {e.msg} at char {e.pos}")
-    except RecursionError:
-        return ParsedAction(thought, name, raw, False, TOO_DEEP)
-    except ValueError:  # an integer of more than 4,300 digits
-        return ParsedAction(thought, name, raw, False, TOO_LONG)
+        return ParsedAction(thought, name, raw, False, _malformed(e))
     if not isinstance(obj, dict):
         return ParsedAction(thought, name, raw, False, f"malformed JSON: arguments must be an object, got {type(obj).__name__}")
     tail = raw[end:].strip()
@@ -79,15 +77,10 @@ def parse_tool_call(text: str, known_functions: set[str] | None = None) -> Parse
         return ParsedAction(text.strip(), "", "", False, "missing tool call")
     thought = text[: m.start()].strip()
     body = text[m.end():]
-    try:
-        obj, end = json.JSONDecoder(strict=False).raw_decode(body)
+    try:  # scrubbed: re-dumped below, and no lone surrogate may reach the tokenizer or a file
+        obj, end = untrusted.raw_decode(body, strict=False)
     except json.JSONDecodeError as e:
-        return ParsedAction(thought, "", body.strip(), False, f"malformed JSON: {e.msg} at char {e.pos}")
-    except RecursionError:
-        return ParsedAction(thought, "", body.strip(), False, TOO_DEEP)
-    except ValueError:  # an integer of more than 4,300 digits
-        return ParsedAction(thought, "", body.strip(), False, TOO_LONG)
-    obj = untrusted.scrub(obj)  # re-dumped below: no lone surrogate may reach the tokenizer or a file
+        return ParsedAction(thought, "", body.strip(), False, _malformed(e))
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return ParsedAction(thought, "", body[:end], False, 'malformed JSON: the call must be {"name": ..., "arguments": {...}}')
     name = obj["name"].strip()
@@ -96,7 +89,7 @@ def parse_tool_call(text: str, known_functions: set[str] | None = None) -> Parse
         try:
             args = untrusted.loads(args) if args.strip() else {}
         except json.JSONDecodeError as e:
-            return ParsedAction(thought, name, args, False, f"malformed JSON: {e.msg} at char {e.pos}")
+            return ParsedAction(thought, name, args, False, _malformed(e))
     raw = json.dumps(args, ensure_ascii=False)
     if known_functions is not None and name not in known_functions and name != "Finish":
         return ParsedAction(thought, name, raw, False, f"unknown API: {name}")
