@@ -134,15 +134,17 @@ def train_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, *, ep
     from pipeline.tracking import reporting
 
     tracking, callbacks = reporting(report_to or ["none"], root, "warmstart", main=procs.main)
+    # transformers 5.25 renamed gradient_checkpointing to activation_checkpointing (the old name warns, and goes in 6)
+    ckpt = "activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__ \
+        else "gradient_checkpointing"
     with atomic_path(out_dir) if procs.main else _scratch() as tmp:
         args = SFTConfig(
             output_dir=str(tmp / "_run"), num_train_epochs=epochs, learning_rate=learning_rate,
             per_device_train_batch_size=1, gradient_accumulation_steps=batch_size // procs.world,
             lr_scheduler_type="linear", warmup_steps=0.05,
             logging_steps=1, save_strategy="no", seed=seed, data_seed=seed, max_length=max_length,
-            use_cpu=use_cpu, dataloader_num_workers=0, gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False}, disable_tqdm=False, bf16=bf16, fp16=False,
-            **tracking,
+            use_cpu=use_cpu, dataloader_num_workers=0, disable_tqdm=False, bf16=bf16, fp16=False,
+            **{ckpt: gradient_checkpointing, f"{ckpt}_kwargs": {"use_reentrant": False}}, **tracking,
         )
         # after the arguments: under ZeRO-3 they make transformers load the model partitioned (zero.Init)
         model = AutoModelForCausalLM.from_pretrained(

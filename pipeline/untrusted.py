@@ -26,8 +26,8 @@ MAX_DEPTH = 200  # lists and objects inside each other; the module docstring say
 class Unreadable(json.JSONDecodeError):
     """JSON refused as a whole, with no position to point at: nested too deeply, or a number too long to read."""
 
-    def __init__(self, msg: str):
-        super().__init__(msg, "", 0)
+    def __init__(self, msg: str, doc: str = "", pos: int = 0):  # JSONDecodeError pickles as (msg, doc, pos)
+        super().__init__(msg, doc, pos)
 
 
 def too_deep() -> Unreadable:

@@ -102,6 +102,10 @@ def test_nesting_is_read_up_to_max_depth_on_every_python():
         untrusted.loads("[" + deepest + "]")
     with pytest.raises(json.JSONDecodeError, match="nested too deeply"):
         untrusted.scrub({"a": json.loads("[" + deepest + "]")})
+    import pickle  # raised in a worker process, it must come back as itself
+
+    again = pickle.loads(pickle.dumps(untrusted.too_deep()))
+    assert isinstance(again, untrusted.Unreadable) and again.msg == "nested too deeply"
 
 
 # ---- text that is not UTF-8-encodable: lone surrogates through parser, environment and server ----------------

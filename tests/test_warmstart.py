@@ -48,3 +48,25 @@ def test_sft_lowers_the_loss_and_saves_a_loadable_model(rows, tiny_model_dir, tm
     assert AutoModelForCausalLM.from_pretrained(out) is not None
     assert not (out / "_run").exists()
 
+
+def test_warmstart_gradient_checkpointing_reaches_the_model(rows, tiny_model_dir, tmp_path):
+    """`warmstart.gradient_checkpointing: true` runs every attention forward again in the backward pass, by
+    whichever name the installed transformers reads (5.25 renamed it activation_checkpointing)."""
+    calls: list[int] = []
+
+    def count(module, _args):
+        if type(module).__name__.endswith("Attention"):
+            calls.append(1)
+
+    runs = {}
+    for on in (False, True):
+        calls.clear()
+        handle = torch.nn.modules.module.register_module_forward_pre_hook(count)
+        try:
+            train_sft(tiny_model_dir, rows[:2], tmp_path / f"sft-{on}", epochs=1, learning_rate=1e-3, batch_size=1,
+                      seed=0, gradient_checkpointing=on)
+        finally:
+            handle.remove()
+        runs[on] = len(calls)
+    assert runs[False] > 0 and runs[True] == 2 * runs[False], runs
+
