@@ -134,7 +134,8 @@ def train_sft(base_dir: str | Path, rows: list[dict], out_dir: str | Path, *, ep
     from pipeline.tracking import reporting
 
     tracking, callbacks = reporting(report_to or ["none"], root, "warmstart", main=procs.main)
-    # transformers 5.25 renamed gradient_checkpointing to activation_checkpointing (the old name warns, and goes in 6)
+    # transformers 5.25 renamed gradient_checkpointing to activation_checkpointing (the old name warns, and goes in
+    # 6); trainer/config.py maps the same rename for the PPO arguments
     ckpt = "activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__ \
         else "gradient_checkpointing"
     with atomic_path(out_dir) if procs.main else _scratch() as tmp:
