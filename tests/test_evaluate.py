@@ -452,3 +452,29 @@ def test_the_behaviour_readout_in_words_by_hand():
         "(1 up, 1 down, 0 unchanged). To show at 2 seeds no change a pass rate can make would do (the interval's "
         "half-width is 127.1 points), and no number of seeds tells a mean change of 0 from 0.")
     assert _moved_plainly("x", {"pass_rate": mean_ci([5.0])}, [5.0]) is None
+
+
+def test_training_curves_of_a_study_stay_apart():
+    """A study's 12 runs (4 variants x 3 seeds): matplotlib's 10-colour cycle drew two pairs of them alike. Each
+    run gets its variant's colour and its seed's dash and marker, the same across the three panels, and the one
+    legend names every run."""
+    from pipeline.figures import line_styles, training_figure
+
+    runs = [f"{v}/s{s}" for v in ("steptool", "no_step_reward", "no_step_opt", "ppo_outcome") for s in (0, 1, 2)]
+    styles = line_styles(runs)
+    assert styles["steptool/s0"] == {"color": "C0", "linestyle": "-", "marker": "."}
+    assert styles["no_step_opt/s2"] == {"color": "C2", "linestyle": ":", "marker": "^"}
+    assert styles["ppo_outcome/s1"] == {"color": "C3", "linestyle": "--", "marker": "x"}
+    logs = {run: [{"step": t, "reward_mean": 0.1 * i, "kl_ref": 0.01 * t, "approx_kl": 0.001 * t} for t in (1, 2)]
+            for i, run in enumerate(runs)}
+    fig = training_figure(logs)
+    drawn = [[(line.get_label(), line.get_color(), line.get_linestyle(), line.get_marker()) for line in ax.lines]
+             for ax in fig.axes]
+    assert len(drawn) == 3 and drawn[0] == drawn[1] == drawn[2]
+    looks = [tuple(look) for _, *look in drawn[0]]
+    assert [label for label, *_ in drawn[0]] == runs and len(set(looks)) == 12
+    assert {color for color, *_ in looks} == {"C0", "C1", "C2", "C3"}
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == runs
+    # a run missing a value (kl_ref NaN before the first update) still draws the others
+    logs["steptool/s0"][0]["kl_ref"] = float("nan")
+    assert len(training_figure(logs).axes[1].lines[0].get_xdata()) == 1
