@@ -7,6 +7,12 @@ from pathlib import Path
 from pipeline.config import LEVELS
 from pipeline.fsutil import atomic_path
 
+# a legend above the axes, outside them (the figure is saved with a tight bounding box)
+_ABOVE = {"loc": "lower center", "bbox_to_anchor": (0.5, 1.0), "frameon": False}
+# a training run's dash and marker by its place among its variant's seeds (`line_styles`)
+_DASHES = ("-", "--", ":", "-.")
+_MARKERS = (".", "x", "^", "s")
+
 
 def _pyplot():
     import matplotlib
@@ -79,10 +85,6 @@ def training_figure(train_logs: dict[str, list[dict]]):
     return fig
 
 
-_DASHES = ("-", "--", ":", "-.")
-_MARKERS = (".", "x", "^", "s")
-
-
 def line_styles(runs: list[str]) -> dict[str, dict]:
     """Matplotlib keyword arguments per training run named <variant>/s<seed> (`layout.run_name`): one colour per
     variant (in order of first appearance), one dash and marker per seed within it, so runs of one variant read as
@@ -98,10 +100,6 @@ def line_styles(runs: list[str]) -> dict[str, dict]:
         styles[run] = {"color": f"C{variants.index(v) % 10}", "linestyle": _DASHES[k % len(_DASHES)],
                        "marker": _MARKERS[k % len(_MARKERS)]}
     return styles
-
-
-# a legend above the axes, outside them (the figure is saved with a tight bounding box)
-_ABOVE = {"loc": "lower center", "bbox_to_anchor": (0.5, 1.0), "frameon": False}
 
 
 def _save(fig, path: Path) -> None:
