@@ -5,6 +5,7 @@ tests/test_dvc_pipeline.py."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,9 @@ def test_in_chromium_untrusted_text_stays_text_and_the_rewards_are_the_parquet_v
         d.get(url)
         wait_view(d, "index")
         assert len(d.find_elements(By.CSS_SELECTOR, "#index tbody tr")) == 4
+        at = [th.get_attribute("data-col") for th in d.find_elements(By.CSS_SELECTOR, "#index thead th")].index("return")
+        returns = [tr.find_elements(By.CSS_SELECTOR, "td")[at].text for tr in d.find_elements(By.CSS_SELECTOR, "#index tbody tr")]
+        assert all(re.fullmatch(r"-?\d+\.\d{3}|–", x) for x in returns) and "1.000" in returns, returns
         d.get(url + "#t/c1")
         wait_view(d, "trajectory")
         assert d.find_element(By.ID, "obs-0").get_attribute("textContent") == EVIL_OBS
