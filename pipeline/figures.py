@@ -12,6 +12,7 @@ _ABOVE = {"loc": "lower center", "bbox_to_anchor": (0.5, 1.0), "frameon": False}
 # a training run's dash and marker by its place among its variant's seeds (`line_styles`)
 _DASHES = ("-", "--", ":", "-.")
 _MARKERS = (".", "x", "^", "s")
+_CURVES = ("reward_mean", "kl_ref", "approx_kl")  # the training figure's panels, left to right
 
 
 def _pyplot():
@@ -67,14 +68,14 @@ def figures(metrics: dict, reference: str, train_logs: dict[str, list[dict]], ou
 def training_figure(train_logs: dict[str, list[dict]]):
     """The training curves (reward_mean, kl_ref, approx_kl per optimizer step) of runs named <variant>/s<seed>
     (`layout.run_name`), each drawn in `line_styles`' style, with one legend right of the panels."""
-    fig, axes = _pyplot().subplots(1, 3, figsize=(12, 3.5))
+    fig, axes = _pyplot().subplots(1, len(_CURVES), figsize=(12, 3.5))
     styles = line_styles(list(train_logs))
     for run, log in train_logs.items():
-        for ax, k in zip(axes, ("reward_mean", "kl_ref", "approx_kl")):
+        for ax, k in zip(axes, _CURVES):
             pts = [(h["step"], h[k]) for h in log if k in h and h[k] == h[k]]
             if pts:
                 ax.plot(*zip(*pts), label=run, markersize=4, **styles[run])
-    for ax, k in zip(axes, ("reward_mean", "kl_ref", "approx_kl")):
+    for ax, k in zip(axes, _CURVES):
         ax.set_title(k)
         ax.set_xlabel("optimizer step")
         if k != "reward_mean":  # a KL spike spans orders of magnitude
