@@ -550,7 +550,13 @@ class TrainConfig(_Checked):
     """Keys shared with `transformers.TrainingArguments` carry its names, so the trainer's config is this section
     as is (`trainer.config.StepPPOConfig` is a TrainingArguments with these fields)."""
 
-    lam: float = _help("GAE λ.", 0.95)
+    lam: float = _help("GAE λ of the step-level variants: credit crosses steps with one factor γλ per step.", 0.95)
+    token_lam: float = _help(
+        "GAE λ per action token of a token-level variant (ppo_outcome). 1: every action token gets G_t − b_t, as "
+        "RLOO and GRPO do. The baselines here do not bootstrap: rloo and zero are constant within a step, so "
+        "below 1 this λ does not trade bias for variance, it only shrinks an action's credit by λ per action "
+        "token to the end of the trajectory (0.95^50 ≈ 0.08); meaningful below 1 only with a baseline that "
+        "changes from token to token (crossfit). docs/architecture.md, \"ppo_outcome: λ per token\".", 1.0)
     cliprange: float = _help("PPO ratio clip ε.", 0.2)
     cliprange_value: float = _help("Value clip around the round's old values (0: off).", 0.2)
     dual_clip: float = _help(
@@ -646,8 +652,9 @@ class TrainConfig(_Checked):
             self._fail(where, "seeds", "must hold at least one seed")
         if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
             self._fail(where, "seeds", f"must be distinct integers >= 0, got {self.seeds}")
-        if not 0 <= self.lam <= 1:
-            self._fail(where, "lam", f"must be in [0, 1], got {self.lam}")
+        for key in ("lam", "token_lam"):
+            if not 0 <= getattr(self, key) <= 1:
+                self._fail(where, key, f"must be in [0, 1], got {getattr(self, key)}")
         if self.learning_rate <= 0:
             self._fail(where, "learning_rate", f"must be > 0, got {self.learning_rate}")
         if self.cliprange <= 0:

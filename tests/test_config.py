@@ -193,6 +193,11 @@ def test_reward_params_are_checked_against_the_annotator():
         raw["rewards"][key] = value
         with pytest.raises(ConfigError, match=re.escape(says)):
             parse_params(raw, "params.yaml")
+    for key in ("lam", "token_lam"):
+        raw = yaml.safe_load((REPO / "params.yaml").read_text())
+        raw["train"][key] = 1.5
+        with pytest.raises(ConfigError, match=re.escape(f"train.{key} must be in [0, 1], got 1.5")):
+            parse_params(raw, "params.yaml")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["train"]["gamma"] = 0.9  # the one γ is rewards.gamma
     with pytest.raises(ConfigError, match="unknown key 'train.gamma'"):

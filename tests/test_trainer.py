@@ -338,11 +338,42 @@ def test_round_advantages_by_hand_for_each_variant(tokenizer):
     assert items[0].advantages == pytest.approx([0.5] * 2 + [1.0] * 3)
     items, _ = prepare_round(model, ex, _round_cfg("no_step_reward"))  # the rewards come from the table as given
     assert items[0].advantages == pytest.approx([0.95] * 2 + [1.0] * 3)
+    # token level: λ is token_lam (1 by default), not the steps' lam = 0.5
     items, _ = prepare_round(model, ex, _round_cfg("ppo_outcome"))
-    # action tokens of a: rewards [0, 0.5, 0, 0, 1.0]; A_k = Σ_j 0.45^j r_{k+j}
-    expected = _classic_token_gae([0, 0.5, 0, 0, 1.0], [0.0] * 5, 0.9, 0.5)
+    # action tokens of a: rewards [0, 0.5, 0, 0, 1.0]; A_k = Σ_j 0.9^j r_{k+j}, the discounted return
+    expected = _classic_token_gae([0, 0.5, 0, 0, 1.0], [0.0] * 5, 0.9, 1.0)
     assert items[0].advantages == pytest.approx(expected) and len(items[0].returns) == 5
+    assert expected[0] == pytest.approx(0.9 * 0.5 + 0.9 ** 4 * 1.0)
+    items, _ = prepare_round(model, ex, _round_cfg("ppo_outcome", token_lam=0.5))
+    expected = _classic_token_gae([0, 0.5, 0, 0, 1.0], [0.0] * 5, 0.9, 0.5)  # A_k = Σ_j 0.45^j r_{k+j}
+    assert items[0].advantages == pytest.approx(expected)
     assert expected[0] == pytest.approx(0.45 * 0.5 + 0.45 ** 4 * 1.0)
+    items, _ = prepare_round(model, ex, _round_cfg("steptool", token_lam=0.1))  # steps read lam only
+    assert items[0].advantages == pytest.approx([0.5 + 0.45 * 1.0] * 2 + [1.0] * 3)
+
+
+def test_token_level_advantages_over_rloo_are_g_minus_b_per_token(tokenizer):
+    """ppo_outcome with the rloo baseline (constant within a step): token_lam = 1 gives every action token its
+    G_t − b_t; λ < 1 per token shrinks an earlier action's credit though its G − b is as large
+    (docs/architecture.md, "ppo_outcome: λ per token")."""
+    from tests.support.tiny_model import make_tiny_model
+    from trainer.model import PolicyWithValue
+    from trainer.ppo_round import prepare_round
+
+    model = PolicyWithValue(make_tiny_model(tokenizer))
+    a, b = _round_examples(tokenizer)
+    a.group = b.group = "task"  # two samples of one task
+    # return-to-go per action token (γ = 1): a [1.5, 1.5, 1, 1, 1], b [0.25, 0.25]; rloo: a's step 0 gets
+    # b's G at its step 0 (0.25), a's step 1 none (b has one step: 0), b's step 0 gets a's 1.5
+    cfg = dict(baseline="rloo", gamma=1.0)
+    items, _ = prepare_round(model, [a, b], _round_cfg("ppo_outcome", **cfg))
+    assert items[0].advantages == pytest.approx([1.25, 1.25, 1.0, 1.0, 1.0])
+    assert items[1].advantages == pytest.approx([-1.25, -1.25])
+    assert items[0].step_baseline == pytest.approx([0.25, 0.0])  # the round table's columns
+    assert items[0].step_advantage == pytest.approx([1.25, 1.0])
+    # λ = 0.5 per token: δ = [0, 0.5 - 0.25, 0, 0, 1]; A_k = δ_k + 0.5·A_{k+1}
+    items, _ = prepare_round(model, [a, b], _round_cfg("ppo_outcome", token_lam=0.5, **cfg))
+    assert items[0].advantages == pytest.approx([0.1875, 0.375, 0.25, 0.5, 1.0])
 
 
 def test_round_scales_once_over_all_steps_and_shapes_rewards_with_the_kl(tokenizer):

@@ -326,12 +326,13 @@ def kl_shaped(rewards: torch.Tensor, kl_tok: torch.Tensor, token_unit: torch.Ten
 # ---- phases 3 and 4 --------------------------------------------------------------------------------------------
 
 def advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, variant: str, gamma: float,
-               lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+               lam: float, token_lam: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE over units [B, U] (steps, or action tokens of a token-level variant: observations are the
     environment's transition, so the next value of an action token is the next action token's). A variant
-    without credit across steps uses γ = 0: A_t = r_t − V(s_t). Returns (A, R = A + V), 0 on padding."""
-    g = variants.get(variant).discount(gamma)
-    return step_gae(rewards, values, mask, g, lam)
+    without credit across steps uses γ = 0: A_t = r_t − V(s_t). λ is `lam` per step, `token_lam` per action
+    token (docs/architecture.md, "ppo_outcome: λ per token"). Returns (A, R = A + V), 0 on padding."""
+    v = variants.get(variant)
+    return step_gae(rewards, values, mask, v.discount(gamma), token_lam if v.token_level else lam)
 
 
 def prepare_round(model: PolicyWithValue, examples: list[Example], cfg, rank: int = 0, world: int = 1,
@@ -354,7 +355,7 @@ def prepare_round(model: PolicyWithValue, examples: list[Example], cfg, rank: in
     rewards = kl_shaped(pad([p.unit_rewards for p in pre], 0.0, torch.float64), kl_tok, token_unit,
                         tok_mask, cfg.kl_coef if cfg.kl_in == "reward" else 0.0)
     base = pad([p.baseline for p in pre], 0.0, torch.float64)
-    adv, _ = advantages(rewards, base, unit_mask, cfg.variant, cfg.gamma, cfg.lam)  # 3
+    adv, _ = advantages(rewards, base, unit_mask, cfg.variant, cfg.gamma, cfg.lam, cfg.token_lam)  # 3
     gamma = variants.get(cfg.variant).discount(cfg.gamma)
     ret = mc_returns([rewards[i, :len(p.unit_rewards)].tolist() for i, p in enumerate(pre)], gamma)
     step_ret = mc_returns([list(ex.rewards) for ex in examples], gamma)  # the advantages table's `return`
