@@ -5,6 +5,8 @@ writes them; what it reads and writes: its help, `steptool report --help`; docs/
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from pathlib import Path
 
 from pipeline import layout, variants
@@ -204,15 +206,40 @@ def load_rounds(root: Path, params: Params) -> list[dict]:
                 if not (folder / "round.parquet").exists():
                     break
                 m = json.loads((folder / "metrics.json").read_text())
+                hist = folder / "history.json"
                 out.append({"variant": v, "seed": seed, "round": k, "metrics": m, "before": before,
+                            "history": json.loads(hist.read_text()) if hist.exists() else [],
                             "after": m.get("replay"),
                             "rows": read_table(folder / "round.parquet", ROUND_STEPS).to_pylist()})
                 before = m.get("replay")
     return out
 
 
-def learning_signal(runs: list[dict]) -> list[str]:
-    """What each variant's rounds trained on and how far they moved: separate from generalisation to new tasks."""
+def update_kl(history: list[dict], epochs: int) -> tuple[float | None, float | None, float | None]:
+    """(median and max over the optimizer steps of approx KL(π_old‖π_θ), median over the last epoch's steps of
+    KL(π_θ‖π_ref) per action token), from a round's training log (one entry per optimizer step; None where it
+    logged none). Medians, because one token the name constraint forced (log π_old ≈ −12 and below) that rose
+    e^12-fold puts 10^2-10^4 into its minibatch's mean while the other updates log 0.01-0.1: a mean or the last
+    step's value then reports that token, not how far the policy moved (docs/architecture.md, "Advantages and the
+    PPO round")."""
+    approx = [h["approx_kl"] for h in history if _finite(h.get("approx_kl"))]
+    last = history[len(history) - max(1, len(history) // max(1, epochs)):]
+    ref = [h["kl_ref_token"] for h in last if _finite(h.get("kl_ref_token"))]
+    return (statistics.median(approx) if approx else None, max(approx) if approx else None,
+            statistics.median(ref) if ref else None)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _sig(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3g}"
+
+
+def learning_signal(runs: list[dict], epochs: int = 1) -> list[str]:
+    """What each variant's rounds trained on and how far they moved: separate from generalisation to new tasks.
+    `epochs`: the PPO epochs per round (`train.num_train_epochs`), to find the last epoch's updates in the log."""
     if not runs:
         return []
     base = variants.OUTCOME_BASELINE
@@ -224,15 +251,18 @@ def learning_signal(runs: list[dict]) -> list[str]:
              "log: the steps it trained on, the share pushed up / left alone / pushed down (advantage > 0, = 0, < 0 "
              "after the baseline), the baseline's explained variance on the round's returns (leave-out for rloo and "
              f"crossfit), the share of steps whose advantage sign differs from {base}'s on the same step (round 1: "
-             "both trained on the same collection), and how far the policy moved: approx KL(π_old‖π_θ) averaged "
-             "over the updates and KL(π_θ‖π_ref) per action token at the end (both ≥ 0 estimators on the collected "
-             "tokens; π_ref is the SFT policy)."
+             "both trained on the same collection), and how far the policy moved: approx KL(π_old‖π_θ) per "
+             "update, median (max) over the optimizer steps, and KL(π_θ‖π_ref) per action token, median over the "
+             "last epoch's steps (both ≥ 0 estimators on the collected tokens, each step's on its minibatch; π_ref "
+             "is the SFT policy). Medians, as one rare token that the name constraint forced and training made "
+             "likely puts 10^2-10^4 into its minibatch's value (docs/architecture.md, \"Advantages and the PPO "
+             "round\"); the max shows such a step."
              + (" Replay: the round's train tasks played greedily before → after the round (pass rate in %, the "
                 "share of tool calls that failed, tool calls per task): what optimisation did on the tasks it "
                 "learned from." if replay else
                 " (`collect.replay: true` adds a greedy replay of the train tasks before and after each round.)"), ""]
     head = (f"| variant | seed | round | steps | up / zero / down | baseline EV (rloo, crossfit) | sign differs from "
-            f"{base} | mean approx KL | final KL to ref per token |")
+            f"{base} | approx KL per update, median (max) | KL to ref per token, last epoch |")
     rule = "|---|---|---|---|---|---|---|---|---|"
     if replay:
         head += " replay pass rate | failed-call rate | calls per task |"
@@ -247,8 +277,10 @@ def learning_signal(runs: list[dict]) -> list[str]:
         common = [(_sign(x["advantage"]), ref_sign[key]) for x in r["rows"]
                   if (key := (r["seed"], r["round"], x["traj_id"], x["step_idx"])) in ref_sign]
         differs = "–" if v == base or not common else f"{sum(a != b for a, b in common) / len(common):.0%}"
+        med, top, ref = update_kl(r.get("history") or [], epochs)
+        moved = "–" if med is None else f"{_sig(med)} ({_sig(top)})"
         line = (f"| {v} | {r['seed']} | {r['round']} | {len(r['rows'])} | {share} | {ev} | {differs} | "
-                f"{_num(m.get('mean_approx_kl'), 4)} | {_num(m.get('final_kl_ref_token'), 4)} |")
+                f"{moved} | {_sig(ref)} |")
         if replay:
             line += " " + " | ".join(_before_after(r["before"], r["after"], k, d) for k, d in
                                      (("pass_rate", 1), ("failed_call_rate", 2), ("calls_per_task", 2))) + " |"
@@ -475,7 +507,7 @@ def write_report(params: Params, root: Path) -> str:
     metrics, md = build(results, e.reference_model, list(params.variants), train_logs, e.split)
     md[2:2] = [benchmark(params, root), ""]
     at = md.index("## Figures")
-    md[at:at] = (reward_audit_section(root, params) + learning_signal(load_rounds(root, params))
+    md[at:at] = (reward_audit_section(root, params) + learning_signal(load_rounds(root, params), params.train.num_train_epochs)
                  + behaviour_change(root, params) + [""] + protocol(params, root))
     figures(metrics, e.reference_model, train_logs, root / layout.FIGURES)
     with atomic_path(root / layout.RESULTS_MD) as tmp:

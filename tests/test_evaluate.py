@@ -360,18 +360,28 @@ def test_learning_signal_table_by_hand():
         return [{"traj_id": "t", "task_id": "x", "step_idx": i, "reward": 0.0, "baseline": 0.0, "advantage": a,
                  "variant": v} for i, a in enumerate(advs)]
 
-    def run(v, seed, k, advs, metrics=None, before=None, after=None):
+    def run(v, seed, k, advs, metrics=None, before=None, after=None, history=None):
         return {"variant": v, "seed": seed, "round": k, "rows": rows(v, advs), "metrics": metrics or {},
-                "before": before, "after": after}
+                "before": before, "after": after, "history": history or []}
 
-    steptool = {"round_baseline_ev_rloo": 0.25, "round_baseline_ev_crossfit": -0.5, "mean_approx_kl": 0.02,
-                "final_kl_ref_token": 0.004}
-    runs = [run("steptool", 0, 1, [0.5, -0.2, 0.0, 0.3], steptool),
+    steptool = {"round_baseline_ev_rloo": 0.25, "round_baseline_ev_crossfit": -0.5}
+    # two epochs of three optimizer steps; step 4's minibatch holds a token that rose e^6-fold (a spike), step 7
+    # logged nothing finite (NaN)
+    log = [{"step": i + 1, "approx_kl": a, "kl_ref_token": r} for i, (a, r) in enumerate(
+        [(0.01, 0.001), (0.03, 0.002), (0.02, 0.003), (500.0, 900.0), (0.04, 0.004), (0.05, 0.006)])]
+    nan = [{"step": 7, "approx_kl": float("nan")}]
+    runs = [run("steptool", 0, 1, [0.5, -0.2, 0.0, 0.3], steptool, history=log + nan),
             run("ppo_outcome", 0, 1, [0.1, 0.4, 0.0, -1.0]),
             run("steptool", 0, 2, [0.5, 0.5, 0.5, 0.5])]
-    text = "\n".join(learning_signal(runs))
-    # steptool round 1: up 2 of 4, zero 1, down 1; signs differ from ppo_outcome's on steps 1 and 3 -> 50%
-    assert "| steptool | 0 | 1 | 4 | 50% / 25% / 25% | 0.25, -0.50 | 50% | 0.0200 | 0.0040 |" in text
+    text = "\n".join(learning_signal(runs, epochs=2))
+    # steptool round 1: up 2 of 4, zero 1, down 1; signs differ from ppo_outcome's on steps 1 and 3 -> 50%;
+    # approx KL: median of the six finite values (0.03 + 0.04) / 2, max 500; KL to ref: the last epoch is steps
+    # 5-7 of the 7 logged (3 of them: 7 // 2), finite 0.004 and 0.006 -> 0.005 (the spike of step 4 left out)
+    assert "| steptool | 0 | 1 | 4 | 50% / 25% / 25% | 0.25, -0.50 | 50% | 0.035 (500) | 0.005 |" in text
+    from pipeline.report import update_kl
+    assert update_kl(log, 2) == pytest.approx((0.035, 500.0, 0.006))  # last epoch: steps 4-6, median 0.006
+    assert update_kl(log, 1)[2] == pytest.approx(0.0035)  # one epoch: all six
+    assert update_kl([], 2) == (None, None, None)
     assert "| ppo_outcome | 0 | 1 | 4 | 50% / 25% / 25% | –, – | – | – | – |" in text
     # round 2 trained on its own collection: no step in common with ppo_outcome's round 2 (there is none)
     assert "| steptool | 0 | 2 | 4 | 100% / 0% / 0% | –, – | – | – | – |" in text
