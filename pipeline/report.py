@@ -234,7 +234,8 @@ def _finite(x) -> bool:
 
 
 def _sig(x: float | None) -> str:
-    return "–" if x is None else f"{x:.3g}"
+    """Three significant digits, and whole numbers from 100 on (a spike's 15,987, not 1.6e+04)."""
+    return "–" if x is None else f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
 def learning_signal(runs: list[dict], epochs: int = 1) -> list[str]:

@@ -368,18 +368,18 @@ def test_learning_signal_table_by_hand():
     # two epochs of three optimizer steps; step 4's minibatch holds a token that rose e^6-fold (a spike), step 7
     # logged nothing finite (NaN)
     log = [{"step": i + 1, "approx_kl": a, "kl_ref_token": r} for i, (a, r) in enumerate(
-        [(0.01, 0.001), (0.03, 0.002), (0.02, 0.003), (500.0, 900.0), (0.04, 0.004), (0.05, 0.006)])]
+        [(0.01, 0.001), (0.03, 0.002), (0.02, 0.003), (15987.4, 900.0), (0.04, 0.004), (0.05, 0.006)])]
     nan = [{"step": 7, "approx_kl": float("nan")}]
     runs = [run("steptool", 0, 1, [0.5, -0.2, 0.0, 0.3], steptool, history=log + nan),
             run("ppo_outcome", 0, 1, [0.1, 0.4, 0.0, -1.0]),
             run("steptool", 0, 2, [0.5, 0.5, 0.5, 0.5])]
     text = "\n".join(learning_signal(runs, epochs=2))
     # steptool round 1: up 2 of 4, zero 1, down 1; signs differ from ppo_outcome's on steps 1 and 3 -> 50%;
-    # approx KL: median of the six finite values (0.03 + 0.04) / 2, max 500; KL to ref: the last epoch is steps
+    # approx KL: median of the six finite values (0.03 + 0.04) / 2, max 15,987; KL to ref: the last epoch is steps
     # 5-7 of the 7 logged (3 of them: 7 // 2), finite 0.004 and 0.006 -> 0.005 (the spike of step 4 left out)
-    assert "| steptool | 0 | 1 | 4 | 50% / 25% / 25% | 0.25, -0.50 | 50% | 0.035 (500) | 0.005 |" in text
+    assert "| steptool | 0 | 1 | 4 | 50% / 25% / 25% | 0.25, -0.50 | 50% | 0.035 (15,987) | 0.005 |" in text
     from pipeline.report import update_kl
-    assert update_kl(log, 2) == pytest.approx((0.035, 500.0, 0.006))  # last epoch: steps 4-6, median 0.006
+    assert update_kl(log, 2) == pytest.approx((0.035, 15987.4, 0.006))  # last epoch: steps 4-6, median 0.006
     assert update_kl(log, 1)[2] == pytest.approx(0.0035)  # one epoch: all six
     assert update_kl([], 2) == (None, None, None)
     assert "| ppo_outcome | 0 | 1 | 4 | 50% / 25% / 25% | –, – | – | – | – |" in text
