@@ -508,7 +508,8 @@ def write_report(params: Params, root: Path) -> str:
     metrics, md = build(results, e.reference_model, list(params.variants), train_logs, e.split)
     md[2:2] = [benchmark(params, root), ""]
     at = md.index("## Figures")
-    md[at:at] = (reward_audit_section(root, params) + learning_signal(load_rounds(root, params), params.train.num_train_epochs)
+    md[at:at] = (reward_audit_section(root, params)
+                 + learning_signal(load_rounds(root, params), params.train.num_train_epochs)
                  + behaviour_change(root, params) + [""] + protocol(params, root))
     figures(metrics, e.reference_model, train_logs, root / layout.FIGURES)
     with atomic_path(root / layout.RESULTS_MD) as tmp:
