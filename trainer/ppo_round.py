@@ -326,7 +326,7 @@ def kl_shaped(rewards: torch.Tensor, kl_tok: torch.Tensor, token_unit: torch.Ten
 # ---- phases 3 and 4 --------------------------------------------------------------------------------------------
 
 def advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, variant: str, gamma: float,
-               lam: float, token_lam: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+               lam: float, token_lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE over units [B, U] (steps, or action tokens of a token-level variant: observations are the
     environment's transition, so the next value of an action token is the next action token's). A variant
     without credit across steps uses γ = 0: A_t = r_t − V(s_t). λ is `lam` per step, `token_lam` per action
