@@ -606,6 +606,14 @@ class TrainConfig(_Checked):
     old_logprobs: Literal["behaviour", "recompute"] = _help(
         "π_old of the ratio: the log-probs recorded at collection ('behaviour'; truncated or imported trajectories "
         "fall back to recompute) or a recompute at the start of the round.", "recompute")
+    name_logprobs: Literal["model", "constrained"] = _help(
+        "Log-probs of the action tokens that the name constraint (agent.constrain_names) restricted. 'model': the "
+        "model's own over the whole vocabulary, as for every other token (what the reference implementation's "
+        "unconstrained agent trains). 'constrained': those of the distribution the agent sampled them from, "
+        "renormalised over the allowed tokens (log π − log Σ_allowed π): a forced token (one allowed) has log-prob "
+        "0 for every θ, so it adds no gradient, no ratio and no KL, where 'model' pushes up tokens the model "
+        "itself gave e^-12 (docs/architecture.md, \"Constrained names in the loss\"). The allowed sets are the hf "
+        "backend's, recomputed from the collected ids; needs old_logprobs: recompute.", "model")
     baseline: Literal["rloo", "crossfit", "zero", "fit_returns"] = _help(
         "Baseline b(s) of the advantages, never fitted to the returns it is subtracted from: 'rloo' (per task, the "
         "mean return-to-go of the other samples at the same step), 'crossfit' (a ridge head on the trunk's "
@@ -664,6 +672,9 @@ class TrainConfig(_Checked):
                 self._fail(where, key, f"must be >= 0, got {getattr(self, key)}")
         if self.dual_clip != 0 and not self.dual_clip > 1:
             self._fail(where, "dual_clip", f"must be 0 (off) or > 1, got {self.dual_clip}")
+        if self.name_logprobs == "constrained" and self.old_logprobs != "recompute":
+            self._fail(where, "name_logprobs", "constrained needs old_logprobs: recompute (the recorded behaviour "
+                       "log-probs are the model's own, over the whole vocabulary)")
 
 
 @dataclass
@@ -785,6 +796,9 @@ class Params(_Checked):
             raise ConfigError(f"rewards.shaping: {self.rewards.shaping} needs the share of needed facts each step has "
                               f"made known, which only annotate.annotator {' or '.join(givers)} gives (got "
                               f"{self.annotate.annotator}): use {' or '.join(others)}")
+        if self.train.name_logprobs == "constrained" and not self.agent.constrain_names:
+            raise ConfigError("train.name_logprobs: constrained needs agent.constrain_names: true (without the "
+                              "constraint every token was sampled from the whole vocabulary: use 'model')")
         if self.agent.backend == "openai" and (self.train.rounds > 1 or self.collect.replay) and not self.train.lora:
             key = "train.rounds > 1" if self.train.rounds > 1 else "collect.replay: true"
             raise ConfigError(f"{key} with agent.backend openai needs train.lora: true (each trained adapter is "

@@ -145,6 +145,10 @@ def test_a_written_params_file_is_complete_and_loads_back(tmp_path):
     ({"evaluate": {"tasks_per_level": {"cot": -1}}}, "evaluate.tasks_per_level.cot must be >= 0, got -1"),
     ({"evaluate": {"tasks_per_level": {"cot": "all"}}}, "evaluate.tasks_per_level.cot must be an integer"),
     ({"evaluate": {"tasks_per_level": [1, 2]}}, "evaluate.tasks_per_level must be a mapping"),
+    ({"train": {"name_logprobs": "constrained", "old_logprobs": "behaviour"}},
+     "train.name_logprobs constrained needs old_logprobs: recompute"),
+    ({"train": {"name_logprobs": "constrained"}, "agent": {"constrain_names": False}},
+     "train.name_logprobs: constrained needs agent.constrain_names: true"),
 ])
 def test_variants_and_train_keys_are_checked(raw, message):
     with pytest.raises(ConfigError) as e:

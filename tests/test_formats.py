@@ -7,7 +7,8 @@ import random
 import pytest
 import torch
 
-from pipeline.agent.backends import HFPolicy, NameSlot, SamplingConfig, ScriptedPolicy, slot_remainders, token_texts
+from pipeline.agent.backends import HFPolicy, NameSlot, SamplingConfig, ScriptedPolicy, slot_remainders
+from pipeline.agent.name_constraint import token_texts
 from pipeline.agent.expert import expert_path
 from pipeline.agent.parse import parse_action, parse_tool_call
 from pipeline.agent.prompts import ChatRenderer, format_action, name_slot, system_prompt, user_message

@@ -183,3 +183,29 @@ def test_lora_rounds_through_a_vllm_style_server_load_each_rounds_adapter(round1
     assert max(float((saved[k] - start[k]).abs().max()) for k in saved) > 1e-3, "training changed too little"
     for k, v in saved.items():
         assert torch.allclose(rebuilt[k], v, atol=1e-6), k
+
+
+def test_constrained_name_logprobs_train_on_the_collections_own_slots(round1):
+    """train.name_logprobs: constrained through the train stage: the function names come from the train tasks as
+    the collection's environment offers them, every collected action token lies in its recomputed set (else the
+    stage would stop), and the counts reach the train metrics."""
+    from pipeline.agent.rollout import _known_functions
+    from pipeline.config import load_params
+    from pipeline.envs import make_env
+    from pipeline.task_files import load_tasks
+    from stages import train
+    from trainer.rounds import task_name_slots
+
+    root, params = round1
+    slots = task_name_slots(root, params.agent.prompt_format)
+    env = make_env(params.env, params.toolworld)
+    for task in load_tasks(root, "train"):
+        env.reset(task, episode="check")
+        assert {c.strip() for c in slots[task.task_id].choices} == _known_functions(env) | {"Finish"}
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["train"].update(rounds=1, name_logprobs="constrained")
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    train.run(load_params(root / "params.yaml"), root, "steptool", 0)
+    metrics = json.loads((root / layout.metrics_file("train", layout.run_name("steptool", 0))).read_text())
+    assert metrics["name_tokens_constrained"] >= metrics["name_tokens_forced"] >= 0
+    assert (root / layout.model_dir("steptool", 0) / "model.safetensors").exists()

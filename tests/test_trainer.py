@@ -713,7 +713,7 @@ def test_collate_pads_every_field_with_zeros_by_hand():
     b = RoundItem(input_ids=[8, 9, 10, 11, 12], action_mask=[0, 1, 0, 1, 1], rewards=[-0.5, 1.0], value_pos=[0, 2],
                   old_logprobs=[-0.5, -0.25, -3.0], ref_logprobs=[-0.75, -0.5, -3.5], old_values=[0.5, -0.5],
                   advantages=[-1.0, 2.0, 2.0], returns=[0.5, 1.0], step_return=[0.5, 1.0], step_baseline=[0.0, 0.0],
-                  step_advantage=[-1.0, 2.0], token_step=[0, 1, 1])
+                  step_advantage=[-1.0, 2.0], token_step=[0, 1, 1], allowed={1: [11, 40, 41]})
     expected = {
         "traj_index": [0, 1], "input_ids": [[5, 6, 7, 0, 0], [8, 9, 10, 11, 12]],
         "attention_mask": [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], "action_mask": [[0, 1, 1, 0, 0], [0, 1, 0, 1, 1]],
@@ -721,12 +721,14 @@ def test_collate_pads_every_field_with_zeros_by_hand():
         "old_logprobs": [[-1.0, -2.0, 0.0], [-0.5, -0.25, -3.0]], "ref_logprobs": [[-1.5, -2.5, 0.0], [-0.75, -0.5, -3.5]],
         "advantages": [[0.75, 0.75, 0.0], [-1.0, 2.0, 2.0]], "value_pos": [[0, 0], [0, 2]],
         "value_mask": [[1, 0], [1, 1]], "old_values": [[0.25, 0.0], [0.5, -0.5]], "returns": [[1.5, 0.0], [0.5, 1.0]],
-        "rewards": [[0.5, 0.0], [-0.5, 1.0]], "step_mask": [[1, 0], [1, 1]]}
+        "rewards": [[0.5, 0.0], [-0.5, 1.0]], "step_mask": [[1, 0], [1, 1]],
+        # one row per action token of the batch (2 + 3), −1 padded: b's second action token was name-constrained
+        "allowed": [[-1, -1, -1]] * 3 + [[11, 40, 41], [-1, -1, -1]]}
     batch = collate([a, b])
     assert batch.keys() == expected.keys()
     for k, v in expected.items():
         want = torch.long if k in ("traj_index", "input_ids", "attention_mask", "action_mask", "tok_step",
-                                   "value_pos") else torch.float32
+                                   "value_pos", "allowed") else torch.float32
         assert batch[k].dtype == want and batch[k].tolist() == v, k
     assert collate([a, b], pad_id=2, indices=[4, 9])["input_ids"][0].tolist() == [5, 6, 7, 2, 2]
     assert collate([a, b], indices=[4, 9])["traj_index"].tolist() == [4, 9]

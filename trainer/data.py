@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.agent.name_constraint import NameConstraint
+from pipeline.agent.policy import NameSlot
 from pipeline.agent.prompts import ChatRenderer
 from pipeline.errors import SchemaError
 
@@ -36,6 +38,8 @@ class Example:
     truncated: bool = False  # some observations were shortened to fit
     group: str = ""  # the task it attempts (samples of one task share it; '' = its own group)
     extra: dict = field(default_factory=dict)
+    # action token (0..N-1, over the kept steps) -> the ids the name constraint allowed there (attach_name_constraints)
+    allowed: dict[int, list[int]] = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.group:
@@ -48,6 +52,35 @@ class Example:
         for k, (a, b) in enumerate(self.step_bounds):
             out[a:b] = [k] * (b - a)
         return out
+
+
+def attach_name_constraints(examples: list[Example], slots: dict[str, NameSlot], names: NameConstraint) -> dict:
+    """Set each example's `allowed`: the sets the name constraint allowed at its action tokens, recomputed from the
+    action ids with the slot of its task (`slots`, by task id = `Example.group`). Returns the counts (constrained
+    tokens, forced ones: a single allowed id). An action token outside its set was not sampled under this
+    constraint (collected without it, or imported): an error naming the trajectory, step and token."""
+    constrained = forced = 0
+    for ex in examples:
+        slot = slots.get(ex.group)
+        if slot is None:
+            raise SchemaError(f"trajectory {ex.traj_id}: task {ex.group!r} is not among the train tasks, where "
+                              "the function names come from")
+        allowed: dict[int, list[int]] = {}
+        n = 0
+        for k, (a, b) in enumerate(ex.step_bounds):
+            ids = ex.input_ids[a:b]
+            for j, ok in names.per_action_token(ids, slot).items():
+                if ids[j] not in ok:
+                    raise SchemaError(
+                        f"trajectory {ex.traj_id}, step {k}: action token {j} ({names.token_text[ids[j]]!r}) is not "
+                        "one the function-name constraint allows there, so this action was not sampled under it: "
+                        "use train.name_logprobs: model for trajectories collected without agent.constrain_names")
+                allowed[n + j] = ok
+                forced += len(ok) == 1
+            n += b - a
+        ex.allowed = allowed
+        constrained += len(allowed)
+    return {"name_tokens_constrained": constrained, "name_tokens_forced": forced}
 
 
 def render_truncated(renderer: ChatRenderer, prefix: str, actions: list[list[int]], observations: list[str],

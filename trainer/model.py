@@ -74,11 +74,12 @@ class PolicyWithValue(nn.Module):
         return getattr(_base(self.policy), "_no_split_modules", None)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor | None = None,
-                positions: torch.Tensor | None = None, chunk: int = 1024, with_entropy: bool = False):
+                positions: torch.Tensor | None = None, chunk: int = 1024, with_entropy: bool = False,
+                allowed: torch.Tensor | None = None):
         """(hidden [B, L, H], values [B, L]): V at every position (the state after that token); with `rows` and
-        `positions` [N] also (log π of the token at each (row, position) [N], its entropy [N] or None). The
-        log-probs are computed inside forward so a distributed wrapper (DDP, FSDP, DeepSpeed) sees the lm_head
-        used within its forward, where its parameters are gathered."""
+        `positions` [N] also (log π of the token at each (row, position) [N], its entropy [N] or None; `allowed`
+        as in `token_logprobs`). The log-probs are computed inside forward so a distributed wrapper (DDP, FSDP,
+        DeepSpeed) sees the lm_head used within its forward, where its parameters are gathered."""
         out = self.trunk(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         h = out.last_hidden_state
         # The value head stays fp32 under bf16 autocast: a head fitted to the returns (ridge, at the round's start)
@@ -88,19 +89,29 @@ class PolicyWithValue(nn.Module):
             values = self.v_head(feats.to(self.v_head.weight.dtype)).squeeze(-1)
         if rows is None:
             return h, values
-        return (h, values, *self.token_logprobs(h, rows, positions, input_ids, chunk, with_entropy))
+        return (h, values, *self.token_logprobs(h, rows, positions, input_ids, chunk, with_entropy, allowed))
 
     def token_logprobs(self, hidden: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
-                       input_ids: torch.Tensor, chunk: int = 1024, with_entropy: bool = False):
-        """log π(token at `positions`) from the hidden state one position earlier, [N]; and the entropy [N]."""
+                       input_ids: torch.Tensor, chunk: int = 1024, with_entropy: bool = False,
+                       allowed: torch.Tensor | None = None):
+        """log π(token at `positions`) from the hidden state one position earlier, [N]; and the entropy [N].
+
+        `allowed` [N, K] (−1 padded; K = 0 or None: none): for a token the name constraint restricted, the ids
+        it allowed there; its log-prob and entropy are then those of the distribution renormalised over them,
+        log π(a) − log Σ_allowed π, the one the agent sampled from (0 for a forced token, whatever θ)."""
         lps, ents = [], []
+        constrained = allowed is not None and allowed.shape[-1] > 0
         for s in range(0, len(rows), chunk):
             r, p = rows[s:s + chunk], positions[s:s + chunk]
             logits = self.lm_head(hidden[r, p - 1]).float()
             logp = torch.log_softmax(logits, dim=-1)
-            lps.append(logp.gather(-1, input_ids[r, p].unsqueeze(-1)).squeeze(-1))
+            lp = logp.gather(-1, input_ids[r, p].unsqueeze(-1)).squeeze(-1)
+            ent = -(logp.exp() * logp).sum(-1) if with_entropy else None
+            if constrained:
+                lp, ent = _renormalised(logp, lp, ent, allowed[s:s + chunk].to(logp.device))
+            lps.append(lp)
             if with_entropy:
-                ents.append(-(logp.exp() * logp).sum(-1))
+                ents.append(ent)
         lp = torch.cat(lps) if lps else hidden.new_zeros(0)
         ent = torch.cat(ents) if ents else None
         return lp, ent
@@ -205,3 +216,21 @@ def set_value_head(head: nn.Linear, w: torch.Tensor, b: float) -> tuple[torch.Te
             safe_set_full_fp32_param(p, value.float())
     dtype = head.weight.dtype
     return full["weight"].to(dtype), full["bias"].to(dtype)
+
+
+def _renormalised(logp: torch.Tensor, lp: torch.Tensor, ent: torch.Tensor | None, allowed: torch.Tensor):
+    """`lp` [n] and `ent` [n] (or None) of the rows of `logp` [n, V] that have allowed ids (`allowed` [n, K], −1
+    padded) replaced by those of the distribution renormalised over them; the other rows are left as they are.
+    Only the constrained rows go through the logsumexp (an all-padding row's −inf would make NaN gradients)."""
+    on = allowed >= 0
+    idx = on.any(-1).nonzero().squeeze(-1)
+    if idx.numel() == 0:
+        return lp, ent
+    on = on[idx]
+    sub = logp[idx].gather(-1, allowed[idx].clamp(min=0)).masked_fill(~on, float("-inf"))  # [c, K]
+    norm = torch.logsumexp(sub, dim=-1)  # log Σ_allowed π, [c]
+    lp = lp - torch.zeros_like(lp).index_copy(0, idx, norm)
+    if ent is not None:
+        log_c = (sub - norm.unsqueeze(-1)).masked_fill(~on, 0.0)
+        ent = ent.index_copy(0, idx, -(log_c.exp().masked_fill(~on, 0.0) * log_c).sum(-1))
+    return lp, ent

@@ -21,7 +21,7 @@ action tokens.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -67,6 +67,7 @@ class RoundItem:
     step_baseline: list[float]  # [S] the baseline at each step
     step_advantage: list[float]  # [S] the advantage of each step (at token level, the mean over its tokens)
     token_step: list[int]       # [N] the step of each action token (the round table's per-step ratio and clip share)
+    allowed: dict[int, list[int]] = field(default_factory=dict)  # action token -> ids the name constraint allowed
 
 
 def pad(seqs: list[list], value, dtype) -> torch.Tensor:
@@ -76,6 +77,20 @@ def pad(seqs: list[list], value, dtype) -> torch.Tensor:
     for i, s in enumerate(seqs):
         if len(s):
             out[i, : len(s)] = torch.tensor(s, dtype=dtype)
+    return out
+
+
+def allowed_ids(per_row: list[dict[int, list[int]]], counts: list[int]) -> torch.Tensor:
+    """[T, K]: the ids the name constraint allowed at each action token of a batch (T = sum(counts), row by row as
+    `torch.nonzero(action_mask)` orders them), −1 padded; K = 0 when no token was constrained
+    (`PolicyWithValue.token_logprobs`)."""
+    k = max((len(ids) for d in per_row for ids in d.values()), default=0)
+    out = torch.full((sum(counts), k), -1, dtype=torch.long)
+    start = 0
+    for d, n in zip(per_row, counts):
+        for j, ids in d.items():
+            out[start + j, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        start += n
     return out
 
 
@@ -146,9 +161,10 @@ def _shard_forward(model, examples: list[Example], cfg, rank: int, world: int, p
         att = pad([[1] * len(e.input_ids) for e in exs], 0, torch.long).to(device)
         act = pad([e.action_mask for e in exs], 0, torch.long).to(device)
         rows, pos = torch.nonzero(act, as_tuple=True)
+        allowed = allowed_ids([e.allowed for e in exs], [sum(e.action_mask) for e in exs]).to(device)
         with autocast:
-            h, _, lp, _ = model(ids, att, rows, pos, cfg.logits_chunk)
-            ref_lp = lp if ref_model is None else ref_model(ids, att, rows, pos, cfg.logits_chunk)[2]
+            h, _, lp, _ = model(ids, att, rows, pos, cfg.logits_chunk, False, allowed)
+            ref_lp = lp if ref_model is None else ref_model(ids, att, rows, pos, cfg.logits_chunk, False, allowed)[2]
         if batch is None:
             continue
         lp, ref_lp, rows_cpu = lp.float().cpu(), ref_lp.float().cpu(), rows.cpu()
@@ -377,7 +393,7 @@ def prepare_round(model: PolicyWithValue, examples: list[Example], cfg, rank: in
                                value_pos=p.value_pos, old_logprobs=p.old_logprobs, ref_logprobs=p.ref_logprobs,
                                old_values=p.old_values, advantages=adv_tok[i, :n].tolist(), returns=ret[i],
                                step_return=step_ret[i], step_baseline=step_baseline, step_advantage=step_advantage,
-                               token_step=action_token_steps(examples[i])))
+                               token_step=action_token_steps(examples[i]), allowed=examples[i].allowed))
     return items, stats
 
 

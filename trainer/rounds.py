@@ -49,6 +49,17 @@ def _run_key(params: Params, variant: str, seed: int, files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def task_name_slots(root: Path, fmt: str) -> dict:
+    """{task id: its function-name slot} for the train tasks, the functions as the environment offers them
+    (`ApiListEnv.functions`: the task's API list) and the collection's slot (pipeline/agent/rollout.py)."""
+    from pipeline.agent.name_constraint import function_name_slot
+    from pipeline.apidoc import function_specs
+    from pipeline.task_files import load_tasks
+
+    return {t.task_id: function_name_slot(fmt, [f["name"] for f in function_specs(t.api_list)])
+            for t in load_tasks(root, "train")}
+
+
 def train_round(params: Params, root: Path, variant: str, seed: int, start: Path, trajectories: Path,
                 adv_file: Path, work: Path, ref: Path | None = None) -> tuple[dict, list[dict]]:
     """One PPO round from the checkpoint `start` on the trajectories in `trajectories` with the rewards of
@@ -57,7 +68,8 @@ def train_round(params: Params, root: Path, variant: str, seed: int, start: Path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainer.config import StepPPOConfig
-    from trainer.data import examples_from_tables
+    from pipeline.agent.name_constraint import NameConstraint
+    from trainer.data import attach_name_constraints, examples_from_tables
     from trainer.model import PolicyWithValue
     from trainer.ppo_round import round_table
     from trainer.step_ppo import StepPPOTrainer
@@ -69,6 +81,9 @@ def train_round(params: Params, root: Path, variant: str, seed: int, start: Path
     tok = AutoTokenizer.from_pretrained(start)
     examples, stats = examples_from_tables(steps, tokens, rewards, ChatRenderer(tok, params.agent.prompt_format),
                                            t.max_length)
+    if t.name_logprobs == "constrained":  # the log-probs the agent sampled from (docs/architecture.md)
+        stats.update(attach_name_constraints(examples, task_name_slots(root, params.agent.prompt_format),
+                                             NameConstraint(tok)))
     if not examples:
         raise SteptoolError(f"{adv_file}: no trajectory to train on ({stats['trajectories']} read, "
                             f"{stats['too_long']} longer than train.max_length = {t.max_length} even with every "

@@ -39,7 +39,7 @@ from trainer.baselines import explained_variance
 from trainer.config import StepPPOConfig
 from trainer.data import Example
 from trainer.model import PolicyWithValue
-from trainer.ppo_round import RoundItem, kl_to_ref, pad, prepare_round, step_ratio_stats
+from trainer.ppo_round import RoundItem, allowed_ids, kl_to_ref, pad, prepare_round, step_ratio_stats
 
 
 class _Rollouts(Dataset):
@@ -61,7 +61,8 @@ class _Rollouts(Dataset):
 
 def collate(items: list[RoundItem], pad_id: int = 0, indices: list[int] | None = None) -> dict:
     """Right-padded batch. Per token: [B, L]; per action token: [B, N]; per value state: [B, U]; per step: [B, S];
-    `traj_index` [B]: each row's trajectory in the round (`indices`, or the row's place in the batch)."""
+    `traj_index` [B]: each row's trajectory in the round (`indices`, or the row's place in the batch); `allowed`
+    [T, K]: the name constraint's sets of the batch's T action tokens, row after row (`ppo_round.allowed_ids`)."""
     return {
         "traj_index": torch.tensor(list(range(len(items))) if indices is None else indices, dtype=torch.long),
         "tok_step": pad([it.token_step for it in items], 0, torch.long),
@@ -78,6 +79,7 @@ def collate(items: list[RoundItem], pad_id: int = 0, indices: list[int] | None =
         "returns": pad([it.returns for it in items], 0.0, torch.float32),
         "rewards": pad([it.rewards for it in items], 0.0, torch.float32),
         "step_mask": pad([[1] * len(it.rewards) for it in items], 0, torch.float32),
+        "allowed": allowed_ids([it.allowed for it in items], [len(it.old_logprobs) for it in items]),
     }
 
 
@@ -145,7 +147,8 @@ class StepPPOTrainer(Trainer):
         a = self.ppo
         ids, att = inputs["input_ids"], inputs["attention_mask"]
         rows, pos = torch.nonzero(inputs["action_mask"], as_tuple=True)
-        _, values, logp, entropy = model(ids, att, rows, pos, a.logits_chunk, a.entropy_coef > 0)
+        _, values, logp, entropy = model(ids, att, rows, pos, a.logits_chunk, a.entropy_coef > 0,
+                                         inputs.get("allowed"))  # no sets: nothing was constrained
         tok = inputs["tok_mask"] > 0
         adv, old_lp = inputs["advantages"][tok], inputs["old_logprobs"][tok]
 

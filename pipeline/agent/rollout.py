@@ -12,9 +12,10 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from pipeline.agent.policy import Generation, NameSlot, Policy, Request
+from pipeline.agent.name_constraint import function_name_slot
 from pipeline.agent.parse import ParsedAction, parse_action
-from pipeline.agent.prompts import ChatRenderer, name_slot, system_prompt, user_message
+from pipeline.agent.policy import Generation, NameSlot, Policy, Request
+from pipeline.agent.prompts import ChatRenderer, system_prompt, user_message
 from pipeline.envs import ApiListEnv, StepResult
 from pipeline.task import Task
 
@@ -126,10 +127,7 @@ def _start(task: Task, env: ApiListEnv, renderer: ChatRenderer, policy: Policy, 
     rollout = Rollout(task, system, user, strategy, sample_idx, seed, policy.name)
     env.reset(task, episode=rollout.traj_id)
     known = _known_functions(env)
-    slot = None
-    if constrain_names:
-        trigger, before, after = name_slot(renderer.fmt)
-        slot = NameSlot(trigger, tuple(before + n + after for n in sorted(known | {"Finish"})))
+    slot = function_name_slot(renderer.fmt, known) if constrain_names else None
     return _Chain(rollout, env, renderer.encode(renderer.prefix(system, user)), known, slot)
 
 
