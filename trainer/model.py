@@ -231,6 +231,6 @@ def _renormalised(logp: torch.Tensor, lp: torch.Tensor, ent: torch.Tensor | None
     norm = torch.logsumexp(sub, dim=-1)  # log Σ_allowed π, [c]
     lp = lp - torch.zeros_like(lp).index_copy(0, idx, norm)
     if ent is not None:
-        log_c = (sub - norm.unsqueeze(-1)).masked_fill(~on, 0.0)
-        ent = ent.index_copy(0, idx, -(log_c.exp().masked_fill(~on, 0.0) * log_c).sum(-1))
+        log_c = sub - norm.unsqueeze(-1)  # −inf off the set, where its probability is exp(−inf) = 0
+        ent = ent.index_copy(0, idx, -(log_c.exp() * log_c.masked_fill(~on, 0.0)).sum(-1))
     return lp, ent

@@ -163,8 +163,8 @@ def _shard_forward(model, examples: list[Example], cfg, rank: int, world: int, p
         rows, pos = torch.nonzero(act, as_tuple=True)
         allowed = allowed_ids([e.allowed for e in exs], [sum(e.action_mask) for e in exs]).to(device)
         with autocast:
-            h, _, lp, _ = model(ids, att, rows, pos, cfg.logits_chunk, False, allowed)
-            ref_lp = lp if ref_model is None else ref_model(ids, att, rows, pos, cfg.logits_chunk, False, allowed)[2]
+            h, _, lp, _ = model(ids, att, rows, pos, cfg.logits_chunk, allowed=allowed)
+            ref_lp = lp if ref_model is None else ref_model(ids, att, rows, pos, cfg.logits_chunk, allowed=allowed)[2]
         if batch is None:
             continue
         lp, ref_lp, rows_cpu = lp.float().cpu(), ref_lp.float().cpu(), rows.cpu()

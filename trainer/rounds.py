@@ -23,13 +23,16 @@ from pathlib import Path
 import polars as pl
 
 from pipeline import advantages, collection, layout
-from pipeline.annotate.run import annotate_folder
+from pipeline.agent.name_constraint import NameConstraint, function_name_slot
 from pipeline.agent.prompts import ChatRenderer
+from pipeline.annotate.run import annotate_folder
+from pipeline.apidoc import function_specs
 from pipeline.config import Params, to_dict
 from pipeline.devices import Processes, resolve_device, resolve_precision, training_dtype
 from pipeline.errors import SteptoolError
 from pipeline.fsutil import atomic_path, write_json
 from pipeline.schema import ADVANTAGES, ROUND_STEPS, STEPS, TOKENS, read_table, write_table
+from pipeline.task_files import load_tasks
 from pipeline.tracking import reporting
 
 LOGGED = ("policy_loss", "value_loss", "approx_kl", "clipfrac", "explained_variance", "reward_mean",
@@ -52,10 +55,6 @@ def _run_key(params: Params, variant: str, seed: int, files: list[Path]) -> str:
 def task_name_slots(root: Path, fmt: str) -> dict:
     """{task id: its function-name slot} for the train tasks, the functions as the environment offers them
     (`ApiListEnv.functions`: the task's API list) and the collection's slot (pipeline/agent/rollout.py)."""
-    from pipeline.agent.name_constraint import function_name_slot
-    from pipeline.apidoc import function_specs
-    from pipeline.task_files import load_tasks
-
     return {t.task_id: function_name_slot(fmt, [f["name"] for f in function_specs(t.api_list)])
             for t in load_tasks(root, "train")}
 
@@ -68,7 +67,6 @@ def train_round(params: Params, root: Path, variant: str, seed: int, start: Path
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainer.config import StepPPOConfig
-    from pipeline.agent.name_constraint import NameConstraint
     from trainer.data import attach_name_constraints, examples_from_tables
     from trainer.model import PolicyWithValue
     from trainer.ppo_round import round_table
