@@ -238,6 +238,22 @@ def _sig(x: float | None) -> str:
     return "–" if x is None else f"{x:,.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
+def likelihood_shift(rows: list[dict]) -> tuple[float, float, float] | None:
+    """How far a round moved the likelihood of its own actions, by what it asked: per trajectory, the sum of
+    logp_new − logp_old (nats, over the action tokens) over the steps pushed up, left alone and pushed down
+    (advantage > 0, = 0, < 0), averaged over the round's trajectories. None for a table without `logp_new` (made
+    before the column). A round whose pushed-down actions fell by far more than its pushed-up ones rose lowered
+    the likelihood of what it sampled and moved the mass to actions it never tried (docs/architecture.md,
+    "Advantages and the PPO round")."""
+    if not rows or any(x.get("logp_new") is None or x.get("logp_old") is None for x in rows):
+        return None
+    sums = {1: 0.0, 0: 0.0, -1: 0.0}
+    for x in rows:
+        sums[_sign(x["advantage"])] += x["logp_new"] - x["logp_old"]
+    n = len({x["traj_id"] for x in rows})
+    return sums[1] / n, sums[0] / n, sums[-1] / n
+
+
 def learning_signal(runs: list[dict], epochs: int = 1) -> list[str]:
     """What each variant's rounds trained on and how far they moved: separate from generalisation to new tasks.
     `epochs`: the PPO epochs per round (`train.num_train_epochs`), to find the last epoch's updates in the log."""
@@ -257,14 +273,17 @@ def learning_signal(runs: list[dict], epochs: int = 1) -> list[str]:
              "last epoch's steps (both ≥ 0 estimators on the collected tokens, each step's on its minibatch; π_ref "
              "is the SFT policy). Medians, as one rare token that the name constraint forced and training made "
              "likely puts 10^2-10^4 into its minibatch's value (docs/architecture.md, \"Advantages and the PPO "
-             "round\"); the max shows such a step."
+             "round\"); the max shows such a step. Δ log π: how far the round moved the log-likelihood of its own "
+             "actions (nats per trajectory, summed over the action tokens of the steps it pushed up / left alone / "
+             "pushed down; after the round minus π_old)."
              + (" Replay: the round's train tasks played greedily before → after the round (pass rate in %, the "
                 "share of tool calls that failed, tool calls per task): what optimisation did on the tasks it "
                 "learned from." if replay else
                 " (`collect.replay: true` adds a greedy replay of the train tasks before and after each round.)"), ""]
     head = (f"| variant | seed | round | steps | up / zero / down | baseline EV (rloo, crossfit) | sign differs from "
-            f"{base} | approx KL per update, median (max) | KL to ref per token, last epoch |")
-    rule = "|---|---|---|---|---|---|---|---|---|"
+            f"{base} | approx KL per update, median (max) | KL to ref per token, last epoch | Δ log π per "
+            "trajectory, up / zero / down |")
+    rule = "|---|---|---|---|---|---|---|---|---|---|"
     if replay:
         head += " replay pass rate | failed-call rate | calls per task |"
         rule += "---|---|---|"
@@ -280,8 +299,10 @@ def learning_signal(runs: list[dict], epochs: int = 1) -> list[str]:
         differs = "–" if v == base or not common else f"{sum(a != b for a, b in common) / len(common):.0%}"
         med, top, ref = update_kl(r.get("history") or [], epochs)
         moved = "–" if med is None else f"{_sig(med)} ({_sig(top)})"
+        shift = likelihood_shift(r["rows"])
+        shifted = "–" if shift is None else " / ".join(f"{x:+.1f}" for x in shift)
         line = (f"| {v} | {r['seed']} | {r['round']} | {len(r['rows'])} | {share} | {ev} | {differs} | "
-                f"{moved} | {_sig(ref)} |")
+                f"{moved} | {_sig(ref)} | {shifted} |")
         if replay:
             line += " " + " | ".join(_before_after(r["before"], r["after"], k, d) for k, d in
                                      (("pass_rate", 1), ("failed_call_rate", 2), ("calls_per_task", 2))) + " |"

@@ -205,6 +205,10 @@ ROUND_STEPS = _schema(
                               "update epoch saw it (before that batch's optimizer step).", added="2026-12-02"),
     _f("clipped", pa.float64(), "Share of the step's action tokens whose ratio was outside 1 ± train.cliprange in "
                                 "that update (the logged clipfrac, per step).", range=(0, 1), added="2026-12-02"),
+    _f("logp_old", pa.float64(), "Σ log π_old over the step's action tokens: the likelihood of the action under the "
+                                 "policy the ratio divides by (train.old_logprobs).", added="2026-12-04"),
+    _f("logp_new", pa.float64(), "Σ log π over the same tokens under the policy after the round: logp_new − "
+                                 "logp_old is how far the update moved the action's likelihood.", added="2026-12-04"),
 )
 
 

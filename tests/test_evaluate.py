@@ -377,20 +377,41 @@ def test_learning_signal_table_by_hand():
     # steptool round 1: up 2 of 4, zero 1, down 1; signs differ from ppo_outcome's on steps 1 and 3 -> 50%;
     # approx KL: median of the six finite values (0.03 + 0.04) / 2, max 15,987; KL to ref: the last epoch is steps
     # 5-7 of the 7 logged (3 of them: 7 // 2), finite 0.004 and 0.006 -> 0.005 (the spike of step 4 left out)
-    assert "| steptool | 0 | 1 | 4 | 50% / 25% / 25% | 0.25, -0.50 | 50% | 0.035 (15,987) | 0.005 |" in text
+    assert "| steptool | 0 | 1 | 4 | 50% / 25% / 25% | 0.25, -0.50 | 50% | 0.035 (15,987) | 0.005 | – |" in text
     from pipeline.report import update_kl
     assert update_kl(log, 2) == pytest.approx((0.035, 15987.4, 0.006))  # last epoch: steps 4-6, median 0.006
     assert update_kl(log, 1)[2] == pytest.approx(0.0035)  # one epoch: all six
     assert update_kl([], 2) == (None, None, None)
-    assert "| ppo_outcome | 0 | 1 | 4 | 50% / 25% / 25% | –, – | – | – | – |" in text
+    assert "| ppo_outcome | 0 | 1 | 4 | 50% / 25% / 25% | –, – | – | – | – | – |" in text
     # round 2 trained on its own collection: no step in common with ppo_outcome's round 2 (there is none)
-    assert "| steptool | 0 | 2 | 4 | 100% / 0% / 0% | –, – | – | – | – |" in text
+    assert "| steptool | 0 | 2 | 4 | 100% / 0% / 0% | –, – | – | – | – | – |" in text
     assert "replay pass rate" not in text and "collect.replay: true" in text
     replayed = [run("steptool", 0, 1, [1.0], before={"pass_rate": 25.0, "failed_call_rate": 0.5, "calls_per_task": 3},
                     after={"pass_rate": 50.0, "failed_call_rate": 0.25, "calls_per_task": 2.5})]
     text = "\n".join(learning_signal(replayed))
     assert "| 25.0 → 50.0 | 0.50 → 0.25 | 3.00 → 2.50 |" in text
     assert learning_signal([]) == []
+
+
+def test_the_likelihood_shift_by_hand():
+    """Per trajectory, Σ (logp_new − logp_old) over the steps pushed up / left alone / pushed down."""
+    from pipeline.report import learning_signal, likelihood_shift
+
+    def row(t, k, a, old, new):
+        return {"traj_id": t, "task_id": "x", "step_idx": k, "reward": 0.0, "baseline": 0.0, "advantage": a,
+                "variant": "steptool", "logp_old": old, "logp_new": new}
+
+    rows = [row("t1", 0, 0.5, -2.0, -1.0), row("t1", 1, 0.0, -1.0, -1.4),
+            row("t2", 0, -0.3, -1.0, -3.5), row("t2", 1, -0.2, -0.5, 0.0)]
+    # up: +1.0 over 2 trajectories; zero: -0.4 / 2; down: (-2.5 + 0.5) / 2
+    assert likelihood_shift(rows) == pytest.approx((0.5, -0.2, -1.0))
+    run = {"variant": "steptool", "seed": 0, "round": 1, "rows": rows, "metrics": {}, "before": None,
+           "after": None, "history": []}
+    assert "| – | – | +0.5 / -0.2 / -1.0 |" in "\n".join(learning_signal([run]))
+    # a table made before the columns (or one step without logp_new): no figure rather than a partial one
+    assert likelihood_shift([{**r, "logp_new": None} if r["step_idx"] else r for r in rows]) is None
+    assert likelihood_shift([{k: v for k, v in r.items() if k not in ("logp_old", "logp_new")} for r in rows]) is None
+    assert likelihood_shift([]) is None
 
 
 def test_the_power_text_says_whether_training_seeds_are_in_the_spread():

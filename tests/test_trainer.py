@@ -732,3 +732,47 @@ def test_collate_pads_every_field_with_zeros_by_hand():
         assert batch[k].dtype == want and batch[k].tolist() == v, k
     assert collate([a, b], pad_id=2, indices=[4, 9])["input_ids"][0].tolist() == [5, 6, 7, 2, 2]
     assert collate([a, b], indices=[4, 9])["traj_index"].tolist() == [4, 9]
+
+
+def test_the_round_tables_logp_columns_are_the_policy_before_and_after_its_updates(tokenizer):
+    """logp_old sums π_old over each step's action tokens; logp_new sums the trained policy's own log-probs (a
+    fresh precompute on the trained weights gives them to rounding), and a round with positive advantages on
+    every step raised them."""
+    from tests.support.tiny_model import make_tiny_model
+    from tests.support.toy_env import play
+    from trainer import step_ppo
+    from trainer.config import StepPPOConfig
+    from trainer.model import PolicyWithValue
+    from trainer.ppo_round import action_token_steps, precompute, round_table, step_sums
+
+    torch.manual_seed(0)
+    model = make_tiny_model(tokenizer, seed=0)
+    wrapped = PolicyWithValue(model)
+    examples, _ = play(model, tokenizer, 4, 3, 11, "steptool")
+    for ex in examples:
+        ex.rewards = [1.0] * len(ex.rewards)  # every step earns: each is pushed up (the baseline is 0 in a 1-sample task)
+    cfg = StepPPOConfig(output_dir=str(REPO / ".pytest_cache" / "ppo-logp"), report_to=[], use_cpu=True,
+                        variant="steptool", num_train_epochs=1, per_device_train_batch_size=4, baseline="zero",
+                        gradient_accumulation_steps=1, learning_rate=1e-3, kl_coef=0.0, save_strategy="no", seed=0,
+                        disable_tqdm=True, logging_steps=100, lr_scheduler_type="constant")
+    trainer = step_ppo.StepPPOTrainer(wrapped, cfg, examples, pad_id=tokenizer.pad_token_id)
+    trainer.train()
+    after = trainer.logprobs_after()
+    fresh, _ = precompute(wrapped, examples, cfg)
+    for a, p in zip(after, fresh):
+        assert a == pytest.approx(p.old_logprobs, abs=1e-5)
+    items = trainer.train_dataset.items
+    rows = round_table(examples, items, "steptool", logprobs_after=after)
+    for ex, it in zip(examples, items):
+        mine = [r for r in rows if r["traj_id"] == ex.traj_id]
+        steps = action_token_steps(ex)
+        for r in mine:
+            k = r["step_idx"]
+            assert r["logp_old"] == pytest.approx(sum(x for x, s in zip(it.old_logprobs, steps) if s == k))
+            assert r["logp_new"] == pytest.approx(sum(x for x, s in zip(after[examples.index(ex)], steps) if s == k))
+    assert all(r["advantage"] > 0 for r in rows)
+    assert sum(r["logp_new"] - r["logp_old"] for r in rows) > 0
+    assert all(r["logp_new"] is None for r in round_table(examples, items, "steptool"))
+    assert step_sums([-1.0, -2.0, -0.5], [0, 0, 2], 3) == [-3.0, 0.0, -0.5]
+    with pytest.raises(ValueError, match="2 values for 3 action tokens"):
+        step_sums([-1.0, -2.0], [0, 0, 1], 2)

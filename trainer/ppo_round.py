@@ -130,7 +130,8 @@ def mc_returns(rewards: list[list[float]], gamma: float) -> list[list[float]]:
 # ---- phase 1 -------------------------------------------------------------------------------------------------
 
 def _shard_forward(model, examples: list[Example], cfg, rank: int, world: int, progress: bool,
-                   ref_model: PolicyWithValue | None = None) -> dict[int, tuple[list[float], list[float], torch.Tensor]]:
+                   ref_model: PolicyWithValue | None = None, desc: str = "precompute (ref/old log-probs, values)"
+                   ) -> dict[int, tuple[list[float], list[float], torch.Tensor]]:
     """This rank's share of the precompute forward passes: {index: (the model's log-probs [N], the reference's
     log-probs [N] (`ref_model`'s, or the model's own without one), trunk features at the value states [U, H] fp32
     on the CPU)} for examples rank, rank + world, ... `model`: the policy as the training engine prepared it
@@ -153,7 +154,7 @@ def _shard_forward(model, examples: list[Example], cfg, rank: int, world: int, p
     stand_in = [mine[0] if mine else 0]
     batches += [None] * (-(-largest // size) - len(batches))
     out: dict[int, tuple[list[float], list[float], torch.Tensor]] = {}
-    bar = tqdm(total=len(mine), desc="precompute (ref/old log-probs, values)", unit="traj",
+    bar = tqdm(total=len(mine), desc=desc, unit="traj",
                disable=not progress, leave=False)
     for batch in batches:
         exs = [examples[i] for i in (batch or stand_in)]
@@ -413,20 +414,53 @@ def _per_step(ex: Example, item: Precomputed, unit_adv: list[float], token_level
 
 
 def round_table(examples: list[Example], items: list[RoundItem], variant: str,
-                step_ratios: dict[int, tuple[list, list]] | None = None) -> list[dict]:
+                step_ratios: dict[int, tuple[list, list]] | None = None,
+                logprobs_after: list[list[float]] | None = None) -> list[dict]:
     """Rows of schema ROUND_STEPS: per step, the reward, return, baseline and advantage this round trained with,
-    and from `step_ratios` (trajectory index -> (mean ratio, clip share) per step, `StepPPOTrainer.step_ratios`)
-    the PPO ratio and clip share its last update epoch saw (null where none was recorded)."""
+    from `step_ratios` (trajectory index -> (mean ratio, clip share) per step, `StepPPOTrainer.step_ratios`)
+    the PPO ratio and clip share its last update epoch saw (null where none was recorded), and the step's
+    action log-likelihood Σ log π over its tokens under π_old (`logp_old`) and, from `logprobs_after` (per
+    trajectory, every action token's log π after the round: `StepPPOTrainer.logprobs_after`), after it
+    (`logp_new`; null without)."""
     step_ratios = step_ratios or {}
     rows = []
     for i, (ex, it) in enumerate(zip(examples, items)):
         ratio, clipped = step_ratios.get(i, ([], []))
+        old = step_sums(it.old_logprobs, it.token_step, len(ex.step_bounds))
+        new = step_sums(logprobs_after[i], it.token_step, len(ex.step_bounds)) if logprobs_after else None
         for k, (r, g, b, a) in enumerate(zip(ex.rewards, it.step_return, it.step_baseline, it.step_advantage)):
             rows.append({"traj_id": ex.traj_id, "task_id": ex.group, "step_idx": k, "reward": float(r),
                          "return": float(g), "baseline": float(b), "advantage": float(a), "variant": variant,
                          "ratio": ratio[k] if k < len(ratio) else None,
-                         "clipped": clipped[k] if k < len(clipped) else None})
+                         "clipped": clipped[k] if k < len(clipped) else None,
+                         "logp_old": old[k], "logp_new": new[k] if new is not None else None})
     return rows
+
+
+def step_sums(per_token: list[float], token_step: list[int], n_steps: int) -> list[float]:
+    """Per step, the sum of a per-action-token value over the step's tokens, [n_steps] (0 for a step without any).
+    `token_step` [N]: the step of each action token (`action_token_steps`)."""
+    if len(per_token) != len(token_step):
+        raise ValueError(f"{len(per_token)} values for {len(token_step)} action tokens")
+    out = [0.0] * n_steps
+    for x, k in zip(per_token, token_step):
+        out[k] += float(x)
+    return out
+
+
+@torch.no_grad()
+def logprobs_now(model, examples: list[Example], cfg, rank: int = 0, world: int = 1,
+                 progress: bool = False) -> list[list[float]]:
+    """Per trajectory, every action token's log π under the model as it is now, [N] each (after a round: the
+    round table's `logp_new`): the precompute's forward pass (same batches, autocast and name sets), without
+    the reference and the value fit. `model`: as the training engine prepared it; every rank calls it
+    (distributed: each runs its share and the results are gathered)."""
+    was_training = model.training
+    model.eval()
+    local = _shard_forward(model, examples, cfg, rank, world, progress, desc="log-probs after the round")
+    model.train(was_training)
+    got, _ = _gather({i: lp for i, (lp, _, _) in local.items()}, world)
+    return [got[i] for i in range(len(examples))]
 
 
 def step_ratio_stats(ratio: torch.Tensor, rows: torch.Tensor, steps: torch.Tensor, n_steps: list[int],

@@ -114,8 +114,9 @@ def train_round(params: Params, root: Path, variant: str, seed: int, start: Path
     result = trainer.train(resume_from_checkpoint=str(whole[-1]) if whole else None)
     trainer.save_policy(work / "model", tok)  # gathered from every process, written by the main one
     ratios = trainer.step_ratios()  # collective
+    after = trainer.logprobs_after()  # collective: one more forward pass over the round
     if trainer.accelerator.is_main_process:
-        write_table(round_table(examples, trainer.train_dataset.items, variant, ratios), work / "round.parquet",
+        write_table(round_table(examples, trainer.train_dataset.items, variant, ratios, after), work / "round.parquet",
                     ROUND_STEPS)
     history = [{k: h[k] for k in ("step", *LOGGED) if k in h} for h in trainer.state.log_history if "policy_loss" in h]
     last = history[-1] if history else {}

@@ -39,7 +39,8 @@ from trainer.baselines import explained_variance
 from trainer.config import StepPPOConfig
 from trainer.data import Example
 from trainer.model import PolicyWithValue
-from trainer.ppo_round import RoundItem, allowed_ids, kl_to_ref, pad, prepare_round, step_ratio_stats
+from trainer.ppo_round import (RoundItem, allowed_ids, kl_to_ref, logprobs_now, pad, prepare_round,
+                               step_ratio_stats)
 
 
 class _Rollouts(Dataset):
@@ -227,6 +228,15 @@ class StepPPOTrainer(Trainer):
 
         mine = list(self._step_ratios.items())
         return merge_step_ratios(gather_object([mine]) if self.accelerator.num_processes > 1 else [mine])
+
+    def logprobs_after(self) -> list[list[float]]:
+        """Per trajectory of the round, every action token's log π under the policy as trained (collective: every
+        process calls it): the round table's `logp_new`, beside π_old's `logp_old`, so the table shows where the
+        update moved the likelihood of the round's own actions (docs/architecture.md, "Advantages and the PPO
+        round")."""
+        acc = self.accelerator
+        return logprobs_now(self.model_wrapped, self.examples, self.ppo, acc.process_index, acc.num_processes,
+                            progress=acc.is_local_main_process)
 
     def _save_rng_state(self, output_dir: str) -> None:
         # transformers calls it on every process before trainer_state.json, the file that makes a checkpoint whole
