@@ -763,13 +763,13 @@ def test_the_round_tables_logp_columns_are_the_policy_before_and_after_its_updat
         assert a == pytest.approx(p.old_logprobs, abs=1e-5)
     items = trainer.train_dataset.items
     rows = round_table(examples, items, "steptool", logprobs_after=after)
-    for ex, it in zip(examples, items):
+    for ex, it, new in zip(examples, items, after):
         mine = [r for r in rows if r["traj_id"] == ex.traj_id]
         steps = action_token_steps(ex)
         for r in mine:
             k = r["step_idx"]
             assert r["logp_old"] == pytest.approx(sum(x for x, s in zip(it.old_logprobs, steps) if s == k))
-            assert r["logp_new"] == pytest.approx(sum(x for x, s in zip(after[examples.index(ex)], steps) if s == k))
+            assert r["logp_new"] == pytest.approx(sum(x for x, s in zip(new, steps) if s == k))
     assert all(r["advantage"] > 0 for r in rows)
     assert sum(r["logp_new"] - r["logp_old"] for r in rows) > 0
     assert all(r["logp_new"] is None for r in round_table(examples, items, "steptool"))

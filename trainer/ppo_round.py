@@ -405,11 +405,13 @@ def _per_step(ex: Example, item: Precomputed, unit_adv: list[float], token_level
     if not token_level:
         return list(item.baseline), unit_adv
     steps = action_token_steps(ex)
-    base, adv = [], []
-    for k in range(len(ex.step_bounds)):
-        idx = [j for j, s in enumerate(steps) if s == k]
-        base.append(item.baseline[idx[0]] if idx else 0.0)
-        adv.append(sum(unit_adv[j] for j in idx) / len(idx) if idx else 0.0)
+    n = len(ex.step_bounds)
+    total, count = step_sums(unit_adv, steps, n), step_sums([1.0] * len(steps), steps, n)
+    first: dict[int, int] = {}
+    for j, k in enumerate(steps):
+        first.setdefault(k, j)
+    base = [item.baseline[first[k]] if k in first else 0.0 for k in range(n)]
+    adv = [total[k] / count[k] if count[k] else 0.0 for k in range(n)]
     return base, adv
 
 
